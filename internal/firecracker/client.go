@@ -28,10 +28,14 @@ type APIError struct {
 	StatusCode   int
 	FaultMessage string
 	Code         string
+	Message      string // a relay's description of its own error
 }
 
 func (e *APIError) Error() string {
 	msg := e.FaultMessage
+	if msg == "" {
+		msg = e.Message
+	}
 	if msg == "" {
 		msg = e.Code
 	}
@@ -56,6 +60,7 @@ type Client struct {
 	hc      *http.Client
 	header  http.Header
 	timeout time.Duration
+	hook    func(*http.Request)
 }
 
 // Option configures a Client.
@@ -66,6 +71,10 @@ func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = 
 
 // WithHeader adds a header to every request (a relay's Authorization, say).
 func WithHeader(k, v string) Option { return func(c *Client) { c.header.Set(k, v) } }
+
+// WithRequestHook calls f on every request before it is sent (a relay
+// client uses it to pass the caller's request id along).
+func WithRequestHook(f func(*http.Request)) Option { return func(c *Client) { c.hook = f } }
 
 // WithQuery appends a raw query string to every request.
 func WithQuery(q url.Values) Option { return func(c *Client) { c.query = q.Encode() } }
@@ -135,6 +144,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.hook != nil {
+		c.hook(req)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("firecracker %s %s: %w", method, path, err)
@@ -162,7 +174,7 @@ func decodeError(method, path string, status int, raw []byte) error {
 	var body struct {
 		FaultMessage string          `json:"fault_message"`
 		Error        json.RawMessage `json:"error"`
-		Suggestion   string          `json:"suggestion"`
+		Message      string          `json:"message"`
 	}
 	if json.Unmarshal(raw, &body) == nil {
 		ae.FaultMessage = body.FaultMessage
@@ -174,6 +186,10 @@ func decodeError(method, path string, status int, raw []byte) error {
 			} else {
 				ae.Code = s
 			}
+		}
+		if ae.FaultMessage == "" {
+			// A relay's own error (agent unreachable, timeout): keep its words.
+			ae.Message = body.Message
 		}
 	} else if len(raw) > 0 {
 		ae.FaultMessage = strings.TrimSpace(string(raw))

@@ -1,0 +1,297 @@
+// Package agent is the host agent's HTTP server (DESIGN.md section 3): the
+// manager's privileged executor on one host. It creates TAPs, runs VMM
+// processes, relays calls to each VM's firecracker socket, reports what is
+// on the host and removes what the manager says to remove. Every request
+// must carry the join token; everything it touches lives under FC_RUN_DIR.
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/nexus-microvm/nexus/internal/agent/network"
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+)
+
+// Network is the host networking the agent needs (network.Network).
+type Network interface {
+	EnsureBridge(ctx context.Context) (network.Bridge, error)
+	EnsureTap(ctx context.Context, name string) error
+	DeleteTap(ctx context.Context, name string) error
+	ListTaps(ctx context.Context, prefix string) ([]network.Tap, error)
+	BridgeName() string
+	Backend() network.NATBackend
+}
+
+// Config configures the agent.
+type Config struct {
+	Name         string
+	Layout       hostlayout.Layout
+	Token        string        // join token the manager must present
+	StopGrace    time.Duration // SIGTERM → SIGKILL grace on stop
+	ProxyTimeout time.Duration // per relayed firecracker call
+	Version      string
+	Simulated    bool // the VMM binary is firecracker-sim
+	// ReadRoots are the directories files firecracker reads (kernels,
+	// drives, snapshots) must lie under; nil allows any path (dev mode).
+	ReadRoots []string
+	// DevMode enables GET /files/tail for any file under the VM run dirs.
+	DevMode bool
+}
+
+// Agent serves the agent API.
+type Agent struct {
+	cfg   Config
+	sup   *vmm.Supervisor
+	net   Network
+	log   *slog.Logger
+	proxy *proxy
+}
+
+// New returns an agent using sup for processes and nw for networking.
+func New(cfg Config, sup *vmm.Supervisor, nw Network, log *slog.Logger) (*Agent, error) {
+	if cfg.Token == "" {
+		return nil, errors.New("agent: a join token is required")
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 3 * time.Second
+	}
+	if cfg.ProxyTimeout == 0 {
+		cfg.ProxyTimeout = 30 * time.Second
+	}
+	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log}
+	a.proxy = newProxy(cfg.Layout, cfg.ProxyTimeout, log)
+	a.proxy.readRoots = cfg.ReadRoots
+	return a, nil
+}
+
+// Handler returns the agent API's HTTP handler.
+func (a *Agent) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(httpmw.Middleware(a.log, agentapi.Prefix+"/health", agentapi.Prefix+"/inventory"))
+	r.Use(a.authenticate)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, apierr.Newf(http.StatusNotFound, "not_found", "no agent endpoint %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, apierr.Newf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
+	})
+	r.Route(agentapi.Prefix, func(r chi.Router) {
+		r.Get("/health", a.health)
+		r.Get("/capacity", a.capacity)
+		r.Get("/inventory", a.inventory)
+		r.Get("/files/tail", a.tailFiles)
+		r.Route("/vms/{id}", func(r chi.Router) {
+			r.Post("/tap", a.vm(a.tap))
+			r.Post("/spawn", a.vm(a.spawn))
+			r.Post("/stop", a.vm(a.stop))
+			r.Delete("/", a.vm(a.delete))
+			r.Get("/logs", a.vm(a.logs))
+			r.Get("/logs/stream", a.vm(a.streamLogs))
+			r.Get("/metrics", a.vm(a.metrics))
+			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
+			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
+		})
+	})
+	return r
+}
+
+// authenticate checks the join token in constant time.
+func (a *Agent) authenticate(next http.Handler) http.Handler {
+	want := []byte("Bearer " + a.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			a.fail(w, r, apierr.Unauthorized("missing or wrong agent token").
+				WithSuggestion("send the agent's join token as 'Authorization: Bearer <token>'"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type vmHandler func(w http.ResponseWriter, r *http.Request, id string)
+
+// vm validates the {id} path parameter before any handler sees it: it
+// becomes a path element and a --id flag, so nothing else may pass.
+func (a *Agent) vm(h vmHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := chi.URLParam(r, "id")
+		if !hostlayout.ValidVMID(id) {
+			a.fail(w, r, apierr.BadRequest("invalid vm id %q: use 1-64 letters, digits or '-'", id))
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+func (a *Agent) fail(w http.ResponseWriter, r *http.Request, err error) {
+	e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
+	httpmw.SetErrorCode(r.Context(), e.Code)
+	if e.Status >= 500 {
+		a.log.Error("agent request failed", "request_id", httpmw.RequestID(r.Context()), "err", err)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decode reads an optional JSON body strictly: unknown fields are errors.
+func decode(r *http.Request, v any) error {
+	body := http.MaxBytesReader(nil, r.Body, 1<<20)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // no body: defaults
+		}
+		return apierr.BadRequest("invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return apierr.BadRequest("invalid JSON body: more than one value")
+	}
+	return nil
+}
+
+func (a *Agent) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, agentapi.Health{
+		OK: true, Name: a.cfg.Name, Version: a.cfg.Version,
+		Simulated: a.cfg.Simulated, NAT: string(a.net.Backend()),
+	})
+}
+
+func (a *Agent) capacity(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.Capacity())
+}
+
+// Capacity reports host vCPUs and memory and what live VMMs hold.
+func (a *Agent) Capacity() agentapi.Capacity {
+	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU(), MemMib: hostMemMib()}}
+	for _, h := range a.sup.List() {
+		c.Allocated.Vcpu += h.Vcpu
+		c.Allocated.MemMib += h.MemMib
+		c.VMs++
+	}
+	return c
+}
+
+func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
+	if err := decode(r, &struct{}{}); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	name := hostlayout.TapName(id)
+	if _, err := a.net.EnsureBridge(r.Context()); err != nil {
+		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
+		return
+	}
+	if err := a.net.EnsureTap(r.Context(), name); err != nil {
+		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "create tap %s: %v", name, err).WithCause(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.TapResponse{Tap: name, MAC: hostlayout.GuestMAC(id).String(), Bridge: a.net.BridgeName()})
+}
+
+func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
+	var req agentapi.SpawnRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.Vcpu < 0 || req.MemMib < 0 {
+		a.fail(w, r, apierr.BadRequest("vcpu and mem_mib must not be negative"))
+		return
+	}
+	// The VMM must live on the agent's lifetime, not the request's: Spawn
+	// uses ctx only to bound the wait for the socket.
+	h, already, err := a.sup.Spawn(r.Context(), id, vmm.SpawnOptions{Vcpu: req.Vcpu, MemMib: req.MemMib})
+	if err != nil {
+		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "spawn_failed", "%v", err).
+			WithSuggestion("check the VMM binary (FC_BIN) and the console log in the VM's run dir").WithCause(err))
+		return
+	}
+	l := a.cfg.Layout
+	writeJSON(w, http.StatusOK, agentapi.SpawnResponse{
+		PID: h.PID, APISock: h.APISock, LogPath: l.LogPath(id), ConsolePath: l.ConsolePath(id),
+		MetricsPath: l.MetricsPath(id), AlreadyRunning: already,
+	})
+}
+
+func (a *Agent) stop(w http.ResponseWriter, r *http.Request, id string) {
+	var req agentapi.StopRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.GraceMs < 0 || req.GraceMs > 600_000 {
+		a.fail(w, r, apierr.BadRequest("grace_ms must be between 0 and 600000"))
+		return
+	}
+	grace := a.cfg.StopGrace
+	if req.GraceMs > 0 {
+		grace = time.Duration(req.GraceMs) * time.Millisecond
+	}
+	if err := a.stopVM(r.Context(), id, grace); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})
+}
+
+func (a *Agent) stopVM(ctx context.Context, id string, grace time.Duration) error {
+	if err := a.sup.Stop(ctx, id, grace); err != nil {
+		return apierr.Newf(http.StatusInternalServerError, "stop_failed", "%v", err).WithCause(err)
+	}
+	a.proxy.forget(id)
+	if err := a.net.DeleteTap(ctx, hostlayout.TapName(id)); err != nil {
+		return apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap: %v", err).WithCause(err)
+	}
+	return nil
+}
+
+func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
+	if err := a.stopVM(r.Context(), id, a.cfg.StopGrace); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := os.RemoveAll(a.cfg.Layout.VMDir(id)); err != nil {
+		a.fail(w, r, apierr.Internal(fmt.Errorf("remove run dir of vm %s: %w", id, err)))
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})
+}
+
+// hostMemMib reads MemTotal from /proc/meminfo.
+func hostMemMib() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}

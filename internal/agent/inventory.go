@@ -1,0 +1,68 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+)
+
+func (a *Agent) inventory(w http.ResponseWriter, r *http.Request) {
+	inv, err := a.Inventory(r)
+	if err != nil {
+		a.fail(w, r, apierr.Internal(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, inv)
+}
+
+// Inventory lists live VMMs, TAPs with the agent's prefix, API sockets and
+// run dirs, each tagged with its VM id where one is known.
+func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
+	inv := agentapi.Inventory{
+		Host: a.cfg.Name, At: time.Now().UTC(),
+		VMMs: []agentapi.VMM{}, Taps: []agentapi.Tap{}, Sockets: []agentapi.Socket{}, RunDirs: []agentapi.RunDir{},
+	}
+	live := map[string]bool{}
+	for _, h := range a.sup.List() {
+		live[h.VMID] = true
+		inv.VMMs = append(inv.VMMs, agentapi.VMM{
+			VMID: h.VMID, PID: h.PID, APISock: h.APISock, StartedAt: h.StartedAt, Vcpu: h.Vcpu, MemMib: h.MemMib,
+		})
+	}
+	l := a.cfg.Layout
+	byTap := map[string]string{} // tap name → vm id, from run dirs and live VMMs
+	for id := range live {
+		byTap[hostlayout.TapName(id)] = id
+	}
+	entries, err := os.ReadDir(l.VMsDir())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return inv, fmt.Errorf("inventory: %w", err)
+	}
+	for _, e := range entries {
+		id := e.Name()
+		if !e.IsDir() || !hostlayout.ValidVMID(id) {
+			continue
+		}
+		byTap[hostlayout.TapName(id)] = id
+		inv.RunDirs = append(inv.RunDirs, agentapi.RunDir{VMID: id, Path: l.VMDir(id)})
+		if fi, err := os.Lstat(l.SockPath(id)); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			inv.Sockets = append(inv.Sockets, agentapi.Socket{VMID: id, Path: l.SockPath(id), Live: live[id]})
+		}
+	}
+	taps, err := a.net.ListTaps(r.Context(), hostlayout.TapPrefix)
+	if err != nil {
+		return inv, fmt.Errorf("inventory: %w", err)
+	}
+	for _, t := range taps {
+		inv.Taps = append(inv.Taps, agentapi.Tap{Name: t.Name, VMID: byTap[t.Name], Attached: t.Attached, Up: t.Up})
+	}
+	sort.Slice(inv.Taps, func(i, j int) bool { return inv.Taps[i].Name < inv.Taps[j].Name })
+	return inv, nil
+}

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+)
+
+const (
+	defaultTail = 100
+	maxTail     = 10000
+)
+
+func parseTail(r *http.Request) (int, error) {
+	s := r.URL.Query().Get("tail")
+	if s == "" {
+		return defaultTail, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > maxTail {
+		return 0, apierr.BadRequest("tail must be an integer between 0 and %d", maxTail)
+	}
+	return n, nil
+}
+
+// logPath picks fc.log or console.log of a VM.
+func (a *Agent) logPath(id, source string) (string, string, error) {
+	switch source {
+	case "", "fc":
+		return "fc", a.cfg.Layout.LogPath(id), nil
+	case "console":
+		return "console", a.cfg.Layout.ConsolePath(id), nil
+	}
+	return "", "", apierr.BadRequest("source must be fc or console, not %q", source)
+}
+
+func (a *Agent) logs(w http.ResponseWriter, r *http.Request, id string) {
+	n, err := parseTail(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	src, path, err := a.logPath(id, r.URL.Query().Get("source"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if _, err := os.Stat(a.cfg.Layout.VMDir(id)); errors.Is(err, os.ErrNotExist) {
+		a.fail(w, r, apierr.NotFound("vm run dir", id))
+		return
+	}
+	lines, err := tailFile(path, n)
+	if err != nil {
+		a.fail(w, r, apierr.Internal(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.LogLines{Source: src, Path: path, Lines: lines})
+}
+
+// tailFiles serves GET /files/tail?path= (dev mode): any file under the VM
+// run dirs, symlinks resolved before the check.
+func (a *Agent) tailFiles(w http.ResponseWriter, r *http.Request) {
+	if !a.cfg.DevMode {
+		a.fail(w, r, apierr.Forbidden("file tail is available in dev mode only").
+			WithSuggestion("use GET /agent/v1/vms/{id}/logs"))
+		return
+	}
+	n, err := parseTail(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	p := r.URL.Query().Get("path")
+	if p == "" || !filepath.IsAbs(p) {
+		a.fail(w, r, apierr.BadRequest("path must be an absolute path under %s", a.cfg.Layout.VMsDir()))
+		return
+	}
+	real := canonical(filepath.Clean(p))
+	if !within(canonical(a.cfg.Layout.VMsDir()), real) {
+		a.fail(w, r, apierr.Forbidden("path %q is outside the VM run dirs %s", p, a.cfg.Layout.VMsDir()))
+		return
+	}
+	fi, err := os.Stat(real)
+	if errors.Is(err, os.ErrNotExist) {
+		a.fail(w, r, apierr.NotFound("file", p))
+		return
+	}
+	if err != nil || !fi.Mode().IsRegular() {
+		a.fail(w, r, apierr.BadRequest("path %q is not a regular file", p))
+		return
+	}
+	lines, err := tailFile(real, n)
+	if err != nil {
+		a.fail(w, r, apierr.Internal(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.LogLines{Source: "file", Path: p, Lines: lines})
+}
+
+func (a *Agent) metrics(w http.ResponseWriter, r *http.Request, id string) {
+	if _, err := os.Stat(a.cfg.Layout.VMDir(id)); errors.Is(err, os.ErrNotExist) {
+		a.fail(w, r, apierr.NotFound("vm run dir", id))
+		return
+	}
+	lines, err := tailFile(a.cfg.Layout.MetricsPath(id), 1)
+	if err != nil {
+		a.fail(w, r, apierr.Internal(err))
+		return
+	}
+	var rec agentapi.MetricsRecord
+	if len(lines) == 1 && json.Valid([]byte(lines[0])) {
+		rec.Record = json.RawMessage(lines[0])
+		var ts struct {
+			UTC int64 `json:"utc_timestamp_ms"`
+		}
+		if json.Unmarshal(rec.Record, &ts) == nil && ts.UTC > 0 {
+			t := time.UnixMilli(ts.UTC).UTC()
+			rec.At = &t
+		}
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+// tailFile returns the last n lines of path, reading backwards in blocks
+// so a large log costs only its tail. A missing file has no lines.
+func tailFile(path string, n int) ([]string, error) {
+	lines := []string{}
+	if n == 0 {
+		return lines, nil
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return lines, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tail %s: %w", path, err)
+	}
+	defer f.Close()
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("tail %s: %w", path, err)
+	}
+	const block = 64 << 10
+	var buf []byte
+	pos := end
+	for pos > 0 && bytes.Count(buf, []byte{'\n'}) <= n {
+		size := int64(block)
+		if pos < size {
+			size = pos
+		}
+		pos -= size
+		chunk := make([]byte, size)
+		if _, err := f.ReadAt(chunk, pos); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("tail %s: %w", path, err)
+		}
+		buf = append(chunk, buf...)
+		if len(buf) > 64<<20 {
+			break // pathological line lengths: give what we have
+		}
+	}
+	buf = bytes.TrimRight(buf, "\n")
+	if len(buf) == 0 {
+		return lines, nil
+	}
+	all := bytes.Split(buf, []byte{'\n'})
+	if pos > 0 && len(all) > n {
+		all = all[1:] // the first piece may be a partial line
+	}
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	for _, l := range all {
+		lines = append(lines, string(l))
+	}
+	return lines, nil
+}
+
+// streamLogs follows a VM log as Server-Sent Events, one event per line,
+// starting with the last ?tail= lines (default 0).
+func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
+	src, path, err := a.logPath(id, r.URL.Query().Get("source"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	n := 0
+	if r.URL.Query().Get("tail") != "" {
+		if n, err = parseTail(r); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	if _, err := os.Stat(a.cfg.Layout.VMDir(id)); errors.Is(err, os.ErrNotExist) {
+		a.fail(w, r, apierr.NotFound("vm run dir", id))
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		a.fail(w, r, apierr.Internal(errors.New("streaming unsupported")))
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	send := func(line string) {
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", src, line)
+	}
+	if n > 0 {
+		lines, _ := tailFile(path, n)
+		for _, l := range lines {
+			send(l)
+		}
+	}
+	flusher.Flush()
+
+	var off int64
+	if fi, err := os.Stat(path); err == nil {
+		off = fi.Size()
+	}
+	var partial []byte
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		if fi, err := f.Stat(); err == nil && fi.Size() < off {
+			off = 0 // truncated or replaced: start over
+		}
+		_, _ = f.Seek(off, io.SeekStart)
+		br := bufio.NewReader(f)
+		sent := false
+		for {
+			chunk, err := br.ReadBytes('\n')
+			off += int64(len(chunk))
+			if err != nil {
+				partial = append(partial, chunk...)
+				break
+			}
+			line := append(partial, bytes.TrimRight(chunk, "\n")...)
+			partial = nil
+			send(string(line))
+			sent = true
+		}
+		f.Close()
+		if sent {
+			flusher.Flush()
+		}
+	}
+}

@@ -1,0 +1,357 @@
+package network
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ipForwardPath is per network namespace: it shows the namespace of the
+// thread that opens it.
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// Bridge describes the bridge as EnsureBridge left it.
+type Bridge struct {
+	Name  string
+	Index int
+	// Gateway is the host's address on the bridge: Config.Gateway, or the
+	// operator's address when the bridge already had one.
+	Gateway netip.Prefix
+	// Subnet is Gateway masked: the VM subnet that NAT covers.
+	Subnet netip.Prefix
+	// Uplink is the interface NAT masquerades out of; "" without NAT.
+	Uplink string
+	NAT    NATBackend
+}
+
+// EnsureBridge makes the host ready for TAPs: the bridge exists and is up,
+// carries the gateway address, IPv4 forwarding is on, and (unless the
+// backend is none) the VM subnet is masqueraded out of the uplink. It only
+// changes what differs, so calling it before every TAP is cheap and safe.
+func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
+	n.bridgeMu.Lock()
+	defer n.bridgeMu.Unlock()
+
+	name := n.cfg.Bridge
+	wrap := func(step string, err error) error {
+		return fmt.Errorf("ensure bridge %s: %s: %w", name, step, err)
+	}
+	if err := ctxErr(ctx); err != nil {
+		return Bridge{}, wrap("start", err)
+	}
+	link, err := n.ensureBridgeLink()
+	if err != nil {
+		return Bridge{}, wrap("create", err)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := n.h.LinkSetUp(link); err != nil {
+			return Bridge{}, wrap("set up", err)
+		}
+	}
+	gw, err := n.ensureGateway(link)
+	if err != nil {
+		return Bridge{}, wrap("address", err)
+	}
+	br := Bridge{Name: name, Index: link.Attrs().Index, Gateway: gw, Subnet: gw.Masked(), NAT: n.backend}
+
+	if err := ctxErr(ctx); err != nil {
+		return br, wrap("forwarding", err)
+	}
+	if err := n.ensureForwarding(); err != nil {
+		return br, wrap("enable ipv4 forwarding", err)
+	}
+
+	if err := ctxErr(ctx); err != nil {
+		return br, wrap("nat", err)
+	}
+	if n.backend == NATNone {
+		// Configuration says no NAT: remove what an earlier run installed so
+		// the host matches it. Our nft table only; iptables leftovers need
+		// RemoveNAT (running iptables on every call is not worth it).
+		if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+			return br, wrap("remove stale nat table", err)
+		}
+		return br, nil
+	}
+	uplink, err := n.uplink()
+	if err != nil {
+		return br, wrap("find uplink", err)
+	}
+	br.Uplink = uplink
+	rules := natRules{subnet: br.Subnet, bridge: name, uplink: uplink}
+	switch n.backend {
+	case NATNFTables:
+		err = n.installNFTables(rules)
+	case NATIptables:
+		err = n.installIptables(ctx, rules)
+	}
+	if err != nil {
+		return br, wrap(fmt.Sprintf("install %s nat %s via %s", n.backend, br.Subnet, uplink), err)
+	}
+	return br, nil
+}
+
+// ensureBridgeLink returns the bridge, creating it if missing. A link of
+// that name that is not a bridge is a conflict we do not resolve.
+func (n *Network) ensureBridgeLink() (netlink.Link, error) {
+	name := n.cfg.Bridge
+	link, err := n.h.LinkByName(name)
+	if err == nil {
+		if _, ok := link.(*netlink.Bridge); !ok {
+			return nil, fmt.Errorf("%w: %s is a %s, not a bridge; remove it or set FC_BRIDGE to another name",
+				ErrLinkConflict, name, link.Type())
+		}
+		return link, nil
+	}
+	if !isNotFound(err) {
+		return nil, fmt.Errorf("look up: %w", err)
+	}
+	// A fixed MAC keeps the gateway's MAC stable for the guests: without
+	// one the bridge takes the lowest MAC of its ports, which changes as
+	// TAPs come and go and leaves stale ARP entries in every guest.
+	mac, err := randomMAC()
+	if err != nil {
+		return nil, err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
+	if err := n.h.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("add link: %w", err)
+	}
+	n.log.Info("created bridge", "bridge", name, "mac", mac.String())
+	link, err = n.h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up after add: %w", err)
+	}
+	if _, ok := link.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("%w: %s is a %s, not a bridge", ErrLinkConflict, name, link.Type())
+	}
+	return link, nil
+}
+
+// ensureGateway returns the bridge's IPv4 address, adding Config.Gateway
+// only when the bridge has none: an operator's own address is respected.
+func (n *Network) ensureGateway(link netlink.Link) (netip.Prefix, error) {
+	addrs, err := n.h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("list addresses: %w", err)
+	}
+	var have []netip.Prefix
+	for _, a := range addrs {
+		if p, ok := prefixFromIPNet(a.IPNet); ok {
+			if p == n.cfg.Gateway {
+				return p, nil
+			}
+			have = append(have, p)
+		}
+	}
+	if len(have) > 0 {
+		n.log.Info("bridge already has an IPv4 address; using it instead of the configured gateway",
+			"bridge", n.cfg.Bridge, "address", have[0].String(), "configured", n.cfg.Gateway.String())
+		return have[0], nil
+	}
+	gw := n.cfg.Gateway
+	ipnet := &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), 32)}
+	if err := n.h.AddrAdd(link, &netlink.Addr{IPNet: ipnet}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return netip.Prefix{}, fmt.Errorf("add %s: %w", gw, err)
+	}
+	n.log.Info("added gateway address to bridge", "bridge", n.cfg.Bridge, "address", gw.String())
+	return gw, nil
+}
+
+// ensureForwarding turns on net.ipv4.ip_forward in our namespace. Turning it
+// on also sets every interface's forwarding flag; we never turn it off, as
+// other software on the host may rely on it.
+func (n *Network) ensureForwarding() error {
+	return n.inNS(func() error {
+		b, err := os.ReadFile(ipForwardPath)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(b)) == "1" {
+			return nil
+		}
+		if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
+			return err
+		}
+		n.log.Info("enabled IPv4 forwarding", "sysctl", "net.ipv4.ip_forward")
+		return nil
+	})
+}
+
+// uplink is Config.Uplink, or the interface of the IPv4 default route with
+// the lowest metric. It is looked up each time: DHCP or a VPN may move it.
+func (n *Network) uplink() (string, error) {
+	if n.cfg.Uplink != "" {
+		if _, err := n.h.LinkByName(n.cfg.Uplink); err != nil {
+			return "", fmt.Errorf("uplink %s (FC_UPLINK): %w", n.cfg.Uplink, err)
+		}
+		return n.cfg.Uplink, nil
+	}
+	var routes []netlink.Route
+	err := retryDump(func() (err error) {
+		routes, err = n.h.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("list routes: %w", err)
+	}
+	best, bestPrio := 0, -1
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		idx := r.LinkIndex
+		if idx == 0 && len(r.MultiPath) > 0 {
+			idx = r.MultiPath[0].LinkIndex
+		}
+		if idx != 0 && (bestPrio < 0 || r.Priority < bestPrio) {
+			best, bestPrio = idx, r.Priority
+		}
+	}
+	if best == 0 {
+		return "", fmt.Errorf("%w: set FC_UPLINK to the interface, or FC_UPLINK=none to run without NAT", ErrNoUplink)
+	}
+	link, err := n.h.LinkByIndex(best)
+	if err != nil {
+		return "", fmt.Errorf("default route's link %d: %w", best, err)
+	}
+	name := link.Attrs().Name
+	if name == n.cfg.Bridge {
+		return "", fmt.Errorf("%w: the default route goes through the bridge %s itself; set FC_UPLINK", ErrNoUplink, name)
+	}
+	return name, nil
+}
+
+// RemoveNAT removes every NAT rule Nexus may have installed, with either
+// backend: the nft table "ip nexus", and iptables rules commented "nexus"
+// when an iptables binary exists. Nothing to remove is success.
+func (n *Network) RemoveNAT(ctx context.Context) error {
+	n.bridgeMu.Lock()
+	defer n.bridgeMu.Unlock()
+	return n.removeNATLocked(ctx)
+}
+
+func (n *Network) removeNATLocked(ctx context.Context) error {
+	if err := ctxErr(ctx); err != nil {
+		return fmt.Errorf("remove nat: %w", err)
+	}
+	var errs []error
+	if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+		errs = append(errs, fmt.Errorf("remove nat: nft table ip %s: %w", nftTable, err))
+	}
+	if n.iptablesPresent() {
+		if err := n.removeIptables(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove nat: iptables: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Teardown undoes what the agent did to the host, for tests and for an
+// operator removing Nexus: it deletes every TAP with hostlayout.TapPrefix
+// (running VMs lose their network), removes NAT, and with removeBridge
+// deletes the bridge as well, even one the operator created. IPv4
+// forwarding is left on (see ensureForwarding).
+func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
+	n.bridgeMu.Lock()
+	defer n.bridgeMu.Unlock()
+
+	var errs []error
+	taps, err := n.ListTaps(ctx, "")
+	if err != nil {
+		errs = append(errs, fmt.Errorf("teardown: %w", err))
+	}
+	for _, t := range taps {
+		if !t.IsTap {
+			continue // not ours, whatever its name
+		}
+		if err := n.DeleteTap(ctx, t.Name); err != nil {
+			errs = append(errs, fmt.Errorf("teardown: %w", err))
+		}
+	}
+	if err := n.removeNATLocked(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("teardown: %w", err))
+	}
+	if removeBridge {
+		if err := n.deleteBridge(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("teardown: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Network) deleteBridge(ctx context.Context) error {
+	name := n.cfg.Bridge
+	if err := ctxErr(ctx); err != nil {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	link, err := n.h.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete bridge %s: look up: %w", name, err)
+	}
+	if _, ok := link.(*netlink.Bridge); !ok {
+		return fmt.Errorf("delete bridge %s: %w: it is a %s; left alone", name, ErrLinkConflict, link.Type())
+	}
+	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	n.log.Info("deleted bridge", "bridge", name)
+	return nil
+}
+
+// isNotFound reports a missing link, as netlink reports it by name or index.
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// retryDump retries a netlink dump that the kernel interrupted because the
+// table changed under it (NLM_F_DUMP_INTR): the result would be incomplete.
+func retryDump(f func() error) error {
+	var err error
+	for range 5 {
+		if err = f(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return err
+		}
+	}
+	return err
+}
+
+func prefixFromIPNet(ipn *net.IPNet) (netip.Prefix, bool) {
+	if ipn == nil {
+		return netip.Prefix{}, false
+	}
+	ip4 := ipn.IP.To4()
+	if ip4 == nil {
+		return netip.Prefix{}, false
+	}
+	ones, bits := ipn.Mask.Size()
+	if bits != 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(ip4)), ones), true
+}
+
+// randomMAC is a random locally administered unicast MAC.
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("random mac: %w", err)
+	}
+	mac[0] = (mac[0] | 0x02) &^ 0x01
+	return mac, nil
+}

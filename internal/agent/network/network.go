@@ -1,0 +1,297 @@
+// Package network is the agent's host networking: the VM bridge and its
+// gateway address, IPv4 forwarding, source NAT out of the uplink, and one
+// persistent TAP per VM, attached to the bridge, that firecracker opens.
+//
+// Everything goes through netlink (github.com/vishvananda/netlink) and
+// nf_tables through netlink (github.com/google/nftables); it never runs `ip`
+// or `nft`. The only program it may run is iptables, and only as the NAT
+// fallback for kernels without nf_tables.
+//
+// What it may touch on a host: the bridge (Config.Bridge), links whose name
+// starts with hostlayout.TapPrefix, net.ipv4.ip_forward, and its own
+// nf_tables table "ip nexus" (or, with the iptables fallback, rules carrying
+// the comment "nexus"). It refuses to modify or delete any other link, even
+// one whose name collides with a TAP it was asked for. docs/networking.md is
+// the operator's view of the same.
+//
+// A Network works in one network namespace (Config.NetNS, by default the
+// agent's own), so tests run it in a throwaway namespace.
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Defaults for the fields of Config left zero.
+const (
+	DefaultBridge   = "fcbr0"
+	DefaultIptables = "iptables"
+	// UplinkNone as Config.Uplink (FC_UPLINK=none) installs no NAT.
+	UplinkNone = "none"
+)
+
+// DefaultGateway is the bridge's host-side address when the bridge has none:
+// the first address of 172.20.0.0/16.
+var DefaultGateway = netip.MustParsePrefix("172.20.0.1/16")
+
+// NATBackend names how source NAT for the VM subnet is installed.
+type NATBackend string
+
+// NAT backends. NATAuto picks nftables when the kernel has nf_tables, else
+// the iptables binary when it is on PATH, else fails with ErrNoNATBackend.
+const (
+	NATAuto     NATBackend = ""
+	NATNFTables NATBackend = "nftables"
+	NATIptables NATBackend = "iptables"
+	NATNone     NATBackend = "none"
+)
+
+// Errors callers can test with errors.Is.
+var (
+	// ErrLinkConflict: a link with the requested name exists but is not what
+	// we would create (not a TAP, a multi-queue TAP, a bridge name taken by
+	// a veth…). It is left untouched; an operator must remove or rename it.
+	ErrLinkConflict = errors.New("link exists and is not the expected kind")
+	// ErrInvalidName: a TAP name without hostlayout.TapPrefix or too long.
+	ErrInvalidName = errors.New("invalid tap name")
+	// ErrNoBridge: EnsureTap was called before EnsureBridge.
+	ErrNoBridge = errors.New("bridge does not exist")
+	// ErrNoUplink: FC_UPLINK is auto but there is no IPv4 default route.
+	ErrNoUplink = errors.New("no IPv4 default route to take the uplink from")
+	// ErrNoNATBackend: NAT is wanted but neither nf_tables nor iptables works.
+	ErrNoNATBackend = errors.New("no NAT backend")
+)
+
+// Config is the host networking configuration; zero fields take defaults.
+type Config struct {
+	// Bridge is the bridge every TAP joins (FC_BRIDGE), default "fcbr0".
+	Bridge string
+	// Gateway is the host's address on the bridge, with the VM subnet's
+	// prefix length, default 172.20.0.1/16. If the bridge already carries an
+	// IPv4 address (an operator pre-created it), that address wins and this
+	// one is not added.
+	Gateway netip.Prefix
+	// Uplink is the interface VM traffic leaves through (FC_UPLINK): ""
+	// means the interface of the IPv4 default route, looked up on every
+	// EnsureBridge; "none" means no NAT at all.
+	Uplink string
+	// NAT chooses the NAT backend; NATAuto (zero) detects it in New.
+	NAT NATBackend
+	// IptablesPath is the iptables binary for the fallback, default
+	// "iptables" looked up on PATH.
+	IptablesPath string
+	// NetNS is the network namespace to work in; zero or netns.None() means
+	// the agent's own. The handle must stay open while the Network is used.
+	NetNS netns.NsHandle
+}
+
+// Network manages the bridge, NAT and TAPs of one host (one namespace). It is
+// safe for concurrent use. Close it when done.
+type Network struct {
+	cfg     Config
+	log     *slog.Logger
+	h       *netlink.Handle
+	backend NATBackend
+
+	bridgeMu sync.Mutex // serialises EnsureBridge, RemoveNAT and Teardown
+	taps     keyedMutex // serialises work on one TAP name
+}
+
+// New validates cfg, opens a netlink handle in its namespace and picks the
+// NAT backend. logger may be nil (logs are dropped).
+func New(cfg Config, logger *slog.Logger) (*Network, error) {
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = DefaultBridge
+	}
+	if !cfg.Gateway.IsValid() {
+		cfg.Gateway = DefaultGateway
+	}
+	if cfg.IptablesPath == "" {
+		cfg.IptablesPath = DefaultIptables
+	}
+	if cfg.NetNS == 0 {
+		cfg.NetNS = netns.None()
+	}
+	if err := validLinkName(cfg.Bridge); err != nil {
+		return nil, fmt.Errorf("network config: bridge %q: %w", cfg.Bridge, err)
+	}
+	if !cfg.Gateway.Addr().Is4() || cfg.Gateway.Bits() < 1 || cfg.Gateway.Bits() > 30 {
+		return nil, fmt.Errorf("network config: gateway %s: want an IPv4 address with a prefix length of 1-30", cfg.Gateway)
+	}
+	if cfg.Gateway.Addr() == cfg.Gateway.Masked().Addr() {
+		return nil, fmt.Errorf("network config: gateway %s: is the subnet's network address; use a host address such as %s/%d",
+			cfg.Gateway, cfg.Gateway.Masked().Addr().Next(), cfg.Gateway.Bits())
+	}
+	if cfg.Uplink != "" && cfg.Uplink != UplinkNone {
+		if err := validLinkName(cfg.Uplink); err != nil {
+			return nil, fmt.Errorf("network config: uplink %q: %w", cfg.Uplink, err)
+		}
+		if cfg.Uplink == cfg.Bridge {
+			return nil, fmt.Errorf("network config: uplink %q is the bridge itself", cfg.Uplink)
+		}
+	}
+	switch cfg.NAT {
+	case NATAuto, NATNFTables, NATIptables, NATNone:
+	default:
+		return nil, fmt.Errorf("network config: NAT backend %q: want nftables, iptables or none", cfg.NAT)
+	}
+
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if cfg.NetNS.IsOpen() {
+		h, err = netlink.NewHandleAt(cfg.NetNS)
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network: open netlink handle: %w", err)
+	}
+	n := &Network{cfg: cfg, log: logger, h: h}
+	if n.backend, err = n.pickBackend(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// pickBackend resolves Config.NAT and Config.Uplink into the backend in use.
+func (n *Network) pickBackend() (NATBackend, error) {
+	if n.cfg.Uplink == UplinkNone || n.cfg.NAT == NATNone {
+		return NATNone, nil
+	}
+	nftErr := n.probeNFTables()
+	switch n.cfg.NAT {
+	case NATNFTables:
+		if nftErr != nil {
+			return "", fmt.Errorf("network: NAT backend nftables: %w: nf_tables is not usable: %v", ErrNoNATBackend, nftErr)
+		}
+		return NATNFTables, nil
+	case NATIptables:
+		if _, err := exec.LookPath(n.cfg.IptablesPath); err != nil {
+			return "", fmt.Errorf("network: NAT backend iptables: %w: %v", ErrNoNATBackend, err)
+		}
+		return NATIptables, nil
+	}
+	if nftErr == nil {
+		return NATNFTables, nil
+	}
+	if _, err := exec.LookPath(n.cfg.IptablesPath); err == nil {
+		n.log.Warn("nf_tables is not usable; falling back to iptables for NAT", "error", nftErr, "iptables", n.cfg.IptablesPath)
+		return NATIptables, nil
+	}
+	return "", fmt.Errorf("network: %w: nf_tables is not usable in this kernel (%v) and %q is not on PATH; "+
+		"enable nf_tables (CONFIG_NF_TABLES, nft_masq, nft_chain_nat), install iptables, or set FC_UPLINK=none to run without NAT",
+		ErrNoNATBackend, nftErr, n.cfg.IptablesPath)
+}
+
+// Backend is the NAT backend in use: nftables, iptables or none.
+func (n *Network) Backend() NATBackend { return n.backend }
+
+// BridgeName is the configured bridge.
+func (n *Network) BridgeName() string { return n.cfg.Bridge }
+
+// Close releases the netlink handle. It changes nothing on the host.
+func (n *Network) Close() error {
+	n.h.Close()
+	return nil
+}
+
+// inNS runs fn on an OS thread inside the configured namespace. Only what
+// acts on the calling thread's namespace needs it (opening /dev/net/tun,
+// /proc/sys/net); netlink sockets are bound to the namespace already.
+func (n *Network) inNS(fn func() error) error {
+	if !n.cfg.NetNS.IsOpen() {
+		return fn()
+	}
+	return runInNS(n.cfg.NetNS, fn)
+}
+
+// runInNS runs fn on a fresh goroutine locked to its thread and switched to
+// ns. The goroutine exits still locked, so Go discards the thread instead of
+// reusing one that sits in a foreign namespace.
+func runInNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked, on purpose
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// validLinkName: Linux accepts 1-15 bytes without '/', ':', whitespace, and
+// not "." or "..".
+func validLinkName(name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return errors.New("want 1-15 bytes")
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f {
+			return fmt.Errorf("invalid character %q", r)
+		}
+	}
+	return nil
+}
+
+// keyedMutex serialises work per key without holding one lock for all keys.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = make(map[string]*keyedLock)
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// ctxErr is ctx.Err() wrapped with the step it interrupted. netlink calls
+// cannot be cancelled, so we check between steps.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("cancelled: %w", err)
+	}
+	return nil
+}

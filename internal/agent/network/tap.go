@@ -1,0 +1,247 @@
+package network
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// tapFlags are the flags firecracker opens its TAP with. Creating the device
+// with the same ones (and without IFF_MULTI_QUEUE, which must match on every
+// later TUNSETIFF) makes the persistent TAP attachable by firecracker.
+const tapFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
+
+// Tap is one link with the TAP prefix, as ListTaps sees it.
+type Tap struct {
+	Name  string
+	Index int
+	// IsTap: a tuntap in TAP mode. A link with our prefix that is something
+	// else is listed too, so inventory can report the conflict.
+	IsTap bool
+	// Master is the name of the link it is enslaved to, "" if none.
+	Master string
+	// Attached: enslaved to our bridge.
+	Attached bool
+	// Up: administratively up.
+	Up bool
+	// InUse: carrier is on, which for a TAP means a process (firecracker)
+	// holds it open. The kernel shows carrier only while the link is up.
+	InUse bool
+}
+
+// EnsureTap makes the persistent TAP name exist, not multi-queue, attached
+// to the bridge and up, ready for firecracker to open. EnsureBridge must
+// have run. Calling it again is a no-op; a TAP of that name enslaved to
+// another master is moved to our bridge (the name is the agent's, derived
+// from a VM id). A link of that name that is not a single-queue TAP is left
+// alone and reported as ErrLinkConflict: deleting an unknown device is an
+// operator's call.
+func (n *Network) EnsureTap(ctx context.Context, name string) (err error) {
+	wrap := func(step string, err error) error {
+		return fmt.Errorf("create tap %s: %s: %w", name, step, err)
+	}
+	if err := validTapName(name); err != nil {
+		return wrap("validate name", err)
+	}
+	unlock := n.taps.lock(name)
+	defer unlock()
+	if err := ctxErr(ctx); err != nil {
+		return wrap("start", err)
+	}
+
+	br, err := n.h.LinkByName(n.cfg.Bridge)
+	if isNotFound(err) {
+		return wrap("find bridge "+n.cfg.Bridge, fmt.Errorf("%w: run EnsureBridge first", ErrNoBridge))
+	}
+	if err != nil {
+		return wrap("find bridge "+n.cfg.Bridge, err)
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return wrap("find bridge "+n.cfg.Bridge, fmt.Errorf("%w: it is a %s", ErrLinkConflict, br.Type()))
+	}
+
+	link, err := n.h.LinkByName(name)
+	created := false
+	switch {
+	case isNotFound(err):
+		link, created, err = n.createTap(name)
+		if err != nil {
+			return wrap("add", err)
+		}
+		// Undo our own half-done work so a failure leaves nothing behind.
+		defer func() {
+			if err != nil && created {
+				if derr := n.h.LinkDel(link); derr != nil && !isNotFound(derr) {
+					n.log.Warn("rollback: delete tap", "tap", name, "error", derr)
+				}
+			}
+		}()
+	case err != nil:
+		return wrap("look up", err)
+	default:
+		if err := checkTap(link); err != nil {
+			return wrap("existing link", err)
+		}
+	}
+
+	if master := link.Attrs().MasterIndex; master != br.Attrs().Index {
+		if master != 0 {
+			n.log.Warn("tap was attached to another master; moving it to the bridge",
+				"tap", name, "from_index", master, "bridge", n.cfg.Bridge)
+		}
+		if err := ctxErr(ctx); err != nil {
+			return wrap("attach to "+n.cfg.Bridge, err)
+		}
+		if err := n.h.LinkSetMasterByIndex(link, br.Attrs().Index); err != nil {
+			return wrap("attach to "+n.cfg.Bridge, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := n.h.LinkSetUp(link); err != nil {
+			return wrap("set up", err)
+		}
+	}
+	if created {
+		n.log.Debug("created tap", "tap", name, "bridge", n.cfg.Bridge)
+	}
+	return nil
+}
+
+// createTap adds a persistent single-queue TAP. netlink opens /dev/net/tun,
+// sets the flags, makes it persistent and closes the fd, so nobody holds the
+// queue afterwards; the open happens in our namespace's thread because a
+// TAP is born in the namespace of the thread that opens /dev/net/tun.
+func (n *Network) createTap(name string) (link netlink.Link, created bool, err error) {
+	tap := &netlink.Tuntap{
+		LinkAttrs: netlink.LinkAttrs{Name: name},
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		// TUN_EXCL: fail rather than attach to a device that appeared
+		// since our lookup (another caller, another program).
+		Flags: tapFlags | netlink.TUNTAP_TUN_EXCL,
+	}
+	addErr := n.inNS(func() error { return n.h.LinkAdd(tap) })
+	link, err = n.h.LinkByName(name)
+	if addErr != nil {
+		// If it exists now and is fine, someone raced us to the same end;
+		// it is theirs, so not ours to roll back.
+		if err == nil && checkTap(link) == nil {
+			return link, false, nil
+		}
+		return nil, false, addErr
+	}
+	if err != nil {
+		return nil, true, fmt.Errorf("look up after add: %w", err)
+	}
+	return link, true, nil
+}
+
+// checkTap accepts a tuntap in TAP mode without multi-queue: the only kind
+// firecracker's TUNSETIFF can attach to.
+func checkTap(link netlink.Link) error {
+	t, ok := link.(*netlink.Tuntap)
+	if !ok {
+		return fmt.Errorf("%w: %s is a %s, not a tap; remove it to let the agent create the tap",
+			ErrLinkConflict, link.Attrs().Name, link.Type())
+	}
+	if t.Mode != netlink.TUNTAP_MODE_TAP {
+		return fmt.Errorf("%w: %s is a tun (layer 3) device, not a tap", ErrLinkConflict, t.Name)
+	}
+	if t.Flags&netlink.TUNTAP_MULTI_QUEUE != 0 {
+		return fmt.Errorf("%w: %s is a multi-queue tap; firecracker needs a single-queue one", ErrLinkConflict, t.Name)
+	}
+	return nil
+}
+
+// DeleteTap deletes the TAP. A missing TAP is success; a link of that name
+// that is not a tuntap is left alone (ErrLinkConflict).
+func (n *Network) DeleteTap(ctx context.Context, name string) error {
+	wrap := func(step string, err error) error {
+		return fmt.Errorf("delete tap %s: %s: %w", name, step, err)
+	}
+	if err := validTapName(name); err != nil {
+		return wrap("validate name", err)
+	}
+	unlock := n.taps.lock(name)
+	defer unlock()
+	if err := ctxErr(ctx); err != nil {
+		return wrap("start", err)
+	}
+	link, err := n.h.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return wrap("look up", err)
+	}
+	if _, ok := link.(*netlink.Tuntap); !ok {
+		return wrap("check", fmt.Errorf("%w: %s is a %s, not a tap; left alone", ErrLinkConflict, name, link.Type()))
+	}
+	// Deleting works while firecracker holds the TAP: its fd just goes dead.
+	if err := n.h.LinkDel(link); err != nil && !isNotFound(err) {
+		return wrap("delete link", err)
+	}
+	n.log.Debug("deleted tap", "tap", name)
+	return nil
+}
+
+// ListTaps lists the links whose name starts with prefix (hostlayout.TapPrefix
+// when empty), sorted by name, with whether each is a TAP, attached to our
+// bridge and up.
+func (n *Network) ListTaps(ctx context.Context, prefix string) ([]Tap, error) {
+	if prefix == "" {
+		prefix = hostlayout.TapPrefix
+	}
+	if err := ctxErr(ctx); err != nil {
+		return nil, fmt.Errorf("list taps: %w", err)
+	}
+	var links []netlink.Link
+	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
+		return nil, fmt.Errorf("list taps: list links: %w", err)
+	}
+	names := make(map[int]string, len(links))
+	brIndex := 0
+	for _, l := range links {
+		a := l.Attrs()
+		names[a.Index] = a.Name
+		if _, ok := l.(*netlink.Bridge); ok && a.Name == n.cfg.Bridge {
+			brIndex = a.Index
+		}
+	}
+	var taps []Tap
+	for _, l := range links {
+		a := l.Attrs()
+		if !strings.HasPrefix(a.Name, prefix) {
+			continue
+		}
+		t, isTuntap := l.(*netlink.Tuntap)
+		taps = append(taps, Tap{
+			Name:     a.Name,
+			Index:    a.Index,
+			IsTap:    isTuntap && t.Mode == netlink.TUNTAP_MODE_TAP,
+			Master:   names[a.MasterIndex],
+			Attached: brIndex != 0 && a.MasterIndex == brIndex,
+			Up:       a.Flags&net.FlagUp != 0,
+			InUse:    a.RawFlags&unix.IFF_LOWER_UP != 0,
+		})
+	}
+	sort.Slice(taps, func(i, j int) bool { return taps[i].Name < taps[j].Name })
+	return taps, nil
+}
+
+// validTapName keeps the agent to its own links: a TAP name must carry the
+// prefix, so no request can make it delete "eth0".
+func validTapName(name string) error {
+	if !strings.HasPrefix(name, hostlayout.TapPrefix) || len(name) == len(hostlayout.TapPrefix) {
+		return fmt.Errorf("%w: %q does not start with %q", ErrInvalidName, name, hostlayout.TapPrefix)
+	}
+	if err := validLinkName(name); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrInvalidName, name, err)
+	}
+	return nil
+}

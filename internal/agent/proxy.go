@@ -1,0 +1,362 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+)
+
+// HeaderTimeout lets the manager give one relayed call (a large snapshot,
+// say) a longer deadline than the default, up to maxProxyTimeout.
+const HeaderTimeout = "X-Nexus-Timeout-Ms"
+
+const maxProxyTimeout = 10 * time.Minute
+
+// maxProxyBody bounds a relayed body; firecracker's own limit is 51200.
+const maxProxyBody = 1 << 20
+
+type ctxSockKey struct{}
+
+// proxy relays allow-listed firecracker calls to a VM's API socket. One
+// transport serves every VM: the URL host is a key for the socket path, so
+// each socket gets its own small keep-alive pool.
+type proxy struct {
+	layout  hostlayout.Layout
+	timeout time.Duration
+	log     *slog.Logger
+	rp      *httputil.ReverseProxy
+	tr      *http.Transport
+
+	// ReadRoots are where files firecracker reads (kernels, drives, snapshot
+	// sources) may live; nil means anywhere (dev mode).
+	readRoots []string
+
+	mu    sync.Mutex
+	socks map[string]string // host key → socket path
+}
+
+func newProxy(layout hostlayout.Layout, timeout time.Duration, log *slog.Logger) *proxy {
+	p := &proxy{layout: layout, timeout: timeout, log: log, socks: map[string]string{}}
+	p.tr = &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			p.mu.Lock()
+			sock, ok := p.socks[host]
+			p.mu.Unlock()
+			if !ok {
+				return nil, errors.New("unknown socket key")
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		// firecracker allows 10 API connections and serves them one by one.
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:      func(*httputil.ProxyRequest) {}, // done in serve
+		Transport:    p.tr,
+		ErrorHandler: p.errorHandler,
+		ModifyResponse: func(resp *http.Response) error {
+			httpmw.SetUpstreamStatus(resp.Request.Context(), resp.StatusCode)
+			return nil
+		},
+	}
+	return p
+}
+
+// forget drops a stopped VM's idle connections.
+func (p *proxy) forget(vmID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prefix := p.layout.SockDir(vmID) + string(filepath.Separator)
+	for k, s := range p.socks {
+		if strings.HasPrefix(s, prefix) {
+			delete(p.socks, k)
+		}
+	}
+	p.tr.CloseIdleConnections()
+}
+
+func (p *proxy) key(sock string) string {
+	sum := sha256.Sum256([]byte(sock))
+	k := hex.EncodeToString(sum[:10])
+	p.mu.Lock()
+	p.socks[k] = sock
+	p.mu.Unlock()
+	return k
+}
+
+func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
+	fail := func(err error) {
+		e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
+		httpmw.SetErrorCode(r.Context(), e.Code)
+	}
+	fcPath := "/"
+	if i := strings.Index(r.URL.Path, "/proxy/"); i >= 0 {
+		fcPath = r.URL.Path[i+len("/proxy"):]
+	}
+	if path.Clean(fcPath) != fcPath && fcPath != "/" {
+		fail(apierr.Forbidden("firecracker path %q is not in canonical form", fcPath))
+		return
+	}
+	ep, pathID, ok := firecracker.Lookup(r.Method, fcPath)
+	if !ok {
+		fail(apierr.Newf(http.StatusForbidden, "endpoint_not_allowed", "%s %s is not a firecracker endpoint the agent relays", r.Method, fcPath))
+		return
+	}
+	sock, err := p.socket(id, r.URL.Query().Get("sock"))
+	if err != nil {
+		fail(err)
+		return
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err = io.ReadAll(io.LimitReader(r.Body, maxProxyBody+1))
+		if err != nil {
+			fail(apierr.BadRequest("read body: %v", err))
+			return
+		}
+		if len(body) > maxProxyBody {
+			fail(apierr.Newf(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", maxProxyBody))
+			return
+		}
+	}
+	if err := p.checkBody(id, ep, pathID, body); err != nil {
+		fail(err)
+		return
+	}
+
+	timeout := p.timeout
+	if ms, err := strconv.Atoi(r.Header.Get(HeaderTimeout)); err == nil && ms > 0 {
+		timeout = min(time.Duration(ms)*time.Millisecond, maxProxyTimeout)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	ctx = context.WithValue(ctx, ctxSockKey{}, sock)
+
+	out := r.Clone(ctx)
+	out.URL.Scheme = "http"
+	out.URL.Host = p.key(sock) + ":80"
+	out.URL.Path = fcPath
+	out.URL.RawPath = ""
+	out.URL.RawQuery = "" // ?sock= is ours, not firecracker's
+	out.Host = "localhost"
+	out.RequestURI = ""
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.ContentLength = int64(len(body))
+	if len(body) == 0 {
+		out.Body = http.NoBody
+	}
+	// Only what firecracker needs goes through; our credentials never do.
+	hdr := http.Header{}
+	for _, k := range []string{"Content-Type", "Accept"} {
+		if v := r.Header.Get(k); v != "" {
+			hdr.Set(k, v)
+		}
+	}
+	out.Header = hdr
+	p.rp.ServeHTTP(w, out)
+}
+
+// socket resolves the socket to relay to: the VM's own by default, or
+// ?sock=, which must resolve (symlinks followed) inside the VM's sock dir.
+func (p *proxy) socket(id, q string) (string, error) {
+	dir := p.layout.SockDir(id)
+	if q == "" {
+		return p.layout.SockPath(id), nil
+	}
+	cand := q
+	if !filepath.IsAbs(cand) {
+		cand = filepath.Join(dir, cand)
+	}
+	cand = filepath.Clean(cand)
+	denied := apierr.Forbidden("sock %q is outside this VM's socket directory", q).
+		WithSuggestion("omit ?sock= to use the VM's own socket")
+	resolved, err := filepath.EvalSymlinks(cand)
+	if err != nil {
+		// Missing: judge the lexical path; a dead socket is a 502 below.
+		if !within(dir, cand) {
+			return "", denied
+		}
+		return cand, nil
+	}
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		realDir = dir
+	}
+	if !within(realDir, resolved) {
+		return "", denied
+	}
+	return resolved, nil
+}
+
+// within reports whether p lies strictly inside dir (both clean, absolute).
+func within(dir, p string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") && !filepath.IsAbs(rel)
+}
+
+func (p *proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	var e *apierr.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		e = apierr.Newf(http.StatusGatewayTimeout, "upstream_timeout", "firecracker did not answer %s %s in time", r.Method, r.URL.Path).
+			WithSuggestion("the VMM may be hung or busy; retry with a longer " + HeaderTimeout + " or restart the VM")
+	case errors.Is(err, context.Canceled):
+		e = apierr.New(499, "canceled", "the caller went away")
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, os.ErrNotExist):
+		e = apierr.Newf(http.StatusBadGateway, "vmm_unreachable", "no firecracker is listening on the VM's API socket").
+			WithSuggestion("spawn the VM first (its VMM is not running)")
+	default:
+		e = apierr.Newf(http.StatusBadGateway, "vmm_unreachable", "relay to firecracker failed: %v", err)
+	}
+	sock, _ := r.Context().Value(ctxSockKey{}).(string)
+	p.log.Warn("proxy to firecracker failed", "request_id", httpmw.RequestID(r.Context()), "sock", sock, "err", err)
+	apierr.Write(w, httpmw.RequestID(r.Context()), e)
+	httpmw.SetErrorCode(r.Context(), e.Code)
+}
+
+// pathRule says which JSON fields of a relayed body name host files, and
+// whether firecracker writes them (must stay in the VM's run dir) or reads
+// them (must lie under the read roots).
+type pathRule struct {
+	field []string // JSON path, e.g. {"mem_backend","backend_path"}
+	write bool
+}
+
+var bodyPaths = map[string][]pathRule{
+	"PUT /boot-source":             {{field: []string{"kernel_image_path"}}, {field: []string{"initrd_path"}}},
+	"PUT /drives/{id}":             {{field: []string{"path_on_host"}}, {field: []string{"socket"}, write: true}},
+	"PATCH /drives/{id}":           {{field: []string{"path_on_host"}}},
+	"PUT /pmem/{id}":               {{field: []string{"path_on_host"}}},
+	"PUT /logger":                  {{field: []string{"log_path"}, write: true}},
+	"PUT /metrics":                 {{field: []string{"metrics_path"}, write: true}},
+	"PUT /snapshot/create":         {{field: []string{"snapshot_path"}, write: true}, {field: []string{"mem_file_path"}, write: true}},
+	"PUT /snapshot/load":           {{field: []string{"snapshot_path"}}, {field: []string{"mem_file_path"}}, {field: []string{"mem_backend", "backend_path"}}, {field: []string{"vsock_override", "uds_path"}, write: true}},
+	"PUT /vsock":                   {{field: []string{"uds_path"}, write: true}},
+	"PUT /serial":                  {{field: []string{"serial_out_path"}, write: true}},
+	"PUT /network-interfaces/{id}": nil,
+}
+
+// checkBody enforces the host-path rules on a relayed body: no request may
+// make a root-owned VMM write outside its VM's run dir, read outside the
+// allowed roots, or take another VM's TAP. Bodies firecracker would reject
+// as malformed are passed through for firecracker to answer.
+func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []byte) error {
+	key := ep.Method + " " + ep.Path
+	rules, hasRules := bodyPaths[key]
+	taps := key == "PUT /network-interfaces/{id}" || key == "PUT /snapshot/load"
+	if (!hasRules && !taps) || len(body) == 0 {
+		return nil
+	}
+	var doc map[string]any
+	if json.Unmarshal(body, &doc) != nil {
+		return nil // firecracker answers bad JSON itself
+	}
+	vmDir := p.layout.VMDir(id)
+	for _, rule := range rules {
+		v, ok := lookupString(doc, rule.field)
+		if !ok || v == "" {
+			continue
+		}
+		abs := v
+		if !filepath.IsAbs(abs) {
+			abs = filepath.Join(vmDir, abs) // firecracker runs in the VM dir
+		}
+		abs = canonical(filepath.Clean(abs))
+		name := strings.Join(rule.field, ".")
+		if rule.write {
+			if !within(canonical(vmDir), abs) {
+				return apierr.Forbidden("%s %q must lie inside the VM's run dir %s", name, v, vmDir)
+			}
+			continue
+		}
+		if p.readRoots == nil {
+			continue
+		}
+		allowed := false
+		for _, root := range p.readRoots {
+			if within(canonical(root), abs) {
+				allowed = true
+				break
+			}
+		}
+		if !allowed {
+			return apierr.Forbidden("%s %q is outside the allowed image and run directories", name, v).
+				WithSuggestion("register the file as an image under FC_IMAGES_DIR")
+		}
+	}
+	if taps {
+		want := hostlayout.TapName(id)
+		devs := []string{}
+		if s, ok := lookupString(doc, []string{"host_dev_name"}); ok {
+			devs = append(devs, s)
+		}
+		if ovs, ok := doc["network_overrides"].([]any); ok {
+			for _, o := range ovs {
+				if m, ok := o.(map[string]any); ok {
+					if s, ok := m["host_dev_name"].(string); ok {
+						devs = append(devs, s)
+					}
+				}
+			}
+		}
+		for _, d := range devs {
+			if d != want {
+				return apierr.Forbidden("host_dev_name %q is not this VM's TAP (%s)", d, want).
+					WithSuggestion("create the VM's TAP with POST " + agentapi.Prefix + "/vms/" + id + "/tap and use its name")
+			}
+		}
+	}
+	return nil
+}
+
+func lookupString(doc map[string]any, field []string) (string, bool) {
+	var cur any = doc
+	for _, f := range field {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return "", false
+		}
+		cur = m[f]
+	}
+	s, ok := cur.(string)
+	return s, ok
+}
+
+// canonical resolves symlinks in the longest existing prefix of p, so a
+// file that does not exist yet is judged by where its directory really is.
+func canonical(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	dir, base := filepath.Split(p)
+	dir = filepath.Clean(dir)
+	if dir == p || dir == "" {
+		return p
+	}
+	return filepath.Join(canonical(dir), base)
+}

@@ -1,0 +1,180 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agent/network"
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/secretfile"
+)
+
+// Options are the agent's settings (flags and environment of `nexus agent`).
+type Options struct {
+	Name       string // AGENT_NAME
+	Bind       string // AGENT_BIND
+	Advertise  string // URL the manager uses to reach this agent (default http://<bind>)
+	Manager    string // AGENT_MANAGER: register and heartbeat there when set
+	Token      string // AGENT_TOKEN: the fleet's join token
+	RunDir     string // FC_RUN_DIR
+	ImagesDir  string // FC_IMAGES_DIR
+	Bridge     string // FC_BRIDGE
+	BridgeCIDR string // FC_BRIDGE_CIDR: gateway address/prefix of the VM subnet
+	Uplink     string // FC_UPLINK
+	Bin        string // FC_BIN
+	Mode       string // NEXUS_MODE: dev or prod
+	StopGrace  time.Duration
+	Version    string
+	// VMMEnv is passed to every VMM process (firecracker-sim's tuning knobs).
+	VMMEnv []string
+	// Heartbeat is the period of reports to the manager.
+	Heartbeat time.Duration
+}
+
+// Running is a started agent.
+type Running struct {
+	Agent *Agent
+	Addr  string // listen address actually bound
+	URL   string // advertised base URL
+	Token string
+	srv   *http.Server
+	net   *network.Network
+	done  chan struct{}
+}
+
+// Start brings the agent up: run dir, token, VMM supervisor (adopting the
+// VMMs of a previous agent process), bridge and NAT, HTTP listener and,
+// with a manager configured, registration and heartbeats. It returns once
+// the listener is bound; the agent runs until ctx ends.
+func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
+	if o.RunDir == "" {
+		o.RunDir = "/srv/fc"
+	}
+	runDir, err := filepath.Abs(o.RunDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: run dir: %w", err)
+	}
+	layout := hostlayout.Layout{RunDir: runDir}
+	if err := os.MkdirAll(layout.VMsDir(), 0o750); err != nil {
+		return nil, fmt.Errorf("agent: create run dir %s: %w", layout.VMsDir(), err)
+	}
+	if o.ImagesDir == "" {
+		o.ImagesDir = layout.ImagesDir()
+	}
+	if o.Name == "" {
+		o.Name, _ = os.Hostname()
+	}
+	if o.Token == "" {
+		if o.Token, err = secretfile.LoadOrCreate(filepath.Join(runDir, "agent.token")); err != nil {
+			return nil, err
+		}
+	}
+	if os.Geteuid() != 0 {
+		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
+	}
+
+	sup, err := vmm.New(vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
+	}
+	version, simulated := vmmVersion(ctx, sup.Bin())
+	adopted, err := sup.Recover()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for _, h := range adopted {
+		log.Info("adopted running vmm", "vm_id", h.VMID, "pid", h.PID)
+	}
+
+	ncfg := network.Config{Bridge: o.Bridge, Uplink: o.Uplink}
+	if o.BridgeCIDR != "" {
+		if ncfg.Gateway, err = netip.ParsePrefix(o.BridgeCIDR); err != nil {
+			return nil, fmt.Errorf("agent: FC_BRIDGE_CIDR %q: %w", o.BridgeCIDR, err)
+		}
+	}
+	nw, err := network.New(ncfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: networking: %w", err)
+	}
+	br, err := nw.EnsureBridge(ctx)
+	if err != nil {
+		nw.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	log.Info("bridge ready", "bridge", br.Name, "gateway", br.Gateway.String(), "uplink", br.Uplink, "nat", string(br.NAT))
+
+	cfg := Config{
+		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
+		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod",
+	}
+	if o.Mode == "prod" {
+		cfg.ReadRoots = []string{runDir, o.ImagesDir}
+	}
+	a, err := New(cfg, sup, nw, log)
+	if err != nil {
+		nw.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", o.Bind)
+	if err != nil {
+		nw.Close()
+		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
+	}
+	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, net: nw, done: make(chan struct{})}
+	r.URL = o.Advertise
+	if r.URL == "" {
+		r.URL = "http://" + r.Addr
+	}
+	r.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
+
+	go sup.Run(ctx, time.Second)
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.srv.Shutdown(shut)
+	}()
+	go func() {
+		defer close(r.done)
+		if err := r.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("agent server stopped", "err", err)
+		}
+		nw.Close()
+	}()
+	if o.Manager != "" {
+		go newRegistrar(o, r.URL, a, log).run(ctx)
+	}
+	return r, nil
+}
+
+// Wait blocks until the agent's server has stopped.
+func (r *Running) Wait() { <-r.done }
+
+// vmmVersion asks the binary for its version; firecracker-sim's ends in -sim.
+func vmmVersion(ctx context.Context, bin string) (string, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return "unknown", false
+	}
+	line := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	v, ok := firecracker.ParseVersion(line)
+	if !ok {
+		return line, false
+	}
+	return v.String(), v.IsSim()
+}

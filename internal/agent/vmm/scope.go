@@ -1,0 +1,55 @@
+package vmm
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+)
+
+// SystemdAvailable reports whether systemd is PID 1 (the sd_booted test).
+func SystemdAvailable() bool {
+	fi, err := os.Lstat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// SystemdScoper moves VMM processes into transient scopes over D-Bus, as
+// `systemd-run --scope` does, so systemd accounts and limits them and
+// `systemctl status fc-<id>.scope` shows them.
+type SystemdScoper struct {
+	conn *sddbus.Conn
+}
+
+// NewSystemdScoper connects to the system bus.
+func NewSystemdScoper(ctx context.Context) (*SystemdScoper, error) {
+	c, err := sddbus.NewSystemConnectionContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to systemd: %w", err)
+	}
+	return &SystemdScoper{conn: c}, nil
+}
+
+// Attach creates unit (a .scope) holding pid and waits for systemd's answer.
+func (s *SystemdScoper) Attach(ctx context.Context, unit string, pid int) error {
+	done := make(chan string, 1)
+	props := []sddbus.Property{
+		sddbus.PropDescription("Nexus microVM " + unit),
+		sddbus.PropPids(uint32(pid)),
+	}
+	if _, err := s.conn.StartTransientUnitContext(ctx, unit, "fail", props, done); err != nil {
+		return fmt.Errorf("start %s: %w", unit, err)
+	}
+	select {
+	case r := <-done:
+		if r != "done" {
+			return fmt.Errorf("start %s: %s", unit, r)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close closes the D-Bus connection.
+func (s *SystemdScoper) Close() { s.conn.Close() }

@@ -1,0 +1,515 @@
+// Package vmm runs firecracker processes for the agent: spawn one per VM
+// with firecracker's flags, wait for its API socket, stop it (SIGTERM,
+// grace, SIGKILL), and find the live ones again after the agent restarts.
+//
+// Each VMM runs in its own session so that it outlives the agent; its
+// handle (pid, start time, socket) is saved as vmm.json in the VM's run dir
+// and checked against /proc on recovery, so a recycled pid is never taken
+// for a VMM. When systemd is PID 1 the process is also placed in a
+// transient scope fc-<vm-id>.scope.
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+)
+
+// handleVersion is bumped when the vmm.json format changes.
+const handleVersion = 1
+
+// handleFile is the name of the saved handle in a VM's run dir.
+const handleFile = "vmm.json"
+
+// Handle describes one VMM process; it is saved as vmm.json.
+type Handle struct {
+	Version    int       `json:"version"`
+	VMID       string    `json:"vm_id"`
+	PID        int       `json:"pid"`
+	StartTicks uint64    `json:"start_ticks"`
+	Bin        string    `json:"bin"`
+	APISock    string    `json:"api_sock"`
+	StartedAt  time.Time `json:"started_at"`
+	Vcpu       int       `json:"vcpu"`
+	MemMib     int       `json:"mem_mib"`
+	Scope      string    `json:"scope,omitempty"`
+}
+
+// Exit reports that a VMM process ended.
+type Exit struct {
+	VMID   string
+	PID    int
+	Status string // "exit status 0", "signal: killed", "gone" for adopted processes
+	At     time.Time
+}
+
+// Scoper places a process in a systemd transient scope.
+type Scoper interface {
+	Attach(ctx context.Context, unit string, pid int) error
+}
+
+// Config configures a Supervisor.
+type Config struct {
+	Bin           string // firecracker (or firecracker-sim) binary
+	Layout        hostlayout.Layout
+	Logger        *slog.Logger
+	SocketTimeout time.Duration // how long spawn waits for the API socket
+	Scoper        Scoper        // nil: supervise directly
+	// Env is added to the VMM's environment (which is otherwise minimal).
+	Env []string
+}
+
+// ErrInvalidID is returned for a VM id that is unsafe as a path or --id.
+var ErrInvalidID = errors.New("invalid vm id")
+
+type proc struct {
+	h      Handle
+	child  bool // started by this agent process, so we reap it
+	exited bool
+	status string
+}
+
+// Supervisor spawns, tracks and stops VMM processes.
+type Supervisor struct {
+	cfg   Config
+	log   *slog.Logger
+	exits chan Exit
+
+	mu    sync.Mutex
+	procs map[string]*proc // by VM id, live or recently exited
+	locks map[string]*sync.Mutex
+}
+
+// New returns a Supervisor. Call Recover to adopt VMMs of a previous agent
+// process and Run to watch for exits.
+func New(cfg Config) (*Supervisor, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SocketTimeout == 0 {
+		cfg.SocketTimeout = 5 * time.Second
+	}
+	bin, err := exec.LookPath(cfg.Bin)
+	if err != nil {
+		return nil, fmt.Errorf("vmm binary %q: %w", cfg.Bin, err)
+	}
+	if cfg.Bin, err = filepath.Abs(bin); err != nil {
+		return nil, fmt.Errorf("vmm binary %q: %w", bin, err)
+	}
+	return &Supervisor{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		exits: make(chan Exit, 256),
+		procs: map[string]*proc{},
+		locks: map[string]*sync.Mutex{},
+	}, nil
+}
+
+// Bin is the absolute path of the VMM binary.
+func (s *Supervisor) Bin() string { return s.cfg.Bin }
+
+// Exits delivers one Exit per VMM that ended on its own or was stopped.
+// Slow readers lose events rather than block the supervisor.
+func (s *Supervisor) Exits() <-chan Exit { return s.exits }
+
+// lock serialises operations on one VM.
+func (s *Supervisor) lock(vmID string) func() {
+	s.mu.Lock()
+	l, ok := s.locks[vmID]
+	if !ok {
+		l = &sync.Mutex{}
+		s.locks[vmID] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// SpawnOptions are the per-VM inputs of Spawn.
+type SpawnOptions struct {
+	Vcpu   int
+	MemMib int
+}
+
+// Spawn starts the VMM for vmID and waits until its API socket accepts
+// connections. If a live VMM for vmID exists, Spawn returns its handle and
+// true. ctx bounds the wait, not the process: the VMM lives on.
+func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) (Handle, bool, error) {
+	if !hostlayout.ValidVMID(vmID) {
+		return Handle{}, false, fmt.Errorf("spawn vm %q: %w", vmID, ErrInvalidID)
+	}
+	defer s.lock(vmID)()
+
+	if h, ok := s.live(vmID); ok {
+		return h, true, nil
+	}
+	l := s.cfg.Layout
+	for _, d := range []string{l.VMDir(vmID), l.SockDir(vmID), l.LogsDir(vmID)} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+		}
+	}
+	sock := l.SockPath(vmID)
+	// firecracker refuses to start when anything exists at the socket path.
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: remove stale socket: %w", vmID, err)
+	}
+	// firecracker opens its log and metrics paths without O_CREAT: they
+	// must exist before PUT /logger and PUT /metrics.
+	for _, f := range []string{l.LogPath(vmID), l.MetricsPath(vmID)} {
+		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+		}
+		fh.Close()
+	}
+	console, err := os.OpenFile(l.ConsolePath(vmID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: console log: %w", vmID, err)
+	}
+	defer console.Close()
+
+	args := firecracker.Args{APISock: sock, ID: vmID}
+	cmd := exec.Command(s.cfg.Bin, args.Argv()...)
+	cmd.Dir = l.VMDir(vmID)
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, s.cfg.Env...)
+	cmd.Stdout = console
+	cmd.Stderr = console
+	// Own session: the VMM must survive the agent's exit and its signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: start %s: %w", vmID, s.cfg.Bin, err)
+	}
+	pid := cmd.Process.Pid
+	// We reap with wait4 in the watch loop, not with cmd.Wait, so that one
+	// goroutine watches every VMM instead of one blocked thread per VMM.
+	_ = cmd.Process.Release()
+
+	h := Handle{
+		Version: handleVersion, VMID: vmID, PID: pid, Bin: s.cfg.Bin, APISock: sock,
+		StartedAt: time.Now().UTC(), Vcpu: opts.Vcpu, MemMib: opts.MemMib,
+	}
+	if pi, err := readProc(pid); err == nil {
+		h.StartTicks = pi.startTicks
+	}
+	p := &proc{h: h, child: true}
+	s.mu.Lock()
+	s.procs[vmID] = p
+	s.mu.Unlock()
+
+	if err := s.waitSocket(ctx, p); err != nil {
+		s.kill(p, 0)
+		_ = os.Remove(sock)
+		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+	}
+	if s.cfg.Scoper != nil {
+		unit := "fc-" + vmID + ".scope"
+		if err := s.cfg.Scoper.Attach(ctx, unit, pid); err != nil {
+			s.log.Warn("systemd scope not created; supervising directly", "vm_id", vmID, "err", err)
+		} else {
+			p.h.Scope = unit
+		}
+	}
+	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
+		s.kill(p, 0)
+		_ = os.Remove(sock)
+		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+	}
+	s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock)
+	return p.h, false, nil
+}
+
+// waitSocket polls until the socket accepts a connection, the process
+// exits, or the deadline passes.
+func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
+	defer cancel()
+	delay := 500 * time.Microsecond
+	for {
+		if c, err := net.DialTimeout("unix", p.h.APISock, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		if s.reap(p) {
+			return fmt.Errorf("vmm exited before its API socket was ready (%s); see %s",
+				p.status, s.cfg.Layout.ConsolePath(p.h.VMID))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
+		case <-time.After(delay):
+		}
+		if delay < 20*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// reap checks whether p has exited, reaping it if it is our child.
+// It reports true once p is gone.
+func (s *Supervisor) reap(p *proc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.exited {
+		return true
+	}
+	if p.child {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(p.h.PID, &ws, syscall.WNOHANG, nil)
+		switch {
+		case pid == p.h.PID:
+			p.status = describe(ws)
+		case err != nil && errors.Is(err, syscall.ECHILD):
+			// Already reaped elsewhere, or reparented: fall back to /proc.
+			if alive(p.h.PID, p.h.StartTicks, p.h.VMID) {
+				return false
+			}
+			p.status = "gone"
+		default:
+			return false
+		}
+	} else {
+		if alive(p.h.PID, p.h.StartTicks, p.h.VMID) {
+			return false
+		}
+		p.status = "gone"
+	}
+	p.exited = true
+	select {
+	case s.exits <- Exit{VMID: p.h.VMID, PID: p.h.PID, Status: p.status, At: time.Now().UTC()}:
+	default:
+	}
+	return true
+}
+
+func describe(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exit status %d", ws.ExitStatus())
+	case ws.Signaled():
+		return "signal: " + ws.Signal().String()
+	}
+	return fmt.Sprintf("wait status %d", ws)
+}
+
+// live returns the handle of a live VMM for vmID.
+func (s *Supervisor) live(vmID string) (Handle, bool) {
+	s.mu.Lock()
+	p, ok := s.procs[vmID]
+	s.mu.Unlock()
+	if !ok || s.reap(p) {
+		return Handle{}, false
+	}
+	return p.h, true
+}
+
+// Get returns the handle of vmID's live VMM.
+func (s *Supervisor) Get(vmID string) (Handle, bool) { return s.live(vmID) }
+
+// List returns the live VMMs, sorted by VM id.
+func (s *Supervisor) List() []Handle {
+	s.mu.Lock()
+	ps := make([]*proc, 0, len(s.procs))
+	for _, p := range s.procs {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	var out []Handle
+	for _, p := range ps {
+		if !s.reap(p) {
+			out = append(out, p.h)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].VMID < out[j].VMID })
+	return out
+}
+
+// Stop ends vmID's VMM: SIGTERM, up to grace for it to exit, then SIGKILL.
+// It removes the socket and the saved handle. Stopping a VM with no live
+// VMM is not an error.
+func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration) error {
+	if !hostlayout.ValidVMID(vmID) {
+		return fmt.Errorf("stop vm %q: %w", vmID, ErrInvalidID)
+	}
+	defer s.lock(vmID)()
+	s.mu.Lock()
+	p, ok := s.procs[vmID]
+	s.mu.Unlock()
+	if !ok {
+		// Not tracked: maybe a handle from a previous agent we failed to adopt.
+		if h, err := readHandle(s.cfg.Layout.VMDir(vmID)); err == nil && alive(h.PID, h.StartTicks, vmID) {
+			p = &proc{h: h}
+			ok = true
+		}
+	}
+	if ok {
+		if err := s.kill(p, grace); err != nil {
+			return fmt.Errorf("stop vm %s: %w", vmID, err)
+		}
+		s.mu.Lock()
+		delete(s.procs, vmID)
+		s.mu.Unlock()
+	}
+	l := s.cfg.Layout
+	for _, f := range []string{l.SockPath(vmID), filepath.Join(l.VMDir(vmID), handleFile)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("stop vm %s: %w", vmID, err)
+		}
+	}
+	return nil
+}
+
+// kill sends SIGTERM, waits up to grace, then SIGKILL and waits for the
+// process to be gone.
+func (s *Supervisor) kill(p *proc, grace time.Duration) error {
+	if s.reap(p) {
+		return nil
+	}
+	if grace > 0 {
+		_ = syscall.Kill(p.h.PID, syscall.SIGTERM)
+		if s.waitGone(p, grace) {
+			return nil
+		}
+	}
+	_ = syscall.Kill(p.h.PID, syscall.SIGKILL)
+	if s.waitGone(p, 5*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("pid %d did not exit after SIGKILL", p.h.PID)
+}
+
+func (s *Supervisor) waitGone(p *proc, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	delay := 200 * time.Microsecond
+	for {
+		if s.reap(p) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(delay)
+		if delay < 10*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// Recover adopts the live VMMs found under the run dir (after an agent
+// restart). It never kills anything: dead handles are left for the
+// manager's reconciler to clean up. It returns the adopted handles.
+func (s *Supervisor) Recover() ([]Handle, error) {
+	entries, err := os.ReadDir(s.cfg.Layout.VMsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("recover vmms: %w", err)
+	}
+	var out []Handle
+	for _, e := range entries {
+		if !e.IsDir() || !hostlayout.ValidVMID(e.Name()) {
+			continue
+		}
+		h, err := readHandle(s.cfg.Layout.VMDir(e.Name()))
+		if err != nil {
+			continue
+		}
+		if h.VMID != e.Name() || !alive(h.PID, h.StartTicks, h.VMID) {
+			continue
+		}
+		s.mu.Lock()
+		if _, tracked := s.procs[h.VMID]; !tracked {
+			s.procs[h.VMID] = &proc{h: h}
+		}
+		s.mu.Unlock()
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// Run watches tracked VMMs until ctx ends, reaping children as soon as
+// SIGCHLD arrives and checking adopted ones every interval.
+func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	defer signal.Stop(sigs)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sigs:
+		case <-t.C:
+		}
+		s.sweep()
+	}
+}
+
+// sweep reaps every tracked process that has exited and forgets it.
+func (s *Supervisor) sweep() {
+	s.mu.Lock()
+	ps := make([]*proc, 0, len(s.procs))
+	for _, p := range s.procs {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	for _, p := range ps {
+		if s.reap(p) {
+			s.mu.Lock()
+			if s.procs[p.h.VMID] == p {
+				delete(s.procs, p.h.VMID)
+			}
+			s.mu.Unlock()
+			s.log.Info("vmm exited", "vm_id", p.h.VMID, "pid", p.h.PID, "status", p.status)
+		}
+	}
+}
+
+func writeHandle(dir string, h Handle) error {
+	b, err := json.MarshalIndent(h, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, handleFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return fmt.Errorf("save handle: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, handleFile)); err != nil {
+		return fmt.Errorf("save handle: %w", err)
+	}
+	return nil
+}
+
+func readHandle(dir string) (Handle, error) {
+	var h Handle
+	b, err := os.ReadFile(filepath.Join(dir, handleFile))
+	if err != nil {
+		return h, err
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("read handle in %s: %w", dir, err)
+	}
+	if h.Version != handleVersion {
+		return h, fmt.Errorf("read handle in %s: version %d, want %d", dir, h.Version, handleVersion)
+	}
+	return h, nil
+}

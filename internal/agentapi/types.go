@@ -1,0 +1,129 @@
+// Package agentapi is the agent's HTTP API as seen from the manager: the
+// request and answer types of DESIGN.md section 3 and a client. The agent
+// server and the manager both use these types, so they cannot drift.
+package agentapi
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Prefix is the agent API's path prefix.
+const Prefix = "/agent/v1"
+
+// OK is the answer of calls that only succeed or fail.
+type OK struct {
+	OK bool `json:"ok"`
+}
+
+// TapResponse is the answer of POST /agent/v1/vms/{id}/tap.
+type TapResponse struct {
+	Tap    string `json:"tap"`
+	MAC    string `json:"mac"` // the guest MAC the manager gives firecracker
+	Bridge string `json:"bridge"`
+}
+
+// SpawnRequest is the body of POST /agent/v1/vms/{id}/spawn. Vcpu and
+// MemMib are recorded for capacity accounting; they do not configure the VM.
+type SpawnRequest struct {
+	Vcpu   int `json:"vcpu,omitempty"`
+	MemMib int `json:"mem_mib,omitempty"`
+}
+
+// SpawnResponse describes the VMM process and its files.
+type SpawnResponse struct {
+	PID         int    `json:"pid"`
+	APISock     string `json:"api_sock"`
+	LogPath     string `json:"log_path"`
+	ConsolePath string `json:"console_path"`
+	MetricsPath string `json:"metrics_path"`
+	// AlreadyRunning is true when a live VMM for the VM existed and was
+	// returned instead of starting another (spawn is idempotent).
+	AlreadyRunning bool `json:"already_running"`
+}
+
+// StopRequest is the optional body of POST /agent/v1/vms/{id}/stop.
+type StopRequest struct {
+	// GraceMs is how long to wait after SIGTERM before SIGKILL.
+	GraceMs int `json:"grace_ms,omitempty"`
+}
+
+// VMM is one live firecracker process.
+type VMM struct {
+	VMID      string    `json:"vm_id"`
+	PID       int       `json:"pid"`
+	APISock   string    `json:"api_sock"`
+	StartedAt time.Time `json:"started_at"`
+	Vcpu      int       `json:"vcpu"`
+	MemMib    int       `json:"mem_mib"`
+}
+
+// Tap is one TAP device with the agent's prefix. VMID is set when a run
+// dir on this host maps to the TAP's name.
+type Tap struct {
+	Name     string `json:"name"`
+	VMID     string `json:"vm_id,omitempty"`
+	Attached bool   `json:"attached"`
+	Up       bool   `json:"up"`
+}
+
+// Socket is one API socket file under the run dir.
+type Socket struct {
+	VMID string `json:"vm_id"`
+	Path string `json:"path"`
+	Live bool   `json:"live"` // a process of this VM holds it
+}
+
+// RunDir is one VM run dir.
+type RunDir struct {
+	VMID string `json:"vm_id"`
+	Path string `json:"path"`
+}
+
+// Inventory is the answer of GET /agent/v1/inventory: everything the agent
+// finds on its host, each tagged with its VM id.
+type Inventory struct {
+	Host    string    `json:"host"`
+	At      time.Time `json:"at"`
+	VMMs    []VMM     `json:"vmms"`
+	Taps    []Tap     `json:"taps"`
+	Sockets []Socket  `json:"sockets"`
+	RunDirs []RunDir  `json:"run_dirs"`
+}
+
+// Resources is an amount of vCPU and memory.
+type Resources struct {
+	Vcpu   int `json:"vcpu"`
+	MemMib int `json:"mem_mib"`
+}
+
+// Capacity is the answer of GET /agent/v1/capacity.
+type Capacity struct {
+	Total     Resources `json:"capacity"`
+	Allocated Resources `json:"allocated"`
+	VMs       int       `json:"vms"`
+}
+
+// Health is the answer of GET /agent/v1/health.
+type Health struct {
+	OK         bool   `json:"ok"`
+	Name       string `json:"name"`
+	Version    string `json:"version"`
+	VMMVersion string `json:"vmm_version,omitempty"`
+	Simulated  bool   `json:"simulated"`
+	NAT        string `json:"nat"`
+}
+
+// LogLines is the answer of GET /agent/v1/vms/{id}/logs and /files/tail.
+type LogLines struct {
+	Source string   `json:"source"`
+	Path   string   `json:"path"`
+	Lines  []string `json:"lines"`
+}
+
+// MetricsRecord is the answer of GET /agent/v1/vms/{id}/metrics: the
+// latest line firecracker wrote to the VM's metrics file.
+type MetricsRecord struct {
+	At     *time.Time      `json:"at,omitempty"`
+	Record json.RawMessage `json:"record,omitempty"`
+}

@@ -1,0 +1,237 @@
+// Package api is the manager's HTTP layer (DESIGN.md section 2): routing,
+// authentication and policy, the error contract, request ids and access
+// logs, Prometheus metrics and the OpenAPI document generated from the Go
+// types with huma. Handlers are thin: they call the manager service and
+// turn its errors into the contract in one function (toAPIError).
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humachi"
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/manager"
+)
+
+// Deps are what the HTTP layer needs.
+type Deps struct {
+	Service *manager.Service
+	Auth    *auth.Authenticator
+	Log     *slog.Logger
+	// Registry receives the API's metrics; /metrics serves it.
+	Registry *prometheus.Registry
+	Version  string
+}
+
+// Server is the manager's HTTP handler.
+type Server struct {
+	svc  *manager.Service
+	auth *auth.Authenticator
+	log  *slog.Logger
+	api  huma.API
+	mux  *chi.Mux
+	reg  *prometheus.Registry
+	m    *metrics
+
+	// ops lists every registered operation with its policy, so tests can
+	// walk them and a new route cannot forget its policy.
+	ops []*huma.Operation
+}
+
+// New returns the manager's HTTP handler with every route of routes.go.
+func New(d Deps) *Server {
+	if d.Registry == nil {
+		d.Registry = prometheus.NewRegistry()
+		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s := &Server{svc: d.Service, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry)}
+
+	// huma builds errors through this package-level hook; ours makes every
+	// error it reports (validation, bad JSON, 404 …) take the contract's shape.
+	huma.NewErrorWithContext = humaError
+
+	mux := chi.NewMux()
+	mux.Use(httpmw.Middleware(d.Log, "/healthz", "/readyz", "/metrics"))
+	mux.Use(s.m.middleware)
+	mux.Use(jsonByDefault)
+	mux.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, r, apierr.Newf(http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path).
+			WithSuggestion("see GET /openapi.json for the API"))
+	})
+	mux.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, r, apierr.Newf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry}))
+
+	cfg := huma.DefaultConfig("Nexus API", d.Version)
+	cfg.Info.Description = "Firecracker microVMs as easy to run as containers. Errors always have the shape " +
+		"{error, status, message, fault_message?, suggestion?, request_id}."
+	cfg.CreateHooks = nil // no $schema fields or Link headers in bodies
+	cfg.DocsPath = ""
+	cfg.RejectUnknownQueryParameters = true
+	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
+		"bearer": {Type: "http", Scheme: "bearer", Description: "an API token: Authorization: Bearer nxs_…"},
+	}
+	cfg.Transformers = append(cfg.Transformers, stampRequestID)
+	s.api = humachi.New(mux, cfg)
+	s.api.UseMiddleware(s.authenticate)
+	s.mux = mux
+	s.routes()
+	return s
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// OpenAPI returns the generated OpenAPI document.
+func (s *Server) OpenAPI() *huma.OpenAPI { return s.api.OpenAPI() }
+
+// Operations returns every registered operation (for policy tests).
+func (s *Server) Operations() []*huma.Operation { return s.ops }
+
+// humaError turns huma's own errors (validation, unreadable body, unknown
+// query parameters …) into the error contract. Validation is 400, not 422:
+// the contract says bad input is a 400.
+func humaError(ctx huma.Context, status int, msg string, errs ...error) huma.StatusError {
+	if status == http.StatusUnprocessableEntity {
+		status = http.StatusBadRequest
+	}
+	var parts []string
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		var d *huma.ErrorDetail
+		if errors.As(e, &d) {
+			if d.Location != "" {
+				parts = append(parts, d.Location+": "+d.Message)
+			} else {
+				parts = append(parts, d.Message)
+			}
+			continue
+		}
+		if status < 500 {
+			parts = append(parts, e.Error())
+		}
+	}
+	message := msg
+	if len(parts) > 0 {
+		message = msg + ": " + strings.Join(parts, "; ")
+	}
+	e := apierr.New(status, apierr.CodeFor(status), message)
+	if status >= 500 {
+		e = apierr.Internal(errors.Join(append([]error{errors.New(msg)}, errs...)...))
+	} else if status == http.StatusBadRequest {
+		e.Code = "invalid_request"
+		e.Suggestion = "see GET /openapi.json for the request's schema"
+	}
+	if ctx != nil {
+		e.RequestID = httpmw.RequestID(ctx.Context())
+		httpmw.SetErrorCode(ctx.Context(), codeOrDefault(e))
+	}
+	return e
+}
+
+func codeOrDefault(e *apierr.Error) string {
+	if e.Code != "" {
+		return e.Code
+	}
+	return fmt.Sprint(e.Status)
+}
+
+// stampRequestID fills request_id and a default code into every error body
+// huma writes, and records the code for the access log.
+func stampRequestID(ctx huma.Context, _ string, v any) (any, error) {
+	e, ok := v.(*apierr.Error)
+	if !ok {
+		return v, nil
+	}
+	c := *e
+	c.RequestID = httpmw.RequestID(ctx.Context())
+	if c.Code == "" {
+		c.Code = apierr.CodeFor(c.Status)
+	}
+	httpmw.SetErrorCode(ctx.Context(), c.Code)
+	return &c, nil
+}
+
+// jsonByDefault reads a body sent without a JSON content type (curl -d
+// says form-urlencoded) as JSON: the API speaks nothing else.
+func jsonByDefault(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 {
+			ct := r.Header.Get("Content-Type")
+			if ct == "" || strings.HasPrefix(ct, "application/x-www-form-urlencoded") || strings.HasPrefix(ct, "text/plain") {
+				r.Header.Set("Content-Type", "application/json")
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeErr writes an error outside huma (router fallbacks, streams).
+func writeErr(w http.ResponseWriter, r *http.Request, err error) {
+	e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
+	httpmw.SetErrorCode(r.Context(), e.Code)
+}
+
+// toAPIError is the one place service, store and auth errors become the
+// error contract. Internal causes are logged, never sent.
+func (s *Server) toAPIError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *apierr.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	if me, ok := manager.AsError(err); ok {
+		status := http.StatusInternalServerError
+		switch me.Kind {
+		case manager.KindInvalid, manager.KindRejected:
+			status = http.StatusBadRequest
+		case manager.KindNotFound:
+			status = http.StatusNotFound
+		case manager.KindConflict:
+			status = http.StatusConflict
+		case manager.KindForbidden:
+			status = http.StatusForbidden
+		case manager.KindNoCapacity:
+			status = http.StatusServiceUnavailable
+		case manager.KindUnavailable:
+			status = http.StatusBadGateway
+		case manager.KindTimeout:
+			status = http.StatusGatewayTimeout
+		}
+		if status == http.StatusInternalServerError {
+			s.log.Error("request failed", "request_id", httpmw.RequestID(ctx), "err", err)
+			out := apierr.Internal(err)
+			if me.Suggestion != "" {
+				out = out.WithSuggestion(me.Suggestion)
+			}
+			return out
+		}
+		return &apierr.Error{Status: status, Code: me.Code, Message: me.Message, FaultMessage: me.Fault, Suggestion: me.Suggestion}
+	}
+	if errors.Is(err, context.Canceled) {
+		return apierr.New(499, "canceled", "the request was canceled")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return apierr.New(http.StatusGatewayTimeout, "timeout", "the operation timed out")
+	}
+	s.log.Error("request failed", "request_id", httpmw.RequestID(ctx), "err", err)
+	return apierr.Internal(err)
+}

@@ -1,0 +1,102 @@
+package api
+
+import (
+	"context"
+	"io"
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+)
+
+type logsInput struct {
+	ID     string `path:"id" maxLength:"64"`
+	Tail   int    `query:"tail" minimum:"0" maximum:"10000" default:"100" doc:"number of lines"`
+	Source string `query:"source" enum:"fc,console" default:"fc" doc:"fc: firecracker's log; console: the guest serial console"`
+}
+
+type logsOutput struct {
+	Body apitypes.LogLines
+}
+
+func (s *Server) vmLogs(ctx context.Context, in *logsInput) (*logsOutput, error) {
+	ll, err := s.svc.Logs(ctx, scope(ctx), in.ID, in.Source, in.Tail)
+	if err != nil {
+		return nil, err
+	}
+	return &logsOutput{Body: apitypes.LogLines{Source: ll.Source, Path: ll.Path, Lines: ll.Lines}}, nil
+}
+
+type streamInput struct {
+	ID     string `path:"id" maxLength:"64"`
+	Source string `query:"source" enum:"fc,console" default:"fc"`
+}
+
+// vmLogsStream relays the agent's event stream to the caller until either
+// side goes away.
+func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.StreamResponse, error) {
+	resp, err := s.svc.StreamLogs(ctx, scope(ctx), in.ID, in.Source)
+	if err != nil {
+		return nil, err
+	}
+	return &huma.StreamResponse{Body: func(hctx huma.Context) {
+		defer resp.Body.Close()
+		hctx.SetHeader("Content-Type", "text/event-stream")
+		hctx.SetHeader("Cache-Control", "no-cache")
+		hctx.SetStatus(http.StatusOK)
+		w := hctx.BodyWriter()
+		flusher, _ := w.(http.Flusher)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := resp.Body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				if flusher != nil {
+					flusher.Flush()
+				}
+			}
+			if err != nil {
+				if err != io.EOF {
+					s.log.Debug("log stream ended", "vm_id", in.ID, "err", err)
+				}
+				return
+			}
+		}
+	}}, nil
+}
+
+type tailPathInput struct {
+	Path string `query:"path" required:"true" maxLength:"4096"`
+	Tail int    `query:"tail" minimum:"0" maximum:"10000" default:"100"`
+}
+
+func (s *Server) tailPath(ctx context.Context, in *tailPathInput) (*logsOutput, error) {
+	ll, err := s.svc.TailPath(ctx, scope(ctx), in.Path, in.Tail)
+	if err != nil {
+		return nil, err
+	}
+	return &logsOutput{Body: apitypes.LogLines{Source: ll.Source, Path: ll.Path, Lines: ll.Lines}}, nil
+}
+
+type metricsRecentInput struct {
+	ID string `query:"id" required:"true" maxLength:"64" doc:"VM id"`
+}
+
+type metricsRecentOutput struct {
+	Body apitypes.MetricsRecent
+}
+
+func (s *Server) metricsRecent(ctx context.Context, in *metricsRecentInput) (*metricsRecentOutput, error) {
+	if in.ID == "" {
+		return nil, apierr.BadRequest("id is required")
+	}
+	rec, err := s.svc.Metrics(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &metricsRecentOutput{Body: apitypes.MetricsRecent{ID: in.ID, At: rec.At, Record: rec.Record}}, nil
+}

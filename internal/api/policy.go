@@ -1,0 +1,138 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/manager"
+)
+
+// Who may call an operation. Every operation carries one; the middleware
+// refuses operations without it, so a new route cannot forget its policy.
+type policy struct {
+	// Auth is how the caller proves who it is: an API token (default),
+	// the fleet's join token (agents), or nothing (health, docs).
+	Auth authKind
+	// Role is the weakest role allowed.
+	Role auth.Role
+	// Action names the operation in the audit trail ("vm.create"); set on
+	// every mutating operation.
+	Action string
+	// Resource is what the action acts on ("vm", "host", …).
+	Resource string
+}
+
+type authKind int
+
+const (
+	authToken authKind = iota
+	authJoin
+	authNone
+)
+
+const policyKey = "nexus.policy"
+
+type principalKey struct{}
+
+var roleRank = map[auth.Role]int{auth.RoleViewer: 1, auth.RoleOperator: 2, auth.RoleAdmin: 3}
+
+// principal returns the authenticated caller of a request.
+func principal(ctx context.Context) (auth.Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(auth.Principal)
+	return p, ok
+}
+
+// scope is what the caller may see: an admin sees every project, anyone
+// else only the project of their token.
+func scope(ctx context.Context) manager.Scope {
+	p, ok := principal(ctx)
+	if !ok {
+		return manager.Scope{Project: "\x00none"} // sees nothing
+	}
+	if p.Role == auth.RoleAdmin {
+		return manager.All
+	}
+	// A token of project "*" reads (or, as operator, acts on) every project.
+	return manager.Scope{Project: p.Project}
+}
+
+func bearer(h string) string {
+	if v, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(v)
+	}
+	return ""
+}
+
+// authenticate enforces each operation's policy before its handler runs.
+func (s *Server) authenticate(ctx huma.Context, next func(huma.Context)) {
+	pol, ok := ctx.Operation().Metadata[policyKey].(policy)
+	if !ok {
+		// Fail closed: an operation registered without a policy is a bug.
+		s.writeHumaErr(ctx, apierr.Internal(errors.New("operation "+ctx.Operation().OperationID+" has no policy")))
+		return
+	}
+	switch pol.Auth {
+	case authNone:
+		next(ctx)
+		return
+	case authJoin:
+		want := s.svc.JoinToken()
+		got := bearer(ctx.Header("Authorization"))
+		if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			s.writeHumaErr(ctx, apierr.Unauthorized("missing or wrong join token").
+				WithSuggestion("agents register with the fleet's join token (AGENT_TOKEN = the manager's NEXUS_JOIN_TOKEN)"))
+			return
+		}
+		next(ctx)
+		return
+	}
+	tok := bearer(ctx.Header("Authorization"))
+	if tok == "" {
+		s.writeHumaErr(ctx, apierr.Unauthorized("missing bearer token").
+			WithSuggestion("send 'Authorization: Bearer <token>'; `nexus up` printed an admin token and wrote it to <data-dir>/admin.token"))
+		return
+	}
+	p, err := s.auth.Authenticate(ctx.Context(), tok)
+	if err != nil {
+		if errors.Is(err, auth.ErrUnauthenticated) {
+			s.writeHumaErr(ctx, apierr.Unauthorized("invalid, revoked or rotated token"))
+		} else {
+			s.writeHumaErr(ctx, s.toAPIError(ctx.Context(), err))
+		}
+		return
+	}
+	ctx = huma.WithValue(ctx, principalKey{}, p)
+	if roleRank[p.Role] < roleRank[pol.Role] {
+		s.writeHumaErr(ctx, apierr.Forbidden("role %s may not %s; it needs %s", p.Role, describeAction(pol, ctx), pol.Role))
+		return
+	}
+	next(ctx)
+}
+
+func describeAction(pol policy, ctx huma.Context) string {
+	if pol.Action != "" {
+		return pol.Action
+	}
+	return ctx.Operation().Method + " " + ctx.Operation().Path
+}
+
+// writeHumaErr writes an error from middleware in the contract's shape.
+func (s *Server) writeHumaErr(ctx huma.Context, err error) {
+	e := *apierr.From(err)
+	e.RequestID = httpmw.RequestID(ctx.Context())
+	httpmw.SetErrorCode(ctx.Context(), e.Code)
+	if e.Status == 0 {
+		e.Status = http.StatusInternalServerError
+	}
+	ctx.SetHeader("Content-Type", "application/json")
+	ctx.SetStatus(e.Status)
+	_ = jsonEncode(ctx.BodyWriter(), &e)
+}

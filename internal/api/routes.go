@@ -1,0 +1,80 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/nexus-microvm/nexus/internal/auth"
+)
+
+// routes lists every route of the manager API in one place, each with its
+// policy: who may call it and, for mutations, the audited action.
+func (s *Server) routes() {
+	viewer := policy{Role: auth.RoleViewer}
+	op := func(action, resource string) policy {
+		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
+	}
+	admin := func(action, resource string) policy {
+		return policy{Role: auth.RoleAdmin, Action: action, Resource: resource}
+	}
+	open := policy{Auth: authNone}
+	join := func(action string) policy { return policy{Auth: authJoin, Action: action, Resource: "host"} }
+
+	// Health and readiness.
+	register(s, "healthz", http.MethodGet, "/healthz", "Liveness", open, s.healthz)
+	register(s, "readyz", http.MethodGet, "/readyz", "Readiness: store reachable and at least one ready host", open, s.readyz)
+
+	// VMs.
+	register(s, "create-vm", http.MethodPost, "/v1/vms", "Create a VM (boots it unless start is false)", op("vm.create", "vm"), s.createVM, http.StatusCreated)
+	register(s, "list-vms", http.MethodGet, "/v1/vms", "List VMs", viewer, s.listVMs)
+	register(s, "bulk-vms", http.MethodPost, "/v1/vms/bulk", "Start, stop or delete many VMs", op("vm.bulk", "vm"), s.bulkVMs)
+	register(s, "get-vm", http.MethodGet, "/v1/vms/{id}", "Get a VM", viewer, s.getVM)
+	register(s, "start-vm", http.MethodPost, "/v1/vms/{id}/start", "Start a stopped VM", op("vm.start", "vm"), s.startVM)
+	register(s, "stop-vm", http.MethodPost, "/v1/vms/{id}/stop", "Stop a VM", op("vm.stop", "vm"), s.stopVM)
+	register(s, "pause-vm", http.MethodPost, "/v1/vms/{id}/pause", "Pause a running VM", op("vm.pause", "vm"), s.pauseVM)
+	register(s, "resume-vm", http.MethodPost, "/v1/vms/{id}/resume", "Resume a paused VM", op("vm.resume", "vm"), s.resumeVM)
+	register(s, "delete-vm", http.MethodDelete, "/v1/vms/{id}", "Delete a VM and everything it has on its host", op("vm.delete", "vm"), s.deleteVM)
+	register(s, "patch-drive", http.MethodPatch, "/v1/vms/{id}/drives/{drive_id}", "Change a running VM's drive rate limiter", op("vm.patch_drive", "vm"), s.patchDrive)
+	register(s, "vm-events", http.MethodGet, "/v1/vms/{id}/events", "A VM's history", viewer, s.vmEvents)
+
+	// Logs and metrics.
+	register(s, "vm-logs", http.MethodGet, "/v1/vms/{id}/logs", "The last lines of a VM's firecracker log or console", viewer, s.vmLogs)
+	registerStream(s, "vm-logs-stream", "/v1/vms/{id}/logs/stream", "Follow a VM's log (Server-Sent Events, one event per line)", viewer, s.vmLogsStream)
+	register(s, "tail-path", http.MethodGet, "/v1/logs/tail", "The last lines of a file in a VM run dir (dev mode)", viewer, s.tailPath)
+	register(s, "metrics-recent", http.MethodGet, "/v1/metrics/recent", "A VM's latest firecracker metrics record", viewer, s.metricsRecent)
+
+	// Hosts.
+	register(s, "list-hosts", http.MethodGet, "/v1/hosts", "List the fleet's hosts", viewer, s.listHosts)
+	register(s, "register-host", http.MethodPost, "/v1/hosts/register", "An agent joins the fleet (join token)", join("host.register"), s.registerHost)
+	register(s, "host-heartbeat", http.MethodPost, "/v1/hosts/{id}/heartbeat", "An agent reports capacity and allocation (join token)", join("host.heartbeat"), s.hostHeartbeat)
+	_ = admin
+}
+
+// register adds one operation with its policy.
+func register[I, O any](s *Server, id, method, path, summary string, pol policy, h func(context.Context, *I) (*O, error), status ...int) {
+	op := huma.Operation{
+		OperationID: id, Method: method, Path: path, Summary: summary,
+		Metadata: map[string]any{policyKey: pol},
+	}
+	if len(status) > 0 {
+		op.DefaultStatus = status[0]
+	}
+	if pol.Auth == authToken {
+		op.Security = []map[string][]string{{"bearer": {}}}
+	}
+	huma.Register(s.api, op, func(ctx context.Context, in *I) (*O, error) {
+		out, err := h(ctx, in)
+		if err != nil {
+			return nil, s.toAPIError(ctx, err)
+		}
+		return out, nil
+	})
+	s.ops = append(s.ops, &op)
+}
+
+// registerStream adds a streaming GET operation.
+func registerStream[I any](s *Server, id, path, summary string, pol policy, h func(context.Context, *I) (*huma.StreamResponse, error)) {
+	register(s, id, http.MethodGet, path, summary, pol, h)
+}

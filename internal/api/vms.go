@@ -1,0 +1,164 @@
+package api
+
+import (
+	"context"
+	"strings"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+type vmIDPath struct {
+	ID string `path:"id" maxLength:"64" doc:"VM id"`
+}
+
+type createVMInput struct {
+	Wait bool `query:"wait" default:"true" doc:"answer once the VM runs (or failed, with the reason); false answers at once with state requested"`
+	Body apitypes.CreateVMRequest
+}
+
+type vmOutput struct {
+	Body apitypes.VM
+}
+
+type vmItemOutput struct {
+	Body apitypes.VMItem
+}
+
+type okOutput struct {
+	Body apitypes.OK
+}
+
+func ok() *okOutput { return &okOutput{Body: apitypes.OK{OK: true}} }
+
+func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, error) {
+	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{Wait: in.Wait})
+	if err != nil {
+		return nil, err
+	}
+	return &vmOutput{Body: manager.View(vm)}, nil
+}
+
+type listVMsInput struct {
+	Project string   `query:"project" maxLength:"63"`
+	State   string   `query:"state" enum:"requested,configured,running,paused,stopping,stopped,failed,deleting" required:"false"`
+	HostID  string   `query:"host_id" maxLength:"64"`
+	Tag     []string `query:"tag" doc:"key=value; repeat to require several"`
+	Limit   int      `query:"limit" minimum:"0" maximum:"1000" doc:"page size (default 100)"`
+	Cursor  string   `query:"cursor" maxLength:"512" doc:"next_cursor of the previous page"`
+}
+
+type vmListOutput struct {
+	Body apitypes.VMList
+}
+
+func (s *Server) listVMs(ctx context.Context, in *listVMsInput) (*vmListOutput, error) {
+	f := store.VMFilter{Project: in.Project, State: store.VMState(in.State), HostID: in.HostID, Limit: in.Limit, Cursor: in.Cursor}
+	for _, t := range in.Tag {
+		k, v, found := strings.Cut(t, "=")
+		if !found || k == "" {
+			return nil, apierr.BadRequest("tag filter %q must be key=value", t)
+		}
+		if f.Tags == nil {
+			f.Tags = map[string]string{}
+		}
+		f.Tags[k] = v
+	}
+	items, next, err := s.svc.ListVMs(ctx, scope(ctx), f)
+	if err != nil {
+		return nil, err
+	}
+	out := &vmListOutput{Body: apitypes.VMList{Items: make([]apitypes.VM, 0, len(items)), NextCursor: next}}
+	for _, vm := range items {
+		out.Body.Items = append(out.Body.Items, manager.View(vm))
+	}
+	return out, nil
+}
+
+func (s *Server) getVM(ctx context.Context, in *vmIDPath) (*vmItemOutput, error) {
+	vm, err := s.svc.GetVM(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &vmItemOutput{Body: apitypes.VMItem{Item: manager.View(vm)}}, nil
+}
+
+func (s *Server) startVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+	_, err := s.svc.StartVM(ctx, scope(ctx), in.ID)
+	return ok(), err
+}
+
+func (s *Server) stopVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+	_, err := s.svc.StopVM(ctx, scope(ctx), in.ID)
+	return ok(), err
+}
+
+func (s *Server) pauseVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+	_, err := s.svc.PauseVM(ctx, scope(ctx), in.ID)
+	return ok(), err
+}
+
+func (s *Server) resumeVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+	_, err := s.svc.ResumeVM(ctx, scope(ctx), in.ID)
+	return ok(), err
+}
+
+func (s *Server) deleteVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+	return ok(), s.svc.DeleteVM(ctx, scope(ctx), in.ID)
+}
+
+type bulkInput struct {
+	Body apitypes.BulkRequest
+}
+
+type bulkOutput struct {
+	Body apitypes.BulkResponse
+}
+
+func (s *Server) bulkVMs(ctx context.Context, in *bulkInput) (*bulkOutput, error) {
+	res, err := s.svc.Bulk(ctx, scope(ctx), in.Body.Action, in.Body.IDs)
+	if err != nil {
+		return nil, err
+	}
+	return &bulkOutput{Body: apitypes.BulkResponse{Results: res}}, nil
+}
+
+type patchDriveInput struct {
+	ID      string `path:"id" maxLength:"64"`
+	DriveID string `path:"drive_id" maxLength:"64"`
+	Body    apitypes.DrivePatch
+}
+
+func (s *Server) patchDrive(ctx context.Context, in *patchDriveInput) (*okOutput, error) {
+	if in.Body.RateLimiter == nil {
+		return nil, apierr.BadRequest("rate_limiter is required")
+	}
+	return ok(), s.svc.PatchDrive(ctx, scope(ctx), in.ID, in.DriveID, in.Body.RateLimiter)
+}
+
+type eventsInput struct {
+	ID    string `path:"id" maxLength:"64"`
+	Limit int    `query:"limit" minimum:"0" maximum:"10000" doc:"most recent events (default 1000)"`
+}
+
+type eventsOutput struct {
+	Body apitypes.EventList
+}
+
+func (s *Server) vmEvents(ctx context.Context, in *eventsInput) (*eventsOutput, error) {
+	limit := in.Limit
+	if limit == 0 {
+		limit = 1000
+	}
+	evs, err := s.svc.Events(ctx, scope(ctx), in.ID, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &eventsOutput{Body: apitypes.EventList{Items: make([]apitypes.Event, 0, len(evs))}}
+	for _, e := range evs {
+		out.Body.Items = append(out.Body.Items, apitypes.Event{At: e.At, Level: e.Level, Message: e.Message})
+	}
+	return out, nil
+}

@@ -1,0 +1,211 @@
+// Package apitypes holds the manager REST API's request and answer bodies
+// (DESIGN.md section 2). The HTTP layer registers them for validation and
+// the OpenAPI document; the CLI's client decodes the same types, so the two
+// cannot drift. Storage models live in the store package, not here.
+package apitypes
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// RateLimiter is firecracker's rate limiter (bandwidth in bytes, ops in
+// operations; refill_time in ms; size 0 = unlimited).
+type RateLimiter struct {
+	Bandwidth *TokenBucket `json:"bandwidth,omitempty"`
+	Ops       *TokenBucket `json:"ops,omitempty"`
+}
+
+// TokenBucket is one bucket of a rate limiter.
+type TokenBucket struct {
+	Size         int64  `json:"size" minimum:"0"`
+	OneTimeBurst *int64 `json:"one_time_burst,omitempty" minimum:"0"`
+	RefillTime   int64  `json:"refill_time" minimum:"0" doc:"milliseconds to refill the bucket"`
+}
+
+// ExtraDrive is a drive beyond the root filesystem.
+type ExtraDrive struct {
+	DriveID     string       `json:"drive_id" minLength:"1" maxLength:"64" pattern:"^[A-Za-z0-9_]+$" doc:"firecracker drive id (letters, digits, _)"`
+	ImageID     string       `json:"image_id,omitempty" doc:"a registered rootfs image"`
+	Path        string       `json:"path,omitempty" doc:"host path (dev mode only)"`
+	ReadOnly    bool         `json:"read_only,omitempty"`
+	RateLimiter *RateLimiter `json:"rate_limiter,omitempty"`
+}
+
+// NIC configures the VM's network interface on the host bridge.
+type NIC struct {
+	Disabled      bool         `json:"disabled,omitempty" doc:"boot without a network interface"`
+	MTU           *int         `json:"mtu,omitempty" minimum:"68" maximum:"65535"`
+	RxRateLimiter *RateLimiter `json:"rx_rate_limiter,omitempty"`
+	TxRateLimiter *RateLimiter `json:"tx_rate_limiter,omitempty"`
+}
+
+// VMConfig is what a VM is made of; templates store it too.
+type VMConfig struct {
+	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" doc:"vCPUs (default 1; firecracker allows 1-32)"`
+	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" doc:"guest memory in MiB (default 128)"`
+	KernelImageID string       `json:"kernel_image_id,omitempty"`
+	KernelPath    string       `json:"kernel_path,omitempty" doc:"host path of an uncompressed kernel (dev mode only)"`
+	RootfsImageID string       `json:"rootfs_image_id,omitempty"`
+	RootfsPath    string       `json:"rootfs_path,omitempty" doc:"host path of a root filesystem image (dev mode only)"`
+	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048"`
+	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16"`
+	NIC           *NIC         `json:"nic,omitempty"`
+}
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
+	VMConfig
+	Project string            `json:"project,omitempty" maxLength:"63" doc:"default: the token's project"`
+	Tags    map[string]string `json:"tags,omitempty"`
+	Start   *bool             `json:"start,omitempty" doc:"boot after creating (default true)"`
+	HostID  string            `json:"host_id,omitempty" doc:"pin to a host; default: the scheduler picks"`
+}
+
+// VM is a microVM as the API shows it.
+type VM struct {
+	ID             string            `json:"id"`
+	Name           string            `json:"name"`
+	Project        string            `json:"project"`
+	State          string            `json:"state" enum:"requested,configured,running,paused,stopping,stopped,failed,deleting"`
+	DesiredState   string            `json:"desired_state"`
+	HostID         string            `json:"host_id,omitempty"`
+	HostAddr       string            `json:"host_addr,omitempty"`
+	APISock        string            `json:"api_sock,omitempty"`
+	Tap            string            `json:"tap,omitempty"`
+	MAC            string            `json:"mac,omitempty"`
+	LogPath        string            `json:"log_path,omitempty"`
+	ConsolePath    string            `json:"console_path,omitempty"`
+	Vcpu           int               `json:"vcpu"`
+	MemMib         int               `json:"mem_mib"`
+	KernelImageID  string            `json:"kernel_image_id,omitempty"`
+	KernelPath     string            `json:"kernel_path,omitempty"`
+	RootfsImageID  string            `json:"rootfs_image_id,omitempty"`
+	RootfsPath     string            `json:"rootfs_path,omitempty"`
+	BootArgs       string            `json:"boot_args,omitempty"`
+	ExtraDrives    []ExtraDrive      `json:"extra_drives,omitempty"`
+	NIC            *NIC              `json:"nic,omitempty"`
+	TemplateID     string            `json:"template_id,omitempty"`
+	TemplateConfig json.RawMessage   `json:"template_config,omitempty"`
+	Overrides      json.RawMessage   `json:"overrides,omitempty"`
+	Tags           map[string]string `json:"tags"`
+	CreatedAt      time.Time         `json:"created_at"`
+	UpdatedAt      time.Time         `json:"updated_at"`
+	LastError      string            `json:"last_error,omitempty"`
+}
+
+// VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}.
+type VMItem struct {
+	Item VM `json:"item"`
+}
+
+// VMList is GET /v1/vms.
+type VMList struct {
+	Items      []VM   `json:"items"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// OK is the answer of actions.
+type OK struct {
+	OK bool `json:"ok"`
+}
+
+// BulkRequest is the body of POST /v1/vms/bulk.
+type BulkRequest struct {
+	Action string   `json:"action" enum:"start,stop,delete"`
+	IDs    []string `json:"ids" minItems:"1" maxItems:"1000"`
+}
+
+// BulkResult is one VM's outcome in a bulk action.
+type BulkResult struct {
+	ID    string `json:"id"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// BulkResponse is the answer of POST /v1/vms/bulk.
+type BulkResponse struct {
+	Results []BulkResult `json:"results"`
+}
+
+// DrivePatch is the body of PATCH /v1/vms/{id}/drives/{drive_id}.
+type DrivePatch struct {
+	RateLimiter *RateLimiter `json:"rate_limiter"`
+}
+
+// Event is one line of a VM's history.
+type Event struct {
+	At      time.Time `json:"at"`
+	Level   string    `json:"level"`
+	Message string    `json:"message"`
+}
+
+// EventList is GET /v1/vms/{id}/events.
+type EventList struct {
+	Items []Event `json:"items"`
+}
+
+// LogLines is GET /v1/vms/{id}/logs.
+type LogLines struct {
+	Source string   `json:"source"`
+	Path   string   `json:"path"`
+	Lines  []string `json:"lines"`
+}
+
+// MetricsRecent is GET /v1/metrics/recent.
+type MetricsRecent struct {
+	ID     string          `json:"id"`
+	At     *time.Time      `json:"at,omitempty"`
+	Record json.RawMessage `json:"record,omitempty"`
+}
+
+// Resources is an amount of vCPU and memory.
+type Resources struct {
+	Vcpu   int `json:"vcpu"`
+	MemMib int `json:"mem_mib"`
+}
+
+// Host is one agent host.
+type Host struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Addr       string    `json:"addr"`
+	State      string    `json:"state" enum:"ready,unreachable,draining"`
+	Capacity   Resources `json:"capacity"`
+	Allocated  Resources `json:"allocated"`
+	VMs        int       `json:"vms"`
+	LastSeenAt time.Time `json:"last_seen_at"`
+}
+
+// HostList is GET /v1/hosts.
+type HostList struct {
+	Items []Host `json:"items"`
+}
+
+// Health is /healthz and /readyz.
+type Health struct {
+	OK     bool              `json:"ok"`
+	Checks map[string]string `json:"checks,omitempty"`
+}
+
+// RegisterHostRequest is what an agent sends to join the fleet.
+type RegisterHostRequest struct {
+	Name     string    `json:"name" minLength:"1" maxLength:"253"`
+	Addr     string    `json:"addr" minLength:"1" maxLength:"512" doc:"the agent's base URL, e.g. http://10.0.0.5:9090"`
+	Version  string    `json:"version,omitempty" maxLength:"64"`
+	Capacity Resources `json:"capacity"`
+}
+
+// RegisterHostResponse tells the agent its host id and heartbeat period.
+type RegisterHostResponse struct {
+	ID                  string `json:"id"`
+	HeartbeatIntervalMs int    `json:"heartbeat_interval_ms"`
+}
+
+// HeartbeatRequest is an agent's periodic report.
+type HeartbeatRequest struct {
+	Capacity  Resources `json:"capacity"`
+	Allocated Resources `json:"allocated"`
+	VMs       int       `json:"vms" minimum:"0"`
+}

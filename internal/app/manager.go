@@ -1,0 +1,144 @@
+// Package app wires the Nexus processes together: the manager (store,
+// authentication, service, HTTP API) and `nexus up`, which runs a manager
+// and a local agent in one process with production code paths and dev
+// defaults. The cli package parses flags and calls in here.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/nexus-microvm/nexus/internal/api"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// ManagerOptions are the manager's settings (flags and environment).
+type ManagerOptions struct {
+	Listen            string // NEXUS_LISTEN
+	DatabaseURL       string // DATABASE_URL
+	Mode              string // NEXUS_MODE
+	JoinToken         string // NEXUS_JOIN_TOKEN: shared with the agents
+	ReconcileInterval time.Duration
+	Version           string
+	// TokenCacheTTL is how long a verified API token is trusted without
+	// re-checking the store.
+	TokenCacheTTL time.Duration
+}
+
+// Manager is a running manager.
+type Manager struct {
+	Store   store.Store
+	Service *manager.Service
+	Auth    *auth.Authenticator
+	API     *api.Server
+	Addr    string // bound listen address
+	srv     *http.Server
+	done    chan struct{}
+}
+
+// URL is the manager's base URL.
+func (m *Manager) URL() string { return "http://" + m.Addr }
+
+// Wait blocks until the HTTP server has stopped and the store is closed.
+func (m *Manager) Wait() { <-m.done }
+
+// StartManager opens the store (applying migrations), builds the service
+// and API, and starts serving on o.Listen. It runs until ctx ends.
+func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Manager, error) {
+	if o.Mode != manager.ModeDev && o.Mode != manager.ModeProd {
+		return nil, fmt.Errorf("NEXUS_MODE must be dev or prod, not %q", o.Mode)
+	}
+	if o.Mode == manager.ModeProd && !isLoopback(o.Listen) {
+		return nil, fmt.Errorf("prod mode serves plain HTTP only on loopback; %s is not (put a TLS proxy in front and listen on 127.0.0.1)", o.Listen)
+	}
+	if o.JoinToken == "" {
+		return nil, errors.New("a join token is required (NEXUS_JOIN_TOKEN): agents and manager must share it")
+	}
+	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	ttl := o.TokenCacheTTL
+	if ttl == 0 {
+		ttl = 30 * time.Second
+	}
+	authn := auth.NewAuthenticator(st, ttl, log)
+	svc := manager.New(ctx, manager.Config{Mode: o.Mode, JoinToken: o.JoinToken}, st, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := api.New(api.Deps{Service: svc, Auth: authn, Log: log, Registry: reg, Version: o.Version})
+
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
+	}
+	m := &Manager{
+		Store: st, Service: svc, Auth: authn, API: srv, Addr: ln.Addr().String(), done: make(chan struct{}),
+		srv: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second},
+	}
+	go authn.Run(ctx, 10*time.Second)
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = m.srv.Shutdown(shut)
+	}()
+	go func() {
+		defer close(m.done)
+		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("manager server stopped", "err", err)
+		}
+		authn.Flush(context.Background())
+		st.Close()
+	}()
+	log.Info("manager listening", "addr", m.Addr, "store", st.Engine(), "mode", o.Mode)
+	return m, nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Bootstrap creates an admin token for owner and returns its secret. It is
+// how the first token comes to exist (`nexus up`, `nexus manager
+// bootstrap`); there is no default password.
+func Bootstrap(ctx context.Context, st store.TokenStore, owner string) (string, store.APIToken, error) {
+	return CreateToken(ctx, st, owner, string(auth.RoleAdmin), auth.AllProjects)
+}
+
+// CreateToken makes a new token and stores only its hash.
+func CreateToken(ctx context.Context, st store.TokenStore, owner, role, project string) (string, store.APIToken, error) {
+	secret, lookup, err := auth.NewSecret()
+	if err != nil {
+		return "", store.APIToken{}, err
+	}
+	_, sec, _ := auth.SplitToken(secret)
+	hash, err := auth.Hash(sec)
+	if err != nil {
+		return "", store.APIToken{}, err
+	}
+	rec, err := st.CreateToken(ctx, store.APIToken{Prefix: lookup, Hash: hash, Owner: owner, Role: role, Project: project})
+	if err != nil {
+		return "", store.APIToken{}, fmt.Errorf("create token: %w", err)
+	}
+	return secret, rec, nil
+}

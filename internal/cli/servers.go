@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/nexus-microvm/nexus/internal/agent"
+	"github.com/nexus-microvm/nexus/internal/app"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// strFlag defines a string flag whose default comes from an environment
+// variable, and says so in --help.
+func strFlag(fs *pflag.FlagSet, p *string, name string, e env, key, def, usage string) {
+	if key != "" {
+		usage += " (env " + key + ")"
+	}
+	fs.StringVar(p, name, e.or(key, def), usage)
+}
+
+func durFlag(fs *pflag.FlagSet, p *time.Duration, name string, e env, key string, def time.Duration, usage string) error {
+	d := def
+	if v := e(key); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			return fmt.Errorf("%s=%q: %w", key, v, err)
+		}
+	}
+	fs.DurationVar(p, name, d, usage+" (env "+key+")")
+	return nil
+}
+
+// newLogger returns the JSON (or text) structured logger servers log with.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use json or text", format)
+}
+
+type logFlags struct{ format, level string }
+
+func (l *logFlags) add(fs *pflag.FlagSet, e env, defFormat string) {
+	strFlag(fs, &l.format, "log-format", e, "NEXUS_LOG_FORMAT", defFormat, "log format: json or text")
+	strFlag(fs, &l.level, "log-level", e, "NEXUS_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+}
+
+func newAgentCmd(e env, stdout, stderr io.Writer) *cobra.Command {
+	var o agent.Options
+	var lf logFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host agent (root): TAPs, firecracker processes, socket proxy, inventory",
+		Long: `Run the host agent. It needs root: it creates a bridge, TAP devices and NAT
+rules, and starts firecracker processes, which keep running when the agent
+stops and are adopted again when it restarts.
+
+Every request must carry the fleet's join token (AGENT_TOKEN, which must
+equal the manager's NEXUS_JOIN_TOKEN). Without one, the agent creates a token
+in $FC_RUN_DIR/agent.token. With AGENT_MANAGER set it registers there and
+sends heartbeats.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, lf.format, lf.level)
+			if err != nil {
+				return err
+			}
+			o.Version = Version
+			o.VMMEnv = simEnv(e)
+			r, err := agent.Start(cmd.Context(), o, log)
+			if err != nil {
+				return err
+			}
+			r.Wait()
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	host, _ := os.Hostname()
+	strFlag(fs, &o.Bind, "bind", e, "AGENT_BIND", "127.0.0.1:9090", "listen address")
+	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>)")
+	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
+	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
+	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
+	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "/srv/fc", "directory for everything the agent creates")
+	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
+	strFlag(fs, &o.Bridge, "bridge", e, "FC_BRIDGE", "fcbr0", "bridge the TAPs join")
+	strFlag(fs, &o.BridgeCIDR, "bridge-cidr", e, "FC_BRIDGE_CIDR", "", "gateway address/prefix of the VM subnet (default 172.20.0.1/16)")
+	strFlag(fs, &o.Uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
+	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
+	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
+	if err := durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop"); err != nil {
+		return errCmd("agent", err)
+	}
+	lf.add(fs, e, "json")
+	return cmd
+}
+
+// simEnv passes firecracker-sim's tuning variables through to VMMs.
+func simEnv(e env) []string {
+	var out []string
+	for _, k := range []string{"FC_SIM_METRICS_INTERVAL", "FC_SIM_TICK"} {
+		if v := e(k); v != "" {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
+// errCmd is a command that only reports a configuration error.
+func errCmd(name string, err error) *cobra.Command {
+	return &cobra.Command{Use: name, RunE: func(*cobra.Command, []string) error { return err }}
+}
+
+func newManagerCmd(e env, stdout, stderr io.Writer) *cobra.Command {
+	var o app.ManagerOptions
+	var lf logFlags
+	cmd := &cobra.Command{
+		Use:   "manager",
+		Short: "Run the manager: REST API, state store, reconciler, scheduler",
+		Long: `Run the manager. DATABASE_URL picks the store: sqlite://PATH for one host,
+postgres://… for a fleet (several managers may share one Postgres).
+Migrations are applied at start. Agents join with the shared join token
+(NEXUS_JOIN_TOKEN). The first admin token comes from ` + "`nexus manager bootstrap`" + `.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, lf.format, lf.level)
+			if err != nil {
+				return err
+			}
+			o.Version = Version
+			m, err := app.StartManager(cmd.Context(), o, log)
+			if err != nil {
+				return err
+			}
+			m.Wait()
+			return nil
+		},
+	}
+	fs := cmd.PersistentFlags()
+	strFlag(fs, &o.DatabaseURL, "database-url", e, "DATABASE_URL", store.DefaultDSN, "sqlite://PATH or postgres://…")
+	lfs := cmd.Flags()
+	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
+	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
+	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent")
+	if err := durFlag(lfs, &o.ReconcileInterval, "reconcile-interval", e, "NEXUS_RECONCILE_INTERVAL", 15*time.Second, "periodic reconcile pass"); err != nil {
+		return errCmd("manager", err)
+	}
+	lf.add(lfs, e, "json")
+
+	cmd.AddCommand(&cobra.Command{
+		Use:   "migrate",
+		Short: "Apply the store's migrations and exit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := store.Migrate(cmd.Context(), o.DatabaseURL); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "migrations applied")
+			return nil
+		},
+	})
+	var owner string
+	boot := &cobra.Command{
+		Use:   "bootstrap",
+		Short: "Create an admin API token and print it (shown once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := store.Open(cmd.Context(), o.DatabaseURL)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			secret, rec, err := app.Bootstrap(cmd.Context(), st, owner)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "admin token %s for %s (shown once; store it safely):\n", rec.ID, owner)
+			fmt.Fprintln(stdout, secret)
+			return nil
+		},
+	}
+	boot.Flags().StringVar(&owner, "owner", "admin", "who the token belongs to")
+	cmd.AddCommand(boot)
+	return cmd
+}
+
+func newUpCmd(e env, stdout, stderr io.Writer) *cobra.Command {
+	var o app.UpOptions
+	var lf logFlags
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run manager + local agent + SQLite in one process (one host, zero setup)",
+		Long: `Run the whole of Nexus on this host in one process: a manager with an
+embedded SQLite store under --data-dir and a local agent. It uses the real
+firecracker when one is on PATH (or --fc-bin) and /dev/kvm is usable, and
+firecracker-sim otherwise, saying so. On first start it creates an admin
+token, writes it to <data-dir>/admin.token (mode 0600) and prints it.
+Ctrl-C stops; running VMs keep running and the next ` + "`nexus up`" + ` adopts them.
+Needs root for TAP devices.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(stderr, lf.format, lf.level)
+			if err != nil {
+				return err
+			}
+			o.Version = Version
+			return app.Up(cmd.Context(), o, log, stdout)
+		},
+	}
+	fs := cmd.Flags()
+	strFlag(fs, &o.DataDir, "data-dir", e, "NEXUS_DATA_DIR", "./.nexus", "state directory")
+	strFlag(fs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "manager listen address")
+	strFlag(fs, &o.FCBin, "fc-bin", e, "FC_BIN", "", "firecracker binary to prefer (default: firecracker on PATH)")
+	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "", "agent run dir (default <data-dir>/run)")
+	strFlag(fs, &o.Bridge, "bridge", e, "FC_BRIDGE", "fcbr0", "bridge the TAPs join")
+	strFlag(fs, &o.BridgeCIDR, "bridge-cidr", e, "FC_BRIDGE_CIDR", "", "gateway address/prefix of the VM subnet (default 172.20.0.1/16)")
+	strFlag(fs, &o.Uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
+	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod")
+	lf.add(fs, e, "text")
+	return cmd
+}

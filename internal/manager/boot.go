@@ -1,0 +1,231 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// bootStep is one named step of the boot sequence. The sequence is data so
+// that a failure names its step and the rollback is uniform.
+type bootStep struct {
+	name string
+	do   func(ctx context.Context) error
+}
+
+// DefaultBootArgs give a console on ttyS0 (the console log) and keep the
+// guest from rebooting forever on panic.
+const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+
+// boot runs tap → spawn → logger, metrics, machine-config, boot-source,
+// drives, network-interfaces → InstanceStart for vm, recording state as it
+// goes. On failure the agent stops whatever was started (process, TAP,
+// socket), the row says failed with last_error, and the error says which
+// step failed and why. The caller holds the VM's lock.
+func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
+	ag := s.agents.get(vm.HostAddr)
+	sp := decodeSpec(vm)
+	fc := ag.Firecracker(vm.ID)
+	var spawned agentapi.SpawnResponse
+	var tap agentapi.TapResponse
+
+	steps := []bootStep{
+		{"create tap", func(ctx context.Context) (err error) {
+			if sp.NIC != nil && sp.NIC.Disabled {
+				return nil
+			}
+			tap, err = ag.Tap(ctx, vm.ID)
+			return err
+		}},
+		{"spawn vmm", func(ctx context.Context) (err error) {
+			spawned, err = ag.Spawn(ctx, vm.ID, agentapi.SpawnRequest{Vcpu: vm.VCPU, MemMib: vm.MemMiB})
+			if err != nil {
+				return err
+			}
+			vm, err = s.update(ctx, vm.ID, func(v *store.VM) error {
+				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
+				if tap.Tap != "" {
+					v.TAP, v.MAC = tap.Tap, tap.MAC
+				}
+				return nil
+			})
+			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
+			return err
+		}},
+		{"configure logger", func(ctx context.Context) error {
+			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
+		}},
+		{"configure metrics", func(ctx context.Context) error {
+			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: spawned.MetricsPath})
+		}},
+		{"configure machine", func(ctx context.Context) error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
+		}},
+		{"configure boot source", func(ctx context.Context) error {
+			args := vm.BootArgs
+			if args == "" {
+				args = DefaultBootArgs
+			}
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: vm.KernelPath, BootArgs: args})
+		}},
+		{"configure drives", func(ctx context.Context) error {
+			if vm.RootfsPath != "" {
+				if err := fc.PutDrive(ctx, firecracker.Drive{
+					DriveID: "rootfs", IsRootDevice: true, PathOnHost: vm.RootfsPath, IsReadOnly: firecracker.Bool(false),
+				}); err != nil {
+					return err
+				}
+			}
+			for _, d := range sp.ExtraDrives {
+				if err := fc.PutDrive(ctx, firecracker.Drive{
+					DriveID: d.DriveID, PathOnHost: d.Path, IsReadOnly: firecracker.Bool(d.ReadOnly),
+					RateLimiter: fcRateLimiter(d.RateLimiter),
+				}); err != nil {
+					return fmt.Errorf("drive %s: %w", d.DriveID, err)
+				}
+			}
+			return nil
+		}},
+		{"configure network", func(ctx context.Context) error {
+			if tap.Tap == "" {
+				return nil
+			}
+			ni := firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: tap.Tap, GuestMAC: tap.MAC}
+			if sp.NIC != nil {
+				ni.MTU = sp.NIC.MTU
+				ni.RxRateLimiter = fcRateLimiter(sp.NIC.RxRateLimiter)
+				ni.TxRateLimiter = fcRateLimiter(sp.NIC.TxRateLimiter)
+			}
+			if err := fc.PutNetworkInterface(ctx, ni); err != nil {
+				return err
+			}
+			var err error
+			vm, err = s.setState(ctx, vm.ID, store.VMConfigured, "")
+			return err
+		}},
+		{"start instance", func(ctx context.Context) error {
+			return fc.InstanceStart(ctx)
+		}},
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
+	defer cancel()
+	for _, st := range steps {
+		if err := st.do(ctx); err != nil {
+			serr := s.stepError(vm, st.name, err)
+			s.rollback(vm, st.name, serr)
+			return vm, serr
+		}
+	}
+	vm, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+		v.State, v.LastError, v.Retries, v.NextAttemptAt = store.VMRunning, "", 0, nil
+		return nil
+	})
+	s.event(ctx, vm.ID, store.LevelInfo, "running")
+	return vm, err
+}
+
+// rollback stops what boot started and marks the VM failed. It runs on the
+// service's context: the caller may be gone, the cleanup must still happen.
+func (s *Service) rollback(vm store.VM, step string, cause *Error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30e9)
+	defer cancel()
+	if vm.HostAddr != "" {
+		if err := s.agents.get(vm.HostAddr).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
+			s.log.Error("rollback failed; the reconciler will retry", "vm_id", vm.ID, "step", step, "err", err)
+			s.event(ctx, vm.ID, store.LevelError, "rollback after failed %s did not finish: %v", step, err)
+		}
+	}
+	_, _ = s.update(ctx, vm.ID, func(v *store.VM) error {
+		v.State, v.LastError = store.VMFailed, cause.Error()
+		return nil
+	})
+	s.event(ctx, vm.ID, store.LevelError, "%s failed: %s", step, cause.Error())
+}
+
+// stepError turns an agent or firecracker failure into a service error
+// that names the VM and the step and says what to do.
+func (s *Service) stepError(vm store.VM, step string, err error) *Error {
+	prefix := fmt.Sprintf("vm %s (%s): %s", vm.ID, vm.Name, step)
+	if fe, ok := firecracker.IsAPIError(err); ok {
+		switch {
+		case fe.StatusCode == http.StatusBadRequest && fe.FaultMessage != "":
+			return (&Error{Kind: KindRejected, Code: "firecracker_rejected", Message: prefix + ": firecracker refused",
+				Fault: fe.FaultMessage, Err: err}).suggest(suggestFor(step, fe.FaultMessage, vm))
+		case fe.StatusCode == http.StatusGatewayTimeout:
+			return (&Error{Kind: KindTimeout, Code: "vmm_timeout", Message: prefix + ": firecracker did not answer in time", Err: err}).
+				suggest("the VMM may be hung; stop and start the VM")
+		case fe.StatusCode == http.StatusBadGateway:
+			return (&Error{Kind: KindUnavailable, Code: "vmm_unreachable", Message: prefix + ": " + firstNonEmpty(fe.Message, "the VMM is not running"), Err: err}).
+				suggest("see the console log: nexus vm logs --source console " + vm.ID)
+		}
+		return &Error{Kind: KindInternal, Code: "vmm_error", Message: prefix, Err: err}
+	}
+	return agentError(prefix, vm, err)
+}
+
+// agentError classifies an error from an agent call.
+func agentError(prefix string, vm store.VM, err error) *Error {
+	var ue *agentapi.UnreachableError
+	if errors.As(err, &ue) {
+		return (&Error{Kind: KindUnavailable, Code: "agent_unreachable",
+			Message: fmt.Sprintf("%s: agent %s unreachable", prefix, vm.HostAddr), Err: err}).
+			suggest("check that the agent on host " + vm.HostID + " is running; the reconciler retries")
+	}
+	var ae *apierr.Error
+	if errors.As(err, &ae) {
+		e := &Error{Kind: KindInternal, Code: ae.Code, Message: prefix + ": " + ae.Message, Suggestion: ae.Suggestion, Err: err}
+		switch {
+		case ae.Status == http.StatusGatewayTimeout:
+			e.Kind = KindTimeout
+		case ae.Status == http.StatusBadGateway:
+			e.Kind = KindUnavailable
+		case ae.Status == http.StatusUnauthorized:
+			e.Message = prefix + ": the agent refused the join token"
+			e.Suggestion = "manager and agent must share the same join token (NEXUS_JOIN_TOKEN / AGENT_TOKEN)"
+		}
+		return e
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Kind: KindTimeout, Code: "timeout", Message: prefix + ": timed out", Err: err}
+	}
+	return &Error{Kind: KindInternal, Code: "internal", Message: prefix, Err: err}
+}
+
+// suggestFor maps firecracker's fault messages to what the caller can do.
+func suggestFor(step, fault string, vm store.VM) string {
+	f := strings.ToLower(fault)
+	switch {
+	case strings.Contains(f, "vcpus"):
+		return "vcpu must be between 1 and 32 (1 or an even number with SMT)"
+	case strings.Contains(f, "memory size"):
+		return "mem_mib must be positive (and even with huge pages)"
+	case strings.Contains(f, "kernel file cannot be opened"):
+		return fmt.Sprintf("the kernel %q is not readable on host %s; register it as an image or fix the path", vm.KernelPath, vm.HostID)
+	case strings.Contains(f, "kernel loader"), strings.Contains(f, "elf"), strings.Contains(f, "invalid kernel"):
+		return "the kernel must be an uncompressed ELF vmlinux (not a bzImage or a compressed file)"
+	case strings.Contains(f, "no such file") && strings.Contains(step, "drive"):
+		return "a drive file does not exist on the host; check rootfs_path / extra_drives"
+	case strings.Contains(f, "network") || strings.Contains(f, "tap"):
+		return "the VM's TAP device is missing or busy; start the VM again"
+	case strings.Contains(f, "unknown field"):
+		return "this firecracker does not know a field Nexus sent; check the firecracker version"
+	}
+	return "see the VM's firecracker log: nexus vm logs " + vm.ID
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

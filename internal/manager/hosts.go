@@ -1,0 +1,145 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// RegisterHost records an agent joining the fleet (or re-joining after a
+// restart) and returns its host record.
+func (s *Service) RegisterHost(ctx context.Context, name, addr, version string, capacity apitypes.Resources) (store.Host, error) {
+	if name == "" || addr == "" {
+		return store.Host{}, invalid("name and addr are required")
+	}
+	h, err := s.st.UpsertHost(ctx, store.HostRegistration{
+		Name: name, Addr: addr, Version: version,
+		Capacity: store.Resources{VCPU: capacity.Vcpu, MemMiB: capacity.MemMib},
+	})
+	if err != nil {
+		return h, fmt.Errorf("register host %s: %w", name, err)
+	}
+	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr)
+	return h, nil
+}
+
+// Heartbeat records an agent's periodic report.
+func (s *Service) Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error {
+	err := s.st.Heartbeat(ctx, hostID, store.Heartbeat{
+		Capacity:  store.Resources{VCPU: total.Vcpu, MemMiB: total.MemMib},
+		Allocated: store.Resources{VCPU: allocated.Vcpu, MemMiB: allocated.MemMib},
+		VMs:       vms,
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound("host", hostID).suggest("register again: the host was removed")
+	}
+	return err
+}
+
+// ListHosts returns the fleet with each host's effective state: a ready
+// host that missed its heartbeats shows as unreachable.
+func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
+	hosts, err := s.st.ListHosts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	for i := range hosts {
+		hosts[i].State = s.effectiveState(hosts[i])
+	}
+	return hosts, nil
+}
+
+func (s *Service) effectiveState(h store.Host) store.HostState {
+	if h.State == store.HostReady && s.now().Sub(h.LastSeenAt) > s.cfg.HeartbeatTimeout {
+		return store.HostUnreachable
+	}
+	return h.State
+}
+
+// heldStates are the VM states whose resources count against a host.
+var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
+
+// place picks the host for a new VM: the one asked for, or the ready host
+// with the most free memory (after overcommit) that fits the VM.
+func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, error) {
+	hosts, err := s.ListHosts(ctx)
+	if err != nil {
+		return store.Host{}, err
+	}
+	alloc, err := s.st.AllocationsByHost(ctx, freeStates...)
+	if err != nil {
+		return store.Host{}, fmt.Errorf("place vm: %w", err)
+	}
+	type cand struct {
+		h        store.Host
+		freeMem  float64
+		freeVcpu float64
+	}
+	var cands []cand
+	for _, h := range hosts {
+		a := alloc[h.ID]
+		c := cand{h: h,
+			freeVcpu: float64(h.Capacity.VCPU)*s.cfg.VcpuOvercommit - float64(a.VCPU),
+			freeMem:  float64(h.Capacity.MemMiB)*s.cfg.MemOvercommit - float64(a.MemMiB),
+		}
+		fits := c.freeVcpu >= float64(vcpu) && c.freeMem >= float64(mem)
+		if hostID != "" && (h.ID == hostID || h.Name == hostID) {
+			switch {
+			case h.State != store.HostReady:
+				return h, newErr(KindNoCapacity, "host_not_ready", "host %s is %s", h.Name, h.State).
+					suggest("omit host_id to let the scheduler choose, or wait for the host")
+			case !fits:
+				return h, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB (free %.0f vCPU / %.0f MiB)", h.Name, vcpu, mem, c.freeVcpu, c.freeMem).
+					suggest("omit host_id, or free resources on that host")
+			}
+			return h, nil
+		}
+		if h.State == store.HostReady && fits {
+			cands = append(cands, c)
+		}
+	}
+	if hostID != "" {
+		return store.Host{}, invalid("host %q not found", hostID).suggest("list hosts: nexus host ls")
+	}
+	if len(cands) == 0 {
+		if len(hosts) == 0 {
+			return store.Host{}, newErr(KindNoCapacity, "no_hosts", "no agent has registered with this manager").
+				suggest("start an agent with AGENT_MANAGER pointing here, or use `nexus up`")
+		}
+		return store.Host{}, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vcpu, mem).
+			suggest("stop or delete VMs, add a host, or ask for less (nexus host ls shows free capacity)")
+	}
+	// Most free memory first spreads VMs across hosts; ties by name for
+	// stable tests.
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].freeMem != cands[j].freeMem {
+			return cands[i].freeMem > cands[j].freeMem
+		}
+		return cands[i].h.Name < cands[j].h.Name
+	})
+	return cands[0].h, nil
+}
+
+// HostView renders a host for the API.
+func HostView(h store.Host) apitypes.Host {
+	return apitypes.Host{
+		ID: h.ID, Name: h.Name, Addr: h.Addr, State: string(h.State),
+		Capacity:   apitypes.Resources{Vcpu: h.Capacity.VCPU, MemMib: h.Capacity.MemMiB},
+		Allocated:  apitypes.Resources{Vcpu: h.Allocated.VCPU, MemMib: h.Allocated.MemMiB},
+		VMs:        h.VMs,
+		LastSeenAt: h.LastSeenAt,
+	}
+}
+
+func marshal(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return b, nil
+}

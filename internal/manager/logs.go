@@ -1,0 +1,98 @@
+package manager
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// Logs returns the last lines of a VM's firecracker log or guest console,
+// read on the VM's host.
+func (s *Service) Logs(ctx context.Context, scope Scope, id, source string, tail int) (agentapi.LogLines, error) {
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return agentapi.LogLines{}, err
+	}
+	if source != "" && source != "fc" && source != "console" {
+		return agentapi.LogLines{}, invalid("source must be fc or console, not %q", source)
+	}
+	if vm.HostAddr == "" {
+		return agentapi.LogLines{Source: source, Lines: []string{}}, nil
+	}
+	ll, err := s.agents.get(vm.HostAddr).Logs(ctx, id, source, tail)
+	if err != nil {
+		return ll, agentError("vm "+id+": logs", vm, err)
+	}
+	return ll, nil
+}
+
+// StreamLogs opens a Server-Sent Events stream of a VM's log on its host.
+func (s *Service) StreamLogs(ctx context.Context, scope Scope, id, source string) (*http.Response, error) {
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return nil, err
+	}
+	if source != "" && source != "fc" && source != "console" {
+		return nil, invalid("source must be fc or console, not %q", source)
+	}
+	if vm.HostAddr == "" {
+		return nil, conflict("vm_not_placed", "vm %s has no host yet", id)
+	}
+	resp, err := s.agents.get(vm.HostAddr).StreamLogs(ctx, id, source)
+	if err != nil {
+		return nil, agentError("vm "+id+": stream logs", vm, err)
+	}
+	return resp, nil
+}
+
+// Metrics returns the latest firecracker metrics record of a VM.
+func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi.MetricsRecord, error) {
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return agentapi.MetricsRecord{}, err
+	}
+	if vm.HostAddr == "" {
+		return agentapi.MetricsRecord{}, nil
+	}
+	rec, err := s.agents.get(vm.HostAddr).Metrics(ctx, id)
+	if err != nil {
+		return rec, agentError("vm "+id+": metrics", vm, err)
+	}
+	return rec, nil
+}
+
+// TailPath returns the last lines of a file under the VM run dirs (dev
+// mode only). The path must belong to a VM the scope can see; the agent
+// checks it again after resolving symlinks.
+func (s *Service) TailPath(ctx context.Context, scope Scope, path string, tail int) (agentapi.LogLines, error) {
+	if s.cfg.Mode != ModeDev {
+		return agentapi.LogLines{}, newErr(KindForbidden, "dev_only", "GET /v1/logs/tail is available in dev mode only").
+			suggest("use GET /v1/vms/{id}/logs")
+	}
+	if path == "" || !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return agentapi.LogLines{}, invalid("path must be absolute and clean")
+	}
+	// Find the VM whose run dir holds path: …/vms/<id>/….
+	var vm store.VM
+	found := false
+	for dir := filepath.Dir(path); dir != "/" && dir != "."; dir = filepath.Dir(dir) {
+		if filepath.Base(filepath.Dir(dir)) == "vms" {
+			v, err := s.GetVM(ctx, scope, filepath.Base(dir))
+			if err == nil {
+				vm, found = v, true
+			}
+			break
+		}
+	}
+	if !found {
+		return agentapi.LogLines{}, newErr(KindForbidden, "path_not_allowed", "path %q is not under a VM run dir you can see", path)
+	}
+	ll, err := s.agents.get(vm.HostAddr).TailFile(ctx, path, tail)
+	if err != nil {
+		return ll, agentError("tail "+path, vm, err)
+	}
+	return ll, nil
+}

@@ -1,0 +1,153 @@
+// Package manager is the control plane's service layer: VM lifecycle and
+// its orchestration through the agents, placement, logs and metrics. It
+// knows the store and the agent API; it knows nothing of HTTP, which the
+// api package adds on top.
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// Modes of NEXUS_MODE.
+const (
+	ModeDev  = "dev"
+	ModeProd = "prod"
+)
+
+// Config configures the Service.
+type Config struct {
+	Mode      string        // dev (default) or prod
+	JoinToken string        // presented to agents, and by agents when they register
+	StopGrace time.Duration // SIGTERM → SIGKILL on stop
+	// VcpuOvercommit and MemOvercommit scale a host's capacity for
+	// placement (1.0 = no overcommit).
+	VcpuOvercommit float64
+	MemOvercommit  float64
+	// HeartbeatTimeout marks a host unreachable when it has not reported
+	// for this long.
+	HeartbeatTimeout time.Duration
+	// BootTimeout bounds one boot sequence (tap, spawn, configure, start).
+	BootTimeout time.Duration
+	// DefaultProject is used when neither the request nor the caller names one.
+	DefaultProject string
+}
+
+// Service runs the VM lifecycle. It is safe for concurrent use; operations
+// on one VM are serialised, different VMs proceed in parallel.
+type Service struct {
+	cfg    Config
+	st     store.Store
+	log    *slog.Logger
+	agents *agentPool
+	now    func() time.Time
+
+	// ctx outlives requests: work that must finish even if the caller goes
+	// away (a boot that already started, a rollback) runs on it.
+	ctx context.Context
+
+	locks keyedMutex
+}
+
+// New returns a Service. ctx is the service's lifetime.
+func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Service {
+	if cfg.Mode == "" {
+		cfg.Mode = ModeDev
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 3 * time.Second
+	}
+	if cfg.VcpuOvercommit == 0 {
+		cfg.VcpuOvercommit = 8
+	}
+	if cfg.MemOvercommit == 0 {
+		cfg.MemOvercommit = 1
+	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = 30 * time.Second
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 60 * time.Second
+	}
+	if cfg.DefaultProject == "" {
+		cfg.DefaultProject = "default"
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx,
+		agents: newAgentPool(cfg.JoinToken),
+	}
+}
+
+// Store returns the service's store (for the HTTP layer's reads).
+func (s *Service) Store() store.Store { return s.st }
+
+// Mode is dev or prod.
+func (s *Service) Mode() string { return s.cfg.Mode }
+
+// JoinToken is the fleet's shared agent token.
+func (s *Service) JoinToken() string { return s.cfg.JoinToken }
+
+// agentPool keeps one client per agent address.
+type agentPool struct {
+	token string
+	mu    sync.Mutex
+	byURL map[string]*agentapi.Client
+}
+
+func newAgentPool(token string) *agentPool {
+	return &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+}
+
+func (p *agentPool) get(addr string) *agentapi.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.byURL[addr]
+	if !ok {
+		c = agentapi.NewClient(addr, p.token, nil)
+		p.byURL[addr] = c
+	}
+	return c
+}
+
+// keyedMutex serialises work per key without holding a lock per key forever.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e, ok := k.m[key]
+	if !ok {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}

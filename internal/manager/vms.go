@@ -1,0 +1,462 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// Defaults for a VM created without vcpu or mem_mib.
+const (
+	DefaultVcpu   = 1
+	DefaultMemMib = 128
+)
+
+// CreateOptions tune CreateVM.
+type CreateOptions struct {
+	// Wait makes CreateVM return only once the VM runs (or failed, with the
+	// reason). Without it CreateVM returns the requested VM and boots it in
+	// the background.
+	Wait bool
+	// TemplateID, TemplateConfig and Overrides are recorded on the VM when
+	// it comes from a template.
+	TemplateID     string
+	TemplateConfig []byte
+	Overrides      []byte
+}
+
+// CreateVM validates req, places the VM on a host, stores it as requested
+// and, unless start is false, boots it: requested → configured → running.
+func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRequest, opt CreateOptions) (store.VM, error) {
+	project := req.Project
+	if project == "" {
+		project = scope.Project
+		if project == "" || project == "*" {
+			project = s.cfg.DefaultProject
+		}
+	}
+	if !scope.Sees(project) {
+		return store.VM{}, newErr(KindForbidden, "forbidden", "this token cannot create VMs in project %q", project).
+			suggest("omit project, or use a token of that project")
+	}
+	cfg, err := s.resolveConfig(ctx, project, req.VMConfig)
+	if err != nil {
+		return store.VM{}, err
+	}
+	start := req.Start == nil || *req.Start
+
+	id := uuid.NewString()
+	host, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
+	if err != nil {
+		return store.VM{}, err
+	}
+	specJSON, err := marshal(spec{VMConfig: cfg.VMConfig})
+	if err != nil {
+		return store.VM{}, err
+	}
+	desired := store.VMRunning
+	if !start {
+		desired = store.VMStopped
+	}
+	vm := store.VM{
+		ID: id, Name: req.Name, Project: project,
+		State: store.VMRequested, DesiredState: desired,
+		HostID: host.ID, HostAddr: host.Addr,
+		TAP: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(),
+		VCPU: *cfg.Vcpu, MemMiB: *cfg.MemMib,
+		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath,
+		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID,
+		BootArgs: cfg.BootArgs, Spec: specJSON, Tags: req.Tags,
+		TemplateID: opt.TemplateID, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
+	}
+	if cfg.NIC != nil && cfg.NIC.Disabled {
+		vm.TAP, vm.MAC = "", ""
+	}
+	vm, err = s.st.CreateVM(ctx, vm)
+	if errors.Is(err, store.ErrConflict) {
+		return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
+			suggest("pick another name or delete the existing VM")
+	}
+	if err != nil {
+		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
+	}
+	s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s", host.Name)
+	if !start {
+		return s.setState(ctx, vm.ID, store.VMStopped, "")
+	}
+	run := func(ctx context.Context) (store.VM, error) {
+		defer s.locks.lock(vm.ID)()
+		return s.boot(ctx, vm)
+	}
+	// The boot must finish even if the caller disconnects: run it on a
+	// context that keeps the request's values but not its cancellation.
+	bootCtx := context.WithoutCancel(ctx)
+	if !opt.Wait {
+		go func() { _, _ = run(bootCtx) }()
+		return vm, nil
+	}
+	return run(bootCtx)
+}
+
+// resolvedConfig is a VMConfig with defaults and image paths resolved.
+type resolvedConfig struct {
+	apitypes.VMConfig
+	kernelPath string
+	rootfsPath string
+}
+
+func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.VMConfig) (resolvedConfig, error) {
+	r := resolvedConfig{VMConfig: c}
+	if r.Vcpu == nil {
+		r.Vcpu = firecracker.Int(DefaultVcpu)
+	}
+	if r.MemMib == nil {
+		r.MemMib = firecracker.Int(DefaultMemMib)
+	}
+	if *r.Vcpu < 1 {
+		return r, invalid("vcpu must be at least 1")
+	}
+	if *r.MemMib < 1 {
+		return r, invalid("mem_mib must be at least 1")
+	}
+	var err error
+	if r.kernelPath, err = s.resolveFile(ctx, project, "kernel", store.ImageKernel, c.KernelImageID, c.KernelPath, true); err != nil {
+		return r, err
+	}
+	if r.rootfsPath, err = s.resolveFile(ctx, project, "rootfs", store.ImageRootfs, c.RootfsImageID, c.RootfsPath, false); err != nil {
+		return r, err
+	}
+	seen := map[string]bool{"rootfs": r.rootfsPath != ""}
+	for i, d := range r.ExtraDrives {
+		if !firecracker.ValidID(d.DriveID) {
+			return r, invalid("extra_drives[%d].drive_id %q: use letters, digits and _", i, d.DriveID)
+		}
+		if seen[d.DriveID] {
+			return r, invalid("extra_drives[%d].drive_id %q is used twice", i, d.DriveID)
+		}
+		seen[d.DriveID] = true
+		p, err := s.resolveFile(ctx, project, fmt.Sprintf("extra_drives[%d]", i), store.ImageRootfs, d.ImageID, d.Path, true)
+		if err != nil {
+			return r, err
+		}
+		r.ExtraDrives[i].Path = p
+	}
+	return r, nil
+}
+
+// resolveFile turns an image id or a raw path into a host path. Raw paths
+// are for dev mode; prod mode takes registered images only.
+func (s *Service) resolveFile(ctx context.Context, project, what string, kind store.ImageKind, imageID, path string, required bool) (string, error) {
+	switch {
+	case imageID != "" && path != "":
+		return "", invalid("give either %s_image_id or %s_path, not both", what, what)
+	case imageID != "":
+		img, err := s.st.GetImage(ctx, imageID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && img.Project != "" && img.Project != "*" && img.Project != project) {
+			return "", notFound("image", imageID).suggest("list the images of project " + project + ": nexus image ls")
+		}
+		if err != nil {
+			return "", fmt.Errorf("resolve %s image %s: %w", what, imageID, err)
+		}
+		if img.Kind != kind {
+			return "", invalid("image %s is a %s image, not a %s", imageID, img.Kind, kind)
+		}
+		return img.HostPath, nil
+	case path != "":
+		if s.cfg.Mode == ModeProd {
+			return "", newErr(KindForbidden, "raw_path_refused", "raw host paths are refused in prod mode (%s_path)", what).
+				suggest("register the file with `nexus image add` and pass its id as " + what + "_image_id")
+		}
+		if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+			return "", invalid("%s path %q must be absolute and clean", what, path)
+		}
+		return path, nil
+	case required:
+		return "", invalid("%s is required: give %s_image_id (or %s_path in dev mode)", what, what, what)
+	}
+	return "", nil
+}
+
+// GetVM returns one VM the scope can see.
+func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	vm, err := s.st.GetVM(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(vm.Project)) {
+		// 404, not 403: ids of other projects must not be probeable.
+		return store.VM{}, notFound("vm", id)
+	}
+	if err != nil {
+		return store.VM{}, fmt.Errorf("get vm %s: %w", id, err)
+	}
+	return vm, nil
+}
+
+// ListVMs pages through the VMs the scope can see.
+func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([]store.VM, string, error) {
+	p, ok := scope.filterProject(f.Project)
+	if !ok {
+		return nil, "", nil
+	}
+	f.Project = p
+	items, next, err := s.st.ListVMs(ctx, f)
+	if errors.Is(err, store.ErrInvalid) {
+		return nil, "", invalid("invalid cursor").suggest("pass next_cursor from the previous page unchanged")
+	}
+	return items, next, err
+}
+
+// StartVM boots a stopped or failed VM again (a fresh VMM with the same
+// disks). Starting a running VM does nothing.
+func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	defer s.locks.lock(id)()
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return vm, err
+	}
+	switch vm.State {
+	case store.VMRunning:
+		return s.setDesired(ctx, id, store.VMRunning)
+	case store.VMPaused:
+		return vm, conflict("vm_paused", "vm %s is paused", id).suggest("resume it: nexus vm resume " + id)
+	case store.VMDeleting:
+		return vm, conflict("vm_deleting", "vm %s is being deleted", id)
+	}
+	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+		v.DesiredState, v.State, v.LastError = store.VMRunning, store.VMRequested, ""
+		return nil
+	}); err != nil {
+		return vm, err
+	}
+	s.event(ctx, id, store.LevelInfo, "start requested")
+	// Whatever an earlier run left (a dead VMM's socket) is cleared first.
+	if err := s.agents.get(vm.HostAddr).Stop(ctx, id, agentapi.StopRequest{}); err != nil {
+		return vm, agentError("vm "+id+": clean up before start", vm, err)
+	}
+	return s.boot(context.WithoutCancel(ctx), vm)
+}
+
+// StopVM ends the VM's VMM: stopping → stopped. The TAP and socket go; the
+// run dir with the disks and logs stays.
+func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	defer s.locks.lock(id)()
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return vm, err
+	}
+	if vm.State == store.VMStopped {
+		return s.setDesired(ctx, id, store.VMStopped)
+	}
+	if vm.State == store.VMDeleting {
+		return vm, conflict("vm_deleting", "vm %s is being deleted", id)
+	}
+	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+		v.DesiredState, v.State = store.VMStopped, store.VMStopping
+		return nil
+	}); err != nil {
+		return vm, err
+	}
+	s.event(ctx, id, store.LevelInfo, "stopping")
+	return s.stopOnHost(context.WithoutCancel(ctx), vm)
+}
+
+func (s *Service) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
+	if vm.HostAddr != "" {
+		req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
+		if err := s.agents.get(vm.HostAddr).Stop(ctx, vm.ID, req); err != nil {
+			e := agentError("vm "+vm.ID+": stop", vm, err)
+			s.event(ctx, vm.ID, store.LevelError, "stop failed: %v (the reconciler retries)", e)
+			return vm, e
+		}
+	}
+	vm, err := s.setState(ctx, vm.ID, store.VMStopped, "")
+	s.event(ctx, vm.ID, store.LevelInfo, "stopped")
+	return vm, err
+}
+
+// PauseVM pauses a running VM.
+func (s *Service) PauseVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	return s.pauseResume(ctx, scope, id, true)
+}
+
+// ResumeVM resumes a paused VM.
+func (s *Service) ResumeVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	return s.pauseResume(ctx, scope, id, false)
+}
+
+func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause bool) (store.VM, error) {
+	defer s.locks.lock(id)()
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return vm, err
+	}
+	from, to, verb := store.VMRunning, store.VMPaused, "pause"
+	if !pause {
+		from, to, verb = store.VMPaused, store.VMRunning, "resume"
+	}
+	if vm.State == to {
+		return s.setDesired(ctx, id, to)
+	}
+	if vm.State != from {
+		return vm, conflict("vm_not_"+string(from), "cannot %s vm %s: it is %s, not %s", verb, id, vm.State, from)
+	}
+	fc := s.agents.get(vm.HostAddr).Firecracker(id)
+	if pause {
+		err = fc.Pause(ctx)
+	} else {
+		err = fc.Resume(ctx)
+	}
+	if err != nil {
+		return vm, s.stepError(vm, verb, err)
+	}
+	vm, err = s.update(ctx, id, func(v *store.VM) error {
+		v.State, v.DesiredState = to, to
+		return nil
+	})
+	s.event(ctx, id, store.LevelInfo, "%sd", verb)
+	return vm, err
+}
+
+// DeleteVM stops the VM, removes its run dir on the host and its row.
+func (s *Service) DeleteVM(ctx context.Context, scope Scope, id string) error {
+	defer s.locks.lock(id)()
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
+	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+		v.State, v.DesiredState = store.VMDeleting, store.VMDeleting
+		return nil
+	}); err != nil {
+		return err
+	}
+	if vm.HostAddr != "" {
+		if err := s.agents.get(vm.HostAddr).Delete(ctx, id); err != nil {
+			e := agentError("vm "+id+": delete", vm, err)
+			s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
+			return e
+		}
+	}
+	if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	return nil
+}
+
+// Bulk runs action on each id, a few at a time, and reports each outcome.
+func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []string) ([]apitypes.BulkResult, error) {
+	var op func(context.Context, Scope, string) error
+	switch action {
+	case "start":
+		op = func(ctx context.Context, sc Scope, id string) error { _, err := s.StartVM(ctx, sc, id); return err }
+	case "stop":
+		op = func(ctx context.Context, sc Scope, id string) error { _, err := s.StopVM(ctx, sc, id); return err }
+	case "delete":
+		op = s.DeleteVM
+	default:
+		return nil, invalid("unknown bulk action %q: use start, stop or delete", action)
+	}
+	results := make([]apitypes.BulkResult, len(ids))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = apitypes.BulkResult{ID: id, OK: true}
+			if err := op(ctx, scope, id); err != nil {
+				results[i] = apitypes.BulkResult{ID: id, Error: err.Error()}
+			}
+		}()
+	}
+	wg.Wait()
+	return results, nil
+}
+
+// PatchDrive updates a running VM's drive rate limiter.
+func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID string, rl *apitypes.RateLimiter) error {
+	defer s.locks.lock(id)()
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		return err
+	}
+	if !firecracker.ValidID(driveID) {
+		return invalid("drive id %q: use letters, digits and _", driveID)
+	}
+	if vm.State != store.VMRunning && vm.State != store.VMPaused {
+		return conflict("vm_not_running", "vm %s is %s; rate limits change only on a running VM", id, vm.State).
+			suggest("start the VM first; the limit in extra_drives applies at boot")
+	}
+	err = s.agents.get(vm.HostAddr).Firecracker(id).PatchDrive(ctx, firecracker.PartialDrive{DriveID: driveID, RateLimiter: fcRateLimiter(rl)})
+	if err != nil {
+		return s.stepError(vm, "patch drive "+driveID, err)
+	}
+	s.event(ctx, id, store.LevelInfo, "drive %s rate limiter updated", driveID)
+	return nil
+}
+
+// Events returns the VM's history.
+func (s *Service) Events(ctx context.Context, scope Scope, id string, limit int) ([]store.VMEvent, error) {
+	if _, err := s.GetVM(ctx, scope, id); err != nil {
+		return nil, err
+	}
+	return s.st.ListEvents(ctx, id, limit)
+}
+
+// update wraps store.UpdateVM with error context.
+func (s *Service) update(ctx context.Context, id string, f func(*store.VM) error) (store.VM, error) {
+	vm, err := s.st.UpdateVM(ctx, id, f)
+	if errors.Is(err, store.ErrNotFound) {
+		return vm, notFound("vm", id)
+	}
+	if err != nil {
+		return vm, fmt.Errorf("update vm %s: %w", id, err)
+	}
+	return vm, nil
+}
+
+func (s *Service) setState(ctx context.Context, id string, st store.VMState, lastErr string) (store.VM, error) {
+	return s.update(ctx, id, func(v *store.VM) error {
+		v.State, v.LastError = st, lastErr
+		return nil
+	})
+}
+
+func (s *Service) setDesired(ctx context.Context, id string, st store.VMState) (store.VM, error) {
+	return s.update(ctx, id, func(v *store.VM) error {
+		v.DesiredState = st
+		return nil
+	})
+}
+
+// event records a line of the VM's history; failures only get logged.
+func (s *Service) event(ctx context.Context, id, level, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if _, err := s.st.AddEvent(context.WithoutCancel(ctx), store.VMEvent{VMID: id, Level: level, Message: msg}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("could not record vm event", "vm_id", id, "err", err)
+	}
+}
+
+func fcRateLimiter(rl *apitypes.RateLimiter) *firecracker.RateLimiter {
+	if rl == nil {
+		return nil
+	}
+	tb := func(b *apitypes.TokenBucket) *firecracker.TokenBucket {
+		if b == nil {
+			return nil
+		}
+		return &firecracker.TokenBucket{Size: b.Size, OneTimeBurst: b.OneTimeBurst, RefillTime: b.RefillTime}
+	}
+	return &firecracker.RateLimiter{Bandwidth: tb(rl.Bandwidth), Ops: tb(rl.Ops)}
+}
