@@ -38,11 +38,12 @@ func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, er
 	if err != nil {
 		return nil, err
 	}
-	return &vmOutput{Body: manager.View(vm)}, nil
+	return &vmOutput{Body: s.svc.View(vm)}, nil
 }
 
 type listVMsInput struct {
 	Project string   `query:"project" maxLength:"63"`
+	Name    string   `query:"name" maxLength:"63" doc:"exact name (within project, default: the token's or \"default\")"`
 	State   string   `query:"state" enum:"requested,configured,running,paused,stopping,stopped,failed,deleting" required:"false"`
 	HostID  string   `query:"host_id" maxLength:"64"`
 	Tag     []string `query:"tag" doc:"key=value; repeat to require several"`
@@ -66,13 +67,23 @@ func (s *Server) listVMs(ctx context.Context, in *listVMsInput) (*vmListOutput, 
 		}
 		f.Tags[k] = v
 	}
+	if in.Name != "" {
+		vm, err := s.svc.GetVMByName(ctx, scope(ctx), in.Project, in.Name)
+		out := &vmListOutput{Body: apitypes.VMList{Items: []apitypes.VM{}}}
+		if err == nil {
+			out.Body.Items = append(out.Body.Items, s.svc.View(vm))
+		} else if me, ok := manager.AsError(err); !ok || me.Kind != manager.KindNotFound {
+			return nil, err
+		}
+		return out, nil
+	}
 	items, next, err := s.svc.ListVMs(ctx, scope(ctx), f)
 	if err != nil {
 		return nil, err
 	}
 	out := &vmListOutput{Body: apitypes.VMList{Items: make([]apitypes.VM, 0, len(items)), NextCursor: next}}
 	for _, vm := range items {
-		out.Body.Items = append(out.Body.Items, manager.View(vm))
+		out.Body.Items = append(out.Body.Items, s.svc.View(vm))
 	}
 	return out, nil
 }
@@ -82,7 +93,7 @@ func (s *Server) getVM(ctx context.Context, in *vmIDPath) (*vmItemOutput, error)
 	if err != nil {
 		return nil, err
 	}
-	return &vmItemOutput{Body: apitypes.VMItem{Item: manager.View(vm)}}, nil
+	return &vmItemOutput{Body: apitypes.VMItem{Item: s.svc.View(vm)}}, nil
 }
 
 func (s *Server) startVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {

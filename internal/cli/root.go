@@ -69,6 +69,7 @@ Quick start on one host (as root):
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr))
+	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr),
+		newVMCmd(e, stdout), newHostCmd(e, stdout))
 	return root
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
@@ -30,7 +31,7 @@ const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
 // socket), the row says failed with last_error, and the error says which
 // step failed and why. The caller holds the VM's lock.
 func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
-	ag := s.agents.get(vm.HostAddr)
+	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
 	fc := ag.Firecracker(vm.ID)
 	var spawned agentapi.SpawnResponse
@@ -106,8 +107,11 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			if err := fc.PutNetworkInterface(ctx, ni); err != nil {
 				return err
 			}
-			var err error
+			return nil
+		}},
+		{"record configured", func(ctx context.Context) (err error) {
 			vm, err = s.setState(ctx, vm.ID, store.VMConfigured, "")
+			s.event(ctx, vm.ID, store.LevelInfo, "configured")
 			return err
 		}},
 		{"start instance", func(ctx context.Context) error {
@@ -135,10 +139,10 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 // rollback stops what boot started and marks the VM failed. It runs on the
 // service's context: the caller may be gone, the cleanup must still happen.
 func (s *Service) rollback(vm store.VM, step string, cause *Error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30e9)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30*time.Second)
 	defer cancel()
 	if vm.HostAddr != "" {
-		if err := s.agents.get(vm.HostAddr).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
+		if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
 			s.log.Error("rollback failed; the reconciler will retry", "vm_id", vm.ID, "step", step, "err", err)
 			s.event(ctx, vm.ID, store.LevelError, "rollback after failed %s did not finish: %v", step, err)
 		}

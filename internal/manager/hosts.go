@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -24,6 +25,7 @@ func (s *Service) RegisterHost(ctx context.Context, name, addr, version string, 
 	if err != nil {
 		return h, fmt.Errorf("register host %s: %w", name, err)
 	}
+	s.hostAddrs.Store(h.ID, h.Addr)
 	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr)
 	return h, nil
 }
@@ -50,6 +52,7 @@ func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
 	}
 	for i := range hosts {
 		hosts[i].State = s.effectiveState(hosts[i])
+		s.hostAddrs.Store(hosts[i].ID, hosts[i].Addr)
 	}
 	return hosts, nil
 }
@@ -87,7 +90,10 @@ func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (stor
 			freeVcpu: float64(h.Capacity.VCPU)*s.cfg.VcpuOvercommit - float64(a.VCPU),
 			freeMem:  float64(h.Capacity.MemMiB)*s.cfg.MemOvercommit - float64(a.MemMiB),
 		}
-		fits := c.freeVcpu >= float64(vcpu) && c.freeMem >= float64(mem)
+		// A VM asking for more vCPUs than firecracker allows is not a
+		// placement question: it goes by memory, and firecracker's own
+		// refusal (with its reason) reaches the caller.
+		fits := (c.freeVcpu >= float64(vcpu) || vcpu > firecracker.MaxVcpus) && c.freeMem >= float64(mem)
 		if hostID != "" && (h.ID == hostID || h.Name == hostID) {
 			switch {
 			case h.State != store.HostReady:

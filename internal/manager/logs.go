@@ -22,7 +22,7 @@ func (s *Service) Logs(ctx context.Context, scope Scope, id, source string, tail
 	if vm.HostAddr == "" {
 		return agentapi.LogLines{Source: source, Lines: []string{}}, nil
 	}
-	ll, err := s.agents.get(vm.HostAddr).Logs(ctx, id, source, tail)
+	ll, err := s.agentFor(ctx, vm).Logs(ctx, id, source, tail)
 	if err != nil {
 		return ll, agentError("vm "+id+": logs", vm, err)
 	}
@@ -41,7 +41,7 @@ func (s *Service) StreamLogs(ctx context.Context, scope Scope, id, source string
 	if vm.HostAddr == "" {
 		return nil, conflict("vm_not_placed", "vm %s has no host yet", id)
 	}
-	resp, err := s.agents.get(vm.HostAddr).StreamLogs(ctx, id, source)
+	resp, err := s.agentFor(ctx, vm).StreamLogs(ctx, id, source)
 	if err != nil {
 		return nil, agentError("vm "+id+": stream logs", vm, err)
 	}
@@ -57,7 +57,7 @@ func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi
 	if vm.HostAddr == "" {
 		return agentapi.MetricsRecord{}, nil
 	}
-	rec, err := s.agents.get(vm.HostAddr).Metrics(ctx, id)
+	rec, err := s.agentFor(ctx, vm).Metrics(ctx, id)
 	if err != nil {
 		return rec, agentError("vm "+id+": metrics", vm, err)
 	}
@@ -90,7 +90,7 @@ func (s *Service) TailPath(ctx context.Context, scope Scope, path string, tail i
 	if !found {
 		return agentapi.LogLines{}, newErr(KindForbidden, "path_not_allowed", "path %q is not under a VM run dir you can see", path)
 	}
-	ll, err := s.agents.get(vm.HostAddr).TailFile(ctx, path, tail)
+	ll, err := s.agentFor(ctx, vm).TailFile(ctx, path, tail)
 	if err != nil {
 		return ll, agentError("tail "+path, vm, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -52,6 +53,8 @@ type Service struct {
 	ctx context.Context
 
 	locks keyedMutex
+
+	hostAddrs sync.Map // host id → current agent URL
 }
 
 // New returns a Service. ctx is the service's lifetime.
@@ -94,6 +97,27 @@ func (s *Service) Mode() string { return s.cfg.Mode }
 
 // JoinToken is the fleet's shared agent token.
 func (s *Service) JoinToken() string { return s.cfg.JoinToken }
+
+// agentFor returns the client of the agent on vm's host at the host's
+// current address (an agent may come back on another address).
+func (s *Service) agentFor(ctx context.Context, vm store.VM) *agentapi.Client {
+	if a, ok := s.hostAddrs.Load(vm.HostID); ok {
+		return s.agents.get(a.(string))
+	}
+	if h, err := s.st.GetHost(ctx, vm.HostID); err == nil {
+		s.hostAddrs.Store(h.ID, h.Addr)
+		return s.agents.get(h.Addr)
+	}
+	return s.agents.get(vm.HostAddr)
+}
+
+// View renders a VM for the API with its host's current address.
+func (s *Service) View(vm store.VM) apitypes.VM {
+	if a, ok := s.hostAddrs.Load(vm.HostID); ok {
+		vm.HostAddr = a.(string)
+	}
+	return View(vm)
+}
 
 // agentPool keeps one client per agent address.
 type agentPool struct {

@@ -201,6 +201,28 @@ func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, 
 	return vm, nil
 }
 
+// GetVMByName finds a VM by name in project (default: the scope's own
+// project, or the default project).
+func (s *Service) GetVMByName(ctx context.Context, scope Scope, project, name string) (store.VM, error) {
+	if project == "" {
+		project = scope.Project
+		if project == "" || project == "*" {
+			project = s.cfg.DefaultProject
+		}
+	}
+	if !scope.Sees(project) {
+		return store.VM{}, notFound("vm", name)
+	}
+	vm, err := s.st.GetVMByName(ctx, project, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.VM{}, notFound("vm", name)
+	}
+	if err != nil {
+		return store.VM{}, fmt.Errorf("get vm %s/%s: %w", project, name, err)
+	}
+	return vm, nil
+}
+
 // ListVMs pages through the VMs the scope can see.
 func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([]store.VM, string, error) {
 	p, ok := scope.filterProject(f.Project)
@@ -239,7 +261,7 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 	}
 	s.event(ctx, id, store.LevelInfo, "start requested")
 	// Whatever an earlier run left (a dead VMM's socket) is cleared first.
-	if err := s.agents.get(vm.HostAddr).Stop(ctx, id, agentapi.StopRequest{}); err != nil {
+	if err := s.agentFor(ctx, vm).Stop(ctx, id, agentapi.StopRequest{}); err != nil {
 		return vm, agentError("vm "+id+": clean up before start", vm, err)
 	}
 	return s.boot(context.WithoutCancel(ctx), vm)
@@ -272,7 +294,7 @@ func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM,
 func (s *Service) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
 	if vm.HostAddr != "" {
 		req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
-		if err := s.agents.get(vm.HostAddr).Stop(ctx, vm.ID, req); err != nil {
+		if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, req); err != nil {
 			e := agentError("vm "+vm.ID+": stop", vm, err)
 			s.event(ctx, vm.ID, store.LevelError, "stop failed: %v (the reconciler retries)", e)
 			return vm, e
@@ -309,7 +331,7 @@ func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause
 	if vm.State != from {
 		return vm, conflict("vm_not_"+string(from), "cannot %s vm %s: it is %s, not %s", verb, id, vm.State, from)
 	}
-	fc := s.agents.get(vm.HostAddr).Firecracker(id)
+	fc := s.agentFor(ctx, vm).Firecracker(id)
 	if pause {
 		err = fc.Pause(ctx)
 	} else {
@@ -341,7 +363,7 @@ func (s *Service) DeleteVM(ctx context.Context, scope Scope, id string) error {
 		return err
 	}
 	if vm.HostAddr != "" {
-		if err := s.agents.get(vm.HostAddr).Delete(ctx, id); err != nil {
+		if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
 			e := agentError("vm "+id+": delete", vm, err)
 			s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
 			return e
@@ -398,7 +420,7 @@ func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID strin
 		return conflict("vm_not_running", "vm %s is %s; rate limits change only on a running VM", id, vm.State).
 			suggest("start the VM first; the limit in extra_drives applies at boot")
 	}
-	err = s.agents.get(vm.HostAddr).Firecracker(id).PatchDrive(ctx, firecracker.PartialDrive{DriveID: driveID, RateLimiter: fcRateLimiter(rl)})
+	err = s.agentFor(ctx, vm).Firecracker(id).PatchDrive(ctx, firecracker.PartialDrive{DriveID: driveID, RateLimiter: fcRateLimiter(rl)})
 	if err != nil {
 		return s.stepError(vm, "patch drive "+driveID, err)
 	}

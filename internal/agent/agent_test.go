@@ -1,0 +1,515 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/vishvananda/netlink"
+
+	"github.com/nexus-microvm/nexus/internal/agent/network"
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/testutil"
+)
+
+func TestMain(m *testing.M) { simtest.Main(m) }
+
+const testToken = "test-join-token"
+
+// env is one agent under test: a real supervisor running firecracker-sim,
+// real netlink on a bridge of its own (no NAT, so the host's firewall is
+// untouched), served over real HTTP.
+type env struct {
+	t      *testing.T
+	agent  *Agent
+	sup    *vmm.Supervisor
+	net    *network.Network
+	layout hostlayout.Layout
+	srv    *httptest.Server
+	client *agentapi.Client
+	bridge string
+	dir    string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testutil.RequireRoot(t)
+	bin := simtest.Binary(t)
+	dir := t.TempDir()
+	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
+	log := slog.New(slog.DiscardHandler)
+	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bridge := fmt.Sprintf("nxt%06d", rand.IntN(1_000_000))
+	restoreForwarding(t)
+	nw, err := network.New(network.Config{Bridge: bridge, Uplink: network.UplinkNone}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Name: "test", Layout: layout, Token: testToken, StopGrace: 200 * time.Millisecond, DevMode: true}, sup, nw, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	e := &env{t: t, agent: a, sup: sup, net: nw, layout: layout, srv: srv, bridge: bridge, dir: dir,
+		client: agentapi.NewClient(srv.URL, testToken, nil)}
+	t.Cleanup(func() {
+		srv.Close()
+		ctx := context.Background()
+		for _, h := range sup.List() {
+			_ = sup.Stop(ctx, h.VMID, 0)
+		}
+		taps, _ := nw.ListTaps(ctx, "")
+		for _, tp := range taps {
+			if _, err := os.Stat(layout.VMDir(byTapName(layout, tp.Name))); err == nil {
+				_ = nw.DeleteTap(ctx, tp.Name)
+			}
+		}
+		_ = nw.Teardown(ctx, true)
+		nw.Close()
+	})
+	return e
+}
+
+// byTapName finds the run dir whose VM id maps to tap (test cleanup only).
+func byTapName(l hostlayout.Layout, tap string) string {
+	entries, _ := os.ReadDir(l.VMsDir())
+	for _, e := range entries {
+		if hostlayout.TapName(e.Name()) == tap {
+			return e.Name()
+		}
+	}
+	return "none"
+}
+
+// restoreForwarding puts net.ipv4.ip_forward back as it was: the bridge
+// turns it on.
+func restoreForwarding(t *testing.T) {
+	const p = "/proc/sys/net/ipv4/ip_forward"
+	old, err := os.ReadFile(p)
+	if err == nil {
+		t.Cleanup(func() { _ = os.WriteFile(p, old, 0o644) })
+	}
+}
+
+// newVM returns a fresh VM id with a kernel and rootfs in the test dir.
+func (e *env) newVM() (id, kernel, rootfs string) {
+	id = uuid.NewString()
+	return id, simtest.WriteKernel(e.t, e.dir), simtest.WriteRootfs(e.t, e.dir, 8)
+}
+
+func (e *env) do(method, path, token string, body any) (*http.Response, []byte) {
+	e.t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, e.srv.URL+path, r)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp, raw
+}
+
+// boot runs the whole sequence through the agent as the manager would.
+func (e *env) boot(ctx context.Context, id, kernel, rootfs string) {
+	e.t.Helper()
+	tap, err := e.client.Tap(ctx, id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	fc := e.client.Firecracker(id)
+	steps := []func() error{
+		func() error { return fc.PutLogger(ctx, firecracker.Logger{LogPath: sp.LogPath}) },
+		func() error { return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: sp.MetricsPath}) },
+		func() error { return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}) },
+		func() error { return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}) },
+		func() error {
+			return fc.PutDrive(ctx, firecracker.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: rootfs, IsReadOnly: firecracker.Bool(false)})
+		},
+		func() error {
+			return fc.PutNetworkInterface(ctx, firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: tap.Tap, GuestMAC: tap.MAC})
+		},
+		func() error { return fc.InstanceStart(ctx) },
+	}
+	for i, s := range steps {
+		if err := s(); err != nil {
+			e.t.Fatalf("boot step %d: %v", i, err)
+		}
+	}
+}
+
+func TestAuthRequired(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ name, token string }{{"none", ""}, {"wrong", "nope"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, path := range []string{"/agent/v1/health", "/agent/v1/inventory", "/agent/v1/vms/abc/proxy/"} {
+				resp, raw := e.do(http.MethodGet, path, tc.token, nil)
+				if resp.StatusCode != http.StatusUnauthorized {
+					t.Fatalf("GET %s with %s token: status %d, want 401", path, tc.name, resp.StatusCode)
+				}
+				var ae apierr.Error
+				if json.Unmarshal(raw, &ae) != nil || ae.Code != "unauthorized" || ae.RequestID == "" {
+					t.Fatalf("GET %s: body %s is not the error contract", path, raw)
+				}
+			}
+		})
+	}
+	resp, _ := e.do(http.MethodGet, "/agent/v1/health", testToken, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("health with the token: %d", resp.StatusCode)
+	}
+}
+
+func TestTapLifecycle(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+	for i := range 2 { // twice: idempotent
+		tr, err := e.client.Tap(ctx, id)
+		if err != nil {
+			t.Fatalf("tap call %d: %v", i+1, err)
+		}
+		if tr.Tap != hostlayout.TapName(id) || tr.MAC != hostlayout.GuestMAC(id).String() || tr.Bridge != e.bridge {
+			t.Fatalf("tap answer %+v", tr)
+		}
+	}
+	link, err := netlink.LinkByName(hostlayout.TapName(id))
+	if err != nil {
+		t.Fatalf("tap not visible: %v", err)
+	}
+	if _, ok := link.(*netlink.Tuntap); !ok {
+		t.Fatalf("%s is a %s, not a tuntap", link.Attrs().Name, link.Type())
+	}
+	br, err := netlink.LinkByName(e.bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if link.Attrs().MasterIndex != br.Attrs().Index {
+		t.Fatalf("tap master %d, want bridge %d", link.Attrs().MasterIndex, br.Attrs().Index)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatal("tap is not up")
+	}
+	for i := range 2 { // stop twice: idempotent
+		if err := e.client.Stop(ctx, id, agentapi.StopRequest{}); err != nil {
+			t.Fatalf("stop call %d: %v", i+1, err)
+		}
+	}
+	if _, err := netlink.LinkByName(hostlayout.TapName(id)); err == nil {
+		t.Fatal("tap still exists after stop")
+	}
+	for i := range 2 {
+		if err := e.client.Delete(ctx, id); err != nil {
+			t.Fatalf("delete call %d: %v", i+1, err)
+		}
+	}
+}
+
+func TestSpawnProxyAndStop(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id, kernel, rootfs := e.newVM()
+	if _, err := e.client.Tap(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
+	if err != nil || !again.AlreadyRunning || again.PID != sp.PID {
+		t.Fatalf("second spawn = %+v, %v; want the same pid, already running", again, err)
+	}
+	if sp.APISock != e.layout.SockPath(id) {
+		t.Fatalf("socket %s, want %s", sp.APISock, e.layout.SockPath(id))
+	}
+
+	// firecracker's 204 comes back as 204.
+	resp, raw := e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
+		map[string]any{"vcpu_count": 2, "mem_size_mib": 256})
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("PUT machine-config: %d %s", resp.StatusCode, raw)
+	}
+	// firecracker's 400 comes back as 400 with its fault_message, unchanged.
+	resp, raw = e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
+		map[string]any{"vcpu_count": 64, "mem_size_mib": 256})
+	var fe firecracker.Error
+	if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(raw, &fe) != nil || !strings.Contains(fe.FaultMessage, "vCPUs") {
+		t.Fatalf("PUT machine-config vcpu 64: %d %s; want 400 with firecracker's fault_message", resp.StatusCode, raw)
+	}
+	if resp.Header.Get("Server") != "Firecracker API" {
+		t.Fatalf("headers of firecracker not relayed: Server=%q", resp.Header.Get("Server"))
+	}
+	mc, err := e.client.Firecracker(id).GetMachineConfig(ctx)
+	if err != nil || mc.VcpuCount != 2 || mc.MemSizeMib != 256 {
+		t.Fatalf("GET machine-config = %+v, %v", mc, err)
+	}
+
+	// The rest of the boot through the typed client.
+	fc := e.client.Firecracker(id)
+	if err := fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.PutDrive(ctx, firecracker.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.InstanceStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := fc.DescribeInstance(ctx)
+	if err != nil || info.State != firecracker.StateRunning {
+		t.Fatalf("instance = %+v, %v", info, err)
+	}
+	capa, err := e.client.Capacity(ctx)
+	if err != nil || capa.Allocated.Vcpu != 2 || capa.Allocated.MemMib != 256 || capa.VMs != 1 {
+		t.Fatalf("capacity = %+v, %v", capa, err)
+	}
+
+	if err := e.client.Stop(ctx, id, agentapi.StopRequest{GraceMs: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if vmmAlive(sp.PID) {
+		t.Fatal("vmm still running after stop")
+	}
+	if _, err := os.Stat(sp.APISock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after stop: %v", err)
+	}
+	// A stopped VM's proxy answers 502 in the contract, not a hang.
+	resp, raw = e.do(http.MethodGet, "/agent/v1/vms/"+id+"/proxy/", testToken, nil)
+	var ae apierr.Error
+	if resp.StatusCode != http.StatusBadGateway || json.Unmarshal(raw, &ae) != nil || ae.Code != "vmm_unreachable" {
+		t.Fatalf("proxy to stopped vm: %d %s", resp.StatusCode, raw)
+	}
+	if err := e.client.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(e.layout.VMDir(id)); !os.IsNotExist(err) {
+		t.Fatalf("run dir left after delete: %v", err)
+	}
+}
+
+func TestProxyRefusals(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id, _, _ := e.newVM()
+	other := uuid.NewString()
+	for _, v := range []string{id, other} {
+		if _, err := e.client.Spawn(ctx, v, agentapi.SpawnRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outside := filepath.Join(e.dir, "outside.sock")
+	if l, err := net.Listen("unix", outside); err == nil {
+		t.Cleanup(func() { l.Close() })
+	}
+	link := filepath.Join(e.layout.SockDir(id), "link.sock")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	base := "/agent/v1/vms/" + id + "/proxy"
+	cases := []struct {
+		name, method, path string
+		body               any
+		status             int
+		code               string
+	}{
+		{"dotdot sock", "GET", base + "/?sock=../../" + other + "/sock/fc.sock", nil, 403, "forbidden"},
+		{"relative dotdot", "GET", base + "/?sock=" + e.layout.SockDir(id) + "/../../x/fc.sock", nil, 403, "forbidden"},
+		{"symlink out of run dir", "GET", base + "/?sock=" + link, nil, 403, "forbidden"},
+		{"another vm's socket", "GET", base + "/?sock=" + e.layout.SockPath(other), nil, 403, "forbidden"},
+		{"absolute elsewhere", "GET", base + "/?sock=/run/docker.sock", nil, 403, "forbidden"},
+		{"not an endpoint", "GET", base + "/etc/passwd", nil, 403, "endpoint_not_allowed"},
+		{"wrong method", "POST", base + "/actions", nil, 403, "endpoint_not_allowed"},
+		{"unclean path", "GET", base + "/vm/../version", nil, 403, "forbidden"},
+		{"logger outside run dir", "PUT", base + "/logger", map[string]any{"log_path": "/etc/cron.d/x"}, 403, "forbidden"},
+		{"snapshot into other vm", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": e.layout.VMDir(other) + "/s", "mem_file_path": e.layout.VMDir(id) + "/m"}, 403, "forbidden"},
+		{"metrics via dotdot", "PUT", base + "/metrics", map[string]any{"metrics_path": "../" + other + "/metrics.json"}, 403, "forbidden"},
+		{"another vm's tap", "PUT", base + "/network-interfaces/eth0", map[string]any{"iface_id": "eth0", "host_dev_name": hostlayout.TapName(other)}, 403, "forbidden"},
+		{"bad vm id", "GET", "/agent/v1/vms/..%2fx/proxy/", nil, 400, "invalid_request"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, raw := e.do(tc.method, tc.path, testToken, tc.body)
+			var ae apierr.Error
+			if resp.StatusCode != tc.status || json.Unmarshal(raw, &ae) != nil || ae.Code != tc.code || ae.Message == "" {
+				t.Fatalf("%s %s: %d %s; want %d %s", tc.method, tc.path, resp.StatusCode, raw, tc.status, tc.code)
+			}
+		})
+	}
+	// The same socket named explicitly is fine, absolute or relative.
+	for _, q := range []string{e.layout.SockPath(id), "fc.sock"} {
+		resp, raw := e.do("GET", base+"/?sock="+q, testToken, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("own socket %q: %d %s", q, resp.StatusCode, raw)
+		}
+	}
+}
+
+func TestInventoryAndRecover(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id, kernel, rootfs := e.newVM()
+	e.boot(ctx, id, kernel, rootfs)
+	orphanDir := e.layout.VMDir(uuid.NewString())
+	if err := os.MkdirAll(orphanDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+
+	inv, err := e.client.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.VMMs) != 1 || inv.VMMs[0].VMID != id || inv.VMMs[0].PID == 0 {
+		t.Fatalf("vmms = %+v", inv.VMMs)
+	}
+	if len(inv.Taps) != 1 || inv.Taps[0].VMID != id || !inv.Taps[0].Attached {
+		t.Fatalf("taps = %+v", inv.Taps)
+	}
+	if len(inv.Sockets) != 1 || !inv.Sockets[0].Live || inv.Sockets[0].VMID != id {
+		t.Fatalf("sockets = %+v", inv.Sockets)
+	}
+	if len(inv.RunDirs) != 2 {
+		t.Fatalf("run dirs = %+v, want the VM's and the orphan", inv.RunDirs)
+	}
+
+	// A new supervisor (as after an agent restart) adopts the live VMM.
+	sup2, err := vmm.New(vmm.Config{Bin: simtest.Binary(t), Layout: e.layout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := sup2.Recover()
+	if err != nil || len(adopted) != 1 || adopted[0].VMID != id || adopted[0].PID != inv.VMMs[0].PID {
+		t.Fatalf("recover = %+v, %v", adopted, err)
+	}
+	if err := sup2.Stop(ctx, id, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if vmmAlive(adopted[0].PID) {
+		t.Fatal("adopted vmm survived stop")
+	}
+}
+
+func TestLogsAndMetrics(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id, kernel, rootfs := e.newVM()
+	e.boot(ctx, id, kernel, rootfs)
+	if err := e.client.Firecracker(id).FlushMetrics(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ll, err := e.client.Logs(ctx, id, "fc", 3)
+	if err != nil || len(ll.Lines) != 3 || !strings.Contains(strings.Join(ll.Lines, "\n"), "FlushMetrics") {
+		t.Fatalf("fc log tail = %+v, %v", ll, err)
+	}
+	cons, err := e.client.Logs(ctx, id, "console", 100)
+	if err != nil || len(cons.Lines) == 0 {
+		t.Fatalf("console = %+v, %v", cons, err)
+	}
+	rec, err := e.client.Metrics(ctx, id)
+	if err != nil || rec.At == nil || !json.Valid(rec.Record) {
+		t.Fatalf("metrics = %+v, %v", rec, err)
+	}
+	if _, err := e.client.Logs(ctx, id, "secret", 1); err == nil {
+		t.Fatal("unknown log source accepted")
+	}
+	for _, p := range []string{"/etc/passwd", e.layout.VMsDir() + "/../agent.token", e.layout.LogPath(id) + "/../../../../x"} {
+		if _, err := e.client.TailFile(ctx, p, 1); err == nil {
+			t.Fatalf("tail of %s allowed", p)
+		}
+	}
+	tl, err := e.client.TailFile(ctx, e.layout.LogPath(id), 1)
+	if err != nil || len(tl.Lines) != 1 {
+		t.Fatalf("tail own log = %+v, %v", tl, err)
+	}
+}
+
+// TestLifecycle100 repeats the whole lifecycle and checks that nothing is
+// left: no TAP, socket, process or directory.
+func TestLifecycle100(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	n := 100
+	if testing.Short() {
+		n = 10
+	}
+	kernel := simtest.WriteKernel(t, e.dir)
+	rootfs := simtest.WriteRootfs(t, e.dir, 8)
+	var pids []int
+	var ids []string
+	for i := range n {
+		id := uuid.NewString()
+		ids = append(ids, id)
+		e.boot(ctx, id, kernel, rootfs)
+		h, ok := e.sup.Get(id)
+		if !ok {
+			t.Fatalf("iteration %d: vmm not tracked", i)
+		}
+		pids = append(pids, h.PID)
+		if err := e.client.Delete(ctx, id); err != nil {
+			t.Fatalf("iteration %d: delete: %v", i, err)
+		}
+	}
+	// Other packages' tests may run at the same time: check our own names.
+	for _, id := range ids {
+		if _, err := netlink.LinkByName(hostlayout.TapName(id)); err == nil {
+			t.Errorf("tap %s left behind", hostlayout.TapName(id))
+		}
+	}
+	for _, pid := range pids {
+		if vmmAlive(pid) {
+			t.Errorf("vmm pid %d still running", pid)
+		}
+	}
+	entries, _ := os.ReadDir(e.layout.VMsDir())
+	if len(entries) != 0 {
+		t.Errorf("%d run dirs left", len(entries))
+	}
+	if socks, _ := filepath.Glob(e.layout.VMsDir() + "/*/sock/*"); len(socks) != 0 {
+		t.Errorf("sockets left: %v", socks)
+	}
+}
+
+// vmmAlive reports whether pid is a live (non-zombie) firecracker-sim.
+func vmmAlive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+		return false
+	}
+	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.Contains(string(cmd), "firecracker-sim")
+}

@@ -1,0 +1,171 @@
+// Package client is a Go client for the manager's REST API, used by the
+// nexus CLI and by end-to-end tests. Errors from the API come back as
+// *apierr.Error with the contract's fields.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+)
+
+// Client calls one manager.
+type Client struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// New returns a client for the manager at base with an API token.
+func New(base, token string) *Client {
+	return &Client{
+		base: strings.TrimSuffix(base, "/"), token: token,
+		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}},
+	}
+}
+
+// Do sends one request; in is JSON-encoded when non-nil, out decoded.
+func (c *Client) Do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the manager at %s: %w (is it running? set NEXUS_ADDR)", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e apierr.Error
+		if json.Unmarshal(raw, &e) != nil || e.Code == "" {
+			return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(raw)))
+		}
+		e.Status = resp.StatusCode
+		return &e
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+// CreateVM creates a VM; with wait it answers once the VM runs.
+func (c *Client) CreateVM(ctx context.Context, req apitypes.CreateVMRequest, wait bool) (apitypes.VM, error) {
+	var vm apitypes.VM
+	return vm, c.Do(ctx, http.MethodPost, "/v1/vms", url.Values{"wait": {fmt.Sprint(wait)}}, req, &vm)
+}
+
+// ListVMs lists VMs with the API's filters (project, state, host_id, tag, name, limit, cursor).
+func (c *Client) ListVMs(ctx context.Context, q url.Values) (apitypes.VMList, error) {
+	var l apitypes.VMList
+	return l, c.Do(ctx, http.MethodGet, "/v1/vms", q, nil, &l)
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, id string) (apitypes.VM, error) {
+	var it apitypes.VMItem
+	return it.Item, c.Do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id), nil, nil, &it)
+}
+
+// VMAction is start, stop, pause or resume.
+func (c *Client) VMAction(ctx context.Context, id, action string) error {
+	return c.Do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/"+action, nil, nil, nil)
+}
+
+// DeleteVM deletes a VM.
+func (c *Client) DeleteVM(ctx context.Context, id string) error {
+	return c.Do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// Bulk runs a bulk action.
+func (c *Client) Bulk(ctx context.Context, action string, ids []string) (apitypes.BulkResponse, error) {
+	var r apitypes.BulkResponse
+	return r, c.Do(ctx, http.MethodPost, "/v1/vms/bulk", nil, apitypes.BulkRequest{Action: action, IDs: ids}, &r)
+}
+
+// Events returns a VM's history.
+func (c *Client) Events(ctx context.Context, id string) (apitypes.EventList, error) {
+	var l apitypes.EventList
+	return l, c.Do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/events", nil, nil, &l)
+}
+
+// Logs returns the last lines of a VM's log.
+func (c *Client) Logs(ctx context.Context, id, source string, tail int) (apitypes.LogLines, error) {
+	var l apitypes.LogLines
+	q := url.Values{"source": {source}, "tail": {fmt.Sprint(tail)}}
+	return l, c.Do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/logs", q, nil, &l)
+}
+
+// FollowLogs streams a VM's log lines to fn until ctx ends or the stream
+// closes.
+func (c *Client) FollowLogs(ctx context.Context, id, source string, fn func(line string)) error {
+	u := c.base + "/v1/vms/" + url.PathEscape(id) + "/logs/stream?" + url.Values{"source": {source}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the manager at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		raw, _ := io.ReadAll(resp.Body)
+		var e apierr.Error
+		if json.Unmarshal(raw, &e) == nil && e.Code != "" {
+			return &e
+		}
+		return fmt.Errorf("stream logs: %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			fn(data)
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return sc.Err()
+}
+
+// Hosts lists the fleet.
+func (c *Client) Hosts(ctx context.Context) (apitypes.HostList, error) {
+	var l apitypes.HostList
+	return l, c.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &l)
+}
