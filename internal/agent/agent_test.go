@@ -38,7 +38,7 @@ const testToken = "test-join-token"
 // real netlink on a bridge of its own (no NAT, so the host's firewall is
 // untouched), served over real HTTP.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	agent  *Agent
 	sup    *vmm.Supervisor
 	net    *network.Network
@@ -49,7 +49,7 @@ type env struct {
 	dir    string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	bin := simtest.Binary(t)
@@ -104,7 +104,7 @@ func byTapName(l hostlayout.Layout, tap string) string {
 
 // restoreForwarding puts net.ipv4.ip_forward back as it was: the bridge
 // turns it on.
-func restoreForwarding(t *testing.T) {
+func restoreForwarding(t testing.TB) {
 	const p = "/proc/sys/net/ipv4/ip_forward"
 	old, err := os.ReadFile(p)
 	if err == nil {

@@ -5,7 +5,9 @@ package testutil
 
 import (
 	"os"
+	"slices"
 	"testing"
+	"time"
 )
 
 // OnCI reports whether the tests run under .ci/run, where every dependency
@@ -38,4 +40,22 @@ func PostgresURL(tb testing.TB) string {
 	}
 	tb.Skip("skipping: set NEXUS_TEST_DATABASE_URL to a Postgres database to run this test")
 	return ""
+}
+
+// ReportLatency adds p50, p95 and p99 of durs (in ms) to a benchmark's
+// output under the given prefix, e.g. "proxy-p95-ms".
+func ReportLatency(b *testing.B, prefix string, durs []time.Duration) {
+	b.Helper()
+	if len(durs) == 0 {
+		return
+	}
+	s := slices.Clone(durs)
+	slices.Sort(s)
+	at := func(q float64) float64 {
+		i := int(q * float64(len(s)-1))
+		return float64(s[i].Microseconds()) / 1000
+	}
+	b.ReportMetric(at(0.50), prefix+"-p50-ms")
+	b.ReportMetric(at(0.95), prefix+"-p95-ms")
+	b.ReportMetric(at(0.99), prefix+"-p99-ms")
 }
