@@ -1,0 +1,371 @@
+// Package e2e holds black-box tests that start real processes: `nexus
+// manager`, `nexus agent` and firecracker-sim, talking real HTTP over real
+// sockets, with real TAP devices, against real SQLite and Postgres.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/client"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/testutil"
+)
+
+var bins struct {
+	dir, nexus, sim string
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nexus-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins.dir = dir
+	bins.nexus = filepath.Join(dir, "nexus")
+	bins.sim = filepath.Join(dir, "firecracker-sim")
+	for _, b := range [][2]string{{bins.nexus, "./cmd/nexus"}, {bins.sim, "./cmd/firecracker-sim"}} {
+		cmd := exec.Command("go", "build", "-o", b[0], "github.com/nexus-microvm/nexus/"+strings.TrimPrefix(b[1], "./"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[1], err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is one started nexus process.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string // stderr+stdout file
+}
+
+func (p *proc) kill() {
+	if p.cmd.Process != nil && p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
+}
+
+// waitLog waits for a JSON log line whose msg is msg and returns it.
+func (p *proc) waitLog(t testing.TB, msg string, d time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		f, err := os.Open(p.log)
+		if err == nil {
+			sc := bufio.NewScanner(f)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				var m map[string]any
+				if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
+					f.Close()
+					return m
+				}
+			}
+			f.Close()
+		}
+		if p.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(p.log)
+	t.Fatalf("%s: no %q log line within %s; log:\n%s", p.name, msg, d, b)
+	return nil
+}
+
+// cluster is a manager and its agents on this machine. Each agent has its
+// own bridge and run dir and no NAT, so the host's firewall is untouched.
+type cluster struct {
+	t       *testing.T
+	dir     string
+	dsn     string
+	join    string
+	admin   string
+	port    int
+	mgr     *proc
+	agents  []*agentProc
+	client  *client.Client
+	restore func()
+}
+
+type agentProc struct {
+	*proc
+	name   string
+	runDir string
+	bridge string
+	url    string
+}
+
+func (a *agentProc) layout() hostlayout.Layout { return hostlayout.Layout{RunDir: a.runDir} }
+
+// client returns an agent API client (what the manager uses).
+func (c *cluster) agentClient(a *agentProc) *agentapi.Client {
+	return agentapi.NewClient(a.url, c.join, nil)
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// engineDSN returns a fresh database of the named engine.
+func engineDSN(t *testing.T, engine, dir string) string {
+	if engine == "postgres" {
+		return testutil.FreshPostgres(t)
+	}
+	return "sqlite://" + filepath.Join(dir, "nexus.db")
+}
+
+// newCluster starts a manager on a fresh database of engine and n agents.
+func newCluster(t *testing.T, engine string, n int) *cluster {
+	t.Helper()
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%d", rand.Int64()), port: freePort(t)}
+	c.dsn = engineDSN(t, engine, dir)
+	restoreForwarding(t)
+
+	out, err := exec.Command(bins.nexus, "manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e").Output()
+	if err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	c.admin = strings.TrimSpace(string(out))
+	c.startManager()
+	c.client = client.New(c.url(), c.admin)
+	for i := range n {
+		c.startAgent(fmt.Sprintf("host-%d", i))
+	}
+	c.waitHosts(n)
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+func (c *cluster) url() string { return fmt.Sprintf("http://127.0.0.1:%d", c.port) }
+
+func (c *cluster) start(name string, env []string, args ...string) *proc {
+	c.t.Helper()
+	logPath := filepath.Join(c.dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(bins.nexus, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	return &proc{name: name, cmd: cmd, log: logPath}
+}
+
+func (c *cluster) startManager() {
+	c.t.Helper()
+	c.mgr = c.start("manager", []string{"NEXUS_MODE=dev"}, "manager",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", c.port), "--database-url", c.dsn, "--join-token", c.join)
+	c.mgr.waitLog(c.t, "manager listening", 20*time.Second)
+}
+
+func (c *cluster) startAgent(name string) *agentProc {
+	c.t.Helper()
+	a := &agentProc{name: name, runDir: filepath.Join(c.dir, name, "run"), bridge: fmt.Sprintf("nxe%06d", rand.IntN(1_000_000))}
+	for _, old := range c.agents {
+		if old.name == name { // a restart keeps the host's identity
+			a.runDir, a.bridge = old.runDir, old.bridge
+		}
+	}
+	c.launchAgent(a)
+	c.agents = append(c.agents, a)
+	return a
+}
+
+func (c *cluster) launchAgent(a *agentProc) {
+	c.t.Helper()
+	a.proc = c.start("agent-"+a.name, nil, "agent",
+		"--bind", "127.0.0.1:0", "--manager", c.url(), "--token", c.join, "--name", a.name,
+		"--run-dir", a.runDir, "--bridge", a.bridge, "--uplink", "none", "--fc-bin", bins.sim,
+		"--stop-grace", "200ms")
+	m := a.waitLog(c.t, "agent listening", 20*time.Second)
+	a.url = "http://" + m["addr"].(string)
+}
+
+// restartAgent SIGKILLs an agent and starts it again on the same run dir.
+func (c *cluster) restartAgent(a *agentProc) {
+	c.t.Helper()
+	a.kill()
+	_ = os.Remove(a.log)
+	c.launchAgent(a)
+}
+
+// restartManager SIGKILLs the manager and starts it again.
+func (c *cluster) restartManager() {
+	c.t.Helper()
+	c.mgr.kill()
+	_ = os.Remove(c.mgr.log)
+	c.startManager()
+}
+
+func (c *cluster) waitHosts(n int) {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		l, err := c.client.Hosts(context.Background())
+		ready := 0
+		if err == nil {
+			for _, h := range l.Items {
+				if h.State == "ready" {
+					ready++
+				}
+			}
+		}
+		if ready >= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("%d hosts did not become ready", n)
+}
+
+// cleanup kills everything the cluster started and removes its devices,
+// whatever a failed test left.
+func (c *cluster) cleanup() {
+	if c.mgr != nil {
+		c.mgr.kill()
+	}
+	for _, a := range c.agents {
+		a.kill()
+		killVMMs(a.runDir)
+		if links, err := netlink.LinkList(); err == nil {
+			br, _ := netlink.LinkByName(a.bridge)
+			for _, l := range links {
+				if br != nil && l.Attrs().MasterIndex == br.Attrs().Index {
+					_ = netlink.LinkDel(l)
+				}
+			}
+			if br != nil {
+				_ = netlink.LinkDel(br)
+			}
+		}
+	}
+	if c.t.Failed() {
+		for _, p := range append([]string{filepath.Join(c.dir, "manager.log")}, agentLogs(c)...) {
+			if b, err := os.ReadFile(p); err == nil {
+				c.t.Logf("--- %s ---\n%s", filepath.Base(p), tail(string(b), 40))
+			}
+		}
+	}
+}
+
+func agentLogs(c *cluster) []string {
+	var out []string
+	for _, a := range c.agents {
+		out = append(out, a.log)
+	}
+	return out
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// vmmPIDs returns the pids of firecracker-sim processes serving runDir.
+func vmmPIDs(runDir string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !strings.Contains(string(cmd), "firecracker-sim") || !strings.Contains(string(cmd), runDir+"/") {
+			continue
+		}
+		if stat, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil {
+			if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+				continue
+			}
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+func killVMMs(runDir string) {
+	for _, pid := range vmmPIDs(runDir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// assertNoLeaks checks that nothing of the given VMs is left on any host:
+// no process, TAP, socket or run dir.
+func (c *cluster) assertNoLeaks(ids ...string) {
+	c.t.Helper()
+	for _, a := range c.agents {
+		if pids := vmmPIDs(a.runDir); len(pids) != 0 {
+			c.t.Errorf("host %s: vmm processes left: %v", a.name, pids)
+		}
+		l := a.layout()
+		for _, id := range ids {
+			if _, err := os.Stat(l.VMDir(id)); err == nil {
+				c.t.Errorf("host %s: run dir of vm %s left", a.name, id)
+			}
+		}
+	}
+	for _, id := range ids {
+		if _, err := netlink.LinkByName(hostlayout.TapName(id)); err == nil {
+			c.t.Errorf("tap %s of vm %s left", hostlayout.TapName(id), id)
+		}
+	}
+}
+
+// restoreForwarding puts net.ipv4.ip_forward back as it was: agents turn it on.
+func restoreForwarding(t testing.TB) {
+	const p = "/proc/sys/net/ipv4/ip_forward"
+	if old, err := os.ReadFile(p); err == nil {
+		t.Cleanup(func() { _ = os.WriteFile(p, old, 0o644) })
+	}
+}
+
+// eventually retries f until it returns nil or d passes.
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = f(); err == nil {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, d, err)
+}
