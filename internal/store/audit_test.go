@@ -1,0 +1,105 @@
+package store_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+var auditBehaviours = []behaviour{
+	{"audit/lifecycle", func(t *testing.T, e *env) {
+		begin := func(actor, action, resID string) int64 {
+			id, err := e.s.BeginAudit(ctx, store.AuditEntry{
+				Actor: actor, Action: action, Resource: "vm", ResourceID: resID, RequestID: "req-" + action,
+				Before: json.RawMessage(`{"state":"running"}`),
+				// Ignored: Begin always records pending.
+				Result: store.AuditSuccess, After: json.RawMessage(`{"x":1}`),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Advance(time.Second)
+			return id
+		}
+		a := begin("alice", "vm.stop", "vm-1")
+		b := begin("bob", "vm.delete", "vm-2")
+		c := begin("alice", "vm.start", "vm-1")
+		if !(a < b && b < c) {
+			t.Fatalf("ids %d %d %d; want increasing", a, b, c)
+		}
+		got := must(e.s.GetAudit(ctx, a))(t)
+		if got.Result != store.AuditPending || got.After != nil || got.CompletedAt != nil || !sameJSON(got.Before, json.RawMessage(`{"state":"running"}`)) {
+			t.Fatalf("begun entry = %+v; want pending with before only", got)
+		}
+
+		if err := e.s.CompleteAudit(ctx, a, store.AuditSuccess, json.RawMessage(`{"state":"stopped"}`), ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.s.CompleteAudit(ctx, b, store.AuditDenied, nil, "role viewer may not delete"); err != nil {
+			t.Fatal(err)
+		}
+		got = must(e.s.GetAudit(ctx, a))(t)
+		if got.Result != store.AuditSuccess || !sameJSON(got.After, json.RawMessage(`{"state":"stopped"}`)) || got.CompletedAt == nil {
+			t.Fatalf("completed entry = %+v", got)
+		}
+		if got := must(e.s.GetAudit(ctx, b))(t); got.Result != store.AuditDenied || got.Error != "role viewer may not delete" || got.After != nil {
+			t.Fatalf("denied entry = %+v", got)
+		}
+		wantErr(t, "complete twice", e.s.CompleteAudit(ctx, a, store.AuditFailure, nil, "late"), store.ErrConflict)
+		wantErr(t, "complete unknown", e.s.CompleteAudit(ctx, 999999, store.AuditSuccess, nil, ""), store.ErrNotFound)
+		wantErr(t, "complete as pending", e.s.CompleteAudit(ctx, c, store.AuditPending, nil, ""), store.ErrInvalid)
+		wantErr(t, "unknown result", e.s.CompleteAudit(ctx, c, "maybe", nil, ""), store.ErrInvalid)
+		if got := must(e.s.GetAudit(ctx, c))(t); got.Result != store.AuditPending {
+			t.Fatalf("rejected completions changed entry %d to %s", c, got.Result)
+		}
+
+		ids := func(es []store.AuditEntry) []int64 {
+			var out []int64
+			for _, e := range es {
+				out = append(out, e.ID)
+			}
+			return out
+		}
+		start := e.clock.Now().Add(-3 * time.Second)
+		for _, tc := range []struct {
+			f    store.AuditFilter
+			want []int64
+		}{
+			{store.AuditFilter{}, []int64{a, b, c}},
+			{store.AuditFilter{ResourceID: "vm-1"}, []int64{a, c}},
+			{store.AuditFilter{Actor: "bob"}, []int64{b}},
+			{store.AuditFilter{Resource: "vm", Actor: "alice"}, []int64{a, c}},
+			{store.AuditFilter{Since: start.Add(time.Second)}, []int64{b, c}},
+			{store.AuditFilter{AfterID: a, Limit: 1}, []int64{b}},
+			{store.AuditFilter{ResourceID: "none"}, nil},
+		} {
+			if d := diff(tc.want, ids(must(e.s.ListAudit(ctx, tc.f))(t))); d != "" {
+				t.Errorf("ListAudit(%+v) (-want +got):\n%s", tc.f, d)
+			}
+		}
+		_, err := e.s.GetAudit(ctx, 424242)
+		wantErr(t, "GetAudit unknown", err, store.ErrNotFound)
+	}},
+
+	{"audit/pending_survives", func(t *testing.T, e *env) {
+		// A call that began and never completed (the process died) stays
+		// visible as pending to everyone else.
+		other, err := store.Open(ctx, e.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := other.BeginAudit(ctx, store.AuditEntry{Actor: "alice", Action: "vm.create", Resource: "vm", RequestID: "req-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Close(); err != nil {
+			t.Fatal(err)
+		}
+		got := must(e.s.ListAudit(ctx, store.AuditFilter{Actor: "alice"}))(t)
+		if len(got) != 1 || got[0].ID != id || got[0].Result != store.AuditPending || got[0].CompletedAt != nil {
+			t.Fatalf("after the writer closed: %+v; want entry %d pending", got, id)
+		}
+	}},
+}

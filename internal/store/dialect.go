@@ -1,0 +1,30 @@
+package store
+
+import (
+	"io/fs"
+	"time"
+
+	"github.com/pressly/goose/v3"
+)
+
+// dialect is what an engine overrides; everything else is generic SQL in
+// sqlStore, written with "?" placeholders.
+type dialect interface {
+	// engine names the engine: "sqlite" or "postgres".
+	engine() string
+	// rebind rewrites "?" placeholders into the engine's syntax.
+	rebind(query string) string
+	// timeArg encodes a (UTC, microsecond) time for a timestamp column.
+	timeArg(t time.Time) any
+	// tagsFilter returns a WHERE fragment (with "?" placeholders) matching
+	// VMs that carry every one of tags, and its arguments.
+	tagsFilter(tags map[string]string) (string, []any)
+	// acquireLease returns the single statement that takes, renews or
+	// refuses a lease, returning the holder row only when holder holds it.
+	acquireLease(name, holder string, ttl time.Duration, now time.Time) (string, []any)
+	// classify recognises the engine's constraint errors.
+	classify(err error) (kind error, detail string, ok bool)
+	// migrations returns the engine's migration files and goose options
+	// (dialect, locking).
+	migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error)
+}

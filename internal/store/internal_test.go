@@ -1,0 +1,97 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRebind(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"SELECT 1", "SELECT 1"},
+		{"a = ? AND b = ?", "a = $1 AND b = $2"},
+		{"(created_at, id) < (?, ?) LIMIT ?", "(created_at, id) < ($1, $2) LIMIT $3"},
+		{"tags @> CAST(? AS jsonb)", "tags @> CAST($1 AS jsonb)"},
+	} {
+		if got := (postgresDialect{}).rebind(tc.in); got != tc.want {
+			t.Errorf("rebind(%q) = %q; want %q", tc.in, got, tc.want)
+		}
+		if got := (sqliteDialect{}).rebind(tc.in); got != tc.in {
+			t.Errorf("sqlite rebind(%q) = %q; want it unchanged", tc.in, got)
+		}
+	}
+}
+
+func TestVMUpdateStatementMatchesColumns(t *testing.T) {
+	// vmUpdate's arguments are sliced out of vmValues by position.
+	if got, want := strings.Count(vmUpdate, "?"), len(vmColumns)-2+2; got != want {
+		t.Fatalf("vmUpdate has %d placeholders; want %d", got, want)
+	}
+	if !strings.HasPrefix(vmUpdate, "UPDATE vm SET name = ?") || !strings.Contains(vmUpdate, "generation = ?, updated_at = ? WHERE id = ? AND generation = ?") {
+		t.Fatalf("vmUpdate = %s", vmUpdate)
+	}
+}
+
+func TestCursor(t *testing.T) {
+	c := cursor{at: time.Date(2025, 1, 2, 3, 4, 5, 678901000, time.UTC), id: "3f2a-…-id.with.dots"}
+	got, err := parseCursor(c.String())
+	if err != nil || !got.at.Equal(c.at) || got.id != c.id {
+		t.Fatalf("parseCursor(String()) = %+v, %v; want %+v", got, err, c)
+	}
+	for _, bad := range []string{"", "!!!", "djE", "djIuMS5pZA", "djEueHl6Lmlk", "djEuMTIzLg"} {
+		if _, err := parseCursor(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("parseCursor(%q) = %v; want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestOpenRejectsBadDSNs(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ dsn, want string }{
+		{"mysql://root:secret@db/nexus", "unsupported DSN"},
+		{"nexus.db", "unsupported DSN"},
+		{"sqlite://", "empty path"},
+		{"sqlite://:memory:", "file path"},
+		{"sqlite://file:x.db?mode=memory", "file path"},
+		{"sqlite://" + t.TempDir() + "/x.db?cache=shared", "must not contain"},
+	} {
+		s, err := Open(ctx, tc.dsn)
+		if err == nil {
+			s.Close()
+			t.Errorf("Open(%q) succeeded; want an error", tc.dsn)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("Open(%q) = %v; want it to say %q and not leak the password", tc.dsn, err, tc.want)
+		}
+	}
+}
+
+func TestSQLiteFileIsPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a", "b", "nexus.db")
+	s, err := Open(context.Background(), "sqlite://"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, p := range []string{path, filepath.Dir(path)} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s has mode %v; want no group/other access (it holds token hashes)", p, perm)
+		}
+	}
+	var mode string
+	if err := s.(*sqlStore).w.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode = %q, %v; want wal", mode, err)
+	}
+	if _, err := s.(*sqlStore).r.Exec("DELETE FROM vm"); err == nil {
+		t.Fatal("the read pool accepted a write; want query_only")
+	}
+}

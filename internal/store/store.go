@@ -1,0 +1,169 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Store is everything the manager persists. It is safe for concurrent use.
+// Consumers should depend on the narrow interfaces it is made of (or their
+// own, narrower still).
+type Store interface {
+	VMStore
+	EventStore
+	TemplateStore
+	ImageStore
+	SnapshotStore
+	HostStore
+	TokenStore
+	AuditStore
+	LeaseStore
+
+	// Engine is "sqlite" or "postgres".
+	Engine() string
+	// Ping checks that the database answers (readiness).
+	Ping(ctx context.Context) error
+	// Close releases the connections.
+	Close() error
+}
+
+// VMStore keeps VMs.
+type VMStore interface {
+	// CreateVM stores a new VM and returns it as stored: an empty ID gets a
+	// random UUID, zero CreatedAt/UpdatedAt get the store's clock, and
+	// Generation is 1. A taken (project, name) or ID is ErrConflict.
+	CreateVM(ctx context.Context, vm VM) (VM, error)
+	GetVM(ctx context.Context, id string) (VM, error)
+	GetVMByName(ctx context.Context, project, name string) (VM, error)
+	// ListVMs pages through the matching VMs, newest first (created_at,
+	// then id, descending). The cursor is opaque and stable: VMs created
+	// while paging do not shift later pages. nextCursor is "" on the last
+	// page. A malformed cursor is ErrInvalid.
+	ListVMs(ctx context.Context, f VMFilter) (items []VM, nextCursor string, err error)
+	// UpdateVM reads the VM, applies mutate to it and writes it back only if
+	// nobody else wrote in between (same Generation); on a concurrent change
+	// it re-reads and re-applies, a few times, then returns ErrStale. mutate
+	// may therefore run more than once and must only change the VM it is
+	// given. An error from mutate aborts the update and is returned wrapped.
+	// ID, CreatedAt, Generation and UpdatedAt are the store's to set. A
+	// mutation that changes nothing writes nothing (Generation stays).
+	UpdateVM(ctx context.Context, id string, mutate func(*VM) error) (VM, error)
+	// DeleteVM removes the VM and its events; a missing VM is ErrNotFound
+	// (callers that treat delete as idempotent ignore it).
+	DeleteVM(ctx context.Context, id string) error
+	// AllocationsByHost sums the VMs placed on each host (host_id set),
+	// skipping VMs in excludeStates — the scheduler decides which states
+	// hold resources. Hosts without VMs are absent from the map.
+	AllocationsByHost(ctx context.Context, excludeStates ...VMState) (map[string]Allocation, error)
+}
+
+// EventStore keeps each VM's event history.
+type EventStore interface {
+	// AddEvent appends an event (zero At means now); an unknown VM is
+	// ErrNotFound.
+	AddEvent(ctx context.Context, e VMEvent) (VMEvent, error)
+	// ListEvents returns the VM's last limit events, oldest first (newest
+	// last). An unknown VM has no events.
+	ListEvents(ctx context.Context, vmID string, limit int) ([]VMEvent, error)
+}
+
+// TemplateStore keeps templates. (project, name) is unique.
+type TemplateStore interface {
+	CreateTemplate(ctx context.Context, t Template) (Template, error)
+	GetTemplate(ctx context.Context, id string) (Template, error)
+	GetTemplateByName(ctx context.Context, project, name string) (Template, error)
+	// ListTemplates returns the matching templates, oldest first.
+	ListTemplates(ctx context.Context, f TemplateFilter) ([]Template, error)
+	DeleteTemplate(ctx context.Context, id string) error
+}
+
+// ImageStore keeps the image registry. (project, name) is unique.
+type ImageStore interface {
+	CreateImage(ctx context.Context, img Image) (Image, error)
+	GetImage(ctx context.Context, id string) (Image, error)
+	GetImageByName(ctx context.Context, project, name string) (Image, error)
+	// ListImages returns the matching images, oldest first.
+	ListImages(ctx context.Context, f ImageFilter) ([]Image, error)
+	DeleteImage(ctx context.Context, id string) error
+}
+
+// SnapshotStore keeps the snapshot catalog. Snapshots outlive their VM.
+type SnapshotStore interface {
+	CreateSnapshot(ctx context.Context, s Snapshot) (Snapshot, error)
+	GetSnapshot(ctx context.Context, id string) (Snapshot, error)
+	// ListSnapshots returns the matching snapshots, oldest first.
+	ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapshot, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+}
+
+// HostStore keeps the fleet's hosts.
+type HostStore interface {
+	// UpsertHost registers a host by name: the first registration creates it
+	// with a new ID, later ones keep the ID and update address, capacity and
+	// version. A registering host becomes ready unless an operator set it
+	// draining, which survives agent restarts.
+	UpsertHost(ctx context.Context, r HostRegistration) (Host, error)
+	// Heartbeat records an agent's report; an unreachable host becomes ready
+	// again (a draining one stays draining).
+	Heartbeat(ctx context.Context, id string, hb Heartbeat) error
+	GetHost(ctx context.Context, id string) (Host, error)
+	// ListHosts returns every host, by name.
+	ListHosts(ctx context.Context) ([]Host, error)
+	SetHostState(ctx context.Context, id string, state HostState) error
+	// MarkHostsUnreachable marks ready hosts not seen since seenBefore as
+	// unreachable and returns their IDs.
+	MarkHostsUnreachable(ctx context.Context, seenBefore time.Time) ([]string, error)
+	DeleteHost(ctx context.Context, id string) error
+}
+
+// TokenStore keeps API token records (never secrets).
+type TokenStore interface {
+	// CreateToken stores a token; an empty ID gets a random UUID. A taken
+	// prefix is ErrConflict.
+	CreateToken(ctx context.Context, t APIToken) (APIToken, error)
+	GetToken(ctx context.Context, id string) (APIToken, error)
+	// GetTokenByPrefix finds a token by its lookup prefix, revoked or not:
+	// the caller checks RevokedAt and the hash.
+	GetTokenByPrefix(ctx context.Context, prefix string) (APIToken, error)
+	// ListTokens returns the matching tokens, oldest first.
+	ListTokens(ctx context.Context, f TokenFilter) ([]APIToken, error)
+	// RevokeToken marks the token revoked now; revoking again keeps the
+	// first time and succeeds.
+	RevokeToken(ctx context.Context, id string) error
+	// UpdateTokenHash rotates the token's secret: new prefix (may equal the
+	// old one) and hash. A revoked token is ErrConflict.
+	UpdateTokenHash(ctx context.Context, id, prefix, hash string) (APIToken, error)
+	// TouchTokens records last use in one batch: id → time. Times only move
+	// forward; unknown IDs are ignored (the token may just have been
+	// deleted).
+	TouchTokens(ctx context.Context, used map[string]time.Time) error
+}
+
+// AuditStore keeps the audit trail. Entries are never deleted.
+type AuditStore interface {
+	// BeginAudit inserts the entry as pending (zero At means now) and
+	// returns its ID. Result, After, Error and CompletedAt are ignored.
+	BeginAudit(ctx context.Context, e AuditEntry) (int64, error)
+	// CompleteAudit records the outcome of a pending entry. A completed
+	// entry cannot change again (ErrConflict); result must not be pending.
+	CompleteAudit(ctx context.Context, id int64, result AuditResult, after json.RawMessage, errText string) error
+	GetAudit(ctx context.Context, id int64) (AuditEntry, error)
+	// ListAudit returns the matching entries ordered by ID.
+	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+}
+
+// LeaseStore elects one holder per lease name among processes sharing the
+// database.
+type LeaseStore interface {
+	// AcquireLease atomically takes the lease if it is free or expired, or
+	// renews it if holder already holds it, for ttl; held reports whether
+	// holder holds it afterwards. On Postgres expiry is measured by the
+	// database's clock so that replicas with skewed clocks agree.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (held bool, err error)
+	// ReleaseLease frees the lease if holder holds it; otherwise it does
+	// nothing.
+	ReleaseLease(ctx context.Context, name, holder string) error
+	// GetLease returns the lease's current record (possibly expired).
+	GetLease(ctx context.Context, name string) (Lease, error)
+}

@@ -1,0 +1,323 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"time"
+)
+
+// VMState is a VM's lifecycle state (DESIGN.md §2). The store records both
+// the observed state and the desired one; the reconciler moves one to the
+// other.
+type VMState string
+
+// The VM states of the contract.
+const (
+	VMRequested  VMState = "requested"
+	VMConfigured VMState = "configured"
+	VMRunning    VMState = "running"
+	VMPaused     VMState = "paused"
+	VMStopping   VMState = "stopping"
+	VMStopped    VMState = "stopped"
+	VMFailed     VMState = "failed"
+	VMDeleting   VMState = "deleting"
+)
+
+// VM is one microVM: what was asked for, where it was placed, what was last
+// observed, and the reconciler's bookkeeping.
+type VM struct {
+	ID           string
+	Name         string
+	Project      string
+	State        VMState // last observed
+	DesiredState VMState
+
+	// Placement and host-side names, filled once the VM is scheduled.
+	HostID   string
+	HostAddr string
+	APISock  string
+	TAP      string
+	MAC      string
+	LogPath  string
+
+	VCPU          int
+	MemMiB        int
+	KernelPath    string
+	RootfsPath    string
+	KernelImageID string
+	RootfsImageID string
+	BootArgs      string
+	// Spec is the full create request (extra drives, NIC, rate limits, …)
+	// as the API received it; the store does not interpret it.
+	Spec json.RawMessage
+
+	TemplateID     string
+	TemplateConfig json.RawMessage // nil unless created from a template
+	Overrides      json.RawMessage // nil unless created from a template
+	Tags           map[string]string
+
+	// Reconciler bookkeeping: the last failure, how often it was retried and
+	// the earliest time of the next attempt (nil: no backoff pending).
+	LastError     string
+	Retries       int
+	NextAttemptAt *time.Time
+
+	// Generation is 1 on create and bumped by every write UpdateVM makes.
+	Generation int64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// clone returns a deep copy, so UpdateVM can tell whether a mutation
+// changed anything and a caller's mutation never aliases stored values.
+func (v VM) clone() VM {
+	c := v
+	c.Spec = bytes.Clone(v.Spec)
+	c.TemplateConfig = bytes.Clone(v.TemplateConfig)
+	c.Overrides = bytes.Clone(v.Overrides)
+	c.Tags = maps.Clone(v.Tags)
+	if v.NextAttemptAt != nil {
+		t := *v.NextAttemptAt
+		c.NextAttemptAt = &t
+	}
+	return c
+}
+
+// VMFilter selects VMs for ListVMs. Zero fields match everything.
+type VMFilter struct {
+	Project      string
+	State        VMState
+	DesiredState VMState
+	HostID       string
+	// Tags must all be present with exactly these values.
+	Tags map[string]string
+	// Limit caps the page size: 0 means DefaultLimit, more than MaxLimit
+	// means MaxLimit.
+	Limit int
+	// Cursor is the NextCursor of the previous page; empty starts at the
+	// newest VM.
+	Cursor string
+}
+
+// Page sizes of the List methods.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 1000
+)
+
+// Allocation is what the VMs placed on one host add up to.
+type Allocation struct {
+	VMs    int
+	VCPU   int
+	MemMiB int
+}
+
+// Event levels used by the manager. The store accepts any string.
+const (
+	LevelInfo  = "info"
+	LevelWarn  = "warn"
+	LevelError = "error"
+)
+
+// VMEvent is one line of a VM's history, shown by GET /v1/vms/{id}/events.
+type VMEvent struct {
+	ID      int64
+	VMID    string
+	At      time.Time
+	Level   string
+	Message string
+}
+
+// Template is a named, reusable VM configuration.
+type Template struct {
+	ID        string
+	Name      string
+	Project   string
+	Owner     string
+	Config    json.RawMessage
+	CreatedAt time.Time
+}
+
+// TemplateFilter selects templates. Zero fields match everything.
+type TemplateFilter struct {
+	Project string
+}
+
+// ImageKind is what an image boots as.
+type ImageKind string
+
+// The image kinds.
+const (
+	ImageKernel ImageKind = "kernel"
+	ImageRootfs ImageKind = "rootfs"
+)
+
+// Image is a registered kernel or rootfs file on the hosts. Project "" is a
+// global image, visible to every project.
+type Image struct {
+	ID        string
+	Project   string
+	Kind      ImageKind
+	Name      string
+	HostPath  string
+	SHA256    string
+	Size      int64
+	ReadOnly  bool
+	CreatedAt time.Time
+}
+
+// ImageFilter selects images. Zero fields match everything; with Project
+// set, IncludeGlobal also returns the global images (project "").
+type ImageFilter struct {
+	Project       string
+	IncludeGlobal bool
+	Kind          ImageKind
+}
+
+// SnapshotFile is one file of a snapshot, as reported to API clients.
+type SnapshotFile struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+}
+
+// Snapshot is a paused VM's state and memory written to its host.
+type Snapshot struct {
+	ID        string
+	VMID      string
+	Project   string
+	HostID    string
+	Dir       string
+	StatePath string
+	MemPath   string
+	Size      int64
+	Files     []SnapshotFile
+	// Meta holds what instantiation needs: the source VM's configuration and
+	// the firecracker version that wrote the snapshot.
+	Meta      json.RawMessage
+	CreatedAt time.Time
+}
+
+// SnapshotFilter selects snapshots. Zero fields match everything.
+type SnapshotFilter struct {
+	VMID    string
+	Project string
+	HostID  string
+}
+
+// HostState is a host's availability for scheduling.
+type HostState string
+
+// The host states.
+const (
+	HostReady       HostState = "ready"
+	HostUnreachable HostState = "unreachable"
+	HostDraining    HostState = "draining"
+)
+
+// Resources is an amount of vCPU and memory (a host's capacity, or what is
+// allocated on it).
+type Resources struct {
+	VCPU   int `json:"vcpu"`
+	MemMiB int `json:"mem_mib"`
+}
+
+// Host is one agent in the fleet.
+type Host struct {
+	ID         string
+	Name       string
+	Addr       string
+	State      HostState
+	Capacity   Resources
+	Allocated  Resources // as last reported by the agent
+	VMs        int       // as last reported by the agent
+	Version    string
+	LastSeenAt time.Time
+	CreatedAt  time.Time
+}
+
+// HostRegistration is what an agent says when it (re)joins the fleet.
+type HostRegistration struct {
+	Name     string
+	Addr     string
+	Capacity Resources
+	Version  string
+}
+
+// Heartbeat is an agent's periodic report. A zero At means "now".
+type Heartbeat struct {
+	Capacity  Resources
+	Allocated Resources
+	VMs       int
+	At        time.Time
+}
+
+// APIToken is a bearer token's record. The secret itself is never stored:
+// Prefix is a non-secret lookup key and Hash the verifier.
+type APIToken struct {
+	ID         string
+	Prefix     string
+	Hash       string
+	Owner      string
+	Role       string
+	Project    string
+	CreatedAt  time.Time
+	LastUsedAt *time.Time
+	RevokedAt  *time.Time
+}
+
+// TokenFilter selects tokens. Zero fields match everything except revoked
+// tokens, which need IncludeRevoked.
+type TokenFilter struct {
+	Owner          string
+	Project        string
+	IncludeRevoked bool
+}
+
+// AuditResult is the outcome of an audited call.
+type AuditResult string
+
+// The audit results. An entry is pending from BeginAudit until
+// CompleteAudit; one that stays pending marks a call that never finished
+// (a crash, a timeout), which is exactly what an audit must not lose.
+const (
+	AuditPending AuditResult = "pending"
+	AuditSuccess AuditResult = "success"
+	AuditFailure AuditResult = "failure"
+	AuditDenied  AuditResult = "denied"
+)
+
+// AuditEntry is one mutating call, allowed or denied.
+type AuditEntry struct {
+	ID          int64
+	At          time.Time
+	Actor       string
+	Action      string
+	Resource    string
+	ResourceID  string
+	RequestID   string
+	Result      AuditResult
+	Before      json.RawMessage // nil when not recorded
+	After       json.RawMessage // nil when not recorded
+	Error       string
+	CompletedAt *time.Time
+}
+
+// AuditFilter selects audit entries, oldest first. Zero fields match
+// everything; AfterID pages (pass the last ID seen).
+type AuditFilter struct {
+	ResourceID string
+	Resource   string
+	Actor      string
+	Since      time.Time
+	AfterID    int64
+	Limit      int
+}
+
+// Lease is a named, expiring claim, used to elect one reconciler among
+// managers that share a database.
+type Lease struct {
+	Name      string
+	Holder    string
+	ExpiresAt time.Time
+}

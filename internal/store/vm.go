@@ -1,0 +1,281 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"time"
+)
+
+// vmColumns is the column order of every VM query; vmValues and scanVM
+// follow it.
+var vmColumns = []string{
+	"id", "name", "project", "state", "desired_state",
+	"host_id", "host_addr", "api_sock", "tap", "mac", "log_path",
+	"vcpu", "mem_mib", "kernel_path", "rootfs_path", "kernel_image_id", "rootfs_image_id", "boot_args", "spec",
+	"template_id", "template_config", "overrides", "tags",
+	"last_error", "retries", "next_attempt_at",
+	"generation", "created_at", "updated_at",
+}
+
+var (
+	vmSelect = "SELECT " + strings.Join(vmColumns, ", ") + " FROM vm"
+	vmInsert = "INSERT INTO vm (" + strings.Join(vmColumns, ", ") + ") VALUES (" + placeholders(len(vmColumns)) + ")"
+	// vmUpdate writes every column but id and created_at, guarded by the
+	// generation the caller read: the optimistic-concurrency check.
+	vmUpdate = "UPDATE vm SET " + strings.Join(vmColumns[1:len(vmColumns)-2], " = ?, ") + " = ?, updated_at = ?" +
+		" WHERE id = ? AND generation = ?"
+)
+
+func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
+	spec, err := rawArg("spec", vm.Spec, "{}")
+	if err != nil {
+		return nil, err
+	}
+	tcfg, err := rawArg("template_config", vm.TemplateConfig, "")
+	if err != nil {
+		return nil, err
+	}
+	over, err := rawArg("overrides", vm.Overrides, "")
+	if err != nil {
+		return nil, err
+	}
+	tags := vm.Tags
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	tagsJSON, err := jsonArg(tags)
+	if err != nil {
+		return nil, err
+	}
+	return []any{
+		vm.ID, vm.Name, vm.Project, string(vm.State), string(vm.DesiredState),
+		vm.HostID, vm.HostAddr, vm.APISock, vm.TAP, vm.MAC, vm.LogPath,
+		vm.VCPU, vm.MemMiB, vm.KernelPath, vm.RootfsPath, vm.KernelImageID, vm.RootfsImageID, vm.BootArgs, spec,
+		vm.TemplateID, tcfg, over, tagsJSON,
+		vm.LastError, vm.Retries, s.tsPtr(vm.NextAttemptAt),
+		vm.Generation, s.ts(vm.CreatedAt), s.ts(vm.UpdatedAt),
+	}, nil
+}
+
+func scanVM(sc scanner) (VM, error) {
+	var vm VM
+	err := sc.Scan(
+		&vm.ID, &vm.Name, &vm.Project, &vm.State, &vm.DesiredState,
+		&vm.HostID, &vm.HostAddr, &vm.APISock, &vm.TAP, &vm.MAC, &vm.LogPath,
+		&vm.VCPU, &vm.MemMiB, &vm.KernelPath, &vm.RootfsPath, &vm.KernelImageID, &vm.RootfsImageID, &vm.BootArgs, rawCol{&vm.Spec},
+		&vm.TemplateID, rawCol{&vm.TemplateConfig}, rawCol{&vm.Overrides}, jsonCol{&vm.Tags},
+		&vm.LastError, &vm.Retries, nullTimeCol{&vm.NextAttemptAt},
+		&vm.Generation, timeCol{&vm.CreatedAt}, timeCol{&vm.UpdatedAt},
+	)
+	if vm.Tags == nil {
+		vm.Tags = map[string]string{}
+	}
+	return vm, err
+}
+
+func (s *sqlStore) CreateVM(ctx context.Context, vm VM) (VM, error) {
+	vm = vm.clone()
+	if vm.ID == "" {
+		vm.ID = newID()
+	}
+	vm.CreatedAt = s.orNow(vm.CreatedAt)
+	vm.UpdatedAt = vm.CreatedAt
+	vm.Generation = 1
+	normVM(&vm)
+	op := "create vm " + qualified(vm.Project, vm.Name)
+	args, err := s.vmValues(&vm)
+	if err != nil {
+		return VM{}, s.fail(op, err)
+	}
+	if _, err := s.exec(ctx, vmInsert, args...); err != nil {
+		return VM{}, s.fail(op, err)
+	}
+	return vm, nil
+}
+
+// normVM makes a VM look the way it will read back: the column defaults
+// for empty Spec and Tags, times truncated.
+func normVM(vm *VM) {
+	if len(vm.Spec) == 0 {
+		vm.Spec = json.RawMessage("{}")
+	}
+	if vm.Tags == nil {
+		vm.Tags = map[string]string{}
+	}
+	vm.NextAttemptAt = normTimePtr(vm.NextAttemptAt)
+}
+
+func (s *sqlStore) GetVM(ctx context.Context, id string) (VM, error) {
+	vm, err := scanVM(s.queryRow(ctx, vmSelect+" WHERE id = ?", id))
+	if err != nil {
+		return VM{}, s.fail("get vm "+id, err)
+	}
+	return vm, nil
+}
+
+func (s *sqlStore) GetVMByName(ctx context.Context, project, name string) (VM, error) {
+	vm, err := scanVM(s.queryRow(ctx, vmSelect+" WHERE project = ? AND name = ?", project, name))
+	if err != nil {
+		return VM{}, s.fail("get vm "+qualified(project, name), err)
+	}
+	return vm, nil
+}
+
+func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error) {
+	var conds []string
+	var args []any
+	add := func(cond string, a ...any) {
+		conds = append(conds, cond)
+		args = append(args, a...)
+	}
+	if f.Project != "" {
+		add("project = ?", f.Project)
+	}
+	if f.State != "" {
+		add("state = ?", string(f.State))
+	}
+	if f.DesiredState != "" {
+		add("desired_state = ?", string(f.DesiredState))
+	}
+	if f.HostID != "" {
+		add("host_id = ?", f.HostID)
+	}
+	if len(f.Tags) > 0 {
+		frag, a := s.d.tagsFilter(f.Tags)
+		add(frag, a...)
+	}
+	if f.Cursor != "" {
+		c, err := parseCursor(f.Cursor)
+		if err != nil {
+			return nil, "", s.fail("list vms", err)
+		}
+		add("(created_at, id) < (?, ?)", s.ts(c.at), c.id)
+	}
+	limit := clampLimit(f.Limit)
+	// One row more than the page tells whether another page follows.
+	q := vmSelect + where(conds) + " ORDER BY created_at DESC, id DESC LIMIT ?"
+	args = append(args, limit+1)
+	vms, err := queryAll(ctx, s, scanVM, q, args...)
+	if err != nil {
+		return nil, "", s.fail("list vms", err)
+	}
+	next := ""
+	if len(vms) > limit {
+		vms = vms[:limit]
+		last := vms[limit-1]
+		next = cursor{at: last.CreatedAt, id: last.ID}.String()
+	}
+	return vms, next, nil
+}
+
+// UpdateVM retries: enough attempts, with jittered backoff, that a handful
+// of writers racing on one VM (reconciler, API, orchestrator) all land.
+const (
+	updateAttempts = 10
+	updateBackoff  = time.Millisecond
+)
+
+func (s *sqlStore) UpdateVM(ctx context.Context, id string, mutate func(*VM) error) (VM, error) {
+	op := "update vm " + id
+	for attempt := 0; attempt < updateAttempts; attempt++ {
+		if attempt > 0 {
+			if err := sleepCtx(ctx, jitter(updateBackoff<<min(attempt-1, 6))); err != nil {
+				return VM{}, fmt.Errorf("%s: %w", op, err)
+			}
+		}
+		cur, err := scanVM(s.queryRow(ctx, vmSelect+" WHERE id = ?", id))
+		if err != nil {
+			return VM{}, s.fail(op, err)
+		}
+		next := cur.clone()
+		if err := mutate(&next); err != nil {
+			return VM{}, fmt.Errorf("%s: %w", op, err)
+		}
+		// The store owns these; a mutation cannot move them.
+		next.ID, next.CreatedAt, next.Generation, next.UpdatedAt = cur.ID, cur.CreatedAt, cur.Generation, cur.UpdatedAt
+		normVM(&next)
+		if reflect.DeepEqual(cur, next) {
+			return cur, nil
+		}
+		next.Generation = cur.Generation + 1
+		next.UpdatedAt = s.now()
+		vals, err := s.vmValues(&next)
+		if err != nil {
+			return VM{}, s.fail(op, err)
+		}
+		// vmValues follows vmColumns: SET takes all but id, created_at and
+		// updated_at, then updated_at, then the WHERE arguments.
+		args := make([]any, 0, len(vals)+1)
+		args = append(args, vals[1:len(vals)-2]...)
+		args = append(args, vals[len(vals)-1], cur.ID, cur.Generation)
+		res, err := s.exec(ctx, vmUpdate, args...)
+		if err != nil {
+			return VM{}, s.fail(op, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return VM{}, s.fail(op, err)
+		}
+		if n == 1 {
+			return next, nil
+		}
+		// Someone else wrote (or deleted) it since we read: read again.
+	}
+	return VM{}, fmt.Errorf("%s: %d attempts: %w", op, updateAttempts, ErrStale)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// jitter spreads d over [d/2, 3d/2) so racing writers do not retry in step.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d)
+}
+
+func (s *sqlStore) DeleteVM(ctx context.Context, id string) error {
+	if err := mustAffect(s.exec(ctx, "DELETE FROM vm WHERE id = ?", id)); err != nil {
+		return s.fail("delete vm "+id, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) AllocationsByHost(ctx context.Context, excludeStates ...VMState) (map[string]Allocation, error) {
+	q := "SELECT host_id, COUNT(*), COALESCE(SUM(vcpu), 0), COALESCE(SUM(mem_mib), 0) FROM vm WHERE host_id <> ''"
+	var args []any
+	if len(excludeStates) > 0 {
+		q += " AND state NOT IN (" + placeholders(len(excludeStates)) + ")"
+		for _, st := range excludeStates {
+			args = append(args, string(st))
+		}
+	}
+	q += " GROUP BY host_id"
+	type row struct {
+		host string
+		a    Allocation
+	}
+	rows, err := queryAll(ctx, s, func(sc scanner) (row, error) {
+		var r row
+		err := sc.Scan(&r.host, &r.a.VMs, &r.a.VCPU, &r.a.MemMiB)
+		return r, err
+	}, q, args...)
+	if err != nil {
+		return nil, s.fail("allocations by host", err)
+	}
+	out := make(map[string]Allocation, len(rows))
+	for _, r := range rows {
+		out[r.host] = r.a
+	}
+	return out, nil
+}
