@@ -30,7 +30,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
-func TestMain(m *testing.M) { simtest.Main(m) }
+func TestMain(m *testing.M) {
+	testutil.IsolateNetwork()
+	simtest.Main(m)
+}
 
 const testToken = "test-join-token"
 
@@ -61,7 +64,6 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	bridge := fmt.Sprintf("nxt%06d", rand.IntN(1_000_000))
-	restoreForwarding(t)
 	nw, err := network.New(network.Config{Bridge: bridge, Uplink: network.UplinkNone}, log)
 	if err != nil {
 		t.Fatal(err)
@@ -100,16 +102,6 @@ func byTapName(l hostlayout.Layout, tap string) string {
 		}
 	}
 	return "none"
-}
-
-// restoreForwarding puts net.ipv4.ip_forward back as it was: the bridge
-// turns it on.
-func restoreForwarding(t testing.TB) {
-	const p = "/proc/sys/net/ipv4/ip_forward"
-	old, err := os.ReadFile(p)
-	if err == nil {
-		t.Cleanup(func() { _ = os.WriteFile(p, old, 0o644) })
-	}
 }
 
 // newVM returns a fresh VM id with a kernel and rootfs in the test dir.

@@ -67,6 +67,10 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("agent: run dir: %w", err)
 	}
 	layout := hostlayout.Layout{RunDir: runDir}
+	// A VM id is a 36-byte UUID: the longest socket path follows from the run dir.
+	if n := len(layout.SockPath("00000000-0000-0000-0000-000000000000")); n > vmm.MaxSocketPath {
+		return nil, fmt.Errorf("agent: FC_RUN_DIR %s is too long: VM sockets under it would be %d bytes, unix sockets allow %d", runDir, n, vmm.MaxSocketPath)
+	}
 	if err := os.MkdirAll(layout.VMsDir(), 0o750); err != nil {
 		return nil, fmt.Errorf("agent: create run dir %s: %w", layout.VMsDir(), err)
 	}

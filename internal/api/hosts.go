@@ -52,8 +52,7 @@ func (s *Server) hostHeartbeat(ctx context.Context, in *heartbeatInput) (*okOutp
 }
 
 type healthOutput struct {
-	Status int `json:"-"`
-	Body   apitypes.Health
+	Body apitypes.Health
 }
 
 func (s *Server) healthz(ctx context.Context, _ *struct{}) (*healthOutput, error) {

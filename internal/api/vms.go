@@ -15,7 +15,9 @@ type vmIDPath struct {
 }
 
 type createVMInput struct {
-	Wait bool `query:"wait" default:"true" doc:"answer once the VM runs (or failed, with the reason); false answers at once with state requested"`
+	// A string, not a bool: huma fills defaults into zero values, so a bool
+	// defaulting to true could never be false.
+	Wait string `query:"wait" enum:"true,false" default:"true" doc:"answer once the VM runs (or failed, with the reason); false answers at once with state requested"`
 	Body apitypes.CreateVMRequest
 }
 
@@ -34,7 +36,7 @@ type okOutput struct {
 func ok() *okOutput { return &okOutput{Body: apitypes.OK{OK: true}} }
 
 func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, error) {
-	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{Wait: in.Wait})
+	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{Wait: in.Wait != "false"})
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func PostgresURL(tb testing.TB) string {
 	tb.Helper()
 	u := os.Getenv("NEXUS_TEST_DATABASE_URL")
 	if u != "" {
-		return u
+		return reachPostgres(u)
 	}
 	if OnCI() {
 		tb.Fatal("NEXUS_TEST_DATABASE_URL is not set on CI")

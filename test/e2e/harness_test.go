@@ -31,6 +31,7 @@ var bins struct {
 }
 
 func TestMain(m *testing.M) {
+	testutil.IsolateNetwork()
 	dir, err := os.MkdirTemp("", "nexus-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -145,10 +146,9 @@ func engineDSN(t *testing.T, engine, dir string) string {
 func newCluster(t *testing.T, engine string, n int) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t)
-	dir := t.TempDir()
+	dir := shortTempDir(t)
 	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%d", rand.Int64()), port: freePort(t)}
 	c.dsn = engineDSN(t, engine, dir)
-	restoreForwarding(t)
 
 	out, err := exec.Command(bins.nexus, "manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e").Output()
 	if err != nil {
@@ -348,14 +348,6 @@ func (c *cluster) assertNoLeaks(ids ...string) {
 	}
 }
 
-// restoreForwarding puts net.ipv4.ip_forward back as it was: agents turn it on.
-func restoreForwarding(t testing.TB) {
-	const p = "/proc/sys/net/ipv4/ip_forward"
-	if old, err := os.ReadFile(p); err == nil {
-		t.Cleanup(func() { _ = os.WriteFile(p, old, 0o644) })
-	}
-}
-
 // eventually retries f until it returns nil or d passes.
 func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 	t.Helper()
@@ -368,4 +360,15 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %s: %v", what, d, err)
+}
+
+// shortTempDir is a temp dir with a short path: VM sockets live several
+// levels below it and unix socket paths are limited to 107 bytes.
+func shortTempDir(t testing.TB) string {
+	dir, err := os.MkdirTemp("", "nx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

@@ -341,3 +341,10 @@ func (n *testNS) openTapLikeFirecracker(tb testing.TB, name string) (int, error)
 	})
 	return fd, err
 }
+
+func (n *testNS) writeForwarding(tb testing.TB, v string) {
+	tb.Helper()
+	if err := n.do(tb, func() error { return os.WriteFile(ipForwardPath, []byte(v), 0o644) }); err != nil {
+		tb.Fatalf("write ip_forward in test netns: %v", err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -72,6 +73,10 @@ type Config struct {
 	// Env is added to the VMM's environment (which is otherwise minimal).
 	Env []string
 }
+
+// MaxSocketPath is the longest path a unix socket can be bound at
+// (sun_path is 108 bytes with the terminating NUL).
+const MaxSocketPath = 107
 
 // ErrInvalidID is returned for a VM id that is unsafe as a path or --id.
 var ErrInvalidID = errors.New("invalid vm id")
@@ -164,6 +169,9 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		}
 	}
 	sock := l.SockPath(vmID)
+	if len(sock) > MaxSocketPath {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: API socket path %s is %d bytes, unix sockets allow %d: use a shorter FC_RUN_DIR", vmID, sock, len(sock), MaxSocketPath)
+	}
 	// firecracker refuses to start when anything exists at the socket path.
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: remove stale socket: %w", vmID, err)
@@ -245,8 +253,8 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 			return nil
 		}
 		if s.reap(p) {
-			return fmt.Errorf("vmm exited before its API socket was ready (%s); see %s",
-				p.status, s.cfg.Layout.ConsolePath(p.h.VMID))
+			return fmt.Errorf("vmm exited before its API socket was ready (%s): %s",
+				p.status, lastLines(s.cfg.Layout.ConsolePath(p.h.VMID), 3))
 		}
 		select {
 		case <-ctx.Done():
@@ -512,4 +520,18 @@ func readHandle(dir string) (Handle, error) {
 		return h, fmt.Errorf("read handle in %s: version %d, want %d", dir, h.Version, handleVersion)
 	}
 	return h, nil
+}
+
+// lastLines returns up to n last lines of a small file (the console log of
+// a VMM that died at start), joined for an error message.
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return "no output; see " + path
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
 }
