@@ -145,7 +145,9 @@ func (e *env) boot(ctx context.Context, id, kernel, rootfs string) {
 	steps := []func() error{
 		func() error { return fc.PutLogger(ctx, firecracker.Logger{LogPath: sp.LogPath}) },
 		func() error { return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: sp.MetricsPath}) },
-		func() error { return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}) },
+		func() error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
+		},
 		func() error { return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}) },
 		func() error {
 			return fc.PutDrive(ctx, firecracker.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: rootfs, IsReadOnly: firecracker.Bool(false)})
