@@ -200,11 +200,16 @@ func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	name := hostlayout.TapName(id)
-	if _, err := a.net.EnsureBridge(r.Context()); err != nil {
-		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
-		return
+	err := a.net.EnsureTap(r.Context(), name)
+	if errors.Is(err, network.ErrNoBridge) {
+		// Someone removed the bridge: bring it (and NAT) back, then retry.
+		if _, err := a.net.EnsureBridge(r.Context()); err != nil {
+			a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
+			return
+		}
+		err = a.net.EnsureTap(r.Context(), name)
 	}
-	if err := a.net.EnsureTap(r.Context(), name); err != nil {
+	if err != nil {
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "create tap %s: %v", name, err).WithCause(err))
 		return
 	}

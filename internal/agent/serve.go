@@ -145,6 +145,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
 
 	go sup.Run(ctx, time.Second)
+	go keepBridge(ctx, nw, log, time.Minute)
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -162,6 +163,23 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		go newRegistrar(o, r.URL, a, log).run(ctx)
 	}
 	return r, nil
+}
+
+// keepBridge re-ensures the bridge, its address, forwarding and NAT every
+// interval, so rules removed by hand come back without a restart.
+func keepBridge(ctx context.Context, nw *network.Network, log *slog.Logger, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := nw.EnsureBridge(ctx); err != nil && ctx.Err() == nil {
+				log.Error("re-ensuring the bridge failed", "err", err)
+			}
+		}
+	}
 }
 
 // Wait blocks until the agent's server has stopped.

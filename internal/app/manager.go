@@ -30,6 +30,9 @@ type ManagerOptions struct {
 	JoinToken         string // NEXUS_JOIN_TOKEN: shared with the agents
 	ReconcileInterval time.Duration
 	Version           string
+	// VcpuOvercommit and MemOvercommit scale host capacity for placement.
+	VcpuOvercommit float64
+	MemOvercommit  float64
 	// TokenCacheTTL is how long a verified API token is trusted without
 	// re-checking the store.
 	TokenCacheTTL time.Duration
@@ -73,7 +76,9 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		ttl = 30 * time.Second
 	}
 	authn := auth.NewAuthenticator(st, ttl, log)
-	svc := manager.New(ctx, manager.Config{Mode: o.Mode, JoinToken: o.JoinToken}, st, log)
+	svc := manager.New(ctx, manager.Config{
+		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
+	}, st, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := api.New(api.Deps{Service: svc, Auth: authn, Log: log, Registry: reg, Version: o.Version})

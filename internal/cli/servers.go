@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,18 @@ func durFlag(fs *pflag.FlagSet, p *time.Duration, name string, e env, key string
 		}
 	}
 	fs.DurationVar(p, name, d, usage+" (env "+key+")")
+	return nil
+}
+
+func floatFlag(fs *pflag.FlagSet, p *float64, name string, e env, key string, def float64, usage string) error {
+	v := def
+	if s := e(key); s != "" {
+		var err error
+		if v, err = strconv.ParseFloat(s, 64); err != nil || v <= 0 {
+			return fmt.Errorf("%s=%q: want a positive number", key, s)
+		}
+	}
+	fs.Float64Var(p, name, v, usage+" (env "+key+")")
 	return nil
 }
 
@@ -158,6 +171,12 @@ Migrations are applied at start. Agents join with the shared join token
 	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
 	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent")
 	if err := durFlag(lfs, &o.ReconcileInterval, "reconcile-interval", e, "NEXUS_RECONCILE_INTERVAL", 15*time.Second, "periodic reconcile pass"); err != nil {
+		return errCmd("manager", err)
+	}
+	if err := floatFlag(lfs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU"); err != nil {
+		return errCmd("manager", err)
+	}
+	if err := floatFlag(lfs, &o.MemOvercommit, "mem-overcommit", e, "NEXUS_MEM_OVERCOMMIT", 1, "guest memory placed per MiB of host memory"); err != nil {
 		return errCmd("manager", err)
 	}
 	lf.add(lfs, e, "json")

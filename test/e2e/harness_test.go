@@ -98,7 +98,8 @@ func (p *proc) waitLog(t testing.TB, msg string, d time.Duration) map[string]any
 // cluster is a manager and its agents on this machine. Each agent has its
 // own bridge and run dir and no NAT, so the host's firewall is untouched.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
+	mgrArgs []string
 	dir     string
 	dsn     string
 	join    string
@@ -135,19 +136,20 @@ func freePort(t testing.TB) int {
 }
 
 // engineDSN returns a fresh database of the named engine.
-func engineDSN(t *testing.T, engine, dir string) string {
+func engineDSN(t testing.TB, engine, dir string) string {
 	if engine == "postgres" {
 		return testutil.FreshPostgres(t)
 	}
 	return "sqlite://" + filepath.Join(dir, "nexus.db")
 }
 
-// newCluster starts a manager on a fresh database of engine and n agents.
-func newCluster(t *testing.T, engine string, n int) *cluster {
+// newCluster starts a manager (with extra flags mgrArgs) on a fresh
+// database of engine, and n agents.
+func newCluster(t testing.TB, engine string, n int, mgrArgs ...string) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t)
 	dir := shortTempDir(t)
-	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%d", rand.Int64()), port: freePort(t)}
+	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%d", rand.Int64()), port: freePort(t), mgrArgs: mgrArgs}
 	c.dsn = engineDSN(t, engine, dir)
 
 	out, err := exec.Command(bins.nexus, "manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e").Output()
@@ -186,8 +188,8 @@ func (c *cluster) start(name string, env []string, args ...string) *proc {
 
 func (c *cluster) startManager() {
 	c.t.Helper()
-	c.mgr = c.start("manager", []string{"NEXUS_MODE=dev"}, "manager",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", c.port), "--database-url", c.dsn, "--join-token", c.join)
+	args := append([]string{"manager", "--listen", fmt.Sprintf("127.0.0.1:%d", c.port), "--database-url", c.dsn, "--join-token", c.join}, c.mgrArgs...)
+	c.mgr = c.start("manager", []string{"NEXUS_MODE=dev"}, args...)
 	c.mgr.waitLog(c.t, "manager listening", 20*time.Second)
 }
 

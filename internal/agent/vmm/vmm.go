@@ -261,7 +261,9 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
 		case <-time.After(delay):
 		}
-		if delay < 20*time.Millisecond {
+		// Short polls: a VMM is usually ready within ~10 ms, and a long
+		// backoff step would add its length to every spawn.
+		if delay < 2*time.Millisecond {
 			delay *= 2
 		}
 	}
