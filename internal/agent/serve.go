@@ -113,6 +113,17 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("agent: networking: %w", err)
 	}
 	br, err := nw.EnsureBridge(ctx)
+	if errors.Is(err, network.ErrNoUplink) && o.Uplink == "" {
+		// No default route to masquerade out of: run without NAT rather
+		// than not at all, and say so.
+		log.Warn("no IPv4 default route: VMs get no NAT to the outside; set FC_UPLINK to choose an uplink")
+		nw.Close()
+		ncfg.Uplink = network.UplinkNone
+		if nw, err = network.New(ncfg, log); err != nil {
+			return nil, fmt.Errorf("agent: networking: %w", err)
+		}
+		br, err = nw.EnsureBridge(ctx)
+	}
 	if err != nil {
 		nw.Close()
 		return nil, fmt.Errorf("agent: %w", err)
