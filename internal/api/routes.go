@@ -21,13 +21,14 @@ func (s *Server) routes() {
 	}
 	open := policy{Auth: authNone}
 	join := func(action string) policy { return policy{Auth: authJoin, Action: action, Resource: "host"} }
+	creates := func(p policy) policy { p.Creates = true; return p }
 
 	// Health and readiness.
 	register(s, "healthz", http.MethodGet, "/healthz", "Liveness", open, s.healthz)
 	register(s, "readyz", http.MethodGet, "/readyz", "Readiness: store reachable and at least one ready host", open, s.readyz)
 
 	// VMs.
-	register(s, "create-vm", http.MethodPost, "/v1/vms", "Create a VM (boots it unless start is false)", op("vm.create", "vm"), s.createVM, http.StatusCreated)
+	register(s, "create-vm", http.MethodPost, "/v1/vms", "Create a VM (boots it unless start is false)", creates(op("vm.create", "vm")), s.createVM, http.StatusCreated)
 	register(s, "list-vms", http.MethodGet, "/v1/vms", "List VMs", viewer, s.listVMs)
 	register(s, "bulk-vms", http.MethodPost, "/v1/vms/bulk", "Start, stop or delete many VMs", op("vm.bulk", "vm"), s.bulkVMs)
 	register(s, "get-vm", http.MethodGet, "/v1/vms/{id}", "Get a VM", viewer, s.getVM)
@@ -48,8 +49,18 @@ func (s *Server) routes() {
 	// Hosts.
 	register(s, "list-hosts", http.MethodGet, "/v1/hosts", "List the fleet's hosts", viewer, s.listHosts)
 	register(s, "register-host", http.MethodPost, "/v1/hosts/register", "An agent joins the fleet (join token)", join("host.register"), s.registerHost)
-	register(s, "host-heartbeat", http.MethodPost, "/v1/hosts/{id}/heartbeat", "An agent reports capacity and allocation (join token)", join("host.heartbeat"), s.hostHeartbeat)
-	_ = admin
+	heartbeat := join("host.heartbeat")
+	heartbeat.NoAudit = "every agent reports every few seconds; registration is audited"
+	register(s, "host-heartbeat", http.MethodPost, "/v1/hosts/{id}/heartbeat", "An agent reports capacity and allocation (join token)", heartbeat, s.hostHeartbeat)
+
+	// Tokens (admin).
+	register(s, "create-token", http.MethodPost, "/v1/tokens", "Create an API token (the secret is shown once)", creates(admin("token.create", "token")), s.createToken, http.StatusCreated)
+	register(s, "list-tokens", http.MethodGet, "/v1/tokens", "List tokens (never secrets)", policy{Role: auth.RoleAdmin}, s.listTokens)
+	register(s, "revoke-token", http.MethodDelete, "/v1/tokens/{id}", "Revoke a token, effective at once", admin("token.revoke", "token"), s.revokeToken)
+	register(s, "rotate-token", http.MethodPost, "/v1/tokens/{id}/rotate", "Give a token a new secret; the old one stops working", admin("token.rotate", "token"), s.rotateToken)
+
+	// Audit.
+	register(s, "list-audit", http.MethodGet, "/v1/audit", "The audit trail, oldest first (admins: all; others: one VM's history)", viewer, s.listAudit)
 }
 
 // register adds one operation with its policy.

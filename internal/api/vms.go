@@ -36,7 +36,7 @@ type okOutput struct {
 func ok() *okOutput { return &okOutput{Body: apitypes.OK{OK: true}} }
 
 func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, error) {
-	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{Wait: in.Wait != "false"})
+	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{ID: newID(ctx), Wait: in.Wait != "false"})
 	if err != nil {
 		return nil, err
 	}

@@ -209,3 +209,54 @@ type HeartbeatRequest struct {
 	Allocated Resources `json:"allocated"`
 	VMs       int       `json:"vms" minimum:"0"`
 }
+
+// AuditEntry is one audited call.
+type AuditEntry struct {
+	ID          int64           `json:"id"`
+	At          time.Time       `json:"at"`
+	Actor       string          `json:"actor"`
+	Action      string          `json:"action"`
+	Resource    string          `json:"resource"`
+	ResourceID  string          `json:"resource_id"`
+	RequestID   string          `json:"request_id"`
+	Result      string          `json:"result" enum:"pending,success,failure,denied"`
+	Before      json.RawMessage `json:"before,omitempty"`
+	After       json.RawMessage `json:"after,omitempty"`
+	Error       string          `json:"error,omitempty"`
+	CompletedAt *time.Time      `json:"completed_at,omitempty"`
+}
+
+// AuditList is GET /v1/audit.
+type AuditList struct {
+	Items []AuditEntry `json:"items"`
+}
+
+// CreateTokenRequest is the body of POST /v1/tokens.
+type CreateTokenRequest struct {
+	Owner   string `json:"owner" minLength:"1" maxLength:"128" doc:"who or what uses the token"`
+	Role    string `json:"role" enum:"viewer,operator,admin"`
+	Project string `json:"project" minLength:"1" maxLength:"63" doc:"the project the token acts in; \"*\" for all"`
+}
+
+// TokenSecret is the answer of create and rotate: the secret, shown once.
+type TokenSecret struct {
+	ID    string `json:"id"`
+	Token string `json:"token"`
+}
+
+// Token is a token's record, without its secret.
+type Token struct {
+	ID         string     `json:"id"`
+	Owner      string     `json:"owner"`
+	Role       string     `json:"role"`
+	Project    string     `json:"project"`
+	Prefix     string     `json:"prefix"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+}
+
+// TokenList is GET /v1/tokens.
+type TokenList struct {
+	Items []Token `json:"items"`
+}

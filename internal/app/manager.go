@@ -79,6 +79,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	svc := manager.New(ctx, manager.Config{
 		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
 	}, st, log)
+	svc.OnTokenChange = authn.Invalidate
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := api.New(api.Deps{Service: svc, Auth: authn, Log: log, Registry: reg, Version: o.Version})
@@ -93,6 +94,8 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		srv: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second},
 	}
 	go authn.Run(ctx, 10*time.Second)
+	// A token revoked or rotated on any manager stops working on all of them.
+	go st.Listen(ctx, manager.TokenChannel, authn.Invalidate)
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -126,24 +129,6 @@ func isLoopback(addr string) bool {
 // Bootstrap creates an admin token for owner and returns its secret. It is
 // how the first token comes to exist (`nexus up`, `nexus manager
 // bootstrap`); there is no default password.
-func Bootstrap(ctx context.Context, st store.TokenStore, owner string) (string, store.APIToken, error) {
-	return CreateToken(ctx, st, owner, string(auth.RoleAdmin), auth.AllProjects)
-}
-
-// CreateToken makes a new token and stores only its hash.
-func CreateToken(ctx context.Context, st store.TokenStore, owner, role, project string) (string, store.APIToken, error) {
-	secret, lookup, err := auth.NewSecret()
-	if err != nil {
-		return "", store.APIToken{}, err
-	}
-	_, sec, _ := auth.SplitToken(secret)
-	hash, err := auth.Hash(sec)
-	if err != nil {
-		return "", store.APIToken{}, err
-	}
-	rec, err := st.CreateToken(ctx, store.APIToken{Prefix: lookup, Hash: hash, Owner: owner, Role: role, Project: project})
-	if err != nil {
-		return "", store.APIToken{}, fmt.Errorf("create token: %w", err)
-	}
-	return secret, rec, nil
+func Bootstrap(ctx context.Context, st auth.TokenWriter, owner string) (string, store.APIToken, error) {
+	return auth.Issue(ctx, st, "", owner, auth.RoleAdmin, auth.AllProjects)
 }

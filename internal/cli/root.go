@@ -70,6 +70,6 @@ Quick start on one host (as root):
 		SilenceErrors: true,
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr),
-		newVMCmd(e, stdout), newHostCmd(e, stdout))
+		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout))
 	return root
 }

@@ -55,6 +55,11 @@ type Service struct {
 	locks keyedMutex
 
 	hostAddrs sync.Map // host id → current agent URL
+
+	// OnTokenChange, when set, is called synchronously after a token is
+	// revoked or rotated (the local authentication cache), so the change is
+	// effective before the call answers; other managers hear it by Notify.
+	OnTokenChange func(tokenID string)
 }
 
 // New returns a Service. ctx is the service's lifetime.

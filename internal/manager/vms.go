@@ -25,6 +25,9 @@ const (
 
 // CreateOptions tune CreateVM.
 type CreateOptions struct {
+	// ID is the new VM's id; empty picks one. The API chooses it up front
+	// so the audit row of the create names the VM.
+	ID string
 	// Wait makes CreateVM return only once the VM runs (or failed, with the
 	// reason). Without it CreateVM returns the requested VM and boots it in
 	// the background.
@@ -56,7 +59,12 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	}
 	start := req.Start == nil || *req.Start
 
-	id := uuid.NewString()
+	id := opt.ID
+	if id == "" {
+		id = uuid.NewString()
+	} else if !hostlayout.ValidVMID(id) {
+		return store.VM{}, invalid("invalid vm id %q", id)
+	}
 	host, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
 	if err != nil {
 		return store.VM{}, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 const auditColumns = "id, at, actor, action, resource, resource_id, request_id, result, before, after, error, completed_at"
@@ -82,7 +83,10 @@ func (s *sqlStore) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, 
 		add("resource = ?", f.Resource)
 	}
 	if f.Actor != "" {
-		add("actor = ?", f.Actor)
+		// The whole actor, or its owner part: "alice" matches
+		// "alice (token 3f2a…)".
+		conds = append(conds, `(actor = ? OR actor LIKE ? ESCAPE '\')`)
+		args = append(args, f.Actor, likeEscaper.Replace(f.Actor)+" (%")
 	}
 	if !f.Since.IsZero() {
 		add("at >= ?", s.ts(f.Since))
@@ -98,3 +102,5 @@ func (s *sqlStore) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, 
 	}
 	return es, nil
 }
+
+var likeEscaper = strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`)

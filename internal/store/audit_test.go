@@ -9,6 +9,34 @@ import (
 )
 
 var auditBehaviours = []behaviour{
+	{"audit/actor_filter_matches_owner_part", func(t *testing.T, e *env) {
+		for _, a := range []string{"alice (token 1)", "alice_b (token 2)", "al%ce (token 3)", "alice"} {
+			if _, err := e.s.BeginAudit(ctx, store.AuditEntry{Actor: a, Action: "vm.stop", Resource: "vm"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tc := range []struct {
+			filter string
+			want   []string
+		}{
+			{"alice", []string{"alice (token 1)", "alice"}},
+			{"al%ce", []string{"al%ce (token 3)"}},
+			{"alice_b (token 2)", []string{"alice_b (token 2)"}},
+			{"al_ce", nil},
+		} {
+			rows, err := e.s.ListAudit(ctx, store.AuditFilter{Actor: tc.filter})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range rows {
+				got = append(got, r.Actor)
+			}
+			if len(got) != len(tc.want) || (len(got) > 0 && diff(tc.want, got) != "") {
+				t.Errorf("actor %q matched %q; want %q", tc.filter, got, tc.want)
+			}
+		}
+	}},
 	{"audit/lifecycle", func(t *testing.T, e *env) {
 		begin := func(actor, action, resID string) int64 {
 			id, err := e.s.BeginAudit(ctx, store.AuditEntry{

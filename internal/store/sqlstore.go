@@ -26,6 +26,7 @@ type sqlStore struct {
 	r     *sql.DB
 	clock func() time.Time
 	log   *slog.Logger
+	bus   localBus // Notify/Listen when the engine has no LISTEN/NOTIFY
 }
 
 var _ Store = (*sqlStore)(nil)

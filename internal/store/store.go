@@ -19,6 +19,7 @@ type Store interface {
 	TokenStore
 	AuditStore
 	LeaseStore
+	Notifier
 
 	// Engine is "sqlite" or "postgres".
 	Engine() string

@@ -308,7 +308,7 @@ type AuditEntry struct {
 type AuditFilter struct {
 	ResourceID string
 	Resource   string
-	Actor      string
+	Actor      string // the whole actor, or its owner part before " ("
 	Since      time.Time
 	AfterID    int64
 	Limit      int

@@ -1,0 +1,172 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/google/uuid"
+
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+type newIDKey struct{}
+
+// newID is the id a create operation must give what it creates: chosen
+// before the call so that its audit row names the resource from the start.
+func newID(ctx context.Context) string {
+	id, _ := ctx.Value(newIDKey{}).(string)
+	return id
+}
+
+func mutating(pol policy, op *huma.Operation) bool {
+	return op.Method != http.MethodGet && op.Method != http.MethodHead && pol.NoAudit == ""
+}
+
+// deny answers a refused call and, for a mutating one, leaves an audit row
+// with result denied.
+func (s *Server) deny(ctx huma.Context, pol policy, actor string, e *apierr.Error) {
+	if mutating(pol, ctx.Operation()) {
+		id := s.beginAudit(ctx, pol, actor, ctx.Param("id"))
+		s.completeAudit(ctx.Context(), id, store.AuditDenied, nil, e.Message)
+	}
+	s.writeHumaErr(ctx, e)
+}
+
+// audited runs next, wrapped in a pending audit row that is completed with
+// the result and a summary of the resource after the call.
+func (s *Server) audited(ctx huma.Context, pol policy, actor string, next func(huma.Context)) {
+	if !mutating(pol, ctx.Operation()) {
+		next(ctx)
+		return
+	}
+	rid := ctx.Param("id")
+	if pol.Creates {
+		rid = uuid.NewString()
+		ctx = huma.WithValue(ctx, newIDKey{}, rid)
+	}
+	id := s.beginAudit(ctx, pol, actor, rid)
+	next(ctx)
+	status := ctx.Status()
+	result := store.AuditSuccess
+	errText := ""
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		result = store.AuditDenied
+	case status >= 400:
+		result = store.AuditFailure
+		errText = http.StatusText(status)
+	}
+	s.completeAudit(ctx.Context(), id, result, s.summarize(ctx.Context(), pol.Resource, rid), errText)
+}
+
+func (s *Server) beginAudit(ctx huma.Context, pol policy, actor, resourceID string) int64 {
+	c := ctx.Context()
+	id, err := s.svc.Store().BeginAudit(context.WithoutCancel(c), store.AuditEntry{
+		Actor: actor, Action: pol.Action, Resource: pol.Resource, ResourceID: resourceID,
+		RequestID: httpmw.RequestID(c), Before: s.summarize(c, pol.Resource, resourceID),
+	})
+	if err != nil {
+		// The call still runs: refusing every mutation while the audit
+		// table is unwritable would turn a storage hiccup into an outage.
+		// The failure is logged loudly instead.
+		s.log.Error("audit: could not record call", "request_id", httpmw.RequestID(c), "action", pol.Action, "err", err)
+		return 0
+	}
+	return id
+}
+
+func (s *Server) completeAudit(ctx context.Context, id int64, result store.AuditResult, after json.RawMessage, errText string) {
+	if id == 0 {
+		return
+	}
+	if err := s.svc.Store().CompleteAudit(context.WithoutCancel(ctx), id, result, after, errText); err != nil {
+		s.log.Error("audit: could not complete row", "audit_id", id, "err", err)
+	}
+}
+
+// summarize returns a small JSON summary of a resource for the audit row:
+// enough to see what changed, never secrets.
+func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMessage {
+	if id == "" {
+		return nil
+	}
+	var v any
+	switch resource {
+	case "vm":
+		vm, err := s.svc.GetVM(ctx, manager.All, id)
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": vm.ID, "name": vm.Name, "project": vm.Project, "state": vm.State,
+			"desired_state": vm.DesiredState, "host_id": vm.HostID}
+	case "token":
+		t, err := s.svc.GetToken(ctx, id)
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": t.ID, "owner": t.Owner, "role": t.Role, "project": t.Project, "revoked": t.RevokedAt != nil}
+	default:
+		return nil
+	}
+	b, _ := json.Marshal(v)
+	return b
+}
+
+type auditInput struct {
+	VMID       string    `query:"vm_id" maxLength:"64" doc:"only rows about this VM"`
+	ResourceID string    `query:"resource_id" maxLength:"64" doc:"only rows about this resource"`
+	Actor      string    `query:"actor" maxLength:"256"`
+	Since      time.Time `query:"since" doc:"RFC 3339 time"`
+	AfterID    int64     `query:"after_id" minimum:"0" doc:"page: the last id of the previous page"`
+	Limit      int       `query:"limit" minimum:"0" maximum:"10000" doc:"default 1000"`
+}
+
+type auditOutput struct {
+	Body apitypes.AuditList
+}
+
+// listAudit exports the trail, oldest first. Admins see everything; other
+// roles see the history of one VM they can see (vm_id required).
+func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, error) {
+	rid := in.ResourceID
+	if in.VMID != "" {
+		rid = in.VMID
+	}
+	p, _ := principal(ctx)
+	if p.Role != auth.RoleAdmin {
+		if in.VMID == "" {
+			return nil, apierr.Forbidden("only admins list the whole audit trail").
+				WithSuggestion("pass vm_id for the history of one of your VMs")
+		}
+		if _, err := s.svc.GetVM(ctx, scope(ctx), in.VMID); err != nil {
+			return nil, err
+		}
+	}
+	limit := in.Limit
+	if limit == 0 {
+		limit = 1000
+	}
+	rows, err := s.svc.Store().ListAudit(ctx, store.AuditFilter{
+		ResourceID: rid, Actor: in.Actor, Since: in.Since, AfterID: in.AfterID, Limit: limit,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &auditOutput{Body: apitypes.AuditList{Items: make([]apitypes.AuditEntry, 0, len(rows))}}
+	for _, r := range rows {
+		out.Body.Items = append(out.Body.Items, apitypes.AuditEntry{
+			ID: r.ID, At: r.At, Actor: r.Actor, Action: r.Action, Resource: r.Resource, ResourceID: r.ResourceID,
+			RequestID: r.RequestID, Result: string(r.Result), Before: r.Before, After: r.After, Error: r.Error,
+			CompletedAt: r.CompletedAt,
+		})
+	}
+	return out, nil
+}

@@ -1,0 +1,65 @@
+package api
+
+import (
+	"context"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+type createTokenInput struct {
+	Body apitypes.CreateTokenRequest
+}
+
+type tokenSecretOutput struct {
+	Body apitypes.TokenSecret
+}
+
+func (s *Server) createToken(ctx context.Context, in *createTokenInput) (*tokenSecretOutput, error) {
+	secret, rec, err := s.svc.CreateToken(ctx, newID(ctx), in.Body.Owner, in.Body.Role, in.Body.Project)
+	if err != nil {
+		return nil, err
+	}
+	return &tokenSecretOutput{Body: apitypes.TokenSecret{ID: rec.ID, Token: secret}}, nil
+}
+
+type listTokensInput struct {
+	All bool `query:"all" doc:"include revoked tokens"`
+}
+
+type tokenListOutput struct {
+	Body apitypes.TokenList
+}
+
+func tokenView(t store.APIToken) apitypes.Token {
+	return apitypes.Token{ID: t.ID, Owner: t.Owner, Role: t.Role, Project: t.Project, Prefix: t.Prefix,
+		CreatedAt: t.CreatedAt, LastUsedAt: t.LastUsedAt, RevokedAt: t.RevokedAt}
+}
+
+func (s *Server) listTokens(ctx context.Context, in *listTokensInput) (*tokenListOutput, error) {
+	toks, err := s.svc.ListTokens(ctx, in.All)
+	if err != nil {
+		return nil, err
+	}
+	out := &tokenListOutput{Body: apitypes.TokenList{Items: make([]apitypes.Token, 0, len(toks))}}
+	for _, t := range toks {
+		out.Body.Items = append(out.Body.Items, tokenView(t))
+	}
+	return out, nil
+}
+
+type tokenIDPath struct {
+	ID string `path:"id" maxLength:"64"`
+}
+
+func (s *Server) revokeToken(ctx context.Context, in *tokenIDPath) (*okOutput, error) {
+	return ok(), s.svc.RevokeToken(ctx, in.ID)
+}
+
+func (s *Server) rotateToken(ctx context.Context, in *tokenIDPath) (*tokenSecretOutput, error) {
+	secret, rec, err := s.svc.RotateToken(ctx, in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &tokenSecretOutput{Body: apitypes.TokenSecret{ID: rec.ID, Token: secret}}, nil
+}
