@@ -107,7 +107,11 @@ func (a *Agent) Handler() http.Handler {
 			r.Get("/metrics", a.vm(a.metrics))
 			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
 			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
+			a.vmImageRoutes(r)
+			a.vmSnapshotRoutes(r)
 		})
+		a.imageRoutes(r)
+		a.snapshotRoutes(r)
 	})
 	return r
 }

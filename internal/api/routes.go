@@ -59,6 +59,11 @@ func (s *Server) routes() {
 	register(s, "revoke-token", http.MethodDelete, "/v1/tokens/{id}", "Revoke a token, effective at once", admin("token.revoke", "token"), s.revokeToken)
 	register(s, "rotate-token", http.MethodPost, "/v1/tokens/{id}/rotate", "Give a token a new secret; the old one stops working", admin("token.rotate", "token"), s.rotateToken)
 
+	// Images, templates and snapshots live in their own files.
+	s.imageRoutes()
+	s.templateRoutes()
+	s.snapshotRoutes()
+
 	// Audit.
 	register(s, "list-audit", http.MethodGet, "/v1/audit", "The audit trail, oldest first (admins: all; others: one VM's history)", viewer, s.listAudit)
 }

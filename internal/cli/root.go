@@ -71,5 +71,10 @@ Quick start on one host (as root):
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr),
 		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout))
+	for _, c := range []*cobra.Command{newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout)} {
+		if c != nil {
+			root.AddCommand(c)
+		}
+	}
 	return root
 }

@@ -76,6 +76,9 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			}
 			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: vm.KernelPath, BootArgs: args})
 		}},
+		{"prepare drives", func(ctx context.Context) error {
+			return s.prepareDrives(ctx, &vm)
+		}},
 		{"configure drives", func(ctx context.Context) error {
 			if vm.RootfsPath != "" {
 				if err := fc.PutDrive(ctx, firecracker.Drive{

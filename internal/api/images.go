@@ -1,0 +1,4 @@
+package api
+
+// imageRoutes registers the image registry's routes.
+func (s *Server) imageRoutes() {}

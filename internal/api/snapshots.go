@@ -1,0 +1,4 @@
+package api
+
+// snapshotRoutes registers the snapshots' routes.
+func (s *Server) snapshotRoutes() {}

@@ -1,0 +1,4 @@
+package api
+
+// templateRoutes registers the templates' routes.
+func (s *Server) templateRoutes() {}
