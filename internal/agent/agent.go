@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -51,6 +52,8 @@ type Config struct {
 	// ReadRoots are the directories files firecracker reads (kernels,
 	// drives, snapshots) must lie under; nil allows any path (dev mode).
 	ReadRoots []string
+	// ImagesDir is FC_IMAGES_DIR: the allow-listed root of image files.
+	ImagesDir string
 	// DevMode enables GET /files/tail for any file under the VM run dirs.
 	DevMode bool
 }
@@ -282,11 +285,40 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := os.RemoveAll(a.cfg.Layout.VMDir(id)); err != nil {
-		a.fail(w, r, apierr.Internal(fmt.Errorf("remove run dir of vm %s: %w", id, err)))
+	if err := removeRunDir(a.cfg.Layout, id); err != nil {
+		a.fail(w, r, apierr.Internal(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})
+}
+
+// removeRunDir removes a VM's run dir, except its snapshots: a snapshot
+// outlives its VM until it is deleted itself. The dir goes entirely once
+// no snapshot is left in it.
+func removeRunDir(l hostlayout.Layout, id string) error {
+	dir := l.VMDir(id)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove run dir of vm %s: %w", id, err)
+	}
+	snaps, _ := os.ReadDir(l.SnapshotsDir(id))
+	for _, e := range entries {
+		if e.Name() == filepath.Base(l.SnapshotsDir(id)) && len(snaps) > 0 {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("remove run dir of vm %s: %w", id, err)
+		}
+	}
+	if len(snaps) == 0 {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove run dir of vm %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // hostMemMib reads MemTotal from /proc/meminfo.

@@ -132,7 +132,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
-		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod",
+		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 	}
 	if o.Mode == "prod" {
 		cfg.ReadRoots = []string{runDir, o.ImagesDir}
