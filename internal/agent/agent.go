@@ -65,6 +65,7 @@ type Agent struct {
 	net   Network
 	log   *slog.Logger
 	proxy *proxy
+	sums  *sumCache // image checksums (images.go)
 }
 
 // New returns an agent using sup for processes and nw for networking.
@@ -78,9 +79,10 @@ func New(cfg Config, sup *vmm.Supervisor, nw Network, log *slog.Logger) (*Agent,
 	if cfg.ProxyTimeout == 0 {
 		cfg.ProxyTimeout = 30 * time.Second
 	}
-	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log}
+	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log, sums: newSumCache()}
 	a.proxy = newProxy(cfg.Layout, cfg.ProxyTimeout, log)
 	a.proxy.readRoots = cfg.ReadRoots
+	a.proxy.imagesDir = cfg.ImagesDir
 	return a, nil
 }
 
@@ -100,6 +102,7 @@ func (a *Agent) Handler() http.Handler {
 		r.Get("/capacity", a.capacity)
 		r.Get("/inventory", a.inventory)
 		r.Get("/files/tail", a.tailFiles)
+		r.Delete("/taps/{name}", a.deleteTap)
 		r.Route("/vms/{id}", func(r chi.Router) {
 			r.Post("/tap", a.vm(a.tap))
 			r.Post("/spawn", a.vm(a.spawn))
@@ -287,6 +290,28 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	if err := removeRunDir(a.cfg.Layout, id); err != nil {
 		a.fail(w, r, apierr.Internal(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})
+}
+
+// deleteTap removes a TAP by name (an orphan whose VM is unknown). Only
+// names with the agent's prefix are accepted; a missing TAP is success.
+func (a *Agent) deleteTap(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	if !strings.HasPrefix(name, hostlayout.TapPrefix) || len(name) > 15 {
+		a.fail(w, r, apierr.BadRequest("%q is not a TAP of this agent (names start with %s)", name, hostlayout.TapPrefix))
+		return
+	}
+	for _, h := range a.sup.List() {
+		if hostlayout.TapName(h.VMID) == name {
+			a.fail(w, r, apierr.Conflict("TAP %s belongs to the running vm %s", name, h.VMID).
+				WithSuggestion("stop or delete that VM instead"))
+			return
+		}
+	}
+	if err := a.net.DeleteTap(r.Context(), name); err != nil {
+		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap %s: %v", name, err).WithCause(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})

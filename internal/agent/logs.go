@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
@@ -132,8 +133,16 @@ func (a *Agent) metrics(w http.ResponseWriter, r *http.Request, id string) {
 	writeJSON(w, http.StatusOK, rec)
 }
 
+// maxTailBytes bounds what a tail reads from the end of a file: a guest
+// that writes megabytes without a newline must not make one request cost
+// seconds of CPU or a huge answer.
+const maxTailBytes = 4 << 20
+
+// maxLineBytes cuts longer lines in tails and streams.
+const maxLineBytes = 64 << 10
+
 // tailFile returns the last n lines of path, reading backwards in blocks
-// so a large log costs only its tail. A missing file has no lines.
+// and counting newlines only in each new block. A missing file has no lines.
 func tailFile(path string, n int) ([]string, error) {
 	lines := []string{}
 	if n == 0 {
@@ -152,38 +161,47 @@ func tailFile(path string, n int) ([]string, error) {
 		return nil, fmt.Errorf("tail %s: %w", path, err)
 	}
 	const block = 64 << 10
-	var buf []byte
+	var blocks [][]byte // newest first
+	newlines, read := 0, int64(0)
 	pos := end
-	for pos > 0 && bytes.Count(buf, []byte{'\n'}) <= n {
-		size := int64(block)
-		if pos < size {
-			size = pos
-		}
+	for pos > 0 && newlines <= n && read < maxTailBytes {
+		size := min(int64(block), pos)
 		pos -= size
 		chunk := make([]byte, size)
 		if _, err := f.ReadAt(chunk, pos); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("tail %s: %w", path, err)
 		}
-		buf = append(chunk, buf...)
-		if len(buf) > 64<<20 {
-			break // pathological line lengths: give what we have
-		}
+		newlines += bytes.Count(chunk, []byte{'\n'})
+		read += size
+		blocks = append(blocks, chunk)
+	}
+	buf := make([]byte, 0, read)
+	for i := len(blocks) - 1; i >= 0; i-- {
+		buf = append(buf, blocks[i]...)
 	}
 	buf = bytes.TrimRight(buf, "\n")
 	if len(buf) == 0 {
 		return lines, nil
 	}
 	all := bytes.Split(buf, []byte{'\n'})
-	if pos > 0 && len(all) > n {
+	if pos > 0 && len(all) > 1 {
 		all = all[1:] // the first piece may be a partial line
 	}
 	if len(all) > n {
 		all = all[len(all)-n:]
 	}
 	for _, l := range all {
-		lines = append(lines, string(l))
+		lines = append(lines, clip(string(l)))
 	}
 	return lines, nil
+}
+
+// clip shortens a line to maxLineBytes.
+func clip(l string) string {
+	if len(l) > maxLineBytes {
+		return l[:maxLineBytes] + " …[cut]"
+	}
+	return l
 }
 
 // streamLogs follows a VM log as Server-Sent Events, one event per line,
@@ -214,6 +232,8 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	send := func(line string) {
+		// A guest's \r would start a new SSE field: never pass it through.
+		line = strings.ReplaceAll(clip(line), "\r", "\\r")
 		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", src, line)
 	}
 	if n > 0 {
@@ -252,6 +272,10 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 			off += int64(len(chunk))
 			if err != nil {
 				partial = append(partial, chunk...)
+				if len(partial) > maxLineBytes { // a line without end: send what we have
+					send(string(partial))
+					partial, sent = nil, true
+				}
 				break
 			}
 			line := append(partial, bytes.TrimRight(chunk, "\n")...)

@@ -49,9 +49,11 @@ type proxy struct {
 	rp      *httputil.ReverseProxy
 	tr      *http.Transport
 
-	// ReadRoots are where files firecracker reads (kernels, drives, snapshot
-	// sources) may live; nil means anywhere (dev mode).
+	// readRoots are where files firecracker reads (kernels, drives,
+	// snapshot sources) may live outside the run dir; nil means anywhere
+	// (dev mode: the manager lets only admins name raw paths).
 	readRoots []string
+	imagesDir string
 
 	mu    sync.Mutex
 	socks map[string]string // host key → socket path
@@ -104,6 +106,12 @@ func (p *proxy) key(sock string) string {
 	sum := sha256.Sum256([]byte(sock))
 	k := hex.EncodeToString(sum[:10])
 	p.mu.Lock()
+	if len(p.socks) >= 4096 {
+		// Bound the map: forget every key (in-flight requests keep their
+		// dialled connections; idle ones are closed and redialled).
+		p.socks = map[string]string{}
+		p.tr.CloseIdleConnections()
+	}
 	p.socks[k] = sock
 	p.mu.Unlock()
 	return k
@@ -289,24 +297,13 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 		abs = canonical(filepath.Clean(abs))
 		name := strings.Join(rule.field, ".")
 		if rule.write {
-			if !within(canonical(vmDir), abs) {
-				return apierr.Forbidden("%s %q must lie inside the VM's run dir %s", name, v, vmDir)
+			if err := p.checkWrite(id, name, v, abs); err != nil {
+				return err
 			}
 			continue
 		}
-		if p.readRoots == nil {
-			continue
-		}
-		allowed := false
-		for _, root := range p.readRoots {
-			if within(canonical(root), abs) {
-				allowed = true
-				break
-			}
-		}
-		if !allowed {
-			return apierr.Forbidden("%s %q is outside the allowed image and run directories", name, v).
-				WithSuggestion("register the file as an image under FC_IMAGES_DIR")
+		if err := p.checkRead(id, name, v, abs); err != nil {
+			return err
 		}
 	}
 	if taps {
@@ -332,6 +329,67 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 		}
 	}
 	return nil
+}
+
+// writeDirs are the only places in a VM's run dir firecracker may write
+// files into (logs, snapshots, vsock sockets); metrics.json is the one
+// file beside them. The socket, the saved handle and the disks are not
+// writable through the API.
+var writeDirs = []string{"logs", "snapshots", "vsock"}
+
+func (p *proxy) checkWrite(id, name, given, abs string) error {
+	vmDir := canonical(p.layout.VMDir(id))
+	if abs == canonical(p.layout.MetricsPath(id)) {
+		return nil
+	}
+	for _, d := range writeDirs {
+		if within(filepath.Join(vmDir, d), abs) {
+			return nil
+		}
+	}
+	return apierr.Forbidden("%s %q: firecracker may write only under logs/, snapshots/ or vsock/ of the VM's run dir %s (or its metrics.json)", name, given, p.layout.VMDir(id))
+}
+
+// checkRead judges a file firecracker will open for reading (and, for a
+// writable drive, writing): it must be a regular file, never a device;
+// inside the run dir only the VM's own files and snapshots qualify (not
+// the agent's token, not another VM's disks or sockets); in prod mode it
+// must also lie under the images dir or the run dir.
+func (p *proxy) checkRead(id, name, given, abs string) error {
+	if fi, err := os.Stat(abs); err == nil && !fi.Mode().IsRegular() {
+		return apierr.Forbidden("%s %q is not a regular file (devices, directories and sockets are never attached)", name, given)
+	}
+	runDir := canonical(p.layout.RunDir)
+	if within(runDir, abs) {
+		if within(canonical(p.layout.VMDir(id)), abs) || isSnapshotFile(canonical(p.layout.VMsDir()), abs) {
+			return nil
+		}
+		if p.imagesDir != "" && within(canonical(p.imagesDir), abs) {
+			return nil
+		}
+		return apierr.Forbidden("%s %q belongs to the agent or another VM", name, given)
+	}
+	if p.readRoots == nil {
+		return nil
+	}
+	for _, root := range p.readRoots {
+		if within(canonical(root), abs) {
+			return nil
+		}
+	}
+	return apierr.Forbidden("%s %q is outside the allowed image and run directories", name, given).
+		WithSuggestion("register the file as an image under FC_IMAGES_DIR")
+}
+
+// isSnapshotFile reports whether abs lies in some VM's snapshots dir:
+// vms/<vm-id>/snapshots/… (a restore reads another VM's snapshot).
+func isSnapshotFile(vmsDir, abs string) bool {
+	rel, err := filepath.Rel(vmsDir, abs)
+	if err != nil {
+		return false
+	}
+	parts := strings.Split(rel, string(filepath.Separator))
+	return len(parts) >= 4 && hostlayout.ValidVMID(parts[0]) && parts[1] == "snapshots"
 }
 
 func lookupString(doc map[string]any, field []string) (string, bool) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
@@ -24,7 +25,12 @@ type registrar struct {
 	log      *slog.Logger
 	hc       *http.Client
 	interval time.Duration
-	hostID   string
+	hostID   atomic.Value // string; "" until registered
+}
+
+func (r *registrar) id() string {
+	s, _ := r.hostID.Load().(string)
+	return s
 }
 
 func newRegistrar(o Options, url string, a *Agent, log *slog.Logger) *registrar {
@@ -37,9 +43,10 @@ func newRegistrar(o Options, url string, a *Agent, log *slog.Logger) *registrar 
 
 func (r *registrar) run(ctx context.Context) {
 	backoff := 500 * time.Millisecond
+	go r.reportExits(ctx)
 	for {
 		var err error
-		if r.hostID == "" {
+		if r.id() == "" {
 			err = r.register(ctx)
 		} else {
 			err = r.heartbeat(ctx)
@@ -70,25 +77,44 @@ func (r *registrar) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.hostID = out.ID
+	r.hostID.Store(out.ID)
 	if out.HeartbeatIntervalMs > 0 && r.o.Heartbeat <= 0 {
 		r.interval = time.Duration(out.HeartbeatIntervalMs) * time.Millisecond
 	}
-	r.log.Info("registered with manager", "manager", r.o.Manager, "host_id", r.hostID)
+	r.log.Info("registered with manager", "manager", r.o.Manager, "host_id", out.ID)
 	return r.heartbeat(ctx)
 }
 
 func (r *registrar) heartbeat(ctx context.Context) error {
 	c := r.a.Capacity()
-	err := r.post(ctx, "/v1/hosts/"+r.hostID+"/heartbeat", apitypes.HeartbeatRequest{
+	err := r.post(ctx, "/v1/hosts/"+r.id()+"/heartbeat", apitypes.HeartbeatRequest{
 		Capacity:  apitypes.Resources{Vcpu: c.Total.Vcpu, MemMib: c.Total.MemMib},
 		Allocated: apitypes.Resources{Vcpu: c.Allocated.Vcpu, MemMib: c.Allocated.MemMib},
 		VMs:       c.VMs,
 	}, nil)
 	if se, ok := err.(*statusError); ok && se.status == http.StatusNotFound {
-		r.hostID = "" // the manager forgot us: register again
+		r.hostID.Store("") // the manager forgot us: register again
 	}
 	return err
+}
+
+// reportExits tells the manager about every VMM that ended without the
+// agent ending it (a crash, a kill by hand), as soon as it happens.
+func (r *registrar) reportExits(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ex := <-r.a.sup.Exits():
+			if ex.Expected || r.id() == "" {
+				continue
+			}
+			ev := apitypes.HostEvent{Kind: "vmm_exit", VMID: ex.VMID, PID: ex.PID, Status: ex.Status, At: ex.At}
+			if err := r.post(ctx, "/v1/hosts/"+r.id()+"/events", ev, nil); err != nil {
+				r.log.Warn("could not report vmm exit; the manager's next pass will see it", "vm_id", ex.VMID, "err", err)
+			}
+		}
+	}
 }
 
 type statusError struct {

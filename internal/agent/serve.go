@@ -74,8 +74,17 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if err := os.MkdirAll(layout.VMsDir(), 0o750); err != nil {
 		return nil, fmt.Errorf("agent: create run dir %s: %w", layout.VMsDir(), err)
 	}
+	if o.Mode == "" {
+		o.Mode = "dev"
+	}
+	if o.Mode != "dev" && o.Mode != "prod" {
+		return nil, fmt.Errorf("agent: NEXUS_MODE must be dev or prod, not %q", o.Mode)
+	}
 	if o.ImagesDir == "" {
 		o.ImagesDir = layout.ImagesDir()
+	}
+	if o.ImagesDir, err = filepath.Abs(o.ImagesDir); err != nil {
+		return nil, fmt.Errorf("agent: images dir: %w", err)
 	}
 	if o.Name == "" {
 		o.Name, _ = os.Hostname()
@@ -89,7 +98,19 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
 	}
 
-	sup, err := vmm.New(vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv})
+	vcfg := vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv}
+	if vmm.SystemdAvailable() {
+		// Each VMM in its own transient scope, so that restarting the
+		// agent's unit (KillMode=control-group) does not kill the VMs.
+		sc, err := vmm.NewSystemdScoper(ctx)
+		if err != nil {
+			log.Warn("systemd is PID 1 but its bus is not reachable: VMMs stay in the agent's cgroup", "err", err)
+		} else {
+			vcfg.Scoper = sc
+			log.Info("VMMs run in transient systemd scopes fc-<vm-id>.scope")
+		}
+	}
+	sup, err := vmm.New(vcfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
 	}
@@ -135,7 +156,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 	}
 	if o.Mode == "prod" {
-		cfg.ReadRoots = []string{runDir, o.ImagesDir}
+		// The VM's own files and snapshots in the run dir are allowed by
+		// the proxy's own rules; outside it, only the images dir.
+		cfg.ReadRoots = []string{o.ImagesDir}
 	}
 	a, err := New(cfg, sup, nw, log)
 	if err != nil {
@@ -152,22 +175,29 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if r.URL == "" {
 		r.URL = "http://" + r.Addr
 	}
-	r.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	r.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
 
 	go sup.Run(ctx, time.Second)
 	go keepBridge(ctx, nw, log, time.Minute)
+	served := make(chan struct{})
 	go func() {
-		<-ctx.Done()
-		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = r.srv.Shutdown(shut)
-	}()
-	go func() {
-		defer close(r.done)
+		defer close(served)
 		if err := r.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("agent server stopped", "err", err)
 		}
+	}()
+	go func() {
+		defer close(r.done)
+		select {
+		case <-ctx.Done():
+		case <-served:
+		}
+		// Shutdown returns once in-flight requests (a spawn writing its
+		// handle, say) are done; only then is networking released.
+		shut, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		_ = r.srv.Shutdown(shut)
 		nw.Close()
 	}()
 	if o.Manager != "" {

@@ -203,3 +203,8 @@ func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Res
 	}
 	return resp, nil
 }
+
+// DeleteTap removes a TAP by name (an orphan whose VM is unknown).
+func (c *Client) DeleteTap(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/taps/"+url.PathEscape(name), nil, nil)
+}

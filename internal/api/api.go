@@ -28,7 +28,8 @@ import (
 
 // Deps are what the HTTP layer needs.
 type Deps struct {
-	Service *manager.Service
+	Service    *manager.Service
+	Reconciler *manager.Reconciler // nil: no reconciler status
 	Auth    *auth.Authenticator
 	Log     *slog.Logger
 	// Registry receives the API's metrics; /metrics serves it.
@@ -39,6 +40,7 @@ type Deps struct {
 // Server is the manager's HTTP handler.
 type Server struct {
 	svc  *manager.Service
+	rec  *manager.Reconciler
 	auth *auth.Authenticator
 	log  *slog.Logger
 	api  huma.API
@@ -61,7 +63,7 @@ func New(d Deps) *Server {
 		d.Registry = prometheus.NewRegistry()
 		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	s := &Server{svc: d.Service, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry)}
+	s := &Server{svc: d.Service, rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry)}
 
 	// huma builds errors through this package-level hook; ours makes every
 	// error it reports (validation, bad JSON, 404 …) take the contract's shape.
@@ -198,10 +200,8 @@ func (s *Server) toAPIError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	var ae *apierr.Error
-	if errors.As(err, &ae) {
-		return ae
-	}
+	// A service error first: it may wrap an agent's *apierr.Error, whose
+	// status and words are the agent's, not the caller's.
 	if me, ok := manager.AsError(err); ok {
 		status := http.StatusInternalServerError
 		switch me.Kind {
@@ -229,6 +229,9 @@ func (s *Server) toAPIError(ctx context.Context, err error) error {
 			return out
 		}
 		return &apierr.Error{Status: status, Code: me.Code, Message: me.Message, FaultMessage: me.Fault, Suggestion: me.Suggestion}
+	}
+	if ae, ok := err.(*apierr.Error); ok {
+		return ae // the handler's own answer
 	}
 	if errors.Is(err, context.Canceled) {
 		return apierr.New(499, "canceled", "the request was canceled")

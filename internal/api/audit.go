@@ -92,6 +92,27 @@ func (s *Server) completeAudit(ctx context.Context, id int64, result store.Audit
 	}
 }
 
+// auditEach writes one completed row per VM of a bulk call, so that a
+// VM's history (GET /v1/audit?vm_id=) shows bulk actions too; the bulk
+// call itself has its own row.
+func (s *Server) auditEach(ctx context.Context, action, resource string, res []apitypes.BulkResult) {
+	p, _ := principal(ctx)
+	for _, r := range res {
+		id, err := s.svc.Store().BeginAudit(context.WithoutCancel(ctx), store.AuditEntry{
+			Actor: p.Actor(), Action: action, Resource: resource, ResourceID: r.ID, RequestID: httpmw.RequestID(ctx),
+		})
+		if err != nil {
+			s.log.Error("audit: could not record bulk item", "vm_id", r.ID, "err", err)
+			continue
+		}
+		result := store.AuditSuccess
+		if !r.OK {
+			result = store.AuditFailure
+		}
+		s.completeAudit(ctx, id, result, s.summarize(ctx, resource, r.ID), r.Error)
+	}
+}
+
 // summarize returns a small JSON summary of a resource for the audit row:
 // enough to see what changed, never secrets.
 func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMessage {

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
@@ -39,7 +38,7 @@ func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*regi
 	if err != nil {
 		return nil, err
 	}
-	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int((5 * time.Second).Milliseconds())}}, nil
+	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int(s.svc.HeartbeatInterval().Milliseconds())}}, nil
 }
 
 type heartbeatInput struct {
@@ -70,7 +69,7 @@ func (s *Server) readyz(ctx context.Context, _ *struct{}) (*healthOutput, error)
 	hosts, err := s.svc.ListHosts(ctx)
 	n := 0
 	for _, h := range hosts {
-		if h.State == "ready" {
+		if h.State == "ready" || h.State == "draining" { // draining hosts are healthy
 			n++
 		}
 	}
@@ -83,4 +82,40 @@ func (s *Server) readyz(ctx context.Context, _ *struct{}) (*healthOutput, error)
 		return nil, e
 	}
 	return &healthOutput{Body: apitypes.Health{OK: true, Checks: checks}}, nil
+}
+
+type hostEventInput struct {
+	ID   string `path:"id" maxLength:"64"`
+	Body apitypes.HostEvent
+}
+
+func (s *Server) hostEvent(ctx context.Context, in *hostEventInput) (*okOutput, error) {
+	return ok(), s.svc.HostEvent(ctx, in.ID, in.Body.VMID, in.Body.Status)
+}
+
+type hostIDPath struct {
+	ID string `path:"id" maxLength:"253" doc:"host id or name"`
+}
+
+func (s *Server) drainHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
+	return ok(), s.svc.SetHostDraining(ctx, in.ID, true)
+}
+
+func (s *Server) undrainHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
+	return ok(), s.svc.SetHostDraining(ctx, in.ID, false)
+}
+
+type reconcilerOutput struct {
+	Body apitypes.ReconcilerStatus
+}
+
+func (s *Server) reconcilerStatus(ctx context.Context, _ *struct{}) (*reconcilerOutput, error) {
+	out := &reconcilerOutput{}
+	if s.rec == nil {
+		return out, nil
+	}
+	p := s.rec.LastPass()
+	out.Body = apitypes.ReconcilerStatus{Leader: s.rec.Leader(), LastPassAt: p.At, LastPassMs: float64(p.Duration.Microseconds()) / 1000,
+		Hosts: p.Hosts, VMs: p.VMs, Actions: p.Actions, Errors: p.Errors}
+	return out, nil
 }

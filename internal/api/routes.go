@@ -53,6 +53,13 @@ func (s *Server) routes() {
 	heartbeat.NoAudit = "every agent reports every few seconds; registration is audited"
 	register(s, "host-heartbeat", http.MethodPost, "/v1/hosts/{id}/heartbeat", "An agent reports capacity and allocation (join token)", heartbeat, s.hostHeartbeat)
 
+	events := join("host.event")
+	events.NoAudit = "agents report VMM exits as they happen; the reconciler's actions are VM events"
+	register(s, "host-event", http.MethodPost, "/v1/hosts/{id}/events", "An agent reports a VMM exit (join token)", events, s.hostEvent)
+	register(s, "drain-host", http.MethodPost, "/v1/hosts/{id}/drain", "Stop placing new VMs on a host", admin("host.drain", "host"), s.drainHost)
+	register(s, "undrain-host", http.MethodPost, "/v1/hosts/{id}/undrain", "Place new VMs on a host again", admin("host.undrain", "host"), s.undrainHost)
+	register(s, "reconciler", http.MethodGet, "/v1/reconciler", "Whether this manager reconciles, and its last pass", viewer, s.reconcilerStatus)
+
 	// Tokens (admin).
 	register(s, "create-token", http.MethodPost, "/v1/tokens", "Create an API token (the secret is shown once)", creates(admin("token.create", "token")), s.createToken, http.StatusCreated)
 	register(s, "list-tokens", http.MethodGet, "/v1/tokens", "List tokens (never secrets)", policy{Role: auth.RoleAdmin}, s.listTokens)

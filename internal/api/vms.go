@@ -135,6 +135,7 @@ func (s *Server) bulkVMs(ctx context.Context, in *bulkInput) (*bulkOutput, error
 	if err != nil {
 		return nil, err
 	}
+	s.auditEach(ctx, "vm."+in.Body.Action, "vm", res)
 	return &bulkOutput{Body: apitypes.BulkResponse{Results: res}}, nil
 }
 

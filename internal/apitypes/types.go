@@ -260,3 +260,25 @@ type Token struct {
 type TokenList struct {
 	Items []Token `json:"items"`
 }
+
+// HostEvent is what an agent reports as soon as it sees it, so the
+// manager reconciles at once instead of at its next pass.
+type HostEvent struct {
+	Kind   string    `json:"kind" enum:"vmm_exit"`
+	VMID   string    `json:"vm_id" maxLength:"64"`
+	PID    int       `json:"pid,omitempty"`
+	Status string    `json:"status,omitempty" maxLength:"256"`
+	At     time.Time `json:"at"`
+}
+
+// ReconcilerStatus is GET /v1/reconciler: whether the manager answering
+// holds the reconciler lease, and its last pass.
+type ReconcilerStatus struct {
+	Leader     bool      `json:"leader"`
+	LastPassAt time.Time `json:"last_pass_at"`
+	LastPassMs float64   `json:"last_pass_ms"`
+	Hosts      int       `json:"hosts"`
+	VMs        int       `json:"vms"`
+	Actions    int       `json:"actions"`
+	Errors     int       `json:"errors"`
+}

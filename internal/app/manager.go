@@ -11,7 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,6 +32,12 @@ type ManagerOptions struct {
 	Mode              string // NEXUS_MODE
 	JoinToken         string // NEXUS_JOIN_TOKEN: shared with the agents
 	ReconcileInterval time.Duration
+	// OrphanGrace, StuckGrace, HeartbeatTimeout and LeaseTTL tune the
+	// reconciler (zero: defaults).
+	OrphanGrace      time.Duration
+	StuckGrace       time.Duration
+	HeartbeatTimeout time.Duration
+	LeaseTTL         time.Duration
 	Version           string
 	// VcpuOvercommit and MemOvercommit scale host capacity for placement.
 	VcpuOvercommit float64
@@ -40,8 +49,9 @@ type ManagerOptions struct {
 
 // Manager is a running manager.
 type Manager struct {
-	Store   store.Store
-	Service *manager.Service
+	Store      store.Store
+	Service    *manager.Service
+	Reconciler *manager.Reconciler
 	Auth    *auth.Authenticator
 	API     *api.Server
 	Addr    string // bound listen address
@@ -78,11 +88,17 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	authn := auth.NewAuthenticator(st, ttl, log)
 	svc := manager.New(ctx, manager.Config{
 		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
+		HeartbeatTimeout: o.HeartbeatTimeout,
 	}, st, log)
 	svc.OnTokenChange = authn.Invalidate
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := api.New(api.Deps{Service: svc, Auth: authn, Log: log, Registry: reg, Version: o.Version})
+	host, _ := os.Hostname()
+	rec := svc.NewReconciler(manager.ReconcilerConfig{
+		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),
+		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
+	})
+	srv := api.New(api.Deps{Service: svc, Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version})
 
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
@@ -90,23 +106,33 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
 	m := &Manager{
-		Store: st, Service: svc, Auth: authn, API: srv, Addr: ln.Addr().String(), done: make(chan struct{}),
-		srv: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second},
+		Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), done: make(chan struct{}),
+		srv: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute},
 	}
 	go authn.Run(ctx, 10*time.Second)
+	go rec.Run(ctx)
 	// A token revoked or rotated on any manager stops working on all of them.
 	go st.Listen(ctx, manager.TokenChannel, authn.Invalidate)
+	served := make(chan struct{})
 	go func() {
-		<-ctx.Done()
-		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = m.srv.Shutdown(shut)
-	}()
-	go func() {
-		defer close(m.done)
+		defer close(served)
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("manager server stopped", "err", err)
 		}
+	}()
+	go func() {
+		defer close(m.done)
+		select {
+		case <-ctx.Done():
+		case <-served:
+		}
+		// Serve returns as soon as Shutdown starts; Shutdown returns when
+		// in-flight requests are done. Then background work (async boots),
+		// then the store: nothing may write to a closed store.
+		shut, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = m.srv.Shutdown(shut)
+		svc.Wait(shut)
 		authn.Flush(context.Background())
 		st.Close()
 	}()

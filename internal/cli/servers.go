@@ -173,6 +173,22 @@ Migrations are applied at start. Agents join with the shared join token
 	if err := durFlag(lfs, &o.ReconcileInterval, "reconcile-interval", e, "NEXUS_RECONCILE_INTERVAL", 15*time.Second, "periodic reconcile pass"); err != nil {
 		return errCmd("manager", err)
 	}
+	for _, d := range []struct {
+		p     *time.Duration
+		name  string
+		key   string
+		def   time.Duration
+		usage string
+	}{
+		{&o.OrphanGrace, "orphan-grace", "NEXUS_ORPHAN_GRACE", 30 * time.Second, "how long a process, TAP or run dir of no VM is left before removal"},
+		{&o.StuckGrace, "stuck-grace", "NEXUS_STUCK_GRACE", 20 * time.Second, "how long a boot may stay unfinished before the reconciler redoes it"},
+		{&o.HeartbeatTimeout, "heartbeat-timeout", "NEXUS_HEARTBEAT_TIMEOUT", 30 * time.Second, "missed-heartbeat time after which a host is unreachable"},
+		{&o.LeaseTTL, "lease-ttl", "NEXUS_LEASE_TTL", 0, "reconciler lease TTL among managers (default max(3×interval, 10s))"},
+	} {
+		if err := durFlag(lfs, d.p, d.name, e, d.key, d.def, d.usage); err != nil {
+			return errCmd("manager", err)
+		}
+	}
 	if err := floatFlag(lfs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU"); err != nil {
 		return errCmd("manager", err)
 	}

@@ -442,5 +442,28 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 			return tw.Flush()
 		},
 	})
+	for _, a := range []struct{ verb, short string }{
+		{"drain", "Stop placing new VMs on hosts (their VMs keep running)"},
+		{"undrain", "Place new VMs on hosts again"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   a.verb + " HOST…",
+			Short: a.short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := cf.client()
+				if err != nil {
+					return err
+				}
+				for _, h := range args {
+					if err := c.Do(cmd.Context(), "POST", "/v1/hosts/"+url.PathEscape(h)+"/"+a.verb, nil, nil, nil); err != nil {
+						return describe(err)
+					}
+					fmt.Fprintf(stdout, "%s\t%sed\n", h, a.verb)
+				}
+				return nil
+			},
+		})
+	}
 	return cmd
 }

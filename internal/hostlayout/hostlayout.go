@@ -82,15 +82,23 @@ func GuestMAC(vmID string) net.HardwareAddr {
 	return mac
 }
 
-// ValidVMID reports whether id is safe to use as a path element and a
-// firecracker --id: 1-64 of [A-Za-z0-9-], not starting with '-'.
+// ValidVMID reports whether id is a VM id: a UUID in canonical lower-case
+// form. That makes it safe as a path element and a firecracker --id, and
+// keeps TAP names (its first 11 hex digits) distinct.
 func ValidVMID(id string) bool {
-	if len(id) < 1 || len(id) > 64 || id[0] == '-' {
+	if len(id) != 36 {
 		return false
 	}
-	for _, r := range id {
-		if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			return false
+	for i, r := range id {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+				return false
+			}
 		}
 	}
 	return true

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
@@ -50,15 +52,20 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			if err != nil {
 				return err
 			}
-			vm, err = s.update(ctx, vm.ID, func(v *store.VM) error {
+			// On a failed write keep vm as it was: rollback needs its host.
+			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
 				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
 				if tap.Tap != "" {
 					v.TAP, v.MAC = tap.Tap, tap.MAC
 				}
 				return nil
 			})
+			if err != nil {
+				return err
+			}
+			vm = cur
 			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
-			return err
+			return nil
 		}},
 		{"configure logger", func(ctx context.Context) error {
 			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
@@ -112,10 +119,14 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			}
 			return nil
 		}},
-		{"record configured", func(ctx context.Context) (err error) {
-			vm, err = s.setState(ctx, vm.ID, store.VMConfigured, "")
+		{"record configured", func(ctx context.Context) error {
+			cur, err := s.setState(ctx, vm.ID, store.VMConfigured, "")
+			if err != nil {
+				return err
+			}
+			vm = cur
 			s.event(ctx, vm.ID, store.LevelInfo, "configured")
-			return err
+			return nil
 		}},
 		{"start instance", func(ctx context.Context) error {
 			return fc.InstanceStart(ctx)
@@ -131,12 +142,19 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return vm, serr
 		}
 	}
-	vm, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-		v.State, v.LastError, v.Retries, v.NextAttemptAt = store.VMRunning, "", 0, nil
+	cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+		// Retries stay: the reconciler clears them once the VM has been
+		// stable for a while, so a crash loop still ends in failed.
+		v.State, v.LastError = store.VMRunning, ""
 		return nil
 	})
-	s.event(ctx, vm.ID, store.LevelInfo, "running")
-	return vm, err
+	if err != nil {
+		serr := s.stepError(vm, "record running", err)
+		s.rollback(vm, "record running", serr)
+		return vm, serr
+	}
+	s.event(ctx, cur.ID, store.LevelInfo, "running")
+	return cur, nil
 }
 
 // rollback stops what boot started and marks the VM failed. It runs on the
@@ -169,11 +187,21 @@ func (s *Service) stepError(vm store.VM, step string, err error) *Error {
 		case fe.StatusCode == http.StatusGatewayTimeout:
 			return (&Error{Kind: KindTimeout, Code: "vmm_timeout", Message: prefix + ": firecracker did not answer in time", Err: err}).
 				suggest("the VMM may be hung; stop and start the VM")
+		case fe.StatusCode == http.StatusForbidden:
+			return (&Error{Kind: KindForbidden, Code: firstNonEmpty(fe.Code, "forbidden"), Message: prefix + ": the agent refused: " + fe.Message, Err: err}).
+				suggest("boot from registered images under FC_IMAGES_DIR")
 		case fe.StatusCode == http.StatusBadGateway:
 			return (&Error{Kind: KindUnavailable, Code: "vmm_unreachable", Message: prefix + ": " + firstNonEmpty(fe.Message, "the VMM is not running"), Err: err}).
 				suggest("see the console log: nexus vm logs --source console " + vm.ID)
 		}
 		return &Error{Kind: KindInternal, Code: "vmm_error", Message: prefix, Err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) {
+		// The relay itself (the agent) could not be reached.
+		return (&Error{Kind: KindUnavailable, Code: "agent_unreachable",
+			Message: fmt.Sprintf("%s: agent %s unreachable", prefix, vm.HostAddr), Err: err}).
+			suggest("check that the agent on host " + vm.HostID + " is running; the reconciler retries")
 	}
 	return agentError(prefix, vm, err)
 }

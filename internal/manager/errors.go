@@ -71,3 +71,17 @@ func notFound(what, id string) *Error {
 func conflict(code, format string, args ...any) *Error {
 	return newErr(KindConflict, code, format, args...)
 }
+
+// PublicMessage is what a caller may see of err: the service error's
+// words (with firecracker's), never internal causes.
+func PublicMessage(err error) string {
+	e, ok := AsError(err)
+	if !ok || e.Kind == KindInternal {
+		return "internal error; the manager's log has details"
+	}
+	msg := e.Message
+	if e.Fault != "" {
+		msg += ": " + e.Fault
+	}
+	return msg
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
@@ -43,6 +44,36 @@ func (s *Service) Heartbeat(ctx context.Context, hostID string, total, allocated
 	return err
 }
 
+// HeartbeatInterval is how often agents should report: a third of the
+// timeout, so one lost heartbeat never makes a host unreachable.
+func (s *Service) HeartbeatInterval() time.Duration {
+	return max(s.cfg.HeartbeatTimeout/3, 200*time.Millisecond)
+}
+
+// SetHostDraining drains a host (no new VMs; its VMs keep running) or
+// makes it ready again. ref is a host id or name.
+func (s *Service) SetHostDraining(ctx context.Context, ref string, drain bool) error {
+	hosts, err := s.ListHosts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.ID != ref && h.Name != ref {
+			continue
+		}
+		state := store.HostReady
+		if drain {
+			state = store.HostDraining
+		}
+		if err := s.st.SetHostState(ctx, h.ID, state); err != nil {
+			return fmt.Errorf("set host %s %s: %w", h.Name, state, err)
+		}
+		s.log.Info("host state set", "host", h.Name, "state", state)
+		return nil
+	}
+	return notFound("host", ref).suggest("list hosts: nexus host ls")
+}
+
 // ListHosts returns the fleet with each host's effective state: a ready
 // host that missed its heartbeats shows as unreachable.
 func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
@@ -64,7 +95,7 @@ func (s *Service) effectiveState(h store.Host) store.HostState {
 	return h.State
 }
 
-// heldStates are the VM states whose resources count against a host.
+// freeStates are the VM states whose resources do not count against a host.
 var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 
 // place picks the host for a new VM: the one asked for, or the ready host

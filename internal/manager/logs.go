@@ -2,10 +2,12 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"path/filepath"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -23,6 +25,10 @@ func (s *Service) Logs(ctx context.Context, scope Scope, id, source string, tail
 		return agentapi.LogLines{Source: source, Lines: []string{}}, nil
 	}
 	ll, err := s.agentFor(ctx, vm).Logs(ctx, id, source, tail)
+	if isAgentStatus(err, http.StatusNotFound) {
+		// Never booted on its host (created stopped): no log yet.
+		return agentapi.LogLines{Source: source, Lines: []string{}}, nil
+	}
 	if err != nil {
 		return ll, agentError("vm "+id+": logs", vm, err)
 	}
@@ -48,6 +54,12 @@ func (s *Service) StreamLogs(ctx context.Context, scope Scope, id, source string
 	return resp, nil
 }
 
+// isAgentStatus reports whether err is an agent's answer with status.
+func isAgentStatus(err error, status int) bool {
+	var ae *apierr.Error
+	return errors.As(err, &ae) && ae.Status == status
+}
+
 // Metrics returns the latest firecracker metrics record of a VM.
 func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi.MetricsRecord, error) {
 	vm, err := s.GetVM(ctx, scope, id)
@@ -58,6 +70,9 @@ func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi
 		return agentapi.MetricsRecord{}, nil
 	}
 	rec, err := s.agentFor(ctx, vm).Metrics(ctx, id)
+	if isAgentStatus(err, http.StatusNotFound) {
+		return agentapi.MetricsRecord{}, nil
+	}
 	if err != nil {
 		return rec, agentError("vm "+id+": metrics", vm, err)
 	}

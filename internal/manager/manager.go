@@ -56,6 +56,8 @@ type Service struct {
 
 	hostAddrs sync.Map // host id → current agent URL
 
+	bg sync.WaitGroup // background work (async boots) that Wait lets finish
+
 	// OnTokenChange, when set, is called synchronously after a token is
 	// revoked or rotated (the local authentication cache), so the change is
 	// effective before the call answers; other managers hear it by Notify.
@@ -91,6 +93,27 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Ser
 	return &Service{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx,
 		agents: newAgentPool(cfg.JoinToken),
+	}
+}
+
+// goBackground runs f on its own goroutine, tracked so that Wait lets it
+// finish before the process closes the store.
+func (s *Service) goBackground(f func()) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+}
+
+// Wait blocks until background work is done or ctx ends.
+func (s *Service) Wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { s.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("shutdown: background work still running", "err", ctx.Err())
 	}
 }
 
@@ -157,6 +180,41 @@ type keyedEntry struct {
 	refs int
 }
 
+// tryLock takes key's lock only if it is free.
+func (k *keyedMutex) tryLock(key string) (func(), bool) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedEntry{}
+	}
+	e, ok := k.m[key]
+	if !ok {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	if !e.mu.TryLock() {
+		if e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+		return nil, false
+	}
+	e.refs++
+	k.mu.Unlock()
+	return k.unlocker(key, e), true
+}
+
+func (k *keyedMutex) unlocker(key string, e *keyedEntry) func() {
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
 func (k *keyedMutex) lock(key string) func() {
 	k.mu.Lock()
 	if k.m == nil {
@@ -170,13 +228,5 @@ func (k *keyedMutex) lock(key string) func() {
 	e.refs++
 	k.mu.Unlock()
 	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
+	return k.unlocker(key, e)
 }

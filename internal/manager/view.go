@@ -8,13 +8,16 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
-// Scope limits what a caller sees: one project, or every project ("" or "*").
+// Scope limits what a caller sees: one project, or every project ("" or
+// "*"). Admin marks an admin caller, the only one who may name raw host
+// paths (a raw path can attach any host file to a guest).
 type Scope struct {
 	Project string
+	Admin   bool
 }
 
 // All is the scope of an admin: every project.
-var All = Scope{Project: "*"}
+var All = Scope{Project: "*", Admin: true}
 
 // Sees reports whether the scope includes project.
 func (s Scope) Sees(project string) bool {

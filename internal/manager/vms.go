@@ -52,6 +52,10 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 		return store.VM{}, newErr(KindForbidden, "forbidden", "this token cannot create VMs in project %q", project).
 			suggest("omit project, or use a token of that project")
 	}
+	if usesRawPaths(req.VMConfig) && !scope.Admin {
+		return store.VM{}, newErr(KindForbidden, "raw_path_refused", "raw host paths (kernel_path, rootfs_path, extra_drives[].path) need an admin token").
+			suggest("boot from registered images (kernel_image_id, rootfs_image_id): nexus image ls")
+	}
 	cfg, err := s.resolveConfig(ctx, project, req.VMConfig)
 	if err != nil {
 		return store.VM{}, err
@@ -102,18 +106,33 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	if !start {
 		return s.setState(ctx, vm.ID, store.VMStopped, "")
 	}
-	run := func(ctx context.Context) (store.VM, error) {
-		defer s.locks.lock(vm.ID)()
-		return s.boot(ctx, vm)
-	}
-	// The boot must finish even if the caller disconnects: run it on a
-	// context that keeps the request's values but not its cancellation.
+	// The lock is taken before answering, so no stop or delete can slip in
+	// between the answer and an async boot. The boot must finish even if
+	// the caller disconnects: it keeps the request's values, not its
+	// cancellation.
+	unlock := s.locks.lock(vm.ID)
 	bootCtx := context.WithoutCancel(ctx)
 	if !opt.Wait {
-		go func() { _, _ = run(bootCtx) }()
+		s.goBackground(func() {
+			defer unlock()
+			_, _ = s.boot(bootCtx, vm)
+		})
 		return vm, nil
 	}
-	return run(bootCtx)
+	defer unlock()
+	return s.boot(bootCtx, vm)
+}
+
+func usesRawPaths(c apitypes.VMConfig) bool {
+	if c.KernelPath != "" || c.RootfsPath != "" {
+		return true
+	}
+	for _, d := range c.ExtraDrives {
+		if d.Path != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // resolvedConfig is a VMConfig with defaults and image paths resolved.
@@ -206,6 +225,7 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 	if err != nil {
 		return vm, err
 	}
+	ctx = context.WithoutCancel(ctx) // a started start must finish
 	switch vm.State {
 	case store.VMRunning:
 		return s.setDesired(ctx, id, store.VMRunning)
@@ -215,7 +235,9 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 		return vm, conflict("vm_deleting", "vm %s is being deleted", id)
 	}
 	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+		// An explicit start forgets earlier crashes.
 		v.DesiredState, v.State, v.LastError = store.VMRunning, store.VMRequested, ""
+		v.Retries, v.NextAttemptAt = 0, nil
 		return nil
 	}); err != nil {
 		return vm, err
@@ -292,6 +314,9 @@ func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause
 	if vm.State != from {
 		return vm, conflict("vm_not_"+string(from), "cannot %s vm %s: it is %s, not %s", verb, id, vm.State, from)
 	}
+	// Past this point the guest changes state: finish (and record it) even
+	// if the caller goes away.
+	ctx = context.WithoutCancel(ctx)
 	fc := s.agentFor(ctx, vm).Firecracker(id)
 	if pause {
 		err = fc.Pause(ctx)
@@ -359,7 +384,7 @@ func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []st
 			defer func() { <-sem; wg.Done() }()
 			results[i] = apitypes.BulkResult{ID: id, OK: true}
 			if err := op(ctx, scope, id); err != nil {
-				results[i] = apitypes.BulkResult{ID: id, Error: err.Error()}
+				results[i] = apitypes.BulkResult{ID: id, Error: PublicMessage(err)}
 			}
 		}()
 	}

@@ -41,7 +41,7 @@ func getJSON(t *testing.T, url, token string, out any) int {
 // TestOperability covers what operators and tools rely on: health,
 // readiness, the OpenAPI document, metrics, request ids and 401s.
 func TestOperability(t *testing.T) {
-	c := newCluster(t, "sqlite", 1)
+	c := newCluster(t, "sqlite", 1, "--heartbeat-timeout", "1500ms")
 	var h apitypes.Health
 	if s := getJSON(t, c.url()+"/healthz", "", &h); s != 200 || !h.OK {
 		t.Fatalf("/healthz: %d %+v", s, h)
@@ -92,6 +92,16 @@ func TestOperability(t *testing.T) {
 	// Readiness follows the hosts: with the agent gone and its heartbeats
 	// missed, the manager is not ready.
 	c.agents[0].kill()
+	eventually(t, 10*time.Second, "readyz reports the lost host", func() error {
+		if s := getJSON(t, c.url()+"/readyz", "", nil); s != http.StatusServiceUnavailable {
+			return fmt.Errorf("/readyz: %d", s)
+		}
+		return nil
+	})
+	l, err := c.client.Hosts(context.Background())
+	if err != nil || len(l.Items) != 1 || l.Items[0].State != "unreachable" {
+		t.Fatalf("hosts after the agent died: %+v, %v", l, err)
+	}
 }
 
 // TestLogsMetricsAndAsync: firecracker's log and the console through the

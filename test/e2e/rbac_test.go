@@ -34,10 +34,14 @@ func TestRBACAndAudit(t *testing.T) {
 	viewA := client.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
 	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
 
-	req := apitypes.CreateVMRequest{Name: "svc", VMConfig: apitypes.VMConfig{KernelPath: kernel}}
-	vm, err := opA.CreateVM(ctx, req, true)
+	req := apitypes.CreateVMRequest{Name: "svc", Project: "team-a", VMConfig: apitypes.VMConfig{KernelPath: kernel}}
+	// Raw host paths can attach any host file to a guest: admins only.
+	if _, err := opA.CreateVM(ctx, req, true); !isStatus(err, 403) {
+		t.Fatalf("operator create with a raw kernel path: %v; want 403", err)
+	}
+	vm, err := c.client.CreateVM(ctx, req, true)
 	if err != nil || vm.Project != "team-a" {
-		t.Fatalf("operator create in its project: %+v, %v", vm, err)
+		t.Fatalf("admin create in team-a: %+v, %v", vm, err)
 	}
 	other := req
 	other.Project = "team-b"
@@ -84,7 +88,7 @@ func TestRBACAndAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []struct{ action, result, actor string }{
-		{"vm.create", "success", "alice"},
+		{"vm.create", "success", "e2e"},
 		{"vm.stop", "denied", "victor"},
 		{"vm.stop", "failure", "bob"},
 		{"vm.pause", "success", "alice"},

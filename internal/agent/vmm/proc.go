@@ -6,6 +6,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // procInfo is what /proc says about a pid.
@@ -69,4 +72,39 @@ func hasFlag(argv []string, flag, value string) bool {
 		}
 	}
 	return false
+}
+
+// scanVMMs finds processes whose command line says they are a VMM of this
+// layout: --api-sock is a VM's socket path and --id its VM id.
+func scanVMMs(l hostlayout.Layout) []Handle {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []Handle
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pi, err := readProc(pid)
+		if err != nil || pi.state == 'Z' || pi.state == 'X' {
+			continue
+		}
+		id, sock := flagValue(pi.cmdline, "--id"), flagValue(pi.cmdline, "--api-sock")
+		if id == "" || !hostlayout.ValidVMID(id) || sock != l.SockPath(id) {
+			continue
+		}
+		out = append(out, Handle{Version: handleVersion, VMID: id, PID: pid, StartTicks: pi.startTicks, APISock: sock, StartedAt: time.Now().UTC()})
+	}
+	return out
+}
+
+func flagValue(argv []string, flag string) string {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == flag {
+			return argv[i+1]
+		}
+	}
+	return ""
 }

@@ -56,6 +56,8 @@ type Exit struct {
 	PID    int
 	Status string // "exit status 0", "signal: killed", "gone" for adopted processes
 	At     time.Time
+	// Expected is true when the agent ended the process itself (a stop).
+	Expected bool
 }
 
 // Scoper places a process in a systemd transient scope.
@@ -82,10 +84,11 @@ const MaxSocketPath = 107
 var ErrInvalidID = errors.New("invalid vm id")
 
 type proc struct {
-	h      Handle
-	child  bool // started by this agent process, so we reap it
-	exited bool
-	status string
+	h        Handle
+	child    bool // started by this agent process, so we reap it
+	exited   bool
+	status   string
+	stopping bool // the agent itself is ending it
 }
 
 // Supervisor spawns, tracks and stops VMM processes.
@@ -96,7 +99,7 @@ type Supervisor struct {
 
 	mu    sync.Mutex
 	procs map[string]*proc // by VM id, live or recently exited
-	locks map[string]*sync.Mutex
+	locks map[string]*vmLock
 }
 
 // New returns a Supervisor. Call Recover to adopt VMMs of a previous agent
@@ -120,7 +123,7 @@ func New(cfg Config) (*Supervisor, error) {
 		log:   cfg.Logger,
 		exits: make(chan Exit, 256),
 		procs: map[string]*proc{},
-		locks: map[string]*sync.Mutex{},
+		locks: map[string]*vmLock{},
 	}, nil
 }
 
@@ -132,16 +135,31 @@ func (s *Supervisor) Bin() string { return s.cfg.Bin }
 func (s *Supervisor) Exits() <-chan Exit { return s.exits }
 
 // lock serialises operations on one VM.
+// vmLock is one VM's lock; refs lets the map forget locks nobody holds,
+// so it does not grow with every VM the host ever ran.
+type vmLock struct {
+	sync.Mutex
+	refs int
+}
+
 func (s *Supervisor) lock(vmID string) func() {
 	s.mu.Lock()
 	l, ok := s.locks[vmID]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &vmLock{}
 		s.locks[vmID] = l
 	}
+	l.refs++
 	s.mu.Unlock()
 	l.Lock()
-	return l.Unlock
+	return func() {
+		l.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.locks, vmID)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // SpawnOptions are the per-VM inputs of Spawn.
@@ -160,6 +178,11 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	defer s.lock(vmID)()
 
 	if h, ok := s.live(vmID); ok {
+		return h, true, nil
+	}
+	// A live VMM this supervisor does not track (its handle was lost, or
+	// an agent died mid-spawn) must be adopted, not doubled.
+	if h, ok := s.adopt(vmID); ok {
 		return h, true, nil
 	}
 	l := s.cfg.Layout
@@ -218,12 +241,15 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	s.mu.Lock()
 	s.procs[vmID] = p
 	s.mu.Unlock()
-
-	if err := s.waitSocket(ctx, p); err != nil {
+	fail := func(err error) (Handle, bool, error) {
 		s.kill(p, 0)
 		_ = os.Remove(sock)
+		_ = os.Remove(filepath.Join(l.VMDir(vmID), handleFile))
 		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 	}
+	// The scope and the handle come first, before the wait: an agent that
+	// dies during the wait must leave a VMM it can find and stop again, and
+	// systemd must not count the VMM as the agent's.
 	if s.cfg.Scoper != nil {
 		unit := "fc-" + vmID + ".scope"
 		if err := s.cfg.Scoper.Attach(ctx, unit, pid); err != nil {
@@ -233,12 +259,42 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		}
 	}
 	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
-		s.kill(p, 0)
-		_ = os.Remove(sock)
-		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+		return fail(err)
+	}
+	if err := s.waitSocket(ctx, p); err != nil {
+		return fail(err)
 	}
 	s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock)
 	return p.h, false, nil
+}
+
+// adopt finds a live VMM of vmID that is not tracked — by its handle, or
+// by its command line in /proc — and tracks it.
+func (s *Supervisor) adopt(vmID string) (Handle, bool) {
+	dir := s.cfg.Layout.VMDir(vmID)
+	h, err := readHandle(dir)
+	if err != nil || h.VMID != vmID || !alive(h.PID, h.StartTicks, vmID) {
+		found := false
+		for _, c := range scanVMMs(s.cfg.Layout) {
+			if c.VMID == vmID {
+				h, found = c, true
+				break
+			}
+		}
+		if !found {
+			return Handle{}, false
+		}
+		h.Bin = s.cfg.Bin
+		_ = writeHandle(dir, h)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.procs[vmID]; ok && !p.exited {
+		return p.h, true
+	}
+	s.procs[vmID] = &proc{h: h}
+	s.log.Info("adopted untracked vmm", "vm_id", vmID, "pid", h.PID)
+	return h, true
 }
 
 // waitSocket polls until the socket accepts a connection, the process
@@ -300,7 +356,7 @@ func (s *Supervisor) reap(p *proc) bool {
 	}
 	p.exited = true
 	select {
-	case s.exits <- Exit{VMID: p.h.VMID, PID: p.h.PID, Status: p.status, At: time.Now().UTC()}:
+	case s.exits <- Exit{VMID: p.h.VMID, PID: p.h.PID, Status: p.status, At: time.Now().UTC(), Expected: p.stopping}:
 	default:
 	}
 	return true
@@ -386,6 +442,9 @@ func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration)
 // kill sends SIGTERM, waits up to grace, then SIGKILL and waits for the
 // process to be gone.
 func (s *Supervisor) kill(p *proc, grace time.Duration) error {
+	s.mu.Lock()
+	p.stopping = true
+	s.mu.Unlock()
 	if s.reap(p) {
 		return nil
 	}
@@ -448,6 +507,21 @@ func (s *Supervisor) Recover() ([]Handle, error) {
 		}
 		s.mu.Unlock()
 		out = append(out, h)
+	}
+	// VMMs without a readable handle (an agent killed between start and
+	// writing it) are found by their command line.
+	for _, h := range scanVMMs(s.cfg.Layout) {
+		s.mu.Lock()
+		_, tracked := s.procs[h.VMID]
+		if !tracked {
+			h.Bin = s.cfg.Bin
+			s.procs[h.VMID] = &proc{h: h}
+		}
+		s.mu.Unlock()
+		if !tracked {
+			_ = writeHandle(s.cfg.Layout.VMDir(h.VMID), h)
+			out = append(out, h)
+		}
 	}
 	return out, nil
 }

@@ -1,0 +1,96 @@
+package apitypes
+
+import "time"
+
+// SharedProject is the project of images every project may use. Only
+// admins register (and delete) them.
+const SharedProject = "*"
+
+// CreateImageRequest is the body of POST /v1/images.
+type CreateImageRequest struct {
+	Kind     string `json:"kind" enum:"kernel,rootfs"`
+	Name     string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
+	HostPath string `json:"host_path" minLength:"1" maxLength:"4096" doc:"the file on the hosts: absolute, or relative to FC_IMAGES_DIR; it must resolve (symlinks followed) to a regular file under FC_IMAGES_DIR"`
+	SHA256   string `json:"sha256,omitempty" pattern:"^[0-9a-fA-F]{64}$" doc:"expected checksum: registration fails if the file differs; computed when omitted"`
+	Project  string `json:"project,omitempty" maxLength:"63" doc:"default: the token's project; \"*\" shares the image with every project (admins only)"`
+	ReadOnly bool   `json:"read_only,omitempty" doc:"rootfs: VMs attach the image itself read-only instead of a private copy (kernels are always only read)"`
+}
+
+// Image is a registered kernel or rootfs image.
+type Image struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind" enum:"kernel,rootfs"`
+	Name      string    `json:"name"`
+	Project   string    `json:"project" doc:"\"*\" for a shared image"`
+	HostPath  string    `json:"host_path" doc:"canonical path on the hosts (symlinks resolved)"`
+	SHA256    string    `json:"sha256"`
+	Size      int64     `json:"size"`
+	ReadOnly  bool      `json:"read_only"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ImageItem is GET /v1/images/{id}.
+type ImageItem struct {
+	Item Image `json:"item"`
+}
+
+// ImageList is GET /v1/images.
+type ImageList struct {
+	Items []Image `json:"items"`
+}
+
+// TemplateConfig is a template's VM configuration. It references
+// registered images only, never host paths. As overrides at instantiation
+// every field is optional and replaces the template's (extra_drives and
+// nic as a whole).
+type TemplateConfig struct {
+	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs (default 1)"`
+	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128)"`
+	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" doc:"a kernel image: id, or name (stored as its id); required in a template"`
+	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" doc:"a rootfs image: id, or name (stored as its id)"`
+	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048"`
+	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16" doc:"each with image_id (no path)"`
+	NIC           *NIC         `json:"nic,omitempty"`
+}
+
+// CreateTemplateRequest is the body of POST /v1/templates.
+type CreateTemplateRequest struct {
+	Name    string         `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
+	Project string         `json:"project,omitempty" maxLength:"63" doc:"default: the token's project"`
+	Config  TemplateConfig `json:"config"`
+}
+
+// Template is a saved, named VM configuration.
+type Template struct {
+	ID        string         `json:"id"`
+	Name      string         `json:"name"`
+	Project   string         `json:"project"`
+	Owner     string         `json:"owner,omitempty"`
+	Config    TemplateConfig `json:"config"`
+	CreatedAt time.Time      `json:"created_at"`
+}
+
+// TemplateItem is GET /v1/templates/{id}.
+type TemplateItem struct {
+	Item Template `json:"item"`
+}
+
+// TemplateList is GET /v1/templates.
+type TemplateList struct {
+	Items []Template `json:"items"`
+}
+
+// InstantiateRequest is the body of POST /v1/templates/{id}/instantiate.
+type InstantiateRequest struct {
+	Name      string            `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"the VM's name; with count, VMs are named name-1 … name-N"`
+	Tags      map[string]string `json:"tags,omitempty"`
+	Overrides *TemplateConfig   `json:"overrides,omitempty" doc:"fields of the template's config to replace for these VMs"`
+	Count     int               `json:"count,omitempty" minimum:"1" maximum:"100" doc:"how many VMs (default 1); all are made or none: on a failure the others of the call are deleted"`
+}
+
+// InstantiateResponse is the answer of POST /v1/templates/{id}/instantiate.
+type InstantiateResponse struct {
+	ID    string   `json:"id" doc:"the first (or only) VM"`
+	IDs   []string `json:"ids" doc:"every VM made, in name order"`
+	Items []VM     `json:"items"`
+}

@@ -1,0 +1,585 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// ReconcileChannel carries "reconcile host X now" between managers: an
+// agent's event may reach a manager that is not the reconciler.
+const ReconcileChannel = "nexus_reconcile"
+
+// leaseName is the lease that elects one reconciler among managers.
+const leaseName = "reconciler"
+
+// ReconcilerConfig tunes the reconciler.
+type ReconcilerConfig struct {
+	Interval time.Duration // periodic pass (NEXUS_RECONCILE_INTERVAL)
+	Holder   string        // this manager's identity in the lease
+	LeaseTTL time.Duration // how long a silent leader keeps the lease
+	// OrphanGrace is how long a resource must stay unclaimed by any VM
+	// before it is removed (a VM being created is claimed from its row).
+	OrphanGrace time.Duration
+	// StuckGrace is how long a VM may stay requested/configured before its
+	// boot is considered abandoned (a manager died mid-create) and redone.
+	StuckGrace time.Duration
+	// MaxRetries restarts of a VM whose VMM keeps dying before it is
+	// marked failed; the delay between them doubles from RetryBase.
+	MaxRetries int
+	RetryBase  time.Duration
+	RetryMax   time.Duration
+	// HostParallel bounds concurrent actions on one host; HostsParallel
+	// bounds hosts reconciled at once.
+	HostParallel  int
+	HostsParallel int
+	Metrics       prometheus.Registerer
+}
+
+func (c *ReconcilerConfig) defaults() {
+	if c.Interval <= 0 {
+		c.Interval = 15 * time.Second
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = max(3*c.Interval, 10*time.Second)
+	}
+	if c.OrphanGrace <= 0 {
+		c.OrphanGrace = 30 * time.Second
+	}
+	if c.StuckGrace <= 0 {
+		c.StuckGrace = 20 * time.Second
+	}
+	if c.MaxRetries <= 0 {
+		c.MaxRetries = 5
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = time.Minute
+	}
+	if c.HostParallel <= 0 {
+		c.HostParallel = 4
+	}
+	if c.HostsParallel <= 0 {
+		c.HostsParallel = 8
+	}
+}
+
+// Reconciler moves observed state toward desired state across the fleet
+// and removes what belongs to no VM. Only the lease holder acts.
+type Reconciler struct {
+	s       *Service
+	cfg     ReconcilerConfig
+	leader  atomic.Bool
+	trigger chan string // host id, or "" for every host
+
+	mu      sync.Mutex
+	orphans map[string]time.Time // host/resource → first seen unclaimed
+	last    PassStats
+
+	mActions *prometheus.CounterVec
+	mPass    prometheus.Histogram
+	mLeader  prometheus.Gauge
+}
+
+// PassStats describes the last reconcile pass.
+type PassStats struct {
+	At       time.Time
+	Duration time.Duration
+	Hosts    int
+	VMs      int
+	Actions  int
+	Errors   int
+}
+
+// NewReconciler returns a reconciler for s.
+func (s *Service) NewReconciler(cfg ReconcilerConfig) *Reconciler {
+	cfg.defaults()
+	r := &Reconciler{s: s, cfg: cfg, trigger: make(chan string, 64), orphans: map[string]time.Time{}}
+	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
+	}, []string{"action", "result"})
+	r.mPass = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nexus_reconciler_pass_seconds", Help: "Duration of reconcile passes.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
+	r.mLeader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nexus_reconciler_leader", Help: "1 while this manager holds the reconciler lease.",
+	})
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(r.mActions, r.mPass, r.mLeader)
+	}
+	return r
+}
+
+// Leader reports whether this manager reconciles now.
+func (r *Reconciler) Leader() bool { return r.leader.Load() }
+
+// LastPass returns the statistics of the last pass.
+func (r *Reconciler) LastPass() PassStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last
+}
+
+// Trigger asks for a pass of one host ("" = all) as soon as possible.
+func (r *Reconciler) Trigger(hostID string) {
+	select {
+	case r.trigger <- hostID:
+	default: // a pass is already queued
+	}
+}
+
+// Run holds or contends for the lease and reconciles every Interval and on
+// triggers, until ctx ends; then it releases the lease.
+func (r *Reconciler) Run(ctx context.Context) {
+	go r.s.st.Listen(ctx, ReconcileChannel, r.Trigger)
+	go r.keepLease(ctx)
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		host := ""
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case host = <-r.trigger:
+		}
+		if !r.leader.Load() {
+			continue
+		}
+		r.Pass(ctx, host)
+	}
+}
+
+// keepLease renews the lease well within its TTL; a manager that stops
+// renewing (it died) loses it when the TTL runs out.
+func (r *Reconciler) keepLease(ctx context.Context) {
+	t := time.NewTicker(max(r.cfg.LeaseTTL/3, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		held, err := r.s.st.AcquireLease(ctx, leaseName, r.cfg.Holder, r.cfg.LeaseTTL)
+		if err != nil && ctx.Err() == nil {
+			r.s.log.Warn("reconciler lease: store unreachable", "err", err)
+			held = false
+		}
+		if held != r.leader.Load() {
+			r.leader.Store(held)
+			if held {
+				r.s.log.Info("reconciler: this manager now reconciles the fleet", "holder", r.cfg.Holder)
+				r.Trigger("")
+			} else {
+				r.s.log.Info("reconciler: lease lost", "holder", r.cfg.Holder)
+			}
+		}
+		if held {
+			r.mLeader.Set(1)
+		} else {
+			r.mLeader.Set(0)
+		}
+		select {
+		case <-ctx.Done():
+			if r.leader.Load() {
+				c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = r.s.st.ReleaseLease(c, leaseName, r.cfg.Holder)
+				cancel()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Pass reconciles one host, or every host when hostID is "".
+func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
+	start := time.Now()
+	st := PassStats{At: start}
+	s := r.s
+	if ids, err := s.st.MarkHostsUnreachable(ctx, s.now().Add(-s.cfg.HeartbeatTimeout)); err == nil {
+		for _, id := range ids {
+			r.hostLost(ctx, id)
+		}
+	}
+	hosts, err := s.ListHosts(ctx)
+	if err != nil {
+		s.log.Error("reconcile: list hosts", "err", err)
+		return st
+	}
+	vms, err := r.allVMs(ctx)
+	if err != nil {
+		s.log.Error("reconcile: list vms", "err", err)
+		return st
+	}
+	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
+	if err != nil {
+		s.log.Error("reconcile: list snapshots", "err", err)
+		return st
+	}
+	byHost := map[string][]store.VM{}
+	known := map[string]store.VM{}
+	for _, vm := range vms {
+		byHost[vm.HostID] = append(byHost[vm.HostID], vm)
+		known[vm.ID] = vm
+	}
+	keep := map[string]bool{} // run dirs that hold catalogued snapshots
+	for _, sn := range snaps {
+		keep[sn.HostID+"/"+sn.VMID] = true
+	}
+	st.VMs = len(vms)
+
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, r.cfg.HostsParallel)
+	for _, h := range hosts {
+		if hostID != "" && h.ID != hostID {
+			continue
+		}
+		if h.State == store.HostUnreachable {
+			continue // its VMs are marked; nothing is started elsewhere
+		}
+		st.Hosts++
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			n, e := r.reconcileHost(ctx, h, byHost[h.ID], known, keep)
+			mu.Lock()
+			st.Actions += n
+			st.Errors += e
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	st.Duration = time.Since(start)
+	r.mPass.Observe(st.Duration.Seconds())
+	r.mu.Lock()
+	r.last = st
+	r.mu.Unlock()
+	if st.Actions > 0 || st.Errors > 0 {
+		s.log.Info("reconcile pass", "hosts", st.Hosts, "vms", st.VMs, "actions", st.Actions, "errors", st.Errors, "ms", st.Duration.Milliseconds())
+	}
+	return st
+}
+
+func (r *Reconciler) allVMs(ctx context.Context) ([]store.VM, error) {
+	var out []store.VM
+	f := store.VMFilter{Limit: store.MaxLimit}
+	for {
+		items, next, err := r.s.st.ListVMs(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, items...)
+		if next == "" {
+			return out, nil
+		}
+		f.Cursor = next
+	}
+}
+
+// hostLost marks the VMs of a host that stopped reporting. They are not
+// started elsewhere: the host may still run them, and a VM must never run
+// twice.
+func (r *Reconciler) hostLost(ctx context.Context, hostID string) {
+	s := r.s
+	s.log.Warn("host unreachable: missed heartbeats", "host_id", hostID)
+	vms, _, err := s.st.ListVMs(ctx, store.VMFilter{HostID: hostID, Limit: store.MaxLimit})
+	if err != nil {
+		return
+	}
+	for _, vm := range vms {
+		msg := fmt.Sprintf("host %s unreachable since %s; the VM is not started elsewhere", hostID, s.now().UTC().Format(time.RFC3339))
+		_, _ = s.update(ctx, vm.ID, func(v *store.VM) error { v.LastError = msg; return nil })
+		s.event(ctx, vm.ID, store.LevelWarn, "%s", msg)
+		r.mActions.WithLabelValues("mark_unreachable", "ok").Inc()
+	}
+}
+
+// action is one step the plan for a host decided on.
+type action struct {
+	name string
+	vmID string
+	do   func(ctx context.Context) error
+}
+
+// reconcileHost compares one host's inventory with the store and acts.
+func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []store.VM, known map[string]store.VM, keep map[string]bool) (int, int) {
+	s := r.s
+	ag := s.agents.get(h.Addr)
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	inv, err := ag.Inventory(ictx)
+	cancel()
+	if err != nil {
+		s.log.Warn("reconcile: inventory failed", "host", h.Name, "err", err)
+		return 0, 1
+	}
+	plan := r.plan(h, inv, vms, known, keep)
+	if len(plan) == 0 {
+		return 0, 0
+	}
+	var errs atomic.Int32
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, r.cfg.HostParallel)
+	for _, a := range plan {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			actx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
+			defer cancel()
+			err := a.do(actx)
+			result := "ok"
+			if err != nil {
+				result = "error"
+				errs.Add(1)
+				s.log.Warn("reconcile action failed", "action", a.name, "vm_id", a.vmID, "host", h.Name, "err", err)
+			}
+			r.mActions.WithLabelValues(a.name, result).Inc()
+		}()
+	}
+	wg.Wait()
+	return len(plan), int(errs.Load())
+}
+
+// plan decides what to do on one host. Every action is idempotent, so a
+// plan built from a slightly stale view does no harm: the next pass
+// rebuilds it until it is empty.
+func (r *Reconciler) plan(h store.Host, inv agentapi.Inventory, vms []store.VM, known map[string]store.VM, keep map[string]bool) []action {
+	s := r.s
+	now := s.now()
+	live := map[string]agentapi.VMM{}
+	for _, m := range inv.VMMs {
+		live[m.VMID] = m
+	}
+	taps := map[string]bool{}
+	for _, t := range inv.Taps {
+		taps[t.Name] = true
+	}
+	socks := map[string]bool{}
+	for _, so := range inv.Sockets {
+		socks[so.VMID] = true
+	}
+	var plan []action
+	for _, vm := range vms {
+		if a, ok := r.planVM(vm, live, taps, socks, now); ok {
+			plan = append(plan, a)
+		}
+	}
+
+	// Orphans: resources of VMs the store does not place on this host.
+	claimed := func(vmID string) bool {
+		vm, ok := known[vmID]
+		return ok && vm.HostID == h.ID
+	}
+	seen := map[string]bool{}
+	orphanVM := func(vmID, what string) {
+		if claimed(vmID) || seen[vmID] || keep[h.ID+"/"+vmID] && what == "run dir" {
+			return
+		}
+		if !r.orphanReady(h.ID+"/vm/"+vmID, now) {
+			return
+		}
+		seen[vmID] = true
+		plan = append(plan, action{name: "gc_vm", vmID: vmID, do: func(ctx context.Context) error {
+			s.log.Info("removing orphan", "what", what, "vm_id", vmID, "host", h.Name)
+			return s.agents.get(h.Addr).Delete(ctx, vmID)
+		}})
+	}
+	for _, m := range inv.VMMs {
+		orphanVM(m.VMID, "process")
+	}
+	for _, d := range inv.RunDirs {
+		orphanVM(d.VMID, "run dir")
+	}
+	for _, t := range inv.Taps {
+		if t.VMID != "" && claimed(t.VMID) {
+			continue
+		}
+		if t.VMID != "" {
+			orphanVM(t.VMID, "tap")
+			continue
+		}
+		name := t.Name
+		if !r.orphanReady(h.ID+"/tap/"+name, now) {
+			continue
+		}
+		plan = append(plan, action{name: "gc_tap", do: func(ctx context.Context) error {
+			s.log.Info("removing orphan tap", "tap", name, "host", h.Name)
+			return s.agents.get(h.Addr).DeleteTap(ctx, name)
+		}})
+	}
+	r.forgetClaimed(h.ID, now)
+	return plan
+}
+
+// planVM decides what one VM of the store needs on its host.
+func (r *Reconciler) planVM(vm store.VM, live map[string]agentapi.VMM, taps, socks map[string]bool, now time.Time) (action, bool) {
+	s := r.s
+	_, running := live[vm.ID]
+	switch vm.State {
+	case store.VMDeleting:
+		return action{name: "finish_delete", vmID: vm.ID, do: func(ctx context.Context) error {
+			return s.DeleteVM(ctx, All, vm.ID)
+		}}, true
+	case store.VMStopping:
+		return action{name: "finish_stop", vmID: vm.ID, do: func(ctx context.Context) error {
+			_, err := s.StopVM(ctx, All, vm.ID)
+			return err
+		}}, true
+	case store.VMStopped, store.VMFailed:
+		if running || socks[vm.ID] {
+			// A VMM (or its socket) outlived its stop: end it.
+			return action{name: "stop_stray", vmID: vm.ID, do: func(ctx context.Context) error {
+				return r.withLock(vm.ID, func() error {
+					return s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{})
+				})
+			}}, true
+		}
+		return action{}, false
+	case store.VMRequested, store.VMConfigured:
+		if vm.DesiredState != store.VMRunning || now.Sub(vm.UpdatedAt) < r.cfg.StuckGrace {
+			return action{}, false // a boot in progress, or a create with start=false
+		}
+		return r.restart(vm, "boot abandoned in state "+string(vm.State), now)
+	case store.VMRunning, store.VMPaused:
+		healthy := running && socks[vm.ID] && (vm.TAP == "" || taps[vm.TAP])
+		if healthy {
+			if vm.Retries > 0 && vm.NextAttemptAt != nil && now.Sub(*vm.NextAttemptAt) > r.cfg.RetryMax {
+				// Stable again for a while: forget old crashes.
+				return action{name: "reset_retries", vmID: vm.ID, do: func(ctx context.Context) error {
+					_, err := s.update(ctx, vm.ID, func(v *store.VM) error { v.Retries, v.NextAttemptAt = 0, nil; return nil })
+					return err
+				}}, true
+			}
+			return action{}, false
+		}
+		why := "vmm process gone"
+		switch {
+		case running && !socks[vm.ID]:
+			why = "api socket gone"
+		case running:
+			why = "tap " + vm.TAP + " gone"
+		}
+		return r.restart(vm, why, now)
+	}
+	return action{}, false
+}
+
+// restart boots a VM again after its VMM died (or its boot was abandoned),
+// with doubling delays; after MaxRetries the VM is marked failed.
+func (r *Reconciler) restart(vm store.VM, why string, now time.Time) (action, bool) {
+	s := r.s
+	if vm.NextAttemptAt != nil && now.Before(*vm.NextAttemptAt) {
+		return action{}, false // backing off
+	}
+	if vm.Retries >= r.cfg.MaxRetries {
+		return action{name: "give_up", vmID: vm.ID, do: func(ctx context.Context) error {
+			msg := fmt.Sprintf("%s; restarted %d times, giving up", why, vm.Retries)
+			return r.withLock(vm.ID, func() error {
+				_ = s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{})
+				_, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+					v.State, v.LastError, v.NextAttemptAt = store.VMFailed, msg, nil
+					return nil
+				})
+				s.event(ctx, vm.ID, store.LevelError, "reconciler: %s", msg)
+				return err
+			})
+		}}, true
+	}
+	return action{name: "restart", vmID: vm.ID, do: func(ctx context.Context) error {
+		return r.withLock(vm.ID, func() error {
+			delay := min(r.cfg.RetryBase<<vm.Retries, r.cfg.RetryMax)
+			next := s.now().Add(delay)
+			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+				v.Retries++
+				v.NextAttemptAt = &next
+				v.State = store.VMRequested
+				v.LastError = why
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			s.event(ctx, vm.ID, store.LevelWarn, "reconciler: %s; restarting (attempt %d)", why, cur.Retries)
+			if err := s.agentFor(ctx, cur).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
+				return agentError("vm "+vm.ID+": clean up before restart", cur, err)
+			}
+			booted, err := s.boot(ctx, cur)
+			if err == nil && booted.DesiredState == store.VMPaused {
+				_, err = s.update(ctx, vm.ID, func(v *store.VM) error { v.DesiredState = store.VMRunning; return nil })
+				s.event(ctx, vm.ID, store.LevelWarn, "reconciler: the paused guest's memory was lost with its VMM; it runs again from boot")
+			}
+			return err
+		})
+	}}, true
+}
+
+// withLock runs f holding the VM's lock, unless an operation of this
+// manager holds it: then the VM is busy and this pass leaves it alone.
+func (r *Reconciler) withLock(vmID string, f func() error) error {
+	unlock, ok := r.s.locks.tryLock(vmID)
+	if !ok {
+		return nil
+	}
+	defer unlock()
+	return f()
+}
+
+// orphanReady reports whether key has been unclaimed for OrphanGrace.
+func (r *Reconciler) orphanReady(key string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first, ok := r.orphans[key]
+	if !ok {
+		r.orphans[key] = now
+		return r.cfg.OrphanGrace <= 0
+	}
+	return now.Sub(first) >= r.cfg.OrphanGrace
+}
+
+// forgetClaimed drops first-seen times not refreshed for a while (the
+// resource went away or was claimed).
+func (r *Reconciler) forgetClaimed(hostID string, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, t := range r.orphans {
+		if now.Sub(t) > 10*r.cfg.OrphanGrace+10*r.cfg.Interval {
+			delete(r.orphans, k)
+		}
+	}
+}
+
+// HostEvent handles an agent's report: the VM's history gets the exit,
+// and the reconciler (wherever it runs) looks at that host now.
+func (s *Service) HostEvent(ctx context.Context, hostID, vmID, status string) error {
+	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
+		return notFound("host", hostID)
+	}
+	if hostlayout.ValidVMID(vmID) {
+		if vm, err := s.st.GetVM(ctx, vmID); err == nil && vm.HostID == hostID {
+			s.event(ctx, vmID, store.LevelWarn, "vmm exited on its own (%s)", status)
+		}
+	}
+	return s.st.Notify(ctx, ReconcileChannel, hostID)
+}
+
+// sortedIDs is for stable logs and tests.
+func sortedIDs(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
