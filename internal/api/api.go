@@ -30,8 +30,8 @@ import (
 type Deps struct {
 	Service    *manager.Service
 	Reconciler *manager.Reconciler // nil: no reconciler status
-	Auth    *auth.Authenticator
-	Log     *slog.Logger
+	Auth       *auth.Authenticator
+	Log        *slog.Logger
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string

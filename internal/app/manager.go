@@ -38,7 +38,7 @@ type ManagerOptions struct {
 	StuckGrace       time.Duration
 	HeartbeatTimeout time.Duration
 	LeaseTTL         time.Duration
-	Version           string
+	Version          string
 	// VcpuOvercommit and MemOvercommit scale host capacity for placement.
 	VcpuOvercommit float64
 	MemOvercommit  float64
@@ -52,11 +52,11 @@ type Manager struct {
 	Store      store.Store
 	Service    *manager.Service
 	Reconciler *manager.Reconciler
-	Auth    *auth.Authenticator
-	API     *api.Server
-	Addr    string // bound listen address
-	srv     *http.Server
-	done    chan struct{}
+	Auth       *auth.Authenticator
+	API        *api.Server
+	Addr       string // bound listen address
+	srv        *http.Server
+	done       chan struct{}
 }
 
 // URL is the manager's base URL.
