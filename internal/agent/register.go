@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,12 @@ type registrar struct {
 	hc       *http.Client
 	interval time.Duration
 	hostID   atomic.Value // string; "" until registered
+
+	// managers are the manager URLs (AGENT_MANAGER may list several,
+	// comma-separated, for a fleet without a load balancer); cur is the
+	// one in use, moved on when it fails.
+	managers []string
+	cur      atomic.Int32
 }
 
 func (r *registrar) id() string {
@@ -38,7 +45,13 @@ func newRegistrar(o Options, url string, a *Agent, log *slog.Logger) *registrar 
 	if iv <= 0 {
 		iv = 5 * time.Second
 	}
-	return &registrar{o: o, url: url, a: a, log: log, interval: iv, hc: &http.Client{Timeout: 10 * time.Second}}
+	var ms []string
+	for _, m := range strings.Split(o.Manager, ",") {
+		if m = strings.TrimSuffix(strings.TrimSpace(m), "/"); m != "" {
+			ms = append(ms, m)
+		}
+	}
+	return &registrar{o: o, url: url, a: a, log: log, interval: iv, managers: ms, hc: &http.Client{Timeout: 10 * time.Second}}
 }
 
 func (r *registrar) run(ctx context.Context) {
@@ -129,7 +142,18 @@ func (r *registrar) post(ctx context.Context, path string, in, out any) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(r.o.Manager, "/")+path, bytes.NewReader(b))
+	i := int(r.cur.Load()) % len(r.managers)
+	err = r.postTo(ctx, r.managers[i], path, b, out)
+	var se *statusError
+	if err != nil && len(r.managers) > 1 && (!errors.As(err, &se) || se.status >= 500) {
+		// That manager is down: the next one shares the same store.
+		r.cur.CompareAndSwap(int32(i), int32((i+1)%len(r.managers)))
+	}
+	return err
+}
+
+func (r *registrar) postTo(ctx context.Context, base, path string, b []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}

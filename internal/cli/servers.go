@@ -126,7 +126,7 @@ sends heartbeats.`,
 // simEnv passes firecracker-sim's tuning variables through to VMMs.
 func simEnv(e env) []string {
 	var out []string
-	for _, k := range []string{"FC_SIM_METRICS_INTERVAL", "FC_SIM_TICK"} {
+	for _, k := range []string{"FC_SIM_METRICS_INTERVAL", "FC_SIM_START_DELAY"} {
 		if v := e(k); v != "" {
 			out = append(out, k+"="+v)
 		}

@@ -259,6 +259,9 @@ func (s *sim) instanceStart() *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
+	if s.opts.startDelay > 0 {
+		time.Sleep(s.opts.startDelay)
+	}
 	if s.res.boot == nil {
 		return fault("Start microvm error: Cannot start microvm without kernel configuration.")
 	}

@@ -137,7 +137,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		}
 	}
 	opts := options{id: id, bootTimer: args.flag("boot-timer"), enablePCI: args.flag("enable-pci"),
-		metricsPeriod: metricsPeriod(getenv), startTime: started}
+		metricsPeriod: metricsPeriod(getenv), startTime: started, startDelay: envDuration(getenv, StartDelayEnv)}
 	v, _ := args.value("http-api-max-payload-size")
 	var ok bool
 	if opts.maxPayload, ok = parseSizeFlag(v); !ok {
@@ -230,6 +230,21 @@ func reportStartup(met *metrics, args *arguments, started time.Time) {
 		}
 		met.set("api_server.process_startup_time_cpu_us", cpu)
 	}
+}
+
+// StartDelayEnv makes InstanceStart answer only after this long (e.g.
+// "2s"), standing for a slow boot in tests of interrupted operations.
+const StartDelayEnv = "FC_SIM_START_DELAY"
+
+func envDuration(getenv func(string) string, key string) time.Duration {
+	if getenv == nil {
+		return 0
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(getenv(key)))
+	if err != nil || d < 0 {
+		return 0
+	}
+	return d
 }
 
 func metricsPeriod(getenv func(string) string) time.Duration {

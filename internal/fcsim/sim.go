@@ -42,6 +42,9 @@ type options struct {
 	mmdsLimit     int
 	metricsPeriod time.Duration
 	startTime     time.Time
+	// startDelay makes InstanceStart take this long (StartDelayEnv), to
+	// stand for a slow boot in tests of interrupted operations.
+	startDelay time.Duration
 }
 
 // sim is one simulated firecracker process: the VMM state machine and the

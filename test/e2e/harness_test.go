@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/client"
@@ -31,6 +30,7 @@ var bins struct {
 }
 
 func TestMain(m *testing.M) {
+	runLauncher()
 	testutil.IsolateNetwork()
 	dir, err := os.MkdirTemp("", "nexus-e2e-bin-")
 	if err != nil {
@@ -105,6 +105,7 @@ type cluster struct {
 	join    string
 	admin   string
 	port    int
+	ports2  []int // further managers the agents may fail over to
 	mgr     *proc
 	agents  []*agentProc
 	client  *client.Client
@@ -115,8 +116,9 @@ type agentProc struct {
 	*proc
 	name   string
 	runDir string
-	bridge string
+	net    *hostNet
 	url    string
+	env    []string // extra environment (firecracker-sim knobs)
 }
 
 func (a *agentProc) layout() hostlayout.Layout { return hostlayout.Layout{RunDir: a.runDir} }
@@ -167,6 +169,16 @@ func newCluster(t testing.TB, engine string, n int, mgrArgs ...string) *cluster 
 	return c
 }
 
+// managerURLs is the AGENT_MANAGER list for agent a: every manager, as
+// reached from a's host.
+func (c *cluster) managerURLs(a *agentProc) string {
+	urls := []string{fmt.Sprintf("http://%s:%d", a.net.hostIP, c.port)}
+	for _, p := range c.ports2 {
+		urls = append(urls, fmt.Sprintf("http://%s:%d", a.net.hostIP, p))
+	}
+	return strings.Join(urls, ",")
+}
+
 func (c *cluster) url() string { return fmt.Sprintf("http://127.0.0.1:%d", c.port) }
 
 func (c *cluster) start(name string, env []string, args ...string) *proc {
@@ -188,19 +200,17 @@ func (c *cluster) start(name string, env []string, args ...string) *proc {
 
 func (c *cluster) startManager() {
 	c.t.Helper()
-	args := append([]string{"manager", "--listen", fmt.Sprintf("127.0.0.1:%d", c.port), "--database-url", c.dsn, "--join-token", c.join}, c.mgrArgs...)
+	// All addresses: agents reach the manager over their veth.
+	args := append([]string{"manager", "--listen", fmt.Sprintf("0.0.0.0:%d", c.port), "--database-url", c.dsn, "--join-token", c.join}, c.mgrArgs...)
 	c.mgr = c.start("manager", []string{"NEXUS_MODE=dev"}, args...)
 	c.mgr.waitLog(c.t, "manager listening", 20*time.Second)
 }
 
-func (c *cluster) startAgent(name string) *agentProc {
+// startAgent starts an agent in a network namespace of its own (a host),
+// with env added to its environment.
+func (c *cluster) startAgent(name string, env ...string) *agentProc {
 	c.t.Helper()
-	a := &agentProc{name: name, runDir: filepath.Join(c.dir, name, "run"), bridge: fmt.Sprintf("nxe%06d", rand.IntN(1_000_000))}
-	for _, old := range c.agents {
-		if old.name == name { // a restart keeps the host's identity
-			a.runDir, a.bridge = old.runDir, old.bridge
-		}
-	}
+	a := &agentProc{name: name, runDir: filepath.Join(c.dir, name, "run"), net: newHostNet(c.t), env: env}
 	c.launchAgent(a)
 	c.agents = append(c.agents, a)
 	return a
@@ -208,10 +218,30 @@ func (c *cluster) startAgent(name string) *agentProc {
 
 func (c *cluster) launchAgent(a *agentProc) {
 	c.t.Helper()
-	a.proc = c.start("agent-"+a.name, nil, "agent",
-		"--bind", "127.0.0.1:0", "--manager", c.url(), "--token", c.join, "--name", a.name,
-		"--run-dir", a.runDir, "--bridge", a.bridge, "--uplink", "none", "--fc-bin", bins.sim,
+	f, err := a.net.file()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	logPath := filepath.Join(c.dir, "agent-"+a.name+".log")
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer lf.Close()
+	// The test binary re-executes itself as a launcher that enters the
+	// host's namespace and execs nexus there.
+	cmd := exec.Command("/proc/self/exe", "agent",
+		"--bind", a.net.agentIP+":9090", "--manager", c.managerURLs(a),
+		"--token", c.join, "--name", a.name, "--run-dir", a.runDir, "--fc-bin", bins.sim,
 		"--stop-grace", "200ms")
+	cmd.Env = append(append(os.Environ(), execEnv+"="+bins.nexus), a.env...)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	a.proc = &proc{name: "agent-" + a.name, cmd: cmd, log: logPath}
 	m := a.waitLog(c.t, "agent listening", 20*time.Second)
 	a.url = "http://" + m["addr"].(string)
 }
@@ -262,17 +292,7 @@ func (c *cluster) cleanup() {
 	for _, a := range c.agents {
 		a.kill()
 		killVMMs(a.runDir)
-		if links, err := netlink.LinkList(); err == nil {
-			br, _ := netlink.LinkByName(a.bridge)
-			for _, l := range links {
-				if br != nil && l.Attrs().MasterIndex == br.Attrs().Index {
-					_ = netlink.LinkDel(l)
-				}
-			}
-			if br != nil {
-				_ = netlink.LinkDel(br)
-			}
-		}
+		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup.
 	}
 	if c.t.Failed() {
 		for _, p := range append([]string{filepath.Join(c.dir, "manager.log")}, agentLogs(c)...) {
@@ -343,9 +363,11 @@ func (c *cluster) assertNoLeaks(ids ...string) {
 			}
 		}
 	}
-	for _, id := range ids {
-		if _, err := netlink.LinkByName(hostlayout.TapName(id)); err == nil {
-			c.t.Errorf("tap %s of vm %s left", hostlayout.TapName(id), id)
+	for _, a := range c.agents {
+		for _, id := range ids {
+			if a.net.hasLink(hostlayout.TapName(id)) {
+				c.t.Errorf("host %s: tap %s of vm %s left", a.name, hostlayout.TapName(id), id)
+			}
 		}
 	}
 }

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// A host of the test fleet is a network namespace of its own, joined to the
+// test's namespace (where the manager runs) by a veth pair, with a default
+// route through it: each agent has its own bridge, TAPs, NAT and
+// forwarding, as on separate machines.
+
+// execEnv names, for the test binary re-executed as a launcher, the
+// program to exec inside the namespace passed as fd 3.
+const execEnv = "NEXUS_E2E_EXEC"
+
+// runLauncher, when the test binary runs as a launcher, enters the network
+// namespace on fd 3 and execs the program: the whole process (and its
+// children, the VMMs) then lives in that namespace. It does not return.
+func runLauncher() {
+	bin := os.Getenv(execEnv)
+	if bin == "" {
+		return
+	}
+	runtime.LockOSThread()
+	if err := unix.Setns(3, unix.CLONE_NEWNET); err != nil {
+		fmt.Fprintln(os.Stderr, "launcher: setns:", err)
+		os.Exit(2)
+	}
+	_ = unix.Close(3)
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if len(kv) > len(execEnv) && kv[:len(execEnv)+1] == execEnv+"=" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	err := syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), env)
+	fmt.Fprintln(os.Stderr, "launcher: exec:", err)
+	os.Exit(2)
+}
+
+var hostSeq atomic.Int32
+
+// hostNet is one simulated host's network namespace.
+type hostNet struct {
+	ns      netns.NsHandle
+	nl      *netlink.Handle // netlink inside the namespace
+	outer   string          // veth end in the test's namespace
+	hostIP  string          // the test's side (the manager's address for this host)
+	agentIP string          // the host's side
+}
+
+func newHostNet(t testing.TB) *hostNet {
+	t.Helper()
+	i := hostSeq.Add(1)
+	if i > 250 {
+		t.Fatal("too many test hosts")
+	}
+	h := &hostNet{
+		outer:   fmt.Sprintf("nxh%da", i),
+		hostIP:  fmt.Sprintf("10.201.%d.1", i),
+		agentIP: fmt.Sprintf("10.201.%d.2", i),
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	h.ns, err = netns.New() // this thread is now inside the new namespace
+	if err == nil {
+		err = netns.Set(orig)
+	}
+	orig.Close()
+	runtime.UnlockOSThread()
+	if err != nil {
+		t.Fatalf("new netns: %v", err)
+	}
+	if h.nl, err = netlink.NewHandleAt(h.ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.close)
+	inner := fmt.Sprintf("nxh%db", i)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: h.outer}, PeerName: inner}
+	must := func(what string, err error) {
+		if err != nil {
+			t.Fatalf("host net %d: %s: %v", i, what, err)
+		}
+	}
+	must("add veth", netlink.LinkAdd(veth))
+	peer, err := netlink.LinkByName(inner)
+	must("find peer", err)
+	must("move peer", netlink.LinkSetNsFd(peer, int(h.ns)))
+	out, err := netlink.LinkByName(h.outer)
+	must("find veth", err)
+	must("address", netlink.AddrAdd(out, mustAddr(h.hostIP+"/24")))
+	must("up", netlink.LinkSetUp(out))
+	lo, err := h.nl.LinkByName("lo")
+	must("find lo", err)
+	must("lo up", h.nl.LinkSetUp(lo))
+	in, err := h.nl.LinkByName(inner)
+	must("find inner", err)
+	must("inner address", h.nl.AddrAdd(in, mustAddr(h.agentIP+"/24")))
+	must("inner up", h.nl.LinkSetUp(in))
+	must("default route", h.nl.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: net.ParseIP(h.hostIP)}))
+	return h
+}
+
+func mustAddr(s string) *netlink.Addr {
+	a, err := netlink.ParseAddr(s)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+// file returns a duplicate of the namespace fd for a child's ExtraFiles.
+func (h *hostNet) file() (*os.File, error) {
+	fd, err := unix.Dup(int(h.ns))
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "netns"), nil
+}
+
+// hasLink reports whether a link of that name exists in the host.
+func (h *hostNet) hasLink(name string) bool {
+	_, err := h.nl.LinkByName(name)
+	return err == nil
+}
+
+// close removes the veth (its peer goes with it) and drops our references:
+// the namespace, its bridge and TAPs vanish once no process is left in it.
+func (h *hostNet) close() {
+	if l, err := netlink.LinkByName(h.outer); err == nil {
+		_ = netlink.LinkDel(l)
+	}
+	if h.nl != nil {
+		h.nl.Close()
+	}
+	h.ns.Close()
+}
