@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
