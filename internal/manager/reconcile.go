@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -572,14 +571,4 @@ func (s *Service) HostEvent(ctx context.Context, hostID, vmID, status string) er
 		}
 	}
 	return s.st.Notify(ctx, ReconcileChannel, hostID)
-}
-
-// sortedIDs is for stable logs and tests.
-func sortedIDs(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
