@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up test check fmt-check vet unit bench clean
+.PHONY: help deps build up test check fmt-check vet unit bench bench-fleet clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -44,6 +44,9 @@ unit: ## go test (every package; as root the networking tests run too)
 
 bench: build ## 200 VMs created and deleted on one host: latency, RSS, leftovers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkFleet200 -benchtime 1x -timeout 20m ./test/e2e/
+
+bench-fleet: build ## 10 hosts × 100 VMs: churn, mass VMM kill, convergence, memory, leftovers (root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkFleet$$ -benchtime 1x -timeout 30m ./test/e2e/
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,4 +159,175 @@ func countLeftovers(c *cluster, ids []string) int {
 		}
 	}
 	return n
+}
+
+// BenchmarkFleet is `make bench-fleet`: 10 hosts (agents in their own
+// network namespaces) × 100 VMs with firecracker-sim, then churn (stop and
+// start), API reads, a kill of 10% of the VMMs, and deletion of everything.
+// It reports API p50/p95/p99 (no firecracker work), reconcile pass
+// duration, convergence after the mass kill, peak memory of the manager and
+// the agents, and leftovers. NEXUS_BENCH_HOSTS / NEXUS_BENCH_VMS resize it.
+func BenchmarkFleet(b *testing.B) {
+	hosts, perHost := envInt("NEXUS_BENCH_HOSTS", 10), envInt("NEXUS_BENCH_VMS", 100)
+	engine := os.Getenv("NEXUS_BENCH_ENGINE")
+	if engine == "" {
+		engine = "sqlite"
+	}
+	for range b.N {
+		c := newCluster(b, engine, 0, "--vcpu-overcommit", "256", "--reconcile-interval", "2s",
+			"--orphan-grace", "5s", "--heartbeat-timeout", "10s", "--lease-ttl", "6s")
+		for i := range hosts {
+			c.startAgent(fmt.Sprintf("host-%02d", i))
+		}
+		c.waitHosts(hosts)
+		ctx := context.Background()
+		kernel := simtest.WriteKernel(b, c.dir)
+		mem := 64
+		total := hosts * perHost
+
+		// Create in parallel batches.
+		var mu sync.Mutex
+		var ids []string
+		var createD []time.Duration
+		start := time.Now()
+		const batch = 50
+		for off := 0; off < total; off += batch {
+			var wg sync.WaitGroup
+			for i := off; i < min(off+batch, total); i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					s := time.Now()
+					vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{
+						Name: fmt.Sprintf("f%04d", i), VMConfig: apitypes.VMConfig{KernelPath: kernel, MemMib: &mem},
+					}, true)
+					if err != nil {
+						b.Errorf("create %d: %v", i, err)
+						return
+					}
+					mu.Lock()
+					ids = append(ids, vm.ID)
+					createD = append(createD, time.Since(s))
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			if b.Failed() {
+				b.FailNow()
+			}
+		}
+		createWall := time.Since(start)
+		perHostCount := map[string]int{}
+		l, _ := c.client.ListVMs(ctx, url.Values{"limit": {"1000"}})
+		for _, vm := range l.Items {
+			perHostCount[vm.HostID]++
+		}
+
+		// API without firecracker work, while the fleet runs.
+		var apiD []time.Duration
+		timed := func(f func() error) {
+			s := time.Now()
+			if err := f(); err != nil {
+				b.Fatal(err)
+			}
+			apiD = append(apiD, time.Since(s))
+		}
+		for i := range 500 {
+			timed(func() error { _, err := c.client.GetVM(ctx, ids[i%len(ids)]); return err })
+			if i%5 == 0 {
+				timed(func() error { _, err := c.client.ListVMs(ctx, url.Values{"limit": {"100"}}); return err })
+				timed(func() error { _, err := c.client.Hosts(ctx); return err })
+			}
+		}
+
+		// Churn: stop and start a fifth of the fleet, 20 at a time.
+		var churnD []time.Duration
+		churn := ids[:total/5]
+		for off := 0; off < len(churn); off += 20 {
+			part := churn[off:min(off+20, len(churn))]
+			for _, action := range []string{"stop", "start"} {
+				s := time.Now()
+				res, err := c.client.Bulk(ctx, action, part)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range res.Results {
+					if !r.OK {
+						b.Fatalf("%s %s: %s", action, r.ID, r.Error)
+					}
+				}
+				churnD = append(churnD, time.Since(s)/time.Duration(len(part)))
+			}
+		}
+
+		// Kill 10% of the VMMs at once and time the convergence.
+		time.Sleep(3 * time.Second) // let a pass or two run
+		var st apitypes.ReconcilerStatus
+		_ = c.client.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st)
+		killed := 0
+		for _, a := range c.agents {
+			for i, pid := range vmmPIDs(a.runDir) {
+				if i%10 == 0 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+					killed++
+				}
+			}
+		}
+		start = time.Now()
+		eventually(b, 2*time.Minute, "fleet converges after the mass kill", func() error { return c.converged() })
+		convergeD := time.Since(start)
+
+		mgrRSS := vmHWM(c.mgr.cmd.Process.Pid)
+		agentMax, agentSum := 0, 0
+		for _, a := range c.agents {
+			r := vmHWM(a.cmd.Process.Pid)
+			agentSum += r
+			agentMax = max(agentMax, r)
+		}
+
+		// Delete everything.
+		start = time.Now()
+		for off := 0; off < len(ids); off += 100 {
+			res, err := c.client.Bulk(ctx, "delete", ids[off:min(off+100, len(ids))])
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range res.Results {
+				if !r.OK {
+					b.Fatalf("delete %s: %s", r.ID, r.Error)
+				}
+			}
+		}
+		deleteWall := time.Since(start)
+		leftovers := countLeftovers(c, ids)
+
+		testutil.ReportLatency(b, "api", apiD)
+		testutil.ReportLatency(b, "create-running", createD)
+		testutil.ReportLatency(b, "churn-per-vm", churnD)
+		b.ReportMetric(float64(total), "vms")
+		b.ReportMetric(createWall.Seconds(), "create-all-s")
+		b.ReportMetric(st.LastPassMs, "reconcile-pass-ms")
+		b.ReportMetric(float64(killed), "vmms-killed")
+		b.ReportMetric(convergeD.Seconds(), "converge-after-kill-s")
+		b.ReportMetric(float64(mgrRSS)/1024, "manager-peak-rss-MiB")
+		b.ReportMetric(float64(agentMax)/1024, "agent-peak-rss-max-MiB")
+		b.ReportMetric(float64(agentSum)/1024, "agents-peak-rss-sum-MiB")
+		b.ReportMetric(deleteWall.Seconds(), "delete-all-s")
+		b.ReportMetric(float64(leftovers), "leftovers")
+		minPer, maxPer := total, 0
+		for _, n := range perHostCount {
+			minPer, maxPer = min(minPer, n), max(maxPer, n)
+		}
+		b.Logf("placement: %d hosts, %d–%d VMs per host", len(perHostCount), minPer, maxPer)
+		if leftovers != 0 {
+			b.Fatalf("%d leftovers", leftovers)
+		}
+	}
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
+		return v
+	}
+	return def
 }
