@@ -105,6 +105,10 @@ func (s *Server) undrainHost(ctx context.Context, in *hostIDPath) (*okOutput, er
 	return ok(), s.svc.SetHostDraining(ctx, in.ID, false)
 }
 
+func (s *Server) removeHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
+	return ok(), s.svc.RemoveHost(ctx, in.ID)
+}
+
 type reconcilerOutput struct {
 	Body apitypes.ReconcilerStatus
 }

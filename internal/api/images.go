@@ -1,4 +1,86 @@
 package api
 
-// imageRoutes registers the image registry's routes.
-func (s *Server) imageRoutes() {}
+import (
+	"context"
+	"net/http"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/manager"
+)
+
+// imageRoutes registers the image registry's routes. Operators register
+// and delete images of their project; shared images (project "*") need an
+// admin, which the service checks since the project is in the body.
+func (s *Server) imageRoutes() {
+	viewer := policy{Role: auth.RoleViewer}
+	op := func(action string) policy { return policy{Role: auth.RoleOperator, Action: action, Resource: "image"} }
+	creates := func(p policy) policy { p.Creates = true; return p }
+
+	register(s, "create-image", http.MethodPost, "/v1/images", "Register a kernel or rootfs file under FC_IMAGES_DIR as an image (checksummed on every ready host)", creates(op("image.create")), s.createImage, http.StatusCreated)
+	register(s, "list-images", http.MethodGet, "/v1/images", "List the images you can use (your project's and the shared ones)", viewer, s.listImages)
+	register(s, "get-image", http.MethodGet, "/v1/images/{id}", "Get an image by id or name", viewer, s.getImage)
+	register(s, "delete-image", http.MethodDelete, "/v1/images/{id}", "Remove an image from the registry (refused while VMs or templates use it; the file stays)", op("image.delete"), s.deleteImage)
+}
+
+type createImageInput struct {
+	Body apitypes.CreateImageRequest
+}
+
+type imageOutput struct {
+	Body apitypes.Image
+}
+
+func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageOutput, error) {
+	img, err := s.svc.CreateImage(ctx, scope(ctx), newID(ctx), in.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &imageOutput{Body: manager.ImageView(img)}, nil
+}
+
+type listImagesInput struct {
+	Kind    string `query:"kind" enum:"kernel,rootfs" required:"false"`
+	Project string `query:"project" maxLength:"63" doc:"images a project can use (its own and the shared ones); \"*\": the shared ones only"`
+}
+
+type imageListOutput struct {
+	Body apitypes.ImageList
+}
+
+func (s *Server) listImages(ctx context.Context, in *listImagesInput) (*imageListOutput, error) {
+	imgs, err := s.svc.ListImages(ctx, scope(ctx), in.Kind, in.Project)
+	if err != nil {
+		return nil, err
+	}
+	out := &imageListOutput{Body: apitypes.ImageList{Items: make([]apitypes.Image, 0, len(imgs))}}
+	for _, img := range imgs {
+		out.Body.Items = append(out.Body.Items, manager.ImageView(img))
+	}
+	return out, nil
+}
+
+type imageRefInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"image id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project); shared images are found too"`
+}
+
+type imageItemOutput struct {
+	Body apitypes.ImageItem
+}
+
+func (s *Server) getImage(ctx context.Context, in *imageRefInput) (*imageItemOutput, error) {
+	img, err := s.svc.GetImage(ctx, scope(ctx), in.ID, in.Project)
+	if err != nil {
+		return nil, err
+	}
+	return &imageItemOutput{Body: apitypes.ImageItem{Item: manager.ImageView(img)}}, nil
+}
+
+func (s *Server) deleteImage(ctx context.Context, in *imageRefInput) (*okOutput, error) {
+	_, err := s.svc.DeleteImage(ctx, scope(ctx), in.ID, in.Project)
+	if err != nil {
+		return nil, err
+	}
+	return ok(), nil
+}

@@ -58,6 +58,7 @@ func (s *Server) routes() {
 	register(s, "host-event", http.MethodPost, "/v1/hosts/{id}/events", "An agent reports a VMM exit (join token)", events, s.hostEvent)
 	register(s, "drain-host", http.MethodPost, "/v1/hosts/{id}/drain", "Stop placing new VMs on a host", admin("host.drain", "host"), s.drainHost)
 	register(s, "undrain-host", http.MethodPost, "/v1/hosts/{id}/undrain", "Place new VMs on a host again", admin("host.undrain", "host"), s.undrainHost)
+	register(s, "remove-host", http.MethodDelete, "/v1/hosts/{id}", "Forget a host that holds no VMs (a registering agent comes back)", admin("host.remove", "host"), s.removeHost)
 	register(s, "reconciler", http.MethodGet, "/v1/reconciler", "Whether this manager reconciles, and its last pass", viewer, s.reconcilerStatus)
 
 	// Tokens (admin).

@@ -1,4 +1,131 @@
 package api
 
-// snapshotRoutes registers the snapshots' routes.
-func (s *Server) snapshotRoutes() {}
+import (
+	"context"
+	"net/http"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// snapshotRoutes registers the snapshots' routes. Reads are for viewers;
+// create, delete and instantiate for operators of the snapshot's project
+// (the source VM's). A snapshot of another project answers 404.
+func (s *Server) snapshotRoutes() {
+	viewer := policy{Role: auth.RoleViewer}
+	op := func(action, resource string) policy {
+		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
+	}
+	creates := func(p policy) policy { p.Creates = true; return p }
+
+	register(s, "create-snapshot", http.MethodPost, "/v1/vms/{id}/snapshots",
+		"Snapshot a running or paused VM: pause, write state, memory and drive copies on its host, resume",
+		creates(op("snapshot.create", "snapshot")), s.createSnapshot, http.StatusCreated)
+	register(s, "list-vm-snapshots", http.MethodGet, "/v1/vms/{id}/snapshots", "A VM's snapshots (also after the VM was deleted)", viewer, s.listVMSnapshots)
+	register(s, "list-snapshots", http.MethodGet, "/v1/snapshots", "List snapshots", viewer, s.listSnapshots)
+	register(s, "get-snapshot", http.MethodGet, "/v1/snapshots/{id}", "Get a snapshot", viewer, s.getSnapshot)
+	register(s, "delete-snapshot", http.MethodDelete, "/v1/snapshots/{id}", "Delete a snapshot and its files",
+		op("snapshot.delete", "snapshot"), s.deleteSnapshot)
+	register(s, "instantiate-snapshot", http.MethodPost, "/v1/snapshots/{id}/instantiate",
+		"Restore a snapshot as a new VM on its host; the guest continues where the snapshot left it",
+		creates(op("snapshot.instantiate", "vm")), s.instantiateSnapshot, http.StatusCreated)
+}
+
+type createSnapshotInput struct {
+	ID   string `path:"id" maxLength:"64" doc:"VM id"`
+	Body *apitypes.CreateSnapshotRequest
+}
+
+type createSnapshotOutput struct {
+	Body apitypes.CreateSnapshotResponse
+}
+
+func (s *Server) createSnapshot(ctx context.Context, in *createSnapshotInput) (*createSnapshotOutput, error) {
+	opt := manager.SnapshotOptions{ID: newID(ctx)}
+	if in.Body != nil {
+		opt.Resume = in.Body.Resume
+	}
+	sn, err := s.svc.CreateSnapshot(ctx, scope(ctx), in.ID, opt)
+	if err != nil {
+		return nil, err
+	}
+	v := manager.SnapshotView(sn)
+	return &createSnapshotOutput{Body: apitypes.CreateSnapshotResponse{
+		SnapshotID: v.ID, Size: v.Size, AllocatedBytes: v.AllocatedBytes, Files: v.Files, PausedMs: v.PausedMs,
+	}}, nil
+}
+
+type snapshotListOutput struct {
+	Body apitypes.SnapshotList
+}
+
+func snapshotList(sns []store.Snapshot) *snapshotListOutput {
+	out := &snapshotListOutput{Body: apitypes.SnapshotList{Items: make([]apitypes.Snapshot, 0, len(sns))}}
+	for _, sn := range sns {
+		out.Body.Items = append(out.Body.Items, manager.SnapshotView(sn))
+	}
+	return out
+}
+
+func (s *Server) listVMSnapshots(ctx context.Context, in *vmIDPath) (*snapshotListOutput, error) {
+	sns, err := s.svc.ListVMSnapshots(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return snapshotList(sns), nil
+}
+
+type listSnapshotsInput struct {
+	VMID    string `query:"vm_id" maxLength:"64" doc:"only snapshots of this VM"`
+	HostID  string `query:"host_id" maxLength:"64"`
+	Project string `query:"project" maxLength:"63"`
+}
+
+func (s *Server) listSnapshots(ctx context.Context, in *listSnapshotsInput) (*snapshotListOutput, error) {
+	sns, err := s.svc.ListSnapshots(ctx, scope(ctx), store.SnapshotFilter{VMID: in.VMID, HostID: in.HostID, Project: in.Project})
+	if err != nil {
+		return nil, err
+	}
+	return snapshotList(sns), nil
+}
+
+type snapshotIDPath struct {
+	ID string `path:"id" maxLength:"64" doc:"snapshot id"`
+}
+
+type snapshotItemOutput struct {
+	Body apitypes.SnapshotItem
+}
+
+func (s *Server) getSnapshot(ctx context.Context, in *snapshotIDPath) (*snapshotItemOutput, error) {
+	sn, err := s.svc.GetSnapshot(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotItemOutput{Body: apitypes.SnapshotItem{Item: manager.SnapshotView(sn)}}, nil
+}
+
+func (s *Server) deleteSnapshot(ctx context.Context, in *snapshotIDPath) (*okOutput, error) {
+	return ok(), s.svc.DeleteSnapshot(ctx, scope(ctx), in.ID)
+}
+
+type instantiateSnapshotInput struct {
+	ID   string `path:"id" maxLength:"64" doc:"snapshot id"`
+	Body apitypes.InstantiateSnapshotRequest
+}
+
+type instantiateSnapshotOutput struct {
+	Body apitypes.InstantiateSnapshotResponse
+}
+
+func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapshotInput) (*instantiateSnapshotOutput, error) {
+	r, err := s.svc.InstantiateSnapshot(ctx, scope(ctx), in.ID, in.Body, manager.InstantiateOptions{ID: newID(ctx)})
+	if err != nil {
+		return nil, err
+	}
+	return &instantiateSnapshotOutput{Body: apitypes.InstantiateSnapshotResponse{
+		VM: s.svc.View(r.VM), SnapshotID: in.ID, Notices: r.Notices,
+	}}, nil
+}

@@ -1,4 +1,139 @@
 package api
 
-// templateRoutes registers the templates' routes.
-func (s *Server) templateRoutes() {}
+import (
+	"context"
+	"net/http"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// templateRoutes registers the templates' routes. Instantiation is a VM
+// create: audited as such, its row names the (first) new VM.
+func (s *Server) templateRoutes() {
+	viewer := policy{Role: auth.RoleViewer}
+	op := func(action, resource string) policy {
+		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
+	}
+	creates := func(p policy) policy { p.Creates = true; return p }
+
+	register(s, "create-template", http.MethodPost, "/v1/templates", "Save a VM configuration (registered images only) under a name", creates(op("template.create", "template")), s.createTemplate, http.StatusCreated)
+	register(s, "list-templates", http.MethodGet, "/v1/templates", "List templates", viewer, s.listTemplates)
+	register(s, "get-template", http.MethodGet, "/v1/templates/{id}", "Get a template by id or name", viewer, s.getTemplate)
+	register(s, "delete-template", http.MethodDelete, "/v1/templates/{id}", "Delete a template (its VMs keep their configuration)", op("template.delete", "template"), s.deleteTemplate)
+	register(s, "instantiate-template", http.MethodPost, "/v1/templates/{id}/instantiate", "Create one or more VMs from a template, with optional overrides (all or none)", creates(op("template.instantiate", "vm")), s.instantiateTemplate, http.StatusCreated)
+}
+
+type createTemplateInput struct {
+	Body apitypes.CreateTemplateRequest
+}
+
+type templateOutput struct {
+	Body apitypes.Template
+}
+
+func (s *Server) createTemplate(ctx context.Context, in *createTemplateInput) (*templateOutput, error) {
+	p, _ := principal(ctx)
+	t, err := s.svc.CreateTemplate(ctx, scope(ctx), newID(ctx), p.Owner, in.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &templateOutput{Body: manager.TemplateView(t)}, nil
+}
+
+type listTemplatesInput struct {
+	Project string `query:"project" maxLength:"63"`
+}
+
+type templateListOutput struct {
+	Body apitypes.TemplateList
+}
+
+func (s *Server) listTemplates(ctx context.Context, in *listTemplatesInput) (*templateListOutput, error) {
+	ts, err := s.svc.ListTemplates(ctx, scope(ctx), in.Project)
+	if err != nil {
+		return nil, err
+	}
+	out := &templateListOutput{Body: apitypes.TemplateList{Items: make([]apitypes.Template, 0, len(ts))}}
+	for _, t := range ts {
+		out.Body.Items = append(out.Body.Items, manager.TemplateView(t))
+	}
+	return out, nil
+}
+
+type templateRefInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+}
+
+type templateItemOutput struct {
+	Body apitypes.TemplateItem
+}
+
+func (s *Server) getTemplate(ctx context.Context, in *templateRefInput) (*templateItemOutput, error) {
+	t, err := s.svc.GetTemplate(ctx, scope(ctx), in.ID, in.Project)
+	if err != nil {
+		return nil, err
+	}
+	return &templateItemOutput{Body: apitypes.TemplateItem{Item: manager.TemplateView(t)}}, nil
+}
+
+func (s *Server) deleteTemplate(ctx context.Context, in *templateRefInput) (*okOutput, error) {
+	if _, err := s.svc.DeleteTemplate(ctx, scope(ctx), in.ID, in.Project); err != nil {
+		return nil, err
+	}
+	return ok(), nil
+}
+
+type instantiateInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+	Wait    string `query:"wait" enum:"true,false" default:"true" doc:"answer once every VM runs; false answers once they are stored, booting in the background"`
+	Body    apitypes.InstantiateRequest
+}
+
+type instantiateOutput struct {
+	Body apitypes.InstantiateResponse
+}
+
+func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) (*instantiateOutput, error) {
+	vms, err := s.svc.Instantiate(ctx, scope(ctx), in.ID, in.Project, in.Body,
+		manager.TemplateInstanceOptions{FirstID: newID(ctx), Wait: in.Wait != "false"})
+	if err != nil {
+		return nil, err
+	}
+	out := &instantiateOutput{Body: apitypes.InstantiateResponse{IDs: make([]string, 0, len(vms)), Items: make([]apitypes.VM, 0, len(vms))}}
+	for _, vm := range vms {
+		out.Body.IDs = append(out.Body.IDs, vm.ID)
+		out.Body.Items = append(out.Body.Items, s.svc.View(vm))
+	}
+	out.Body.ID = out.Body.IDs[0]
+	s.auditSiblings(ctx, vms[1:])
+	return out, nil
+}
+
+// auditSiblings gives every VM after the first of an instantiation its own
+// completed audit row (the guard's row names the first), so each VM's
+// history starts with its creation.
+func (s *Server) auditSiblings(ctx context.Context, vms []store.VM) {
+	p, _ := principal(ctx)
+	for _, vm := range vms {
+		id := s.beginAuditRow(ctx, store.AuditEntry{
+			Actor: p.Actor(), Action: "template.instantiate", Resource: "vm", ResourceID: vm.ID,
+			RequestID: httpmw.RequestID(ctx),
+		})
+		s.completeAudit(ctx, id, store.AuditSuccess, s.summarize(ctx, "vm", vm.ID), "")
+	}
+}
+
+func (s *Server) beginAuditRow(ctx context.Context, e store.AuditEntry) int64 {
+	id, err := s.svc.Store().BeginAudit(context.WithoutCancel(ctx), e)
+	if err != nil {
+		s.log.Error("audit: could not record call", "request_id", e.RequestID, "action", e.Action, "err", err)
+		return 0
+	}
+	return id
+}

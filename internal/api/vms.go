@@ -118,7 +118,15 @@ func (s *Server) resumeVM(ctx context.Context, in *vmIDPath) (*okOutput, error) 
 	return ok(), err
 }
 
-func (s *Server) deleteVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
+type deleteVMInput struct {
+	ID    string `path:"id" maxLength:"64"`
+	Force bool   `query:"force" doc:"delete the row even if the VM's host is unreachable (its leftovers are removed as orphans if it returns)"`
+}
+
+func (s *Server) deleteVM(ctx context.Context, in *deleteVMInput) (*okOutput, error) {
+	if in.Force {
+		return ok(), s.svc.ForceDeleteVM(ctx, scope(ctx), in.ID)
+	}
 	return ok(), s.svc.DeleteVM(ctx, scope(ctx), in.ID)
 }
 

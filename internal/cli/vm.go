@@ -108,11 +108,14 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var vcpu, mem int
 	var tags []string
 	var noStart, noWait bool
+	var template string
+	var count int
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a VM and boot it",
 		Example: `  nexus vm create --name web --kernel-path /srv/fc/images/vmlinux --rootfs-path /srv/fc/images/rootfs.ext4
-  nexus vm create --name job-1 --kernel-image-id 3f2a… --rootfs-image-id 9c1b… --vcpu 2 --mem 512 --tag team=ci`,
+  nexus vm create --name job-1 --kernel-image-id 3f2a… --rootfs-image-id 9c1b… --vcpu 2 --mem 512 --tag team=ci
+  nexus vm create --name worker --template web --count 20`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.client()
@@ -143,6 +146,11 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				f := false
 				req.Start = &f
 			}
+			if template != "" {
+				return createFromTemplate(cmd, c, cf, template, count, req, !noWait, stdout)
+			} else if count != 0 {
+				return errors.New("--count needs --template")
+			}
 			vm, err := c.CreateVM(cmd.Context(), req, !noWait)
 			if err != nil {
 				return describe(err)
@@ -167,6 +175,8 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.StringSliceVar(&tags, "tag", nil, "key=value tag (repeatable)")
 	fs.BoolVar(&noStart, "no-start", false, "create stopped")
 	fs.BoolVar(&noWait, "no-wait", false, "return at once instead of waiting until the VM runs")
+	fs.StringVar(&template, "template", "", "create from this template (name or id); the config flags given override it")
+	fs.IntVar(&count, "count", 0, "with --template: create this many VMs, NAME-1 … NAME-N (1-100, all or none)")
 	return cmd
 }
 
@@ -297,7 +307,8 @@ func vmActionCmd(cf *clientFlags, stdout io.Writer, verb, short string) *cobra.C
 }
 
 func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:     "rm NAME|ID…",
 		Aliases: []string{"delete"},
 		Short:   "Delete VMs (process, TAP, socket and run dir go too)",
@@ -308,10 +319,15 @@ func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				return err
 			}
 			return forEach(cmd.Context(), c, cf.project, args, stdout, func(id string) error {
+				if force {
+					return c.Do(cmd.Context(), "DELETE", "/v1/vms/"+url.PathEscape(id), url.Values{"force": {"true"}}, nil, nil)
+				}
 				return c.DeleteVM(cmd.Context(), id)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even if the VM's host is unreachable")
+	return cmd
 }
 
 // forEach runs op for each VM reference, printing each outcome; it fails
@@ -440,6 +456,24 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 					h.Allocated.Vcpu, h.Capacity.Vcpu, h.Allocated.MemMib, h.Capacity.MemMib, h.Addr, age(h.LastSeenAt))
 			}
 			return tw.Flush()
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rm HOST…",
+		Short: "Forget hosts that hold no VMs",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			for _, h := range args {
+				if err := c.Do(cmd.Context(), "DELETE", "/v1/hosts/"+url.PathEscape(h), nil, nil, nil); err != nil {
+					return describe(err)
+				}
+				fmt.Fprintf(stdout, "%s\tremoved\n", h)
+			}
+			return nil
 		},
 	})
 	for _, a := range []struct{ verb, short string }{

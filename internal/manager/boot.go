@@ -38,6 +38,7 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	fc := ag.Firecracker(vm.ID)
 	var spawned agentapi.SpawnResponse
 	var tap agentapi.TapResponse
+	var drives []firecracker.Drive // from prepareDrives (images.go)
 
 	steps := []bootStep{
 		{"create tap", func(ctx context.Context) (err error) {
@@ -83,22 +84,13 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			}
 			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: vm.KernelPath, BootArgs: args})
 		}},
-		{"prepare drives", func(ctx context.Context) error {
-			return s.prepareDrives(ctx, &vm)
+		{"prepare drives", func(ctx context.Context) (err error) {
+			drives, err = s.prepareDrives(ctx, &vm, sp)
+			return err
 		}},
 		{"configure drives", func(ctx context.Context) error {
-			if vm.RootfsPath != "" {
-				if err := fc.PutDrive(ctx, firecracker.Drive{
-					DriveID: "rootfs", IsRootDevice: true, PathOnHost: vm.RootfsPath, IsReadOnly: firecracker.Bool(false),
-				}); err != nil {
-					return err
-				}
-			}
-			for _, d := range sp.ExtraDrives {
-				if err := fc.PutDrive(ctx, firecracker.Drive{
-					DriveID: d.DriveID, PathOnHost: d.Path, IsReadOnly: firecracker.Bool(d.ReadOnly),
-					RateLimiter: fcRateLimiter(d.RateLimiter),
-				}); err != nil {
+			for _, d := range drives {
+				if err := fc.PutDrive(ctx, d); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
 				}
 			}
@@ -179,6 +171,11 @@ func (s *Service) rollback(vm store.VM, step string, cause *Error) {
 // that names the VM and the step and says what to do.
 func (s *Service) stepError(vm store.VM, step string, err error) *Error {
 	prefix := fmt.Sprintf("vm %s (%s): %s", vm.ID, vm.Name, step)
+	if e, ok := err.(*Error); ok { // a service error keeps its kind and code
+		c := *e
+		c.Message = prefix + ": " + e.Message
+		return &c
+	}
 	if fe, ok := firecracker.IsAPIError(err); ok {
 		switch {
 		case fe.StatusCode == http.StatusBadRequest && fe.FaultMessage != "":

@@ -74,6 +74,34 @@ func (s *Service) SetHostDraining(ctx context.Context, ref string, drain bool) e
 	return notFound("host", ref).suggest("list hosts: nexus host ls")
 }
 
+// RemoveHost forgets a host that holds no VMs (after draining it, or after
+// it is gone for good and its VMs were deleted with force).
+func (s *Service) RemoveHost(ctx context.Context, ref string) error {
+	hosts, err := s.ListHosts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if h.ID != ref && h.Name != ref {
+			continue
+		}
+		vms, _, err := s.st.ListVMs(ctx, store.VMFilter{HostID: h.ID, Limit: 1})
+		if err != nil {
+			return err
+		}
+		if len(vms) > 0 {
+			return conflict("host_not_empty", "host %s still holds VMs", h.Name).
+				suggest("delete or move them first (nexus vm ls --host " + h.ID + ")")
+		}
+		if err := s.st.DeleteHost(ctx, h.ID); err != nil {
+			return fmt.Errorf("remove host %s: %w", h.Name, err)
+		}
+		s.hostAddrs.Delete(h.ID)
+		return nil
+	}
+	return notFound("host", ref)
+}
+
 // ListHosts returns the fleet with each host's effective state: a ready
 // host that missed its heartbeats shows as unreachable.
 func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {

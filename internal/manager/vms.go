@@ -336,6 +336,17 @@ func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause
 
 // DeleteVM stops the VM, removes its run dir on the host and its row.
 func (s *Service) DeleteVM(ctx context.Context, scope Scope, id string) error {
+	return s.deleteVM(ctx, scope, id, false)
+}
+
+// ForceDeleteVM deletes a VM whose host is unreachable: the row goes even
+// though nothing on the host could be removed. If the host comes back, the
+// reconciler removes the VM's leftovers there as orphans.
+func (s *Service) ForceDeleteVM(ctx context.Context, scope Scope, id string) error {
+	return s.deleteVM(ctx, scope, id, true)
+}
+
+func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bool) error {
 	defer s.locks.lock(id)()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
@@ -351,8 +362,11 @@ func (s *Service) DeleteVM(ctx context.Context, scope Scope, id string) error {
 	if vm.HostAddr != "" {
 		if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
 			e := agentError("vm "+id+": delete", vm, err)
-			s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
-			return e
+			if !force || e.Kind != KindUnavailable {
+				s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
+				return e.suggest("if the host is gone for good, delete with ?force=true")
+			}
+			s.log.Warn("vm deleted without its host", "vm_id", id, "host_id", vm.HostID, "err", err)
 		}
 	}
 	if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {

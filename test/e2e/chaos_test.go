@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -90,12 +91,30 @@ func (c *cluster) waitConverged(t *testing.T, what string, start time.Time) time
 	return d
 }
 
+// allVMs pages through every VM.
+func (c *cluster) allVMs() ([]apitypes.VM, error) {
+	var out []apitypes.VM
+	q := url.Values{"limit": {"1000"}}
+	for {
+		l, err := c.client.ListVMs(context.Background(), q)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l.Items...)
+		if l.NextCursor == "" {
+			return out, nil
+		}
+		q.Set("cursor", l.NextCursor)
+	}
+}
+
 func (c *cluster) converged() error {
 	ctx := context.Background()
-	l, err := c.client.ListVMs(ctx, nil)
+	items, err := c.allVMs()
 	if err != nil {
 		return err
 	}
+	l := apitypes.VMList{Items: items}
 	want := map[string]map[string]bool{} // agent url → vm ids that must run there
 	for _, vm := range l.Items {
 		if vm.State != vm.DesiredState {
@@ -339,7 +358,60 @@ func TestChaosHostGone(t *testing.T) {
 	if len(otherAfter.VMMs) != len(otherBefore.VMMs) {
 		t.Fatalf("VMs of the lost host were started elsewhere: %d → %d VMMs on host-1", len(otherBefore.VMMs), len(otherAfter.VMMs))
 	}
+	// A plain delete needs the host; force deletes the row without it.
+	if err := c.client.DeleteVM(ctx, lost[0].ID); !isStatus(err, 502) {
+		t.Fatalf("delete on a lost host: %v; want 502", err)
+	}
+	for _, vm := range lost {
+		if err := c.client.Do(ctx, "DELETE", "/v1/vms/"+vm.ID, url.Values{"force": {"true"}}, nil, nil); err != nil {
+			t.Fatalf("force delete: %v", err)
+		}
+	}
+	if err := c.client.Do(ctx, "DELETE", "/v1/hosts/"+gone.name, nil, nil, nil); err != nil {
+		t.Fatalf("remove the lost host: %v", err)
+	}
 	killVMMs(gone.runDir)
+	var rest []apitypes.VM
+	for _, vm := range vms {
+		if c.agentOf(vm) != gone {
+			rest = append(rest, vm)
+		}
+	}
+	c.teardown(t, rest)
+}
+
+func TestDrain(t *testing.T) {
+	c, _ := chaosCluster(t, "sqlite", 2, 0)
+	ctx := context.Background()
+	kernel := simtest.WriteKernel(t, c.dir)
+	if err := c.client.Do(ctx, "POST", "/v1/hosts/host-0/drain", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var vms []apitypes.VM
+	for i := range 4 {
+		vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("d%d", i), VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.agentOf(vm) == c.agents[0] {
+			t.Fatalf("vm %s placed on the drained host", vm.Name)
+		}
+		vms = append(vms, vm)
+	}
+	if _, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: "pinned", HostID: "host-0", VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true); !isStatus(err, 503) {
+		t.Fatalf("create pinned to a drained host: %v; want 503", err)
+	}
+	if err := c.client.Do(ctx, "DELETE", "/v1/hosts/host-1", nil, nil, nil); !isStatus(err, 409) {
+		t.Fatalf("remove a host with VMs: %v; want 409", err)
+	}
+	if err := c.client.Do(ctx, "POST", "/v1/hosts/host-0/undrain", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: "after", VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+	if err != nil || c.agentOf(vm) != c.agents[0] {
+		t.Fatalf("after undrain the emptier host-0 should get the VM: %+v, %v", vm.HostAddr, err)
+	}
+	c.teardown(t, append(vms, vm))
 }
 
 // TestTwoManagersOneReconciler: two managers share Postgres; exactly one

@@ -1,0 +1,256 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// InstantiateOptions tune InstantiateSnapshot.
+type InstantiateOptions struct {
+	// ID is the new VM's id; empty picks one. The API chooses it up front
+	// so the audit row of the instantiate names the VM.
+	ID string
+}
+
+// Restored is a VM made from a snapshot and what its user must know.
+type Restored struct {
+	VM      store.VM
+	Notices []string
+}
+
+// InstantiateSnapshot makes a new VM, on the snapshot's host, running from
+// the snapshot: its own row, id, name and TAP; a fresh VMM that loads the
+// snapshot's state and maps its memory file (privately, so many VMs share
+// one file); its own copies of the snapshot's drives. The guest continues
+// where the snapshot left it. The guest MAC is the snapshot's (see
+// restoreNotices). A failed restore rolls back like a failed boot.
+func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
+	sn, err := s.GetSnapshot(ctx, scope, sid)
+	if err != nil {
+		return Restored{}, err
+	}
+	meta, err := decodeSnapshotMeta(sn)
+	if err != nil {
+		return Restored{}, err
+	}
+	id := opt.ID
+	if id == "" {
+		id = uuid.NewString()
+	} else if !hostlayout.ValidVMID(id) {
+		return Restored{}, invalid("invalid vm id %q", id)
+	}
+	src := meta.Source
+	host, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
+	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
+		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
+			suggest("snapshots stay on their host; delete this one")
+	}
+	if err != nil {
+		return Restored{}, err
+	}
+	rootfs, rootfsImage, cfg := restoredConfig(meta)
+	specJSON, err := marshal(spec{VMConfig: cfg})
+	if err != nil {
+		return Restored{}, err
+	}
+	tags := req.Tags
+	if tags == nil {
+		tags = maps.Clone(src.Tags)
+	}
+	vm := store.VM{
+		ID: id, Name: req.Name, Project: sn.Project,
+		State: store.VMRequested, DesiredState: store.VMRunning,
+		HostID: host.ID, HostAddr: host.Addr,
+		VCPU: src.Vcpu, MemMiB: src.MemMib,
+		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
+		RootfsPath: rootfs, RootfsImageID: rootfsImage,
+		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
+		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
+	}
+	if meta.Net != nil {
+		// The saved device state fixes the guest MAC: record the truth.
+		vm.TAP, vm.MAC = hostlayout.TapName(id), meta.Net.GuestMAC
+	}
+	unlock := s.locks.lock(id)
+	defer unlock()
+	vm, err = s.st.CreateVM(ctx, vm)
+	if errors.Is(err, store.ErrConflict) {
+		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, sn.Project).
+			suggest("pick another name or delete the existing VM")
+	}
+	if err != nil {
+		return Restored{}, fmt.Errorf("restore snapshot %s as vm %s: %w", sid, req.Name, err)
+	}
+	lineage := fmt.Sprintf("restoring from snapshot %s of vm %s (%s), taken %s on host %s",
+		sn.ID, sn.VMID, meta.VMName, sn.CreatedAt.UTC().Format(time.RFC3339), host.Name)
+	if src.TemplateID != "" {
+		lineage += "; the source came from template " + src.TemplateID
+	}
+	s.event(ctx, vm.ID, store.LevelInfo, "%s", lineage)
+	notices := restoreNotices(sn, meta)
+	for _, n := range notices {
+		s.event(ctx, vm.ID, store.LevelWarn, "%s", n)
+	}
+	vm, err = s.restore(context.WithoutCancel(ctx), vm, sn, meta)
+	return Restored{VM: vm, Notices: notices}, err
+}
+
+// restore runs tap → spawn → version check → logger, metrics → drive
+// copies → snapshot load (→ drive switch → resume) for vm, recording
+// state as it goes; on failure it rolls back like a failed boot: the
+// agent stops whatever was started, the row says failed with last_error.
+// The caller holds the VM's lock.
+func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
+	ag := s.agentFor(ctx, vm)
+	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
+	var tap agentapi.TapResponse
+	var spawned agentapi.SpawnResponse
+	var swaps []snapshotDrive
+	files := []agentapi.RestoreFile{}
+	for _, d := range meta.Drives {
+		if d.Copy != "" {
+			files = append(files, agentapi.RestoreFile{Name: d.Copy, ReadOnly: d.ReadOnly})
+		}
+		if d.Swapped {
+			swaps = append(swaps, d)
+		}
+	}
+
+	steps := []bootStep{
+		{"create tap", func(ctx context.Context) (err error) {
+			if meta.Net == nil {
+				return nil
+			}
+			tap, err = ag.Tap(ctx, vm.ID)
+			return err
+		}},
+		{"spawn vmm", func(ctx context.Context) (err error) {
+			if spawned, err = ag.Spawn(ctx, vm.ID, agentapi.SpawnRequest{Vcpu: vm.VCPU, MemMib: vm.MemMiB}); err != nil {
+				return err
+			}
+			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
+				if tap.Tap != "" {
+					v.TAP = tap.Tap // the MAC stays the snapshot's
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			vm = cur
+			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
+			return nil
+		}},
+		{"check firecracker version", func(ctx context.Context) error {
+			return s.checkRestoreVersion(ctx, fc, vm, sn, meta)
+		}},
+		{"configure logger", func(ctx context.Context) error {
+			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
+		}},
+		{"configure metrics", func(ctx context.Context) error {
+			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: spawned.MetricsPath})
+		}},
+		{"copy drives", func(ctx context.Context) error {
+			if len(files) == 0 {
+				return nil
+			}
+			return ag.RestoreDrives(ctx, vm.ID, agentapi.RestoreDrivesRequest{SourceVMID: sn.VMID, SnapshotID: sn.ID, Files: files})
+		}},
+		{"record configured", func(ctx context.Context) error {
+			cur, err := s.setState(ctx, vm.ID, store.VMConfigured, "")
+			if err != nil {
+				return err
+			}
+			vm = cur
+			return nil
+		}},
+		{"load snapshot", func(ctx context.Context) error {
+			p := firecracker.SnapshotLoadParams{
+				SnapshotPath: sn.StatePath,
+				// MAP_PRIVATE: the file stays unchanged, many VMs share it.
+				MemBackend: &firecracker.MemoryBackend{BackendType: "File", BackendPath: sn.MemPath},
+				ResumeVM:   firecracker.Bool(len(swaps) == 0),
+			}
+			if meta.Net != nil {
+				p.NetworkOverrides = []firecracker.NetworkOverride{{IfaceID: meta.Net.IfaceID, HostDevName: tap.Tap}}
+			}
+			return fc.LoadSnapshot(ctx, p)
+		}},
+		{"switch drives to the VM's copies", func(ctx context.Context) error {
+			for _, d := range swaps {
+				if err := fc.PatchDrive(ctx, firecracker.PartialDrive{DriveID: d.DriveID, PathOnHost: d.Copy}); err != nil {
+					return fmt.Errorf("drive %s: %w", d.DriveID, err)
+				}
+			}
+			return nil
+		}},
+		{"resume", func(ctx context.Context) error {
+			if len(swaps) == 0 {
+				return nil // loaded with resume_vm
+			}
+			return fc.Resume(ctx)
+		}},
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))
+	defer cancel()
+	for _, st := range steps {
+		if err := st.do(ctx); err != nil {
+			serr, ok := AsError(err)
+			if !ok {
+				serr = s.snapshotStepError(vm, "restore from snapshot "+sn.ID, st.name, err)
+			}
+			s.rollback(vm, st.name, serr)
+			return vm, serr
+		}
+	}
+	cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+		v.State, v.LastError = store.VMRunning, ""
+		return nil
+	})
+	if err != nil {
+		serr := s.stepError(vm, "record running", err)
+		s.rollback(vm, "record running", serr)
+		return vm, serr
+	}
+	s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
+	return cur, nil
+}
+
+// checkRestoreVersion refuses, with the reason, a snapshot the fresh VMM
+// cannot load: a format it does not read, or an interface it cannot
+// rebind to the new VM's TAP.
+func (s *Service) checkRestoreVersion(ctx context.Context, fc *firecracker.Client, vm store.VM, sn store.Snapshot, meta snapshotMeta) error {
+	ver, err := fc.Version(ctx)
+	if err != nil {
+		return err
+	}
+	v, ok := firecracker.ParseVersion(ver.FirecrackerVersion)
+	if !ok {
+		return fmt.Errorf("restore vm %s: firecracker reports an unreadable version %q", vm.ID, ver.FirecrackerVersion)
+	}
+	f := firecracker.FeaturesOf(v)
+	if !snapshotCompatible(meta.SnapshotVersion, f.SnapshotVersion) {
+		return conflict("snapshot_incompatible", "snapshot %s has format %s (firecracker %s); firecracker %s on host %s reads format %s: it needs the same major version and no newer minor",
+			sn.ID, meta.SnapshotVersion, meta.FirecrackerVersion, ver.FirecrackerVersion, vm.HostID, f.SnapshotVersion).
+			suggest("restore with the firecracker release that wrote the snapshot, or take a new snapshot")
+	}
+	if meta.Net != nil && !f.NetworkOverrides {
+		return conflict("network_overrides_unsupported", "snapshot %s has network interface %s bound to TAP %s of vm %s; firecracker %s cannot rebind it to the new VM's TAP (network_overrides needs v1.12 or newer)",
+			sn.ID, meta.Net.IfaceID, meta.Net.TAP, sn.VMID, ver.FirecrackerVersion).
+			suggest("upgrade firecracker on host " + vm.HostID + " to v1.12 or newer")
+	}
+	return nil
+}

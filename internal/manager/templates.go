@@ -1,0 +1,373 @@
+package manager
+
+// Templates: saved, named VM configurations that reference registered
+// images only. Instantiating one makes VMs that record the template's id,
+// its configuration at that moment and the caller's overrides, so a VM
+// keeps working when its template is deleted.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// MaxInstances is the most VMs one instantiation makes.
+const MaxInstances = 100
+
+// maxMemMib bounds a template's memory: 1 TiB.
+const maxMemMib = 1 << 20
+
+func decodeTemplateConfig(t store.Template) (apitypes.TemplateConfig, error) {
+	var c apitypes.TemplateConfig
+	if len(t.Config) == 0 {
+		return c, nil
+	}
+	if err := json.Unmarshal(t.Config, &c); err != nil {
+		return c, fmt.Errorf("template %s: stored config: %w", t.ID, err)
+	}
+	return c, nil
+}
+
+// TemplateView renders a template for the API.
+func TemplateView(t store.Template) apitypes.Template {
+	c, _ := decodeTemplateConfig(t)
+	return apitypes.Template{ID: t.ID, Name: t.Name, Project: t.Project, Owner: t.Owner, Config: c, CreatedAt: t.CreatedAt}
+}
+
+// CreateTemplate validates and stores a template. Image references may be
+// ids or names and are stored as ids; the images must exist and be usable
+// by the template's project. id may be empty (the store picks one).
+func (s *Service) CreateTemplate(ctx context.Context, scope Scope, id, owner string, req apitypes.CreateTemplateRequest) (store.Template, error) {
+	if !nameRE.MatchString(req.Name) {
+		return store.Template{}, invalid("template name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
+	}
+	project := s.defaultProject(scope, req.Project)
+	if project == apitypes.SharedProject || !scope.Sees(project) {
+		return store.Template{}, newErr(KindForbidden, "forbidden", "this token cannot create templates in project %q", project).
+			suggest("omit project, or use a token of that project")
+	}
+	if req.Config.KernelImageID == "" {
+		return store.Template{}, invalid("config.kernel_image_id is required: templates boot from registered images").
+			suggest("list the kernels: nexus image ls --kind kernel")
+	}
+	cfg, err := s.checkTemplateConfig(ctx, project, "config", req.Config)
+	if err != nil {
+		return store.Template{}, err
+	}
+	raw, err := marshal(cfg)
+	if err != nil {
+		return store.Template{}, err
+	}
+	t, err := s.st.CreateTemplate(ctx, store.Template{ID: id, Name: req.Name, Project: project, Owner: owner, Config: raw})
+	if errors.Is(err, store.ErrConflict) {
+		return store.Template{}, nameTaken("a template", req.Name, project)
+	}
+	if err != nil {
+		return store.Template{}, fmt.Errorf("create template %s: %w", req.Name, err)
+	}
+	return t, nil
+}
+
+// checkTemplateConfig normalises image references to ids and validates c
+// as a VM configuration of project: images exist, are visible and of the
+// right kind, vCPU and memory are sane, drives have valid, distinct ids.
+// where names c in errors ("config", "overrides").
+func (s *Service) checkTemplateConfig(ctx context.Context, project, where string, c apitypes.TemplateConfig) (apitypes.TemplateConfig, error) {
+	if c.Vcpu != nil && (*c.Vcpu < 1 || *c.Vcpu > firecracker.MaxVcpus) {
+		return c, invalid("%s.vcpu must be between 1 and %d", where, firecracker.MaxVcpus)
+	}
+	if c.MemMib != nil && (*c.MemMib < 1 || *c.MemMib > maxMemMib) {
+		return c, invalid("%s.mem_mib must be between 1 and %d", where, maxMemMib)
+	}
+	scope := Scope{Project: project}
+	ref := func(field, r string, kind store.ImageKind) (string, error) {
+		if r == "" {
+			return "", nil
+		}
+		img, err := s.GetImage(ctx, scope, r, project)
+		if err != nil {
+			return "", err
+		}
+		if img.Kind != kind {
+			return "", invalid("%s.%s: image %s is a %s image, not a %s", where, field, img.Name, img.Kind, kind)
+		}
+		return img.ID, nil
+	}
+	var err error
+	if c.KernelImageID, err = ref("kernel_image_id", c.KernelImageID, store.ImageKernel); err != nil {
+		return c, err
+	}
+	if c.RootfsImageID, err = ref("rootfs_image_id", c.RootfsImageID, store.ImageRootfs); err != nil {
+		return c, err
+	}
+	drives := make([]apitypes.ExtraDrive, len(c.ExtraDrives))
+	for i, d := range c.ExtraDrives {
+		field := fmt.Sprintf("extra_drives[%d]", i)
+		if d.Path != "" {
+			return c, invalid("%s.%s.path: templates reference registered images, not host paths", where, field).
+				suggest("register the file (nexus image add) and give its image_id")
+		}
+		if d.ImageID == "" {
+			return c, invalid("%s.%s.image_id is required", where, field)
+		}
+		if d.ImageID, err = ref(field+".image_id", d.ImageID, store.ImageRootfs); err != nil {
+			return c, err
+		}
+		drives[i] = d
+	}
+	if c.ExtraDrives != nil {
+		c.ExtraDrives = drives
+	}
+	return c, nil
+}
+
+// validateFull runs the checks CreateVM will run, without creating.
+func (s *Service) validateFull(ctx context.Context, project string, c apitypes.TemplateConfig) error {
+	_, err := s.resolveConfig(ctx, project, vmConfig(c))
+	return err
+}
+
+func vmConfig(c apitypes.TemplateConfig) apitypes.VMConfig {
+	return apitypes.VMConfig{
+		Vcpu: c.Vcpu, MemMib: c.MemMib, KernelImageID: c.KernelImageID, RootfsImageID: c.RootfsImageID,
+		BootArgs: c.BootArgs, ExtraDrives: append([]apitypes.ExtraDrive(nil), c.ExtraDrives...), NIC: c.NIC,
+	}
+}
+
+// mergeConfig applies overrides to a template's config: each field given
+// replaces the template's (extra_drives and nic as a whole).
+func mergeConfig(base, over apitypes.TemplateConfig) apitypes.TemplateConfig {
+	out := base
+	if over.Vcpu != nil {
+		out.Vcpu = over.Vcpu
+	}
+	if over.MemMib != nil {
+		out.MemMib = over.MemMib
+	}
+	if over.KernelImageID != "" {
+		out.KernelImageID = over.KernelImageID
+	}
+	if over.RootfsImageID != "" {
+		out.RootfsImageID = over.RootfsImageID
+	}
+	if over.BootArgs != "" {
+		out.BootArgs = over.BootArgs
+	}
+	if len(over.ExtraDrives) > 0 {
+		out.ExtraDrives = over.ExtraDrives
+	}
+	if over.NIC != nil {
+		out.NIC = over.NIC
+	}
+	return out
+}
+
+// ListTemplates returns the templates the scope sees (in project, when
+// given).
+func (s *Service) ListTemplates(ctx context.Context, scope Scope, project string) ([]store.Template, error) {
+	p, ok := scope.filterProject(project)
+	if !ok {
+		return nil, nil
+	}
+	ts, err := s.st.ListTemplates(ctx, store.TemplateFilter{Project: p})
+	if err != nil {
+		return nil, fmt.Errorf("list templates: %w", err)
+	}
+	return ts, nil
+}
+
+// GetTemplate finds a template by id, or by name in project (default: the
+// scope's own).
+func (s *Service) GetTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
+	t, err := s.st.GetTemplate(ctx, ref)
+	if err == nil && scope.Sees(t.Project) {
+		return t, nil
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Template{}, fmt.Errorf("get template %s: %w", ref, err)
+	}
+	if p := s.defaultProject(scope, project); scope.Sees(p) {
+		t, err = s.st.GetTemplateByName(ctx, p, ref)
+		if err == nil {
+			return t, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return store.Template{}, fmt.Errorf("get template %s: %w", ref, err)
+		}
+	}
+	return store.Template{}, notFound("template", ref).suggest("list the templates: nexus template ls")
+}
+
+// DeleteTemplate removes a template. VMs made from it keep running and
+// restarting: they hold their own configuration.
+func (s *Service) DeleteTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
+	t, err := s.GetTemplate(ctx, scope, ref, project)
+	if err != nil {
+		return t, err
+	}
+	if err := s.st.DeleteTemplate(ctx, t.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return t, fmt.Errorf("delete template %s: %w", t.ID, err)
+	}
+	return t, nil
+}
+
+// TemplateInstanceOptions tune Instantiate.
+type TemplateInstanceOptions struct {
+	// FirstID is the first VM's id (the API picks it so the audit row of
+	// the call names it); empty picks one. The others get fresh ids.
+	FirstID string
+	// Wait answers once every VM runs.
+	Wait bool
+}
+
+// Instantiate makes req.Count VMs (default 1) from a template, named
+// req.Name, or req.Name-1 … req.Name-N with a count. It is all or
+// nothing: everything is validated before the first VM is made, and if
+// one VM cannot be made (or, when waiting, does not boot), the VMs the
+// call made are deleted again and the error names the one that failed.
+func (s *Service) Instantiate(ctx context.Context, scope Scope, ref, project string, req apitypes.InstantiateRequest, opt TemplateInstanceOptions) ([]store.VM, error) {
+	t, err := s.GetTemplate(ctx, scope, ref, project)
+	if err != nil {
+		return nil, err
+	}
+	count := req.Count
+	if count == 0 {
+		count = 1
+	}
+	if count < 1 || count > MaxInstances {
+		return nil, invalid("count must be between 1 and %d", MaxInstances)
+	}
+	names := []string{req.Name}
+	if count > 1 {
+		names = names[:0]
+		for i := 1; i <= count; i++ {
+			names = append(names, fmt.Sprintf("%s-%d", req.Name, i))
+		}
+	}
+	for _, n := range names {
+		if !nameRE.MatchString(n) {
+			return nil, invalid("VM name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", n)
+		}
+	}
+	base, err := decodeTemplateConfig(t)
+	if err != nil {
+		return nil, err
+	}
+	var over apitypes.TemplateConfig
+	if req.Overrides != nil {
+		if over, err = s.checkTemplateConfig(ctx, t.Project, "overrides", *req.Overrides); err != nil {
+			return nil, err
+		}
+	}
+	merged := mergeConfig(base, over)
+	if merged, err = s.checkTemplateConfig(ctx, t.Project, "config", merged); err != nil {
+		return nil, err
+	}
+	if err := s.validateFull(ctx, t.Project, merged); err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if _, err := s.st.GetVMByName(ctx, t.Project, n); err == nil {
+			return nil, conflict("name_taken", "a VM named %q already exists in project %q", n, t.Project).
+				suggest("pick another name, or delete the existing VM; nothing was created")
+		}
+	}
+	overJSON, err := marshal(over)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	if opt.FirstID != "" {
+		if !hostlayout.ValidVMID(opt.FirstID) {
+			return nil, invalid("invalid vm id %q", opt.FirstID)
+		}
+		ids[0] = opt.FirstID
+	}
+	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, overJSON, opt.Wait)
+}
+
+// createAll makes the VMs a few at a time; after the first failure it
+// starts no more, waits for those under way, and deletes every VM of the
+// call.
+func (s *Service) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
+	tags map[string]string, overrides []byte, wait bool) ([]store.VM, error) {
+	vms := make([]store.VM, len(names))
+	errs := make([]error, len(names))
+	var failed sync.Once
+	stop := make(chan struct{})
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i := range names {
+		select {
+		case <-stop:
+		case sem <- struct{}{}:
+		}
+		select {
+		case <-stop:
+			continue
+		default:
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			vms[i], errs[i] = s.CreateVM(ctx, scope, apitypes.CreateVMRequest{
+				Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags,
+			}, CreateOptions{ID: ids[i], Wait: wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides})
+			if errs[i] != nil {
+				failed.Do(func() { close(stop) })
+			}
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		rolled := s.rollbackBatch(ctx, ids)
+		what := fmt.Sprintf("vm %s", names[i])
+		if len(names) > 1 {
+			what = fmt.Sprintf("vm %s (%d of %d)", names[i], i+1, len(names))
+		}
+		if e, ok := AsError(err); ok {
+			c := *e
+			c.Message = fmt.Sprintf("%s from template %s: %s; %s", what, t.Name, e.Message, rolled)
+			return nil, &c
+		}
+		return nil, fmt.Errorf("%s from template %s: %w; %s", what, t.Name, err, rolled)
+	}
+	return vms, nil
+}
+
+// rollbackBatch deletes the VMs of a failed instantiation and says how it
+// went.
+func (s *Service) rollbackBatch(ctx context.Context, ids []string) string {
+	ctx = context.WithoutCancel(ctx)
+	var left []string
+	for _, id := range ids {
+		if err := s.DeleteVM(ctx, All, id); err != nil {
+			if e, ok := AsError(err); ok && e.Kind == KindNotFound {
+				continue
+			}
+			left = append(left, id)
+			s.log.Error("instantiate rollback: could not delete vm; the reconciler retries", "vm_id", id, "err", err)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Sprintf("%d VM(s) of this call could not be deleted yet and are being deleted: %v", len(left), left)
+	}
+	if len(ids) == 1 {
+		return "nothing was left behind"
+	}
+	return fmt.Sprintf("the %d VMs of this call were deleted again", len(ids))
+}
