@@ -6,7 +6,8 @@
 // handle (pid, start time, socket) is saved as vmm.json in the VM's run dir
 // and checked against /proc on recovery, so a recycled pid is never taken
 // for a VMM. When systemd is PID 1 the process is also placed in a
-// transient scope fc-<vm-id>.scope.
+// transient scope fc-<vm-id>.scope; otherwise, where the cgroup v2
+// hierarchy is writable, in a group of its own (<cgroup2>/nexus/fc-<id>).
 package vmm
 
 import (
@@ -48,6 +49,7 @@ type Handle struct {
 	Vcpu       int       `json:"vcpu"`
 	MemMib     int       `json:"mem_mib"`
 	Scope      string    `json:"scope,omitempty"`
+	Cgroup     string    `json:"cgroup,omitempty"`
 }
 
 // Exit reports that a VMM process ended.
@@ -100,6 +102,8 @@ type Supervisor struct {
 	mu    sync.Mutex
 	procs map[string]*proc // by VM id, live or recently exited
 	locks map[string]*vmLock
+
+	cgroups string // cgroup2 dir for per-VMM groups ("" when unavailable)
 }
 
 // New returns a Supervisor. Call Recover to adopt VMMs of a previous agent
@@ -118,13 +122,17 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Bin, err = filepath.Abs(bin); err != nil {
 		return nil, fmt.Errorf("vmm binary %q: %w", bin, err)
 	}
-	return &Supervisor{
+	sup := &Supervisor{
 		cfg:   cfg,
 		log:   cfg.Logger,
 		exits: make(chan Exit, 256),
 		procs: map[string]*proc{},
 		locks: map[string]*vmLock{},
-	}, nil
+	}
+	if cfg.Scoper == nil {
+		sup.cgroups = cgroupRoot()
+	}
+	return sup, nil
 }
 
 // Bin is the absolute path of the VMM binary.
@@ -257,6 +265,10 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		} else {
 			p.h.Scope = unit
 		}
+	} else if dir, err := cgroupPlace(s.cgroups, vmID, pid); err != nil {
+		s.log.Warn("vmm stays in the agent's cgroup", "vm_id", vmID, "err", err)
+	} else if dir != "" {
+		p.h.Cgroup = dir
 	}
 	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
 		return fail(err)
@@ -430,6 +442,7 @@ func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration)
 		delete(s.procs, vmID)
 		s.mu.Unlock()
 	}
+	cgroupRemove(s.cgroups, vmID)
 	l := s.cfg.Layout
 	for _, f := range []string{l.SockPath(vmID), filepath.Join(l.VMDir(vmID), handleFile)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -563,6 +576,7 @@ func (s *Supervisor) sweep() {
 				delete(s.procs, p.h.VMID)
 			}
 			s.mu.Unlock()
+			cgroupRemove(s.cgroups, p.h.VMID)
 			s.log.Info("vmm exited", "vm_id", p.h.VMID, "pid", p.h.PID, "status", p.status)
 		}
 	}

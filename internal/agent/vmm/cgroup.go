@@ -1,0 +1,66 @@
+package vmm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Without systemd, each VMM gets a cgroup v2 group of its own where the
+// cgroup2 hierarchy is mounted and writable: <mount>/nexus/fc-<vm-id>. The
+// VMM then leaves the agent's group (its accounting is its own and a
+// service manager stopping the agent's group does not reach it). Where
+// that is not possible the VMM stays in the agent's group: best effort.
+
+// cgroupRoot returns the nexus directory in the cgroup2 hierarchy, or "".
+func cgroupRoot() string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "… mountpoint … - cgroup2 cgroup2 rw"
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				root := filepath.Join(fields[4], "nexus")
+				if err := os.MkdirAll(root, 0o755); err != nil {
+					return ""
+				}
+				return root
+			}
+		}
+	}
+	return ""
+}
+
+// cgroupPlace moves pid into the VM's own group; it returns the group's
+// path ("" when cgroups are not available).
+func cgroupPlace(root, vmID string, pid int) (string, error) {
+	if root == "" {
+		return "", nil
+	}
+	dir := filepath.Join(root, "fc-"+vmID)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("cgroup %s: %w", dir, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		_ = os.Remove(dir)
+		return "", fmt.Errorf("cgroup %s: move pid %d: %w", dir, pid, err)
+	}
+	return dir, nil
+}
+
+// cgroupRemove removes a VM's group once its processes are gone (rmdir of
+// a cgroup fails while it holds any).
+func cgroupRemove(root, vmID string) {
+	if root != "" {
+		_ = os.Remove(filepath.Join(root, "fc-"+vmID))
+	}
+}
