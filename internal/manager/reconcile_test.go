@@ -89,8 +89,14 @@ func TestPlanVM(t *testing.T) {
 		{"backing off: wait", func(v store.VM) store.VM { v.Retries, v.NextAttemptAt = 1, &future; return v }, noVMM, nil},
 		{"retries spent: give up", func(v store.VM) store.VM { v.Retries, v.NextAttemptAt = 3, &past; return v }, noVMM, []string{"give_up"}},
 		{"stable again: forget retries", func(v store.VM) store.VM { v.Retries, v.NextAttemptAt = 2, &past; return v }, healthyInv(), []string{"reset_retries"}},
-		{"boot in progress: leave it", func(v store.VM) store.VM { v.State, v.UpdatedAt = store.VMConfigured, clk.t.Add(-5*time.Second); return v }, noVMM, nil},
-		{"boot abandoned: redo", func(v store.VM) store.VM { v.State, v.UpdatedAt = store.VMConfigured, clk.t.Add(-time.Minute); return v }, noVMM, []string{"restart"}},
+		{"boot in progress: leave it", func(v store.VM) store.VM {
+			v.State, v.UpdatedAt = store.VMConfigured, clk.t.Add(-5*time.Second)
+			return v
+		}, noVMM, nil},
+		{"boot abandoned: redo", func(v store.VM) store.VM {
+			v.State, v.UpdatedAt = store.VMConfigured, clk.t.Add(-time.Minute)
+			return v
+		}, noVMM, []string{"restart"}},
 		{"created stopped: nothing", func(v store.VM) store.VM {
 			v.State, v.DesiredState, v.UpdatedAt = store.VMRequested, store.VMStopped, clk.t.Add(-time.Hour)
 			return v
