@@ -128,15 +128,52 @@ var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 
 // place picks the host for a new VM: the one asked for, or the ready host
 // with the most free memory (after overcommit) that fits the VM.
-func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, error) {
+//
+// Placement is check-then-insert; reserve() makes concurrent creates of
+// this manager see each other's choices until their rows exist. The
+// caller releases the reservation once the VM's row is stored (or not).
+func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, func(), error) {
 	hosts, err := s.ListHosts(ctx)
 	if err != nil {
-		return store.Host{}, err
+		return store.Host{}, func() {}, err
 	}
+	s.placeMu.Lock()
+	defer s.placeMu.Unlock()
 	alloc, err := s.st.AllocationsByHost(ctx, freeStates...)
 	if err != nil {
-		return store.Host{}, fmt.Errorf("place vm: %w", err)
+		return store.Host{}, func() {}, fmt.Errorf("place vm: %w", err)
 	}
+	for id, r := range s.reserved {
+		a := alloc[id]
+		a.VCPU += r.VCPU
+		a.MemMiB += r.MemMiB
+		alloc[id] = a
+	}
+	h, err := s.pick(hosts, alloc, hostID, vcpu, mem)
+	if err != nil {
+		return h, func() {}, err
+	}
+	if s.reserved == nil {
+		s.reserved = map[string]store.Resources{}
+	}
+	r := s.reserved[h.ID]
+	r.VCPU, r.MemMiB = r.VCPU+vcpu, r.MemMiB+mem
+	s.reserved[h.ID] = r
+	return h, func() {
+		s.placeMu.Lock()
+		defer s.placeMu.Unlock()
+		r := s.reserved[h.ID]
+		r.VCPU, r.MemMiB = r.VCPU-vcpu, r.MemMiB-mem
+		if r.VCPU <= 0 && r.MemMiB <= 0 {
+			delete(s.reserved, h.ID)
+		} else {
+			s.reserved[h.ID] = r
+		}
+	}, nil
+}
+
+// pick chooses among hosts given their allocations.
+func (s *Service) pick(hosts []store.Host, alloc map[string]store.Allocation, hostID string, vcpu, mem int) (store.Host, error) {
 	type cand struct {
 		h        store.Host
 		freeMem  float64

@@ -6,9 +6,12 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
@@ -58,6 +61,11 @@ type Service struct {
 
 	bg sync.WaitGroup // background work (async boots) that Wait lets finish
 
+	instance string // this manager's identity in per-VM leases
+
+	placeMu  sync.Mutex
+	reserved map[string]store.Resources // host id → placed, row not yet stored
+
 	// OnTokenChange, when set, is called synchronously after a token is
 	// revoked or rotated (the local authentication cache), so the change is
 	// effective before the call answers; other managers hear it by Notify.
@@ -91,10 +99,73 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Ser
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx,
+		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
 		agents: newAgentPool(cfg.JoinToken),
 	}
 }
+
+// vmLeaseWait bounds how long an operation waits for another manager's
+// operation on the same VM.
+const vmLeaseWait = 10 * time.Second
+
+// lockVM serialises operations on one VM: within this manager with a
+// mutex, and across managers sharing Postgres with a lease in the store.
+// An operation another manager holds for longer than vmLeaseWait is a
+// 409, not an endless wait.
+func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
+	unlock := s.locks.lock(id)
+	if !s.shared() {
+		return unlock, nil
+	}
+	deadline := time.Now().Add(vmLeaseWait)
+	for {
+		held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.cfg.BootTimeout+30*time.Second)
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("lock vm %s: %w", id, err)
+		}
+		if held {
+			return func() {
+				_ = s.st.ReleaseLease(context.WithoutCancel(ctx), "vm/"+id, s.instance)
+				unlock()
+			}, nil
+		}
+		if time.Now().After(deadline) {
+			unlock()
+			return nil, conflict("vm_busy", "another manager is working on vm %s", id).suggest("retry in a moment")
+		}
+		select {
+		case <-ctx.Done():
+			unlock()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// tryLockVM takes the VM's lock only if nobody holds it (the reconciler
+// leaves busy VMs for its next pass).
+func (s *Service) tryLockVM(ctx context.Context, id string) (func(), bool) {
+	unlock, ok := s.locks.tryLock(id)
+	if !ok {
+		return nil, false
+	}
+	if !s.shared() {
+		return unlock, true
+	}
+	held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.cfg.BootTimeout+30*time.Second)
+	if err != nil || !held {
+		unlock()
+		return nil, false
+	}
+	return func() {
+		_ = s.st.ReleaseLease(context.WithoutCancel(ctx), "vm/"+id, s.instance)
+		unlock()
+	}, true
+}
+
+// shared reports whether other managers may share the store.
+func (s *Service) shared() bool { return s.st.Engine() == "postgres" }
 
 // goBackground runs f on its own goroutine, tracked so that Wait lets it
 // finish before the process closes the store.

@@ -527,7 +527,7 @@ func (r *Reconciler) restart(vm store.VM, why string, now time.Time) (action, bo
 // withLock runs f holding the VM's lock, unless an operation of this
 // manager holds it: then the VM is busy and this pass leaves it alone.
 func (r *Reconciler) withLock(vmID string, f func() error) error {
-	unlock, ok := r.s.locks.tryLock(vmID)
+	unlock, ok := r.s.tryLockVM(r.s.ctx, vmID)
 	if !ok {
 		return nil
 	}

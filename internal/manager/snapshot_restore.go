@@ -51,7 +51,8 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		return Restored{}, invalid("invalid vm id %q", id)
 	}
 	src := meta.Source
-	host, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
+	host, release, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
+	defer release()
 	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
 		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
 			suggest("snapshots stay on their host; delete this one")
@@ -154,7 +155,7 @@ func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, m
 			return nil
 		}},
 		{"check firecracker version", func(ctx context.Context) error {
-			return s.checkRestoreVersion(ctx, fc, vm, sn, meta)
+			return checkRestoreVersion(ctx, fc, vm, sn, meta)
 		}},
 		{"configure logger", func(ctx context.Context) error {
 			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
@@ -232,7 +233,7 @@ func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, m
 // checkRestoreVersion refuses, with the reason, a snapshot the fresh VMM
 // cannot load: a format it does not read, or an interface it cannot
 // rebind to the new VM's TAP.
-func (s *Service) checkRestoreVersion(ctx context.Context, fc *firecracker.Client, vm store.VM, sn store.Snapshot, meta snapshotMeta) error {
+func checkRestoreVersion(ctx context.Context, fc *firecracker.Client, vm store.VM, sn store.Snapshot, meta snapshotMeta) error {
 	ver, err := fc.Version(ctx)
 	if err != nil {
 		return err

@@ -68,7 +68,8 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	} else if !hostlayout.ValidVMID(id) {
 		return store.VM{}, invalid("invalid vm id %q", id)
 	}
-	host, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
+	host, release, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
+	defer release() // once the row exists it counts by itself
 	if err != nil {
 		return store.VM{}, err
 	}
@@ -110,7 +111,10 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	// between the answer and an async boot. The boot must finish even if
 	// the caller disconnects: it keeps the request's values, not its
 	// cancellation.
-	unlock := s.locks.lock(vm.ID)
+	unlock, err := s.lockVM(ctx, vm.ID)
+	if err != nil {
+		return vm, err
+	}
 	bootCtx := context.WithoutCancel(ctx)
 	if !opt.Wait {
 		s.goBackground(func() {
@@ -220,7 +224,11 @@ func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([
 // StartVM boots a stopped or failed VM again (a fresh VMM with the same
 // disks). Starting a running VM does nothing.
 func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
-	defer s.locks.lock(id)()
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return store.VM{}, err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -253,7 +261,11 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 // StopVM ends the VM's VMM: stopping → stopped. The TAP and socket go; the
 // run dir with the disks and logs stays.
 func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
-	defer s.locks.lock(id)()
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return store.VM{}, err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -299,7 +311,11 @@ func (s *Service) ResumeVM(ctx context.Context, scope Scope, id string) (store.V
 }
 
 func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause bool) (store.VM, error) {
-	defer s.locks.lock(id)()
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return store.VM{}, err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -347,7 +363,11 @@ func (s *Service) ForceDeleteVM(ctx context.Context, scope Scope, id string) err
 }
 
 func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bool) error {
-	defer s.locks.lock(id)()
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return err
@@ -408,7 +428,11 @@ func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []st
 
 // PatchDrive updates a running VM's drive rate limiter.
 func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID string, rl *apitypes.RateLimiter) error {
-	defer s.locks.lock(id)()
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return err
