@@ -100,6 +100,12 @@ func (a *Agent) driveSource(id, src string) (string, error) {
 			return "", apierr.BadRequest("drive path %q is not clean", src)
 		}
 		p = canonical(src)
+		// Inside the run dir only this VM's own files (or images) qualify:
+		// never the agent's token or another VM's disks.
+		if runDir := canonical(a.cfg.Layout.RunDir); within(runDir, p) && !within(canonical(vmDir), p) &&
+			(a.cfg.ImagesDir == "" || !within(canonical(a.cfg.ImagesDir), p)) {
+			return "", apierr.Forbidden("drive %q belongs to the agent or another VM", src)
+		}
 		if a.cfg.ReadRoots != nil {
 			ok := false
 			for _, root := range a.cfg.ReadRoots {

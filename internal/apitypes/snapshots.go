@@ -58,6 +58,7 @@ type Snapshot struct {
 	Tags               map[string]string `json:"tags"`
 	Drives             []SnapshotDrive   `json:"drives"`
 	TemplateID         string            `json:"template_id,omitempty"`
+	PausedMs           int64             `json:"paused_ms" doc:"how long the guest was paused for the snapshot"`
 	CreatedAt          time.Time         `json:"created_at"`
 }
 

@@ -175,6 +175,13 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		// Firecracker never removes its socket; neither do we.
 		ln.SetUnlinkOnClose(false)
 		srv := &apiServer{ln: ln, maxPayload: opts.maxPayload, handle: s.handleHTTP, after: s.afterResponse}
+		// As in firecracker, the socket is bound first but requests are
+		// answered only once a --config-file boot is done: a client never
+		// sees the VM half-built.
+		if err := s.bootConfig(configJSON, fail); err != nil {
+			return *err
+		}
+		configJSON = nil
 		done := make(chan struct{})
 		go func() {
 			srv.serve(runCtx)
@@ -187,11 +194,8 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		log.log(LevelInfo, threadAPI, originAPI, "API server started.")
 		reportStartup(met, args, started)
 	}
-	if configJSON != nil {
-		if err := s.bootFromConfig(configJSON); err != nil {
-			return fail(firecracker.ExitError, "Configuration for VMM from one single json failed: "+err.Error(),
-				"BuildMicroVMFromJson(ParseFromJson("+rustDebugString(err.Error())+"))")
-		}
+	if err := s.bootConfig(configJSON, fail); err != nil {
+		return *err
 	}
 	select {
 	case <-ctx.Done():
@@ -286,4 +290,18 @@ func argErrorDebug(msg string) string {
 		return "ForbiddenArgument(" + quoted() + ")"
 	}
 	return "MissingArgument(" + quoted() + ")"
+}
+
+// bootConfig boots from a --config-file document, if there is one; on
+// failure it returns the exit code fail chose.
+func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int) *int {
+	if configJSON == nil {
+		return nil
+	}
+	if err := s.bootFromConfig(configJSON); err != nil {
+		code := fail(firecracker.ExitError, "Configuration for VMM from one single json failed: "+err.Error(),
+			"BuildMicroVMFromJson(ParseFromJson("+rustDebugString(err.Error())+"))")
+		return &code
+	}
+	return nil
 }

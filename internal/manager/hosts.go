@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
@@ -131,7 +132,8 @@ var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 //
 // Placement is check-then-insert; reserve() makes concurrent creates of
 // this manager see each other's choices until their rows exist. The
-// caller releases the reservation once the VM's row is stored (or not).
+// caller releases the reservation once the VM's row is stored (or not);
+// release may be called more than once.
 func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, func(), error) {
 	hosts, err := s.ListHosts(ctx)
 	if err != nil {
@@ -159,7 +161,7 @@ func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (stor
 	r := s.reserved[h.ID]
 	r.VCPU, r.MemMiB = r.VCPU+vcpu, r.MemMiB+mem
 	s.reserved[h.ID] = r
-	return h, func() {
+	return h, sync.OnceFunc(func() {
 		s.placeMu.Lock()
 		defer s.placeMu.Unlock()
 		r := s.reserved[h.ID]
@@ -169,7 +171,7 @@ func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (stor
 		} else {
 			s.reserved[h.ID] = r
 		}
-	}, nil
+	}), nil
 }
 
 // pick chooses among hosts given their allocations.

@@ -1,6 +1,10 @@
 package manager
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -117,5 +121,42 @@ func TestRestoreNoticesNameTheMAC(t *testing.T) {
 	}
 	if n := restoreNotices(store.Snapshot{}, snapshotMeta{}); len(n) != 0 {
 		t.Fatalf("notices without a NIC: %q", n)
+	}
+}
+
+// TestCheckRestoreVersion runs the check against a fake firecracker that
+// only answers GET /version.
+func TestCheckRestoreVersion(t *testing.T) {
+	withNet := snapshotMeta{SnapshotVersion: "v10.0.0", FirecrackerVersion: "1.16.1", Net: &snapshotNet{IfaceID: "eth0", TAP: "tap-1"}}
+	noNet := snapshotMeta{SnapshotVersion: "v8.0.0", FirecrackerVersion: "1.13.0"}
+	for _, tc := range []struct {
+		version string
+		meta    snapshotMeta
+		code    string
+	}{
+		{"1.16.1-sim", withNet, ""},
+		{"1.16.3", withNet, ""},
+		{"1.17.0-dev", withNet, "snapshot_incompatible"}, // format v11: another major
+		{"1.15.0", withNet, "snapshot_incompatible"},
+		{"1.11.0", noNet, ""},
+		{"1.11.0", snapshotMeta{SnapshotVersion: "v8.0.0", Net: &snapshotNet{IfaceID: "eth0"}}, "network_overrides_unsupported"},
+	} {
+		t.Run(tc.version+"/"+tc.meta.SnapshotVersion, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, `{"firecracker_version":%q}`, tc.version)
+			}))
+			defer srv.Close()
+			err := checkRestoreVersion(context.Background(), firecracker.NewHTTP(srv.URL, nil), store.VM{ID: "vm-2", HostID: "h1"}, store.Snapshot{ID: "s1", VMID: "vm-1"}, tc.meta)
+			if tc.code == "" {
+				if err != nil {
+					t.Fatalf("check = %v; want ok", err)
+				}
+				return
+			}
+			e, ok := AsError(err)
+			if !ok || e.Kind != KindConflict || e.Code != tc.code || !strings.Contains(e.Message, tc.version) || e.Suggestion == "" {
+				t.Fatalf("check = %v; want a %s conflict naming the version with a suggestion", err, tc.code)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -52,6 +53,7 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 	}
 	src := meta.Source
 	host, release, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
+	release = sync.OnceFunc(release) // released once the row exists, or on any way out
 	defer release()
 	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
 		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
@@ -83,9 +85,13 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		// The saved device state fixes the guest MAC: record the truth.
 		vm.TAP, vm.MAC = hostlayout.TapName(id), meta.Net.GuestMAC
 	}
-	unlock := s.locks.lock(id)
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return Restored{}, err
+	}
 	defer unlock()
 	vm, err = s.st.CreateVM(ctx, vm)
+	release() // the row counts by itself now: a long restore must not count twice
 	if errors.Is(err, store.ErrConflict) {
 		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, sn.Project).
 			suggest("pick another name or delete the existing VM")

@@ -45,7 +45,11 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 	} else if !hostlayout.ValidVMID(sid) {
 		return store.Snapshot{}, invalid("invalid snapshot id %q", sid)
 	}
-	defer s.locks.lock(vmID)()
+	unlock, err := s.lockVM(ctx, vmID)
+	if err != nil {
+		return store.Snapshot{}, err
+	}
+	defer unlock()
 	vm, err := s.GetVM(ctx, scope, vmID)
 	if err != nil {
 		return store.Snapshot{}, err
@@ -99,23 +103,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 		}
 	}
 
-	sn := store.Snapshot{
-		ID: sid, VMID: vm.ID, Project: vm.Project, HostID: vm.HostID,
-		Dir: files.Dir, Files: make([]store.SnapshotFile, 0, len(files.Files)),
-	}
-	meta.FileAllocated = map[string]int64{}
-	for _, f := range files.Files {
-		sn.Files = append(sn.Files, store.SnapshotFile{Path: f.Path, Size: f.Size})
-		sn.Size += f.Size
-		meta.Allocated += f.Allocated
-		meta.FileAllocated[f.Path] = f.Allocated
-		switch f.Rel {
-		case agentapi.SnapshotStateFile:
-			sn.StatePath = f.Path
-		case agentapi.SnapshotMemFile:
-			sn.MemPath = f.Path
-		}
-	}
+	sn := catalogEntry(vm, sid, files, &meta)
 	if sn.Meta, err = marshal(meta); err == nil {
 		sn, err = s.st.CreateSnapshot(ctx, sn)
 	}
@@ -197,7 +185,37 @@ func (s *Service) writeSnapshot(ctx context.Context, ag *agentapi.Client, fc *fi
 	if err != nil {
 		return files, s.snapshotStepError(vm, "snapshot "+sid, "list files", err)
 	}
+	have := map[string]bool{}
+	for _, f := range files.Files {
+		have[f.Rel] = true
+	}
+	if !have[agentapi.SnapshotStateFile] || !have[agentapi.SnapshotMemFile] {
+		return files, fmt.Errorf("snapshot %s of vm %s: firecracker answered but wrote no %s or %s", sid, vm.ID, agentapi.SnapshotStateFile, agentapi.SnapshotMemFile)
+	}
 	return files, nil
+}
+
+// catalogEntry is the catalog row of a written snapshot; it adds the
+// allocated sizes to meta.
+func catalogEntry(vm store.VM, sid string, files agentapi.SnapshotFiles, meta *snapshotMeta) store.Snapshot {
+	sn := store.Snapshot{
+		ID: sid, VMID: vm.ID, Project: vm.Project, HostID: vm.HostID,
+		Dir: files.Dir, Files: make([]store.SnapshotFile, 0, len(files.Files)),
+	}
+	meta.FileAllocated = map[string]int64{}
+	for _, f := range files.Files {
+		sn.Files = append(sn.Files, store.SnapshotFile{Path: f.Path, Size: f.Size})
+		sn.Size += f.Size
+		meta.Allocated += f.Allocated
+		meta.FileAllocated[f.Path] = f.Allocated
+		switch f.Rel {
+		case agentapi.SnapshotStateFile:
+			sn.StatePath = f.Path
+		case agentapi.SnapshotMemFile:
+			sn.MemPath = f.Path
+		}
+	}
+	return sn
 }
 
 // discardSnapshot removes a failed snapshot's files. It runs on the
@@ -299,7 +317,11 @@ func (s *Service) DeleteSnapshot(ctx context.Context, scope Scope, id string) er
 		return err
 	}
 	// Serialised with the source VM's delete, which keeps snapshots/.
-	defer s.locks.lock(sn.VMID)()
+	unlock, err := s.lockVM(ctx, sn.VMID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	ctx = context.WithoutCancel(ctx)
 	src := store.VM{ID: sn.VMID, Name: "deleted", HostID: sn.HostID}
 	if vm, err := s.st.GetVM(ctx, sn.VMID); err == nil {

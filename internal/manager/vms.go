@@ -69,7 +69,8 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 		return store.VM{}, invalid("invalid vm id %q", id)
 	}
 	host, release, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
-	defer release() // once the row exists it counts by itself
+	release = sync.OnceFunc(release) // once the row exists it counts by itself
+	defer release()
 	if err != nil {
 		return store.VM{}, err
 	}
@@ -96,6 +97,7 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 		vm.TAP, vm.MAC = "", ""
 	}
 	vm, err = s.st.CreateVM(ctx, vm)
+	release()
 	if errors.Is(err, store.ErrConflict) {
 		return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
 			suggest("pick another name or delete the existing VM")
