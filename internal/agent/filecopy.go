@@ -2,22 +2,19 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
-// File copying for snapshots (drives preserved with a snapshot, and put
-// into a restored VM's run dir). Disk images are large and mostly holes,
-// so a copy never fills them in: CopyFile shares the blocks where the
-// filesystem can (reflink), and otherwise copies only the data ranges.
+// File copying for VM drives (a rootfs image copied into a VM's run dir,
+// drives preserved with a snapshot and put into a restored VM's run dir).
+// Disk images are large and mostly holes, so a copy never fills them in:
+// it shares the blocks where the filesystem can (reflink) and otherwise
+// copies only the data (copyInto, in imagefile.go).
 
 // CopyMethod says how a file was copied.
 type CopyMethod string
@@ -29,8 +26,8 @@ const (
 	// CopyReflink: the copy shares the source's blocks (btrfs, xfs,
 	// bcachefs): instant and no extra space until one of them is written.
 	CopyReflink CopyMethod = "reflink"
-	// CopySparse: the data ranges (SEEK_DATA/SEEK_HOLE) were copied with
-	// copy_file_range; holes stay holes.
+	// CopySparse: only the data ranges (SEEK_DATA/SEEK_HOLE), and within
+	// them only non-zero blocks, were copied; holes stay holes.
 	CopySparse CopyMethod = "sparse"
 )
 
@@ -51,11 +48,32 @@ func CopyFile(ctx context.Context, dst, src string) (CopyMethod, error) {
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("copy %s: not a regular file (%s)", src, fi.Mode().Type())
 	}
-	tmp, out, err := createCopyTemp(dst, fi.Mode().Perm())
+	m, _, err := copyFrom(ctx, dst, in, fi.Size(), fi.Mode().Perm())
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
-	method, err := cloneOrCopyData(ctx, out, in, fi.Size())
+	return m, nil
+}
+
+// copyFrom copies size bytes of the open file in to dst: into a temporary
+// file beside dst, synced, then renamed into place. It returns the method
+// and the new file's info.
+func copyFrom(ctx context.Context, dst string, in *os.File, size int64, perm os.FileMode) (CopyMethod, os.FileInfo, error) {
+	tmp, out, err := createCopyTemp(dst, perm)
+	if err != nil {
+		return "", nil, err
+	}
+	var method CopyMethod
+	if err = ctx.Err(); err == nil {
+		method, err = copyInto(out, in, size)
+	}
+	if err == nil {
+		err = out.Sync()
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = out.Stat()
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -64,9 +82,9 @@ func CopyFile(ctx context.Context, dst, src string) (CopyMethod, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return "", fmt.Errorf("copy %s to %s: %w", src, dst, err)
+		return "", nil, err
 	}
-	return method, nil
+	return method, fi, nil
 }
 
 // LinkOrCopy hard-links src at dst (replacing dst), or copies it when a
@@ -110,69 +128,4 @@ func createCopyTemp(dst string, perm os.FileMode) (string, *os.File, error) {
 		return "", nil, fmt.Errorf("copy to %s: %w", dst, err)
 	}
 	return tmp, f, nil
-}
-
-// cloneOrCopyData fills out (empty) with in's size bytes: reflink, or the data
-// ranges.
-func cloneOrCopyData(ctx context.Context, out, in *os.File, size int64) (CopyMethod, error) {
-	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
-		return CopyReflink, nil
-	}
-	var off int64
-	for off < size {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole after off
-		}
-		if err != nil {
-			data = off // no SEEK_DATA here: everything is data
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil || hole > size {
-			hole = size
-		}
-		if err := copyFileRange(ctx, out, in, data, hole-data); err != nil {
-			return "", err
-		}
-		off = hole
-	}
-	// The tail hole (and a file that is all hole) is just the size.
-	if err := out.Truncate(size); err != nil {
-		return "", err
-	}
-	return CopySparse, nil
-}
-
-// copyFileRange copies n bytes at off from in to out, in the kernel where it
-// can (copy_file_range), otherwise through a buffer.
-func copyFileRange(ctx context.Context, out, in *os.File, off, n int64) error {
-	const chunk = 64 << 20
-	roff, woff := off, off
-	for n > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		c, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(min(n, chunk)), 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			// EXDEV, ENOSYS, EINVAL, EOPNOTSUPP: copy by hand.
-			return copyRangeBuffered(out, in, roff, n)
-		}
-		if c == 0 {
-			return fmt.Errorf("copy_file_range: unexpected end of file at %d", roff)
-		}
-		n -= int64(c)
-	}
-	return nil
-}
-
-func copyRangeBuffered(out, in *os.File, off, n int64) error {
-	w := io.NewOffsetWriter(out, off)
-	_, err := io.Copy(w, io.NewSectionReader(in, off, n))
-	return err
 }

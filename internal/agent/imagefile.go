@@ -22,7 +22,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 )
 
@@ -166,14 +165,6 @@ func idOf(fi os.FileInfo) fileID {
 	}
 }
 
-// allocated is the disk space the file occupies.
-func allocated(fi os.FileInfo) int64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
-}
-
 // maxSums bounds the checksum cache; past it the cache starts over.
 const maxSums = 4096
 
@@ -271,15 +262,15 @@ const copyBlock = 4096
 // copyInto fills dst (empty, on the destination filesystem) with the
 // contents of src (size bytes): a copy-on-write clone when the filesystem
 // supports it (btrfs, XFS), otherwise a sparse copy. It returns the method.
-func copyInto(dst, src *os.File, size int64) (string, error) {
+func copyInto(dst, src *os.File, size int64) (CopyMethod, error) {
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err == nil {
-		return agentapi.DriveReflink, nil
+		return CopyReflink, nil
 	}
 	// EOPNOTSUPP, EXDEV, EINVAL …: no clone here; copy the bytes instead.
 	if err := dst.Truncate(0); err != nil {
 		return "", err
 	}
-	return agentapi.DriveSparse, sparseCopy(dst, src, size)
+	return CopySparse, sparseCopy(dst, src, size)
 }
 
 // sparseCopy copies only src's data extents (SEEK_DATA/SEEK_HOLE) and,

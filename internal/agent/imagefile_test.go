@@ -94,7 +94,7 @@ func TestSparseCopy(t *testing.T) {
 		copy func(dst *os.File) (string, error)
 	}{
 		{"sparseCopy", func(dst *os.File) (string, error) { return agentapi.DriveSparse, sparseCopy(dst, src, 1<<30) }},
-		{"copyInto", func(dst *os.File) (string, error) { return copyInto(dst, src, 1<<30) }},
+		{"copyInto", func(dst *os.File) (string, error) { m, err := copyInto(dst, src, 1<<30); return string(m), err }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.Remove(dstPath)
@@ -116,7 +116,7 @@ func TestSparseCopy(t *testing.T) {
 			if dfi.Size() != sfi.Size() {
 				t.Fatalf("copy size = %d; want %d", dfi.Size(), sfi.Size())
 			}
-			sa, da := allocated(sfi), allocated(dfi)
+			sa, da := DiskUsage(sfi), DiskUsage(dfi)
 			t.Logf("%s (%s): 1 GiB file, source %d KiB on disk, copy %d KiB, %s", tc.name, method, sa>>10, da>>10, took)
 			if method == agentapi.DriveSparse && da > sa-(256<<10) {
 				t.Fatalf("sparse copy occupies %d bytes; want at most the source's %d minus its 256 KiB of explicit zeros", da, sa)

@@ -1,9 +1,9 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -127,7 +127,7 @@ func (a *Agent) prepareDrive(w http.ResponseWriter, r *http.Request, id string) 
 		// An earlier boot's copy holds the guest's writes: keep it.
 		if fi, err := os.Lstat(dst); err == nil && fi.Mode().IsRegular() {
 			writeJSON(w, http.StatusOK, agentapi.DriveInfo{Path: rel, HostPath: dst, Method: agentapi.DriveExisting,
-				Size: fi.Size(), Allocated: allocated(fi), DurationMs: time.Since(start).Milliseconds()})
+				Size: fi.Size(), Allocated: DiskUsage(fi), DurationMs: time.Since(start).Milliseconds()})
 			return
 		}
 	}
@@ -160,20 +160,21 @@ func (a *Agent) prepareDrive(w http.ResponseWriter, r *http.Request, id string) 
 			return
 		}
 	}
-	info := agentapi.DriveInfo{Size: sfi.Size(), SourceAllocated: allocated(sfi)}
+	info := agentapi.DriveInfo{Size: sfi.Size(), SourceAllocated: DiskUsage(sfi)}
 	if req.ReadOnly {
-		info.Path, info.HostPath, info.Method, info.Allocated = real, real, agentapi.DriveInPlace, allocated(sfi)
+		info.Path, info.HostPath, info.Method, info.Allocated = real, real, agentapi.DriveInPlace, DiskUsage(sfi)
 		info.DurationMs = time.Since(start).Milliseconds()
 		writeJSON(w, http.StatusOK, info)
 		return
 	}
-	method, dfi, err := copyDrive(dst, src, sfi.Size())
+	// The copy is the VM's disk: it must complete even if the caller gives up.
+	method, dfi, err := copyDrive(context.WithoutCancel(r.Context()), dst, src, sfi.Size())
 	if err != nil {
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "copy_failed", "copy drive %s of vm %s from %s: %v", req.DriveID, id, real, err).
 			WithSuggestion("check free space in FC_RUN_DIR on this host").WithCause(err))
 		return
 	}
-	info.Path, info.HostPath, info.Method, info.Allocated = rel, dst, method, allocated(dfi)
+	info.Path, info.HostPath, info.Method, info.Allocated = rel, dst, method, DiskUsage(dfi)
 	info.DurationMs = time.Since(start).Milliseconds()
 	a.log.Info("drive prepared", "request_id", httpmw.RequestID(r.Context()), "vm_id", id, "drive_id", req.DriveID,
 		"source", real, "method", method, "size", info.Size, "allocated", info.Allocated, "ms", info.DurationMs)
@@ -182,34 +183,10 @@ func (a *Agent) prepareDrive(w http.ResponseWriter, r *http.Request, id string) 
 
 // copyDrive copies src into a temporary file next to dst and renames it
 // into place once complete and synced: dst exists only as a whole copy.
-func copyDrive(dst string, src *os.File, size int64) (string, os.FileInfo, error) {
+func copyDrive(ctx context.Context, dst string, src *os.File, size int64) (string, os.FileInfo, error) {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
 		return "", nil, err
 	}
-	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".partial")
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return "", nil, err
-	}
-	method, err := copyInto(f, src, size)
-	if err == nil {
-		err = f.Sync()
-	}
-	var fi os.FileInfo
-	if err == nil {
-		fi, err = f.Stat()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		if rerr := os.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = errors.Join(err, rerr)
-		}
-		return "", nil, err
-	}
-	return method, fi, nil
+	m, fi, err := copyFrom(ctx, dst, src, size, 0o600)
+	return string(m), fi, err
 }
