@@ -134,6 +134,24 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 			return nil
 		}
 		v = map[string]any{"id": t.ID, "owner": t.Owner, "role": t.Role, "project": t.Project, "revoked": t.RevokedAt != nil}
+	case "image":
+		img, err := s.svc.GetImage(ctx, manager.All, id, "")
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": img.ID, "name": img.Name, "kind": img.Kind, "project": img.Project, "sha256": img.SHA256, "size": img.Size}
+	case "template":
+		t, err := s.svc.GetTemplate(ctx, manager.All, id, "")
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": t.ID, "name": t.Name, "project": t.Project}
+	case "snapshot":
+		sn, err := s.svc.GetSnapshot(ctx, manager.All, id)
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": sn.ID, "vm_id": sn.VMID, "project": sn.Project, "host_id": sn.HostID, "size": sn.Size}
 	default:
 		return nil
 	}

@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/manager"
 )
 
@@ -13,14 +12,11 @@ import (
 // and delete images of their project; shared images (project "*") need an
 // admin, which the service checks since the project is in the body.
 func (s *Server) imageRoutes() {
-	viewer := policy{Role: auth.RoleViewer}
-	op := func(action string) policy { return policy{Role: auth.RoleOperator, Action: action, Resource: "image"} }
-	creates := func(p policy) policy { p.Creates = true; return p }
 
-	register(s, "create-image", http.MethodPost, "/v1/images", "Register a kernel or rootfs file under FC_IMAGES_DIR as an image (checksummed on every ready host)", creates(op("image.create")), s.createImage, http.StatusCreated)
+	register(s, "create-image", http.MethodPost, "/v1/images", "Register a kernel or rootfs file under FC_IMAGES_DIR as an image (checksummed on every ready host)", creates(op("image.create", "image")), s.createImage, http.StatusCreated)
 	register(s, "list-images", http.MethodGet, "/v1/images", "List the images you can use (your project's and the shared ones)", viewer, s.listImages)
 	register(s, "get-image", http.MethodGet, "/v1/images/{id}", "Get an image by id or name", viewer, s.getImage)
-	register(s, "delete-image", http.MethodDelete, "/v1/images/{id}", "Remove an image from the registry (refused while VMs or templates use it; the file stays)", op("image.delete"), s.deleteImage)
+	register(s, "delete-image", http.MethodDelete, "/v1/images/{id}", "Remove an image from the registry (refused while VMs or templates use it; the file stays)", op("image.delete", "image"), s.deleteImage)
 }
 
 type createImageInput struct {

@@ -36,6 +36,28 @@ type policy struct {
 	NoAudit string
 }
 
+// Policy constructors for routes.go and the per-resource route files.
+var (
+	viewer = policy{Role: auth.RoleViewer}
+	public = policy{Auth: authNone}
+)
+
+// op is a mutation an operator of the resource's project may make.
+func op(action, resource string) policy {
+	return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
+}
+
+// admin is a mutation only an admin may make.
+func admin(action, resource string) policy {
+	return policy{Role: auth.RoleAdmin, Action: action, Resource: resource}
+}
+
+// join is an agent's call, authenticated by the fleet's join token.
+func join(action string) policy { return policy{Auth: authJoin, Action: action, Resource: "host"} }
+
+// creates marks an operation that makes a new resource (see Creates).
+func creates(p policy) policy { p.Creates = true; return p }
+
 type authKind int
 
 const (

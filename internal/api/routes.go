@@ -12,20 +12,10 @@ import (
 // routes lists every route of the manager API in one place, each with its
 // policy: who may call it and, for mutations, the audited action.
 func (s *Server) routes() {
-	viewer := policy{Role: auth.RoleViewer}
-	op := func(action, resource string) policy {
-		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
-	}
-	admin := func(action, resource string) policy {
-		return policy{Role: auth.RoleAdmin, Action: action, Resource: resource}
-	}
-	open := policy{Auth: authNone}
-	join := func(action string) policy { return policy{Auth: authJoin, Action: action, Resource: "host"} }
-	creates := func(p policy) policy { p.Creates = true; return p }
 
 	// Health and readiness.
-	register(s, "healthz", http.MethodGet, "/healthz", "Liveness", open, s.healthz)
-	register(s, "readyz", http.MethodGet, "/readyz", "Readiness: store reachable and at least one ready host", open, s.readyz)
+	register(s, "healthz", http.MethodGet, "/healthz", "Liveness", public, s.healthz)
+	register(s, "readyz", http.MethodGet, "/readyz", "Readiness: store reachable and at least one ready host", public, s.readyz)
 
 	// VMs.
 	register(s, "create-vm", http.MethodPost, "/v1/vms", "Create a VM (boots it unless start is false)", creates(op("vm.create", "vm")), s.createVM, http.StatusCreated)

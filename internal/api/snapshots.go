@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -14,11 +13,6 @@ import (
 // create, delete and instantiate for operators of the snapshot's project
 // (the source VM's). A snapshot of another project answers 404.
 func (s *Server) snapshotRoutes() {
-	viewer := policy{Role: auth.RoleViewer}
-	op := func(action, resource string) policy {
-		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
-	}
-	creates := func(p policy) policy { p.Creates = true; return p }
 
 	register(s, "create-snapshot", http.MethodPost, "/v1/vms/{id}/snapshots",
 		"Snapshot a running or paused VM: pause, write state, memory and drive copies on its host, resume",

@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -14,11 +13,6 @@ import (
 // templateRoutes registers the templates' routes. Instantiation is a VM
 // create: audited as such, its row names the (first) new VM.
 func (s *Server) templateRoutes() {
-	viewer := policy{Role: auth.RoleViewer}
-	op := func(action, resource string) policy {
-		return policy{Role: auth.RoleOperator, Action: action, Resource: resource}
-	}
-	creates := func(p policy) policy { p.Creates = true; return p }
 
 	register(s, "create-template", http.MethodPost, "/v1/templates", "Save a VM configuration (registered images only) under a name", creates(op("template.create", "template")), s.createTemplate, http.StatusCreated)
 	register(s, "list-templates", http.MethodGet, "/v1/templates", "List templates", viewer, s.listTemplates)

@@ -374,18 +374,6 @@ func (s *Service) resolveFile(ctx context.Context, project, what string, kind st
 	return "", nil
 }
 
-// GetVM returns one VM the scope can see.
-func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
-	vm, err := s.st.GetVM(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(vm.Project)) {
-		// 404, not 403: ids of other projects must not be probeable.
-		return store.VM{}, notFound("vm", id)
-	}
-	if err != nil {
-		return store.VM{}, fmt.Errorf("get vm %s: %w", id, err)
-	}
-	return vm, nil
-}
 
 // bootImage returns the registered image a booting VM uses.
 func (s *Service) bootImage(ctx context.Context, what, id string) (store.Image, error) {

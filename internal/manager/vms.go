@@ -187,6 +187,37 @@ func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.
 	return r, nil
 }
 
+// GetVM returns one VM the scope can see.
+func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+	vm, err := s.st.GetVM(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(vm.Project)) {
+		// 404, not 403: ids of other projects must not be probeable.
+		return store.VM{}, notFound("vm", id)
+	}
+	if err != nil {
+		return store.VM{}, fmt.Errorf("get vm %s: %w", id, err)
+	}
+	return vm, nil
+}
+
+// lockedVM checks the caller may see the VM, takes its lock and reads it
+// again: an operation decides on the state read under the lock.
+func (s *Service) lockedVM(ctx context.Context, scope Scope, id string) (store.VM, func(), error) {
+	if _, err := s.GetVM(ctx, scope, id); err != nil {
+		return store.VM{}, nil, err
+	}
+	unlock, err := s.lockVM(ctx, id)
+	if err != nil {
+		return store.VM{}, nil, err
+	}
+	vm, err := s.GetVM(ctx, scope, id)
+	if err != nil {
+		unlock()
+		return vm, nil, err
+	}
+	return vm, unlock, nil
+}
+
 // GetVMByName finds a VM by name in project (default: the scope's own
 // project, or the default project).
 func (s *Service) GetVMByName(ctx context.Context, scope Scope, project, name string) (store.VM, error) {
@@ -226,15 +257,11 @@ func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([
 // StartVM boots a stopped or failed VM again (a fresh VMM with the same
 // disks). Starting a running VM does nothing.
 func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
-	unlock, err := s.lockVM(ctx, id)
-	if err != nil {
-		return store.VM{}, err
-	}
-	defer unlock()
-	vm, err := s.GetVM(ctx, scope, id)
+	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
 	}
+	defer unlock()
 	ctx = context.WithoutCancel(ctx) // a started start must finish
 	switch vm.State {
 	case store.VMRunning:
@@ -263,15 +290,11 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 // StopVM ends the VM's VMM: stopping → stopped. The TAP and socket go; the
 // run dir with the disks and logs stays.
 func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
-	unlock, err := s.lockVM(ctx, id)
-	if err != nil {
-		return store.VM{}, err
-	}
-	defer unlock()
-	vm, err := s.GetVM(ctx, scope, id)
+	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
 	}
+	defer unlock()
 	if vm.State == store.VMStopped {
 		return s.setDesired(ctx, id, store.VMStopped)
 	}
@@ -313,15 +336,11 @@ func (s *Service) ResumeVM(ctx context.Context, scope Scope, id string) (store.V
 }
 
 func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause bool) (store.VM, error) {
-	unlock, err := s.lockVM(ctx, id)
-	if err != nil {
-		return store.VM{}, err
-	}
-	defer unlock()
-	vm, err := s.GetVM(ctx, scope, id)
+	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
 	}
+	defer unlock()
 	from, to, verb := store.VMRunning, store.VMPaused, "pause"
 	if !pause {
 		from, to, verb = store.VMPaused, store.VMRunning, "resume"
@@ -365,15 +384,11 @@ func (s *Service) ForceDeleteVM(ctx context.Context, scope Scope, id string) err
 }
 
 func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bool) error {
-	unlock, err := s.lockVM(ctx, id)
+	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	vm, err := s.GetVM(ctx, scope, id)
-	if err != nil {
-		return err
-	}
 	ctx = context.WithoutCancel(ctx)
 	if vm, err = s.update(ctx, id, func(v *store.VM) error {
 		v.State, v.DesiredState = store.VMDeleting, store.VMDeleting
@@ -430,15 +445,11 @@ func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []st
 
 // PatchDrive updates a running VM's drive rate limiter.
 func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID string, rl *apitypes.RateLimiter) error {
-	unlock, err := s.lockVM(ctx, id)
+	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	vm, err := s.GetVM(ctx, scope, id)
-	if err != nil {
-		return err
-	}
 	if !firecracker.ValidID(driveID) {
 		return invalid("drive id %q: use letters, digits and _", driveID)
 	}
