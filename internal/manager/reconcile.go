@@ -324,6 +324,7 @@ func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []stor
 		return 0, 1
 	}
 	plan := r.plan(h, inv, vms, known, keep)
+	plan = append(plan, r.planSnapshotDirs(ctx, h, ag)...)
 	if len(plan) == 0 {
 		return 0, 0
 	}
@@ -422,6 +423,42 @@ func (r *Reconciler) plan(h store.Host, inv agentapi.Inventory, vms []store.VM, 
 	return plan
 }
 
+// planSnapshotDirs removes snapshot dirs the catalog does not know (a
+// snapshot whose manager died before recording it) after the orphan grace.
+func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *agentapi.Client) []action {
+	s := r.s
+	dirs, err := ag.Snapshots(ctx)
+	if err != nil || len(dirs.Items) == 0 {
+		return nil
+	}
+	known, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{HostID: h.ID})
+	if err != nil {
+		return nil
+	}
+	inCatalog := map[string]bool{}
+	for _, sn := range known {
+		inCatalog[sn.VMID+"/"+sn.ID] = true
+	}
+	now := s.now()
+	var plan []action
+	for _, d := range dirs.Items {
+		if inCatalog[d.VMID+"/"+d.SnapshotID] || !r.orphanReady(h.ID+"/snap/"+d.VMID+"/"+d.SnapshotID, now) {
+			continue
+		}
+		plan = append(plan, action{name: "gc_snapshot", vmID: d.VMID, do: func(ctx context.Context) error {
+			// Under the VM's lock: a snapshot still being written holds it.
+			return r.withLock(d.VMID, func() error {
+				if sn, err := s.st.GetSnapshot(ctx, d.SnapshotID); err == nil && sn.VMID == d.VMID {
+					return nil // recorded meanwhile
+				}
+				s.log.Info("removing snapshot files the catalog does not know", "vm_id", d.VMID, "snapshot_id", d.SnapshotID, "host", h.Name)
+				return ag.DeleteSnapshot(ctx, d.VMID, d.SnapshotID)
+			})
+		}})
+	}
+	return plan
+}
+
 // planVM decides what one VM of the store needs on its host.
 func (r *Reconciler) planVM(vm store.VM, live map[string]agentapi.VMM, taps, socks map[string]bool, now time.Time) (action, bool) {
 	s := r.s
@@ -453,6 +490,20 @@ func (r *Reconciler) planVM(vm store.VM, live map[string]agentapi.VMM, taps, soc
 		return r.restart(vm, "boot abandoned in state "+string(vm.State), now)
 	case store.VMRunning, store.VMPaused:
 		healthy := running && socks[vm.ID] && (vm.TAP == "" || taps[vm.TAP])
+		if healthy && vm.State == store.VMPaused && vm.DesiredState == store.VMRunning {
+			// Paused by an operation that never finished (a snapshot whose
+			// manager died): resume it.
+			return action{name: "resume", vmID: vm.ID, do: func(ctx context.Context) error {
+				return r.withLock(vm.ID, func() error {
+					if err := s.agentFor(ctx, vm).Firecracker(vm.ID).Resume(ctx); err != nil {
+						return s.stepError(vm, "resume", err)
+					}
+					_, err := s.setState(ctx, vm.ID, store.VMRunning, "")
+					s.event(ctx, vm.ID, store.LevelWarn, "reconciler: resumed a guest left paused by an interrupted operation")
+					return err
+				})
+			}}, true
+		}
 		if healthy {
 			if vm.Retries > 0 && vm.NextAttemptAt != nil && now.Sub(*vm.NextAttemptAt) > r.cfg.RetryMax {
 				// Stable again for a while: forget old crashes.

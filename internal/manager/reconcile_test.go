@@ -83,6 +83,8 @@ func TestPlanVM(t *testing.T) {
 		want []string
 	}{
 		{"healthy: nothing", nil, healthyInv(), nil},
+		{"left paused by an interrupted snapshot: resume", func(v store.VM) store.VM { v.State = store.VMPaused; return v }, healthyInv(), []string{"resume"}},
+		{"paused on purpose: nothing", func(v store.VM) store.VM { v.State, v.DesiredState = store.VMPaused, store.VMPaused; return v }, healthyInv(), nil},
 		{"vmm gone: restart", nil, noVMM, []string{"restart"}},
 		{"tap gone: restart", nil, noTap, []string{"restart"}},
 		{"socket gone: restart", nil, noSock, []string{"restart"}},

@@ -72,7 +72,14 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 	wasRunning := vm.State == store.VMRunning
 	pausedAt := time.Now()
 	if wasRunning {
+		// Recorded before the pause, desired state untouched: a manager that
+		// dies before resuming leaves "paused, wants running", which the
+		// reconciler resumes.
+		if _, err := s.setState(ctx, vm.ID, store.VMPaused, ""); err != nil {
+			return store.Snapshot{}, err
+		}
 		if err := fc.Pause(ctx); err != nil {
+			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
 			return store.Snapshot{}, s.snapshotStepError(vm, "snapshot "+sid, "pause", err)
 		}
 	}
@@ -88,7 +95,9 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 	resume := wasRunning && (opt.Resume == nil || *opt.Resume)
 	var resumeErr error
 	if resume {
-		resumeErr = fc.Resume(ctx)
+		if resumeErr = fc.Resume(ctx); resumeErr == nil {
+			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
+		}
 	}
 	meta.PausedMs = time.Since(pausedAt).Milliseconds()
 	if !wasRunning {
@@ -234,6 +243,7 @@ func (s *Service) discardSnapshot(vm store.VM, sid string) {
 func (s *Service) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM, sid string) {
 	err := fc.Resume(ctx)
 	if err == nil {
+		_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
 		return
 	}
 	s.event(ctx, vm.ID, store.LevelError, "resume after failed snapshot %s failed: %v", sid, err)

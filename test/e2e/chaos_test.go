@@ -299,6 +299,11 @@ func TestChaosOrphans(t *testing.T) {
 	if err := os.MkdirAll(emptyDir, 0o750); err != nil {
 		t.Fatal(err)
 	}
+	// A snapshot dir the catalog never heard of (its manager died first).
+	straySnap, err := ag.PrepareSnapshot(ctx, vms[0].ID, uuid.NewString(), agentapi.PrepareSnapshotRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	c.waitConverged(t, "orphan process, TAPs and run dir removed", start)
 	if a.net.hasLink(strayTap) || a.net.hasLink(hostlayout.TapName(ghost)) {
@@ -307,6 +312,12 @@ func TestChaosOrphans(t *testing.T) {
 	if _, err := os.Stat(emptyDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("orphan run dir survived")
 	}
+	eventually(t, converge, "uncatalogued snapshot dir removed", func() error {
+		if _, err := os.Stat(straySnap.Dir); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s still there", straySnap.Dir)
+		}
+		return nil
+	})
 	if time.Since(start) < 2*time.Second {
 		t.Fatal("orphans were removed before their grace period")
 	}
