@@ -374,7 +374,6 @@ func (s *Service) resolveFile(ctx context.Context, project, what string, kind st
 	return "", nil
 }
 
-
 // bootImage returns the registered image a booting VM uses.
 func (s *Service) bootImage(ctx context.Context, what, id string) (store.Image, error) {
 	img, err := s.st.GetImage(ctx, id)
