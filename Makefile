@@ -24,7 +24,7 @@ build: deps ## build nexus and firecracker-sim into bin/
 
 up: build ## install what is missing, build, and run manager + agent + SQLite (needs root)
 	@if [ "$$(id -u)" -ne 0 ]; then echo "nexus up creates TAP devices: running it with sudo"; fi
-	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo ) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nexus up --data-dir $(DATA_DIR)
+	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo ) env PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nexus up --data-dir $(DATA_DIR)
 
 images: build ## kernel + busybox rootfs from Debian packages into FC_IMAGES_DIR, registered when NEXUS_ADDR/NEXUS_TOKEN are set (root)
 	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo --preserve-env=FC_IMAGES_DIR,FC_RUN_DIR,NEXUS_ADDR,NEXUS_TOKEN,IMAGE_PROJECT,ROOTFS_MIB ) NEXUS_BIN=$(BIN)/nexus scripts/build-images.sh

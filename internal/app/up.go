@@ -93,9 +93,18 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 	if err := waitForHost(ctx, m, 15*time.Second); err != nil {
 		return err
 	}
+	self, err := os.Executable()
+	if err != nil {
+		self = "nexus"
+	}
 	fmt.Fprintf(stdout, "nexus: ready at %s (agent %s, state in %s)\n", m.URL(), ag.URL, dataDir)
 	fmt.Fprintf(stdout, "  export NEXUS_ADDR=%s NEXUS_TOKEN=$(cat %s)\n", m.URL(), tokenPath)
-	fmt.Fprintf(stdout, "  nexus vm create --name hello --kernel-path /path/to/vmlinux --rootfs-path /path/to/rootfs.ext4\n")
+	if simulated {
+		fmt.Fprintf(stdout, "  %s vm create --name hello --kernel-path /bin/true   # firecracker-sim boots any ELF file\n", self)
+	} else {
+		fmt.Fprintf(stdout, "  %s vm create --name hello --kernel-path /path/to/vmlinux --rootfs-path /path/to/rootfs.ext4\n", self)
+	}
+	fmt.Fprintf(stdout, "  (`make images` builds a kernel and rootfs from Debian packages and registers them)\n")
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "nexus: stopping; running VMs keep running and are adopted by the next `nexus up`")
 	ag.Wait()
