@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
@@ -290,7 +292,9 @@ func (c *cluster) cleanup() {
 	}
 	for _, a := range c.agents {
 		a.kill()
+		ids := vmIDsOf(a.runDir)
 		killVMMs(a.runDir)
+		removeCgroups(ids)
 		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup.
 	}
 	if c.t.Failed() {
@@ -341,6 +345,43 @@ func vmmPIDs(runDir string) []int {
 	return out
 }
 
+// vmIDsOf lists the VM ids a run dir knows: its VM dirs and its VMMs.
+func vmIDsOf(runDir string) []string {
+	var ids []string
+	if entries, err := os.ReadDir(filepath.Join(runDir, "vms")); err == nil {
+		for _, e := range entries {
+			ids = append(ids, e.Name())
+		}
+	}
+	for _, pid := range vmmPIDs(runDir) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(cmd), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "--id" {
+				ids = append(ids, args[i+1])
+			}
+		}
+	}
+	return ids
+}
+
+// removeCgroups removes the cgroups of VMMs the test killed behind their
+// agent's back (an agent removes those of the VMMs it stops).
+func removeCgroups(ids []string) {
+	for _, id := range ids {
+		dir := vmm.CgroupDir(id)
+		if dir == "" {
+			continue
+		}
+		for range 50 { // the killed process leaves its group as it exits
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 func killVMMs(runDir string) {
 	for _, pid := range vmmPIDs(runDir) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -359,6 +400,13 @@ func (c *cluster) assertNoLeaks(ids ...string) {
 		for _, id := range ids {
 			if _, err := os.Stat(l.VMDir(id)); err == nil {
 				c.t.Errorf("host %s: run dir of vm %s left", a.name, id)
+			}
+		}
+	}
+	for _, id := range ids {
+		if dir := vmm.CgroupDir(id); dir != "" {
+			if _, err := os.Stat(dir); err == nil {
+				c.t.Errorf("cgroup %s of vm %s left", dir, id)
 			}
 		}
 	}

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Without systemd, each VMM gets a cgroup v2 group of its own where the
@@ -57,10 +60,50 @@ func cgroupPlace(root, vmID string, pid int) (string, error) {
 	return dir, nil
 }
 
-// cgroupRemove removes a VM's group once its processes are gone (rmdir of
-// a cgroup fails while it holds any).
+// cgroupRemove removes a VM's group once its processes are gone. rmdir
+// fails (EBUSY) while the group holds any, and a killed process that was
+// not our child leaves only when its new parent reaps it: retry a little;
+// the periodic prune catches the rest.
 func cgroupRemove(root, vmID string) {
-	if root != "" {
-		_ = os.Remove(filepath.Join(root, "fc-"+vmID))
+	if root == "" {
+		return
+	}
+	dir := filepath.Join(root, "fc-"+vmID)
+	for range 50 {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) || !errors.Is(err, unix.EBUSY) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// CgroupDir is where the group of vmID's VMM is (or would be), "" when
+// cgroups are not available. Tests use it to check for leftovers.
+func CgroupDir(vmID string) string {
+	root := cgroupRoot()
+	if root == "" {
+		return ""
+	}
+	return filepath.Join(root, "fc-"+vmID)
+}
+
+// pruneCgroups removes the groups of VMs that have no live VMM (a VMM
+// killed while the agent was down leaves its group behind). A group that
+// still holds a process is not removable, so nothing live is touched.
+func pruneCgroups(root string, live map[string]bool) {
+	if root == "" {
+		return
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		id, ok := strings.CutPrefix(e.Name(), "fc-")
+		if !ok || !e.IsDir() || live[id] {
+			continue
+		}
+		_ = os.Remove(filepath.Join(root, e.Name()))
 	}
 }

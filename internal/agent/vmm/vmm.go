@@ -521,6 +521,13 @@ func (s *Supervisor) Recover() ([]Handle, error) {
 		s.mu.Unlock()
 		out = append(out, h)
 	}
+	defer func() {
+		live := map[string]bool{}
+		for _, h := range s.List() {
+			live[h.VMID] = true
+		}
+		pruneCgroups(s.cgroups, live)
+	}()
 	// VMMs without a readable handle (an agent killed between start and
 	// writing it) are found by their command line.
 	for _, h := range scanVMMs(s.cfg.Layout) {
@@ -550,12 +557,20 @@ func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
 	defer signal.Stop(sigs)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	prune := time.NewTicker(time.Minute)
+	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-sigs:
 		case <-t.C:
+		case <-prune.C:
+			live := map[string]bool{}
+			for _, h := range s.List() {
+				live[h.VMID] = true
+			}
+			pruneCgroups(s.cgroups, live)
 		}
 		s.sweep()
 	}
