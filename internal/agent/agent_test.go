@@ -352,6 +352,13 @@ func TestProxyRefusals(t *testing.T) {
 		{"metrics via dotdot", "PUT", base + "/metrics", map[string]any{"metrics_path": "../" + other + "/metrics.json"}, 403, "forbidden"},
 		{"another vm's tap", "PUT", base + "/network-interfaces/eth0", map[string]any{"iface_id": "eth0", "host_dev_name": hostlayout.TapName(other)}, 403, "forbidden"},
 		{"bad vm id", "GET", "/agent/v1/vms/..%2fx/proxy/", nil, 400, "invalid_request"},
+		{"upper-case vm id", "GET", "/agent/v1/vms/" + strings.ToUpper(id) + "/proxy/", nil, 400, "invalid_request"},
+		{"snapshot over the saved handle", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": "vmm.json", "mem_file_path": "snapshots/m"}, 403, "forbidden"},
+		{"metrics over the api socket", "PUT", base + "/metrics", map[string]any{"metrics_path": "sock/fc.sock"}, 403, "forbidden"},
+		{"device as a drive", "PUT", base + "/drives/data", map[string]any{"drive_id": "data", "is_root_device": false, "path_on_host": "/dev/null"}, 403, "forbidden"},
+		{"agent token as a kernel", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": filepath.Join(e.layout.RunDir, "agent.token")}, 403, "forbidden"},
+		{"another vm's disk", "PUT", base + "/drives/rootfs", map[string]any{"drive_id": "rootfs", "is_root_device": true, "path_on_host": e.layout.VMDir(other) + "/drives/rootfs.ext4"}, 403, "forbidden"},
+		{"directory as initrd", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": "/bin/true", "initrd_path": "/etc"}, 403, "forbidden"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
