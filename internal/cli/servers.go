@@ -94,6 +94,7 @@ sends heartbeats.`,
 			}
 			o.Version = Version
 			o.VMMEnv = simEnv(e)
+			startPprof(e("NEXUS_PPROF"), log)
 			r, err := agent.Start(cmd.Context(), o, log)
 			if err != nil {
 				return err
@@ -156,6 +157,7 @@ Migrations are applied at start. Agents join with the shared join token
 				return err
 			}
 			o.Version = Version
+			startPprof(e("NEXUS_PPROF"), log)
 			m, err := app.StartManager(cmd.Context(), o, log)
 			if err != nil {
 				return err
@@ -254,6 +256,7 @@ Needs root for TAP devices.`,
 				return err
 			}
 			o.Version = Version
+			startPprof(e("NEXUS_PPROF"), log)
 			return app.Up(cmd.Context(), o, log, stdout)
 		},
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -43,21 +42,18 @@ func cgroupRoot() string {
 	return ""
 }
 
-// cgroupPlace moves pid into the VM's own group; it returns the group's
-// path ("" when cgroups are not available).
-func cgroupPlace(root, vmID string, pid int) (string, error) {
-	if root == "" {
-		return "", nil
-	}
+// cgroupOpen makes the VM's group and opens it, for a child to be born in.
+func cgroupOpen(root, vmID string) (string, *os.File, error) {
 	dir := filepath.Join(root, "fc-"+vmID)
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("cgroup %s: %w", dir, err)
+		return "", nil, fmt.Errorf("cgroup %s: %w", dir, err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+	f, err := os.Open(dir)
+	if err != nil {
 		_ = os.Remove(dir)
-		return "", fmt.Errorf("cgroup %s: move pid %d: %w", dir, pid, err)
+		return "", nil, fmt.Errorf("cgroup %s: %w", dir, err)
 	}
-	return dir, nil
+	return dir, f, nil
 }
 
 // cgroupRemove removes a VM's group once its processes are gone. rmdir

@@ -222,15 +222,27 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	}
 	defer console.Close()
 
-	args := firecracker.Args{APISock: sock, ID: vmID}
-	cmd := exec.Command(s.cfg.Bin, args.Argv()...)
-	cmd.Dir = l.VMDir(vmID)
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, s.cfg.Env...)
-	cmd.Stdout = console
-	cmd.Stderr = console
-	// Own session: the VMM must survive the agent's exit and its signals.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	cmd := s.command(l, sock, vmID, console)
+	// Without systemd, the VMM is born in a cgroup of its own (clone3 with
+	// CLONE_INTO_CGROUP): moving it there afterwards would take the
+	// cgroup write lock, milliseconds per VMM and serialised across spawns.
+	cg, cgfd := s.cgroupFor(vmID)
+	if cgfd != nil {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgfd.Fd())
+	}
+	err = cmd.Start()
+	if cgfd != nil {
+		cgfd.Close()
+		if err != nil {
+			// A kernel without CLONE_INTO_CGROUP: start it the plain way.
+			cgroupRemove(s.cgroups, vmID)
+			cg = ""
+			cmd = s.command(l, sock, vmID, console)
+			err = cmd.Start()
+		}
+	}
+	if err != nil {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: start %s: %w", vmID, s.cfg.Bin, err)
 	}
 	pid := cmd.Process.Pid
@@ -240,7 +252,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 
 	h := Handle{
 		Version: handleVersion, VMID: vmID, PID: pid, Bin: s.cfg.Bin, APISock: sock,
-		StartedAt: time.Now().UTC(), Vcpu: opts.Vcpu, MemMib: opts.MemMib,
+		StartedAt: time.Now().UTC(), Vcpu: opts.Vcpu, MemMib: opts.MemMib, Cgroup: cg,
 	}
 	if pi, err := readProc(pid); err == nil {
 		h.StartTicks = pi.startTicks
@@ -265,10 +277,6 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		} else {
 			p.h.Scope = unit
 		}
-	} else if dir, err := cgroupPlace(s.cgroups, vmID, pid); err != nil {
-		s.log.Warn("vmm stays in the agent's cgroup", "vm_id", vmID, "err", err)
-	} else if dir != "" {
-		p.h.Cgroup = dir
 	}
 	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
 		return fail(err)
@@ -280,12 +288,44 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	return p.h, false, nil
 }
 
+// command is the VMM's command line, environment and stdio, in its own
+// session: the VMM must survive the agent's exit and its signals.
+func (s *Supervisor) command(l hostlayout.Layout, sock, vmID string, console *os.File) *exec.Cmd {
+	args := firecracker.Args{APISock: sock, ID: vmID}
+	cmd := exec.Command(s.cfg.Bin, args.Argv()...)
+	cmd.Dir = l.VMDir(vmID)
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, s.cfg.Env...)
+	cmd.Stdout = console
+	cmd.Stderr = console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
+// cgroupFor makes the VM's cgroup and opens it for CLONE_INTO_CGROUP; no
+// file when cgroups are unavailable (or systemd places the VMM instead).
+func (s *Supervisor) cgroupFor(vmID string) (string, *os.File) {
+	if s.cfg.Scoper != nil || s.cgroups == "" {
+		return "", nil
+	}
+	dir, f, err := cgroupOpen(s.cgroups, vmID)
+	if err != nil {
+		s.log.Warn("vmm stays in the agent's cgroup", "vm_id", vmID, "err", err)
+		return "", nil
+	}
+	return dir, f
+}
+
 // adopt finds a live VMM of vmID that is not tracked — by its handle, or
 // by its command line in /proc — and tracks it.
 func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 	dir := s.cfg.Layout.VMDir(vmID)
 	h, err := readHandle(dir)
 	if err != nil || h.VMID != vmID || !alive(h.PID, h.StartTicks, vmID) {
+		// Scanning /proc costs a read per process on the host: only when a
+		// socket says a VMM may have run here (a first spawn has none).
+		if _, err := os.Lstat(s.cfg.Layout.SockPath(vmID)); err != nil {
+			return Handle{}, false
+		}
 		found := false
 		for _, c := range scanVMMs(s.cfg.Layout) {
 			if c.VMID == vmID {
