@@ -63,10 +63,7 @@ func copyFrom(ctx context.Context, dst string, in *os.File, size int64, perm os.
 	if err != nil {
 		return "", nil, err
 	}
-	var method CopyMethod
-	if err = ctx.Err(); err == nil {
-		method, err = copyInto(out, in, size)
-	}
+	method, err := copyInto(ctx, out, in, size)
 	if err == nil {
 		err = out.Sync()
 	}

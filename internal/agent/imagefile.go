@@ -262,7 +262,7 @@ const copyBlock = 4096
 // copyInto fills dst (empty, on the destination filesystem) with the
 // contents of src (size bytes): a copy-on-write clone when the filesystem
 // supports it (btrfs, XFS), otherwise a sparse copy. It returns the method.
-func copyInto(dst, src *os.File, size int64) (CopyMethod, error) {
+func copyInto(ctx context.Context, dst, src *os.File, size int64) (CopyMethod, error) {
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err == nil {
 		return CopyReflink, nil
 	}
@@ -270,14 +270,14 @@ func copyInto(dst, src *os.File, size int64) (CopyMethod, error) {
 	if err := dst.Truncate(0); err != nil {
 		return "", err
 	}
-	return CopySparse, sparseCopy(dst, src, size)
+	return CopySparse, sparseCopy(ctx, dst, src, size)
 }
 
 // sparseCopy copies only src's data extents (SEEK_DATA/SEEK_HOLE) and,
 // within them, only blocks that are not all zeros: holes stay holes and
 // the copy never occupies more disk than the source. A filesystem without
 // SEEK_DATA is scanned whole, still skipping zero blocks.
-func sparseCopy(dst, src *os.File, size int64) error {
+func sparseCopy(ctx context.Context, dst, src *os.File, size int64) error {
 	if err := dst.Truncate(size); err != nil {
 		return err
 	}
@@ -297,7 +297,7 @@ func sparseCopy(dst, src *os.File, size int64) error {
 		if data >= size {
 			break
 		}
-		if err := copyData(dst, src, data, hole, buf); err != nil {
+		if err := copyData(ctx, dst, src, data, hole, buf); err != nil {
 			return err
 		}
 		off = hole
@@ -311,8 +311,11 @@ func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // copyData copies [from, to) of src to the same offsets of dst, writing
 // runs of non-zero blocks only.
-func copyData(dst, src *os.File, from, to int64, buf []byte) error {
+func copyData(ctx context.Context, dst, src *os.File, from, to int64, buf []byte) error {
 	for pos := from; pos < to; {
+		if err := ctx.Err(); err != nil {
+			return err // the caller gave up: stop between chunks
+		}
 		n := int(min(int64(len(buf)), to-pos))
 		got, err := src.ReadAt(buf[:n], pos)
 		if got < n {

@@ -93,8 +93,13 @@ func TestSparseCopy(t *testing.T) {
 		name string
 		copy func(dst *os.File) (string, error)
 	}{
-		{"sparseCopy", func(dst *os.File) (string, error) { return agentapi.DriveSparse, sparseCopy(dst, src, 1<<30) }},
-		{"copyInto", func(dst *os.File) (string, error) { m, err := copyInto(dst, src, 1<<30); return string(m), err }},
+		{"sparseCopy", func(dst *os.File) (string, error) {
+			return agentapi.DriveSparse, sparseCopy(context.Background(), dst, src, 1<<30)
+		}},
+		{"copyInto", func(dst *os.File) (string, error) {
+			m, err := copyInto(context.Background(), dst, src, 1<<30)
+			return string(m), err
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.Remove(dstPath)

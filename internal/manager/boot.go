@@ -68,6 +68,12 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
 			return nil
 		}},
+		// Before firecracker opens any file: images are checked (and copied)
+		// first, so a file swapped after its check never reaches the VMM.
+		{"prepare drives", func(ctx context.Context) (err error) {
+			drives, err = s.prepareDrives(ctx, &vm, sp)
+			return err
+		}},
 		{"configure logger", func(ctx context.Context) error {
 			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
 		}},
@@ -83,10 +89,6 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 				args = DefaultBootArgs
 			}
 			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: vm.KernelPath, BootArgs: args})
-		}},
-		{"prepare drives", func(ctx context.Context) (err error) {
-			drives, err = s.prepareDrives(ctx, &vm, sp)
-			return err
 		}},
 		{"configure drives", func(ctx context.Context) error {
 			for _, d := range drives {

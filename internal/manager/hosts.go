@@ -94,6 +94,14 @@ func (s *Service) RemoveHost(ctx context.Context, ref string) error {
 			return conflict("host_not_empty", "host %s still holds VMs", h.Name).
 				suggest("delete or move them first (nexus vm ls --host " + h.ID + ")")
 		}
+		snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{HostID: h.ID})
+		if err != nil {
+			return err
+		}
+		if len(snaps) > 0 {
+			return conflict("host_not_empty", "host %s still holds %d snapshots", h.Name, len(snaps)).
+				suggest("delete them first (nexus snapshot ls, nexus snapshot rm); snapshots stay on their host")
+		}
 		if err := s.st.DeleteHost(ctx, h.ID); err != nil {
 			return fmt.Errorf("remove host %s: %w", h.Name, err)
 		}
@@ -117,8 +125,10 @@ func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
 	return hosts, nil
 }
 
+// A draining host that stops reporting is unreachable too: draining is
+// what an operator wants, reachability what the host does.
 func (s *Service) effectiveState(h store.Host) store.HostState {
-	if h.State == store.HostReady && s.now().Sub(h.LastSeenAt) > s.cfg.HeartbeatTimeout {
+	if (h.State == store.HostReady || h.State == store.HostDraining) && s.now().Sub(h.LastSeenAt) > s.cfg.HeartbeatTimeout {
 		return store.HostUnreachable
 	}
 	return h.State

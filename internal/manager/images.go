@@ -105,6 +105,20 @@ func (s *Service) CreateImage(ctx context.Context, scope Scope, id string, req a
 	if err != nil {
 		return store.Image{}, err
 	}
+	if !scope.Admin {
+		// Project scoping must hold for the bytes, not only the rows: a
+		// file another project registered is not re-registrable here.
+		all, err := s.st.ListImages(ctx, store.ImageFilter{})
+		if err != nil {
+			return store.Image{}, fmt.Errorf("register image %s: %w", req.Name, err)
+		}
+		for _, other := range all {
+			if other.HostPath == info.Path && other.Project != project && other.Project != "" {
+				return store.Image{}, newErr(KindForbidden, "path_registered_elsewhere", "%s is registered in another project", info.Path).
+					suggest("ask an admin to share it (project \"*\"), or register your own copy under another path")
+			}
+		}
+	}
 	if want != "" && info.SHA256 != want {
 		return store.Image{}, newErr(KindInvalid, "sha256_mismatch", "%s has sha256 %s, not the %s given", info.Path, info.SHA256, want).
 			suggest("check that the file is the one you meant, or omit sha256 to record the file's own")

@@ -119,16 +119,13 @@ func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
 	}
 	deadline := time.Now().Add(vmLeaseWait)
 	for {
-		held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.cfg.BootTimeout+30*time.Second)
+		held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.vmLeaseTTL())
 		if err != nil {
 			unlock()
 			return nil, fmt.Errorf("lock vm %s: %w", id, err)
 		}
 		if held {
-			return func() {
-				_ = s.st.ReleaseLease(context.WithoutCancel(ctx), "vm/"+id, s.instance)
-				unlock()
-			}, nil
+			return s.holdLease(ctx, "vm/"+id, unlock), nil
 		}
 		if time.Now().After(deadline) {
 			unlock()
@@ -153,15 +150,42 @@ func (s *Service) tryLockVM(ctx context.Context, id string) (func(), bool) {
 	if !s.shared() {
 		return unlock, true
 	}
-	held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.cfg.BootTimeout+30*time.Second)
+	held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.vmLeaseTTL())
 	if err != nil || !held {
 		unlock()
 		return nil, false
 	}
-	return func() {
-		_ = s.st.ReleaseLease(context.WithoutCancel(ctx), "vm/"+id, s.instance)
+	return s.holdLease(ctx, "vm/"+id, unlock), true
+}
+
+func (s *Service) vmLeaseTTL() time.Duration { return s.cfg.BootTimeout + 30*time.Second }
+
+// holdLease keeps a per-VM lease renewed while an operation runs (a large
+// snapshot outlasts any fixed TTL) and returns the function that releases
+// it and then the in-process lock.
+func (s *Service) holdLease(ctx context.Context, name string, unlock func()) func() {
+	done := make(chan struct{})
+	ttl := s.vmLeaseTTL()
+	go func() {
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				held, err := s.st.AcquireLease(context.WithoutCancel(ctx), name, s.instance, ttl)
+				if err != nil || !held {
+					s.log.Error("lost the lease of an operation in progress; another manager may act on the VM", "lease", name, "err", err)
+				}
+			}
+		}
+	}()
+	return sync.OnceFunc(func() {
+		close(done)
+		_ = s.st.ReleaseLease(context.WithoutCancel(ctx), name, s.instance)
 		unlock()
-	}, true
+	})
 }
 
 // shared reports whether other managers may share the store.

@@ -80,8 +80,13 @@ func (c *ReconcilerConfig) defaults() {
 type Reconciler struct {
 	s       *Service
 	cfg     ReconcilerConfig
-	leader  atomic.Bool
-	trigger chan string // host id, or "" for every host
+	leader atomic.Bool
+	// Triggers are merged: a burst of exit reports becomes one pass per
+	// host (or one pass of everything), not one per report.
+	kick     chan struct{}
+	pendMu   sync.Mutex
+	pendAll  bool
+	pendHost map[string]bool
 
 	mu      sync.Mutex
 	orphans map[string]time.Time // host/resource → first seen unclaimed
@@ -105,7 +110,7 @@ type PassStats struct {
 // NewReconciler returns a reconciler for s.
 func (s *Service) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	cfg.defaults()
-	r := &Reconciler{s: s, cfg: cfg, trigger: make(chan string, 64), orphans: map[string]time.Time{}}
+	r := &Reconciler{s: s, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
 	}, []string{"action", "result"})
@@ -134,10 +139,30 @@ func (r *Reconciler) LastPass() PassStats {
 
 // Trigger asks for a pass of one host ("" = all) as soon as possible.
 func (r *Reconciler) Trigger(hostID string) {
-	select {
-	case r.trigger <- hostID:
-	default: // a pass is already queued
+	r.pendMu.Lock()
+	if hostID == "" {
+		r.pendAll = true
+	} else {
+		r.pendHost[hostID] = true
 	}
+	r.pendMu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default: // a pass is already queued; it will see this host too
+	}
+}
+
+// pending takes the hosts asked for so far: all, or a set.
+func (r *Reconciler) pending() (bool, []string) {
+	r.pendMu.Lock()
+	defer r.pendMu.Unlock()
+	all := r.pendAll
+	hosts := make([]string, 0, len(r.pendHost))
+	for h := range r.pendHost {
+		hosts = append(hosts, h)
+	}
+	r.pendAll, r.pendHost = false, map[string]bool{}
+	return all, hosts
 }
 
 // Run holds or contends for the lease and reconciles every Interval and on
@@ -148,17 +173,27 @@ func (r *Reconciler) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
-		host := ""
+		all := false
+		var hosts []string
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case host = <-r.trigger:
+			all = true
+			r.pending() // a full pass covers whatever was asked
+		case <-r.kick:
+			all, hosts = r.pending()
 		}
 		if !r.leader.Load() {
 			continue
 		}
-		r.Pass(ctx, host)
+		if all || len(hosts) > 3 {
+			r.Pass(ctx, "")
+			continue
+		}
+		for _, h := range hosts {
+			r.Pass(ctx, h)
+		}
 	}
 }
 
@@ -293,9 +328,18 @@ func (r *Reconciler) allVMs(ctx context.Context) ([]store.VM, error) {
 func (r *Reconciler) hostLost(ctx context.Context, hostID string) {
 	s := r.s
 	s.log.Warn("host unreachable: missed heartbeats", "host_id", hostID)
-	vms, _, err := s.st.ListVMs(ctx, store.VMFilter{HostID: hostID, Limit: store.MaxLimit})
-	if err != nil {
-		return
+	var vms []store.VM
+	f := store.VMFilter{HostID: hostID, Limit: store.MaxLimit}
+	for {
+		page, next, err := s.st.ListVMs(ctx, f)
+		if err != nil {
+			return
+		}
+		vms = append(vms, page...)
+		if next == "" {
+			break
+		}
+		f.Cursor = next
 	}
 	for _, vm := range vms {
 		msg := fmt.Sprintf("host %s unreachable since %s; the VM is not started elsewhere", hostID, s.now().UTC().Format(time.RFC3339))
@@ -392,8 +436,13 @@ func (r *Reconciler) plan(h store.Host, inv agentapi.Inventory, vms []store.VM, 
 		}
 		seen[vmID] = true
 		plan = append(plan, action{name: "gc_vm", vmID: vmID, do: func(ctx context.Context) error {
-			s.log.Info("removing orphan", "what", what, "vm_id", vmID, "host", h.Name)
-			return s.agents.get(h.Addr).Delete(ctx, vmID)
+			return r.withLock(ctx, vmID, func() error {
+				if vm, err := s.st.GetVM(ctx, vmID); err == nil && vm.HostID == h.ID {
+					return nil // claimed meanwhile (a create that was starting)
+				}
+				s.log.Info("removing orphan", "what", what, "vm_id", vmID, "host", h.Name)
+				return s.agents.get(h.Addr).Delete(ctx, vmID)
+			})
 		}})
 	}
 	for _, m := range inv.VMMs {
@@ -431,7 +480,9 @@ func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *age
 	if err != nil || len(dirs.Items) == 0 {
 		return nil
 	}
-	known, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{HostID: h.ID})
+	// Matched by VM and snapshot id, whatever host id the catalog has: a
+	// host removed and registered again gets a new id, not new snapshots.
+	known, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
 	if err != nil {
 		return nil
 	}
@@ -447,7 +498,7 @@ func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *age
 		}
 		plan = append(plan, action{name: "gc_snapshot", vmID: d.VMID, do: func(ctx context.Context) error {
 			// Under the VM's lock: a snapshot still being written holds it.
-			return r.withLock(d.VMID, func() error {
+			return r.withLock(ctx, d.VMID, func() error {
 				if sn, err := s.st.GetSnapshot(ctx, d.SnapshotID); err == nil && sn.VMID == d.VMID {
 					return nil // recorded meanwhile
 				}
@@ -459,58 +510,73 @@ func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *age
 	return plan
 }
 
-// planVM decides what one VM of the store needs on its host.
+// planVM decides what one VM of the store needs on its host. Each action
+// re-reads the VM under its lock and does nothing if the VM changed since
+// the plan was made (act): the pass's view may be seconds old, and a
+// user's stop, start or pause in between must win.
 func (r *Reconciler) planVM(vm store.VM, live map[string]agentapi.VMM, taps, socks map[string]bool, now time.Time) (action, bool) {
 	s := r.s
 	_, running := live[vm.ID]
+	do := func(name string, f func(ctx context.Context, fresh store.VM) error) (action, bool) {
+		return action{name: name, vmID: vm.ID, do: func(ctx context.Context) error { return r.act(ctx, vm, f) }}, true
+	}
 	switch vm.State {
 	case store.VMDeleting:
-		return action{name: "finish_delete", vmID: vm.ID, do: func(ctx context.Context) error {
-			return s.DeleteVM(ctx, All, vm.ID)
-		}}, true
+		return do("finish_delete", func(ctx context.Context, fresh store.VM) error {
+			return s.deleteLocked(ctx, fresh, false)
+		})
 	case store.VMStopping:
-		return action{name: "finish_stop", vmID: vm.ID, do: func(ctx context.Context) error {
-			_, err := s.StopVM(ctx, All, vm.ID)
+		return do("finish_stop", func(ctx context.Context, fresh store.VM) error {
+			_, err := s.stopLocked(ctx, fresh)
 			return err
-		}}, true
+		})
 	case store.VMStopped, store.VMFailed:
 		if running || socks[vm.ID] {
 			// A VMM (or its socket) outlived its stop: end it.
-			return action{name: "stop_stray", vmID: vm.ID, do: func(ctx context.Context) error {
-				return r.withLock(vm.ID, func() error {
-					return s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{})
-				})
-			}}, true
+			return do("stop_stray", func(ctx context.Context, fresh store.VM) error {
+				return s.agentFor(ctx, fresh).Stop(ctx, fresh.ID, agentapi.StopRequest{})
+			})
+		}
+		if vm.State == store.VMFailed && vm.DesiredState == store.VMRunning && vm.Retries > 0 {
+			// A restart of ours whose boot failed: try again, with backoff.
+			// (Failures of a user's create or start have no retries.)
+			return r.restart(vm, firstNonEmpty(vm.LastError, "restart failed"), now)
 		}
 		return action{}, false
 	case store.VMRequested, store.VMConfigured:
-		if vm.DesiredState != store.VMRunning || now.Sub(vm.UpdatedAt) < r.cfg.StuckGrace {
+		if vm.DesiredState == store.VMStopped || now.Sub(vm.UpdatedAt) < r.cfg.StuckGrace {
 			return action{}, false // a boot in progress, or a create with start=false
 		}
 		return r.restart(vm, "boot abandoned in state "+string(vm.State), now)
 	case store.VMRunning, store.VMPaused:
+		if vm.DesiredState == store.VMStopped {
+			// Running though someone asked it to stop (a race lost to an
+			// operation of another manager): stop it.
+			return do("stop_unwanted", func(ctx context.Context, fresh store.VM) error {
+				_, err := s.stopLocked(ctx, fresh)
+				return err
+			})
+		}
 		healthy := running && socks[vm.ID] && (vm.TAP == "" || taps[vm.TAP])
 		if healthy && vm.State == store.VMPaused && vm.DesiredState == store.VMRunning {
 			// Paused by an operation that never finished (a snapshot whose
 			// manager died): resume it.
-			return action{name: "resume", vmID: vm.ID, do: func(ctx context.Context) error {
-				return r.withLock(vm.ID, func() error {
-					if err := s.agentFor(ctx, vm).Firecracker(vm.ID).Resume(ctx); err != nil {
-						return s.stepError(vm, "resume", err)
-					}
-					_, err := s.setState(ctx, vm.ID, store.VMRunning, "")
-					s.event(ctx, vm.ID, store.LevelWarn, "reconciler: resumed a guest left paused by an interrupted operation")
-					return err
-				})
-			}}, true
+			return do("resume", func(ctx context.Context, fresh store.VM) error {
+				if err := s.agentFor(ctx, fresh).Firecracker(fresh.ID).Resume(ctx); err != nil {
+					return s.stepError(fresh, "resume", err)
+				}
+				_, err := s.setState(ctx, fresh.ID, store.VMRunning, "")
+				s.event(ctx, fresh.ID, store.LevelWarn, "reconciler: resumed a guest left paused by an interrupted operation")
+				return err
+			})
 		}
 		if healthy {
 			if vm.Retries > 0 && vm.NextAttemptAt != nil && now.Sub(*vm.NextAttemptAt) > r.cfg.RetryMax {
 				// Stable again for a while: forget old crashes.
-				return action{name: "reset_retries", vmID: vm.ID, do: func(ctx context.Context) error {
-					_, err := s.update(ctx, vm.ID, func(v *store.VM) error { v.Retries, v.NextAttemptAt = 0, nil; return nil })
+				return do("reset_retries", func(ctx context.Context, fresh store.VM) error {
+					_, err := s.update(ctx, fresh.ID, func(v *store.VM) error { v.Retries, v.NextAttemptAt = 0, nil; return nil })
 					return err
-				}}, true
+				})
 			}
 			return action{}, false
 		}
@@ -526,59 +592,88 @@ func (r *Reconciler) planVM(vm store.VM, live map[string]agentapi.VMM, taps, soc
 	return action{}, false
 }
 
-// restart boots a VM again after its VMM died (or its boot was abandoned),
-// with doubling delays; after MaxRetries the VM is marked failed.
+// restart boots a VM again after its VMM died (or its boot was abandoned
+// or failed), with doubling delays; after MaxRetries the VM is failed.
 func (r *Reconciler) restart(vm store.VM, why string, now time.Time) (action, bool) {
 	s := r.s
 	if vm.NextAttemptAt != nil && now.Before(*vm.NextAttemptAt) {
 		return action{}, false // backing off
 	}
 	if vm.Retries >= r.cfg.MaxRetries {
+		if vm.State == store.VMFailed {
+			return action{}, false // already given up
+		}
 		return action{name: "give_up", vmID: vm.ID, do: func(ctx context.Context) error {
-			msg := fmt.Sprintf("%s; restarted %d times, giving up", why, vm.Retries)
-			return r.withLock(vm.ID, func() error {
-				_ = s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{})
-				_, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+			return r.act(ctx, vm, func(ctx context.Context, fresh store.VM) error {
+				msg := fmt.Sprintf("%s; restarted %d times, giving up", why, fresh.Retries)
+				_ = s.agentFor(ctx, fresh).Stop(ctx, fresh.ID, agentapi.StopRequest{})
+				_, err := s.update(ctx, fresh.ID, func(v *store.VM) error {
 					v.State, v.LastError, v.NextAttemptAt = store.VMFailed, msg, nil
 					return nil
 				})
-				s.event(ctx, vm.ID, store.LevelError, "reconciler: %s", msg)
+				s.event(ctx, fresh.ID, store.LevelError, "reconciler: %s", msg)
 				return err
 			})
 		}}, true
 	}
 	return action{name: "restart", vmID: vm.ID, do: func(ctx context.Context) error {
-		return r.withLock(vm.ID, func() error {
-			delay := min(r.cfg.RetryBase<<vm.Retries, r.cfg.RetryMax)
+		return r.act(ctx, vm, func(ctx context.Context, fresh store.VM) error {
+			delay := min(r.cfg.RetryBase<<fresh.Retries, r.cfg.RetryMax)
 			next := s.now().Add(delay)
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+			paused := fresh.DesiredState == store.VMPaused
+			// One write before any host call: retries, backoff and a
+			// desired state the plan redoes even if the host calls fail.
+			cur, err := s.update(ctx, fresh.ID, func(v *store.VM) error {
 				v.Retries++
 				v.NextAttemptAt = &next
 				v.State = store.VMRequested
+				v.DesiredState = store.VMRunning
 				v.LastError = why
 				return nil
 			})
 			if err != nil {
 				return err
 			}
-			s.event(ctx, vm.ID, store.LevelWarn, "reconciler: %s; restarting (attempt %d)", why, cur.Retries)
-			if err := s.agentFor(ctx, cur).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
-				return agentError("vm "+vm.ID+": clean up before restart", cur, err)
+			s.event(ctx, fresh.ID, store.LevelWarn, "reconciler: %s; restarting (attempt %d)", why, cur.Retries)
+			if paused {
+				s.event(ctx, fresh.ID, store.LevelWarn, "reconciler: the paused guest's memory was lost with its VMM; it runs again from boot")
 			}
-			booted, err := s.boot(ctx, cur)
-			if err == nil && booted.DesiredState == store.VMPaused {
-				_, err = s.update(ctx, vm.ID, func(v *store.VM) error { v.DesiredState = store.VMRunning; return nil })
-				s.event(ctx, vm.ID, store.LevelWarn, "reconciler: the paused guest's memory was lost with its VMM; it runs again from boot")
+			if err := s.agentFor(ctx, cur).Stop(ctx, fresh.ID, agentapi.StopRequest{}); err != nil {
+				return agentError("vm "+fresh.ID+": clean up before restart", cur, err)
 			}
+			_, err = s.boot(ctx, cur)
 			return err
 		})
 	}}, true
 }
 
-// withLock runs f holding the VM's lock, unless an operation of this
-// manager holds it: then the VM is busy and this pass leaves it alone.
-func (r *Reconciler) withLock(vmID string, f func() error) error {
-	unlock, ok := r.s.tryLockVM(r.s.ctx, vmID)
+// act runs f on the VM as it is now, holding its lock — unless an
+// operation holds the lock (the VM is busy) or the VM changed since the
+// plan (a newer generation): then this pass leaves it to the next one.
+func (r *Reconciler) act(ctx context.Context, planned store.VM, f func(context.Context, store.VM) error) error {
+	unlock, ok := r.s.tryLockVM(ctx, planned.ID)
+	if !ok {
+		return nil
+	}
+	defer unlock()
+	fresh, err := r.s.st.GetVM(ctx, planned.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fresh.Generation != planned.Generation {
+		return nil
+	}
+	return f(ctx, fresh)
+}
+
+// withLock runs f holding the VM's lock, unless an operation holds it:
+// then the VM is busy and this pass leaves it alone. For resources of no
+// VM, which have no row to re-check.
+func (r *Reconciler) withLock(ctx context.Context, vmID string, f func() error) error {
+	unlock, ok := r.s.tryLockVM(ctx, vmID)
 	if !ok {
 		return nil
 	}

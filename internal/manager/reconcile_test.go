@@ -107,6 +107,13 @@ func TestPlanVM(t *testing.T) {
 		{"interrupted delete: finish", func(v store.VM) store.VM { v.State, v.DesiredState = store.VMDeleting, store.VMDeleting; return v }, healthyInv(), []string{"finish_delete"}},
 		{"stopped but vmm alive: stop it", func(v store.VM) store.VM { v.State, v.DesiredState = store.VMStopped, store.VMStopped; return v }, healthyInv(), []string{"stop_stray"}},
 		{"failed and gone: leave it", func(v store.VM) store.VM { v.State = store.VMFailed; return v }, agentapi.Inventory{RunDirs: []agentapi.RunDir{{VMID: vmA}}}, nil},
+		{"our restart's boot failed: retry", func(v store.VM) store.VM { v.State, v.Retries, v.NextAttemptAt = store.VMFailed, 1, &past; return v }, agentapi.Inventory{}, []string{"restart"}},
+		{"our restarts spent: stay failed", func(v store.VM) store.VM { v.State, v.Retries, v.NextAttemptAt = store.VMFailed, 3, &past; return v }, agentapi.Inventory{}, nil},
+		{"running but asked to stop: stop", func(v store.VM) store.VM { v.DesiredState = store.VMStopped; return v }, healthyInv(), []string{"stop_unwanted"}},
+		{"paused VM's restart interrupted: redo", func(v store.VM) store.VM {
+			v.State, v.DesiredState, v.UpdatedAt = store.VMRequested, store.VMPaused, clk.t.Add(-time.Minute)
+			return v
+		}, noVMM, []string{"restart"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vm := running(clk)
@@ -162,5 +169,59 @@ func TestPlanOrphansWaitForGrace(t *testing.T) {
 	clk.advance(time.Minute)
 	if got := names(r.plan(h, healthyInv(), nil, known2, nil)); !slices.Equal(got, []string{"gc_vm"}) {
 		t.Fatalf("vm placed elsewhere: plan = %v; want gc_vm", got)
+	}
+}
+
+// TestActionsRecheckUnderLock: an action planned from a view that a user's
+// operation has since changed does nothing; the next pass decides again.
+func TestActionsRecheckUnderLock(t *testing.T) {
+	t.Parallel()
+	r, clk := newPlanner(t)
+	ctx := context.Background()
+	s := r.s
+	h := store.Host{ID: "h1", Name: "h1", Addr: "http://127.0.0.1:1"} // no agent there
+	mk := func(name string) store.VM {
+		vm, err := s.st.CreateVM(ctx, store.VM{Name: name, Project: "p", HostID: "h1", HostAddr: h.Addr,
+			State: store.VMRunning, DesiredState: store.VMRunning, VCPU: 1, MemMiB: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vm
+	}
+	plan := func(vm store.VM) action {
+		ps := r.plan(h, agentapi.Inventory{}, []store.VM{vm}, map[string]store.VM{vm.ID: vm}, nil)
+		if len(ps) != 1 || ps[0].name != "restart" {
+			t.Fatalf("plan = %v; want restart", names(ps))
+		}
+		return ps[0]
+	}
+	_ = clk
+
+	// The user stops the VM after the plan was made: the restart must not run.
+	vm := mk("raced")
+	a := plan(vm)
+	if _, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+		v.State, v.DesiredState = store.VMStopped, store.VMStopped
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.do(ctx); err != nil {
+		t.Fatalf("stale action: %v", err)
+	}
+	got, _ := s.st.GetVM(ctx, vm.ID)
+	if got.State != store.VMStopped || got.DesiredState != store.VMStopped || got.Retries != 0 {
+		t.Fatalf("stale restart acted: %s/%s retries %d", got.State, got.DesiredState, got.Retries)
+	}
+
+	// Unchanged, the same action does run (and, with no agent, records
+	// the attempt and fails).
+	vm2 := mk("unchanged")
+	if err := plan(vm2).do(ctx); err == nil {
+		t.Fatal("restart without an agent succeeded")
+	}
+	got, _ = s.st.GetVM(ctx, vm2.ID)
+	if got.Retries != 1 || got.NextAttemptAt == nil {
+		t.Fatalf("fresh restart did not record its attempt: retries %d", got.Retries)
 	}
 }

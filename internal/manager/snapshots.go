@@ -45,15 +45,11 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 	} else if !hostlayout.ValidVMID(sid) {
 		return store.Snapshot{}, invalid("invalid snapshot id %q", sid)
 	}
-	unlock, err := s.lockVM(ctx, vmID)
+	vm, unlock, err := s.lockedVM(ctx, scope, vmID)
 	if err != nil {
 		return store.Snapshot{}, err
 	}
 	defer unlock()
-	vm, err := s.GetVM(ctx, scope, vmID)
-	if err != nil {
-		return store.Snapshot{}, err
-	}
 	if vm.State != store.VMRunning && vm.State != store.VMPaused {
 		return store.Snapshot{}, conflict("vm_not_running", "cannot snapshot vm %s (%s): it is %s; only a running or paused VM has a state to save", vm.ID, vm.Name, vm.State).
 			suggest("start it first (nexus vm start " + vm.ID + "); a stopped VM's disks are all its state")

@@ -96,27 +96,30 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	if cfg.NIC != nil && cfg.NIC.Disabled {
 		vm.TAP, vm.MAC = "", ""
 	}
+	// The lock is taken before the row exists, so no stop, delete or
+	// reconciler pass can act on the VM until its boot is underway, and a
+	// lock that cannot be had leaves no row behind.
+	unlock, err := s.lockVM(ctx, vm.ID)
+	if err != nil {
+		return store.VM{}, err
+	}
 	vm, err = s.st.CreateVM(ctx, vm)
 	release()
-	if errors.Is(err, store.ErrConflict) {
-		return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
-			suggest("pick another name or delete the existing VM")
-	}
 	if err != nil {
+		unlock()
+		if errors.Is(err, store.ErrConflict) {
+			return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
+				suggest("pick another name or delete the existing VM")
+		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
 	s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s", host.Name)
 	if !start {
+		defer unlock()
 		return s.setState(ctx, vm.ID, store.VMStopped, "")
 	}
-	// The lock is taken before answering, so no stop or delete can slip in
-	// between the answer and an async boot. The boot must finish even if
-	// the caller disconnects: it keeps the request's values, not its
-	// cancellation.
-	unlock, err := s.lockVM(ctx, vm.ID)
-	if err != nil {
-		return vm, err
-	}
+	// The boot must finish even if the caller disconnects: it keeps the
+	// request's values, not its cancellation.
 	bootCtx := context.WithoutCancel(ctx)
 	if !opt.Wait {
 		s.goBackground(func() {
@@ -270,6 +273,9 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 		return vm, conflict("vm_paused", "vm %s is paused", id).suggest("resume it: nexus vm resume " + id)
 	case store.VMDeleting:
 		return vm, conflict("vm_deleting", "vm %s is being deleted", id)
+	case store.VMStopping:
+		return vm, conflict("vm_stopping", "vm %s is still stopping", id).
+			suggest("stop it again (nexus vm stop " + id + ") to finish the stop, then start it")
 	}
 	if vm, err = s.update(ctx, id, func(v *store.VM) error {
 		// An explicit start forgets earlier crashes.
@@ -295,16 +301,23 @@ func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM,
 		return vm, err
 	}
 	defer unlock()
+	return s.stopLocked(ctx, vm)
+}
+
+// stopLocked stops vm; the caller holds its lock.
+func (s *Service) stopLocked(ctx context.Context, vm store.VM) (store.VM, error) {
+	id := vm.ID
 	if vm.State == store.VMStopped {
 		return s.setDesired(ctx, id, store.VMStopped)
 	}
 	if vm.State == store.VMDeleting {
 		return vm, conflict("vm_deleting", "vm %s is being deleted", id)
 	}
-	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+	vm, err := s.update(ctx, id, func(v *store.VM) error {
 		v.DesiredState, v.State = store.VMStopped, store.VMStopping
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return vm, err
 	}
 	s.event(ctx, id, store.LevelInfo, "stopping")
@@ -389,11 +402,18 @@ func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bo
 		return err
 	}
 	defer unlock()
+	return s.deleteLocked(ctx, vm, force)
+}
+
+// deleteLocked deletes vm; the caller holds its lock.
+func (s *Service) deleteLocked(ctx context.Context, vm store.VM, force bool) error {
+	id := vm.ID
 	ctx = context.WithoutCancel(ctx)
-	if vm, err = s.update(ctx, id, func(v *store.VM) error {
+	vm, err := s.update(ctx, id, func(v *store.VM) error {
 		v.State, v.DesiredState = store.VMDeleting, store.VMDeleting
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	if vm.HostAddr != "" {
