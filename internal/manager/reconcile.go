@@ -78,8 +78,8 @@ func (c *ReconcilerConfig) defaults() {
 // Reconciler moves observed state toward desired state across the fleet
 // and removes what belongs to no VM. Only the lease holder acts.
 type Reconciler struct {
-	s       *Service
-	cfg     ReconcilerConfig
+	s      *Service
+	cfg    ReconcilerConfig
 	leader atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
 	// host (or one pass of everything), not one per report.
