@@ -78,13 +78,9 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, id := range args {
-				if err := c.Do(cmd.Context(), "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil, nil); err != nil {
-					return describe(err)
-				}
-				fmt.Fprintf(stdout, "%s\trevoked\n", id)
-			}
-			return nil
+			return eachRef(args, stdout, "revoked", func(id string) error {
+				return c.Do(cmd.Context(), "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil, nil)
+			})
 		},
 	}
 	rotate := &cobra.Command{

@@ -146,19 +146,9 @@ func imageRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			failed := 0
-			for _, ref := range args {
-				if err := c.Do(cmd.Context(), "DELETE", "/v1/images/"+url.PathEscape(ref), projectQuery(cf), nil, nil); err != nil {
-					failed++
-					fmt.Fprintf(stdout, "%s\terror: %v\n", ref, describe(err))
-					continue
-				}
-				fmt.Fprintf(stdout, "%s\tremoved\n", ref)
-			}
-			if failed > 0 {
-				return fmt.Errorf("%d of %d failed", failed, len(args))
-			}
-			return nil
+			return eachRef(args, stdout, "removed", func(ref string) error {
+				return c.Do(cmd.Context(), "DELETE", "/v1/images/"+url.PathEscape(ref), projectQuery(cf), nil, nil)
+			})
 		},
 	}
 }

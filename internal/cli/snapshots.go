@@ -166,19 +166,9 @@ func snapshotRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			failed := 0
-			for _, id := range args {
-				if err := c.Do(cmd.Context(), "DELETE", "/v1/snapshots/"+url.PathEscape(id), nil, nil, nil); err != nil {
-					failed++
-					fmt.Fprintf(stdout, "%s\terror: %v\n", id, describe(err))
-					continue
-				}
-				fmt.Fprintf(stdout, "%s\tok\n", id)
-			}
-			if failed > 0 {
-				return fmt.Errorf("%d of %d failed", failed, len(args))
-			}
-			return nil
+			return eachRef(args, stdout, "ok", func(id string) error {
+				return c.Do(cmd.Context(), "DELETE", "/v1/snapshots/"+url.PathEscape(id), nil, nil, nil)
+			})
 		},
 	}
 }

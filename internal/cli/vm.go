@@ -333,18 +333,26 @@ func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 // forEach runs op for each VM reference, printing each outcome; it fails
 // if any failed.
 func forEach(ctx context.Context, c *client.Client, project string, refs []string, stdout io.Writer, op func(id string) error) error {
+	return eachRef(refs, stdout, "ok", func(ref string) error {
+		id, err := resolve(ctx, c, project, ref)
+		if err != nil {
+			return err
+		}
+		return op(id)
+	})
+}
+
+// eachRef runs op for each argument, printing "<ref>\t<done>" or the
+// error, and fails if any failed: one bad name does not stop the rest.
+func eachRef(refs []string, stdout io.Writer, done string, op func(ref string) error) error {
 	failed := 0
 	for _, ref := range refs {
-		id, err := resolve(ctx, c, project, ref)
-		if err == nil {
-			err = op(id)
-		}
-		if err != nil {
+		if err := op(ref); err != nil {
 			failed++
 			fmt.Fprintf(stdout, "%s\terror: %v\n", ref, describe(err))
 			continue
 		}
-		fmt.Fprintf(stdout, "%s\tok\n", ref)
+		fmt.Fprintf(stdout, "%s\t%s\n", ref, done)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d failed", failed, len(refs))
@@ -467,13 +475,9 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, h := range args {
-				if err := c.Do(cmd.Context(), "DELETE", "/v1/hosts/"+url.PathEscape(h), nil, nil, nil); err != nil {
-					return describe(err)
-				}
-				fmt.Fprintf(stdout, "%s\tremoved\n", h)
-			}
-			return nil
+			return eachRef(args, stdout, "removed", func(h string) error {
+				return c.Do(cmd.Context(), "DELETE", "/v1/hosts/"+url.PathEscape(h), nil, nil, nil)
+			})
 		},
 	})
 	for _, a := range []struct{ verb, short string }{
@@ -489,13 +493,9 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				for _, h := range args {
-					if err := c.Do(cmd.Context(), "POST", "/v1/hosts/"+url.PathEscape(h)+"/"+a.verb, nil, nil, nil); err != nil {
-						return describe(err)
-					}
-					fmt.Fprintf(stdout, "%s\t%sed\n", h, a.verb)
-				}
-				return nil
+				return eachRef(args, stdout, a.verb+"ed", func(h string) error {
+					return c.Do(cmd.Context(), "POST", "/v1/hosts/"+url.PathEscape(h)+"/"+a.verb, nil, nil, nil)
+				})
 			},
 		})
 	}
