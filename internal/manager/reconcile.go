@@ -90,6 +90,7 @@ type Reconciler struct {
 
 	mu      sync.Mutex
 	orphans map[string]time.Time // host/resource → first seen unclaimed
+	silent  map[string]bool      // draining hosts already marked lost
 	last    PassStats
 
 	mActions *prometheus.CounterVec
@@ -245,6 +246,7 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 			r.hostLost(ctx, id)
 		}
 	}
+	r.drainingLost(ctx)
 	hosts, err := s.ListHosts(ctx)
 	if err != nil {
 		s.log.Error("reconcile: list hosts", "err", err)
@@ -319,6 +321,36 @@ func (r *Reconciler) allVMs(ctx context.Context) ([]store.VM, error) {
 			return out, nil
 		}
 		f.Cursor = next
+	}
+}
+
+// drainingLost marks the VMs of draining hosts that went silent: the store
+// keeps such a host "draining" (the operator's intent), so it is not among
+// the hosts MarkHostsUnreachable returns. Each silence is marked once.
+func (r *Reconciler) drainingLost(ctx context.Context) {
+	s := r.s
+	hosts, err := s.st.ListHosts(ctx)
+	if err != nil {
+		return
+	}
+	stale := s.now().Add(-s.cfg.HeartbeatTimeout)
+	r.mu.Lock()
+	var lost []string
+	if r.silent == nil {
+		r.silent = map[string]bool{}
+	}
+	for _, h := range hosts {
+		switch {
+		case h.State != store.HostDraining || !h.LastSeenAt.Before(stale):
+			delete(r.silent, h.ID) // reporting again: a later silence counts anew
+		case !r.silent[h.ID]:
+			r.silent[h.ID] = true
+			lost = append(lost, h.ID)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range lost {
+		r.hostLost(ctx, id)
 	}
 }
 

@@ -479,3 +479,26 @@ func TestTwoManagersOneReconciler(t *testing.T) {
 	c.client = c2
 	c.teardown(t, vms)
 }
+
+// TestDrainingHostGone: a draining host that goes silent shows unreachable
+// and its VMs are marked, like a ready host's.
+func TestDrainingHostGone(t *testing.T) {
+	c, vms := chaosCluster(t, "sqlite", 1, 1)
+	ctx := context.Background()
+	if err := c.client.Do(ctx, "POST", "/v1/hosts/host-0/drain", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.agents[0].kill()
+	eventually(t, converge, "silent draining host and its VM marked", func() error {
+		l, err := c.client.Hosts(ctx)
+		if err != nil || len(l.Items) != 1 || l.Items[0].State != "unreachable" {
+			return fmt.Errorf("hosts %+v, %v", l.Items, err)
+		}
+		v, err := c.client.GetVM(ctx, vms[0].ID)
+		if err != nil || !strings.Contains(v.LastError, "unreachable") {
+			return fmt.Errorf("vm last_error %q, %v", v.LastError, err)
+		}
+		return nil
+	})
+	killVMMs(c.agents[0].runDir)
+}
