@@ -286,7 +286,7 @@ func (s *Service) DeleteImage(ctx context.Context, scope Scope, ref, project str
 	}
 	if len(vms)+len(tmpls) > 0 {
 		return img, conflict("image_in_use", "image %s (%s) is used by %s", img.Name, img.ID, usersText(vms, tmpls)).
-			suggest("delete those VMs and templates first; a registered image stays immutable while anything uses it")
+			suggest("delete those VMs, snapshots and templates first; a registered image stays immutable while anything uses it")
 	}
 	if err := s.st.DeleteImage(ctx, img.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return img, fmt.Errorf("delete image %s: %w", img.ID, err)
@@ -294,7 +294,8 @@ func (s *Service) DeleteImage(ctx context.Context, scope Scope, ref, project str
 	return img, nil
 }
 
-// imageUsers lists the VMs and templates that reference the image.
+// imageUsers lists the VMs (and snapshots, with the VMs) and templates
+// that reference the image.
 func (s *Service) imageUsers(ctx context.Context, id string) (vms, tmpls []string, err error) {
 	f := store.VMFilter{Limit: store.MaxLimit}
 	for {
@@ -311,6 +312,17 @@ func (s *Service) imageUsers(ctx context.Context, id string) (vms, tmpls []strin
 			break
 		}
 		f.Cursor = next
+	}
+	// A snapshot's VMs cold-boot from its source's kernel (and rootfs)
+	// image: those count as users too, even after the source is deleted.
+	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("image %s: list snapshots: %w", id, err)
+	}
+	for _, sn := range snaps {
+		if m, err := decodeSnapshotMeta(sn); err == nil && (m.Source.KernelImageID == id || m.Source.RootfsImageID == id) {
+			vms = append(vms, "snapshot "+sn.ID)
+		}
 	}
 	ts, err := s.st.ListTemplates(ctx, store.TemplateFilter{})
 	if err != nil {

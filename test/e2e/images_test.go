@@ -692,3 +692,45 @@ func testTemplates(t *testing.T, engine string) {
 	}
 	c.assertNoLeaks(ids...)
 }
+
+// TestImageOwnershipRules: a file another project registered cannot be
+// registered again by an operator (the bytes, not only the rows, are
+// scoped), and an image a snapshot needs for cold boots cannot be deleted
+// even after the snapshot's VM is gone.
+func TestImageOwnershipRules(t *testing.T) {
+	c := newCluster(t, "sqlite", 1)
+	ctx := context.Background()
+	dir := c.agents[0].imagesDir(t)
+	kernelPath := filepath.Join(dir, "vmlinux-b")
+	if err := os.WriteFile(kernelPath, simtest.KernelELF(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opA := client.New(c.url(), c.token(t, "alice", "operator", "team-a"))
+	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	kb := mustImage(t, opB, apitypes.CreateImageRequest{Kind: "kernel", Name: "kb", HostPath: kernelPath})
+	_, err := addImage(opA, apitypes.CreateImageRequest{Kind: "kernel", Name: "mine", HostPath: kernelPath})
+	wantCode(t, err, 403, "path_registered_elsewhere")
+
+	vm, err := opB.CreateVM(ctx, apitypes.CreateVMRequest{Name: "src", VMConfig: apitypes.VMConfig{KernelImageID: kb.ID}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap apitypes.CreateSnapshotResponse
+	if err := opB.Do(ctx, "POST", "/v1/vms/"+vm.ID+"/snapshots", nil, map[string]any{}, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := opB.DeleteVM(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	err = opB.Do(ctx, "DELETE", "/v1/images/"+kb.ID, nil, nil, nil)
+	if e := wantCode(t, err, 409, "image_in_use"); !strings.Contains(e.Message, snap.SnapshotID) {
+		t.Fatalf("image_in_use does not name the snapshot: %s", e.Message)
+	}
+	if err := opB.Do(ctx, "DELETE", "/v1/snapshots/"+snap.SnapshotID, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := opB.Do(ctx, "DELETE", "/v1/images/"+kb.ID, nil, nil, nil); err != nil {
+		t.Fatalf("delete after the snapshot went: %v", err)
+	}
+	c.assertNoLeaks(vm.ID)
+}
