@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
@@ -49,9 +49,8 @@ type Running struct {
 	Addr  string // listen address actually bound
 	URL   string // advertised base URL
 	Token string
-	srv   *http.Server
 	net   *network.Network
-	done  chan struct{}
+	done  <-chan struct{}
 }
 
 // Start brings the agent up: run dir, token, VMM supervisor (adopting the
@@ -170,36 +169,18 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		nw.Close()
 		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
 	}
-	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, net: nw, done: make(chan struct{})}
+	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, net: nw}
 	r.URL = o.Advertise
 	if r.URL == "" {
 		r.URL = "http://" + r.Addr
 	}
-	r.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
 
 	go sup.Run(ctx, time.Second)
 	go keepBridge(ctx, nw, log, time.Minute)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		if err := r.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("agent server stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer close(r.done)
-		select {
-		case <-ctx.Done():
-		case <-served:
-		}
-		// Shutdown returns once in-flight requests (a spawn writing its
-		// handle, say) are done; only then is networking released.
-		shut, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		_ = r.srv.Shutdown(shut)
-		nw.Close()
-	}()
+	// Networking is released only once in-flight requests (a spawn
+	// writing its handle, say) are done.
+	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, 15*time.Second, func(context.Context) { nw.Close() })
 	if o.Manager != "" {
 		go newRegistrar(o, r.URL, a, log).run(ctx)
 	}

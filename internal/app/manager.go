@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/auth"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -55,8 +55,7 @@ type Manager struct {
 	Auth       *auth.Authenticator
 	API        *api.Server
 	Addr       string // bound listen address
-	srv        *http.Server
-	done       chan struct{}
+	done       <-chan struct{}
 }
 
 // URL is the manager's base URL.
@@ -105,37 +104,18 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	m := &Manager{
-		Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), done: make(chan struct{}),
-		srv: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute},
-	}
+	m := &Manager{Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String()}
 	go authn.Run(ctx, 10*time.Second)
 	go rec.Run(ctx)
 	// A token revoked or rotated on any manager stops working on all of them.
 	go st.Listen(ctx, manager.TokenChannel, authn.Invalidate)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("manager server stopped", "err", err)
-		}
-	}()
-	go func() {
-		defer close(m.done)
-		select {
-		case <-ctx.Done():
-		case <-served:
-		}
-		// Serve returns as soon as Shutdown starts; Shutdown returns when
-		// in-flight requests are done. Then background work (async boots),
-		// then the store: nothing may write to a closed store.
-		shut, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = m.srv.Shutdown(shut)
+	// After in-flight requests: background work (async boots), then the
+	// store — nothing may write to a closed store.
+	m.done = httpmw.Serve(ctx, ln, srv, log, 30*time.Second, func(shut context.Context) {
 		svc.Wait(shut)
 		authn.Flush(context.Background())
 		st.Close()
-	}()
+	})
 	log.Info("manager listening", "addr", m.Addr, "store", st.Engine(), "mode", o.Mode)
 	return m, nil
 }

@@ -49,6 +49,13 @@ func floatFlag(fs *pflag.FlagSet, p *float64, name string, e env, key string, de
 	return nil
 }
 
+// netFlags defines the host networking flags of `agent` and `up`.
+func netFlags(fs *pflag.FlagSet, e env, bridge, cidr, uplink *string) {
+	strFlag(fs, bridge, "bridge", e, "FC_BRIDGE", "fcbr0", "bridge the TAPs join")
+	strFlag(fs, cidr, "bridge-cidr", e, "FC_BRIDGE_CIDR", "", "gateway address/prefix of the VM subnet (default 172.20.0.1/16)")
+	strFlag(fs, uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
+}
+
 // newLogger returns the JSON (or text) structured logger servers log with.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -112,9 +119,7 @@ sends heartbeats.`,
 	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
 	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "/srv/fc", "directory for everything the agent creates")
 	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
-	strFlag(fs, &o.Bridge, "bridge", e, "FC_BRIDGE", "fcbr0", "bridge the TAPs join")
-	strFlag(fs, &o.BridgeCIDR, "bridge-cidr", e, "FC_BRIDGE_CIDR", "", "gateway address/prefix of the VM subnet (default 172.20.0.1/16)")
-	strFlag(fs, &o.Uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
+	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
 	if err := durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop"); err != nil {
@@ -265,9 +270,7 @@ Needs root for TAP devices.`,
 	strFlag(fs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "manager listen address")
 	strFlag(fs, &o.FCBin, "fc-bin", e, "FC_BIN", "", "firecracker binary to prefer (default: firecracker on PATH)")
 	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "", "agent run dir (default <data-dir>/run)")
-	strFlag(fs, &o.Bridge, "bridge", e, "FC_BRIDGE", "fcbr0", "bridge the TAPs join")
-	strFlag(fs, &o.BridgeCIDR, "bridge-cidr", e, "FC_BRIDGE_CIDR", "", "gateway address/prefix of the VM subnet (default 172.20.0.1/16)")
-	strFlag(fs, &o.Uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
+	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod")
 	lf.add(fs, e, "text")
 	return cmd

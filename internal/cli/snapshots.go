@@ -38,11 +38,7 @@ func snapshotCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Example: "  nexus snapshot create web\n  nexus snapshot create web --no-resume   # leave it paused",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			id, err := resolve(cmd.Context(), c, cf.project, args[0])
+			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -42,6 +42,16 @@ func (c *clientFlags) client() (*client.Client, error) {
 	return client.New(c.addr, c.token), nil
 }
 
+// vmRef returns a client and the id of the VM named (or identified) by ref.
+func (c *clientFlags) vmRef(ctx context.Context, ref string) (*client.Client, string, error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := resolve(ctx, cl, c.project, ref)
+	return cl, id, err
+}
+
 // describe renders an API error as one line with what to do.
 func describe(err error) error {
 	var e *apierr.Error
@@ -257,11 +267,7 @@ func vmGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Show one VM",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			id, err := resolve(cmd.Context(), c, cf.project, args[0])
+			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -369,11 +375,7 @@ func vmLogsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Print a VM's firecracker log (or --source console for the guest console)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			id, err := resolve(cmd.Context(), c, cf.project, args[0])
+			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -412,11 +414,7 @@ func vmEventsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Show a VM's history",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			id, err := resolve(cmd.Context(), c, cf.project, args[0])
+			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
