@@ -33,7 +33,7 @@ import (
 // Network is the host networking the agent needs (network.Network).
 type Network interface {
 	EnsureBridge(ctx context.Context) (network.Bridge, error)
-	EnsureTap(ctx context.Context, name string) error
+	EnsureTap(ctx context.Context, name, vmID string) error
 	DeleteTap(ctx context.Context, name string) error
 	ListTaps(ctx context.Context, prefix string) ([]network.Tap, error)
 	BridgeName() string
@@ -56,6 +56,8 @@ type Config struct {
 	ImagesDir string
 	// DevMode enables GET /files/tail for any file under the VM run dirs.
 	DevMode bool
+	// Owner is the agent's instance id (the ownership mark).
+	Owner string
 }
 
 // Agent serves the agent API.
@@ -210,14 +212,19 @@ func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	name := hostlayout.TapName(id)
-	err := a.net.EnsureTap(r.Context(), name)
+	err := a.net.EnsureTap(r.Context(), name, id)
 	if errors.Is(err, network.ErrNoBridge) {
 		// Someone removed the bridge: bring it (and NAT) back, then retry.
 		if _, err := a.net.EnsureBridge(r.Context()); err != nil {
 			a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
 			return
 		}
-		err = a.net.EnsureTap(r.Context(), name)
+		err = a.net.EnsureTap(r.Context(), name, id)
+	}
+	if errors.Is(err, network.ErrLinkConflict) {
+		a.fail(w, r, apierr.Newf(http.StatusConflict, "tap_conflict", "create tap %s: %v", name, err).WithCause(err).
+			WithSuggestion("a link with this VM's TAP name exists and is not this agent's; remove or rename it, then start the VM again"))
+		return
 	}
 	if err != nil {
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "create tap %s: %v", name, err).WithCause(err))
@@ -296,7 +303,7 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 // deleteTap removes a TAP by name (an orphan whose VM is unknown). Only
-// names with the agent's prefix are accepted; a missing TAP is success.
+// TAPs that carry this agent's mark are deleted; a missing TAP is success.
 func (a *Agent) deleteTap(w http.ResponseWriter, r *http.Request) {
 	name := chi.URLParam(r, "name")
 	if !strings.HasPrefix(name, hostlayout.TapPrefix) || len(name) > 15 {
@@ -311,6 +318,11 @@ func (a *Agent) deleteTap(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := a.net.DeleteTap(r.Context(), name); err != nil {
+		if errors.Is(err, network.ErrNotOurs) || errors.Is(err, network.ErrLinkConflict) {
+			a.fail(w, r, apierr.Newf(http.StatusConflict, "not_ours", "%v", err).WithCause(err).
+				WithSuggestion("the agent deletes only TAPs it created (they carry its mark, see docs/networking.md)"))
+			return
+		}
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap %s: %v", name, err).WithCause(err))
 		return
 	}

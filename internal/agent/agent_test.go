@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -49,6 +50,7 @@ type env struct {
 	srv    *httptest.Server
 	client *agentapi.Client
 	bridge string
+	owner  string
 	dir    string
 }
 
@@ -59,12 +61,13 @@ func newEnv(t testing.TB) *env {
 	dir := t.TempDir()
 	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
 	log := slog.New(slog.DiscardHandler)
-	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log})
+	owner := fmt.Sprintf("agenttest%06d", rand.IntN(1_000_000))
+	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner})
 	if err != nil {
 		t.Fatal(err)
 	}
 	bridge := fmt.Sprintf("nxt%06d", rand.IntN(1_000_000))
-	nw, err := network.New(network.Config{Bridge: bridge, Uplink: network.UplinkNone}, log)
+	nw, err := network.New(network.Config{Owner: owner, Bridge: bridge, Uplink: network.UplinkNone}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +76,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(a.Handler())
-	e := &env{t: t, agent: a, sup: sup, net: nw, layout: layout, srv: srv, bridge: bridge, dir: dir,
+	e := &env{t: t, agent: a, sup: sup, net: nw, layout: layout, srv: srv, bridge: bridge, owner: owner, dir: dir,
 		client: agentapi.NewClient(srv.URL, testToken, nil)}
 	t.Cleanup(func() {
 		srv.Close()
@@ -81,27 +84,11 @@ func newEnv(t testing.TB) *env {
 		for _, h := range sup.List() {
 			_ = sup.Stop(ctx, h.VMID, 0)
 		}
-		taps, _ := nw.ListTaps(ctx, "")
-		for _, tp := range taps {
-			if _, err := os.Stat(layout.VMDir(byTapName(layout, tp.Name))); err == nil {
-				_ = nw.DeleteTap(ctx, tp.Name)
-			}
-		}
-		_ = nw.Teardown(ctx, true)
+		_ = nw.Teardown(ctx, true) // our TAPs and bridge only
 		nw.Close()
+		sup.ReleaseCgroups()
 	})
 	return e
-}
-
-// byTapName finds the run dir whose VM id maps to tap (test cleanup only).
-func byTapName(l hostlayout.Layout, tap string) string {
-	entries, _ := os.ReadDir(l.VMsDir())
-	for _, e := range entries {
-		if hostlayout.TapName(e.Name()) == tap {
-			return e.Name()
-		}
-	}
-	return "none"
 }
 
 // newVM returns a fresh VM id with a kernel and rootfs in the test dir.
@@ -406,7 +393,7 @@ func TestInventoryAndRecover(t *testing.T) {
 	}
 
 	// A new supervisor (as after an agent restart) adopts the live VMM.
-	sup2, err := vmm.New(vmm.Config{Bin: simtest.Binary(t), Layout: e.layout})
+	sup2, err := vmm.New(vmm.Config{Bin: simtest.Binary(t), Layout: e.layout, Owner: e.owner})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,4 +500,55 @@ func vmmAlive(pid int) bool {
 	}
 	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return strings.Contains(string(cmd), "firecracker-sim")
+}
+
+// TAPs that are not this agent's — a loose one with a VM-like name, one of
+// another agent on this very bridge — are invisible to inventory and
+// refused by the orphan delete, so the manager's GC can never reach them.
+func TestForeignTapsUntouched(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.net.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	loose, other := hostlayout.TapName(uuid.NewString()), hostlayout.TapName(uuid.NewString())
+	br, err := netlink.LinkByName(e.bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []*netlink.Tuntap{
+		{LinkAttrs: netlink.LinkAttrs{Name: loose}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR},
+		{LinkAttrs: netlink.LinkAttrs{Name: other, MasterIndex: br.Attrs().Index, Alias: "nexus/someoneelse/vm/x"},
+			Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR},
+	} {
+		if err := netlink.LinkAdd(l); err != nil {
+			t.Fatalf("add %s: %v", l.Name, err)
+		}
+		name := l.Name
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(name); err == nil {
+				_ = netlink.LinkDel(l)
+			}
+		})
+	}
+	if l, _ := netlink.LinkByName(other); l != nil {
+		_ = netlink.LinkSetAlias(l, "nexus/someoneelse/vm/x")
+	}
+	inv, err := e.client.Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Taps) != 0 {
+		t.Errorf("inventory taps = %+v; want none (neither is ours)", inv.Taps)
+	}
+	for _, name := range []string{loose, other} {
+		err := e.client.DeleteTap(ctx, name)
+		var ae *apierr.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Code != "not_ours" {
+			t.Errorf("DELETE /taps/%s = %v; want 409 not_ours", name, err)
+		}
+		if _, err := netlink.LinkByName(name); err != nil {
+			t.Errorf("%s after the refused delete: %v", name, err)
+		}
+	}
 }

@@ -22,8 +22,8 @@ func (a *Agent) inventory(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, inv)
 }
 
-// Inventory lists live VMMs, TAPs with the agent's prefix, API sockets and
-// run dirs, each tagged with its VM id where one is known.
+// Inventory lists live VMMs, the TAPs that carry this agent's mark, API
+// sockets and run dirs, each tagged with its VM id.
 func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
 	inv := agentapi.Inventory{
 		Host: a.cfg.Name, At: time.Now().UTC(),
@@ -37,10 +37,6 @@ func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
 		})
 	}
 	l := a.cfg.Layout
-	byTap := map[string]string{} // tap name → vm id, from run dirs and live VMMs
-	for id := range live {
-		byTap[hostlayout.TapName(id)] = id
-	}
 	entries, err := os.ReadDir(l.VMsDir())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return inv, fmt.Errorf("inventory: %w", err)
@@ -50,7 +46,6 @@ func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
 		if !e.IsDir() || !hostlayout.ValidVMID(id) {
 			continue
 		}
-		byTap[hostlayout.TapName(id)] = id
 		inv.RunDirs = append(inv.RunDirs, agentapi.RunDir{VMID: id, Path: l.VMDir(id)})
 		if fi, err := os.Lstat(l.SockPath(id)); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			inv.Sockets = append(inv.Sockets, agentapi.Socket{VMID: id, Path: l.SockPath(id), Live: live[id]})
@@ -61,7 +56,12 @@ func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
 		return inv, fmt.Errorf("inventory: %w", err)
 	}
 	for _, t := range taps {
-		inv.Taps = append(inv.Taps, agentapi.Tap{Name: t.Name, VMID: byTap[t.Name], Attached: t.Attached, Up: t.Up})
+		// Only TAPs with our mark are ours to report (and so to clean up):
+		// a tap-… link of another agent or program is none of our business.
+		if !t.Ours {
+			continue
+		}
+		inv.Taps = append(inv.Taps, agentapi.Tap{Name: t.Name, VMID: t.VMID, Attached: t.Attached, Up: t.Up})
 	}
 	sort.Slice(inv.Taps, func(i, j int) bool { return inv.Taps[i].Name < inv.Taps[j].Name })
 	return inv, nil

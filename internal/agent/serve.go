@@ -49,6 +49,8 @@ type Running struct {
 	Addr  string // listen address actually bound
 	URL   string // advertised base URL
 	Token string
+	// Owner is the instance id in the mark of every host object it makes.
+	Owner string
 	net   *network.Network
 	done  <-chan struct{}
 }
@@ -93,15 +95,29 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 			return nil, err
 		}
 	}
+	unlockRunDir, err := LockRunDir(runDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			unlockRunDir()
+		}
+	}()
+	owner, err := InstanceID(runDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	if os.Geteuid() != 0 {
 		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
 	}
 
-	vcfg := vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv}
+	vcfg := vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv, Owner: owner}
 	if vmm.SystemdAvailable() {
 		// Each VMM in its own transient scope, so that restarting the
 		// agent's unit (KillMode=control-group) does not kill the VMs.
-		sc, err := vmm.NewSystemdScoper(ctx)
+		sc, err := vmm.NewSystemdScoper(ctx, owner)
 		if err != nil {
 			log.Warn("systemd is PID 1 but its bus is not reachable: VMMs stay in the agent's cgroup", "err", err)
 		} else {
@@ -122,7 +138,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		log.Info("adopted running vmm", "vm_id", h.VMID, "pid", h.PID)
 	}
 
-	ncfg := network.Config{Bridge: o.Bridge, Uplink: o.Uplink}
+	ncfg := network.Config{Owner: owner, Bridge: o.Bridge, Uplink: o.Uplink}
 	if o.BridgeCIDR != "" {
 		if ncfg.Gateway, err = netip.ParsePrefix(o.BridgeCIDR); err != nil {
 			return nil, fmt.Errorf("agent: FC_BRIDGE_CIDR %q: %w", o.BridgeCIDR, err)
@@ -148,11 +164,19 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		nw.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	log.Info("bridge ready", "bridge", br.Name, "gateway", br.Gateway.String(), "uplink", br.Uplink, "nat", string(br.NAT))
+	log.Info("bridge ready", "bridge", br.Name, "gateway", br.Gateway.String(), "uplink", br.Uplink, "nat", string(br.NAT), "owner", owner)
+	// TAPs of running VMs made by an agent version without ownership marks
+	// are ours (their VMM, from our run dir, holds them): mark them.
+	for _, h := range adopted {
+		if _, err := nw.AdoptTap(ctx, hostlayout.TapName(h.VMID), h.VMID); err != nil {
+			log.Warn("could not mark the tap of an adopted vm", "vm_id", h.VMID, "err", err)
+		}
+	}
 
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
+		Owner: owner,
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by
@@ -169,7 +193,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		nw.Close()
 		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
 	}
-	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, net: nw}
+	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, Owner: owner, net: nw}
 	r.URL = o.Advertise
 	if r.URL == "" {
 		r.URL = "http://" + r.Addr
@@ -180,7 +204,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	go keepBridge(ctx, nw, log, time.Minute)
 	// Networking is released only once in-flight requests (a spawn
 	// writing its handle, say) are done.
-	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, 15*time.Second, func(context.Context) { nw.Close() })
+	started = true
+	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, 15*time.Second, func(context.Context) {
+		nw.Close()
+		sup.ReleaseCgroups()
+		unlockRunDir()
+	})
 	if o.Manager != "" {
 		go newRegistrar(o, r.URL, a, log).run(ctx)
 	}

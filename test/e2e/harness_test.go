@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/client"
@@ -294,7 +295,7 @@ func (c *cluster) cleanup() {
 		a.kill()
 		ids := vmIDsOf(a.runDir)
 		killVMMs(a.runDir)
-		removeCgroups(ids)
+		removeCgroups(a.runDir, ids)
 		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup.
 	}
 	if c.t.Failed() {
@@ -365,11 +366,16 @@ func vmIDsOf(runDir string) []string {
 	return ids
 }
 
-// removeCgroups removes the cgroups of VMMs the test killed behind their
-// agent's back (an agent removes those of the VMMs it stops).
-func removeCgroups(ids []string) {
+// removeCgroups removes the cgroups of VMMs the test killed behind the
+// back of runDir's agent (an agent removes those of the VMMs it stops), and
+// the agent's own cgroup dir.
+func removeCgroups(runDir string, ids []string) {
+	owner, err := agent.ReadInstanceID(runDir)
+	if err != nil {
+		return
+	}
 	for _, id := range ids {
-		dir := vmm.CgroupDir(id)
+		dir := vmm.CgroupDir(owner, id)
 		if dir == "" {
 			continue
 		}
@@ -380,6 +386,7 @@ func removeCgroups(ids []string) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	_ = vmm.RemoveCgroupRoot(owner)
 }
 
 func killVMMs(runDir string) {
@@ -403,10 +410,17 @@ func (c *cluster) assertNoLeaks(ids ...string) {
 			}
 		}
 	}
-	for _, id := range ids {
-		if dir := vmm.CgroupDir(id); dir != "" {
-			if _, err := os.Stat(dir); err == nil {
-				c.t.Errorf("cgroup %s of vm %s left", dir, id)
+	for _, a := range c.agents {
+		owner, err := agent.ReadInstanceID(a.runDir)
+		if err != nil {
+			c.t.Errorf("host %s: instance id: %v", a.name, err)
+			continue
+		}
+		for _, id := range ids {
+			if dir := vmm.CgroupDir(owner, id); dir != "" {
+				if _, err := os.Stat(dir); err == nil {
+					c.t.Errorf("cgroup %s of vm %s left", dir, id)
+				}
 			}
 		}
 	}

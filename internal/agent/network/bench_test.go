@@ -19,7 +19,7 @@ func BenchmarkTapLifecycle(b *testing.B) {
 	var durs []time.Duration
 	for b.Loop() {
 		start := time.Now()
-		if err := nw.EnsureTap(ctx, name); err != nil {
+		if err := nw.EnsureTap(ctx, name, name); err != nil {
 			b.Fatal(err)
 		}
 		if err := nw.DeleteTap(ctx, name); err != nil {

@@ -74,8 +74,9 @@ func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
 	}
 	if n.backend == NATNone {
 		// Configuration says no NAT: remove what an earlier run installed so
-		// the host matches it. Our nft table only; iptables leftovers need
-		// RemoveNAT (running iptables on every call is not worth it).
+		// the host matches it. This bridge's nft table only; iptables
+		// leftovers need RemoveNAT (running iptables on every call is not
+		// worth it).
 		if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
 			return br, wrap("remove stale nat table", err)
 		}
@@ -99,17 +100,15 @@ func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
 	return br, nil
 }
 
-// ensureBridgeLink returns the bridge, creating it if missing. A link of
-// that name that is not a bridge is a conflict we do not resolve.
+// ensureBridgeLink returns the bridge, creating it (with our mark) if
+// missing. A link of that name that is not a bridge, or a bridge another
+// agent marked, is a conflict we do not resolve. An unmarked bridge is the
+// operator's: we use it but never delete it.
 func (n *Network) ensureBridgeLink() (netlink.Link, error) {
 	name := n.cfg.Bridge
 	link, err := n.h.LinkByName(name)
 	if err == nil {
-		if _, ok := link.(*netlink.Bridge); !ok {
-			return nil, fmt.Errorf("%w: %s is a %s, not a bridge; remove it or set FC_BRIDGE to another name",
-				ErrLinkConflict, name, link.Type())
-		}
-		return link, nil
+		return n.checkBridgeLink(link)
 	}
 	if !isNotFound(err) {
 		return nil, fmt.Errorf("look up: %w", err)
@@ -122,16 +121,48 @@ func (n *Network) ensureBridgeLink() (netlink.Link, error) {
 		return nil, err
 	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
-	if err := n.h.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := n.h.LinkAdd(br); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			// Someone else created it since our lookup: theirs, not ours.
+			return n.ensureBridgeLinkExisting()
+		}
 		return nil, fmt.Errorf("add link: %w", err)
 	}
-	n.log.Info("created bridge", "bridge", name, "mac", mac.String())
 	link, err = n.h.LinkByName(name)
 	if err != nil {
 		return nil, fmt.Errorf("look up after add: %w", err)
 	}
+	// The kernel takes no alias in the creating request; the mark follows
+	// at once. A crash in between leaves an unmarked bridge, which we then
+	// treat as an operator's: used, never deleted.
+	if err := n.h.LinkSetAlias(link, n.bridgeMark()); err != nil {
+		return nil, fmt.Errorf("set mark: %w", err)
+	}
+	link.Attrs().Alias = n.bridgeMark()
+	n.log.Info("created bridge", "bridge", name, "mac", mac.String(), "mark", n.bridgeMark())
+	return link, nil
+}
+
+func (n *Network) ensureBridgeLinkExisting() (netlink.Link, error) {
+	link, err := n.h.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("look up: %w", err)
+	}
+	return n.checkBridgeLink(link)
+}
+
+// checkBridgeLink accepts a bridge that is ours or unmarked (an operator's).
+func (n *Network) checkBridgeLink(link netlink.Link) (netlink.Link, error) {
+	name := n.cfg.Bridge
 	if _, ok := link.(*netlink.Bridge); !ok {
-		return nil, fmt.Errorf("%w: %s is a %s, not a bridge", ErrLinkConflict, name, link.Type())
+		return nil, fmt.Errorf("%w: %s is a %s, not a bridge; remove it or set FC_BRIDGE to another name",
+			ErrLinkConflict, name, link.Type())
+	}
+	if alias := link.Attrs().Alias; alias != n.bridgeMark() {
+		if _, marked := parseMark(alias); marked {
+			return nil, fmt.Errorf("%w: bridge %s belongs to %s; set FC_BRIDGE to another name",
+				ErrLinkConflict, name, describeOwner(alias))
+		}
 	}
 	return link, nil
 }
@@ -164,6 +195,21 @@ func (n *Network) ensureGateway(link netlink.Link) (netip.Prefix, error) {
 	}
 	n.log.Info("added gateway address to bridge", "bridge", n.cfg.Bridge, "address", gw.String())
 	return gw, nil
+}
+
+// bridgeSubnet is the subnet of the bridge's first IPv4 address, or the
+// configured gateway's when the bridge has none or is gone.
+func (n *Network) bridgeSubnet() netip.Prefix {
+	if link, err := n.h.LinkByName(n.cfg.Bridge); err == nil {
+		if addrs, err := n.h.AddrList(link, netlink.FAMILY_V4); err == nil {
+			for _, a := range addrs {
+				if p, ok := prefixFromIPNet(a.IPNet); ok {
+					return p.Masked()
+				}
+			}
+		}
+	}
+	return n.cfg.Gateway.Masked()
 }
 
 // ensureForwarding turns on net.ipv4.ip_forward in our namespace. Turning it
@@ -233,9 +279,11 @@ func (n *Network) uplink() (string, error) {
 	return name, nil
 }
 
-// RemoveNAT removes every NAT rule Nexus may have installed, with either
-// backend: the nft table "ip nexus", and iptables rules commented "nexus"
-// when an iptables binary exists. Nothing to remove is success.
+// RemoveNAT removes the NAT this agent's bridge may have: the nft table
+// "ip nexus-<bridge>", iptables rules commented "nexus:<bridge>" when an
+// iptables binary exists, and what an earlier Nexus version installed for
+// this bridge (legacy.go). Nothing to remove is success; other bridges'
+// NAT is never touched.
 func (n *Network) RemoveNAT(ctx context.Context) error {
 	n.bridgeMu.Lock()
 	defer n.bridgeMu.Unlock()
@@ -248,7 +296,10 @@ func (n *Network) removeNATLocked(ctx context.Context) error {
 	}
 	var errs []error
 	if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
-		errs = append(errs, fmt.Errorf("remove nat: nft table ip %s: %w", nftTable, err))
+		errs = append(errs, fmt.Errorf("remove nat: nft table ip %s: %w", n.nftTableName(), err))
+	}
+	if err := n.removeLegacyNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+		errs = append(errs, fmt.Errorf("remove nat: legacy nft table ip %s: %w", legacyNFTTable, err))
 	}
 	if n.iptablesPresent() {
 		if err := n.removeIptables(ctx); err != nil {
@@ -258,11 +309,13 @@ func (n *Network) removeNATLocked(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Teardown undoes what the agent did to the host, for tests and for an
-// operator removing Nexus: it deletes every TAP with hostlayout.TapPrefix
-// (running VMs lose their network), removes NAT, and with removeBridge
-// deletes the bridge as well, even one the operator created. IPv4
-// forwarding is left on (see ensureForwarding).
+// Teardown undoes what this agent did to the host, for `nexus down`, tests
+// and an operator removing Nexus: it deletes the TAPs that carry our mark
+// (running VMs lose their network), removes our NAT, and with removeBridge
+// deletes the bridge if we created it (it carries our mark) and nothing
+// but our TAPs is attached to it. Unmarked links, other agents' links and
+// an operator's bridge are left alone. IPv4 forwarding is left on (see
+// ensureForwarding).
 func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
 	n.bridgeMu.Lock()
 	defer n.bridgeMu.Unlock()
@@ -273,8 +326,8 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
 	for _, t := range taps {
-		if !t.IsTap {
-			continue // not ours, whatever its name
+		if !t.Ours {
+			continue
 		}
 		if err := n.DeleteTap(ctx, t.Name); err != nil {
 			errs = append(errs, fmt.Errorf("teardown: %w", err))
@@ -291,6 +344,10 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
 	return errors.Join(errs...)
 }
 
+// ErrBridgeInUse: the bridge is ours but links that are not our TAPs are
+// attached to it; deleting it would cut them off, so it stays.
+var ErrBridgeInUse = errors.New("bridge has ports that are not this agent's")
+
 func (n *Network) deleteBridge(ctx context.Context) error {
 	name := n.cfg.Bridge
 	if err := ctxErr(ctx); err != nil {
@@ -305,6 +362,28 @@ func (n *Network) deleteBridge(ctx context.Context) error {
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return fmt.Errorf("delete bridge %s: %w: it is a %s; left alone", name, ErrLinkConflict, link.Type())
+	}
+	if link.Attrs().Alias != n.bridgeMark() {
+		n.log.Info("bridge was not created by this agent; left in place", "bridge", name, "alias", link.Attrs().Alias)
+		return nil
+	}
+	var links []netlink.Link
+	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
+		return fmt.Errorf("delete bridge %s: list links: %w", name, err)
+	}
+	var foreign []string
+	for _, l := range links {
+		if l.Attrs().MasterIndex != link.Attrs().Index {
+			continue
+		}
+		if m, ok := parseMark(l.Attrs().Alias); ok && m.owner == n.cfg.Owner {
+			continue
+		}
+		foreign = append(foreign, l.Attrs().Name)
+	}
+	if len(foreign) > 0 {
+		return fmt.Errorf("delete bridge %s: %w: %s; left in place (detach them, then run this again)",
+			name, ErrBridgeInUse, strings.Join(foreign, ", "))
 	}
 	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete bridge %s: %w", name, err)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -218,9 +219,19 @@ func TestEnsureBridgeRespectsExistingAddress(t *testing.T) {
 		t.Fatalf("operator address: %v", err)
 	}
 
-	got, err := newNet(t, tns, Config{}).EnsureBridge(context.Background())
+	nw := newNet(t, tns, Config{})
+	got, err := nw.EnsureBridge(context.Background())
 	if err != nil {
 		t.Fatalf("EnsureBridge: %v", err)
+	}
+	// The operator's bridge outlives our teardown.
+	if err := nw.Teardown(context.Background(), true); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	assertBridge(t, tns, "fcbr0", "10.50.0.1/24")
+	t.Cleanup(func() { delLink(t, tns, "fcbr0") }) // before nw's cleanup checks
+	if _, err := nw.EnsureBridge(context.Background()); err != nil {
+		t.Fatalf("EnsureBridge again: %v", err)
 	}
 	if want := netip.MustParsePrefix("10.50.0.1/24"); got.Gateway != want || got.Subnet != want.Masked() {
 		t.Errorf("Gateway, Subnet = %s, %s; want %s, %s", got.Gateway, got.Subnet, want, want.Masked())
@@ -264,7 +275,7 @@ func TestEnsureBridgeErrors(t *testing.T) {
 	})
 	t.Run("iptables backend without iptables", func(t *testing.T) {
 		tns := newTestNS(t)
-		_, err := New(Config{NAT: NATIptables, IptablesPath: "/nonexistent/iptables", NetNS: tns.ns}, nil)
+		_, err := New(Config{Owner: testOwner, NAT: NATIptables, IptablesPath: "/nonexistent/iptables", NetNS: tns.ns}, nil)
 		if !errors.Is(err, ErrNoNATBackend) {
 			t.Fatalf("New = %v; want ErrNoNATBackend", err)
 		}
@@ -295,7 +306,7 @@ func TestTeardownKeepsBridge(t *testing.T) {
 	if _, err := nw.EnsureBridge(ctx); err != nil {
 		t.Fatalf("EnsureBridge: %v", err)
 	}
-	if err := nw.EnsureTap(ctx, tapName("7e57ab1e0001")); err != nil {
+	if err := nw.EnsureTap(ctx, tapName("7e57ab1e0001"), tapName("7e57ab1e0001")); err != nil {
 		t.Fatalf("EnsureTap: %v", err)
 	}
 	if err := nw.Teardown(ctx, false); err != nil {
@@ -311,7 +322,12 @@ func TestTeardownKeepsBridge(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
+	if _, err := New(Config{}, nil); err == nil || !strings.Contains(err.Error(), "owner") {
+		t.Errorf("New without an owner = %v; want an owner error", err)
+	}
 	for name, cfg := range map[string]Config{
+		"owner with a slash": {Owner: "a/b"},
+		"long owner":         {Owner: strings.Repeat("o", 65)},
 		"long bridge name":   {Bridge: "a-very-long-bridge-name"},
 		"ipv6 gateway":       {Gateway: netip.MustParsePrefix("fd00::1/64")},
 		"network as gateway": {Gateway: netip.MustParsePrefix("172.20.0.0/16")},
@@ -319,6 +335,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		"uplink is bridge":   {Uplink: "fcbr0"},
 		"unknown backend":    {NAT: "pf"},
 	} {
+		if cfg.Owner == "" {
+			cfg.Owner = testOwner
+		}
 		if _, err := New(cfg, nil); err == nil {
 			t.Errorf("New(%s) succeeded; want an error", name)
 		}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,12 +134,21 @@ func (n *testNS) addUplink(tb testing.TB, name, addr string, defaultRoute bool) 
 	}
 }
 
+// testOwner is the instance id of the agent a test plays.
+const testOwner = "testowner"
+
+// nftTable is the NAT table of the default bridge.
+const nftTable = nftTablePrefix + DefaultBridge
+
 // newNet builds a Network in the test namespace. Its cleanup runs
 // Teardown and then checks, by reading the kernel, that no TAP, bridge or
 // nft table is left.
 func newNet(tb testing.TB, tns *testNS, cfg Config) *Network {
 	tb.Helper()
 	cfg.NetNS = tns.ns
+	if cfg.Owner == "" {
+		cfg.Owner = testOwner
+	}
 	nw, err := New(cfg, testLogger(tb))
 	if err != nil {
 		tb.Fatalf("New: %v", err)
@@ -148,27 +158,32 @@ func newNet(tb testing.TB, tns *testNS, cfg Config) *Network {
 		if err := nw.Teardown(context.Background(), true); err != nil {
 			tb.Errorf("Teardown: %v", err)
 		}
-		tns.assertClean(tb, nw.cfg.Bridge)
+		tns.assertClean(tb, nw)
 	})
 	return nw
 }
 
-func (n *testNS) assertClean(tb testing.TB, bridge string) {
+// assertClean checks that nothing of nw is left: no link with its mark,
+// not its bridge (if it made it), not its nft table. Links a test made
+// itself are the test's to remove.
+func (n *testNS) assertClean(tb testing.TB, nw *Network) {
 	tb.Helper()
 	links, err := n.h.LinkList()
 	if err != nil {
 		tb.Errorf("list links: %v", err)
 	}
 	for _, l := range links {
-		name := l.Attrs().Name
-		if strings.HasPrefix(name, hostlayout.TapPrefix) || name == bridge {
-			tb.Errorf("left behind: link %s (%s)", name, l.Type())
+		a := l.Attrs()
+		if m, ok := parseMark(a.Alias); ok && m.owner == nw.cfg.Owner {
+			tb.Errorf("left behind: link %s (%s, %s)", a.Name, l.Type(), a.Alias)
 		}
 	}
-	if n.nexusTableCount(tb) != 0 {
-		tb.Errorf("left behind: nft table ip %s", nftTable)
+	if slices.Contains(n.tableNames(tb), nw.nftTableName()) {
+		tb.Errorf("left behind: nft table ip %s", nw.nftTableName())
 	}
 }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func testLogger(tb testing.TB) *slog.Logger {
 	if _, ok := tb.(*testing.B); ok {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -19,12 +20,22 @@ func TestIptablesFallback(t *testing.T) {
 	tns.addUplink(t, "uplink0", "10.99.0.2/24", true)
 
 	state := filepath.Join(t.TempDir(), "iptables.json")
-	// A foreign rule, and one of ours for an uplink that is gone.
+	// A foreign rule; one of ours, written by a version before ownership
+	// marks, for an uplink that is gone; another agent's (bridge fcbr9),
+	// marked and legacy.
+	foreignPost := []string{
+		"-A POSTROUTING -s 10.0.0.0/8 -o eth9 -j MASQUERADE",
+		"-A POSTROUTING -s 10.9.0.0/16 -o uplink0 -m comment --comment nexus:fcbr9 -j MASQUERADE",
+		"-A POSTROUTING -s 10.8.0.0/16 -o uplink0 -m comment --comment nexus -j MASQUERADE",
+	}
+	foreignFwd := []string{
+		"-A FORWARD -i fcbr9 -o uplink0 -m comment --comment nexus:fcbr9 -j ACCEPT",
+		"-A FORWARD -i fcbr8 -o uplink0 -m comment --comment nexus -j ACCEPT",
+	}
 	seed := map[string][]string{
-		"nat/POSTROUTING": {
-			"-A POSTROUTING -s 10.0.0.0/8 -o eth9 -j MASQUERADE",
-			"-A POSTROUTING -s 172.20.0.0/16 -o olduplink -m comment --comment nexus -j MASQUERADE",
-		},
+		"nat/POSTROUTING": append(slices.Clone(foreignPost),
+			"-A POSTROUTING -s 172.20.0.0/16 -o olduplink -m comment --comment nexus -j MASQUERADE"),
+		"filter/FORWARD": slices.Clone(foreignFwd),
 	}
 	writeJSON(t, state, seed)
 	t.Setenv(fakeIptablesEnv, state)
@@ -34,14 +45,11 @@ func TestIptablesFallback(t *testing.T) {
 		t.Fatalf("Backend() = %q; want iptables", got)
 	}
 	want := map[string][]string{
-		"nat/POSTROUTING": {
-			"-A POSTROUTING -s 10.0.0.0/8 -o eth9 -j MASQUERADE",
-			"-A POSTROUTING -s 172.20.0.0/16 -o uplink0 -m comment --comment nexus -j MASQUERADE",
-		},
-		"filter/FORWARD": {
-			"-A FORWARD -i fcbr0 -o uplink0 -m comment --comment nexus -j ACCEPT",
-			"-A FORWARD -i uplink0 -o fcbr0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment nexus -j ACCEPT",
-		},
+		"nat/POSTROUTING": append(slices.Clone(foreignPost),
+			"-A POSTROUTING -s 172.20.0.0/16 -o uplink0 -m comment --comment nexus:fcbr0 -j MASQUERADE"),
+		"filter/FORWARD": append(slices.Clone(foreignFwd),
+			"-A FORWARD -i fcbr0 -o uplink0 -m comment --comment nexus:fcbr0 -j ACCEPT",
+			"-A FORWARD -i uplink0 -o fcbr0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment nexus:fcbr0 -j ACCEPT"),
 	}
 	for i := range 2 {
 		br, err := nw.EnsureBridge(ctx)
@@ -66,9 +74,8 @@ func TestIptablesFallback(t *testing.T) {
 		t.Fatalf("RemoveNAT: %v", err)
 	}
 	got := readJSON(t, state)
-	if want := []string{"-A POSTROUTING -s 10.0.0.0/8 -o eth9 -j MASQUERADE"}; !reflect.DeepEqual(got["nat/POSTROUTING"], want) ||
-		len(got["filter/FORWARD"]) != 0 {
-		t.Errorf("rules after RemoveNAT = %v; want only the foreign one", got)
+	if !reflect.DeepEqual(got["nat/POSTROUTING"], foreignPost) || !reflect.DeepEqual(got["filter/FORWARD"], foreignFwd) {
+		t.Errorf("rules after RemoveNAT = %v; want only the foreign ones and the other agent's", got)
 	}
 }
 

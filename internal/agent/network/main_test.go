@@ -64,7 +64,7 @@ func rootSnapshot() (hostState, bool) {
 	slices.Sort(s.Links)
 	if c, err := nftables.New(); err == nil {
 		if ts, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4); err == nil {
-			s.NexusTable = slices.ContainsFunc(ts, func(t *nftables.Table) bool { return t.Name == nftTable })
+			s.NexusTable = slices.ContainsFunc(ts, func(t *nftables.Table) bool { return strings.HasPrefix(t.Name, "nexus") })
 		}
 	}
 	b, _ := os.ReadFile(ipForwardPath)

@@ -6,15 +6,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
 )
 
 // The iptables fallback, for kernels without nf_tables. It is the only place
-// the package runs a program. Every rule carries the comment "nexus" so we
-// can find (and remove) ours among everyone else's.
-const iptComment = "nexus"
+// the package runs a program. Every rule carries the comment
+// "nexus:<bridge>" so we can find (and remove) ours among everyone else's,
+// including another agent's on another bridge.
+func (n *Network) iptComment() string { return "nexus:" + n.cfg.Bridge }
+
+// legacyIptComment is what Nexus versions before ownership marks wrote on
+// every agent's rules; such a rule is ours only if it names our bridge or
+// masquerades our subnet.
+const legacyIptComment = "nexus"
 
 // iptRule is one rule in `iptables -S` form without the leading "-A CHAIN".
 type iptRule struct {
@@ -27,8 +34,8 @@ func (r iptRule) spec() string { return "-A " + r.chain + " " + strings.Join(r.a
 
 // iptRules mirrors nftRules. Options are in the order `iptables -S` prints
 // them, so a listed rule compares equal to the one we would add.
-func (r natRules) iptRules() []iptRule {
-	comment := []string{"-m", "comment", "--comment", iptComment}
+func (r natRules) iptRules(commentText string) []iptRule {
+	comment := []string{"-m", "comment", "--comment", commentText}
 	return []iptRule{
 		{"nat", "POSTROUTING", slices.Concat([]string{"-s", r.subnet.String(), "-o", r.uplink}, comment, []string{"-j", "MASQUERADE"})},
 		{"filter", "FORWARD", slices.Concat([]string{"-i", r.bridge, "-o", r.uplink}, comment, []string{"-j", "ACCEPT"})},
@@ -64,7 +71,7 @@ func (n *Network) iptables(ctx context.Context, args ...string) (string, error) 
 // (an uplink that moved), then adds each wanted rule unless `-C` finds it:
 // re-running never duplicates.
 func (n *Network) installIptables(ctx context.Context, r natRules) error {
-	want := r.iptRules()
+	want := r.iptRules(n.iptComment())
 	var wantSpecs []string
 	for _, w := range want {
 		wantSpecs = append(wantSpecs, w.spec())
@@ -98,6 +105,7 @@ func (n *Network) removeIptables(ctx context.Context) error {
 // deleteIptables deletes our rules (by comment) for which drop is true.
 func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) bool) error {
 	var errs []error
+	subnet := n.bridgeSubnet()
 	for _, tc := range iptChains {
 		table, chain := tc[0], tc[1]
 		out, err := n.iptables(ctx, "-t", table, "-S", chain)
@@ -109,7 +117,7 @@ func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) boo
 		for sc.Scan() {
 			spec := strings.TrimSpace(sc.Text())
 			fields := strings.Fields(spec)
-			if len(fields) < 3 || fields[0] != "-A" || fields[1] != chain || !hasOurComment(fields) || !drop(spec) {
+			if len(fields) < 3 || fields[0] != "-A" || fields[1] != chain || !n.isOurRule(fields, subnet) || !drop(spec) {
 				continue
 			}
 			// Our rules contain no quoted or spaced words, so the listed
@@ -125,10 +133,30 @@ func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) boo
 	return errors.Join(errs...)
 }
 
-func hasOurComment(fields []string) bool {
+// isOurRule: the rule carries our comment, or the legacy one and names our
+// bridge (-i/-o) or our subnet (-s).
+func (n *Network) isOurRule(fields []string, subnet netip.Prefix) bool {
+	comment := ""
 	for i := 0; i+1 < len(fields); i++ {
-		if fields[i] == "--comment" && strings.Trim(fields[i+1], `"`) == iptComment {
-			return true
+		if fields[i] == "--comment" {
+			comment = strings.Trim(fields[i+1], `"`)
+		}
+	}
+	switch comment {
+	case n.iptComment():
+		return true
+	case legacyIptComment:
+		for i := 0; i+1 < len(fields); i++ {
+			switch fields[i] {
+			case "-i", "-o":
+				if fields[i+1] == n.cfg.Bridge {
+					return true
+				}
+			case "-s":
+				if subnet.IsValid() && fields[i+1] == subnet.String() {
+					return true
+				}
+			}
 		}
 	}
 	return false

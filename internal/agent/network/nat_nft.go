@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -13,11 +14,12 @@ import (
 	"github.com/google/nftables/userdata"
 )
 
-// The nf_tables objects Nexus owns. An "ip" (IPv4) table of our own means
-// we never edit another program's rules and can replace ours in one
+// The nf_tables objects Nexus owns. An "ip" (IPv4) table of our own per
+// bridge ("nexus-<bridge>") means we never edit another program's rules,
+// nor another agent's on the same host, and can replace ours in one
 // transaction.
 const (
-	nftTable     = "nexus"
+	nftTablePrefix = "nexus-"
 	nftPostChain = "postrouting" // type nat, hook postrouting, priority srcnat (100)
 	nftFwdChain  = "forward"     // type filter, hook forward, priority filter (0), policy accept
 )
@@ -62,8 +64,11 @@ func (n *Network) probeNFTables() error {
 	return err
 }
 
-func nftObjects() (*nftables.Table, *nftables.Chain, *nftables.Chain) {
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: nftTable}
+// nftTableName is this bridge's table.
+func (n *Network) nftTableName() string { return nftTablePrefix + n.cfg.Bridge }
+
+func (n *Network) nftObjects() (*nftables.Table, *nftables.Chain, *nftables.Chain) {
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: n.nftTableName()}
 	accept := nftables.ChainPolicyAccept
 	post := &nftables.Chain{
 		Name: nftPostChain, Table: t, Type: nftables.ChainTypeNAT,
@@ -143,7 +148,7 @@ func (r natRules) nftRules(post, fwd *nftables.Chain) []nftRule {
 	}}
 }
 
-// installNFTables makes table ip nexus hold exactly the wanted rules. When
+// installNFTables makes our table hold exactly the wanted rules. When
 // it already does, nothing is written; otherwise the table is deleted and
 // rebuilt in one batch, which the kernel applies atomically: there is no
 // moment with half a rule set, and re-running never duplicates rules.
@@ -152,7 +157,7 @@ func (n *Network) installNFTables(r natRules) error {
 	if err != nil {
 		return err
 	}
-	t, post, fwd := nftObjects()
+	t, post, fwd := n.nftObjects()
 	want := r.nftRules(post, fwd)
 	if n.nftCurrent(c, want) {
 		return nil
@@ -171,14 +176,14 @@ func (n *Network) installNFTables(r natRules) error {
 		})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("replace table ip %s: %w", nftTable, err)
+		return fmt.Errorf("replace table ip %s: %w", t.Name, err)
 	}
-	n.log.Info("installed NAT", "backend", NATNFTables, "table", "ip "+nftTable,
+	n.log.Info("installed NAT", "backend", NATNFTables, "table", "ip "+t.Name,
 		"subnet", r.subnet.String(), "bridge", r.bridge, "uplink", r.uplink)
 	return nil
 }
 
-// nftCurrent reports whether table ip nexus has exactly our two base chains
+// nftCurrent reports whether our table has exactly our two base chains
 // and, in order, rules with the wanted comments. Any read error means "no":
 // the caller then rebuilds the table, which is always correct.
 func (n *Network) nftCurrent(c *nftables.Conn, want []nftRule) bool {
@@ -186,10 +191,10 @@ func (n *Network) nftCurrent(c *nftables.Conn, want []nftRule) bool {
 	if err != nil {
 		return false
 	}
-	t, post, fwd := nftObjects()
+	t, post, fwd := n.nftObjects()
 	var found []string
 	for _, ch := range chains {
-		if ch.Table == nil || ch.Table.Name != nftTable {
+		if ch.Table == nil || ch.Table.Name != t.Name {
 			continue
 		}
 		var w *nftables.Chain
@@ -232,8 +237,14 @@ func (n *Network) nftCurrent(c *nftables.Conn, want []nftRule) bool {
 	return true
 }
 
-// removeNFTables deletes table ip nexus if it exists.
+// removeNFTables deletes this bridge's table if it exists.
 func (n *Network) removeNFTables() error {
+	return n.deleteNFTable(n.nftTableName(), nil)
+}
+
+// deleteNFTable deletes the ip table name if it exists and, when keep is
+// not nil, keep(c, table) says it may go.
+func (n *Network) deleteNFTable(name string, mayDelete func(*nftables.Conn, *nftables.Table) bool) error {
 	c, err := n.nftConn()
 	if err != nil {
 		return fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
@@ -242,18 +253,58 @@ func (n *Network) removeNFTables() error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == nftTable }) {
+	i := slices.IndexFunc(tables, func(t *nftables.Table) bool { return t.Name == name })
+	if i < 0 || (mayDelete != nil && !mayDelete(c, tables[i])) {
 		return nil
 	}
-	t, _, _ := nftObjects()
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
 	// Add then delete: no ENOENT if someone removed it since we listed.
 	c.AddTable(t)
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
 		return err
 	}
-	n.log.Info("removed NAT table", "table", "ip "+nftTable)
+	n.log.Info("removed NAT table", "table", "ip "+name)
 	return nil
+}
+
+// legacyNFTTable is the one table Nexus versions before ownership marks
+// shared between every agent on a host.
+const legacyNFTTable = "nexus"
+
+// removeLegacyNFTables deletes the legacy table only when it is this
+// bridge's: every rule's comment, which spells out the bridge it serves
+// ("nexus: forward <bridge> to <uplink>", …), names our bridge or is the
+// masquerade rule of a table whose forward rules do.
+func (n *Network) removeLegacyNFTables() error {
+	return n.deleteNFTable(legacyNFTTable, func(c *nftables.Conn, t *nftables.Table) bool {
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+		if err != nil {
+			return false
+		}
+		ours := false
+		for _, ch := range chains {
+			if ch.Table == nil || ch.Table.Name != t.Name {
+				continue
+			}
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return false
+			}
+			for _, r := range rules {
+				s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+				switch {
+				case strings.HasPrefix(s, "nexus: masquerade "):
+				case strings.HasPrefix(s, "nexus: forward "+n.cfg.Bridge+" to "),
+					strings.HasPrefix(s, "nexus: forward ") && strings.HasSuffix(s, " to "+n.cfg.Bridge+" established,related"):
+					ours = true
+				default:
+					return false // a rule of another bridge or another program
+				}
+			}
+		}
+		return ours
+	})
 }
 
 // ifname is an interface name as nf_tables compares it for an exact match:

@@ -7,12 +7,13 @@
 // or `nft`. The only program it may run is iptables, and only as the NAT
 // fallback for kernels without nf_tables.
 //
-// What it may touch on a host: the bridge (Config.Bridge), links whose name
-// starts with hostlayout.TapPrefix, net.ipv4.ip_forward, and its own
-// nf_tables table "ip nexus" (or, with the iptables fallback, rules carrying
-// the comment "nexus"). It refuses to modify or delete any other link, even
-// one whose name collides with a TAP it was asked for. docs/networking.md is
-// the operator's view of the same.
+// What it may touch on a host: the bridge (Config.Bridge), TAPs that carry
+// its ownership mark (owner.go), net.ipv4.ip_forward, and its own nf_tables
+// table "ip nexus-<bridge>" (or, with the iptables fallback, rules carrying
+// the comment "nexus:<bridge>"). It refuses to modify or delete any other
+// link, even one whose name collides with a TAP it was asked for, and it
+// deletes a bridge only if it created it. docs/networking.md is the
+// operator's view of the same.
 //
 // A Network works in one network namespace (Config.NetNS, by default the
 // agent's own), so tests run it in a throwaway namespace.
@@ -75,6 +76,10 @@ var (
 
 // Config is the host networking configuration; zero fields take defaults.
 type Config struct {
+	// Owner is the agent's instance id, written into the mark of every
+	// link it creates; only links with this mark are ever changed or
+	// deleted. Required.
+	Owner string
 	// Bridge is the bridge every TAP joins (FC_BRIDGE), default "fcbr0".
 	Bridge string
 	// Gateway is the host's address on the bridge, with the VM subnet's
@@ -125,6 +130,9 @@ func New(cfg Config, logger *slog.Logger) (*Network, error) {
 	}
 	if cfg.NetNS == 0 {
 		cfg.NetNS = netns.None()
+	}
+	if err := validOwner(cfg.Owner); err != nil {
+		return nil, fmt.Errorf("network config: owner %q: %w", cfg.Owner, err)
 	}
 	if err := validLinkName(cfg.Bridge); err != nil {
 		return nil, fmt.Errorf("network config: bridge %q: %w", cfg.Bridge, err)

@@ -33,21 +33,29 @@ type Tap struct {
 	// InUse: carrier is on, which for a TAP means a process (firecracker)
 	// holds it open. The kernel shows carrier only while the link is up.
 	InUse bool
+	// Ours: the link carries this agent's mark (owner.go) and is not
+	// enslaved to another bridge. Only such TAPs are ever changed or
+	// deleted.
+	Ours bool
+	// VMID is the VM named in our mark, "" when not Ours.
+	VMID string
 }
 
-// EnsureTap makes the persistent TAP name exist, not multi-queue, attached
-// to the bridge and up, ready for firecracker to open. EnsureBridge must
-// have run. Calling it again is a no-op; a TAP of that name enslaved to
-// another master is moved to our bridge (the name is the agent's, derived
-// from a VM id). A link of that name that is not a single-queue TAP is left
-// alone and reported as ErrLinkConflict: deleting an unknown device is an
-// operator's call.
-func (n *Network) EnsureTap(ctx context.Context, name string) (err error) {
+// EnsureTap makes the persistent TAP name exist for vmID, marked as ours,
+// not multi-queue, attached to the bridge and up, ready for firecracker to
+// open. EnsureBridge must have run. Calling it again is a no-op. A link of
+// that name that is not ours (no mark, another agent's mark, another VM's)
+// or not a single-queue TAP is left alone and reported as ErrLinkConflict:
+// deleting or taking over an unknown device is an operator's call.
+func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) {
 	wrap := func(step string, err error) error {
 		return fmt.Errorf("create tap %s: %s: %w", name, step, err)
 	}
 	if err := validTapName(name); err != nil {
 		return wrap("validate name", err)
+	}
+	if err := validVMID(vmID); err != nil {
+		return wrap("validate vm id", err)
 	}
 	unlock := n.taps.lock(name)
 	defer unlock()
@@ -70,7 +78,7 @@ func (n *Network) EnsureTap(ctx context.Context, name string) (err error) {
 	created := false
 	switch {
 	case isNotFound(err):
-		link, created, err = n.createTap(name)
+		link, created, err = n.createTap(name, vmID)
 		if err != nil {
 			return wrap("add", err)
 		}
@@ -88,12 +96,16 @@ func (n *Network) EnsureTap(ctx context.Context, name string) (err error) {
 		if err := checkTap(link); err != nil {
 			return wrap("existing link", err)
 		}
+		if alias := link.Attrs().Alias; alias != n.tapMark(vmID) {
+			return wrap("existing link", fmt.Errorf("%w: %s belongs to %s; left alone (remove or rename it to let the agent create its TAP)",
+				ErrLinkConflict, name, n.describeTapOwner(alias)))
+		}
 	}
 
 	if master := link.Attrs().MasterIndex; master != br.Attrs().Index {
-		if master != 0 {
-			n.log.Warn("tap was attached to another master; moving it to the bridge",
-				"tap", name, "from_index", master, "bridge", n.cfg.Bridge)
+		if master != 0 && !created {
+			return wrap("attach to "+n.cfg.Bridge, fmt.Errorf("%w: %s is attached to another master (index %d); left alone",
+				ErrLinkConflict, name, master))
 		}
 		if err := ctxErr(ctx); err != nil {
 			return wrap("attach to "+n.cfg.Bridge, err)
@@ -108,16 +120,64 @@ func (n *Network) EnsureTap(ctx context.Context, name string) (err error) {
 		}
 	}
 	if created {
-		n.log.Debug("created tap", "tap", name, "bridge", n.cfg.Bridge)
+		n.log.Debug("created tap", "tap", name, "vm_id", vmID, "bridge", n.cfg.Bridge)
 	}
 	return nil
+}
+
+// describeTapOwner names whoever a TAP that is not ours for this VM
+// belongs to.
+func (n *Network) describeTapOwner(alias string) string {
+	if m, ok := parseMark(alias); ok && m.owner == n.cfg.Owner && m.kind == "vm" {
+		return "vm " + m.vmID + " of this agent"
+	}
+	return describeOwner(alias)
+}
+
+// AdoptTap marks an unmarked TAP as vmID's. It is for TAPs of running VMs
+// made by an agent version that did not mark them: the caller knows the
+// TAP is ours because the VM's VMM, found in our run dir, holds it. A TAP
+// with any mark, or enslaved to another bridge, is left alone.
+func (n *Network) AdoptTap(ctx context.Context, name, vmID string) (bool, error) {
+	if err := validTapName(name); err != nil {
+		return false, fmt.Errorf("adopt tap %s: %w", name, err)
+	}
+	if err := validVMID(vmID); err != nil {
+		return false, fmt.Errorf("adopt tap %s: %w", name, err)
+	}
+	unlock := n.taps.lock(name)
+	defer unlock()
+	if err := ctxErr(ctx); err != nil {
+		return false, fmt.Errorf("adopt tap %s: %w", name, err)
+	}
+	link, err := n.h.LinkByName(name)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("adopt tap %s: look up: %w", name, err)
+	}
+	if checkTap(link) != nil || link.Attrs().Alias != "" {
+		return false, nil
+	}
+	if m := link.Attrs().MasterIndex; m != 0 {
+		br, err := n.h.LinkByName(n.cfg.Bridge)
+		if err != nil || br.Attrs().Index != m {
+			return false, nil
+		}
+	}
+	if err := n.h.LinkSetAlias(link, n.tapMark(vmID)); err != nil {
+		return false, fmt.Errorf("adopt tap %s: set mark: %w", name, err)
+	}
+	n.log.Info("adopted unmarked tap of a running vm", "tap", name, "vm_id", vmID)
+	return true, nil
 }
 
 // createTap adds a persistent single-queue TAP. netlink opens /dev/net/tun,
 // sets the flags, makes it persistent and closes the fd, so nobody holds the
 // queue afterwards; the open happens in our namespace's thread because a
 // TAP is born in the namespace of the thread that opens /dev/net/tun.
-func (n *Network) createTap(name string) (link netlink.Link, created bool, err error) {
+func (n *Network) createTap(name, vmID string) (link netlink.Link, created bool, err error) {
 	tap := &netlink.Tuntap{
 		LinkAttrs: netlink.LinkAttrs{Name: name},
 		Mode:      netlink.TUNTAP_MODE_TAP,
@@ -126,18 +186,21 @@ func (n *Network) createTap(name string) (link netlink.Link, created bool, err e
 		Flags: tapFlags | netlink.TUNTAP_TUN_EXCL,
 	}
 	addErr := n.inNS(func() error { return n.h.LinkAdd(tap) })
-	link, err = n.h.LinkByName(name)
 	if addErr != nil {
-		// If it exists now and is fine, someone raced us to the same end;
-		// it is theirs, so not ours to roll back.
-		if err == nil && checkTap(link) == nil {
-			return link, false, nil
-		}
+		// TUN_EXCL failed: someone made a link of that name since our
+		// lookup. It is theirs, not ours to mark or roll back.
 		return nil, false, addErr
 	}
+	link, err = n.h.LinkByName(name)
 	if err != nil {
 		return nil, true, fmt.Errorf("look up after add: %w", err)
 	}
+	// The mark goes on before anything else: a TAP we made is never
+	// without it for longer than this call.
+	if err := n.h.LinkSetAlias(link, n.tapMark(vmID)); err != nil {
+		return link, true, fmt.Errorf("set mark: %w", err)
+	}
+	link.Attrs().Alias = n.tapMark(vmID)
 	return link, true, nil
 }
 
@@ -158,8 +221,10 @@ func checkTap(link netlink.Link) error {
 	return nil
 }
 
-// DeleteTap deletes the TAP. A missing TAP is success; a link of that name
-// that is not a tuntap is left alone (ErrLinkConflict).
+// DeleteTap deletes the TAP if it carries this agent's mark. A missing TAP
+// is success; a link of that name that is not ours (not a tuntap, no mark,
+// another agent's mark, enslaved to another bridge) is left alone and
+// reported as ErrNotOurs or ErrLinkConflict.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
 	wrap := func(step string, err error) error {
 		return fmt.Errorf("delete tap %s: %s: %w", name, step, err)
@@ -182,6 +247,9 @@ func (n *Network) DeleteTap(ctx context.Context, name string) error {
 	if _, ok := link.(*netlink.Tuntap); !ok {
 		return wrap("check", fmt.Errorf("%w: %s is a %s, not a tap; left alone", ErrLinkConflict, name, link.Type()))
 	}
+	if err := n.checkOurs(link); err != nil {
+		return wrap("check", err)
+	}
 	// Deleting works while firecracker holds the TAP: its fd just goes dead.
 	if err := n.h.LinkDel(link); err != nil && !isNotFound(err) {
 		return wrap("delete link", err)
@@ -190,9 +258,25 @@ func (n *Network) DeleteTap(ctx context.Context, name string) error {
 	return nil
 }
 
+// checkOurs accepts a TAP with our mark that is on our bridge or on none.
+func (n *Network) checkOurs(link netlink.Link) error {
+	a := link.Attrs()
+	m, ok := parseMark(a.Alias)
+	if !ok || m.owner != n.cfg.Owner || m.kind != "vm" {
+		return fmt.Errorf("%w: %s belongs to %s; left alone", ErrNotOurs, a.Name, describeOwner(a.Alias))
+	}
+	if a.MasterIndex != 0 {
+		br, err := n.h.LinkByName(n.cfg.Bridge)
+		if err != nil || br.Attrs().Index != a.MasterIndex {
+			return fmt.Errorf("%w: %s carries our mark but is attached to another bridge; left alone", ErrNotOurs, a.Name)
+		}
+	}
+	return nil
+}
+
 // ListTaps lists the links whose name starts with prefix (hostlayout.TapPrefix
 // when empty), sorted by name, with whether each is a TAP, attached to our
-// bridge and up.
+// bridge, up, and ours. Callers that act on TAPs must look at Ours only.
 func (n *Network) ListTaps(ctx context.Context, prefix string) ([]Tap, error) {
 	if prefix == "" {
 		prefix = hostlayout.TapPrefix
@@ -220,7 +304,7 @@ func (n *Network) ListTaps(ctx context.Context, prefix string) ([]Tap, error) {
 			continue
 		}
 		t, isTuntap := l.(*netlink.Tuntap)
-		taps = append(taps, Tap{
+		tap := Tap{
 			Name:     a.Name,
 			Index:    a.Index,
 			IsTap:    isTuntap && t.Mode == netlink.TUNTAP_MODE_TAP,
@@ -228,10 +312,24 @@ func (n *Network) ListTaps(ctx context.Context, prefix string) ([]Tap, error) {
 			Attached: brIndex != 0 && a.MasterIndex == brIndex,
 			Up:       a.Flags&net.FlagUp != 0,
 			InUse:    a.RawFlags&unix.IFF_LOWER_UP != 0,
-		})
+		}
+		if m, ok := parseMark(a.Alias); ok && m.owner == n.cfg.Owner && m.kind == "vm" && isTuntap &&
+			(a.MasterIndex == 0 || tap.Attached) {
+			tap.Ours, tap.VMID = true, m.vmID
+		}
+		taps = append(taps, tap)
 	}
 	sort.Slice(taps, func(i, j int) bool { return taps[i].Name < taps[j].Name })
 	return taps, nil
+}
+
+// validVMID keeps the mark parseable: a VM id is non-empty, has no '/' and
+// fits an alias with room to spare.
+func validVMID(id string) error {
+	if id == "" || len(id) > 64 || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("%w: vm id %q", ErrInvalidName, id)
+	}
+	return nil
 }
 
 // validTapName keeps the agent to its own links: a TAP name must carry the

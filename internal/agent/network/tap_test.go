@@ -75,11 +75,11 @@ func TestEnsureTap(t *testing.T) {
 	name := tapName("3f2a9c1e-77b0-4d1e-9a53-0f6c2a1b9e44")
 	brMAC := mustLink(t, tns, "fcbr0").Attrs().HardwareAddr.String()
 
-	if err := nw.EnsureTap(ctx, name); err != nil {
+	if err := nw.EnsureTap(ctx, name, name); err != nil {
 		t.Fatalf("EnsureTap: %v", err)
 	}
 	assertTap(t, tns, name, false)
-	if err := nw.EnsureTap(ctx, name); err != nil {
+	if err := nw.EnsureTap(ctx, name, name); err != nil {
 		t.Fatalf("EnsureTap again: %v", err)
 	}
 	assertTap(t, tns, name, false)
@@ -105,7 +105,7 @@ func TestEnsureTap(t *testing.T) {
 		t.Errorf("second TUNSETIFF = %v; want EBUSY", err)
 	}
 	// EnsureTap on a TAP in use is fine and leaves the user attached.
-	if err := nw.EnsureTap(ctx, name); err != nil {
+	if err := nw.EnsureTap(ctx, name, name); err != nil {
 		t.Errorf("EnsureTap while attached: %v", err)
 	}
 	assertTap(t, tns, name, true)
@@ -121,26 +121,6 @@ func TestEnsureTap(t *testing.T) {
 	if err := nw.DeleteTap(ctx, name); err != nil {
 		t.Errorf("DeleteTap of a missing tap = %v; want nil", err)
 	}
-}
-
-// A TAP of ours attached to another bridge is moved to ours.
-func TestEnsureTapMovesFromOtherBridge(t *testing.T) {
-	ctx := context.Background()
-	tns, nw := readyNet(t)
-	name := tapName("a1b2c3d4e5f6")
-	if err := tns.h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "nxbr-other"}}); err != nil {
-		t.Fatalf("other bridge: %v", err)
-	}
-	t.Cleanup(func() { delLink(t, tns, "nxbr-other") })
-	other := mustLink(t, tns, "nxbr-other")
-	if err := tns.add(t, &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: other.Attrs().Index},
-		Mode: netlink.TUNTAP_MODE_TAP, Flags: tapFlags}); err != nil {
-		t.Fatalf("tap on the other bridge: %v", err)
-	}
-	if err := nw.EnsureTap(ctx, name); err != nil {
-		t.Fatalf("EnsureTap: %v", err)
-	}
-	assertTap(t, tns, name, false)
 }
 
 // Links that merely carry a TAP's name are neither reused nor deleted.
@@ -172,7 +152,7 @@ func TestEnsureTapConflicts(t *testing.T) {
 			t.Cleanup(func() { delLink(t, tns, name) })
 			before := mustLink(t, tns, name)
 
-			err := nw.EnsureTap(ctx, name)
+			err := nw.EnsureTap(ctx, name, name)
 			if !errors.Is(err, ErrLinkConflict) {
 				t.Fatalf("EnsureTap = %v; want ErrLinkConflict", err)
 			}
@@ -197,7 +177,7 @@ func TestEnsureTapConflicts(t *testing.T) {
 func TestEnsureTapWithoutBridge(t *testing.T) {
 	tns := newTestNS(t)
 	nw := newNet(t, tns, Config{Uplink: UplinkNone})
-	err := nw.EnsureTap(context.Background(), tapName("b0b0b0b0b0b0"))
+	err := nw.EnsureTap(context.Background(), tapName("b0b0b0b0b0b0"), tapName("b0b0b0b0b0b0"))
 	if !errors.Is(err, ErrNoBridge) {
 		t.Fatalf("EnsureTap = %v; want ErrNoBridge", err)
 	}
@@ -224,18 +204,18 @@ func TestListTaps(t *testing.T) {
 	tns, nw := readyNet(t)
 	a, b, detached := tapName("aaaa00000001"), tapName("bbbb00000002"), tapName("cccc00000003")
 	for _, n := range []string{b, a} {
-		if err := nw.EnsureTap(ctx, n); err != nil {
+		if err := nw.EnsureTap(ctx, n, n); err != nil {
 			t.Fatalf("EnsureTap %s: %v", n, err)
 		}
 	}
-	// A prefixed TAP someone left detached and down, and a TAP without
-	// our prefix, which must not be listed.
+	// A prefixed TAP someone left detached and down (listed, not ours),
+	// and a TAP without our prefix, which must not be listed.
 	for _, n := range []string{detached, "vmtap0"} {
 		if err := tns.add(t, &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: n}, Mode: netlink.TUNTAP_MODE_TAP, Flags: tapFlags}); err != nil {
 			t.Fatalf("add %s: %v", n, err)
 		}
 	}
-	t.Cleanup(func() { delLink(t, tns, "vmtap0") })
+	t.Cleanup(func() { delLink(t, tns, "vmtap0"); delLink(t, tns, detached) })
 
 	fd, err := tns.openTapLikeFirecracker(t, a)
 	if err != nil {
@@ -251,8 +231,8 @@ func TestListTaps(t *testing.T) {
 		got[i].Index = 0
 	}
 	want := []Tap{
-		{Name: a, IsTap: true, Master: "fcbr0", Attached: true, Up: true, InUse: true},
-		{Name: b, IsTap: true, Master: "fcbr0", Attached: true, Up: true},
+		{Name: a, IsTap: true, Master: "fcbr0", Attached: true, Up: true, InUse: true, Ours: true, VMID: a},
+		{Name: b, IsTap: true, Master: "fcbr0", Attached: true, Up: true, Ours: true, VMID: b},
 		{Name: detached, IsTap: true},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -271,7 +251,7 @@ func TestTapChurn(t *testing.T) {
 		wg.Go(func() {
 			for i := range rounds {
 				name := tapName(fmt.Sprintf("%03x%08x", w, i))
-				if err := nw.EnsureTap(ctx, name); err != nil {
+				if err := nw.EnsureTap(ctx, name, name); err != nil {
 					errs <- err
 					continue
 				}

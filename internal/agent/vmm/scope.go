@@ -18,23 +18,25 @@ func SystemdAvailable() bool {
 // `systemd-run --scope` does, so systemd accounts and limits them and
 // `systemctl status fc-<id>.scope` shows them.
 type SystemdScoper struct {
-	conn *sddbus.Conn
+	conn  *sddbus.Conn
+	owner string
 }
 
-// NewSystemdScoper connects to the system bus.
-func NewSystemdScoper(ctx context.Context) (*SystemdScoper, error) {
+// NewSystemdScoper connects to the system bus. owner, the agent's instance
+// id, goes into every scope's description as its ownership mark.
+func NewSystemdScoper(ctx context.Context, owner string) (*SystemdScoper, error) {
 	c, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("connect to systemd: %w", err)
 	}
-	return &SystemdScoper{conn: c}, nil
+	return &SystemdScoper{conn: c, owner: owner}, nil
 }
 
 // Attach creates unit (a .scope) holding pid and waits for systemd's answer.
 func (s *SystemdScoper) Attach(ctx context.Context, unit string, pid int) error {
 	done := make(chan string, 1)
 	props := []sddbus.Property{
-		sddbus.PropDescription("Nexus microVM " + unit),
+		sddbus.PropDescription("Nexus microVM " + unit + " (nexus/" + s.owner + ")"),
 		sddbus.PropPids(uint32(pid)),
 	}
 	if _, err := s.conn.StartTransientUnitContext(ctx, unit, "fail", props, done); err != nil {

@@ -7,7 +7,8 @@
 // and checked against /proc on recovery, so a recycled pid is never taken
 // for a VMM. When systemd is PID 1 the process is also placed in a
 // transient scope fc-<vm-id>.scope; otherwise, where the cgroup v2
-// hierarchy is writable, in a group of its own (<cgroup2>/nexus/fc-<id>).
+// hierarchy is writable, in a group of its own
+// (<cgroup2>/nexus/<owner>/fc-<id>, owner being the agent's instance id).
 package vmm
 
 import (
@@ -76,6 +77,9 @@ type Config struct {
 	Scoper        Scoper        // nil: supervise directly
 	// Env is added to the VMM's environment (which is otherwise minimal).
 	Env []string
+	// Owner is the agent's instance id: cgroups live under a directory of
+	// that name, so agents sharing a host never touch each other's.
+	Owner string
 }
 
 // MaxSocketPath is the longest path a unix socket can be bound at
@@ -130,7 +134,7 @@ func New(cfg Config) (*Supervisor, error) {
 		locks: map[string]*vmLock{},
 	}
 	if cfg.Scoper == nil {
-		sup.cgroups = cgroupRoot()
+		sup.cgroups = cgroupRoot(cfg.Owner)
 	}
 	return sup, nil
 }
@@ -483,6 +487,10 @@ func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration)
 		s.mu.Unlock()
 	}
 	cgroupRemove(s.cgroups, vmID)
+	if ok && p.h.Cgroup != "" && filepath.Dir(p.h.Cgroup) != s.cgroups && strings.HasPrefix(p.h.Cgroup, cgroupBase()+"/") {
+		// A group made by an agent version before per-instance groups.
+		cgroupRemoveDir(p.h.Cgroup)
+	}
 	l := s.cfg.Layout
 	for _, f := range []string{l.SockPath(vmID), filepath.Join(l.VMDir(vmID), handleFile)} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
