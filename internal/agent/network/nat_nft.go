@@ -20,8 +20,8 @@ import (
 // transaction.
 const (
 	nftTablePrefix = "nexus-"
-	nftPostChain = "postrouting" // type nat, hook postrouting, priority srcnat (100)
-	nftFwdChain  = "forward"     // type filter, hook forward, priority filter (0), policy accept
+	nftPostChain   = "postrouting" // type nat, hook postrouting, priority srcnat (100)
+	nftFwdChain    = "forward"     // type filter, hook forward, priority filter (0), policy accept
 )
 
 // errNFTablesUnavailable: the kernel does not answer nf_tables requests.
