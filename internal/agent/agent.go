@@ -48,7 +48,8 @@ type Config struct {
 	StopGrace    time.Duration // SIGTERM → SIGKILL grace on stop
 	ProxyTimeout time.Duration // per relayed firecracker call
 	Version      string
-	Simulated    bool // the VMM binary is firecracker-sim
+	VMMVersion   string // what the VMM binary says it is
+	Simulated    bool   // the VMM binary is firecracker-sim
 	// ReadRoots are the directories files firecracker reads (kernels,
 	// drives, snapshots) must lie under; nil allows any path (dev mode).
 	ReadRoots []string
@@ -186,7 +187,7 @@ func decode(r *http.Request, v any) error {
 
 func (a *Agent) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, agentapi.Health{
-		OK: true, Name: a.cfg.Name, Version: a.cfg.Version,
+		OK: true, Name: a.cfg.Name, Version: a.cfg.Version, VMMVersion: a.cfg.VMMVersion,
 		Simulated: a.cfg.Simulated, NAT: string(a.net.Backend()),
 	})
 }
@@ -195,9 +196,22 @@ func (a *Agent) capacity(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.Capacity())
 }
 
-// Capacity reports host vCPUs and memory and what live VMMs hold.
+// SimCapacityScale multiplies a simulated host's vCPUs and memory. A
+// firecracker-sim VM costs about 1 MiB of private memory and no CPU while
+// idle, whatever it declares, so an honest 1:1 capacity would stop a laptop
+// at a dozen simulated VMs. 64× lets a 2-core, 8 GiB laptop place 1,000
+// one-vCPU, 128 MiB VMs (with the default 8× vCPU overcommit) while still
+// refusing absurd requests. Real firecracker hosts keep a scale of 1.
+const SimCapacityScale = 64
+
+// Capacity reports host vCPUs and memory (scaled for simulated hosts) and
+// what live VMMs hold.
 func (a *Agent) Capacity() agentapi.Capacity {
-	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU(), MemMib: hostMemMib()}}
+	scale := 1
+	if a.cfg.Simulated {
+		scale = SimCapacityScale
+	}
+	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU() * scale, MemMib: hostMemMib() * scale}, Scale: scale}
 	for _, h := range a.sup.List() {
 		c.Allocated.Vcpu += h.Vcpu
 		c.Allocated.MemMib += h.MemMib

@@ -84,7 +84,7 @@ func newEnv(t testing.TB) *env {
 		for _, h := range sup.List() {
 			_ = sup.Stop(ctx, h.VMID, 0)
 		}
-		_ = nw.Teardown(ctx, true) // our TAPs and bridge only
+		_, _ = nw.Teardown(ctx, true) // our TAPs and bridge only
 		nw.Close()
 		sup.ReleaseCgroups()
 	})

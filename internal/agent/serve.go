@@ -175,7 +175,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
-		Version: o.Version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
+		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 		Owner: owner,
 	}
 	if o.Mode == "prod" {

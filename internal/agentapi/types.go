@@ -102,6 +102,10 @@ type Capacity struct {
 	Total     Resources `json:"capacity"`
 	Allocated Resources `json:"allocated"`
 	VMs       int       `json:"vms"`
+	// Scale is what the host's real vCPUs and memory were multiplied by
+	// to give Total: 1 for real firecracker, more for firecracker-sim,
+	// whose VMs cost a small fraction of what they declare.
+	Scale int `json:"scale"`
 }
 
 // Health is the answer of GET /agent/v1/health.

@@ -228,7 +228,7 @@ func (s *Server) toAPIError(ctx context.Context, err error) error {
 			}
 			return out
 		}
-		return &apierr.Error{Status: status, Code: me.Code, Message: me.Message, FaultMessage: me.Fault, Suggestion: me.Suggestion}
+		return &apierr.Error{Status: status, Code: me.Code, Message: me.Message, FaultMessage: me.Fault, Suggestion: me.Suggestion, LogTail: me.LogTail}
 	}
 	if ae, ok := err.(*apierr.Error); ok {
 		return ae // the handler's own answer

@@ -34,7 +34,7 @@ type registerHostOutput struct {
 }
 
 func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*registerHostOutput, error) {
-	h, err := s.svc.RegisterHost(ctx, in.Body.Name, in.Body.Addr, in.Body.Version, in.Body.Capacity)
+	h, err := s.svc.RegisterHost(ctx, in.Body)
 	if err != nil {
 		return nil, err
 	}

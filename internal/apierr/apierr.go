@@ -2,7 +2,7 @@
 // non-2xx answer of the manager and the agent has the body
 //
 //	{"error":"short_code","status":400,"message":"…","fault_message":"…",
-//	 "suggestion":"…","request_id":"…"}
+//	 "suggestion":"…","request_id":"…","log_tail":["…"]}
 //
 // Handlers return errors; Write turns them into that body. An error that is
 // not an *Error becomes a 500 whose text never reaches the caller.
@@ -25,6 +25,9 @@ type Error struct {
 	FaultMessage string `json:"fault_message,omitempty"`
 	Suggestion   string `json:"suggestion,omitempty"`
 	RequestID    string `json:"request_id"`
+	// LogTail is the last lines of firecracker's log, when firecracker
+	// took part in the failure.
+	LogTail []string `json:"log_tail,omitempty"`
 
 	cause error
 }

@@ -42,8 +42,8 @@ type NIC struct {
 
 // VMConfig is what a VM is made of; templates store it too.
 type VMConfig struct {
-	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" doc:"vCPUs (default 1; firecracker allows 1-32)"`
-	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" doc:"guest memory in MiB (default 128)"`
+	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs: 1 or an even number up to 32 (default 1)"`
+	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128); at most what a host can hold"`
 	KernelImageID string       `json:"kernel_image_id,omitempty"`
 	KernelPath    string       `json:"kernel_path,omitempty" doc:"host path of an uncompressed kernel (dev mode only)"`
 	RootfsImageID string       `json:"rootfs_image_id,omitempty"`
@@ -58,9 +58,9 @@ type CreateVMRequest struct {
 	Name string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
 	VMConfig
 	Project string            `json:"project,omitempty" maxLength:"63" doc:"default: the token's project"`
-	Tags    map[string]string `json:"tags,omitempty"`
+	Tags    map[string]string `json:"tags,omitempty" doc:"at most 32; keys 1-63 bytes, values up to 255, printable"`
 	Start   *bool             `json:"start,omitempty" doc:"boot after creating (default true)"`
-	HostID  string            `json:"host_id,omitempty" doc:"pin to a host; default: the scheduler picks"`
+	HostID  string            `json:"host_id,omitempty" maxLength:"253" doc:"pin to a host (id or name); default: the scheduler picks"`
 }
 
 // VM is a microVM as the API shows it.
@@ -176,6 +176,8 @@ type Host struct {
 	Allocated  Resources `json:"allocated"`
 	VMs        int       `json:"vms"`
 	LastSeenAt time.Time `json:"last_seen_at"`
+	VMM        string    `json:"vmm,omitempty" doc:"the VMM version the host runs"`
+	Simulated  bool      `json:"simulated" doc:"the host runs firecracker-sim: its VMs are not real guests, and its capacity is scaled (docs/runbook.md)"`
 }
 
 // HostList is GET /v1/hosts.
@@ -194,6 +196,7 @@ type RegisterHostRequest struct {
 	Name     string    `json:"name" minLength:"1" maxLength:"253"`
 	Addr     string    `json:"addr" minLength:"1" maxLength:"512" doc:"the agent's base URL, e.g. http://10.0.0.5:9090"`
 	Version  string    `json:"version,omitempty" maxLength:"64"`
+	VMM      string    `json:"vmm,omitempty" maxLength:"64" doc:"the VMM version the agent runs; a -sim suffix marks firecracker-sim"`
 	Capacity Resources `json:"capacity"`
 }
 

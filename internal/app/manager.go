@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,6 +46,10 @@ type ManagerOptions struct {
 	// TokenCacheTTL is how long a verified API token is trusted without
 	// re-checking the store.
 	TokenCacheTTL time.Duration
+	// HoldReconciler leaves the reconciler stopped until StartReconciler:
+	// `nexus up` starts it once its local agent has registered, so the
+	// first pass never judges the host by the previous run's address.
+	HoldReconciler bool
 }
 
 // Manager is a running manager.
@@ -56,6 +61,14 @@ type Manager struct {
 	API        *api.Server
 	Addr       string // bound listen address
 	done       <-chan struct{}
+	ctx        context.Context
+	recOnce    sync.Once
+}
+
+// StartReconciler starts the reconciler held by HoldReconciler; it is a
+// no-op when it runs already.
+func (m *Manager) StartReconciler() {
+	m.recOnce.Do(func() { go m.Reconciler.Run(m.ctx) })
 }
 
 // URL is the manager's base URL.
@@ -104,9 +117,11 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	m := &Manager{Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String()}
+	m := &Manager{Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
 	go authn.Run(ctx, 10*time.Second)
-	go rec.Run(ctx)
+	if !o.HoldReconciler {
+		m.StartReconciler()
+	}
 	// A token revoked or rotated on any manager stops working on all of them.
 	go st.Listen(ctx, manager.TokenChannel, authn.Invalidate)
 	// After in-flight requests: background work (async boots), then the

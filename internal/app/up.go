@@ -2,10 +2,12 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,20 +17,68 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
+	"github.com/nexus-microvm/nexus/internal/agent/network"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
-// UpOptions are the settings of `nexus up`.
+// UpOptions are the settings of `nexus up`: its own, and the manager's and
+// the agent's, which take the same flags and environment variables as
+// `nexus manager` and `nexus agent` (DESIGN.md section 1).
 type UpOptions struct {
-	DataDir    string // --data-dir, default ./.nexus
-	Listen     string // --listen, default 127.0.0.1:8080
-	FCBin      string // --fc-bin: a firecracker to prefer
-	RunDir     string // FC_RUN_DIR, default <data-dir>/run
-	Bridge     string
-	BridgeCIDR string
-	Uplink     string
-	Mode       string
-	Version    string
+	DataDir string // --data-dir, default ./.nexus
+	FCBin   string // --fc-bin: a firecracker to prefer
+	Mode    string
+	Version string
+	// Manager holds the manager's settings; Listen, DatabaseURL and
+	// JoinToken are up's to set.
+	Manager ManagerOptions
+	// Agent holds the agent's settings; Bind "" reuses the previous run's
+	// address (or takes a free port the first time), RunDir "" is
+	// <data-dir>/run, ImagesDir "" is <run-dir>/images.
+	Agent agent.Options
+}
+
+// upState is what `nexus up` last ran with, saved in <data-dir>/up.json:
+// the next `up` reuses the agent's address, and `nexus down` knows what to
+// undo.
+type upState struct {
+	RunDir     string `json:"run_dir"`
+	ImagesDir  string `json:"images_dir"`
+	Bridge     string `json:"bridge"`
+	BridgeCIDR string `json:"bridge_cidr,omitempty"`
+	Uplink     string `json:"uplink,omitempty"`
+	AgentBind  string `json:"agent_bind"`
+	Listen     string `json:"listen"`
+}
+
+const upStateFile = "up.json"
+
+func readUpState(dataDir string) (upState, error) {
+	var st upState
+	b, err := os.ReadFile(filepath.Join(dataDir, upStateFile))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("read %s: %w", filepath.Join(dataDir, upStateFile), err)
+	}
+	return st, nil
+}
+
+func writeUpState(dataDir string, st upState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dataDir, upStateFile+".tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save up state: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dataDir, upStateFile)); err != nil {
+		return fmt.Errorf("save up state: %w", err)
+	}
+	return nil
 }
 
 // Up runs a manager and a local agent in one process until ctx ends, with
@@ -43,16 +93,38 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	runDir := o.RunDir
-	if runDir == "" {
-		runDir = filepath.Join(dataDir, "run")
+	prev, _ := readUpState(dataDir)
+	ao := o.Agent
+	if ao.RunDir == "" {
+		ao.RunDir = filepath.Join(dataDir, "run")
+	}
+	if ao.RunDir, err = filepath.Abs(ao.RunDir); err != nil {
+		return err
+	}
+	if ao.ImagesDir == "" {
+		ao.ImagesDir = hostlayout.Layout{RunDir: ao.RunDir}.ImagesDir()
+	}
+	if ao.ImagesDir, err = filepath.Abs(ao.ImagesDir); err != nil {
+		return err
+	}
+	if ao.Bridge == "" {
+		ao.Bridge = network.DefaultBridge
+	}
+	if ao.Bind == "" {
+		// The previous run's port if it is free, so the manager's record of
+		// the host stays right; otherwise any free port.
+		ao.Bind = "127.0.0.1:0"
+		if prev.AgentBind != "" && portFree(prev.AgentBind) {
+			ao.Bind = prev.AgentBind
+		}
 	}
 	bin, simulated, why, err := pickVMM(o.FCBin)
 	if err != nil {
 		return err
 	}
 	if simulated {
-		fmt.Fprintf(stdout, "nexus: %s; using firecracker-sim (%s): VMs are simulated, not real guests\n", why, bin)
+		fmt.Fprintf(stdout, "nexus: %s; using firecracker-sim (%s): VMs are simulated, not real guests; host capacity is scaled %d× for them\n",
+			why, bin, agent.SimCapacityScale)
 	} else {
 		fmt.Fprintf(stdout, "nexus: using firecracker %s with /dev/kvm\n", bin)
 	}
@@ -61,10 +133,11 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 		return err
 	}
 
-	m, err := StartManager(ctx, ManagerOptions{
-		Listen: o.Listen, DatabaseURL: "sqlite://" + filepath.Join(dataDir, "nexus.db"),
-		Mode: o.Mode, JoinToken: join, Version: o.Version,
-	}, log)
+	mo := o.Manager
+	mo.DatabaseURL = "sqlite://" + filepath.Join(dataDir, "nexus.db")
+	mo.Mode, mo.JoinToken, mo.Version = o.Mode, join, o.Version
+	mo.HoldReconciler = true
+	m, err := StartManager(ctx, mo, log)
 	if err != nil {
 		return err
 	}
@@ -82,22 +155,29 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 		fmt.Fprintf(stdout, "nexus: admin token in %s\n", tokenPath)
 	}
 
-	ag, err := agent.Start(ctx, agent.Options{
-		Bind: "127.0.0.1:0", Manager: m.URL(), Token: join, RunDir: runDir,
-		Bin: bin, Bridge: o.Bridge, BridgeCIDR: o.BridgeCIDR, Uplink: o.Uplink,
-		Mode: o.Mode, Version: o.Version, Heartbeat: 2 * time.Second,
-	}, log)
+	ao.Manager, ao.Token, ao.Bin, ao.Mode, ao.Version = m.URL(), join, bin, o.Mode, o.Version
+	if ao.Heartbeat == 0 {
+		ao.Heartbeat = 2 * time.Second
+	}
+	ag, err := agent.Start(ctx, ao, log)
 	if err != nil {
 		return err
 	}
-	if err := waitForHost(ctx, m, 15*time.Second); err != nil {
+	if err := writeUpState(dataDir, upState{
+		RunDir: ao.RunDir, ImagesDir: ao.ImagesDir, Bridge: ao.Bridge, BridgeCIDR: ao.BridgeCIDR, Uplink: ao.Uplink,
+		AgentBind: ag.Addr, Listen: m.Addr,
+	}); err != nil {
 		return err
 	}
+	if err := waitForHost(ctx, m, ag.URL, 15*time.Second); err != nil {
+		return err
+	}
+	m.StartReconciler()
 	self, err := os.Executable()
 	if err != nil {
 		self = "nexus"
 	}
-	fmt.Fprintf(stdout, "nexus: ready at %s (agent %s, state in %s)\n", m.URL(), ag.URL, dataDir)
+	fmt.Fprintf(stdout, "nexus: ready at %s (agent %s, bridge %s, state in %s, images in %s)\n", m.URL(), ag.URL, ao.Bridge, dataDir, ao.ImagesDir)
 	fmt.Fprintf(stdout, "  export NEXUS_ADDR=%s NEXUS_TOKEN=$(cat %s)\n", m.URL(), tokenPath)
 	if simulated {
 		fmt.Fprintf(stdout, "  %s vm create --name hello --kernel-path /bin/true   # firecracker-sim boots any ELF file\n", self)
@@ -105,6 +185,7 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 		fmt.Fprintf(stdout, "  %s vm create --name hello --kernel-path /path/to/vmlinux --rootfs-path /path/to/rootfs.ext4\n", self)
 	}
 	fmt.Fprintf(stdout, "  (`make images` builds a kernel and rootfs from Debian packages and registers them)\n")
+	fmt.Fprintf(stdout, "  `%s down --data-dir %s` undoes this host's changes once stopped\n", self, dataDir)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "nexus: stopping; running VMs keep running and are adopted by the next `nexus up`")
 	ag.Wait()
@@ -112,13 +193,25 @@ func Up(ctx context.Context, o UpOptions, log *slog.Logger, stdout io.Writer) er
 	return nil
 }
 
-func waitForHost(ctx context.Context, m *Manager, d time.Duration) error {
+// portFree reports whether addr can be listened on now.
+func portFree(addr string) bool {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// waitForHost waits until the local agent has registered at its current
+// address.
+func waitForHost(ctx context.Context, m *Manager, agentURL string, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		hosts, err := m.Service.ListHosts(ctx)
 		if err == nil {
 			for _, h := range hosts {
-				if h.State == "ready" {
+				if h.State == "ready" && h.Addr == agentURL {
 					return nil
 				}
 			}

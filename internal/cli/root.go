@@ -69,7 +69,7 @@ Quick start on one host (as root):
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr),
+	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr), newDownCmd(e, stdout, stderr),
 		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout))
 	for _, c := range []*cobra.Command{newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout)} {
 		if c != nil {

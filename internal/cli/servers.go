@@ -56,6 +56,43 @@ func netFlags(fs *pflag.FlagSet, e env, bridge, cidr, uplink *string) {
 	strFlag(fs, uplink, "uplink", e, "FC_UPLINK", "", "uplink for NAT (default: the default route's interface; none: no NAT)")
 }
 
+// managerTuningFlags defines the reconciler and placement settings that
+// `manager` and `up` share.
+func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
+	if err := durFlag(fs, &o.ReconcileInterval, "reconcile-interval", e, "NEXUS_RECONCILE_INTERVAL", 15*time.Second, "periodic reconcile pass"); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		p     *time.Duration
+		name  string
+		key   string
+		def   time.Duration
+		usage string
+	}{
+		{&o.OrphanGrace, "orphan-grace", "NEXUS_ORPHAN_GRACE", 30 * time.Second, "how long a process, TAP or run dir of no VM is left before removal"},
+		{&o.StuckGrace, "stuck-grace", "NEXUS_STUCK_GRACE", 20 * time.Second, "how long a boot may stay unfinished before the reconciler redoes it"},
+		{&o.HeartbeatTimeout, "heartbeat-timeout", "NEXUS_HEARTBEAT_TIMEOUT", 30 * time.Second, "missed-heartbeat time after which a host is unreachable"},
+		{&o.LeaseTTL, "lease-ttl", "NEXUS_LEASE_TTL", 0, "reconciler lease TTL among managers (default max(3×interval, 10s))"},
+	} {
+		if err := durFlag(fs, d.p, d.name, e, d.key, d.def, d.usage); err != nil {
+			return err
+		}
+	}
+	if err := floatFlag(fs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU (simulated hosts are also scaled, see `nexus host ls`)"); err != nil {
+		return err
+	}
+	return floatFlag(fs, &o.MemOvercommit, "mem-overcommit", e, "NEXUS_MEM_OVERCOMMIT", 1, "guest memory placed per MiB of host memory")
+}
+
+// agentHostFlags defines the host settings that `agent` and `up` share:
+// where the agent keeps its files and how it wires VMs to the network.
+func agentHostFlags(fs *pflag.FlagSet, e env, o *agent.Options, runDirDefault, runDirHelp string) error {
+	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", runDirDefault, runDirHelp)
+	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
+	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
+	return durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop")
+}
+
 // newLogger returns the JSON (or text) structured logger servers log with.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -117,14 +154,11 @@ sends heartbeats.`,
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
 	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
-	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "/srv/fc", "directory for everything the agent creates")
-	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
-	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
-	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
-	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
-	if err := durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop"); err != nil {
+	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}
+	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
+	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
 	lf.add(fs, e, "json")
 	return cmd
 }
@@ -177,29 +211,7 @@ Migrations are applied at start. Agents join with the shared join token
 	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
 	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
 	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent")
-	if err := durFlag(lfs, &o.ReconcileInterval, "reconcile-interval", e, "NEXUS_RECONCILE_INTERVAL", 15*time.Second, "periodic reconcile pass"); err != nil {
-		return errCmd("manager", err)
-	}
-	for _, d := range []struct {
-		p     *time.Duration
-		name  string
-		key   string
-		def   time.Duration
-		usage string
-	}{
-		{&o.OrphanGrace, "orphan-grace", "NEXUS_ORPHAN_GRACE", 30 * time.Second, "how long a process, TAP or run dir of no VM is left before removal"},
-		{&o.StuckGrace, "stuck-grace", "NEXUS_STUCK_GRACE", 20 * time.Second, "how long a boot may stay unfinished before the reconciler redoes it"},
-		{&o.HeartbeatTimeout, "heartbeat-timeout", "NEXUS_HEARTBEAT_TIMEOUT", 30 * time.Second, "missed-heartbeat time after which a host is unreachable"},
-		{&o.LeaseTTL, "lease-ttl", "NEXUS_LEASE_TTL", 0, "reconciler lease TTL among managers (default max(3×interval, 10s))"},
-	} {
-		if err := durFlag(lfs, d.p, d.name, e, d.key, d.def, d.usage); err != nil {
-			return errCmd("manager", err)
-		}
-	}
-	if err := floatFlag(lfs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU"); err != nil {
-		return errCmd("manager", err)
-	}
-	if err := floatFlag(lfs, &o.MemOvercommit, "mem-overcommit", e, "NEXUS_MEM_OVERCOMMIT", 1, "guest memory placed per MiB of host memory"); err != nil {
+	if err := managerTuningFlags(lfs, e, &o); err != nil {
 		return errCmd("manager", err)
 	}
 	lf.add(lfs, e, "json")
@@ -253,7 +265,14 @@ firecracker when one is on PATH (or --fc-bin) and /dev/kvm is usable, and
 firecracker-sim otherwise, saying so. On first start it creates an admin
 token, writes it to <data-dir>/admin.token (mode 0600) and prints it.
 Ctrl-C stops; running VMs keep running and the next ` + "`nexus up`" + ` adopts them.
-Needs root for TAP devices.`,
+` + "`nexus down`" + ` undoes what it did to the host. Needs root for TAP devices.
+
+It takes the manager's and the agent's settings (flags, or the environment
+variables named below), so several instances can share a host: give each
+its own --data-dir, --listen, --bridge and --bridge-cidr. The agent listens
+on AGENT_BIND, by default the previous run's port on 127.0.0.1 (a free one
+the first time). With firecracker-sim, host capacity is scaled 64× (a
+simulated VM costs about 1 MiB), so hundreds of small VMs fit on a laptop.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, lf.format, lf.level)
@@ -261,17 +280,49 @@ Needs root for TAP devices.`,
 				return err
 			}
 			o.Version = Version
+			o.Agent.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
 			return app.Up(cmd.Context(), o, log, stdout)
 		},
 	}
 	fs := cmd.Flags()
 	strFlag(fs, &o.DataDir, "data-dir", e, "NEXUS_DATA_DIR", "./.nexus", "state directory")
-	strFlag(fs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "manager listen address")
+	strFlag(fs, &o.Manager.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "manager listen address")
+	strFlag(fs, &o.Agent.Bind, "agent-bind", e, "AGENT_BIND", "", "agent listen address (default: the previous run's, else a free port on 127.0.0.1)")
 	strFlag(fs, &o.FCBin, "fc-bin", e, "FC_BIN", "", "firecracker binary to prefer (default: firecracker on PATH)")
-	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", "", "agent run dir (default <data-dir>/run)")
-	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
+	if err := agentHostFlags(fs, e, &o.Agent, "", "agent run dir (default <data-dir>/run)"); err != nil {
+		return errCmd("up", err)
+	}
+	if err := managerTuningFlags(fs, e, &o.Manager); err != nil {
+		return errCmd("up", err)
+	}
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod")
 	lf.add(fs, e, "text")
+	return cmd
+}
+
+func newDownCmd(e env, stdout, stderr io.Writer) *cobra.Command {
+	var o app.DownOptions
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Undo what `nexus up` did to this host: bridge, NAT, optionally VMs and state",
+		Long: `Undo what ` + "`nexus up`" + ` did to this host, once it has stopped. It reads what up
+used from <data-dir>/up.json and removes only what carries up's agent mark:
+its TAPs, its bridge (if up created it and nothing else is attached), its
+NAT table or iptables rules, its cgroups. It needs no nft or iptables binary.
+
+Running VMs keep it from removing anything unless --vms is given, which
+stops them (and records them as stopped). --purge also deletes the data dir
+and the run dir (with the VMs' disks and snapshots); an images dir outside
+them is never deleted. Running it again is fine: it reports nothing to do.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return app.Down(cmd.Context(), o, stdout)
+		},
+	}
+	fs := cmd.Flags()
+	strFlag(fs, &o.DataDir, "data-dir", e, "NEXUS_DATA_DIR", "./.nexus", "state directory of the `nexus up` to undo")
+	fs.BoolVar(&o.VMs, "vms", false, "stop the VMs that are still running")
+	fs.BoolVar(&o.Purge, "purge", false, "also delete the data dir and the run dir")
 	return cmd
 }

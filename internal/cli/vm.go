@@ -456,12 +456,24 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 				return printJSON(stdout, l.Items)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVMS\tVCPU (ALLOC/TOTAL)\tMEM MiB (ALLOC/TOTAL)\tADDR\tLAST SEEN")
+			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVMS\tVCPU (ALLOC/TOTAL)\tMEM MiB (ALLOC/TOTAL)\tVMM\tADDR\tLAST SEEN")
+			sim := false
 			for _, h := range l.Items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%d/%d\t%s\t%s ago\n", h.ID, h.Name, h.State, h.VMs,
-					h.Allocated.Vcpu, h.Capacity.Vcpu, h.Allocated.MemMib, h.Capacity.MemMib, h.Addr, age(h.LastSeenAt))
+				vmmName := h.VMM
+				if h.Simulated {
+					vmmName += " (simulated)"
+					sim = true
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%d/%d\t%s\t%s\t%s ago\n", h.ID, h.Name, h.State, h.VMs,
+					h.Allocated.Vcpu, h.Capacity.Vcpu, h.Allocated.MemMib, h.Capacity.MemMib, vmmName, h.Addr, age(h.LastSeenAt))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if sim {
+				fmt.Fprintln(cmd.ErrOrStderr(), "note: simulated hosts report 64× their real vCPUs and memory (a firecracker-sim VM costs about 1 MiB)")
+			}
+			return nil
 		},
 	})
 	cmd.AddCommand(&cobra.Command{

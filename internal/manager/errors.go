@@ -29,7 +29,10 @@ type Error struct {
 	Message    string
 	Fault      string // firecracker's fault_message
 	Suggestion string
-	Err        error
+	// LogTail holds the last lines of firecracker's log when a VMM took
+	// part in the failure, for the caller to see why without a second call.
+	LogTail []string
+	Err     error
 }
 
 func (e *Error) Error() string {

@@ -6,23 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
 // RegisterHost records an agent joining the fleet (or re-joining after a
 // restart) and returns its host record.
-func (s *Service) RegisterHost(ctx context.Context, name, addr, version string, capacity apitypes.Resources) (store.Host, error) {
+func (s *Service) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error) {
+	name, addr := r.Name, r.Addr
 	if name == "" || addr == "" {
 		return store.Host{}, invalid("name and addr are required")
 	}
 	h, err := s.st.UpsertHost(ctx, store.HostRegistration{
-		Name: name, Addr: addr, Version: version,
-		Capacity: store.Resources{VCPU: capacity.Vcpu, MemMiB: capacity.MemMib},
+		Name: name, Addr: addr, Version: r.Version, VMM: r.VMM,
+		Capacity: store.Resources{VCPU: r.Capacity.Vcpu, MemMiB: r.Capacity.MemMib},
 	})
 	if err != nil {
 		return h, fmt.Errorf("register host %s: %w", name, err)
@@ -192,16 +193,20 @@ func (s *Service) pick(hosts []store.Host, alloc map[string]store.Allocation, ho
 		freeVcpu float64
 	}
 	var cands []cand
+	// The largest ready host: a VM bigger than it can never be placed,
+	// which is the caller's mistake (400), not a shortage (503).
+	var biggestVcpu, biggestMem float64
 	for _, h := range hosts {
 		a := alloc[h.ID]
 		c := cand{h: h,
 			freeVcpu: float64(h.Capacity.VCPU)*s.cfg.VcpuOvercommit - float64(a.VCPU),
 			freeMem:  float64(h.Capacity.MemMiB)*s.cfg.MemOvercommit - float64(a.MemMiB),
 		}
-		// A VM asking for more vCPUs than firecracker allows is not a
-		// placement question: it goes by memory, and firecracker's own
-		// refusal (with its reason) reaches the caller.
-		fits := (c.freeVcpu >= float64(vcpu) || vcpu > firecracker.MaxVcpus) && c.freeMem >= float64(mem)
+		if h.State == store.HostReady {
+			biggestVcpu = max(biggestVcpu, float64(h.Capacity.VCPU)*s.cfg.VcpuOvercommit)
+			biggestMem = max(biggestMem, float64(h.Capacity.MemMiB)*s.cfg.MemOvercommit)
+		}
+		fits := c.freeVcpu >= float64(vcpu) && c.freeMem >= float64(mem)
 		if hostID != "" && (h.ID == hostID || h.Name == hostID) {
 			switch {
 			case h.State != store.HostReady:
@@ -225,6 +230,10 @@ func (s *Service) pick(hosts []store.Host, alloc map[string]store.Allocation, ho
 			return store.Host{}, newErr(KindNoCapacity, "no_hosts", "no agent has registered with this manager").
 				suggest("start an agent with AGENT_MANAGER pointing here, or use `nexus up`")
 		}
+		if biggestMem > 0 && (float64(mem) > biggestMem || float64(vcpu) > biggestVcpu) {
+			return store.Host{}, newErr(KindInvalid, "vm_too_large", "%d vCPU / %d MiB is more than any host can hold (the largest takes %.0f vCPU / %.0f MiB)",
+				vcpu, mem, biggestVcpu, biggestMem).suggest("ask for less memory or fewer vCPUs")
+		}
 		return store.Host{}, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vcpu, mem).
 			suggest("stop or delete VMs, add a host, or ask for less (nexus host ls shows free capacity)")
 	}
@@ -247,6 +256,8 @@ func HostView(h store.Host) apitypes.Host {
 		Allocated:  apitypes.Resources{Vcpu: h.Allocated.VCPU, MemMib: h.Allocated.MemMiB},
 		VMs:        h.VMs,
 		LastSeenAt: h.LastSeenAt,
+		VMM:        h.VMM,
+		Simulated:  strings.HasSuffix(h.VMM, "-sim"),
 	}
 }
 

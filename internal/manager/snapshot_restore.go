@@ -71,6 +71,9 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 	if tags == nil {
 		tags = maps.Clone(src.Tags)
 	}
+	if err := checkTags(tags); err != nil {
+		return Restored{}, err
+	}
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: sn.Project,
 		State: store.VMRequested, DesiredState: store.VMRunning,
@@ -110,7 +113,10 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		s.event(ctx, vm.ID, store.LevelWarn, "%s", n)
 	}
 	vm, err = s.restore(context.WithoutCancel(ctx), vm, sn, meta)
-	return Restored{VM: vm, Notices: notices}, err
+	if err != nil {
+		return Restored{}, s.discardFailed(vm, err)
+	}
+	return Restored{VM: vm, Notices: notices}, nil
 }
 
 // restore runs tap → spawn → version check → logger, metrics → drive

@@ -15,7 +15,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -23,8 +22,6 @@ import (
 // MaxInstances is the most VMs one instantiation makes.
 const MaxInstances = 100
 
-// maxMemMib bounds a template's memory: 1 TiB.
-const maxMemMib = 1 << 20
 
 func decodeTemplateConfig(t store.Template) (apitypes.TemplateConfig, error) {
 	var c apitypes.TemplateConfig
@@ -82,11 +79,18 @@ func (s *Service) CreateTemplate(ctx context.Context, scope Scope, id, owner str
 // right kind, vCPU and memory are sane, drives have valid, distinct ids.
 // where names c in errors ("config", "overrides").
 func (s *Service) checkTemplateConfig(ctx context.Context, project, where string, c apitypes.TemplateConfig) (apitypes.TemplateConfig, error) {
-	if c.Vcpu != nil && (*c.Vcpu < 1 || *c.Vcpu > firecracker.MaxVcpus) {
-		return c, invalid("%s.vcpu must be between 1 and %d", where, firecracker.MaxVcpus)
+	if c.Vcpu != nil {
+		if err := checkVcpu(where+".vcpu", *c.Vcpu); err != nil {
+			return c, err
+		}
 	}
-	if c.MemMib != nil && (*c.MemMib < 1 || *c.MemMib > maxMemMib) {
-		return c, invalid("%s.mem_mib must be between 1 and %d", where, maxMemMib)
+	if c.MemMib != nil {
+		if err := checkMem(where+".mem_mib", *c.MemMib); err != nil {
+			return c, err
+		}
+	}
+	if err := checkBootArgs(where+".boot_args", c.BootArgs); err != nil {
+		return c, err
 	}
 	scope := Scope{Project: project}
 	ref := func(field, r string, kind store.ImageKind) (string, error) {

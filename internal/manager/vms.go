@@ -52,6 +52,9 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 		return store.VM{}, newErr(KindForbidden, "forbidden", "this token cannot create VMs in project %q", project).
 			suggest("omit project, or use a token of that project")
 	}
+	if err := checkTags(req.Tags); err != nil {
+		return store.VM{}, err
+	}
 	if usesRawPaths(req.VMConfig) && !scope.Admin {
 		return store.VM{}, newErr(KindForbidden, "raw_path_refused", "raw host paths (kernel_path, rootfs_path, extra_drives[].path) need an admin token").
 			suggest("boot from registered images (kernel_image_id, rootfs_image_id): nexus image ls")
@@ -129,8 +132,54 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 		return vm, nil
 	}
 	defer unlock()
-	return s.boot(bootCtx, vm)
+	booted, err := s.boot(bootCtx, vm)
+	if err != nil {
+		return store.VM{}, s.discardFailed(booted, err)
+	}
+	return booted, nil
 }
+
+// discardFailed removes every trace of a VM whose create the caller is
+// told failed: its host objects (process, TAP, socket, run dir, cgroup)
+// and its row, so retrying with the same name works. firecracker's last
+// log lines go into the error first, since the log goes with the run dir.
+// Only a create that was answered with success (or wait=false) and failed
+// later keeps its VM, in failed, for the user to inspect. If the host
+// cannot be reached, the row goes anyway and the reconciler removes what
+// is left there as orphans.
+func (s *Service) discardFailed(vm store.VM, cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30*time.Second)
+	defer cancel()
+	e, ok := AsError(cause)
+	if !ok {
+		e = &Error{Kind: KindInternal, Code: "internal", Message: "vm " + vm.ID, Err: cause}
+	} else {
+		c := *e
+		e = &c
+	}
+	if vm.HostAddr != "" {
+		ag := s.agentFor(ctx, vm)
+		if vm.APISock != "" {
+			if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
+				e.LogTail = ll.Lines
+			}
+		}
+		if err := ag.Delete(ctx, vm.ID); err != nil {
+			s.log.Warn("failed create: host objects left for the reconciler", "vm_id", vm.ID, "err", err)
+		}
+	}
+	if err := s.st.DeleteVM(ctx, vm.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("failed create: could not delete the vm row", "vm_id", vm.ID, "err", err)
+		return e
+	}
+	if e.Suggestion == "" {
+		e.Suggestion = "nothing was left behind; fix the request and create it again"
+	}
+	return e
+}
+
+// logTailLines is how much of firecracker's log a failed create returns.
+const logTailLines = 20
 
 func usesRawPaths(c apitypes.VMConfig) bool {
 	if c.KernelPath != "" || c.RootfsPath != "" {
@@ -159,11 +208,14 @@ func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.
 	if r.MemMib == nil {
 		r.MemMib = firecracker.Int(DefaultMemMib)
 	}
-	if *r.Vcpu < 1 {
-		return r, invalid("vcpu must be at least 1")
+	if err := checkVcpu("vcpu", *r.Vcpu); err != nil {
+		return r, err
 	}
-	if *r.MemMib < 1 {
-		return r, invalid("mem_mib must be at least 1")
+	if err := checkMem("mem_mib", *r.MemMib); err != nil {
+		return r, err
+	}
+	if err := checkBootArgs("boot_args", r.BootArgs); err != nil {
+		return r, err
 	}
 	var err error
 	if r.kernelPath, err = s.resolveFile(ctx, project, "kernel", store.ImageKernel, c.KernelImageID, c.KernelPath, true); err != nil {

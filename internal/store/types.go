@@ -232,6 +232,9 @@ type Host struct {
 	Allocated  Resources // as last reported by the agent
 	VMs        int       // as last reported by the agent
 	Version    string
+	// VMM is the VMM version the agent runs ("1.16.1"; "-sim" for
+	// firecracker-sim).
+	VMM        string
 	LastSeenAt time.Time
 	CreatedAt  time.Time
 }
@@ -242,6 +245,7 @@ type HostRegistration struct {
 	Addr     string
 	Capacity Resources
 	Version  string
+	VMM      string
 }
 
 // Heartbeat is an agent's periodic report. A zero At means "now".

@@ -395,6 +395,37 @@ func killVMMs(runDir string) {
 	}
 }
 
+// assertHostsEmpty checks that no host holds anything of any VM: no VMM
+// process, VM run dir, TAP or VMM cgroup.
+func (c *cluster) assertHostsEmpty() {
+	c.t.Helper()
+	for _, a := range c.agents {
+		if pids := vmmPIDs(a.runDir); len(pids) != 0 {
+			c.t.Errorf("host %s: vmm processes left: %v", a.name, pids)
+		}
+		if entries, _ := os.ReadDir(a.layout().VMsDir()); len(entries) != 0 {
+			c.t.Errorf("host %s: run dirs left: %v", a.name, entries)
+		}
+		if links, _ := a.net.nl.LinkList(); len(links) > 0 {
+			for _, l := range links {
+				if strings.HasPrefix(l.Attrs().Name, hostlayout.TapPrefix) {
+					c.t.Errorf("host %s: tap %s left", a.name, l.Attrs().Name)
+				}
+			}
+		}
+		if owner, err := agent.ReadInstanceID(a.runDir); err == nil {
+			if dir := vmm.CgroupDir(owner, "x"); dir != "" {
+				entries, _ := os.ReadDir(filepath.Dir(dir))
+				for _, e := range entries {
+					if e.IsDir() {
+						c.t.Errorf("host %s: cgroup %s left", a.name, e.Name())
+					}
+				}
+			}
+		}
+	}
+}
+
 // assertNoLeaks checks that nothing of the given VMs is left on any host:
 // no process, TAP, socket or run dir.
 func (c *cluster) assertNoLeaks(ids ...string) {

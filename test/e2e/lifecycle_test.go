@@ -144,8 +144,9 @@ func isStatus(err error, status int) bool {
 }
 
 // TestFirecrackerRefusal checks that firecracker's own 400 reaches the
-// caller with its fault_message and a suggestion, the VM is marked failed
-// with last_error, and nothing is left on the host.
+// caller with its fault_message, the last lines of its log and a
+// suggestion, and that the failed create leaves nothing: no VM row, no
+// process, TAP, socket, run dir or cgroup; the same name works right after.
 func TestFirecrackerRefusal(t *testing.T) {
 	c := newCluster(t, "sqlite", 1)
 	ctx := context.Background()
@@ -157,7 +158,6 @@ func TestFirecrackerRefusal(t *testing.T) {
 		cfg   apitypes.VMConfig
 		fault string
 	}{
-		{"vcpu 64", apitypes.VMConfig{Vcpu: intp(64), KernelPath: kernel}, "vCPUs"},
 		{"kernel not ELF", apitypes.VMConfig{KernelPath: notELF}, "ELF"},
 		{"missing kernel", apitypes.VMConfig{KernelPath: c.dir + "/nope"}, "No such file"},
 		// A missing rootfs is refused before firecracker sees it, since the
@@ -170,19 +170,18 @@ func TestFirecrackerRefusal(t *testing.T) {
 			if !errors.As(err, &e) || e.Status != 400 || e.Code != "firecracker_rejected" || !strings.Contains(e.FaultMessage, tc.fault) || e.Suggestion == "" || e.RequestID == "" {
 				t.Fatalf("create: %#v; want 400 firecracker_rejected with fault_message containing %q and a suggestion", err, tc.fault)
 			}
+			if len(e.LogTail) == 0 {
+				t.Errorf("the refusal carries no firecracker log lines: %#v", e)
+			}
 			l, err := c.client.ListVMs(ctx, url.Values{"name": {name}})
-			if err != nil || len(l.Items) != 1 {
-				t.Fatalf("failed VM row: %+v, %v", l, err)
+			if err != nil || len(l.Items) != 0 {
+				t.Fatalf("VM rows after a refused create: %+v, %v; want none", l, err)
 			}
-			vm := l.Items[0]
-			if vm.State != "failed" || !strings.Contains(vm.LastError, tc.fault) {
-				t.Fatalf("row = %s / %q; want failed with last_error", vm.State, vm.LastError)
-			}
-			if pids := vmmPIDs(c.agents[0].runDir); len(pids) != 0 {
-				t.Fatalf("vmm left after rollback: %v", pids)
-			}
-			if _, err := os.Stat(c.agents[0].layout().SockPath(vm.ID)); !os.IsNotExist(err) {
-				t.Fatal("socket left after rollback")
+			c.assertHostsEmpty()
+
+			vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+			if err != nil || vm.State != "running" {
+				t.Fatalf("the same name right after the refusal: %+v, %v", vm, err)
 			}
 			if err := c.client.DeleteVM(ctx, vm.ID); err != nil {
 				t.Fatal(err)
@@ -219,7 +218,21 @@ func TestBadInput(t *testing.T) {
 		{"missing name", "POST", "/v1/vms", `{"kernel_path":` + k + `}`, 400, "invalid_request"},
 		{"bad name", "POST", "/v1/vms", `{"name":"../x","kernel_path":` + k + `}`, 400, "invalid_request"},
 		{"vcpu zero", "POST", "/v1/vms", `{"name":"x","vcpu":0,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"vcpu odd", "POST", "/v1/vms", `{"name":"x","vcpu":3,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"vcpu 33", "POST", "/v1/vms", `{"name":"x","vcpu":33,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"vcpu 2^63-1", "POST", "/v1/vms", `{"name":"x","vcpu":9223372036854775807,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"vcpu 2^63-1 async", "POST", "/v1/vms?wait=false", `{"name":"x","vcpu":9223372036854775807,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"vcpu 2^64", "POST", "/v1/vms", `{"name":"x","vcpu":18446744073709551616,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"mem zero", "POST", "/v1/vms", `{"name":"x","mem_mib":0,"kernel_path":` + k + `}`, 400, "invalid_request"},
 		{"mem negative", "POST", "/v1/vms", `{"name":"x","mem_mib":-1,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"mem huge", "POST", "/v1/vms?wait=false", `{"name":"x","mem_mib":9223372036854775807,"kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"boot args newline", "POST", "/v1/vms", `{"name":"x","boot_args":"console=ttyS0\ninit=/bin/sh","kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"boot args NUL", "POST", "/v1/vms?wait=false", `{"name":"x","boot_args":"console=ttyS0\u0000","kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"10k tags", "POST", "/v1/vms?wait=false", `{"name":"x","kernel_path":` + k + `,"tags":` + manyTags(10_000) + `}`, 400, "invalid_request"},
+		{"tag with newline", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"tags":{"a":"b\nc"}}`, 400, "invalid_request"},
+		{"long tag value", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"tags":{"a":"` + strings.Repeat("v", 256) + `"}}`, 400, "invalid_request"},
+		{"long name", "POST", "/v1/vms", `{"name":"` + strings.Repeat("n", 64) + `","kernel_path":` + k + `}`, 400, "invalid_request"},
+		{"long host id", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"host_id":"` + strings.Repeat("h", 300) + `"}`, 400, "invalid_request"},
 		{"vcpu string", "POST", "/v1/vms", `{"name":"x","vcpu":"two","kernel_path":` + k + `}`, 400, "invalid_request"},
 		{"no kernel", "POST", "/v1/vms", `{"name":"x"}`, 400, "invalid_request"},
 		{"relative kernel", "POST", "/v1/vms", `{"name":"x","kernel_path":"vmlinux"}`, 400, "invalid_request"},
@@ -259,12 +272,34 @@ func TestBadInput(t *testing.T) {
 	if len(after.Items) != len(before.Items) {
 		t.Fatalf("bad input changed the VM list: %d → %d", len(before.Items), len(after.Items))
 	}
+	// Nothing reached the host either: only the one running VM's VMM and
+	// run dirs of the two VMs.
+	if pids := vmmPIDs(c.agents[0].runDir); len(pids) != 1 {
+		t.Fatalf("vmm processes after the bad inputs: %v; want only the running VM's", pids)
+	}
+	if ids := vmIDsOf(c.agents[0].runDir); len(ids) > 3 {
+		t.Fatalf("run dirs after the bad inputs: %v", ids)
+	}
 	if v, _ := c.client.GetVM(ctx, vm.ID); v.State != "running" {
 		t.Fatalf("bad input changed the VM: %s", v.State)
 	}
 	if v, _ := c.client.GetVM(ctx, idle.ID); v.State != "stopped" {
 		t.Fatalf("bad input changed the stopped VM: %s", v.State)
 	}
+}
+
+// manyTags is a JSON object of n distinct tags.
+func manyTags(n int) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%d":"v"`, i)
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // rawCall sends a raw request and decodes the error contract.

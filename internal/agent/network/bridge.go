@@ -58,6 +58,11 @@ func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
 	}
 	gw, err := n.ensureGateway(link)
 	if err != nil {
+		// A bridge of ours without an address serves nothing: a bridge we
+		// have only just made goes again, so a refused start leaves no trace.
+		if errors.Is(err, ErrSubnetInUse) && link.Attrs().Alias == n.bridgeMark() && len(n.portsOf(link)) == 0 {
+			_ = n.h.LinkDel(link)
+		}
 		return Bridge{}, wrap("address", err)
 	}
 	br := Bridge{Name: name, Index: link.Attrs().Index, Gateway: gw, Subnet: gw.Masked(), NAT: n.backend}
@@ -77,7 +82,7 @@ func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
 		// the host matches it. This bridge's nft table only; iptables
 		// leftovers need RemoveNAT (running iptables on every call is not
 		// worth it).
-		if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+		if _, err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
 			return br, wrap("remove stale nat table", err)
 		}
 		return br, nil
@@ -189,6 +194,24 @@ func (n *Network) ensureGateway(link netlink.Link) (netip.Prefix, error) {
 		return have[0], nil
 	}
 	gw := n.cfg.Gateway
+	// Two bridges with one subnet (two `nexus up` on their defaults) would
+	// fight over the routes and each other's guests: refuse, and say how.
+	all, err := n.h.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range all {
+		p, ok := prefixFromIPNet(a.IPNet)
+		if !ok || a.LinkIndex == link.Attrs().Index || !p.Masked().Overlaps(gw.Masked()) {
+			continue
+		}
+		owner := fmt.Sprintf("link %d", a.LinkIndex)
+		if l, err := n.h.LinkByIndex(a.LinkIndex); err == nil {
+			owner = l.Attrs().Name
+		}
+		return netip.Prefix{}, fmt.Errorf("%w: %s overlaps %s on %s; set FC_BRIDGE_CIDR to a free subnet (for example 172.21.0.1/16)",
+			ErrSubnetInUse, gw.Masked(), p, owner)
+	}
 	ipnet := &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), 32)}
 	if err := n.h.AddrAdd(link, &netlink.Addr{IPNet: ipnet}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return netip.Prefix{}, fmt.Errorf("add %s: %w", gw, err)
@@ -287,23 +310,32 @@ func (n *Network) uplink() (string, error) {
 func (n *Network) RemoveNAT(ctx context.Context) error {
 	n.bridgeMu.Lock()
 	defer n.bridgeMu.Unlock()
-	return n.removeNATLocked(ctx)
+	return n.removeNATLocked(ctx, func(string) {})
 }
 
-func (n *Network) removeNATLocked(ctx context.Context) error {
+// removeNATLocked removes our NAT objects and tells note what it removed.
+func (n *Network) removeNATLocked(ctx context.Context, note func(string)) error {
 	if err := ctxErr(ctx); err != nil {
 		return fmt.Errorf("remove nat: %w", err)
 	}
 	var errs []error
-	if err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+	if gone, err := n.removeNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
 		errs = append(errs, fmt.Errorf("remove nat: nft table ip %s: %w", n.nftTableName(), err))
+	} else if gone {
+		note("nft table ip " + n.nftTableName())
 	}
-	if err := n.removeLegacyNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
+	if gone, err := n.removeLegacyNFTables(); err != nil && !errors.Is(err, errNFTablesUnavailable) {
 		errs = append(errs, fmt.Errorf("remove nat: legacy nft table ip %s: %w", legacyNFTTable, err))
+	} else if gone {
+		note("nft table ip " + legacyNFTTable + " (from an earlier Nexus version, for this bridge)")
 	}
 	if n.iptablesPresent() {
-		if err := n.removeIptables(ctx); err != nil {
+		count, err := n.removeIptables(ctx)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("remove nat: iptables: %w", err))
+		}
+		if count > 0 {
+			note(fmt.Sprintf("%d iptables rules", count))
 		}
 	}
 	return errors.Join(errs...)
@@ -315,11 +347,13 @@ func (n *Network) removeNATLocked(ctx context.Context) error {
 // deletes the bridge if we created it (it carries our mark) and nothing
 // but our TAPs is attached to it. Unmarked links, other agents' links and
 // an operator's bridge are left alone. IPv4 forwarding is left on (see
-// ensureForwarding).
-func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
+// ensureForwarding). It returns what it removed, in words.
+func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, error) {
 	n.bridgeMu.Lock()
 	defer n.bridgeMu.Unlock()
 
+	var removed []string
+	note := func(s string) { removed = append(removed, s) }
 	var errs []error
 	taps, err := n.ListTaps(ctx, "")
 	if err != nil {
@@ -331,65 +365,81 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) error {
 		}
 		if err := n.DeleteTap(ctx, t.Name); err != nil {
 			errs = append(errs, fmt.Errorf("teardown: %w", err))
+			continue
 		}
+		note("tap " + t.Name)
 	}
-	if err := n.removeNATLocked(ctx); err != nil {
+	if err := n.removeNATLocked(ctx, note); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
 	if removeBridge {
-		if err := n.deleteBridge(ctx); err != nil {
+		if gone, err := n.deleteBridge(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("teardown: %w", err))
+		} else if gone {
+			note("bridge " + n.cfg.Bridge)
 		}
 	}
-	return errors.Join(errs...)
+	return removed, errors.Join(errs...)
 }
 
 // ErrBridgeInUse: the bridge is ours but links that are not our TAPs are
 // attached to it; deleting it would cut them off, so it stays.
 var ErrBridgeInUse = errors.New("bridge has ports that are not this agent's")
 
-func (n *Network) deleteBridge(ctx context.Context) error {
+func (n *Network) deleteBridge(ctx context.Context) (bool, error) {
 	name := n.cfg.Bridge
 	if err := ctxErr(ctx); err != nil {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
+		return false, fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	link, err := n.h.LinkByName(name)
 	if isNotFound(err) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("delete bridge %s: look up: %w", name, err)
+		return false, fmt.Errorf("delete bridge %s: look up: %w", name, err)
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
-		return fmt.Errorf("delete bridge %s: %w: it is a %s; left alone", name, ErrLinkConflict, link.Type())
+		return false, fmt.Errorf("delete bridge %s: %w: it is a %s; left alone", name, ErrLinkConflict, link.Type())
 	}
 	if link.Attrs().Alias != n.bridgeMark() {
 		n.log.Info("bridge was not created by this agent; left in place", "bridge", name, "alias", link.Attrs().Alias)
-		return nil
+		return false, nil
 	}
-	var links []netlink.Link
-	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
-		return fmt.Errorf("delete bridge %s: list links: %w", name, err)
+	ports := n.portsOf(link)
+	if ports == nil {
+		return false, fmt.Errorf("delete bridge %s: cannot list its ports", name)
 	}
 	var foreign []string
-	for _, l := range links {
-		if l.Attrs().MasterIndex != link.Attrs().Index {
-			continue
-		}
+	for _, l := range ports {
 		if m, ok := parseMark(l.Attrs().Alias); ok && m.owner == n.cfg.Owner {
 			continue
 		}
 		foreign = append(foreign, l.Attrs().Name)
 	}
 	if len(foreign) > 0 {
-		return fmt.Errorf("delete bridge %s: %w: %s; left in place (detach them, then run this again)",
+		return false, fmt.Errorf("delete bridge %s: %w: %s; left in place (detach them, then run this again)",
 			name, ErrBridgeInUse, strings.Join(foreign, ", "))
 	}
 	if err := n.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete bridge %s: %w", name, err)
+		return false, fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	n.log.Info("deleted bridge", "bridge", name)
-	return nil
+	return true, nil
+}
+
+// portsOf lists the links enslaved to br; nil when the list fails.
+func (n *Network) portsOf(br netlink.Link) []netlink.Link {
+	var links []netlink.Link
+	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
+		return nil
+	}
+	ports := []netlink.Link{}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			ports = append(ports, l)
+		}
+	}
+	return ports
 }
 
 // isNotFound reports a missing link, as netlink reports it by name or index.

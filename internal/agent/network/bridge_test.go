@@ -225,7 +225,7 @@ func TestEnsureBridgeRespectsExistingAddress(t *testing.T) {
 		t.Fatalf("EnsureBridge: %v", err)
 	}
 	// The operator's bridge outlives our teardown.
-	if err := nw.Teardown(context.Background(), true); err != nil {
+	if _, err := nw.Teardown(context.Background(), true); err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
 	assertBridge(t, tns, "fcbr0", "10.50.0.1/24")
@@ -291,7 +291,7 @@ func TestRemoveNothing(t *testing.T) {
 		if err := nw.RemoveNAT(ctx); err != nil {
 			t.Errorf("RemoveNAT: %v", err)
 		}
-		if err := nw.Teardown(ctx, true); err != nil {
+		if _, err := nw.Teardown(ctx, true); err != nil {
 			t.Errorf("Teardown: %v", err)
 		}
 	}
@@ -309,7 +309,7 @@ func TestTeardownKeepsBridge(t *testing.T) {
 	if err := nw.EnsureTap(ctx, tapName("7e57ab1e0001"), tapName("7e57ab1e0001")); err != nil {
 		t.Fatalf("EnsureTap: %v", err)
 	}
-	if err := nw.Teardown(ctx, false); err != nil {
+	if _, err := nw.Teardown(ctx, false); err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
 	assertBridge(t, tns, "fcbr0", "172.20.0.1/16")

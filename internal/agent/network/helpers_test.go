@@ -155,7 +155,7 @@ func newNet(tb testing.TB, tns *testNS, cfg Config) *Network {
 	}
 	tb.Cleanup(func() {
 		defer nw.Close()
-		if err := nw.Teardown(context.Background(), true); err != nil {
+		if _, err := nw.Teardown(context.Background(), true); err != nil {
 			tb.Errorf("Teardown: %v", err)
 		}
 		tns.assertClean(tb, nw)

@@ -76,7 +76,7 @@ func (n *Network) installIptables(ctx context.Context, r natRules) error {
 	for _, w := range want {
 		wantSpecs = append(wantSpecs, w.spec())
 	}
-	if err := n.deleteIptables(ctx, func(spec string) bool { return !slices.Contains(wantSpecs, spec) }); err != nil {
+	if _, err := n.deleteIptables(ctx, func(spec string) bool { return !slices.Contains(wantSpecs, spec) }); err != nil {
 		return err
 	}
 	for _, w := range want {
@@ -98,13 +98,14 @@ func (n *Network) installIptables(ctx context.Context, r natRules) error {
 }
 
 // removeIptables deletes every rule carrying our comment.
-func (n *Network) removeIptables(ctx context.Context) error {
+func (n *Network) removeIptables(ctx context.Context) (int, error) {
 	return n.deleteIptables(ctx, func(string) bool { return true })
 }
 
 // deleteIptables deletes our rules (by comment) for which drop is true.
-func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) bool) error {
+func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) bool) (int, error) {
 	var errs []error
+	deleted := 0
 	subnet := n.bridgeSubnet()
 	for _, tc := range iptChains {
 		table, chain := tc[0], tc[1]
@@ -128,9 +129,10 @@ func (n *Network) deleteIptables(ctx context.Context, drop func(spec string) boo
 				continue
 			}
 			n.log.Info("deleted iptables rule", "table", table, "rule", spec)
+			deleted++
 		}
 	}
-	return errors.Join(errs...)
+	return deleted, errors.Join(errs...)
 }
 
 // isOurRule: the rule carries our comment, or the legacy one and names our

@@ -238,34 +238,34 @@ func (n *Network) nftCurrent(c *nftables.Conn, want []nftRule) bool {
 }
 
 // removeNFTables deletes this bridge's table if it exists.
-func (n *Network) removeNFTables() error {
+func (n *Network) removeNFTables() (bool, error) {
 	return n.deleteNFTable(n.nftTableName(), nil)
 }
 
 // deleteNFTable deletes the ip table name if it exists and, when keep is
 // not nil, keep(c, table) says it may go.
-func (n *Network) deleteNFTable(name string, mayDelete func(*nftables.Conn, *nftables.Table) bool) error {
+func (n *Network) deleteNFTable(name string, mayDelete func(*nftables.Conn, *nftables.Table) bool) (bool, error) {
 	c, err := n.nftConn()
 	if err != nil {
-		return fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
+		return false, fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
+		return false, fmt.Errorf("%w: %v", errNFTablesUnavailable, err)
 	}
 	i := slices.IndexFunc(tables, func(t *nftables.Table) bool { return t.Name == name })
 	if i < 0 || (mayDelete != nil && !mayDelete(c, tables[i])) {
-		return nil
+		return false, nil
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
 	// Add then delete: no ENOENT if someone removed it since we listed.
 	c.AddTable(t)
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
-		return err
+		return false, err
 	}
 	n.log.Info("removed NAT table", "table", "ip "+name)
-	return nil
+	return true, nil
 }
 
 // legacyNFTTable is the one table Nexus versions before ownership marks
@@ -276,7 +276,7 @@ const legacyNFTTable = "nexus"
 // bridge's: every rule's comment, which spells out the bridge it serves
 // ("nexus: forward <bridge> to <uplink>", …), names our bridge or is the
 // masquerade rule of a table whose forward rules do.
-func (n *Network) removeLegacyNFTables() error {
+func (n *Network) removeLegacyNFTables() (bool, error) {
 	return n.deleteNFTable(legacyNFTTable, func(c *nftables.Conn, t *nftables.Table) bool {
 		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 		if err != nil {

@@ -70,6 +70,9 @@ var (
 	ErrNoBridge = errors.New("bridge does not exist")
 	// ErrNoUplink: FC_UPLINK is auto but there is no IPv4 default route.
 	ErrNoUplink = errors.New("no IPv4 default route to take the uplink from")
+	// ErrSubnetInUse: the VM subnet overlaps an address of another
+	// interface; the bridge gets no address until it is changed.
+	ErrSubnetInUse = errors.New("subnet in use")
 	// ErrNoNATBackend: NAT is wanted but neither nf_tables nor iptables works.
 	ErrNoNATBackend = errors.New("no NAT backend")
 )

@@ -117,7 +117,7 @@ func TestForeignLinksLeftAlone(t *testing.T) {
 	}
 
 	// The bridge is ours but has a foreign port: it stays, and says why.
-	err = nw.Teardown(ctx, true)
+	_, err = nw.Teardown(ctx, true)
 	if !errors.Is(err, ErrBridgeInUse) {
 		t.Errorf("Teardown with a foreign port = %v; want ErrBridgeInUse", err)
 	}
@@ -133,7 +133,7 @@ func TestForeignLinksLeftAlone(t *testing.T) {
 		}
 	}
 	delLink(t, tns, "port0")
-	if err := nw.Teardown(ctx, true); err != nil {
+	if _, err := nw.Teardown(ctx, true); err != nil {
 		t.Errorf("Teardown once the port is gone: %v", err)
 	}
 	if _, err := tns.h.LinkByName("fcbr0"); !isNotFound(err) {
@@ -171,6 +171,13 @@ func TestTwoAgentsCoexist(t *testing.T) {
 		t.Errorf("EnsureBridge on another agent's bridge = %v; want ErrLinkConflict", err)
 	}
 
+	// A third agent on its own bridge but a's subnet is refused: the two
+	// bridges would fight over routes.
+	d := newNet(t, tns, Config{Owner: "agentd", Bridge: "brd", Uplink: UplinkNone})
+	if _, err := d.EnsureBridge(ctx); !errors.Is(err, ErrSubnetInUse) {
+		t.Errorf("EnsureBridge on a used subnet = %v; want ErrSubnetInUse", err)
+	}
+
 	// a switches to FC_UPLINK=none: only its own table goes.
 	aNone := newNet(t, tns, Config{Owner: "agenta", Bridge: "bra", Uplink: UplinkNone})
 	if _, err := aNone.EnsureBridge(ctx); err != nil {
@@ -179,7 +186,7 @@ func TestTwoAgentsCoexist(t *testing.T) {
 	if got := tns.tableNames(t); !slices.Equal(got, []string{"nexus-brb"}) {
 		t.Errorf("nft tables after a's FC_UPLINK=none = %v; want only b's", got)
 	}
-	if err := a.Teardown(ctx, true); err != nil {
+	if _, err := a.Teardown(ctx, true); err != nil {
 		t.Fatalf("a's Teardown: %v", err)
 	}
 	if _, err := tns.h.LinkByName("bra"); !isNotFound(err) {

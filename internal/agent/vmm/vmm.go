@@ -119,12 +119,15 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.SocketTimeout == 0 {
 		cfg.SocketTimeout = 5 * time.Second
 	}
-	bin, err := exec.LookPath(cfg.Bin)
-	if err != nil {
-		return nil, fmt.Errorf("vmm binary %q: %w", cfg.Bin, err)
-	}
-	if cfg.Bin, err = filepath.Abs(bin); err != nil {
-		return nil, fmt.Errorf("vmm binary %q: %w", bin, err)
+	// No binary: a supervisor that only finds and stops VMMs (`nexus down`).
+	if cfg.Bin != "" {
+		bin, err := exec.LookPath(cfg.Bin)
+		if err != nil {
+			return nil, fmt.Errorf("vmm binary %q: %w", cfg.Bin, err)
+		}
+		if cfg.Bin, err = filepath.Abs(bin); err != nil {
+			return nil, fmt.Errorf("vmm binary %q: %w", bin, err)
+		}
 	}
 	sup := &Supervisor{
 		cfg:   cfg,
@@ -186,6 +189,9 @@ type SpawnOptions struct {
 func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) (Handle, bool, error) {
 	if !hostlayout.ValidVMID(vmID) {
 		return Handle{}, false, fmt.Errorf("spawn vm %q: %w", vmID, ErrInvalidID)
+	}
+	if s.cfg.Bin == "" {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: this supervisor has no VMM binary", vmID)
 	}
 	defer s.lock(vmID)()
 
