@@ -22,7 +22,6 @@ import (
 // MaxInstances is the most VMs one instantiation makes.
 const MaxInstances = 100
 
-
 func decodeTemplateConfig(t store.Template) (apitypes.TemplateConfig, error) {
 	var c apitypes.TemplateConfig
 	if len(t.Config) == 0 {

@@ -224,14 +224,14 @@ type Resources struct {
 
 // Host is one agent in the fleet.
 type Host struct {
-	ID         string
-	Name       string
-	Addr       string
-	State      HostState
-	Capacity   Resources
-	Allocated  Resources // as last reported by the agent
-	VMs        int       // as last reported by the agent
-	Version    string
+	ID        string
+	Name      string
+	Addr      string
+	State     HostState
+	Capacity  Resources
+	Allocated Resources // as last reported by the agent
+	VMs       int       // as last reported by the agent
+	Version   string
 	// VMM is the VMM version the agent runs ("1.16.1"; "-sim" for
 	// firecracker-sim).
 	VMM        string
