@@ -81,17 +81,7 @@ func BenchmarkFleet200(b *testing.B) {
 
 		// Delete everything, in parallel batches too.
 		start = time.Now()
-		for off := 0; off < len(ids); off += batch {
-			res, err := c.client.Bulk(ctx, "delete", ids[off:min(off+batch, len(ids))])
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, r := range res.Results {
-				if !r.OK {
-					b.Fatalf("delete %s: %s", r.ID, r.Error)
-				}
-			}
-		}
+		deleteAll(b, c.client, ids, batch)
 		deleteWall := time.Since(start)
 		leftovers := c.leftovers()
 
@@ -171,6 +161,23 @@ func createMany(tb testing.TB, cl *client.Client, kernel, prefix string, total, 
 		wg.Wait()
 	}
 	return durs, ids
+}
+
+// deleteAll deletes ids with bulk calls of batch each and fails the test
+// on any VM that could not be deleted.
+func deleteAll(tb testing.TB, cl *client.Client, ids []string, batch int) {
+	tb.Helper()
+	for off := 0; off < len(ids); off += batch {
+		res, err := cl.Bulk(context.Background(), "delete", ids[off:min(off+batch, len(ids))])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, r := range res.Results {
+			if !r.OK {
+				tb.Fatalf("delete %s: %s", r.ID, r.Error)
+			}
+		}
+	}
 }
 
 // vmHWM returns a process's peak resident set in KiB.
@@ -330,17 +337,7 @@ func BenchmarkFleet(b *testing.B) {
 
 		// Delete everything.
 		start = time.Now()
-		for off := 0; off < len(ids); off += 100 {
-			res, err := c.client.Bulk(ctx, "delete", ids[off:min(off+100, len(ids))])
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, r := range res.Results {
-				if !r.OK {
-					b.Fatalf("delete %s: %s", r.ID, r.Error)
-				}
-			}
-		}
+		deleteAll(b, c.client, ids, 100)
 		deleteWall := time.Since(start)
 		leftovers := countLeftovers(c, ids)
 

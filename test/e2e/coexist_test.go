@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/url"
@@ -69,40 +68,14 @@ func startUpIn(t testing.TB, h *hostNet, dir string, port int, env []string, arg
 		t.Fatal(err)
 	}
 	t.Cleanup(u.kill)
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				b, _ := os.ReadFile(u.log)
-				t.Fatalf("nexus up exited early; printed %q; log:\n%s", u.printed, tail(string(b), 30))
-			}
-			u.printed = append(u.printed, l)
-			if strings.HasPrefix(l, "nexus: ready at") {
-				go func() {
-					for range lines {
-					}
-				}()
-				tok, err := os.ReadFile(filepath.Join(u.dataDir, "admin.token"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				u.url = "http://" + listen
-				u.client = client.New(u.url, strings.TrimSpace(string(tok)))
-				return u
-			}
-		case <-timeout:
-			t.Fatalf("nexus up not ready in 30s; printed %q", u.printed)
-		}
+	u.printed = waitReady(t, out, u.log)
+	tok, err := os.ReadFile(filepath.Join(u.dataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	u.url = "http://" + listen
+	u.client = client.New(u.url, strings.TrimSpace(string(tok)))
+	return u
 }
 
 // launcher is the nexus binary run inside the instance's host namespace.
@@ -210,34 +183,25 @@ func (h *hostNet) nftRules(t testing.TB, table string) int {
 // until the test ends: another program's VM.
 func (h *hostNet) holdTap(t testing.TB, name string) {
 	t.Helper()
-	errc := make(chan error, 1)
-	fdc := make(chan int, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(h.ns); err != nil {
-			errc <- err
-			return
-		}
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	var fd int
+	err := h.do(func() error {
+		f, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		ifr, _ := unix.NewIfreq(name)
 		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			errc <- err
-			return
+		if err := unix.IoctlIfreq(f, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(f)
+			return err
 		}
-		fdc <- fd
-	}()
-	select {
-	case err := <-errc:
+		fd = f
+		return nil
+	})
+	if err != nil {
 		t.Fatalf("hold %s open: %v", name, err)
-	case fd := <-fdc:
-		t.Cleanup(func() { unix.Close(fd) })
 	}
+	t.Cleanup(func() { unix.Close(fd) })
 }
 
 // vmmPIDsByID maps VM id → VMM pid for the VMMs of runDir.
@@ -435,6 +399,11 @@ func TestUpInstancesCoexist(t *testing.T) {
 // addTap creates a tuntap inside h (a tuntap is born in the namespace of
 // the thread that opens /dev/net/tun).
 func (h *hostNet) addTap(tp *netlink.Tuntap) error {
+	return h.do(func() error { return h.nl.LinkAdd(tp) })
+}
+
+// do runs fn on a thread inside h, thrown away afterwards.
+func (h *hostNet) do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
@@ -442,7 +411,7 @@ func (h *hostNet) addTap(tp *netlink.Tuntap) error {
 			errc <- err
 			return
 		}
-		errc <- h.nl.LinkAdd(tp)
+		errc <- fn()
 	}()
 	return <-errc
 }
@@ -471,17 +440,7 @@ func TestUpHoldsHundredsOfSimulatedVMs(t *testing.T) {
 	if err != nil || len(l.Items) != total {
 		t.Fatalf("running VMs = %d, %v; want %d", len(l.Items), err, total)
 	}
-	for off := 0; off < len(ids); off += 100 {
-		res, err := ft.client.Bulk(ctx, "delete", ids[off:min(off+100, len(ids))])
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range res.Results {
-			if !r.OK {
-				t.Errorf("delete %s: %s", r.ID, r.Error)
-			}
-		}
-	}
+	deleteAll(t, ft.client, ids, 100)
 	if n := ft.leftovers(); n != 0 {
 		t.Fatalf("%d leftovers after deleting every VM", n)
 	}

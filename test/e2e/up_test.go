@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +41,13 @@ func startUp(t *testing.T, dir string, port int) (*exec.Cmd, []string) {
 			_ = cmd.Wait()
 		}
 	})
+	return cmd, waitReady(t, out, filepath.Join(dir, "up.log"))
+}
+
+// waitReady reads what `nexus up` prints until it says it is ready, and
+// returns those lines; the rest of its output is drained.
+func waitReady(t testing.TB, out io.Reader, logPath string) []string {
+	t.Helper()
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -54,8 +62,8 @@ func startUp(t *testing.T, dir string, port int) (*exec.Cmd, []string) {
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				b, _ := os.ReadFile(filepath.Join(dir, "up.log"))
-				t.Fatalf("nexus up exited early; printed %q; log:\n%s", got, b)
+				b, _ := os.ReadFile(logPath)
+				t.Fatalf("nexus up exited early; printed %q; log:\n%s", got, tail(string(b), 30))
 			}
 			got = append(got, l)
 			if strings.HasPrefix(l, "nexus: ready at") {
@@ -63,7 +71,7 @@ func startUp(t *testing.T, dir string, port int) (*exec.Cmd, []string) {
 					for range lines {
 					}
 				}()
-				return cmd, got
+				return got
 			}
 		case <-timeout:
 			t.Fatalf("nexus up not ready in 30s; printed %q", got)
