@@ -78,7 +78,7 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 			return err
 		}
 	}
-	if err := floatFlag(fs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU (simulated hosts are also scaled, see `nexus host ls`)"); err != nil {
+	if err := floatFlag(fs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU (simulated hosts are also scaled 64x)"); err != nil {
 		return err
 	}
 	return floatFlag(fs, &o.MemOvercommit, "mem-overcommit", e, "NEXUS_MEM_OVERCOMMIT", 1, "guest memory placed per MiB of host memory")
@@ -321,7 +321,7 @@ them is never deleted. Running it again is fine: it reports nothing to do.`,
 		},
 	}
 	fs := cmd.Flags()
-	strFlag(fs, &o.DataDir, "data-dir", e, "NEXUS_DATA_DIR", "./.nexus", "state directory of the `nexus up` to undo")
+	strFlag(fs, &o.DataDir, "data-dir", e, "NEXUS_DATA_DIR", "./.nexus", "state directory of the nexus up to undo")
 	fs.BoolVar(&o.VMs, "vms", false, "stop the VMs that are still running")
 	fs.BoolVar(&o.Purge, "purge", false, "also delete the data dir and the run dir")
 	return cmd
