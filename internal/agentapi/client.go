@@ -185,13 +185,20 @@ func (c *Client) Metrics(ctx context.Context, vmID string) (MetricsRecord, error
 // StreamLogs opens the VM's log as a Server-Sent Events stream; the caller
 // reads and closes the body.
 func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Response, error) {
-	q := url.Values{"source": {source}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+Prefix+vmPath(vmID, "/logs/stream?"+q.Encode()), nil)
+	return c.StreamLogsFrom(ctx, vmID, StreamOptions{Source: source})
+}
+
+// openStream GETs an event stream, resuming after lastEventID when set.
+func (c *Client) openStream(ctx context.Context, path, lastEventID string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+Prefix+path, nil)
 	if err != nil {
 		return nil, err
 	}
 	c.authorize(req)
 	req.Header.Set("Accept", "text/event-stream")
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, &UnreachableError{Agent: c.base, Err: err}

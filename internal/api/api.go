@@ -55,6 +55,9 @@ type Server struct {
 	// ops lists every registered operation with its policy, so tests can
 	// walk them and a new route cannot forget its policy.
 	ops []*huma.Operation
+
+	// streams holds a slot per log stream being relayed (maxLogStreams).
+	streams chan struct{}
 }
 
 // New returns the manager's HTTP handler with every route of routes.go.
@@ -63,7 +66,8 @@ func New(d Deps) *Server {
 		d.Registry = prometheus.NewRegistry()
 		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	s := &Server{svc: d.Service, rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry)}
+	s := &Server{svc: d.Service, rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
+		streams: make(chan struct{}, maxLogStreams)}
 
 	// huma builds errors through this package-level hook; ours makes every
 	// error it reports (validation, bad JSON, 404 …) take the contract's shape.
@@ -80,7 +84,8 @@ func New(d Deps) *Server {
 	mux.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, r, apierr.Newf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
 	})
-	mux.Handle("/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry}))
+	// OpenMetrics when the scraper asks for it (Accept), text format otherwise.
+	mux.Handle("/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry, EnableOpenMetrics: true}))
 
 	cfg := huma.DefaultConfig("Nexus API", d.Version)
 	cfg.Info.Description = "Firecracker microVMs as easy to run as containers. Errors always have the shape " +
@@ -96,6 +101,13 @@ func New(d Deps) *Server {
 	s.api.UseMiddleware(s.guard)
 	s.mux = mux
 	s.routes()
+	if d.Service != nil {
+		s.registerFleetMetrics()
+	}
+	if err := s.uiRoutes(); err != nil {
+		// The files are embedded at build time: this is a broken build.
+		panic(err)
+	}
 	return s
 }
 
@@ -232,6 +244,10 @@ func (s *Server) toAPIError(ctx context.Context, err error) error {
 	}
 	if ae, ok := err.(*apierr.Error); ok {
 		return ae // the handler's own answer
+	}
+	var he huma.HeadersError
+	if errors.As(err, &he) {
+		return err // the handler's own answer with headers (Retry-After)
 	}
 	if errors.Is(err, context.Canceled) {
 		return apierr.New(499, "canceled", "the request was canceled")
