@@ -41,6 +41,8 @@ type Options struct {
 	VMMEnv []string
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
+	// MetricsToken (AGENT_METRICS_TOKEN) opens GET /metrics only.
+	MetricsToken string
 }
 
 // Running is a started agent.
@@ -176,7 +178,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner,
+		Owner: owner, MetricsToken: o.MetricsToken,
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by
