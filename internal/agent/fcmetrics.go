@@ -2,11 +2,11 @@ package agent
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,7 +41,9 @@ type fcSeries struct {
 	scale      float64 // multiplies firecracker's value (µs → s); 0 means 1
 }
 
-var fcSeriesTable = []fcSeries{
+var fcSeriesTable = fcSeriesTableArray[:]
+
+var fcSeriesTableArray = [...]fcSeries{
 	{"uart", "write_count", "nexus_fc_uart_writes_total", "Writes to the serial console's UART (one per byte the guest prints).", true, 0},
 	{"block", "read_bytes", "nexus_fc_block_read_bytes_total", "Bytes read by the guest from its block devices.", true, 0},
 	{"block", "write_bytes", "nexus_fc_block_write_bytes_total", "Bytes written by the guest to its block devices.", true, 0},
@@ -210,19 +212,38 @@ func (m *fcMetrics) refresh(vmID string) []vmSamples {
 			}
 		}
 	}
-	var out []vmSamples
+	var todo []vmmRef
 	for _, r := range live {
 		if vmID != "" && r.VMID != vmID {
 			continue
 		}
-		c := m.vms[r.VMID]
-		if c == nil {
-			c = &vmCounters{values: make([]float64, len(fcSeriesTable))}
-			m.vms[r.VMID] = c
+		if m.vms[r.VMID] == nil {
+			m.vms[r.VMID] = &vmCounters{values: make([]float64, len(fcSeriesTable))}
 		}
-		c.read(m.layout.MetricsPath(r.VMID))
-		out = append(out, vmSamples{id: r.VMID, samples: c.samples(r.PID)})
+		todo = append(todo, r)
 	}
+	// Reading is mostly system calls (stat, read, /proc): a few workers
+	// keep a scrape of a thousand VMs within its budget.
+	out := make([]vmSamples, len(todo))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(len(todo), runtime.GOMAXPROCS(0), 4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				r := todo[i]
+				c := m.vms[r.VMID] // the map is only read while the workers run
+				c.read(m.layout.MetricsPath(r.VMID))
+				out[i] = vmSamples{id: r.VMID, samples: c.samples(r.PID)}
+			}
+		}()
+	}
+	for i := range todo {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 	return out
 }
 
@@ -247,16 +268,13 @@ func (c *vmCounters) samples(pid int) []agentapi.Sample {
 	return out
 }
 
-// read consumes the records appended to path since the last read.
+// read consumes the records appended to path since the last read. The
+// common case, a file that did not grow since the last scrape, costs one
+// stat.
 func (c *vmCounters) read(path string) {
-	f, err := os.Open(path)
+	fi, err := os.Stat(path)
 	if err != nil {
 		return // not configured yet (metrics are set during boot), or gone
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return
 	}
 	var ino uint64
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
@@ -269,13 +287,18 @@ func (c *vmCounters) read(path string) {
 		// new deltas, added to the totals, which therefore never drop.
 		c.ino, c.off, c.partial = ino, 0, nil
 	}
+	if size <= c.off {
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
 	skipPartial := false
 	if first && size > maxInitialRead {
 		c.off = size - maxInitialRead
 		skipPartial = true // the read starts inside a record
-	}
-	if size <= c.off {
-		return
 	}
 	n := min(size-c.off, maxReadPerScrape)
 	buf := make([]byte, n)
@@ -307,34 +330,48 @@ func (c *vmCounters) read(path string) {
 	}
 }
 
-// fcRecord holds the groups of a record that fcSeriesTable reads.
-type fcRecord map[string]json.RawMessage
-
-// add sums one record into the totals.
-func (c *vmCounters) add(line []byte) {
-	line = bytes.TrimSpace(line)
-	if len(line) == 0 {
-		return
+// fcIndex finds a series by group and key: fcIndex["uart"]["write_count"].
+var fcIndex = func() map[string]map[string]int {
+	idx := map[string]map[string]int{}
+	for i, s := range fcSeriesTable {
+		if idx[s.group] == nil {
+			idx[s.group] = map[string]int{}
+		}
+		idx[s.group][s.key] = i
 	}
-	var rec fcRecord
-	if json.Unmarshal(line, &rec) != nil {
+	return idx
+}()
+
+// add sums one record into the totals; a malformed line changes nothing.
+func (c *vmCounters) add(line []byte) {
+	var vals [len(fcSeriesTableArray)]float64
+	var have [len(fcSeriesTableArray)]bool
+	var ts int64
+	ok := walkRecord(line, func(group, key, num []byte) {
+		if group == nil {
+			if string(key) == "utc_timestamp_ms" {
+				ts, _ = strconv.ParseInt(string(num), 10, 64)
+			}
+			return
+		}
+		i, found := fcIndex[string(group)][string(key)]
+		if !found {
+			return
+		}
+		v, err := strconv.ParseFloat(string(num), 64)
+		if err != nil {
+			return
+		}
+		vals[i], have[i] = v, true
+	})
+	if !ok {
 		return // a torn or foreign line: skip it rather than guess
 	}
-	groups := map[string]map[string]json.RawMessage{}
 	for i, s := range fcSeriesTable {
-		g, ok := groups[s.group]
-		if !ok {
-			_ = json.Unmarshal(rec[s.group], &g)
-			groups[s.group] = g
-		}
-		raw, ok := g[s.key]
-		if !ok {
+		if !have[i] {
 			continue
 		}
-		v, err := strconv.ParseFloat(string(raw), 64)
-		if err != nil {
-			continue
-		}
+		v := vals[i]
 		if s.scale != 0 {
 			v *= s.scale
 		}
@@ -345,12 +382,13 @@ func (c *vmCounters) add(line []byte) {
 		}
 	}
 	c.flushes++
-	if ts, err := strconv.ParseInt(string(rec["utc_timestamp_ms"]), 10, 64); err == nil && ts > 0 {
+	if ts > 0 {
 		c.last = time.UnixMilli(ts).UTC()
 	}
 }
 
-// procUsage reads a process's CPU seconds and resident bytes from /proc.
+// procUsage reads a process's CPU seconds and resident bytes from
+// /proc/<pid>/stat (one read: it has both).
 func procUsage(pid int) (cpu, rss float64, err error) {
 	if pid <= 0 {
 		return 0, 0, fmt.Errorf("no pid")
@@ -360,25 +398,18 @@ func procUsage(pid int) (cpu, rss float64, err error) {
 		return 0, 0, fmt.Errorf("vmm %d usage: %w", pid, err)
 	}
 	// The command name may hold spaces and parentheses: fields start after
-	// the last ')'. utime and stime are fields 14 and 15 (11 and 12 after it).
+	// the last ')', at field 3 (state). utime and stime are fields 14 and
+	// 15, rss (pages) field 24.
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
 		return 0, 0, fmt.Errorf("vmm %d usage: malformed stat", pid)
 	}
 	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 13 {
+	if len(f) < 22 {
 		return 0, 0, fmt.Errorf("vmm %d usage: short stat", pid)
 	}
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	statm, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("vmm %d usage: %w", pid, err)
-	}
-	sf := strings.Fields(string(statm))
-	if len(sf) < 2 {
-		return 0, 0, fmt.Errorf("vmm %d usage: short statm", pid)
-	}
-	pages, _ := strconv.ParseFloat(sf[1], 64)
+	pages, _ := strconv.ParseFloat(f[21], 64)
 	return (ut + st) / clockTicks, pages * float64(os.Getpagesize()), nil
 }
