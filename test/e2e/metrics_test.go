@@ -8,6 +8,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,6 +174,30 @@ func TestFleetMetrics(t *testing.T) {
 	if v := sample(body, `nexus_project_vms{project="default",state="running"}`); v != 2 {
 		t.Errorf("manager: running VMs of project default = %v; want 2", v)
 	}
+	// Every series the Grafana dashboard queries is one a manager or an
+	// agent exports.
+	agentBody, _ := scrapeURL(t, a.url+"/metrics", metricsToken, "")
+	exported := map[string]bool{}
+	for _, line := range strings.Split(string(body)+string(agentBody), "\n") {
+		if name, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			exported[strings.Fields(name)[0]] = true
+		}
+	}
+	dash, err := os.ReadFile("../../deploy/grafana/nexus-fleet.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Series that exist once there is something to count.
+	for _, name := range []string{"nexus_snapshot_bytes", "nexus_reconciler_actions_total"} {
+		exported[name] = true
+	}
+	for _, name := range regexp.MustCompile(`nexus_[a-z_]+`).FindAllString(string(dash), -1) {
+		base := strings.TrimSuffix(name, "_bucket")
+		if !exported[base] && name != "nexus_fleet" && name != "nexus_agents" && name != "nexus_managers" {
+			t.Errorf("the dashboard queries %s, which nothing exports", name)
+		}
+	}
+
 	om, ct := scrapeURL(t, c.url()+"/metrics", "", "application/openmetrics-text; version=1.0.0")
 	if !strings.HasPrefix(ct, "application/openmetrics-text") || !strings.HasSuffix(string(om), "# EOF\n") {
 		t.Fatalf("OpenMetrics: content type %q", ct)
@@ -277,4 +304,27 @@ func TestLogStreamResumeThroughManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.assertNoLeaks(vm.ID)
+}
+
+// TestPrometheusExampleConfig: the example Prometheus configuration is one
+// promtool accepts (with its secret files in place).
+func TestPrometheusExampleConfig(t *testing.T) {
+	promtool := testutil.RequireTool(t, "promtool", "run scripts/setup.sh --test")
+	raw, err := os.ReadFile("../../deploy/prometheus/prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, f := range []string{"nexus-viewer.token", "nexus-agent-metrics.token"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("secret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfg, []byte(strings.ReplaceAll(string(raw), "/etc/prometheus/", dir+"/")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "config", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check config: %v\n%s", err, out)
+	}
 }
