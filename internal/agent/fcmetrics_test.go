@@ -68,3 +68,35 @@ func TestCountersSurviveNewFiles(t *testing.T) {
 		t.Fatalf("last flush %v; want the newest record's time", c.last)
 	}
 }
+
+// TestWalkRecord: the scanner reads firecracker's shape and refuses, as a
+// whole, lines that are not a complete record.
+func TestWalkRecord(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		ok   bool
+		want string
+	}{
+		{`{"utc_timestamp_ms":5,"uart":{"write_count":7,"x_agg":{"min_us":1}},"s":"a\"}b"}`, true, ".utc_timestamp_ms=5 uart.write_count=7 "},
+		{` {"a":{"b":-1.5e3}} `, true, "a.b=-1.5e3 "},
+		{`{}`, true, ""},
+		{`{"uart":{"write_count":7}`, false, ""},
+		{`{"uart":{"write_count":7},}`, false, ""},
+		{`{"uart" {"write_count":7}}`, false, ""},
+		{`{"uart":{"write_count":7}} trailing`, false, ""},
+		{`[1,2]`, false, ""},
+		{``, false, ""},
+	} {
+		got := ""
+		ok := walkRecord([]byte(tc.line), func(g, k, n []byte) { got += string(g) + "." + string(k) + "=" + string(n) + " " })
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("walkRecord(%s) = %v %q; want %v %q", tc.line, ok, got, tc.ok, tc.want)
+		}
+	}
+	// A torn record changes no total.
+	c := &vmCounters{values: make([]float64, len(fcSeriesTable))}
+	c.add([]byte(`{"utc_timestamp_ms":1,"uart":{"write_count":9},"block":{"read_bytes":`))
+	if uartTotal(c) != 0 || c.flushes != 0 {
+		t.Fatalf("a torn record counted: uart %v flushes %v", uartTotal(c), c.flushes)
+	}
+}

@@ -118,6 +118,11 @@ func TestConsole(t *testing.T) {
 	b.waitJS("running again", `document.querySelector("#vm-state").dataset.state === "running"`, 10*time.Second)
 	b.waitJS("counter resumes", fmt.Sprintf(`%s > %d`, counter, paused), 5*time.Second)
 
+	// A snapshot from the VM page; the VM runs on.
+	b.confirm("#act-snapshot")
+	b.waitJS("snapshot written", `/Snapshot [0-9a-f-]+ written/.test(document.querySelector("#vm-msg").textContent)`, 20*time.Second)
+	b.waitJS("running after the snapshot", `document.querySelector("#vm-state").dataset.state === "running"`, 10*time.Second)
+
 	// The charts fill from the VM's metrics (firecracker-sim flushes every 500 ms).
 	b.waitJS("charts drawn", `document.querySelectorAll("#vm-charts .uplot").length === 5 &&
 		[...document.querySelectorAll("#vm-charts .chart")].every(c => +c.dataset.points >= 3)`, 20*time.Second)
@@ -163,6 +168,42 @@ func TestConsole(t *testing.T) {
 	b.shot("phone")
 	b.noErrors("403") // the forged call's refusal is logged by the browser
 
+	// An admin's tour of the other pages: each loads its data, without a
+	// script error.
+	b.run(10*time.Second, chromedp.EmulateViewport(1280, 900))
+	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#who button")))
+	b.signIn(c.url(), c.admin)
+	for _, p := range []struct{ hash, ready string }{
+		{"hosts", `document.querySelector("#host-table [role=meter]")`},
+		{"templates", `document.querySelector('tr[data-template-id="` + tmpl.ID + `"]')`},
+		{"images", `[...document.querySelectorAll("main td")].some(td => td.textContent === "vmlinux")`},
+		{"snapshots", `document.querySelector("tr[data-snapshot-id]")`},
+		{"audit", `document.querySelectorAll("#audit-table tbody tr").length > 5 && document.querySelector("#a-export")`},
+		{"tokens", `[...document.querySelectorAll("main td")].some(td => td.textContent === "vera")`},
+	} {
+		b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/"+p.hash))
+		b.waitJS(p.hash+" page", p.ready, 10*time.Second)
+	}
+	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/hosts"))
+	b.waitJS("hosts page", `document.querySelector("#host-table [role=meter]")`, 10*time.Second)
+	b.shot("hosts")
+	hostID := eval[string](b, `document.querySelector("#host-table tr[data-host-id]").dataset.hostId`)
+	b.confirm("#host-table button.drain")
+	b.waitJS("host draining", `document.querySelector("#host-table .state")?.textContent === "draining"`, 10*time.Second)
+	if hl, _ := c.client.Hosts(ctx); hl.Items[0].ID != hostID || hl.Items[0].State != "draining" {
+		t.Fatalf("after Drain in the console the API says %+v", hl.Items)
+	}
+	b.confirm("#host-table button.undrain")
+	b.waitJS("host ready again", `document.querySelector("#host-table .state")?.textContent === "ready"`, 10*time.Second)
+	b.noErrors("403")
+
+	var snaps apitypes.SnapshotList
+	if err := c.client.Do(ctx, "GET", "/v1/vms/"+vm.ID+"/snapshots", nil, nil, &snaps); err != nil || len(snaps.Items) != 1 {
+		t.Fatalf("snapshots of the VM: %+v, %v; want the one taken in the console", snaps.Items, err)
+	}
+	if err := c.client.Do(ctx, "DELETE", "/v1/snapshots/"+snaps.Items[0].ID, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	for _, v := range append(made.Items, vm) {
 		if err := c.client.DeleteVM(ctx, v.ID); err != nil {
 			t.Fatal(err)
