@@ -226,3 +226,31 @@ func TestConsoleServed(t *testing.T) {
 		t.Fatalf("unknown console file: %v %v; want 404", resp, err)
 	}
 }
+
+// TestStreamInOpenAPI: the log stream is declared as text/event-stream,
+// with its resume header, so generated clients know what they get.
+func TestStreamInOpenAPI(t *testing.T) {
+	ts := newTestServer(t)
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct{ Name, In string }
+			Responses  map[string]struct {
+				Content map[string]any
+			}
+		}
+	}
+	if s := getJSON(t, ts, "/openapi.json", "", &doc); s != 200 {
+		t.Fatalf("openapi: %d", s)
+	}
+	op := doc.Paths["/v1/vms/{id}/logs/stream"]["get"]
+	if _, ok := op.Responses["200"].Content["text/event-stream"]; !ok {
+		t.Fatalf("stream 200 content = %v; want text/event-stream", op.Responses["200"].Content)
+	}
+	found := false
+	for _, p := range op.Parameters {
+		found = found || (p.Name == "Last-Event-ID" && p.In == "header")
+	}
+	if !found {
+		t.Fatalf("stream parameters %+v lack the Last-Event-ID header", op.Parameters)
+	}
+}

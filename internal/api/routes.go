@@ -107,7 +107,11 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 // Server-Sent Events, and says so in the OpenAPI document.
 func registerStream[I any](s *Server, id, path, summary string, pol policy, h func(context.Context, *I) (*huma.StreamResponse, error)) {
 	register(s, id, http.MethodGet, path, summary, pol, h)
-	op := s.ops[len(s.ops)-1] // the document holds the same operation
+	pi := s.api.OpenAPI().Paths[path]
+	if pi == nil || pi.Get == nil {
+		panic("stream " + id + " is not in the OpenAPI document")
+	}
+	op := pi.Get // huma keeps its own copy of the operation
 	if op.Responses == nil {
 		op.Responses = map[string]*huma.Response{}
 	}

@@ -86,12 +86,14 @@ func (b *browser) record(s string) {
 	b.mu.Unlock()
 }
 
-// noErrors fails the test if the page threw or logged an error (expected
-// ones, such as a refused call the test made on purpose, are allowed).
+// noErrors fails the test if the page threw or logged an error since the
+// last call (expected ones, such as a refused call the test made on
+// purpose, are allowed).
 func (b *browser) noErrors(allowed ...string) {
 	b.t.Helper()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer func() { b.errors = nil }() // each error is judged once
 next:
 	for _, e := range b.errors {
 		for _, a := range allowed {

@@ -95,6 +95,10 @@ func TestConsole(t *testing.T) {
 		}
 	}
 
+	// The same again: the API's refusal is shown with what to do about it.
+	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
+	b.waitJS("error shown", `document.querySelector("#create-result .alert .suggestion") && /name_taken/.test(document.querySelector("#create-result .alert").textContent) && /request id/.test(document.querySelector("#create-result .alert").textContent)`, 10*time.Second)
+
 	// The VM page follows the guest's console: its counter advances.
 	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/vms/"+vm.ID))
 	counter := `(document.querySelector("#log-console")?.textContent.match(/sim-guest: counter=(\d+)/g) || []).map(s => +s.split("=")[1]).pop() || -1`
@@ -127,7 +131,7 @@ func TestConsole(t *testing.T) {
 	b.waitJS("charts drawn", `document.querySelectorAll("#vm-charts .uplot").length === 5 &&
 		[...document.querySelectorAll("#vm-charts .chart")].every(c => +c.dataset.points >= 3)`, 20*time.Second)
 	b.shot("vm")
-	b.noErrors()
+	b.noErrors("409") // the refused second create
 
 	// A viewer: no action buttons, no create form; a forged action is a 403.
 	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#who button")))
