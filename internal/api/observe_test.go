@@ -254,3 +254,21 @@ func TestStreamInOpenAPI(t *testing.T) {
 		t.Fatalf("stream parameters %+v lack the Last-Event-ID header", op.Parameters)
 	}
 }
+
+// TestStreamCap: past its cap of relayed log streams a manager answers 429
+// with Retry-After, before it asks any agent.
+func TestStreamCap(t *testing.T) {
+	ts := newTestServer(t)
+	ts.srv.streams = make(chan struct{}) // no free slot
+	req, _ := http.NewRequest("GET", ts.http.URL+"/v1/vms/00000000-0000-4000-8000-000000000001/logs/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+ts.tokens[auth.RoleViewer])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(raw), "too_many_streams") {
+		t.Fatalf("stream past the cap: %d Retry-After %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), raw)
+	}
+}

@@ -70,7 +70,9 @@ func (s *Server) routes() {
 // plainRoutes are the routes served outside huma (no operation of their
 // own), each with its policy. The route walk (observe_test.go) fails on a
 // route that is neither an operation nor listed here. All are public and
-// read-only: none carries a project's data.
+// read-only, and none returns a resource: /metrics has counts only (by
+// state, host and project name), like /healthz it is for the operators'
+// network.
 var plainRoutes = map[string]policy{
 	"/metrics": public, // Prometheus: fleet-wide counts (mounted in New)
 	"/":        public, // redirects to the console (ui.go)
