@@ -16,8 +16,10 @@ import (
 // real headless Chromium against a real manager process, from navigating to
 // the VM list until all 1,000 VMs are drawn and the page answers script
 // (its main thread is free: the time to interactive). Target: under 1 s.
-// page-ms is the browser's own clock (navigation start → list drawn);
-// tti-ms is the wall clock of the test, polling every 10 ms.
+// page-ms is the browser's own clock: navigation start → every row in the
+// DOM, laid out, and the main thread free for the next task; wall-ms is the
+// test's clock, navigating and polling through the DevTools protocol every
+// 10 ms, so it adds the protocol's round trips (much more on a busy machine).
 func BenchmarkConsoleVMList1000(b *testing.B) {
 	c := newCluster(b, "sqlite", 0)
 	ctx := context.Background()
@@ -59,7 +61,7 @@ func BenchmarkConsoleVMList1000(b *testing.B) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		wall = append(wall, time.Since(start))
-		ms, err := chromedp.Run(nctx, chromedp.Evaluate[float64](`performance.getEntriesByName("vms-rendered")[0].startTime`))
+		ms, err := chromedp.Run(nctx, chromedp.Evaluate[float64](`new Promise(r => { const f = () => { const e = performance.getEntriesByName("vms-interactive")[0]; e ? r(e.startTime) : setTimeout(f, 5) }; f() })`, chromedp.EvalAwaitPromise))
 		cancel()
 		if err != nil {
 			b.Fatal(err)
@@ -67,7 +69,7 @@ func BenchmarkConsoleVMList1000(b *testing.B) {
 		page = append(page, time.Duration(ms*float64(time.Millisecond)))
 	}
 	b.StopTimer()
-	testutil.ReportLatency(b, "tti", wall)
 	testutil.ReportLatency(b, "page", page)
+	testutil.ReportLatency(b, "wall", wall)
 	br.noErrors()
 }

@@ -169,6 +169,10 @@ func TestConsole(t *testing.T) {
 	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 390 {
 		t.Errorf("the page is %d px wide on a 390 px screen", w)
 	}
+	// One line per VM: the columns that matter least are hidden.
+	if h := eval[int](b, row+`.getBoundingClientRect().height`); h > 48 {
+		t.Errorf("a VM's row is %d px high on a phone; want one line", h)
+	}
 	b.shot("phone")
 	b.noErrors("403") // the forged call's refusal is logged by the browser
 

@@ -19,14 +19,17 @@ export function vmsPage(main) {
   const count = h("span", { class: "muted", id: "vm-count", "aria-live": "polite" });
   const err = h("div");
   const tbody = h("tbody");
-  const table = h("table", { id: "vm-table" },
-    h("thead", {}, h("tr", {},
-      h("th", { scope: "col" }, "Name"), h("th", { scope: "col" }, "State"),
-      h("th", { scope: "col", class: "hide-narrow" }, "Desired"), h("th", { scope: "col" }, "Host"),
-      h("th", { scope: "col", class: "hide-narrow" }, "vCPU"), h("th", { scope: "col", class: "hide-narrow" }, "Memory"),
-      h("th", { scope: "col" }, "Project"), h("th", { scope: "col", class: "hide-narrow" }, "Tags"),
-      h("th", { scope: "col", class: "hide-narrow" }, "Created"))),
+  // Explicit roles: the list is styled as a grid (style.css), which would
+  // otherwise cost it its table semantics.
+  const table = h("table", { id: "vm-table", role: "table", "aria-label": "VMs" },
+    h("thead", { role: "rowgroup" }, h("tr", { role: "row" },
+      h("th", { role: "columnheader", scope: "col" }, "Name"), h("th", { role: "columnheader", scope: "col" }, "State"),
+      h("th", { role: "columnheader", scope: "col", class: "hide-narrow" }, "Desired"), h("th", { role: "columnheader", scope: "col" }, "Host"),
+      h("th", { role: "columnheader", scope: "col", class: "hide-narrow" }, "vCPU"), h("th", { role: "columnheader", scope: "col", class: "hide-narrow" }, "Memory"),
+      h("th", { role: "columnheader", scope: "col" }, "Project"), h("th", { role: "columnheader", scope: "col", class: "hide-narrow" }, "Tags"),
+      h("th", { role: "columnheader", scope: "col", class: "hide-narrow" }, "Created"))),
     tbody);
+  tbody.setAttribute("role", "rowgroup");
   clear(main,
     h("div", { class: "row" }, h("h1", {}, "VMs"), count),
     h("form", { class: "card row", role: "search", onsubmit: (e) => { e.preventDefault(); refresh(); } },
@@ -41,16 +44,16 @@ export function vmsPage(main) {
   let seq = 0;
 
   function rowFor(vm) {
-    return h("tr", { dataset: { vmId: vm.id, state: vm.state } },
-      h("td", {}, h("a", { href: "#/vms/" + encodeURIComponent(vm.id) }, vm.name)),
-      h("td", { class: "vm-state" }, stateBadge(vm.state)),
-      h("td", { class: "hide-narrow" }, vm.desired_state),
-      h("td", {}, hostNames.get(vm.host_id) || (vm.host_id ? vm.host_id.slice(0, 8) : "–")),
-      h("td", { class: "hide-narrow" }, vm.vcpu),
-      h("td", { class: "hide-narrow" }, vm.mem_mib + " MiB"),
-      h("td", {}, vm.project),
-      h("td", { class: "hide-narrow wrap" }, tagsText(vm.tags)),
-      h("td", { class: "hide-narrow" }, ago(vm.created_at)));
+    return h("tr", { role: "row", dataset: { vmId: vm.id, state: vm.state } },
+      h("td", { role: "cell" }, h("a", { href: "#/vms/" + encodeURIComponent(vm.id) }, vm.name)),
+      h("td", { role: "cell", class: "vm-state" }, stateBadge(vm.state)),
+      h("td", { role: "cell", class: "hide-narrow" }, vm.desired_state),
+      h("td", { role: "cell" }, hostNames.get(vm.host_id) || (vm.host_id ? vm.host_id.slice(0, 8) : "–")),
+      h("td", { role: "cell", class: "hide-narrow" }, vm.vcpu),
+      h("td", { role: "cell", class: "hide-narrow" }, vm.mem_mib + " MiB"),
+      h("td", { role: "cell" }, vm.project),
+      h("td", { role: "cell", class: "hide-narrow" }, tagsText(vm.tags)),
+      h("td", { role: "cell", class: "hide-narrow" }, ago(vm.created_at)));
   }
 
   function render() {
@@ -109,7 +112,13 @@ export function vmsPage(main) {
       latest = items;
       clear(err);
       render();
-      if (!performance.getEntriesByName("vms-rendered").length) performance.mark("vms-rendered");
+      if (!performance.getEntriesByName("vms-rendered").length) {
+        // Rows are in the DOM; with their layout done and the main thread
+        // free for the next task, the list is interactive (make bench-ui).
+        performance.mark("vms-rendered");
+        void table.offsetHeight; // forces style and layout now
+        setTimeout(() => performance.mark("vms-interactive"), 0);
+      }
     } catch (e) {
       if (mine === seq) clear(err, errorBox(e));
     }
