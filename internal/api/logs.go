@@ -22,7 +22,7 @@ type logsOutput struct {
 }
 
 func (s *Server) vmLogs(ctx context.Context, in *logsInput) (*logsOutput, error) {
-	ll, err := s.svc.Logs(ctx, scope(ctx), in.ID, in.Source, in.Tail)
+	ll, err := s.vms.Logs(ctx, scope(ctx), in.ID, in.Source, in.Tail)
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +37,7 @@ type streamInput struct {
 // vmLogsStream relays the agent's event stream to the caller until either
 // side goes away.
 func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.StreamResponse, error) {
-	resp, err := s.svc.StreamLogs(ctx, scope(ctx), in.ID, in.Source)
+	resp, err := s.vms.StreamLogs(ctx, scope(ctx), in.ID, in.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ type tailPathInput struct {
 }
 
 func (s *Server) tailPath(ctx context.Context, in *tailPathInput) (*logsOutput, error) {
-	ll, err := s.svc.TailPath(ctx, scope(ctx), in.Path, in.Tail)
+	ll, err := s.vms.TailPath(ctx, scope(ctx), in.Path, in.Tail)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func (s *Server) metricsRecent(ctx context.Context, in *metricsRecentInput) (*me
 	if in.ID == "" {
 		return nil, apierr.BadRequest("id is required")
 	}
-	rec, err := s.svc.Metrics(ctx, scope(ctx), in.ID)
+	rec, err := s.vms.Metrics(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}

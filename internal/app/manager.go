@@ -55,7 +55,7 @@ type ManagerOptions struct {
 // Manager is a running manager.
 type Manager struct {
 	Store      store.Store
-	Service    *manager.Service
+	Manager    *manager.Manager
 	Reconciler *manager.Reconciler
 	Auth       *auth.Authenticator
 	API        *api.Server
@@ -98,26 +98,30 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		ttl = 30 * time.Second
 	}
 	authn := auth.NewAuthenticator(st, ttl, log)
-	svc := manager.New(ctx, manager.Config{
+	mgr := manager.New(ctx, manager.Config{
 		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
 		HeartbeatTimeout: o.HeartbeatTimeout,
 	}, st, log)
-	svc.OnTokenChange = authn.Invalidate
+	mgr.Tokens.OnChange = authn.Invalidate
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	host, _ := os.Hostname()
-	rec := svc.NewReconciler(manager.ReconcilerConfig{
+	rec := mgr.NewReconciler(manager.ReconcilerConfig{
 		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),
 		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
 	})
-	srv := api.New(api.Deps{Service: svc, Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version})
+	srv := api.New(api.Deps{
+		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
+		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken,
+		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
+	})
 
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	m := &Manager{Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
+	m := &Manager{Store: st, Manager: mgr, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
 	go authn.Run(ctx, 10*time.Second)
 	if !o.HoldReconciler {
 		m.StartReconciler()
@@ -127,7 +131,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	// After in-flight requests: background work (async boots), then the
 	// store — nothing may write to a closed store.
 	m.done = httpmw.Serve(ctx, ln, srv, log, 30*time.Second, func(shut context.Context) {
-		svc.Wait(shut)
+		mgr.Wait(shut)
 		authn.Flush(context.Background())
 		st.Close()
 	})

@@ -32,7 +32,7 @@ const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
 // goes. On failure the agent stops whatever was started (process, TAP,
 // socket), the row says failed with last_error, and the error says which
 // step failed and why. The caller holds the VM's lock.
-func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
+func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
 	fc := ag.Firecracker(vm.ID)
@@ -71,7 +71,7 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		// Before firecracker opens any file: images are checked (and copied)
 		// first, so a file swapped after its check never reaches the VMM.
 		{"prepare drives", func(ctx context.Context) (err error) {
-			drives, err = s.prepareDrives(ctx, &vm, sp)
+			drives, err = s.images.prepareDrives(ctx, &vm, sp)
 			return err
 		}},
 		{"configure logger", func(ctx context.Context) error {
@@ -153,7 +153,7 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 
 // rollback stops what boot started and marks the VM failed. It runs on the
 // service's context: the caller may be gone, the cleanup must still happen.
-func (s *Service) rollback(vm store.VM, step string, cause *Error) {
+func (s *core) rollback(vm store.VM, step string, cause *Error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30*time.Second)
 	defer cancel()
 	if vm.HostAddr != "" {
@@ -171,7 +171,7 @@ func (s *Service) rollback(vm store.VM, step string, cause *Error) {
 
 // stepError turns an agent or firecracker failure into a service error
 // that names the VM and the step and says what to do.
-func (s *Service) stepError(vm store.VM, step string, err error) *Error {
+func (s *core) stepError(vm store.VM, step string, err error) *Error {
 	prefix := fmt.Sprintf("vm %s (%s): %s", vm.ID, vm.Name, step)
 	if e, ok := err.(*Error); ok { // a service error keeps its kind and code
 		c := *e

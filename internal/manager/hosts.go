@@ -16,7 +16,7 @@ import (
 
 // RegisterHost records an agent joining the fleet (or re-joining after a
 // restart) and returns its host record.
-func (s *Service) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error) {
+func (s *Hosts) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error) {
 	name, addr := r.Name, r.Addr
 	if name == "" || addr == "" {
 		return store.Host{}, invalid("name and addr are required")
@@ -34,7 +34,7 @@ func (s *Service) RegisterHost(ctx context.Context, r apitypes.RegisterHostReque
 }
 
 // Heartbeat records an agent's periodic report.
-func (s *Service) Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error {
+func (s *Hosts) Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error {
 	err := s.st.Heartbeat(ctx, hostID, store.Heartbeat{
 		Capacity:  store.Resources{VCPU: total.Vcpu, MemMiB: total.MemMib},
 		Allocated: store.Resources{VCPU: allocated.Vcpu, MemMiB: allocated.MemMib},
@@ -48,13 +48,13 @@ func (s *Service) Heartbeat(ctx context.Context, hostID string, total, allocated
 
 // HeartbeatInterval is how often agents should report: a third of the
 // timeout, so one lost heartbeat never makes a host unreachable.
-func (s *Service) HeartbeatInterval() time.Duration {
+func (s *Hosts) HeartbeatInterval() time.Duration {
 	return max(s.cfg.HeartbeatTimeout/3, 200*time.Millisecond)
 }
 
 // SetHostDraining drains a host (no new VMs; its VMs keep running) or
 // makes it ready again. ref is a host id or name.
-func (s *Service) SetHostDraining(ctx context.Context, ref string, drain bool) error {
+func (s *Hosts) SetHostDraining(ctx context.Context, ref string, drain bool) error {
 	hosts, err := s.ListHosts(ctx)
 	if err != nil {
 		return err
@@ -78,7 +78,7 @@ func (s *Service) SetHostDraining(ctx context.Context, ref string, drain bool) e
 
 // RemoveHost forgets a host that holds no VMs (after draining it, or after
 // it is gone for good and its VMs were deleted with force).
-func (s *Service) RemoveHost(ctx context.Context, ref string) error {
+func (s *Hosts) RemoveHost(ctx context.Context, ref string) error {
 	hosts, err := s.ListHosts(ctx)
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func (s *Service) RemoveHost(ctx context.Context, ref string) error {
 
 // ListHosts returns the fleet with each host's effective state: a ready
 // host that missed its heartbeats shows as unreachable.
-func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
+func (s *Hosts) ListHosts(ctx context.Context) ([]store.Host, error) {
 	hosts, err := s.st.ListHosts(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
@@ -128,7 +128,7 @@ func (s *Service) ListHosts(ctx context.Context) ([]store.Host, error) {
 
 // A draining host that stops reporting is unreachable too: draining is
 // what an operator wants, reachability what the host does.
-func (s *Service) effectiveState(h store.Host) store.HostState {
+func (s *Hosts) effectiveState(h store.Host) store.HostState {
 	if (h.State == store.HostReady || h.State == store.HostDraining) && s.now().Sub(h.LastSeenAt) > s.cfg.HeartbeatTimeout {
 		return store.HostUnreachable
 	}
@@ -145,13 +145,13 @@ var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 // this manager see each other's choices until their rows exist. The
 // caller releases the reservation once the VM's row is stored (or not);
 // release may be called more than once.
-func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, func(), error) {
-	hosts, err := s.ListHosts(ctx)
+func (s *Placement) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, func(), error) {
+	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
 		return store.Host{}, func() {}, err
 	}
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	alloc, err := s.st.AllocationsByHost(ctx, freeStates...)
 	if err != nil {
 		return store.Host{}, func() {}, fmt.Errorf("place vm: %w", err)
@@ -173,8 +173,8 @@ func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (stor
 	r.VCPU, r.MemMiB = r.VCPU+vcpu, r.MemMiB+mem
 	s.reserved[h.ID] = r
 	return h, sync.OnceFunc(func() {
-		s.placeMu.Lock()
-		defer s.placeMu.Unlock()
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		r := s.reserved[h.ID]
 		r.VCPU, r.MemMiB = r.VCPU-vcpu, r.MemMiB-mem
 		if r.VCPU <= 0 && r.MemMiB <= 0 {
@@ -186,7 +186,7 @@ func (s *Service) place(ctx context.Context, hostID string, vcpu, mem int) (stor
 }
 
 // pick chooses among hosts given their allocations.
-func (s *Service) pick(hosts []store.Host, alloc map[string]store.Allocation, hostID string, vcpu, mem int) (store.Host, error) {
+func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, hostID string, vcpu, mem int) (store.Host, error) {
 	type cand struct {
 		h        store.Host
 		freeMem  float64

@@ -78,7 +78,8 @@ func (c *ReconcilerConfig) defaults() {
 // Reconciler moves observed state toward desired state across the fleet
 // and removes what belongs to no VM. Only the lease holder acts.
 type Reconciler struct {
-	s      *Service
+	s      *VMs // the VM lifecycle the reconciler drives
+	hosts  *Hosts
 	cfg    ReconcilerConfig
 	leader atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
@@ -108,10 +109,10 @@ type PassStats struct {
 	Errors   int
 }
 
-// NewReconciler returns a reconciler for s.
-func (s *Service) NewReconciler(cfg ReconcilerConfig) *Reconciler {
+// NewReconciler returns the fleet's reconciler.
+func (m *Manager) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	cfg.defaults()
-	r := &Reconciler{s: s, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	r := &Reconciler{s: m.VMs, hosts: m.Hosts, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
 	}, []string{"action", "result"})
@@ -247,7 +248,7 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 		}
 	}
 	r.drainingLost(ctx)
-	hosts, err := s.ListHosts(ctx)
+	hosts, err := r.hosts.ListHosts(ctx)
 	if err != nil {
 		s.log.Error("reconcile: list hosts", "err", err)
 		return st
@@ -739,7 +740,7 @@ func (r *Reconciler) forgetClaimed(hostID string, now time.Time) {
 
 // HostEvent handles an agent's report: the VM's history gets the exit,
 // and the reconciler (wherever it runs) looks at that host now.
-func (s *Service) HostEvent(ctx context.Context, hostID, vmID, status string) error {
+func (s *Hosts) HostEvent(ctx context.Context, hostID, vmID, status string) error {
 	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
 		return notFound("host", hostID)
 	}

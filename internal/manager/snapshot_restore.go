@@ -36,7 +36,7 @@ type Restored struct {
 // one file); its own copies of the snapshot's drives. The guest continues
 // where the snapshot left it. The guest MAC is the snapshot's (see
 // restoreNotices). A failed restore rolls back like a failed boot.
-func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
+func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
 	sn, err := s.GetSnapshot(ctx, scope, sid)
 	if err != nil {
 		return Restored{}, err
@@ -52,7 +52,7 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		return Restored{}, invalid("invalid vm id %q", id)
 	}
 	src := meta.Source
-	host, release, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
+	host, release, err := s.placement.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
 	release = sync.OnceFunc(release) // released once the row exists, or on any way out
 	defer release()
 	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
@@ -114,7 +114,7 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 	}
 	vm, err = s.restore(context.WithoutCancel(ctx), vm, sn, meta)
 	if err != nil {
-		return Restored{}, s.discardFailed(vm, err)
+		return Restored{}, s.vms.discardFailed(vm, err)
 	}
 	return Restored{VM: vm, Notices: notices}, nil
 }
@@ -124,7 +124,7 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 // state as it goes; on failure it rolls back like a failed boot: the
 // agent stops whatever was started, the row says failed with last_error.
 // The caller holds the VM's lock.
-func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
+func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
 	var tap agentapi.TapResponse

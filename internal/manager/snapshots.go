@@ -38,14 +38,14 @@ type SnapshotOptions struct {
 // told not to) and records the snapshot. It is serialised with the VM's
 // other operations. A failed snapshot leaves no files and the VM as it
 // was.
-func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, opt SnapshotOptions) (store.Snapshot, error) {
+func (s *Snapshots) CreateSnapshot(ctx context.Context, scope Scope, vmID string, opt SnapshotOptions) (store.Snapshot, error) {
 	sid := opt.ID
 	if sid == "" {
 		sid = uuid.NewString()
 	} else if !hostlayout.ValidVMID(sid) {
 		return store.Snapshot{}, invalid("invalid snapshot id %q", sid)
 	}
-	vm, unlock, err := s.lockedVM(ctx, scope, vmID)
+	vm, unlock, err := s.vms.lockedVM(ctx, scope, vmID)
 	if err != nil {
 		return store.Snapshot{}, err
 	}
@@ -129,7 +129,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 
 // inspectForSnapshot asks the VM's firecracker what the snapshot must
 // record and refuses what it cannot keep, before the guest is touched.
-func (s *Service) inspectForSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM) (snapshotMeta, error) {
+func (s *Snapshots) inspectForSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM) (snapshotMeta, error) {
 	ver, err := fc.Version(ctx)
 	if err != nil {
 		return snapshotMeta{}, s.snapshotStepError(vm, "snapshot", "read firecracker version", err)
@@ -169,7 +169,7 @@ func (s *Service) inspectForSnapshot(ctx context.Context, fc *firecracker.Client
 // writeSnapshot makes the snapshot dir with the drive copies, has
 // firecracker write state and memory into it, and lists the files. The
 // guest is paused.
-func (s *Service) writeSnapshot(ctx context.Context, ag *agentapi.Client, fc *firecracker.Client, vm store.VM, sid string, drives []snapshotDrive) (agentapi.SnapshotFiles, error) {
+func (s *Snapshots) writeSnapshot(ctx context.Context, ag *agentapi.Client, fc *firecracker.Client, vm store.VM, sid string, drives []snapshotDrive) (agentapi.SnapshotFiles, error) {
 	var req agentapi.PrepareSnapshotRequest
 	for _, d := range drives {
 		if d.Copy != "" {
@@ -225,7 +225,7 @@ func catalogEntry(vm store.VM, sid string, files agentapi.SnapshotFiles, meta *s
 
 // discardSnapshot removes a failed snapshot's files. It runs on the
 // service's context: the caller may be gone, the cleanup must happen.
-func (s *Service) discardSnapshot(vm store.VM, sid string) {
+func (s *Snapshots) discardSnapshot(vm store.VM, sid string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
 	defer cancel()
 	if err := s.agentFor(ctx, vm).DeleteSnapshot(ctx, vm.ID, sid); err != nil {
@@ -236,7 +236,7 @@ func (s *Service) discardSnapshot(vm store.VM, sid string) {
 
 // resumeAfterSnapshot resumes a VM that a failed snapshot paused; if even
 // that fails, the row says paused.
-func (s *Service) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM, sid string) {
+func (s *Snapshots) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM, sid string) {
 	err := fc.Resume(ctx)
 	if err == nil {
 		_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
@@ -251,7 +251,7 @@ func (s *Service) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Clien
 
 // snapshotStepError is stepError with the snapshot in the message and a
 // suggestion that fits snapshots.
-func (s *Service) snapshotStepError(vm store.VM, what, step string, err error) *Error {
+func (s *core) snapshotStepError(vm store.VM, what, step string, err error) *Error {
 	e := s.stepError(vm, what+": "+step, err)
 	var ae *apierr.Error
 	switch {
@@ -271,7 +271,7 @@ func proxyDeadline(memMib int) firecracker.Option {
 }
 
 // GetSnapshot returns one snapshot the scope can see.
-func (s *Service) GetSnapshot(ctx context.Context, scope Scope, id string) (store.Snapshot, error) {
+func (s *Snapshots) GetSnapshot(ctx context.Context, scope Scope, id string) (store.Snapshot, error) {
 	sn, err := s.st.GetSnapshot(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(sn.Project)) {
 		return store.Snapshot{}, notFound("snapshot", id).suggest("list snapshots: nexus snapshot ls")
@@ -283,7 +283,7 @@ func (s *Service) GetSnapshot(ctx context.Context, scope Scope, id string) (stor
 }
 
 // ListSnapshots returns the snapshots the scope can see, oldest first.
-func (s *Service) ListSnapshots(ctx context.Context, scope Scope, f store.SnapshotFilter) ([]store.Snapshot, error) {
+func (s *Snapshots) ListSnapshots(ctx context.Context, scope Scope, f store.SnapshotFilter) ([]store.Snapshot, error) {
 	p, ok := scope.filterProject(f.Project)
 	if !ok {
 		return []store.Snapshot{}, nil
@@ -298,8 +298,8 @@ func (s *Service) ListSnapshots(ctx context.Context, scope Scope, f store.Snapsh
 
 // ListVMSnapshots returns a VM's snapshots; they stay listed after the VM
 // is deleted.
-func (s *Service) ListVMSnapshots(ctx context.Context, scope Scope, vmID string) ([]store.Snapshot, error) {
-	_, verr := s.GetVM(ctx, scope, vmID)
+func (s *Snapshots) ListVMSnapshots(ctx context.Context, scope Scope, vmID string) ([]store.Snapshot, error) {
+	_, verr := s.vms.GetVM(ctx, scope, vmID)
 	if e, ok := AsError(verr); verr != nil && (!ok || e.Kind != KindNotFound) {
 		return nil, verr
 	}
@@ -317,7 +317,7 @@ func (s *Service) ListVMSnapshots(ctx context.Context, scope Scope, vmID string)
 // entry. VMs restored from it keep running (their memory mapping and drive
 // copies do not need it). The last snapshot of a deleted VM takes the
 // VM's remaining run dir with it.
-func (s *Service) DeleteSnapshot(ctx context.Context, scope Scope, id string) error {
+func (s *Snapshots) DeleteSnapshot(ctx context.Context, scope Scope, id string) error {
 	sn, err := s.GetSnapshot(ctx, scope, id)
 	if err != nil {
 		return err
