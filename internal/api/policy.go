@@ -88,7 +88,7 @@ func principal(ctx context.Context) (auth.Principal, bool) {
 func scope(ctx context.Context) manager.Scope {
 	p, ok := principal(ctx)
 	if !ok {
-		return manager.Scope{Project: "\x00none"} // sees nothing
+		return manager.Scope{} // sees nothing
 	}
 	if p.Role == auth.RoleAdmin {
 		return manager.All

@@ -98,13 +98,13 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		ttl = 30 * time.Second
 	}
 	authn := auth.NewAuthenticator(st, ttl, log)
-	mgr := manager.New(ctx, manager.Config{
-		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
-		HeartbeatTimeout: o.HeartbeatTimeout,
-	}, st, log)
-	mgr.Tokens.OnChange = authn.Invalidate
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mgr := manager.New(ctx, manager.Config{
+		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
+		HeartbeatTimeout: o.HeartbeatTimeout, Metrics: reg,
+	}, st, log)
+	mgr.Tokens.OnChange = authn.Invalidate
 	host, _ := os.Hostname()
 	rec := mgr.NewReconciler(manager.ReconcilerConfig{
 		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
@@ -40,6 +41,8 @@ type Config struct {
 	BootTimeout time.Duration
 	// DefaultProject is used when neither the request nor the caller names one.
 	DefaultProject string
+	// Metrics, when set, receives the services' metrics.
+	Metrics prometheus.Registerer
 }
 
 // Manager is the control plane's services, one per resource, over one
@@ -78,6 +81,8 @@ type core struct {
 	bg sync.WaitGroup // background work (async boots) that Wait lets finish
 
 	instance string // this manager's identity in per-VM leases
+
+	stepSeconds *prometheus.HistogramVec // see steps.go
 }
 
 // VMs is the VM lifecycle: create, boot, start, stop, pause, resume,
@@ -159,7 +164,10 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	}
 	c := &core{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
-		agents: newAgentPool(cfg.JoinToken),
+		agents: newAgentPool(cfg.JoinToken), stepSeconds: newStepMetrics(),
+	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(c.stepSeconds)
 	}
 	m := &Manager{core: c, Hosts: &Hosts{core: c}, Tokens: &Tokens{core: c}}
 	m.Placement = &Placement{core: c, hosts: m.Hosts}

@@ -126,9 +126,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 // The caller holds the VM's lock.
 func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
-	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
-	var tap agentapi.TapResponse
-	var spawned agentapi.SpawnResponse
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))}
 	var swaps []snapshotDrive
 	files := []agentapi.RestoreFile{}
 	for _, d := range meta.Drives {
@@ -140,56 +138,22 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 		}
 	}
 
-	steps := []bootStep{
-		{"create tap", func(ctx context.Context) (err error) {
-			if meta.Net == nil {
-				return nil
-			}
-			tap, err = ag.Tap(ctx, vm.ID)
-			return err
+	steps := []step{
+		r.tapStep(meta.Net != nil),
+		r.spawnStep(true), // the MAC stays the snapshot's
+		{name: "check firecracker version", do: func(ctx context.Context) error {
+			return checkRestoreVersion(ctx, r.fc, r.vm, sn, meta)
 		}},
-		{"spawn vmm", func(ctx context.Context) (err error) {
-			if spawned, err = ag.Spawn(ctx, vm.ID, agentapi.SpawnRequest{Vcpu: vm.VCPU, MemMib: vm.MemMiB}); err != nil {
-				return err
-			}
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
-				if tap.Tap != "" {
-					v.TAP = tap.Tap // the MAC stays the snapshot's
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
-			return nil
-		}},
-		{"check firecracker version", func(ctx context.Context) error {
-			return checkRestoreVersion(ctx, fc, vm, sn, meta)
-		}},
-		{"configure logger", func(ctx context.Context) error {
-			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
-		}},
-		{"configure metrics", func(ctx context.Context) error {
-			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: spawned.MetricsPath})
-		}},
-		{"copy drives", func(ctx context.Context) error {
+		r.loggerStep(),
+		r.metricsStep(),
+		{name: "copy drives", do: func(ctx context.Context) error {
 			if len(files) == 0 {
 				return nil
 			}
 			return ag.RestoreDrives(ctx, vm.ID, agentapi.RestoreDrivesRequest{SourceVMID: sn.VMID, SnapshotID: sn.ID, Files: files})
 		}},
-		{"record configured", func(ctx context.Context) error {
-			cur, err := s.setState(ctx, vm.ID, store.VMConfigured, "")
-			if err != nil {
-				return err
-			}
-			vm = cur
-			return nil
-		}},
-		{"load snapshot", func(ctx context.Context) error {
+		r.recordStep(store.VMConfigured),
+		{name: "load snapshot", do: func(ctx context.Context) error {
 			p := firecracker.SnapshotLoadParams{
 				SnapshotPath: sn.StatePath,
 				// MAP_PRIVATE: the file stays unchanged, many VMs share it.
@@ -197,49 +161,50 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 				ResumeVM:   firecracker.Bool(len(swaps) == 0),
 			}
 			if meta.Net != nil {
-				p.NetworkOverrides = []firecracker.NetworkOverride{{IfaceID: meta.Net.IfaceID, HostDevName: tap.Tap}}
+				p.NetworkOverrides = []firecracker.NetworkOverride{{IfaceID: meta.Net.IfaceID, HostDevName: r.tap.Tap}}
 			}
-			return fc.LoadSnapshot(ctx, p)
+			return r.fc.LoadSnapshot(ctx, p)
 		}},
-		{"switch drives to the VM's copies", func(ctx context.Context) error {
+		{name: "switch drives to the VM's copies", do: func(ctx context.Context) error {
 			for _, d := range swaps {
-				if err := fc.PatchDrive(ctx, firecracker.PartialDrive{DriveID: d.DriveID, PathOnHost: d.Copy}); err != nil {
+				if err := r.fc.PatchDrive(ctx, firecracker.PartialDrive{DriveID: d.DriveID, PathOnHost: d.Copy}); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
 				}
 			}
 			return nil
 		}},
-		{"resume", func(ctx context.Context) error {
+		{name: "resume", do: func(ctx context.Context) error {
 			if len(swaps) == 0 {
 				return nil // loaded with resume_vm
 			}
-			return fc.Resume(ctx)
+			return r.fc.Resume(ctx)
+		}},
+		{name: "record running", do: func(ctx context.Context) error {
+			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
+				v.State, v.LastError = store.VMRunning, ""
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			r.vm = cur
+			s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
+			return nil
 		}},
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))
 	defer cancel()
-	for _, st := range steps {
-		if err := st.do(ctx); err != nil {
-			serr, ok := AsError(err)
-			if !ok {
-				serr = s.snapshotStepError(vm, "restore from snapshot "+sn.ID, st.name, err)
+	what := "restore from snapshot " + sn.ID
+	if err := s.runSteps(ctx, vm.ID, what, steps); err != nil {
+		return r.vm, s.failed(r.vm, err, func(vm store.VM, step string, err error) *Error {
+			if e, ok := AsError(err); ok && e.Kind != KindInternal {
+				return e // already worded (a version the VMM cannot read, say)
 			}
-			s.rollback(vm, st.name, serr)
-			return vm, serr
-		}
+			return s.snapshotStepError(vm, what, step, err)
+		})
 	}
-	cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-		v.State, v.LastError = store.VMRunning, ""
-		return nil
-	})
-	if err != nil {
-		serr := s.stepError(vm, "record running", err)
-		s.rollback(vm, "record running", serr)
-		return vm, serr
-	}
-	s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
-	return cur, nil
+	return r.vm, nil
 }
 
 // checkRestoreVersion refuses, with the reason, a snapshot the fresh VMM

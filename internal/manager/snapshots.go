@@ -61,43 +61,78 @@ func (s *Snapshots) CreateSnapshot(ctx context.Context, scope Scope, vmID string
 	ag := s.agentFor(ctx, vm)
 	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
 
-	meta, err := s.inspectForSnapshot(ctx, fc, vm)
-	if err != nil {
-		return store.Snapshot{}, err
-	}
 	wasRunning := vm.State == store.VMRunning
-	pausedAt := time.Now()
-	if wasRunning {
-		// Recorded before the pause, desired state untouched: a manager that
-		// dies before resuming leaves "paused, wants running", which the
-		// reconciler resumes.
-		if _, err := s.setState(ctx, vm.ID, store.VMPaused, ""); err != nil {
-			return store.Snapshot{}, err
-		}
-		if err := fc.Pause(ctx); err != nil {
-			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
-			return store.Snapshot{}, s.snapshotStepError(vm, "snapshot "+sid, "pause", err)
-		}
+	var (
+		meta     snapshotMeta
+		files    agentapi.SnapshotFiles
+		sn       store.Snapshot
+		pausedAt time.Time
+	)
+	steps := []step{
+		{name: "inspect", do: func(ctx context.Context) (err error) {
+			meta, err = s.inspectForSnapshot(ctx, fc, vm)
+			return err
+		}},
+		{name: "pause",
+			do: func(ctx context.Context) error {
+				pausedAt = s.now()
+				if !wasRunning {
+					return nil
+				}
+				// Recorded before the pause, desired state untouched: a
+				// manager that dies before resuming leaves "paused, wants
+				// running", which the reconciler resumes.
+				if _, err := s.setState(ctx, vm.ID, store.VMPaused, ""); err != nil {
+					return err
+				}
+				if err := fc.Pause(ctx); err != nil {
+					_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
+					return s.snapshotStepError(vm, "snapshot "+sid, "pause", err)
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				if wasRunning {
+					s.resumeAfterSnapshot(ctx, fc, vm, sid)
+				}
+				return nil
+			},
+		},
+		{name: "write state and memory",
+			do: func(ctx context.Context) (err error) {
+				if files, err = s.writeSnapshot(ctx, ag, fc, vm, sid, meta.Drives); err != nil {
+					s.discardSnapshot(vm, sid) // what it wrote before failing
+				}
+				return err
+			},
+			undo: func(context.Context) error { s.discardSnapshot(vm, sid); return nil },
+		},
+		{name: "record in catalog", do: func(ctx context.Context) (err error) {
+			if wasRunning {
+				meta.PausedMs = s.now().Sub(pausedAt).Milliseconds()
+			}
+			sn = catalogEntry(vm, sid, files, &meta)
+			if sn.Meta, err = marshal(meta); err == nil {
+				sn, err = s.st.CreateSnapshot(ctx, sn)
+			}
+			if err != nil {
+				return fmt.Errorf("snapshot %s of vm %s: record in the catalog: %w", sid, vm.ID, err)
+			}
+			return nil
+		}},
 	}
-	files, werr := s.writeSnapshot(ctx, ag, fc, vm, sid, meta.Drives)
-	if werr != nil {
-		s.discardSnapshot(vm, sid)
-		if wasRunning {
-			s.resumeAfterSnapshot(ctx, fc, vm, sid)
-		}
-		s.event(ctx, vm.ID, store.LevelError, "snapshot %s failed: %s", sid, werr.Error())
-		return store.Snapshot{}, werr
+	if err := s.runSteps(ctx, vm.ID, "snapshot "+sid, steps); err != nil {
+		return store.Snapshot{}, unwrapStep(err)
 	}
+
+	// The snapshot is good whatever happens now: a failed resume is
+	// reported with it, not undone.
 	resume := wasRunning && (opt.Resume == nil || *opt.Resume)
 	var resumeErr error
 	if resume {
 		if resumeErr = fc.Resume(ctx); resumeErr == nil {
 			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
 		}
-	}
-	meta.PausedMs = time.Since(pausedAt).Milliseconds()
-	if !wasRunning {
-		meta.PausedMs = 0 // it was paused by its owner, not by us
 	}
 	if wasRunning && (!resume || resumeErr != nil) {
 		if _, err := s.update(ctx, vm.ID, func(v *store.VM) error {
@@ -106,15 +141,6 @@ func (s *Snapshots) CreateSnapshot(ctx context.Context, scope Scope, vmID string
 		}); err != nil {
 			s.log.Error("snapshot: could not record the VM as paused", "vm_id", vm.ID, "err", err)
 		}
-	}
-
-	sn := catalogEntry(vm, sid, files, &meta)
-	if sn.Meta, err = marshal(meta); err == nil {
-		sn, err = s.st.CreateSnapshot(ctx, sn)
-	}
-	if err != nil {
-		s.discardSnapshot(vm, sid)
-		return store.Snapshot{}, fmt.Errorf("snapshot %s of vm %s: record in the catalog: %w", sid, vm.ID, err)
 	}
 	s.event(ctx, vm.ID, store.LevelInfo, "snapshot %s written: %d bytes, %d on disk; guest paused %d ms",
 		sid, sn.Size, meta.Allocated, meta.PausedMs)

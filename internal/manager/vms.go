@@ -377,17 +377,34 @@ func (s *VMs) stopLocked(ctx context.Context, vm store.VM) (store.VM, error) {
 }
 
 func (s *VMs) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
-	if vm.HostAddr != "" {
-		req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
-		if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, req); err != nil {
-			e := agentError("vm "+vm.ID+": stop", vm, err)
-			s.event(ctx, vm.ID, store.LevelError, "stop failed: %v (the reconciler retries)", e)
-			return vm, e
-		}
+	out := vm
+	err := s.runSteps(ctx, vm.ID, "stop", []step{
+		{name: "stop vmm", do: func(ctx context.Context) error {
+			if vm.HostAddr == "" {
+				return nil
+			}
+			req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
+			if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, req); err != nil {
+				return agentError("vm "+vm.ID+": stop", vm, err).suggest("the reconciler retries the stop")
+			}
+			return nil
+		}},
+		{name: "record stopped", do: func(ctx context.Context) (err error) {
+			out, err = s.setState(ctx, vm.ID, store.VMStopped, "")
+			s.event(ctx, vm.ID, store.LevelInfo, "stopped")
+			return err
+		}},
+	})
+	return out, unwrapStep(err)
+}
+
+// unwrapStep returns the error of the step that failed.
+func unwrapStep(err error) error {
+	var sf *stepFailure
+	if errors.As(err, &sf) {
+		return sf.err
 	}
-	vm, err := s.setState(ctx, vm.ID, store.VMStopped, "")
-	s.event(ctx, vm.ID, store.LevelInfo, "stopped")
-	return vm, err
+	return err
 }
 
 // PauseVM pauses a running VM.
@@ -468,20 +485,27 @@ func (s *VMs) deleteLocked(ctx context.Context, vm store.VM, force bool) error {
 	if err != nil {
 		return err
 	}
-	if vm.HostAddr != "" {
-		if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
-			e := agentError("vm "+id+": delete", vm, err)
-			if !force || e.Kind != KindUnavailable {
-				s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
-				return e.suggest("if the host is gone for good, delete with ?force=true")
+	return unwrapStep(s.runStepsOpt(ctx, id, "delete", []step{
+		{name: "remove from host", do: func(ctx context.Context) error {
+			if vm.HostAddr == "" {
+				return nil
 			}
-			s.log.Warn("vm deleted without its host", "vm_id", id, "host_id", vm.HostID, "err", err)
-		}
-	}
-	if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("delete vm %s: %w", id, err)
-	}
-	return nil
+			if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
+				e := agentError("vm "+id+": delete", vm, err)
+				if !force || e.Kind != KindUnavailable {
+					return e.suggest("the reconciler retries; if the host is gone for good, delete with ?force=true")
+				}
+				s.log.Warn("vm deleted without its host", "vm_id", id, "host_id", vm.HostID, "err", err)
+			}
+			return nil
+		}},
+		{name: "delete record", do: func(ctx context.Context) error {
+			if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("delete vm %s: %w", id, err)
+			}
+			return nil
+		}},
+	}, false))
 }
 
 // Bulk runs action on each id, a few at a time, and reports each outcome.
