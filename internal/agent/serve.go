@@ -18,6 +18,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/lifecycle"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
@@ -200,19 +201,24 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	}
 	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
 
-	go sup.Run(ctx, time.Second)
-	go keepBridge(ctx, nw, log, time.Minute)
-	// Networking is released only once in-flight requests (a spawn
-	// writing its handle, say) are done.
+	var bg lifecycle.Group
+	bg.Go(func() { sup.Run(ctx, time.Second) })
+	bg.Go(func() { keepBridge(ctx, nw, log, time.Minute) })
+	if o.Manager != "" {
+		bg.Go(func() { newRegistrar(o, r.URL, a, log).run(ctx) })
+	}
+	// Streams end and in-flight requests (a spawn writing its handle, say)
+	// drain; the watchers are joined; only then are networking, cgroups and
+	// the run dir released.
 	started = true
-	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, 15*time.Second, func(context.Context) {
+	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, httpmw.Budgets{Drain: 10 * time.Second, Cleanup: 5 * time.Second}, func(cleanup context.Context) {
+		if !bg.Wait(cleanup) {
+			log.Error("shutdown: agent goroutines did not end in time")
+		}
 		nw.Close()
 		sup.ReleaseCgroups()
 		unlockRunDir()
 	})
-	if o.Manager != "" {
-		go newRegistrar(o, r.URL, a, log).run(ctx)
-	}
 	return r, nil
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
 )
 
 type logsInput struct {
@@ -43,6 +44,18 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 	}
 	return &huma.StreamResponse{Body: func(hctx huma.Context) {
 		defer resp.Body.Close()
+		// The relay ends when the caller goes, or at once when the manager
+		// shuts down: a stream must never hold a shutdown.
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			select {
+			case <-done:
+			case <-hctx.Context().Done():
+			case <-httpmw.Closing(hctx.Context()):
+			}
+			resp.Body.Close()
+		}()
 		hctx.SetHeader("Content-Type", "text/event-stream")
 		hctx.SetHeader("Cache-Control", "no-cache")
 		hctx.SetStatus(http.StatusOK)

@@ -181,6 +181,10 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 // Wait blocks until background work is done or ctx ends.
 func (m *Manager) Wait(ctx context.Context) { m.core.Wait(ctx) }
 
+// Close drops the idle connections to agents, once nothing calls them any
+// more, so no transport goroutine outlives the manager.
+func (m *Manager) Close() { m.core.agents.closeIdle() }
+
 // SetClock replaces the clock every service reads (tests).
 func (m *Manager) SetClock(now func() time.Time) { m.core.now = now }
 
@@ -197,6 +201,7 @@ func (s *core) lockVM(ctx context.Context, id string) (func(), error) {
 	if !s.shared() {
 		return unlock, nil
 	}
+	// A real wait (it sleeps), so a real deadline: not the injected clock.
 	deadline := time.Now().Add(vmLeaseWait)
 	for {
 		held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.vmLeaseTTL())
@@ -328,6 +333,14 @@ type agentPool struct {
 
 func newAgentPool(token string) *agentPool {
 	return &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+}
+
+func (p *agentPool) closeIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.byURL {
+		c.CloseIdle()
+	}
 }
 
 func (p *agentPool) get(addr string) *agentapi.Client {

@@ -170,8 +170,12 @@ func (r *Reconciler) pending() (bool, []string) {
 // Run holds or contends for the lease and reconciles every Interval and on
 // triggers, until ctx ends; then it releases the lease.
 func (r *Reconciler) Run(ctx context.Context) {
-	go r.s.st.Listen(ctx, ReconcileChannel, r.Trigger)
-	go r.keepLease(ctx)
+	// Run returns only once its helpers have: the lease is released before
+	// whoever waits for Run closes the store.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.s.st.Listen(ctx, ReconcileChannel, r.Trigger) })
+	wg.Go(func() { r.keepLease(ctx) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -239,8 +243,8 @@ func (r *Reconciler) keepLease(ctx context.Context) {
 
 // Pass reconciles one host, or every host when hostID is "".
 func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
-	start := time.Now()
-	st := PassStats{At: start}
+	start := time.Now() // the duration is measured on the monotonic clock
+	st := PassStats{At: r.s.now()}
 	s := r.s
 	if ids, err := s.st.MarkHostsUnreachable(ctx, s.now().Add(-s.cfg.HeartbeatTimeout)); err == nil {
 		for _, id := range ids {

@@ -74,9 +74,11 @@ func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, e
 			report = append(report, st.name+" not started")
 			break
 		}
-		start := c.now()
+		// Durations are measurements, on the monotonic clock; decisions
+		// (retries, graces) use c.now.
+		start := time.Now()
 		err := st.do(ctx)
-		d := c.now().Sub(start)
+		d := time.Since(start)
 		if err != nil {
 			observe(st.name, "failed", d)
 			report = append(report, fmt.Sprintf("%s failed after %s", st.name, ms(d)))
@@ -100,9 +102,9 @@ func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, e
 		if st.undo == nil {
 			continue
 		}
-		start := c.now()
+		start := time.Now()
 		err := st.undo(uctx)
-		d := c.now().Sub(start)
+		d := time.Since(start)
 		if err != nil {
 			observe(st.name, "undo_failed", d)
 			report = append(report, fmt.Sprintf("undo %s failed: %v", st.name, err))
