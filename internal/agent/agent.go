@@ -40,6 +40,16 @@ type Network interface {
 	Backend() network.NATBackend
 }
 
+// VMMs runs the VMs' VMM processes (vmm.Supervisor; hollow.VMMs on a
+// simulated host).
+type VMMs interface {
+	Spawn(ctx context.Context, vmID string, opts vmm.SpawnOptions) (h vmm.Handle, already bool, err error)
+	Stop(ctx context.Context, vmID string, grace time.Duration) error
+	Get(vmID string) (vmm.Handle, bool)
+	List() []vmm.Handle
+	Exits() <-chan vmm.Exit
+}
+
 // Config configures the agent.
 type Config struct {
 	Name         string
@@ -64,7 +74,7 @@ type Config struct {
 // Agent serves the agent API.
 type Agent struct {
 	cfg   Config
-	sup   *vmm.Supervisor
+	sup   VMMs
 	net   Network
 	log   *slog.Logger
 	proxy *proxy
@@ -72,7 +82,7 @@ type Agent struct {
 }
 
 // New returns an agent using sup for processes and nw for networking.
-func New(cfg Config, sup *vmm.Supervisor, nw Network, log *slog.Logger) (*Agent, error) {
+func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 	if cfg.Token == "" {
 		return nil, errors.New("agent: a join token is required")
 	}

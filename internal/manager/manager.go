@@ -16,6 +16,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/keyed"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -74,7 +75,7 @@ type core struct {
 	// away (a boot that already started, a rollback) runs on it.
 	ctx context.Context
 
-	locks keyedMutex
+	locks keyed.Mutex
 
 	hostAddrs sync.Map // host id → current agent URL
 
@@ -197,7 +198,7 @@ const vmLeaseWait = 10 * time.Second
 // An operation another manager holds for longer than vmLeaseWait is a
 // 409, not an endless wait.
 func (s *core) lockVM(ctx context.Context, id string) (func(), error) {
-	unlock := s.locks.lock(id)
+	unlock := s.locks.Lock(id)
 	if !s.shared() {
 		return unlock, nil
 	}
@@ -228,7 +229,7 @@ func (s *core) lockVM(ctx context.Context, id string) (func(), error) {
 // tryLockVM takes the VM's lock only if nobody holds it (the reconciler
 // leaves busy VMs for its next pass).
 func (s *core) tryLockVM(ctx context.Context, id string) (func(), bool) {
-	unlock, ok := s.locks.tryLock(id)
+	unlock, ok := s.locks.TryLock(id)
 	if !ok {
 		return nil, false
 	}
@@ -352,66 +353,4 @@ func (p *agentPool) get(addr string) *agentapi.Client {
 		p.byURL[addr] = c
 	}
 	return c
-}
-
-// keyedMutex serialises work per key without holding a lock per key forever.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-// tryLock takes key's lock only if it is free.
-func (k *keyedMutex) tryLock(key string) (func(), bool) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e, ok := k.m[key]
-	if !ok {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	if !e.mu.TryLock() {
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-		return nil, false
-	}
-	e.refs++
-	k.mu.Unlock()
-	return k.unlocker(key, e), true
-}
-
-func (k *keyedMutex) unlocker(key string, e *keyedEntry) func() {
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-}
-
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e, ok := k.m[key]
-	if !ok {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return k.unlocker(key, e)
 }

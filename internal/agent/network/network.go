@@ -31,7 +31,10 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+
 	"github.com/vishvananda/netns"
+
+	"github.com/nexus-microvm/nexus/internal/keyed"
 )
 
 // Defaults for the fields of Config left zero.
@@ -112,8 +115,8 @@ type Network struct {
 	h       *netlink.Handle
 	backend NATBackend
 
-	bridgeMu sync.Mutex // serialises EnsureBridge, RemoveNAT and Teardown
-	taps     keyedMutex // serialises work on one TAP name
+	bridgeMu sync.Mutex  // serialises EnsureBridge, RemoveNAT and Teardown
+	taps     keyed.Mutex // serialises work on one TAP name
 }
 
 // New validates cfg, opens a netlink handle in its namespace and picks the
@@ -261,41 +264,6 @@ func validLinkName(name string) error {
 		}
 	}
 	return nil
-}
-
-// keyedMutex serialises work per key without holding one lock for all keys.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = make(map[string]*keyedLock)
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-
-	l.Lock()
-	return func() {
-		l.Unlock()
-		k.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
 }
 
 // ctxErr is ctx.Err() wrapped with the step it interrupted. netlink calls

@@ -30,6 +30,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/keyed"
 )
 
 // handleVersion is bumped when the vmm.json format changes.
@@ -105,7 +106,7 @@ type Supervisor struct {
 
 	mu    sync.Mutex
 	procs map[string]*proc // by VM id, live or recently exited
-	locks map[string]*vmLock
+	locks keyed.Mutex      // serialises operations on one VM
 
 	cgroups string // cgroup2 dir for per-VMM groups ("" when unavailable)
 }
@@ -134,7 +135,6 @@ func New(cfg Config) (*Supervisor, error) {
 		log:   cfg.Logger,
 		exits: make(chan Exit, 256),
 		procs: map[string]*proc{},
-		locks: map[string]*vmLock{},
 	}
 	if cfg.Scoper == nil {
 		sup.cgroups = cgroupRoot(cfg.Owner)
@@ -148,34 +148,6 @@ func (s *Supervisor) Bin() string { return s.cfg.Bin }
 // Exits delivers one Exit per VMM that ended on its own or was stopped.
 // Slow readers lose events rather than block the supervisor.
 func (s *Supervisor) Exits() <-chan Exit { return s.exits }
-
-// lock serialises operations on one VM.
-// vmLock is one VM's lock; refs lets the map forget locks nobody holds,
-// so it does not grow with every VM the host ever ran.
-type vmLock struct {
-	sync.Mutex
-	refs int
-}
-
-func (s *Supervisor) lock(vmID string) func() {
-	s.mu.Lock()
-	l, ok := s.locks[vmID]
-	if !ok {
-		l = &vmLock{}
-		s.locks[vmID] = l
-	}
-	l.refs++
-	s.mu.Unlock()
-	l.Lock()
-	return func() {
-		l.Unlock()
-		s.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(s.locks, vmID)
-		}
-		s.mu.Unlock()
-	}
-}
 
 // SpawnOptions are the per-VM inputs of Spawn.
 type SpawnOptions struct {
@@ -193,7 +165,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if s.cfg.Bin == "" {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: this supervisor has no VMM binary", vmID)
 	}
-	defer s.lock(vmID)()
+	defer s.locks.Lock(vmID)()
 
 	if h, ok := s.live(vmID); ok {
 		return h, true, nil
@@ -473,7 +445,7 @@ func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration)
 	if !hostlayout.ValidVMID(vmID) {
 		return fmt.Errorf("stop vm %q: %w", vmID, ErrInvalidID)
 	}
-	defer s.lock(vmID)()
+	defer s.locks.Lock(vmID)()
 	s.mu.Lock()
 	p, ok := s.procs[vmID]
 	s.mu.Unlock()
