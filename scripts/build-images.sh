@@ -454,9 +454,16 @@ else
 	# Debian's package leaves modules.dep to its postinst: make it.
 	depmod -b "$work/kernel" "$kver" || die "depmod for $kver failed"
 	declare -A modpath=() moddeps=() softpre=() builtin=() seen=()
-	modname() { local b=${1##*/}; b=${b%%.ko*}; echo "${b//-/_}"; }
+	# modname PATH sets $n to the module name of PATH (kernel/fs/ext4/ext4.ko.xz
+	# → ext4), '-' read as '_' like the kernel does; no subshell, as it runs
+	# for every module of the kernel.
+	modname() {
+		n=${1##*/}
+		n=${n%%.ko*}
+		n=${n//-/_}
+	}
 	while IFS=: read -r path deps; do
-		n=$(modname "$path")
+		modname "$path"
 		modpath[$n]=$path
 		moddeps[$n]=$deps
 	done <"$moddir/modules.dep"
@@ -465,7 +472,10 @@ else
 		[ "$pre" != "$rest" ] || continue
 		softpre[${n//-/_}]=${pre%%post:*}
 	done < <(grep '^softdep ' "$moddir/modules.softdep" || true)
-	while read -r path; do builtin[$(modname "$path")]=1; done <"$moddir/modules.builtin"
+	while read -r path; do
+		modname "$path"
+		builtin[$n]=1
+	done <"$moddir/modules.builtin"
 
 	# resolve NAME [optional] appends NAME to the load order after what it
 	# needs: modules.dep's hard dependencies (required) and the "pre:" soft
@@ -473,14 +483,14 @@ else
 	# tried, none required, e.g. ext4's crypto-crc32c).
 	load=()
 	resolve() {
-		local n=${1//-/_} opt=${2:-} d s p
-		[ -z "${seen[$n]:-}" ] || return 0
-		seen[$n]=1
-		if [ -z "${modpath[$n]:-}" ]; then
-			[ -n "${builtin[$n]:-}" ] || [ -n "$opt" ] || die "$kpkg has no module $n (neither loadable nor built in)"
+		local self=${1//-/_} opt=${2:-} n d s p
+		[ -z "${seen[$self]:-}" ] || return 0
+		seen[$self]=1
+		if [ -z "${modpath[$self]:-}" ]; then
+			[ -n "${builtin[$self]:-}" ] || [ -n "$opt" ] || die "$kpkg has no module $self (neither loadable nor built in)"
 			return 0
 		fi
-		for s in ${softpre[$n]:-}; do
+		for s in ${softpre[$self]:-}; do
 			if [ -n "${modpath[${s//-/_}]:-}" ]; then
 				resolve "$s" optional
 			else
@@ -489,8 +499,11 @@ else
 				done
 			fi
 		done
-		for d in ${moddeps[$n]}; do resolve "$(modname "$d")" "$opt"; done
-		load+=("$n ${modpath[$n]}${opt:+ optional}")
+		for d in ${moddeps[$self]}; do
+			modname "$d" # sets n
+			resolve "$n" "$opt"
+		done
+		load+=("$self ${modpath[$self]}${opt:+ optional}")
 	}
 	for m in $INITRD_MODULES; do resolve "$m"; done
 
@@ -641,7 +654,7 @@ register rootfs "$rootfs_name" "$rootfs"
 initrd_registered=yes
 if ! out=$(register initrd "$initrd_name" "$initrd" 2>&1); then
 	if grep -qi 'kind' <<<"$out"; then
-		warn "this Nexus does not register initrd images yet ($(tr '\n' ' ' <<<"$out" | cut -c1-200)); $initrd is in place, register it when the manager supports the kind"
+		warn "this Nexus does not register initrd images yet ($(grep -v '^==> ' <<<"$out" | tr '\n' ' ' | cut -c1-200)); $initrd is in place, register it when the manager supports the kind"
 		initrd_registered=no
 	else
 		printf '%s\n' "$out" >&2

@@ -13,6 +13,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/guest"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -24,8 +25,9 @@ type bootStep struct {
 }
 
 // DefaultBootArgs give a console on ttyS0 (the console log) and keep the
-// guest from rebooting forever on panic.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+// guest from rebooting forever on panic. internal/guest owns them: it
+// composes them with the root device and ip= for the guest images.
+const DefaultBootArgs = guest.DefaultBootArgs
 
 // boot runs tap → spawn → logger, metrics, machine-config, boot-source,
 // drives, network-interfaces → InstanceStart for vm, recording state as it

@@ -218,6 +218,7 @@ type vm struct {
 	waitErr error
 	con     *console
 	started time.Time
+	closed  sync.Once
 }
 
 // newVMID is a random VM id in hostlayout's canonical form.
@@ -241,7 +242,7 @@ func startVM(tb testing.TB, spec bootSpec) *vm {
 	tb.Helper()
 	v := &vm{id: newVMID(tb), addr: netip.MustParsePrefix(guestAddr), exited: make(chan struct{})}
 	v.tap, v.mac = hostlayout.TapName(v.id), hostlayout.GuestMAC(v.id)
-	tb.Cleanup(func() { v.cleanup(tb) })
+	tb.Cleanup(func() { v.close(tb) })
 
 	var err error
 	if v.dir, err = os.MkdirTemp("", "nexus-guest-"); err != nil {
@@ -518,6 +519,10 @@ func (v *vm) stop() error {
 		return fmt.Errorf("%s (pid %d) was not reaped 10s after SIGKILL", v.cmd.Path, v.cmd.Process.Pid)
 	}
 }
+
+// close stops the VM and removes what was made for it, once; startVM
+// registers it as a cleanup, a caller may run it earlier.
+func (v *vm) close(tb testing.TB) { v.closed.Do(func() { v.cleanup(tb) }) }
 
 // cleanup undoes startVM and proves that nothing is left: the VMM reaped,
 // TAP and bridge deleted, no process or thread in the namespace, the
