@@ -34,7 +34,8 @@
 #   IMAGES_MANIFEST  if set, write KEY=value lines naming the three files there
 #                    (KERNEL, INITRD, ROOTFS and *_NAME), for scripts and tests
 #   ROOTFS_MIB       rootfs size in MiB (default 64)
-#   KERNEL_PACKAGE   kernel package (default: what linux-image-amd64 depends on)
+#   KERNEL_PACKAGE   kernel package (default: what linux-image-amd64 depends on;
+#                    on Ubuntu linux-image-virtual, with its linux-modules-<kver>)
 #   IMAGE_PROJECT    project to register in (default "*": shared, needs an admin
 #                    token; empty: the token's own project)
 #   NEXUS_BIN        the nexus CLI (default: nexus on PATH, else ./bin/nexus)
@@ -146,12 +147,22 @@ extract_vmlinux() {
 
 # ---------------------------------------------------------------- what to build
 
-kpkg=${KERNEL_PACKAGE:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')}
+# kernel_package prints the versioned kernel package the distribution's
+# metapackage stands for: linux-image-amd64 on Debian, linux-image-virtual
+# or linux-image-generic on Ubuntu.
+kernel_package() {
+	local meta p
+	for meta in linux-image-amd64 linux-image-virtual linux-image-generic; do
+		p=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+		[ -z "$p" ] || { echo "$p"; return 0; }
+	done
+}
+kpkg=${KERNEL_PACKAGE:-$(kernel_package)}
 if [ -z "$kpkg" ]; then
 	apt-get update -q && apt_updated=1
-	kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+	kpkg=$(kernel_package)
 fi
-[ -n "$kpkg" ] || die "cannot tell which kernel package linux-image-amd64 stands for; set KERNEL_PACKAGE"
+[ -n "$kpkg" ] || die "cannot tell which kernel package linux-image-amd64 (Debian) or linux-image-virtual (Ubuntu) stands for; set KERNEL_PACKAGE"
 kver=${kpkg#linux-image-}
 kver=${kver%-unsigned}
 bbver=$(dpkg-query -W -f='${Version}' busybox-static)
@@ -341,6 +352,9 @@ done
 case $ipconf in
 '') echo "nexus-guest: no ip= on the kernel command line: network not configured" ;;
 off | none) echo "nexus-guest: ip=$ipconf: network not configured" ;;
+on | any | dhcp | dhcp6 | bootp | rarp | both)
+	fail "ip=$ipconf: automatic configuration is not supported, only a static address (ip=<client-ip>::<gateway>:<netmask>::eth0:off)"
+	;;
 *)
 	oldifs=$IFS
 	IFS=:
@@ -404,24 +418,41 @@ initrd=$IMAGES_DIR/$initrd_name.cpio.gz
 rootfs_name=busybox-$bbver-$rootfs_recipe
 rootfs=$IMAGES_DIR/rootfs-$rootfs_name.ext4
 
-# kernel_tree unpacks the kernel package into $work/kernel, downloading it
-# into the cache only once.
+# fetch_deb PKG prints the path of PKG's .deb in the cache, downloading it
+# first when it is not there. The cache keeps one version per family: a
+# download removes the family's other packages (an older ABI).
+fetch_deb() {
+	local pkg=$1 deb
+	deb=$(ls "$CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)
+	if [ -n "$deb" ]; then
+		say "using the cached $(basename "$deb")" >&2
+		echo "$deb"
+		return 0
+	fi
+	say "downloading $pkg into $CACHE" >&2
+	rm -rf "$work/dl"
+	mkdir -p "$work/dl"
+	(cd "$work/dl" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+	deb=$(ls "$work"/dl/*.deb 2>/dev/null | head -n 1)
+	[ -n "$deb" ] || die "apt-get download $pkg gave no .deb"
+	find "$CACHE" -maxdepth 1 -name "${pkg%%-[0-9]*}-[0-9]*.deb" ! -name "${pkg}_*" -delete
+	mv "$deb" "$CACHE/"
+	echo "$CACHE/$(basename "$deb")"
+}
+
+# kernel_tree unpacks the kernel package into $work/kernel, with the
+# package holding its modules where the distribution splits them off
+# (Ubuntu's linux-modules-<kver>).
 kernel_tree() {
 	[ -d "$work/kernel" ] && return 0
-	local deb
-	deb=$(ls "$CACHE/${kpkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)
-	if [ -z "$deb" ]; then
-		say "downloading $kpkg into $CACHE"
-		mkdir -p "$work/dl"
-		(cd "$work/dl" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-		deb=$(ls "$work"/dl/*.deb 2>/dev/null | head -n 1)
-		[ -n "$deb" ] || die "apt-get download $kpkg gave no .deb"
-		mv "$deb" "$CACHE/"
-		deb=$CACHE/$(basename "$deb")
-	else
-		say "using the cached $(basename "$deb")"
+	local pkgs=("$kpkg") pkg deb
+	if apt-cache show "linux-modules-$kver" >/dev/null 2>&1; then
+		pkgs+=("linux-modules-$kver")
 	fi
-	dpkg-deb -x "$deb" "$work/kernel" || die "cannot unpack $deb (remove it from $CACHE to download it again)"
+	for pkg in "${pkgs[@]}"; do
+		deb=$(fetch_deb "$pkg")
+		dpkg-deb -x "$deb" "$work/kernel" || die "cannot unpack $deb (remove it from $CACHE to download it again)"
+	done
 }
 
 # ---------------------------------------------------------------- kernel

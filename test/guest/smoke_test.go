@@ -91,3 +91,25 @@ func TestWrongRootDeviceFails(t *testing.T) {
 	}
 	t.Logf("reported: %s", be.Reason)
 }
+
+// TestUnsupportedIPArgFails: a guest that cannot configure its network
+// says why in its failure line instead of claiming readiness, and keeps
+// running so its console can be inspected.
+func TestUnsupportedIPArgFails(t *testing.T) {
+	qemu := requireQEMU(t)
+	v := startVM(t, bootSpec{VMM: vmmQEMU, Bin: qemu, Images: guestImages(t), UserArgs: "ip=dhcp"})
+	_, err := v.waitReady(readyTimeout)
+	var be *bootError
+	if !errors.As(err, &be) {
+		t.Fatalf("boot with ip=dhcp: got %v; want a boot error", err)
+	}
+	if want := "ip=dhcp: automatic configuration is not supported"; !strings.HasPrefix(be.Reason, want) {
+		t.Errorf("boot with ip=dhcp: reason %q; want it to start with %q", be.Reason, want)
+	}
+	select {
+	case <-v.exited:
+		t.Errorf("the VM stopped after the guest's failure (%v); it should keep running", v.waitErr)
+	default:
+	}
+	t.Logf("reported: %s", be.Reason)
+}
