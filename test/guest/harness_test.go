@@ -248,7 +248,7 @@ func newVMID(tb testing.TB) string {
 // removes TAP, bridge, namespace and files, and checks they are gone.
 func startVM(tb testing.TB, spec bootSpec) *vm {
 	tb.Helper()
-	v := &vm{id: newVMID(tb), addr: netip.MustParsePrefix(guestAddr), exited: make(chan struct{})}
+	v := &vm{id: newVMID(tb), addr: netip.MustParsePrefix(guestAddr), ns: netns.None(), exited: make(chan struct{})}
 	v.tap, v.mac = hostlayout.TapName(v.id), hostlayout.GuestMAC(v.id)
 	tb.Cleanup(func() { v.close(tb) })
 
