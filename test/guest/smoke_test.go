@@ -28,8 +28,18 @@ func bootAndReach(t *testing.T, spec bootSpec) {
 	if n := v.con.count(guest.IsReady); n != 1 {
 		t.Errorf("the console has %d readiness lines; want exactly 1", n)
 	}
-	// The guest configured what the command line asked for, as it says.
-	want := "nexus-guest: eth0 " + v.addr.String() + " via 172.20.0.1 dns 172.20.0.1"
+	// The guest mounted and configured what the command line asked for,
+	// as it says.
+	mode := "ro"
+	if spec.ReadWrite {
+		mode = "rw"
+	}
+	assertConsoleLine(t, v, "nexus-initrd: root /dev/vda mounted (ext4, "+mode+"), starting /sbin/init")
+	assertConsoleLine(t, v, "nexus-guest: eth0 "+v.addr.String()+" via 172.20.0.1 dns 172.20.0.1")
+}
+
+func assertConsoleLine(t *testing.T, v *vm, want string) {
+	t.Helper()
 	if v.con.count(func(l string) bool { return strings.TrimSpace(l) == want }) != 1 {
 		t.Errorf("the console lacks %q:\n%s", want, strings.Join(v.con.tail(30), "\n"))
 	}
@@ -94,10 +104,11 @@ func TestWrongRootDeviceFails(t *testing.T) {
 
 // TestUnsupportedIPArgFails: a guest that cannot configure its network
 // says why in its failure line instead of claiming readiness, and keeps
-// running so its console can be inspected.
+// running so its console can be inspected. Its root is read-write, as a
+// VM's own copy is under Nexus.
 func TestUnsupportedIPArgFails(t *testing.T) {
 	qemu := requireQEMU(t)
-	v := startVM(t, bootSpec{VMM: vmmQEMU, Bin: qemu, Images: guestImages(t), UserArgs: "ip=dhcp"})
+	v := startVM(t, bootSpec{VMM: vmmQEMU, Bin: qemu, Images: guestImages(t), ReadWrite: true, UserArgs: "ip=dhcp"})
 	_, err := v.waitReady(readyTimeout)
 	var be *bootError
 	if !errors.As(err, &be) {
@@ -111,5 +122,6 @@ func TestUnsupportedIPArgFails(t *testing.T) {
 		t.Errorf("the VM stopped after the guest's failure (%v); it should keep running", v.waitErr)
 	default:
 	}
+	assertConsoleLine(t, v, "nexus-initrd: root /dev/vda mounted (ext4, rw), starting /sbin/init")
 	t.Logf("reported: %s", be.Reason)
 }
