@@ -276,11 +276,16 @@ func ParseIPArg(arg string) (IPConfig, error) {
 // unless the drive has a partuuid); composing it here as well is harmless
 // and makes the command line complete for any VMM.
 func RootArg(device string, readOnly bool) (string, error) {
-	if !strings.HasPrefix(device, "/dev/") && !strings.HasPrefix(device, "PARTUUID=") &&
-		!strings.HasPrefix(device, "UUID=") && !strings.HasPrefix(device, "LABEL=") {
-		return "", fmt.Errorf("root device %q: want /dev/<name>, PARTUUID=, UUID= or LABEL=", device)
+	named := false
+	for _, p := range []string{"/dev/", "PARTUUID=", "UUID=", "LABEL="} {
+		if v, ok := strings.CutPrefix(device, p); ok && v != "" {
+			named = true
+		}
 	}
-	if strings.ContainsAny(device, " \t\n\"") || len(device) == len("/dev/") {
+	if !named {
+		return "", fmt.Errorf("root device %q: want /dev/<name>, PARTUUID=<id>, UUID=<id> or LABEL=<label>", device)
+	}
+	if strings.ContainsAny(device, " \t\n\"") {
 		return "", fmt.Errorf("root device %q: want one word", device)
 	}
 	mode := "rw"

@@ -140,6 +140,7 @@ func TestRootArg(t *testing.T) {
 		{dev: "vda", wantErr: true},
 		{dev: "", wantErr: true},
 		{dev: "/dev/", wantErr: true},
+		{dev: "UUID=", wantErr: true},
 		{dev: "/dev/vda quiet", wantErr: true},
 		{dev: `/dev/"vda`, wantErr: true},
 	} {
