@@ -13,12 +13,14 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/guest"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
 // DefaultBootArgs give a console on ttyS0 (the console log) and keep the
-// guest from rebooting forever on panic.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+// guest from rebooting forever on panic. internal/guest owns them: it
+// composes them with the root device and ip= for the guest images.
+const DefaultBootArgs = guest.DefaultBootArgs
 
 // boot runs tap → spawn → prepare drives → logger, metrics, machine,
 // boot source, drives, network → InstanceStart for vm, recording state as

@@ -237,17 +237,34 @@ func (n *Network) inNS(fn func() error) error {
 }
 
 // runInNS runs fn on a fresh goroutine locked to its thread and switched to
-// ns. The goroutine exits still locked, so Go discards the thread instead of
-// reusing one that sits in a foreign namespace.
+// ns, then switches the thread back to where it was. Exiting still locked
+// is not enough: Go discards such a thread, except the main thread, which
+// it parks instead — still in ns, keeping that namespace alive for the
+// life of the process. Only when the way back fails does the goroutine
+// exit locked, so the thread is never reused in a foreign namespace.
 func runInNS(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked, on purpose
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter network namespace: %w", err)
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
+			return // still locked: the thread goes away with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }
