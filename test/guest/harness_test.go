@@ -261,7 +261,7 @@ func startVM(tb testing.TB, spec bootSpec) *vm {
 	}
 	// The agent's own calls, in the namespace: bridge with the default
 	// gateway, no NAT (the namespace has no uplink), then the VM's TAP.
-	v.net, err = network.New(network.Config{Bridge: network.DefaultBridge, Gateway: network.DefaultGateway,
+	v.net, err = network.New(network.Config{Owner: "guesttest", Bridge: network.DefaultBridge, Gateway: network.DefaultGateway,
 		Uplink: network.UplinkNone, NetNS: v.ns}, nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -272,7 +272,7 @@ func startVM(tb testing.TB, spec bootSpec) *vm {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := v.net.EnsureTap(ctx, v.tap); err != nil {
+	if err := v.net.EnsureTap(ctx, v.tap, v.id); err != nil {
 		tb.Fatal(err)
 	}
 
@@ -549,7 +549,7 @@ func (v *vm) cleanup(tb testing.TB) {
 		if err := v.net.DeleteTap(ctx, v.tap); err != nil {
 			tb.Errorf("delete tap: %v", err)
 		}
-		if err := v.net.Teardown(ctx, true); err != nil {
+		if _, err := v.net.Teardown(ctx, true); err != nil {
 			tb.Errorf("teardown: %v", err)
 		}
 		cancel()
