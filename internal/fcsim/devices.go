@@ -191,7 +191,7 @@ func (s *sim) putNet(n firecracker.NetworkInterface) *vmmError {
 		s.res.nets[idx].tap.Close()
 		s.res.nets = append(s.res.nets[:idx], s.res.nets[idx+1:]...)
 	}
-	tap, err := openTap(n.HostDevName)
+	tap, err := s.openTap(n.HostDevName)
 	if err != nil {
 		return fault("Network config error: Could not create the network device: Open tap device failed: %s", err)
 	}

@@ -21,6 +21,11 @@ import (
 // --id, an unreadable --config-file): Exit turns it into SIGABRT.
 const ExitAbort = -1
 
+// NoHostTapEnv set to "1" makes the simulator accept any valid TAP name
+// without opening /dev/net/tun (hollow agents keep TAPs in memory; a real
+// open would create host links, as root, or fail, as anyone else).
+const NoHostTapEnv = "FC_SIM_NO_HOST_TAP"
+
 // MetricsIntervalEnv shortens the 60 s periodic metrics flush for tests: a
 // Go duration ("200ms") or a number of milliseconds.
 const MetricsIntervalEnv = "FC_SIM_METRICS_INTERVAL"
@@ -137,7 +142,8 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		}
 	}
 	opts := options{id: id, bootTimer: args.flag("boot-timer"), enablePCI: args.flag("enable-pci"),
-		metricsPeriod: metricsPeriod(getenv), startTime: started, startDelay: envDuration(getenv, StartDelayEnv)}
+		metricsPeriod: metricsPeriod(getenv), startTime: started, startDelay: envDuration(getenv, StartDelayEnv),
+		noHostTap: getenv != nil && getenv(NoHostTapEnv) == "1"}
 	v, _ := args.value("http-api-max-payload-size")
 	var ok bool
 	if opts.maxPayload, ok = parseSizeFlag(v); !ok {

@@ -45,6 +45,9 @@ type options struct {
 	// startDelay makes InstanceStart take this long (StartDelayEnv), to
 	// stand for a slow boot in tests of interrupted operations.
 	startDelay time.Duration
+	// noHostTap keeps network devices' TAPs in memory (NoHostTapEnv): a
+	// simulator inside a hollow agent must not create host links.
+	noHostTap bool
 }
 
 // sim is one simulated firecracker process: the VMM state machine and the

@@ -329,7 +329,7 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 		r.drives = append(r.drives, &drive{cfg: d, file: f})
 	}
 	for _, n := range st.Nets {
-		tap, err := openTap(n.HostDevName)
+		tap, err := s.openTap(n.HostDevName)
 		if err != nil {
 			return fail("Cannot restore devices: Net: Open tap device failed: %s", err)
 		}

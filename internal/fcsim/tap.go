@@ -9,6 +9,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// openTap opens the TAP for a network device: the host's, or, with
+// noHostTap, a stand-in that holds nothing on the host.
+func (s *sim) openTap(name string) (*os.File, error) {
+	if !s.opts.noHostTap {
+		return openTap(name)
+	}
+	if name == "" || len(name) >= unix.IFNAMSIZ {
+		return nil, errors.New("Invalid interface name")
+	}
+	return os.Open(os.DevNull)
+}
+
 // openTap opens host_dev_name the way firecracker's Tap::open_named does:
 // /dev/net/tun, then TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR and the
 // name, then the vnet header size. The returned file must stay open while

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -44,6 +45,9 @@ type Config struct {
 	DefaultProject string
 	// Metrics, when set, receives the services' metrics.
 	Metrics prometheus.Registerer
+	// AgentTransport, when set, carries every call to the agents (tests
+	// inject faults at this boundary); nil: a transport of its own.
+	AgentTransport http.RoundTripper
 }
 
 // Manager is the control plane's services, one per resource, over one
@@ -165,7 +169,7 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	}
 	c := &core{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
-		agents: newAgentPool(cfg.JoinToken), stepSeconds: newStepMetrics(),
+		agents: newAgentPool(cfg.JoinToken, cfg.AgentTransport), stepSeconds: newStepMetrics(),
 	}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(c.stepSeconds)
@@ -330,10 +334,15 @@ type agentPool struct {
 	token string
 	mu    sync.Mutex
 	byURL map[string]*agentapi.Client
+	hc    *http.Client // nil: each client its own transport
 }
 
-func newAgentPool(token string) *agentPool {
-	return &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+func newAgentPool(token string, rt http.RoundTripper) *agentPool {
+	p := &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+	if rt != nil {
+		p.hc = &http.Client{Transport: rt}
+	}
+	return p
 }
 
 func (p *agentPool) closeIdle() {
@@ -349,7 +358,7 @@ func (p *agentPool) get(addr string) *agentapi.Client {
 	defer p.mu.Unlock()
 	c, ok := p.byURL[addr]
 	if !ok {
-		c = agentapi.NewClient(addr, p.token, nil)
+		c = agentapi.NewClient(addr, p.token, p.hc)
 		p.byURL[addr] = c
 	}
 	return c

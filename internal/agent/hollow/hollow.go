@@ -104,7 +104,7 @@ func Gateway() netip.Prefix { return network.DefaultGateway }
 
 // noHostTapEnv tells firecracker-sim to keep TAPs in memory instead of
 // opening the host's (fcsim.NoHostTapEnv).
-const noHostTapEnv = "FC_SIM_NO_HOST_TAP"
+const noHostTapEnv = fcsim.NoHostTapEnv
 
 // VMMs runs firecracker-sim in-process, one goroutine group per VM.
 type VMMs struct {

@@ -1,0 +1,253 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
+	"github.com/nexus-microvm/nexus/internal/agent/hollow"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// The manager's behaviour end to end, without root: a real store (SQLite),
+// a real agent API served by a hollow agent (firecracker-sim running in
+// this process, TAPs in memory), real HTTP between them. Faults are
+// injected at the one boundary the manager has with its agents: the HTTP
+// transport (faults), and where needed at the store (failingStore).
+
+const joinToken = "join-test"
+
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	st     store.Store
+	m      *Manager
+	ag     *agenttest.Agent
+	agent  *agentapi.Client
+	host   store.Host
+	faults *faults
+	fstore *failingStore // the store the manager uses, with faults of its own
+	kernel string
+	dir    string
+}
+
+type envOpt func(*Config)
+
+func newEnv(t *testing.T, opts ...envOpt) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	st, err := store.Open(ctx, "sqlite://"+filepath.Join(dir, "n.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag := agenttest.Start(t, agenttest.Options{Token: joinToken})
+	f := &faults{base: http.DefaultTransport}
+	cfg := Config{JoinToken: joinToken, AgentTransport: f, StopGrace: 50 * time.Millisecond, BootTimeout: 10 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	fs := &failingStore{Store: st}
+	m := New(ctx, cfg, fs, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() {
+		cancel()
+		m.Wait(context.Background())
+		m.Close()
+		st.Close()
+	})
+	e := &env{t: t, ctx: ctx, st: st, m: m, ag: ag, faults: f, fstore: fs, dir: dir,
+		agent: agentapi.NewClient(ag.URL, joinToken, nil)}
+	e.host = e.register("hollow-1", ag.URL)
+	e.kernel = simtest.WriteKernel(t, dir)
+	return e
+}
+
+// register adds a ready host at addr, as the agent's registration would.
+func (e *env) register(name, addr string) store.Host {
+	e.t.Helper()
+	res := apitypes.Resources{Vcpu: 64, MemMib: 64 << 10}
+	h, err := e.m.Hosts.RegisterHost(e.ctx, apitypes.RegisterHostRequest{Name: name, Addr: addr, VMM: hollow.VMMVersion, Capacity: res})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.m.Hosts.Heartbeat(e.ctx, h.ID, res, apitypes.Resources{}, 0); err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// create makes a VM from a raw kernel path, waiting for it to run.
+func (e *env) create(name string) (store.VM, error) {
+	return e.m.VMs.CreateVM(e.ctx, All, apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: e.kernel}}, CreateOptions{Wait: true})
+}
+
+func (e *env) mustCreate(name string) store.VM {
+	e.t.Helper()
+	vm, err := e.create(name)
+	if err != nil {
+		e.t.Fatalf("create %s: %v", name, err)
+	}
+	return vm
+}
+
+// inventory is what the agent reports on its host.
+func (e *env) inventory() agentapi.Inventory {
+	e.t.Helper()
+	inv, err := e.agent.Inventory(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return inv
+}
+
+// assertHostEmpty checks that nothing of any VM is on the host: no VMM,
+// TAP, socket or run dir.
+func (e *env) assertHostEmpty() {
+	e.t.Helper()
+	inv := e.inventory()
+	if len(inv.VMMs)+len(inv.Taps)+len(inv.Sockets)+len(inv.RunDirs) != 0 {
+		e.t.Errorf("host not empty: vmms %v, taps %v, sockets %v, run dirs %v", inv.VMMs, inv.Taps, inv.Sockets, inv.RunDirs)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(e.ag.RunDir, "vms")); len(entries) != 0 {
+		e.t.Errorf("run dirs on disk: %v", entries)
+	}
+}
+
+// rows counts the VM rows in the store.
+func (e *env) rows() int {
+	e.t.Helper()
+	items, _, err := e.st.ListVMs(e.ctx, store.VMFilter{Limit: 1000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(items)
+}
+
+// events joins a VM's event messages.
+func (e *env) events(id string) string {
+	evs, _ := e.st.ListEvents(e.ctx, id, 100)
+	var msgs []string
+	for _, ev := range evs {
+		msgs = append(msgs, ev.Message)
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// waitFor polls cond until it holds or the time is up: a condition, not a
+// sleep, decides when the test goes on.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// faults answers chosen calls to the agents itself instead of passing them
+// on: the manager sees a refusal or an unreachable agent at that call.
+type faults struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	list []*fault
+}
+
+type fault struct {
+	method string
+	suffix string // of the request path
+	nth    int    // 1 = the first matching call; 0 = every one
+	status int    // 0: the agent is unreachable
+	body   string
+	seen   int
+	hits   int
+}
+
+// add injects f until the test ends.
+func (f *faults) add(t *testing.T, flt *fault) *fault {
+	f.mu.Lock()
+	f.list = append(f.list, flt)
+	f.mu.Unlock()
+	t.Cleanup(func() { f.clear() })
+	return flt
+}
+
+func (f *faults) clear() {
+	f.mu.Lock()
+	f.list = nil
+	f.mu.Unlock()
+}
+
+func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
+	f.mu.Lock()
+	var hit *fault
+	for _, flt := range f.list {
+		if req.Method != flt.method || !strings.HasSuffix(req.URL.Path, flt.suffix) {
+			continue
+		}
+		flt.seen++
+		if flt.nth == 0 || flt.seen == flt.nth {
+			flt.hits++
+			hit = flt
+			break
+		}
+	}
+	f.mu.Unlock()
+	if hit == nil {
+		return f.base.RoundTrip(req)
+	}
+	if req.Body != nil {
+		req.Body.Close()
+	}
+	if hit.status == 0 {
+		return nil, errors.New("injected: connection refused")
+	}
+	return &http.Response{
+		StatusCode: hit.status, Status: http.StatusText(hit.status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewBufferString(hit.body)),
+		ContentLength: int64(len(hit.body)), Request: req,
+	}, nil
+}
+
+// failingStore fails UpdateVM when fail says so for the VM as the update
+// would leave it: a store that goes away in the middle of an operation.
+type failingStore struct {
+	store.Store
+	mu   sync.Mutex
+	fail func(v store.VM) bool
+}
+
+func (s *failingStore) set(fail func(v store.VM) bool) {
+	s.mu.Lock()
+	s.fail = fail
+	s.mu.Unlock()
+}
+
+func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*store.VM) error) (store.VM, error) {
+	s.mu.Lock()
+	fail := s.fail
+	s.mu.Unlock()
+	return s.Store.UpdateVM(ctx, id, func(v *store.VM) error {
+		if err := mutate(v); err != nil {
+			return err
+		}
+		if fail != nil && fail(*v) {
+			return errors.New("injected: store unavailable")
+		}
+		return nil
+	})
+}
