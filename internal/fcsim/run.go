@@ -3,6 +3,7 @@ package fcsim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -158,7 +160,8 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 			return panicAbort("MMDS error: metadata provided not valid json")
 		}
 		if e := s.mmds.put(v); e != nil {
-			return fail(firecracker.ExitError, "RunWithApi error: Populating MMDS from file failed: "+e.msg+".", "RunWithApi")
+			return fail(firecracker.ExitError, "RunWithApiError error: Failed to build MicroVM: Populating MMDS from file failed: The MMDS patch request doesn't fit..",
+				"RunWithApi(BuildMicroVmError(PopulateMmds(DataStoreLimitExceeded)))")
 		}
 		log.log(LevelInfo, threadMain, originVMM, "Successfully added metadata to mmds from file")
 	}
@@ -168,17 +171,24 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	if !args.flag("no-api") {
 		sock, _ := args.value("api-sock")
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-		if err != nil {
-			log.log(LevelError, threadAPI, originAPI, "Failed to open the API socket at: %s. Check that it is not already used.", sock)
-			return fail(firecracker.ExitError, "RunWithApi error: Failed to open the API socket at: "+sock+". Check that it is not already used.", "RunWithApi(FailedToBindSocket("+rustDebugString(sock)+"))")
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fail(firecracker.ExitError, "RunWithApiError error: Failed to open the API socket at: "+sock+". Check that it is not already used.",
+				"RunWithApi(FailedToBindSocket("+rustDebugString(sock)+"))")
 		}
+		if err != nil {
+			text := ioErrText(err)
+			return fail(firecracker.ExitError, "RunWithApiError error: Failed to bind and run the HTTP server: IO error: "+text,
+				"RunWithApi(FailedToBindAndRunHttpServer(IOError(Os { code: "+errnoCode(err)+" })))")
+		}
+		log.log(LevelInfo, threadMain, originAPIAdapter, "Listening on API socket (%s).", rustDebugString(sock))
 		// Firecracker never removes its socket; neither do we.
 		ln.SetUnlinkOnClose(false)
 		srv := &apiServer{ln: ln, maxPayload: opts.maxPayload, handle: s.handleHTTP, after: s.afterResponse}
 		// As in firecracker, the socket is bound first but requests are
 		// answered only once a --config-file boot is done: a client never
 		// sees the VM half-built.
-		if err := s.bootConfig(configJSON, fail); err != nil {
+		if err := s.bootConfig(configJSON, fail, "RunWithApiError error: ", "RunWithApi"); err != nil {
+			ln.Close()
 			return *err
 		}
 		configJSON = nil
@@ -194,7 +204,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		log.log(LevelInfo, threadAPI, originAPI, "API server started.")
 		reportStartup(met, args, started)
 	}
-	if err := s.bootConfig(configJSON, fail); err != nil {
+	if err := s.bootConfig(configJSON, fail, "RunWithoutApiError error: ", "RunWithoutApiError"); err != nil {
 		return *err
 	}
 	select {
@@ -202,9 +212,9 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		return 0
 	case code := <-s.exitCh:
 		if code != 0 {
-			log.log(LevelError, threadMain, originMain, "RunWithApiError error: MicroVMStoppedWithError(%d)", code)
-			log.log(LevelError, threadMain, originMain, "Firecracker exiting with error. exit_code=%d", code)
-			return code
+			// The only non-zero exit of a running simulator is a failed
+			// snapshot load, which firecracker reports as a failed build.
+			return fail(code, "RunWithApiError error: Failed to build MicroVM: Loading snapshot failed..", "RunWithApi(BuildMicroVmError(Restore))")
 		}
 		log.log(LevelInfo, threadMain, originMain, "Firecracker exiting successfully. exit_code=0")
 		return 0
@@ -293,15 +303,30 @@ func argErrorDebug(msg string) string {
 }
 
 // bootConfig boots from a --config-file document, if there is one; on
-// failure it returns the exit code fail chose.
-func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int) *int {
+// failure it returns the exit code fail chose. prefix and variant are the
+// MainError's Display prefix and Debug name for the way the process runs.
+func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int, prefix, variant string) *int {
 	if configJSON == nil {
 		return nil
 	}
 	if err := s.bootFromConfig(configJSON); err != nil {
-		code := fail(firecracker.ExitError, "Configuration for VMM from one single json failed: "+err.Error(),
-			"BuildMicroVMFromJson(ParseFromJson("+rustDebugString(err.Error())+"))")
+		msg, dbg := "Configuration for VMM from one single json failed: "+err.Error(), "ParseFromJson"
+		var start *errStartFromConfig
+		if errors.As(err, &start) {
+			msg, dbg = "Could not Start MicroVM from one single json: "+err.Error(), "StartMicroVM"
+		}
+		code := fail(firecracker.ExitError, prefix+"Failed to build MicroVM from Json: "+msg,
+			variant+"(BuildFromJson("+dbg+"("+rustDebugString(err.Error())+")))")
 		return &code
 	}
 	return nil
+}
+
+// errnoCode is the errno of err, for a Debug rendering.
+func errnoCode(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return strconv.Itoa(int(errno))
+	}
+	return "0"
 }

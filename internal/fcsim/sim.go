@@ -64,7 +64,7 @@ type sim struct {
 	bootPath    bool // a boot-specific resource was configured: no snapshot load
 	res         resources
 	guest       *guest
-	serialOut   *os.File
+	serialOut   io.Closer // the serial_out_path sink while the guest runs
 	mmds        *mmdsStore
 	metricsTick *time.Timer
 	tickPending bool // a periodic flush fell due while paused
@@ -86,7 +86,7 @@ type resources struct {
 	entropy   *firecracker.EntropyDevice
 	serial    *firecracker.SerialDevice
 	cpuConfig *firecracker.CPUConfig
-	mmdsCfg   *firecracker.MmdsConfig
+	mmdsIPv4  string // the MMDS address of the interfaces that serve MMDS
 	hotplug   *hotplugDev
 }
 
@@ -102,10 +102,13 @@ type drive struct {
 }
 
 type netIface struct {
-	cfg firecracker.NetworkInterface
-	tap *os.File
+	cfg  firecracker.NetworkInterface
+	tap  *os.File
+	mmds bool // the interface forwards MMDS requests
 }
 
+// pmemDev is a pmem device; its file is opened when the VM is built, as
+// firecracker creates pmem devices only then.
 type pmemDev struct {
 	cfg  firecracker.Pmem
 	file *os.File
@@ -117,8 +120,10 @@ type vsockDev struct {
 }
 
 type balloonDev struct {
-	cfg     firecracker.Balloon
-	hintCmd int
+	cfg      firecracker.Balloon
+	lastCmd  int  // last hinting command id sent
+	hostCmd  int  // the command the device shows the guest
+	guestCmd *int // the guest's last answer
 }
 
 type hotplugDev struct {
@@ -197,7 +202,9 @@ func (r *resources) release() {
 		n.tap.Close()
 	}
 	for _, p := range r.pmems {
-		p.file.Close()
+		if p.file != nil {
+			p.file.Close()
+		}
 	}
 	if r.vsock != nil {
 		r.vsock.ln.Close()

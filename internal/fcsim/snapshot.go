@@ -134,7 +134,12 @@ func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
 	counter, ran := s.guest.state()
 	st := vmStatePayload{
 		Machine: s.res.machine, Counter: counter, RanNanos: int64(ran), MemSizeMib: s.res.machine.MemSizeMib,
-		Entropy: s.res.entropy, MmdsConfig: s.res.mmdsCfg, PCI: s.opts.enablePCI,
+		Entropy: s.res.entropy, PCI: s.opts.enablePCI,
+	}
+	if cfg, ok := s.mmdsConfigOut().(object); ok {
+		// The MMDS configuration is part of the state; its data is not.
+		st.MmdsConfig = &firecracker.MmdsConfig{Version: cfg[0].v.(string), NetworkInterfaces: cfg[1].v.([]string),
+			IPv4Address: cfg[2].v.(string), ImdsCompat: firecracker.Bool(cfg[3].v.(bool))}
 	}
 	for _, d := range s.res.drives {
 		st.Drives = append(st.Drives, d.cfg)
@@ -242,22 +247,34 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 	st.Machine.TrackDirtyPages = firecracker.Bool(track)
 	st.Machine.Smt = firecracker.Bool(false) // not kept by firecracker's snapshots
 	s.res.machine = st.Machine
-	s.res.entropy, s.res.mmdsCfg = st.Entropy, st.MmdsConfig
+	s.res.entropy = st.Entropy
 	if st.Balloon != nil {
 		s.res.balloon = &balloonDev{cfg: *st.Balloon}
 	}
 	if st.Hotplug != nil {
 		s.res.hotplug = &hotplugDev{cfg: *st.Hotplug, requested: st.Requested}
 	}
-	if st.MmdsConfig != nil {
-		s.mmds.init()
+	if c := st.MmdsConfig; c != nil {
+		for _, n := range s.res.nets {
+			for _, id := range c.NetworkInterfaces {
+				n.mmds = n.mmds || n.cfg.IfaceID == id
+			}
+		}
+		s.res.mmdsIPv4 = c.IPv4Address
+		s.mmds.create()
+		s.mmds.mu.Lock()
+		s.mmds.version, s.mmds.imdsCompat = c.Version, isTrue(c.ImdsCompat)
+		s.mmds.mu.Unlock()
 	}
-	out, verr := s.consoleOut()
+	out, serial, verr := s.consoleOut()
 	if verr != nil {
 		s.exitAfterResponse(1)
 		return verr
 	}
-	s.guest = newGuest(out, s.countConsole, st.Counter, time.Duration(st.RanNanos))
+	s.serialOut = serial
+	// A restored guest prints ReadyLine when it first runs: now with
+	// resume_vm, else at the first resume.
+	s.guest = newGuest(out, s.countConsole, s.serialFailed, st.Counter, time.Duration(st.RanNanos))
 	s.state = statePaused
 	if p.ResumeVM != nil && *p.ResumeVM {
 		s.state = stateRunning
@@ -336,11 +353,11 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 		r.nets = append(r.nets, &netIface{cfg: n, tap: tap})
 	}
 	for _, pm := range st.Pmems {
-		f, err := os.Open(pm.PathOnHost)
-		if err != nil {
-			return fail("Cannot restore devices: Pmem: Error accessing backing file: %s", ioErrText(err))
+		p := &pmemDev{cfg: pm}
+		if msg := p.open(); msg != "" {
+			return fail("Cannot restore devices: Pmem: %s", msg)
 		}
-		r.pmems = append(r.pmems, &pmemDev{cfg: pm, file: f})
+		r.pmems = append(r.pmems, p)
 	}
 	if st.Vsock != nil {
 		ln, err := bindVsock(st.Vsock.UDSPath)
