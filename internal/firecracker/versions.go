@@ -61,17 +61,55 @@ func (v Version) AtLeast(major, minor int) bool {
 // IsSim reports whether the version is firecracker-sim's.
 func (v Version) IsSim() bool { return v.Pre == "sim" || strings.HasSuffix(v.Pre, "sim") }
 
+// MinVersion is the oldest release line the typed client knows; older
+// versions are treated as having its features.
+const MinVersion = "1.5.0"
+
 // Features is what a given Firecracker version supports, as far as Nexus
-// needs to know.
+// needs to know. Each field names the release that brought it.
 type Features struct {
-	// SnapshotVersion is the snapshot format the binary writes.
+	// SnapshotVersion is the snapshot format the binary writes ("v10.0.0");
+	// before v1.7 formats were named after the Firecracker release.
 	SnapshotVersion string
-	// Hotplug: a PUT of drive/net/pmem after boot is a PCI hotplug (needs
-	// --enable-pci); before v1.16 it is "not supported after starting".
-	Hotplug bool
+	// VhostUserBlock: drives with a vhost-user `socket` (v1.6).
+	VhostUserBlock bool
+	// HugePages: machine-config huge_pages "2M" (v1.7).
+	HugePages bool
 	// NetworkOverrides: snapshot load accepts network_overrides, so a
-	// restored VM can get its own TAP.
+	// restored VM can get its own TAP (v1.12).
 	NetworkOverrides bool
+	// PCI: the --enable-pci flag (v1.13).
+	PCI bool
+	// ImdsCompat: mmds-config imds_compat (v1.13).
+	ImdsCompat bool
+	// LoadTrackDirtyPages: snapshot load takes track_dirty_pages; before
+	// v1.13 the field is enable_diff_snapshots (now deprecated).
+	LoadTrackDirtyPages bool
+	// Serial: PUT /serial (v1.14).
+	Serial bool
+	// Pmem: virtio-pmem devices, /pmem/{id} (v1.14).
+	Pmem bool
+	// MemoryHotplug: virtio-mem, /hotplug/memory (v1.14).
+	MemoryHotplug bool
+	// BalloonHinting: free page hinting and reporting (v1.14).
+	BalloonHinting bool
+	// CreatesLogFiles: the logger and metrics files are created when
+	// missing; before v1.14 they must exist (v1.14).
+	CreatesLogFiles bool
+	// Hotplug: a PUT of drive/net/pmem after boot is a PCI hotplug and
+	// DELETE a hot-unplug (needs --enable-pci); before v1.16 it is "not
+	// supported after starting" (v1.16).
+	Hotplug bool
+	// VsockOverride: snapshot load accepts vsock_override (v1.16).
+	VsockOverride bool
+	// NetMTU: network-interfaces mtu (v1.16).
+	NetMTU bool
+	// SerialRateLimiter: PUT /serial rate_limiter (v1.16).
+	SerialRateLimiter bool
+	// PmemRateLimiter: pmem rate_limiter (v1.16).
+	PmemRateLimiter bool
+	// ClockRealtime: snapshot load clock_realtime (v1.16).
+	ClockRealtime bool
 	// MetricsEmitID: PUT /metrics accepts emit_id and properties (main).
 	MetricsEmitID bool
 	// TransparentHugePages: huge_pages "Transparent" (main).
@@ -83,23 +121,57 @@ type Features struct {
 // FeaturesOf returns the features of version v.
 func FeaturesOf(v Version) Features {
 	f := Features{
-		Hotplug:          v.AtLeast(1, 16),
-		NetworkOverrides: v.AtLeast(1, 12),
+		VhostUserBlock:        v.AtLeast(1, 6),
+		HugePages:             v.AtLeast(1, 7),
+		NetworkOverrides:      v.AtLeast(1, 12),
+		PCI:                   v.AtLeast(1, 13),
+		ImdsCompat:            v.AtLeast(1, 13),
+		LoadTrackDirtyPages:   v.AtLeast(1, 13),
+		Serial:                v.AtLeast(1, 14),
+		Pmem:                  v.AtLeast(1, 14),
+		MemoryHotplug:         v.AtLeast(1, 14),
+		BalloonHinting:        v.AtLeast(1, 14),
+		CreatesLogFiles:       v.AtLeast(1, 14),
+		Hotplug:               v.AtLeast(1, 16),
+		VsockOverride:         v.AtLeast(1, 16),
+		NetMTU:                v.AtLeast(1, 16),
+		SerialRateLimiter:     v.AtLeast(1, 16),
+		PmemRateLimiter:       v.AtLeast(1, 16),
+		ClockRealtime:         v.AtLeast(1, 16),
+		MetricsEmitID:         v.AtLeast(1, 17),
+		TransparentHugePages:  v.AtLeast(1, 17),
+		SnapshotLoadHugePages: v.AtLeast(1, 17),
 	}
+	f.SnapshotVersion = snapshotVersionOf(v)
+	return f
+}
+
+// snapshotVersionOf is the snapshot format each release line writes
+// (persist.rs's SNAPSHOT_VERSION).
+func snapshotVersionOf(v Version) string {
 	switch {
 	case v.AtLeast(1, 17):
-		f.SnapshotVersion = "v11.0.0"
-		f.MetricsEmitID = true
-		f.TransparentHugePages = true
-		f.SnapshotLoadHugePages = true
+		return "v11.0.0"
 	case v.AtLeast(1, 16):
-		f.SnapshotVersion = "v10.0.0"
+		return "v10.0.0"
 	case v.AtLeast(1, 15):
-		f.SnapshotVersion = "v9.0.0"
-	default:
-		f.SnapshotVersion = "v8.0.0"
+		return "v9.0.0"
+	case v.AtLeast(1, 13):
+		return "v8.0.0"
+	case v.AtLeast(1, 12):
+		return "v6.0.0"
+	case v.AtLeast(1, 11):
+		return "v5.0.0"
+	case v.AtLeast(1, 10) && v.Patch >= 1:
+		return "v4.0.0"
+	case v.AtLeast(1, 9):
+		return "v3.0.0"
+	case v.AtLeast(1, 8):
+		return "v2.0.0"
+	case v.AtLeast(1, 7):
+		return "v1.0.0"
 	}
-	return f
+	return "v" + strconv.Itoa(v.Major) + "." + strconv.Itoa(v.Minor) + ".0"
 }
 
 // Exit codes of the firecracker process that callers may want to explain.
