@@ -104,4 +104,7 @@ func TestConsoleFormatMatchesSimtest(t *testing.T) {
 	if CounterPrefix != simtest.CounterPrefix {
 		t.Fatalf("fcsim.CounterPrefix %q != simtest.CounterPrefix %q", CounterPrefix, simtest.CounterPrefix)
 	}
+	if ReadyLine != simtest.ReadyLine {
+		t.Fatalf("fcsim.ReadyLine %q != simtest.ReadyLine %q", ReadyLine, simtest.ReadyLine)
+	}
 }
