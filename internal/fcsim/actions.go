@@ -6,7 +6,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // The VMM side: each action runs with s.mu held, checks the phase the way
@@ -53,7 +53,7 @@ func (s *sim) getMachineConfig() (any, *vmmError) { return s.machineOut(), nil }
 
 // tokenBucketOut is a bucket read back from a device: a bucket of size or
 // refill time 0 is no bucket, and a one-time burst of 0 is null.
-func tokenBucketOut(b *firecracker.TokenBucket) any {
+func tokenBucketOut(b *model.TokenBucket) any {
 	if b == nil || b.Size == 0 || b.RefillTime == 0 {
 		return nil
 	}
@@ -65,7 +65,7 @@ func tokenBucketOut(b *firecracker.TokenBucket) any {
 }
 
 // rateLimiterOut is RateLimiterConfig::from(&RateLimiter).into_option().
-func rateLimiterOut(rl *firecracker.RateLimiter) any {
+func rateLimiterOut(rl *model.RateLimiter) any {
 	if rl == nil {
 		return nil
 	}
@@ -78,11 +78,11 @@ func rateLimiterOut(rl *firecracker.RateLimiter) any {
 
 // rateLimiterAsGiven is a RateLimiterConfig serialized as it was given
 // (pmem devices keep their configuration, not the live limiter).
-func rateLimiterAsGiven(rl *firecracker.RateLimiter) any {
+func rateLimiterAsGiven(rl *model.RateLimiter) any {
 	if rl == nil {
 		return nil
 	}
-	bucket := func(b *firecracker.TokenBucket) any {
+	bucket := func(b *model.TokenBucket) any {
 		if b == nil {
 			return nil
 		}
@@ -103,7 +103,7 @@ func optString(v string) any {
 }
 
 // driveOut is BlockDeviceConfig as the block device reports it.
-func driveOut(d firecracker.Drive) object {
+func driveOut(d model.Drive) object {
 	if d.Socket != "" {
 		return object{{"drive_id", d.DriveID}, {"partuuid", optString(d.PartUUID)}, {"is_root_device", d.IsRootDevice},
 			{"cache_type", d.CacheType}, {"is_read_only", nil}, {"path_on_host", nil}, {"rate_limiter", nil},
@@ -114,7 +114,7 @@ func driveOut(d firecracker.Drive) object {
 		{"rate_limiter", rateLimiterOut(d.RateLimiter)}, {"io_engine", d.IOEngine}, {"socket", nil}}
 }
 
-func netOut(n firecracker.NetworkInterface) object {
+func netOut(n model.NetworkInterface) object {
 	var mtu any
 	if n.MTU != nil {
 		mtu = *n.MTU
@@ -123,7 +123,7 @@ func netOut(n firecracker.NetworkInterface) object {
 		{"mtu", mtu}, {"rx_rate_limiter", rateLimiterOut(n.RxRateLimiter)}, {"tx_rate_limiter", rateLimiterOut(n.TxRateLimiter)}}
 }
 
-func pmemOut(p firecracker.Pmem) object {
+func pmemOut(p model.Pmem) object {
 	return object{{"id", p.ID}, {"path_on_host", p.PathOnHost}, {"root_device", p.RootDevice},
 		{"read_only", p.ReadOnly}, {"rate_limiter", rateLimiterAsGiven(p.RateLimiter)}}
 }
@@ -185,7 +185,7 @@ func (s *sim) getFullConfig() (any, *vmmError) {
 
 // updateMachineConfig is firecracker's MachineConfig::update plus the
 // balloon check of VmResources.
-func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
+func (s *sim) updateMachineConfig(up model.MachineConfigPatch) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -195,9 +195,9 @@ func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
 		m.VcpuCount = *up.VcpuCount
 	}
 	if up.Smt != nil {
-		m.Smt = firecracker.Bool(*up.Smt)
+		m.Smt = model.Bool(*up.Smt)
 	}
-	if m.VcpuCount == 0 || m.VcpuCount > firecracker.MaxVcpus || *m.Smt && m.VcpuCount > 1 && m.VcpuCount%2 == 1 {
+	if m.VcpuCount == 0 || m.VcpuCount > model.MaxVcpus || *m.Smt && m.VcpuCount > 1 && m.VcpuCount%2 == 1 {
 		return fault("Machine config error: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.")
 	}
 	if up.MemSizeMib != nil {
@@ -219,13 +219,13 @@ func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
 		}
 	}
 	if up.TrackDirtyPages != nil {
-		m.TrackDirtyPages = firecracker.Bool(*up.TrackDirtyPages)
+		m.TrackDirtyPages = model.Bool(*up.TrackDirtyPages)
 	}
 	s.res.machine = m
 	return nil
 }
 
-func (s *sim) putBootSource(b firecracker.BootSource) *vmmError {
+func (s *sim) putBootSource(b model.BootSource) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -248,7 +248,7 @@ func (s *sim) putBootSource(b firecracker.BootSource) *vmmError {
 	return nil
 }
 
-func (s *sim) putCPUConfig(c firecracker.CPUConfig) *vmmError {
+func (s *sim) putCPUConfig(c model.CPUConfig) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -259,7 +259,7 @@ func (s *sim) putCPUConfig(c firecracker.CPUConfig) *vmmError {
 	return nil
 }
 
-func (s *sim) putSerial(c firecracker.SerialDevice) *vmmError {
+func (s *sim) putSerial(c model.SerialDevice) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -267,7 +267,7 @@ func (s *sim) putSerial(c firecracker.SerialDevice) *vmmError {
 	return nil
 }
 
-func (s *sim) putLogger(l firecracker.Logger) *vmmError {
+func (s *sim) putLogger(l model.Logger) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -285,7 +285,7 @@ func (s *sim) putLogger(l firecracker.Logger) *vmmError {
 	return nil
 }
 
-func (s *sim) putMetrics(m firecracker.Metrics) *vmmError {
+func (s *sim) putMetrics(m model.Metrics) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -407,7 +407,7 @@ func (s *sim) patchVM(state string) *vmmError {
 		return e
 	}
 	t0 := time.Now()
-	if state == firecracker.VMStatePaused {
+	if state == model.VMStatePaused {
 		if s.state == stateRunning {
 			s.guest.pause()
 			s.state = statePaused

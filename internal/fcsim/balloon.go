@@ -1,6 +1,6 @@
 package fcsim
 
-import "github.com/nexus-microvm/nexus/internal/firecracker"
+import "github.com/nexus-microvm/nexus/internal/firecracker/model"
 
 // The balloon device: configuration before boot, target and statistics
 // after. The simulated guest gives back exactly what is asked and
@@ -12,7 +12,7 @@ const (
 	hintCmdDone = 1
 )
 
-func (s *sim) putBalloon(b firecracker.Balloon) *vmmError {
+func (s *sim) putBalloon(b model.Balloon) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -21,7 +21,7 @@ func (s *sim) putBalloon(b firecracker.Balloon) *vmmError {
 		return fault("Balloon config error: Amount of pages requested is too large.")
 	}
 	if b.StatsPollingIntervalS == nil {
-		b.StatsPollingIntervalS = firecracker.Int(0)
+		b.StatsPollingIntervalS = model.Int(0)
 	}
 	s.res.balloon = &balloonDev{cfg: b, hostCmd: hintCmdStop}
 	return nil
@@ -49,7 +49,7 @@ func (s *sim) balloonPost() (*balloonDev, *vmmError) {
 	return s.res.balloon, nil
 }
 
-func (s *sim) patchBalloon(u firecracker.BalloonUpdate) *vmmError {
+func (s *sim) patchBalloon(u model.BalloonUpdate) *vmmError {
 	b, e := s.balloonPost()
 	if e != nil {
 		return e
@@ -84,7 +84,7 @@ func (s *sim) getBalloonStats() (any, *vmmError) {
 		{"free_memory", free}, {"total_memory", total}, {"available_memory", free}, {"disk_caches", 0}}, nil
 }
 
-func (s *sim) patchBalloonStats(u firecracker.BalloonStatsUpdate) *vmmError {
+func (s *sim) patchBalloonStats(u model.BalloonStatsUpdate) *vmmError {
 	b, e := s.balloonPost()
 	if e != nil {
 		return e
@@ -96,7 +96,7 @@ func (s *sim) patchBalloonStats(u firecracker.BalloonStatsUpdate) *vmmError {
 	if cur == 0 || u.StatsPollingIntervalS == 0 {
 		return fault("Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation.")
 	}
-	b.cfg.StatsPollingIntervalS = firecracker.Int(u.StatsPollingIntervalS)
+	b.cfg.StatsPollingIntervalS = model.Int(u.StatsPollingIntervalS)
 	s.met.inc("balloon.stats_updates_count")
 	return nil
 }
@@ -112,7 +112,7 @@ func (s *sim) hintingDevice() (*balloonDev, *vmmError) {
 	return b, nil
 }
 
-func (s *sim) startHinting(firecracker.BalloonStartCmd) *vmmError {
+func (s *sim) startHinting(model.BalloonStartCmd) *vmmError {
 	b, e := s.hintingDevice()
 	if e != nil {
 		return e

@@ -6,25 +6,25 @@ import (
 	"os"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // vmmConfig is firecracker's VmmConfig, the --config-file document, as
 // the models of internal/firecracker hold it.
 type vmmConfig struct {
-	Balloon           *firecracker.Balloon             `json:"balloon"`
-	Drives            []firecracker.Drive              `json:"drives"`
-	BootSource        firecracker.BootSource           `json:"boot-source"`
-	CPUConfig         json.RawMessage                  `json:"cpu-config"`
-	Logger            *firecracker.Logger              `json:"logger"`
-	MachineConfig     *firecracker.MachineConfig       `json:"machine-config"`
-	Metrics           *firecracker.Metrics             `json:"metrics"`
-	MmdsConfig        *firecracker.MmdsConfig          `json:"mmds-config"`
-	NetworkInterfaces []firecracker.NetworkInterface   `json:"network-interfaces"`
-	Vsock             *firecracker.Vsock               `json:"vsock"`
-	Entropy           *firecracker.EntropyDevice       `json:"entropy"`
-	Pmem              []firecracker.Pmem               `json:"pmem"`
-	MemoryHotplug     *firecracker.MemoryHotplugConfig `json:"memory-hotplug"`
+	Balloon           *model.Balloon             `json:"balloon"`
+	Drives            []model.Drive              `json:"drives"`
+	BootSource        model.BootSource           `json:"boot-source"`
+	CPUConfig         json.RawMessage            `json:"cpu-config"`
+	Logger            *model.Logger              `json:"logger"`
+	MachineConfig     *model.MachineConfig       `json:"machine-config"`
+	Metrics           *model.Metrics             `json:"metrics"`
+	MmdsConfig        *model.MmdsConfig          `json:"mmds-config"`
+	NetworkInterfaces []model.NetworkInterface   `json:"network-interfaces"`
+	Vsock             *model.Vsock               `json:"vsock"`
+	Entropy           *model.EntropyDevice       `json:"entropy"`
+	Pmem              []model.Pmem               `json:"pmem"`
+	MemoryHotplug     *model.MemoryHotplugConfig `json:"memory-hotplug"`
 }
 
 // configPrefixes maps the API's fault prefixes to the ones of
@@ -136,7 +136,7 @@ func (s *sim) configCPU(raw json.RawMessage) *vmmError {
 		}
 		body = b
 	}
-	var c firecracker.CPUConfig
+	var c model.CPUConfig
 	if _, err := decodeBody(body, tyCPUConfig, &c); err != nil {
 		return fault("Invalid JSON: %s", err)
 	}

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"os"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Devices: each PUT opens its host resource when firecracker does (block
@@ -64,11 +64,11 @@ func (s *sim) hasRootPmem() bool {
 
 // openDrive is Block::new: a virtio block device needs path_on_host and no
 // socket, a vhost-user one a socket and none of the virtio fields.
-func openDrive(d *firecracker.Drive) (*os.File, *vmmError) {
+func openDrive(d *model.Drive) (*os.File, *vmmError) {
 	switch {
 	case d.PathOnHost != "" && d.Socket == "":
 		if d.IsReadOnly == nil {
-			d.IsReadOnly = firecracker.Bool(false)
+			d.IsReadOnly = model.Bool(false)
 		}
 		if d.IOEngine == "" {
 			d.IOEngine = "Sync"
@@ -100,7 +100,7 @@ func openDrive(d *firecracker.Drive) (*os.File, *vmmError) {
 }
 
 // putDrive is BlockBuilder::insert before boot, a hotplug after.
-func (s *sim) putDrive(d firecracker.Drive) *vmmError {
+func (s *sim) putDrive(d model.Drive) *vmmError {
 	if d.CacheType == "" {
 		d.CacheType = "Unsafe"
 	}
@@ -153,7 +153,7 @@ func patchDriveFault(detail string) *vmmError {
 }
 
 // patchDrive is RuntimeApiController::update_block_device.
-func (s *sim) patchDrive(p firecracker.PartialDrive) *vmmError {
+func (s *sim) patchDrive(p model.PartialDrive) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}
@@ -199,8 +199,8 @@ func (s *sim) patchDrive(p firecracker.PartialDrive) *vmmError {
 
 // mergeLimiter applies a rate-limiter update: given buckets replace the
 // current ones, and a bucket of size or refill time 0 removes the limit.
-func mergeLimiter(cur, up *firecracker.RateLimiter) *firecracker.RateLimiter {
-	var out firecracker.RateLimiter
+func mergeLimiter(cur, up *model.RateLimiter) *model.RateLimiter {
+	var out model.RateLimiter
 	if cur != nil {
 		out = *cur
 	}
@@ -241,7 +241,7 @@ func (s *sim) macInUse(mac, exceptIface string) bool {
 }
 
 // createNet is NetBuilder::create_net: open the TAP, then check the MTU.
-func createNet(n firecracker.NetworkInterface) (*netIface, *vmmError) {
+func createNet(n model.NetworkInterface) (*netIface, *vmmError) {
 	tap, err := openTap(n.HostDevName)
 	if err != nil {
 		return nil, fault("Network config error: Could not create the network device: Open tap device failed: %s", err)
@@ -254,7 +254,7 @@ func createNet(n firecracker.NetworkInterface) (*netIface, *vmmError) {
 }
 
 // putNet is NetBuilder::build before boot, a hotplug after.
-func (s *sim) putNet(n firecracker.NetworkInterface) *vmmError {
+func (s *sim) putNet(n model.NetworkInterface) *vmmError {
 	if n.GuestMAC != "" {
 		n.GuestMAC = canonicalMAC(n.GuestMAC)
 	}
@@ -294,7 +294,7 @@ func (s *sim) putNet(n firecracker.NetworkInterface) *vmmError {
 	return nil
 }
 
-func (s *sim) patchNet(p firecracker.PartialNetworkInterface) *vmmError {
+func (s *sim) patchNet(p model.PartialNetworkInterface) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}
@@ -342,7 +342,7 @@ func (p *pmemDev) open() string {
 
 // putPmem is PmemBuilder::build before boot (the file is opened only when
 // the VM is built), a hotplug after.
-func (s *sim) putPmem(p firecracker.Pmem) *vmmError {
+func (s *sim) putPmem(p model.Pmem) *vmmError {
 	idx := s.findPmem(p.ID)
 	if s.started() {
 		if e := s.hotplugCheck(idx >= 0); e != nil {
@@ -379,7 +379,7 @@ func (s *sim) putPmem(p firecracker.Pmem) *vmmError {
 
 // patchPmem updates the live rate limiter only; the configuration the
 // device reports keeps what was given at creation, as in firecracker.
-func (s *sim) patchPmem(p firecracker.PartialPmem) *vmmError {
+func (s *sim) patchPmem(p model.PartialPmem) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}
@@ -449,7 +449,7 @@ func vsockFault(err error) *vmmError {
 
 // putVsock is VsockBuilder::insert: a device configured before is dropped
 // and its socket file removed first, then the new socket is bound.
-func (s *sim) putVsock(v firecracker.Vsock) *vmmError {
+func (s *sim) putVsock(v model.Vsock) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -469,7 +469,7 @@ func (s *sim) putVsock(v firecracker.Vsock) *vmmError {
 	return nil
 }
 
-func (s *sim) putEntropy(e firecracker.EntropyDevice) *vmmError {
+func (s *sim) putEntropy(e model.EntropyDevice) *vmmError {
 	if err := s.pre(); err != nil {
 		return err
 	}
@@ -480,7 +480,7 @@ func (s *sim) putEntropy(e firecracker.EntropyDevice) *vmmError {
 
 // putMMDSConfig is VmResources::set_mmds_config: check the address and the
 // interfaces, mark which interfaces serve MMDS, then set up the store.
-func (s *sim) putMMDSConfig(c firecracker.MmdsConfig) *vmmError {
+func (s *sim) putMMDSConfig(c model.MmdsConfig) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -523,16 +523,16 @@ func (s *sim) putMMDSConfig(c firecracker.MmdsConfig) *vmmError {
 }
 
 // putHotplug is MemoryHotplugConfig::validate.
-func (s *sim) putHotplug(h firecracker.MemoryHotplugConfig) *vmmError {
+func (s *sim) putHotplug(h model.MemoryHotplugConfig) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
 	s.bootPath = true
 	if h.SlotSizeMib == nil {
-		h.SlotSizeMib = firecracker.Int(128)
+		h.SlotSizeMib = model.Int(128)
 	}
 	if h.BlockSizeMib == nil {
-		h.BlockSizeMib = firecracker.Int(2)
+		h.BlockSizeMib = model.Int(2)
 	}
 	total, slot, block := *h.TotalSizeMib, *h.SlotSizeMib, *h.BlockSizeMib
 	const prefix = "Memory hotplug config error: "
@@ -567,7 +567,7 @@ func (s *sim) getHotplug() (any, *vmmError) {
 		{"slot_size_mib", *h.cfg.SlotSizeMib}, {"plugged_size_mib", h.requested}, {"requested_size_mib", h.requested}}, nil
 }
 
-func (s *sim) patchHotplug(u firecracker.MemoryHotplugSizeUpdate) *vmmError {
+func (s *sim) patchHotplug(u model.MemoryHotplugSizeUpdate) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}

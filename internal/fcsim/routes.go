@@ -3,7 +3,7 @@ package fcsim
 import (
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Routing and body parsing: parsed_request.rs's match on method, first
@@ -137,7 +137,7 @@ func (s *sim) route(r *httpRequest) (*apiCall, *reqError) {
 		case "pmem":
 			return s.parsePatchPmem(body, &rest)
 		case "vm":
-			var vm firecracker.VM
+			var vm model.VM
 			if _, err := decodeBody(body, tyVM, &vm); err != nil {
 				return nil, serdeReqError(err)
 			}
@@ -191,16 +191,16 @@ func parseBody[T any](met *metrics, body []byte, key string, t *ty, apply func(T
 
 func (s *sim) parsePutActions(body []byte) (*apiCall, *reqError) {
 	s.met.inc("put_api_requests.actions_count")
-	var a firecracker.InstanceActionInfo
+	var a model.InstanceActionInfo
 	if _, err := decodeBody(body, tyAction, &a); err != nil {
 		s.met.inc("put_api_requests.actions_fails")
 		return nil, serdeReqError(err)
 	}
 	var run func() *vmmError
 	switch a.ActionType {
-	case firecracker.ActionInstanceStart:
+	case model.ActionInstanceStart:
 		run = s.instanceStart
-	case firecracker.ActionFlushMetrics:
+	case model.ActionFlushMetrics:
 		run = s.flushMetricsAction
 	default:
 		run = s.sendCtrlAltDel
@@ -210,7 +210,7 @@ func (s *sim) parsePutActions(body []byte) (*apiCall, *reqError) {
 
 func (s *sim) parsePutMachineConfig(body []byte) (*apiCall, *reqError) {
 	s.met.inc("put_api_requests.machine_cfg_count")
-	var mc firecracker.MachineConfig
+	var mc model.MachineConfig
 	if _, err := decodeBody(body, tyMachineConfig, &mc); err != nil {
 		s.met.inc("put_api_requests.machine_cfg_fails")
 		return nil, serdeReqError(err)
@@ -227,8 +227,8 @@ func (s *sim) parsePutMachineConfig(body []byte) (*apiCall, *reqError) {
 	return call, nil
 }
 
-func machineUpdateFromPut(mc firecracker.MachineConfig) firecracker.MachineConfigPatch {
-	up := firecracker.MachineConfigPatch{
+func machineUpdateFromPut(mc model.MachineConfig) model.MachineConfigPatch {
+	up := model.MachineConfigPatch{
 		VcpuCount: &mc.VcpuCount, MemSizeMib: &mc.MemSizeMib,
 		Smt: orFalse(mc.Smt), TrackDirtyPages: orFalse(mc.TrackDirtyPages),
 		HugePages: strOr(mc.HugePages, "None"),
@@ -241,12 +241,12 @@ func machineUpdateFromPut(mc firecracker.MachineConfig) firecracker.MachineConfi
 
 func (s *sim) parsePatchMachineConfig(body []byte) (*apiCall, *reqError) {
 	s.met.inc("patch_api_requests.machine_cfg_count")
-	var up firecracker.MachineConfigPatch
+	var up model.MachineConfigPatch
 	if _, err := decodeBody(body, tyMachineConfigUpdate, &up); err != nil {
 		s.met.inc("patch_api_requests.machine_cfg_fails")
 		return nil, serdeReqError(err)
 	}
-	if up == (firecracker.MachineConfigPatch{}) {
+	if up == (model.MachineConfigPatch{}) {
 		return nil, emptyBody("PATCH")
 	}
 	call := &apiCall{run: func() (any, *vmmError) { return nil, s.updateMachineConfig(up) }, failKey: "patch_api_requests.machine_cfg_fails"}
@@ -259,7 +259,7 @@ func (s *sim) parsePatchMachineConfig(body []byte) (*apiCall, *reqError) {
 
 func orFalse(b *bool) *bool {
 	if b == nil {
-		return firecracker.Bool(false)
+		return model.Bool(false)
 	}
 	return b
 }
@@ -294,7 +294,7 @@ func (s *sim) parsePutDrive(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var d firecracker.Drive
+	var d model.Drive
 	if _, err := decodeBody(body, tyDrive, &d); err != nil {
 		s.met.inc("put_api_requests.drive_fails")
 		return nil, serdeReqError(err)
@@ -315,7 +315,7 @@ func (s *sim) parsePatchDrive(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var d firecracker.PartialDrive
+	var d model.PartialDrive
 	if _, err := decodeBody(body, tyDriveUpdate, &d); err != nil {
 		s.met.inc("patch_api_requests.drive_fails")
 		return nil, serdeReqError(err)
@@ -340,7 +340,7 @@ func (s *sim) parsePutNet(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var n firecracker.NetworkInterface
+	var n model.NetworkInterface
 	if _, err := decodeBody(body, tyNet, &n); err != nil {
 		s.met.inc("put_api_requests.network_fails")
 		return nil, serdeReqError(err)
@@ -363,7 +363,7 @@ func (s *sim) parsePatchNet(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var n firecracker.PartialNetworkInterface
+	var n model.PartialNetworkInterface
 	if _, err := decodeBody(body, tyNetUpdate, &n); err != nil {
 		s.met.inc("patch_api_requests.network_fails")
 		return nil, serdeReqError(err)
@@ -384,7 +384,7 @@ func (s *sim) parsePutPmem(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var p firecracker.Pmem
+	var p model.Pmem
 	if _, err := decodeBody(body, tyPmem, &p); err != nil {
 		s.met.inc("put_api_requests.pmem_fails")
 		return nil, serdeReqError(err)
@@ -405,7 +405,7 @@ func (s *sim) parsePatchPmem(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return nil, rerr
 	}
-	var p firecracker.PartialPmem
+	var p model.PartialPmem
 	if _, err := decodeBody(body, tyPmemUpdate, &p); err != nil {
 		s.met.inc("patch_api_requests.pmem_fails")
 		return nil, serdeReqError(err)
@@ -419,7 +419,7 @@ func (s *sim) parsePatchPmem(body []byte, rest *tokens) (*apiCall, *reqError) {
 
 func (s *sim) parsePutLogger(body []byte) (*apiCall, *reqError) {
 	s.met.inc("put_api_requests.logger_count")
-	var l firecracker.Logger
+	var l model.Logger
 	if _, err := decodeBody(body, tyLogger, &l); err != nil {
 		s.met.inc("put_api_requests.logger_fails")
 		return nil, serdeReqError(err)
@@ -429,7 +429,7 @@ func (s *sim) parsePutLogger(body []byte) (*apiCall, *reqError) {
 
 func (s *sim) parsePutVsock(body []byte) (*apiCall, *reqError) {
 	s.met.inc("put_api_requests.vsock_count")
-	var v firecracker.Vsock
+	var v model.Vsock
 	raw, err := decodeBody(body, tyVsock, &v)
 	if err != nil {
 		s.met.inc("put_api_requests.vsock_fails")
@@ -454,7 +454,7 @@ func (s *sim) parsePutMMDS(body []byte, rest *tokens) (*apiCall, *reqError) {
 		}
 		return &apiCall{run: func() (any, *vmmError) { return nil, s.putMMDS(v) }, failKey: "put_api_requests.mmds_fails"}, nil
 	case sub == "config":
-		var c firecracker.MmdsConfig
+		var c model.MmdsConfig
 		if _, err := decodeBody(body, tyMmdsConfig, &c); err != nil {
 			s.met.inc("put_api_requests.mmds_fails")
 			return nil, serdeReqError(err)
@@ -490,13 +490,13 @@ func (s *sim) parsePutSnapshot(body []byte, rest *tokens) (*apiCall, *reqError) 
 	}
 	switch op {
 	case "create":
-		var p firecracker.SnapshotCreateParams
+		var p model.SnapshotCreateParams
 		if _, err := decodeBody(body, tySnapshotCreate, &p); err != nil {
 			return nil, serdeReqError(err)
 		}
 		return &apiCall{run: func() (any, *vmmError) { return nil, s.createSnapshot(p) }}, nil
 	case "load":
-		var p firecracker.SnapshotLoadParams
+		var p model.SnapshotLoadParams
 		if _, err := decodeBody(body, tySnapshotLoad, &p); err != nil {
 			return nil, serdeReqError(err)
 		}
@@ -512,7 +512,7 @@ func (s *sim) parsePutSnapshot(body []byte, rest *tokens) (*apiCall, *reqError) 
 			depr = "PUT /snapshot/load: mem_file_path and enable_diff_snapshots fields are deprecated."
 		}
 		if p.MemFilePath != "" {
-			p.MemBackend = &firecracker.MemoryBackend{BackendType: "File", BackendPath: p.MemFilePath}
+			p.MemBackend = &model.MemoryBackend{BackendType: "File", BackendPath: p.MemFilePath}
 		}
 		call := &apiCall{run: func() (any, *vmmError) { return nil, s.loadSnapshot(p) }}
 		call.deprecate(depr)
@@ -553,7 +553,7 @@ func (s *sim) parsePatchBalloon(body []byte, rest *tokens) (*apiCall, *reqError)
 		case !ok:
 			return nil, genericError("Unrecognized PATCH request path `/hinting/`.")
 		case op == "start":
-			cmd := firecracker.BalloonStartCmd{AcknowledgeOnStop: firecracker.Bool(true)}
+			cmd := model.BalloonStartCmd{AcknowledgeOnStop: model.Bool(true)}
 			if body != nil {
 				if _, err := decodeBody(body, tyHintingStart, &cmd); err != nil {
 					return nil, serdeReqError(err)

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // ExitAbort is what Run returns where firecracker panics and aborts (a bad
@@ -61,7 +61,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 
 	args, err := parseArgs(argv)
 	if err != nil {
-		return fail(firecracker.ExitBadArgs, "Arguments parsing error: "+err.Error()+" \n\nFor more information try --help.",
+		return fail(model.ExitBadArgs, "Arguments parsing error: "+err.Error()+" \n\nFor more information try --help.",
 			"ParseArguments("+argErrorDebug(err.Error())+")")
 	}
 	switch {
@@ -78,14 +78,14 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		p, _ := args.value("describe-snapshot")
 		v, err := describeSnapshot(p)
 		if err != nil {
-			return fail(firecracker.ExitError, "When printing Snapshot Data format: "+err.Error(), "PrintSnapshotDataFormat")
+			return fail(model.ExitError, "When printing Snapshot Data format: "+err.Error(), "PrintSnapshotDataFormat")
 		}
 		fmt.Fprintln(stdout, v)
 		return 0
 	}
 
 	id, _ := args.value("id")
-	if !firecracker.ValidInstanceID(id) {
+	if !model.ValidInstanceID(id) {
 		return panicAbort("Invalid instance ID: " + id)
 	}
 	log.id = id
@@ -94,23 +94,23 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	if v, ok := args.value("level"); ok {
 		lv, ok := parseLevel(v)
 		if !ok {
-			return fail(firecracker.ExitBadLevel,
+			return fail(model.ExitBadLevel,
 				"Invalid value for logger level: Failed to parse string to level filter: "+v+".Possible values: [Error, Warning, Info, Debug]",
 				"InvalidLogLevel(LevelFilterFromStr("+rustDebugString(v)+"))")
 		}
 		lu.level = &lv
 	}
 	if args.flag("show-level") {
-		lu.showLevel = firecracker.Bool(true)
+		lu.showLevel = model.Bool(true)
 	}
 	if args.flag("show-log-origin") {
-		lu.showOrigin = firecracker.Bool(true)
+		lu.showOrigin = model.Bool(true)
 	}
 	if v, ok := args.value("module"); ok {
 		lu.module = &v
 	}
 	if err := log.update(lu); err != nil {
-		return fail(firecracker.ExitError, "Could not initialize logger: Failed to open target file: "+ioErrText(err), "LoggerInitialization")
+		return fail(model.ExitError, "Could not initialize logger: Failed to open target file: "+ioErrText(err), "LoggerInitialization")
 	}
 	defer log.close()
 	log.log(LevelInfo, threadMain, originMain, "Running Firecracker v%s", Version)
@@ -119,12 +119,12 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	defer met.close()
 	if p, ok := args.value("metrics-path"); ok {
 		if err := met.init(p); err != nil {
-			return fail(firecracker.ExitError, "Could not initialize metrics: Cannot initialize the metrics system due to bad user input: "+ioErrText(err), "MetricsInitialization")
+			return fail(model.ExitError, "Could not initialize metrics: Cannot initialize the metrics system due to bad user input: "+ioErrText(err), "MetricsInitialization")
 		}
 	}
 	if p, ok := args.value("seccomp-filter"); ok {
 		if _, err := os.Stat(p); err != nil {
-			return fail(firecracker.ExitError, "Seccomp error: Filter load error: "+ioErrText(err), "SeccompFilter")
+			return fail(model.ExitError, "Seccomp error: Filter load error: "+ioErrText(err), "SeccompFilter")
 		}
 	}
 	var configJSON, metadata []byte
@@ -160,7 +160,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 			return panicAbort("MMDS error: metadata provided not valid json")
 		}
 		if e := s.mmds.put(v); e != nil {
-			return fail(firecracker.ExitError, "RunWithApiError error: Failed to build MicroVM: Populating MMDS from file failed: The MMDS patch request doesn't fit..",
+			return fail(model.ExitError, "RunWithApiError error: Failed to build MicroVM: Populating MMDS from file failed: The MMDS patch request doesn't fit..",
 				"RunWithApi(BuildMicroVmError(PopulateMmds(DataStoreLimitExceeded)))")
 		}
 		log.log(LevelInfo, threadMain, originVMM, "Successfully added metadata to mmds from file")
@@ -172,12 +172,12 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		sock, _ := args.value("api-sock")
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return fail(firecracker.ExitError, "RunWithApiError error: Failed to open the API socket at: "+sock+". Check that it is not already used.",
+			return fail(model.ExitError, "RunWithApiError error: Failed to open the API socket at: "+sock+". Check that it is not already used.",
 				"RunWithApi(FailedToBindSocket("+rustDebugString(sock)+"))")
 		}
 		if err != nil {
 			text := ioErrText(err)
-			return fail(firecracker.ExitError, "RunWithApiError error: Failed to bind and run the HTTP server: IO error: "+text,
+			return fail(model.ExitError, "RunWithApiError error: Failed to bind and run the HTTP server: IO error: "+text,
 				"RunWithApi(FailedToBindAndRunHttpServer(IOError(Os { code: "+errnoCode(err)+" })))")
 		}
 		log.log(LevelInfo, threadMain, originAPIAdapter, "Listening on API socket (%s).", rustDebugString(sock))
@@ -315,7 +315,7 @@ func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int, 
 		if errors.As(err, &start) {
 			msg, dbg = "Could not Start MicroVM from one single json: "+err.Error(), "StartMicroVM"
 		}
-		code := fail(firecracker.ExitError, prefix+"Failed to build MicroVM from Json: "+msg,
+		code := fail(model.ExitError, prefix+"Failed to build MicroVM from Json: "+msg,
 			variant+"(BuildFromJson("+dbg+"("+rustDebugString(err.Error())+")))")
 		return &code
 	}

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // The serde types of firecracker's API bodies for the target release line
@@ -109,7 +109,7 @@ func enumOf(name string, variants ...string) *ty {
 func seqOf(elem *ty) *ty { return &ty{kind: tSeq, name: "a sequence", elem: elem} }
 
 // features is what the emulated firecracker version supports (immutable).
-var features = firecracker.FeaturesOf(mustVersion(firecracker.TargetVersion))
+var features = model.FeaturesOf(mustVersion(model.TargetVersion))
 
 func hugePageVariants() []string {
 	if features.TransparentHugePages {

@@ -8,12 +8,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Version is the version firecracker-sim reports: the v1.16 line, never
 // pretending to be the real binary.
-const Version = firecracker.TargetVersion + firecracker.SimSuffix
+const Version = model.TargetVersion + model.SimSuffix
 
 type vmState int
 
@@ -26,11 +26,11 @@ const (
 func (s vmState) String() string {
 	switch s {
 	case stateRunning:
-		return firecracker.StateRunning
+		return model.StateRunning
 	case statePaused:
-		return firecracker.StatePaused
+		return model.StatePaused
 	}
-	return firecracker.StateNotStarted
+	return model.StateNotStarted
 }
 
 // options are what the command line fixes for the process's lifetime.
@@ -76,33 +76,33 @@ type sim struct {
 // resources is the VM configuration and the host files behind it
 // (firecracker's VmResources).
 type resources struct {
-	machine   firecracker.MachineConfig
+	machine   model.MachineConfig
 	boot      *bootSource
 	drives    []*drive
 	nets      []*netIface
 	pmems     []*pmemDev
 	balloon   *balloonDev
 	vsock     *vsockDev
-	entropy   *firecracker.EntropyDevice
-	serial    *firecracker.SerialDevice
-	cpuConfig *firecracker.CPUConfig
+	entropy   *model.EntropyDevice
+	serial    *model.SerialDevice
+	cpuConfig *model.CPUConfig
 	mmdsIPv4  string // the MMDS address of the interfaces that serve MMDS
 	hotplug   *hotplugDev
 }
 
 type bootSource struct {
-	cfg    firecracker.BootSource
+	cfg    model.BootSource
 	kernel *os.File
 	initrd *os.File
 }
 
 type drive struct {
-	cfg  firecracker.Drive
+	cfg  model.Drive
 	file *os.File
 }
 
 type netIface struct {
-	cfg  firecracker.NetworkInterface
+	cfg  model.NetworkInterface
 	tap  *os.File
 	mmds bool // the interface forwards MMDS requests
 }
@@ -110,31 +110,31 @@ type netIface struct {
 // pmemDev is a pmem device; its file is opened when the VM is built, as
 // firecracker creates pmem devices only then.
 type pmemDev struct {
-	cfg  firecracker.Pmem
+	cfg  model.Pmem
 	file *os.File
 }
 
 type vsockDev struct {
-	cfg firecracker.Vsock
+	cfg model.Vsock
 	ln  *net.UnixListener
 }
 
 type balloonDev struct {
-	cfg      firecracker.Balloon
+	cfg      model.Balloon
 	lastCmd  int  // last hinting command id sent
 	hostCmd  int  // the command the device shows the guest
 	guestCmd *int // the guest's last answer
 }
 
 type hotplugDev struct {
-	cfg       firecracker.MemoryHotplugConfig
+	cfg       model.MemoryHotplugConfig
 	requested int
 }
 
-func defaultMachineConfig() firecracker.MachineConfig {
-	return firecracker.MachineConfig{
+func defaultMachineConfig() model.MachineConfig {
+	return model.MachineConfig{
 		VcpuCount: 1, MemSizeMib: 128,
-		Smt: firecracker.Bool(false), TrackDirtyPages: firecracker.Bool(false), HugePages: "None",
+		Smt: model.Bool(false), TrackDirtyPages: model.Bool(false), HugePages: "None",
 	}
 }
 
@@ -266,7 +266,7 @@ func (s *sim) periodicMetrics() {
 
 // kernelCmdline is the command line the guest would see.
 func (s *sim) kernelCmdline() string {
-	args := firecracker.DefaultBootArgs
+	args := model.DefaultBootArgs
 	if s.res.boot != nil && s.res.boot.cfg.BootArgs != "" {
 		args = s.res.boot.cfg.BootArgs
 	}

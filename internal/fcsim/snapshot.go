@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Snapshot state file: firecracker's x86_64 magic, the snapshot format
@@ -31,12 +31,12 @@ var crcTable = crc64.MakeTable(crc64.ECMA)
 
 // snapshotVersion is the format version this binary writes.
 func snapshotVersion() [3]uint16 {
-	v, _ := firecracker.ParseVersion(firecracker.FeaturesOf(mustVersion(firecracker.TargetVersion)).SnapshotVersion)
+	v, _ := model.ParseVersion(model.FeaturesOf(mustVersion(model.TargetVersion)).SnapshotVersion)
 	return [3]uint16{uint16(v.Major), uint16(v.Minor), uint16(v.Patch)}
 }
 
-func mustVersion(s string) firecracker.Version {
-	v, _ := firecracker.ParseVersion(s)
+func mustVersion(s string) model.Version {
+	v, _ := model.ParseVersion(s)
 	return v
 }
 
@@ -44,20 +44,20 @@ func versionString(v [3]uint16) string { return fmt.Sprintf("%d.%d.%d", v[0], v[
 
 // vmState is the payload: what a restored VM needs.
 type vmStatePayload struct {
-	Machine    firecracker.MachineConfig        `json:"machine"`
-	Drives     []firecracker.Drive              `json:"drives"`
-	Nets       []firecracker.NetworkInterface   `json:"network_interfaces"`
-	Pmems      []firecracker.Pmem               `json:"pmem,omitempty"`
-	Balloon    *firecracker.Balloon             `json:"balloon,omitempty"`
-	Vsock      *firecracker.Vsock               `json:"vsock,omitempty"`
-	Entropy    *firecracker.EntropyDevice       `json:"entropy,omitempty"`
-	MmdsConfig *firecracker.MmdsConfig          `json:"mmds_config,omitempty"`
-	Hotplug    *firecracker.MemoryHotplugConfig `json:"memory_hotplug,omitempty"`
-	Requested  int                              `json:"hotplug_requested,omitempty"`
-	Counter    int                              `json:"guest_counter"`
-	RanNanos   int64                            `json:"guest_run_ns"`
-	MemSizeMib int                              `json:"mem_size_mib"`
-	PCI        bool                             `json:"pci"`
+	Machine    model.MachineConfig        `json:"machine"`
+	Drives     []model.Drive              `json:"drives"`
+	Nets       []model.NetworkInterface   `json:"network_interfaces"`
+	Pmems      []model.Pmem               `json:"pmem,omitempty"`
+	Balloon    *model.Balloon             `json:"balloon,omitempty"`
+	Vsock      *model.Vsock               `json:"vsock,omitempty"`
+	Entropy    *model.EntropyDevice       `json:"entropy,omitempty"`
+	MmdsConfig *model.MmdsConfig          `json:"mmds_config,omitempty"`
+	Hotplug    *model.MemoryHotplugConfig `json:"memory_hotplug,omitempty"`
+	Requested  int                        `json:"hotplug_requested,omitempty"`
+	Counter    int                        `json:"guest_counter"`
+	RanNanos   int64                      `json:"guest_run_ns"`
+	MemSizeMib int                        `json:"mem_size_mib"`
+	PCI        bool                       `json:"pci"`
 }
 
 func encodeState(p vmStatePayload) ([]byte, error) {
@@ -118,7 +118,7 @@ func decodeState(b []byte) (vmStatePayload, error) {
 	return p, nil
 }
 
-func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
+func (s *sim) createSnapshot(p model.SnapshotCreateParams) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}
@@ -127,7 +127,7 @@ func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
 	}
 	t0 := time.Now()
 	kind := "full"
-	if p.SnapshotType == firecracker.SnapshotDiff {
+	if p.SnapshotType == model.SnapshotDiff {
 		kind = "diff"
 		s.log.log(LevelWarn, threadMain, originVMM, "Virtual machine diff snapshots is in development preview.")
 	}
@@ -138,8 +138,8 @@ func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
 	}
 	if cfg, ok := s.mmdsConfigOut().(object); ok {
 		// The MMDS configuration is part of the state; its data is not.
-		st.MmdsConfig = &firecracker.MmdsConfig{Version: cfg[0].v.(string), NetworkInterfaces: cfg[1].v.([]string),
-			IPv4Address: cfg[2].v.(string), ImdsCompat: firecracker.Bool(cfg[3].v.(bool))}
+		st.MmdsConfig = &model.MmdsConfig{Version: cfg[0].v.(string), NetworkInterfaces: cfg[1].v.([]string),
+			IPv4Address: cfg[2].v.(string), ImdsCompat: model.Bool(cfg[3].v.(bool))}
 	}
 	for _, d := range s.res.drives {
 		st.Drives = append(st.Drives, d.cfg)
@@ -168,7 +168,7 @@ func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
 	}
 	size := int64(s.res.machine.MemSizeMib) << 20
 	flag := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if p.SnapshotType == firecracker.SnapshotDiff {
+	if p.SnapshotType == model.SnapshotDiff {
 		// A diff merges into an existing file of the same size.
 		if fi, err := os.Stat(p.MemFilePath); err == nil && fi.Size() == size {
 			flag = os.O_WRONLY
@@ -196,7 +196,7 @@ func (s *sim) loadFault(format string, args ...any) *vmmError {
 	return fault("Load snapshot error: Failed to restore from snapshot: "+format, args...)
 }
 
-func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
+func (s *sim) loadSnapshot(p model.SnapshotLoadParams) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -244,8 +244,8 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 		return verr
 	}
 	track := (p.TrackDirtyPages != nil && *p.TrackDirtyPages) || (p.EnableDiffSnapshots != nil && *p.EnableDiffSnapshots)
-	st.Machine.TrackDirtyPages = firecracker.Bool(track)
-	st.Machine.Smt = firecracker.Bool(false) // not kept by firecracker's snapshots
+	st.Machine.TrackDirtyPages = model.Bool(track)
+	st.Machine.Smt = model.Bool(false) // not kept by firecracker's snapshots
 	s.res.machine = st.Machine
 	s.res.entropy = st.Entropy
 	if st.Balloon != nil {
@@ -289,7 +289,7 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 }
 
 // restoreMemory maps (here: opens and checks) the guest memory source.
-func (s *sim) restoreMemory(p firecracker.SnapshotLoadParams, st vmStatePayload) *vmmError {
+func (s *sim) restoreMemory(p model.SnapshotLoadParams, st vmStatePayload) *vmmError {
 	b := p.MemBackend
 	want := int64(st.MemSizeMib) << 20
 	if b.BackendType == "Uffd" {
