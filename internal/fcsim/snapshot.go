@@ -122,15 +122,15 @@ func (s *sim) createSnapshot(p model.SnapshotCreateParams) *vmmError {
 	if e := s.post(); e != nil {
 		return e
 	}
+	kind := "full"
+	if p.SnapshotType == model.SnapshotDiff {
+		kind = "diff"
+		s.log.log(LevelWarn, threadMain, originVMM, "[DevPreview] Virtual machine diff snapshots is in development preview.")
+	}
 	if s.state != statePaused {
 		return fault("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
 	}
 	t0 := time.Now()
-	kind := "full"
-	if p.SnapshotType == model.SnapshotDiff {
-		kind = "diff"
-		s.log.log(LevelWarn, threadMain, originVMM, "Virtual machine diff snapshots is in development preview.")
-	}
 	counter, ran := s.guest.state()
 	st := vmStatePayload{
 		Machine: s.res.machine, Counter: counter, RanNanos: int64(ran), MemSizeMib: s.res.machine.MemSizeMib,
