@@ -189,10 +189,13 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: remove stale socket: %w", vmID, err)
 	}
-	// firecracker opens its log and metrics paths without O_CREAT: they
-	// must exist before PUT /logger and PUT /metrics.
+	// Firecracker before v1.14 opens its log and metrics paths without
+	// O_CREAT, so they must exist; every release writes them from offset 0
+	// without truncating, so what an earlier VMM of this VM wrote is
+	// emptied first: its lines would otherwise trail the new ones, and the
+	// last metrics line would be a stale record.
 	for _, f := range []string{l.LogPath(vmID), l.MetricsPath(vmID)} {
-		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 		if err != nil {
 			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 		}
