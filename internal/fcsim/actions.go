@@ -230,13 +230,13 @@ func (s *sim) putBootSource(b model.BootSource) *vmmError {
 		return e
 	}
 	s.bootPath = true
-	kernel, err := os.Open(b.KernelImagePath)
+	kernel, err := os.Open(s.opts.dir.at(b.KernelImagePath))
 	if err != nil {
 		return fault("Boot source error: The kernel file cannot be opened: %s", ioErrText(err))
 	}
 	var initrd *os.File
 	if b.InitrdPath != "" {
-		if initrd, err = os.Open(b.InitrdPath); err != nil {
+		if initrd, err = os.Open(s.opts.dir.at(b.InitrdPath)); err != nil {
 			kernel.Close()
 			return fault("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. %s", ioErrText(err))
 		}
@@ -289,7 +289,7 @@ func (s *sim) putMetrics(m model.Metrics) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
-	if err := s.met.init(m.MetricsPath); err != nil {
+	if err := s.met.init(s.opts.dir.at(m.MetricsPath)); err != nil {
 		text := err.Error()
 		if err != errMetricsReinit {
 			text = ioErrText(err)
@@ -348,7 +348,7 @@ func (s *sim) instanceStart() *vmmError {
 		}
 	}
 	for _, p := range s.res.pmems {
-		if msg := p.open(); msg != "" {
+		if msg := p.open(s.opts.dir); msg != "" {
 			return fail(fault("Start microvm error: Cannot create pmem device: %s", msg))
 		}
 	}
@@ -381,7 +381,7 @@ func (s *sim) consoleOut() (io.Writer, io.Closer, *vmmError) {
 	if s.res.serial == nil || s.res.serial.SerialOutPath == "" {
 		return stdoutSink(s.stdout), nil, nil
 	}
-	f, err := openSink(s.res.serial.SerialOutPath)
+	f, err := openSink(s.opts.dir.at(s.res.serial.SerialOutPath))
 	if err != nil {
 		return nil, nil, fault("Start microvm error: Failed to create device manager: Error with EventFd: %s", ioErrText(err))
 	}

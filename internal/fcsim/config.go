@@ -130,7 +130,7 @@ func (s *sim) configCPU(raw json.RawMessage) *vmmError {
 	body := []byte(raw)
 	var path string
 	if json.Unmarshal(raw, &path) == nil {
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(s.opts.dir.at(path))
 		if err != nil {
 			return fault("File operation error: %s", ioErrText(err))
 		}

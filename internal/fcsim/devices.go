@@ -64,7 +64,7 @@ func (s *sim) hasRootPmem() bool {
 
 // openDrive is Block::new: a virtio block device needs path_on_host and no
 // socket, a vhost-user one a socket and none of the virtio fields.
-func openDrive(d *model.Drive) (*os.File, *vmmError) {
+func openDrive(dir hostDir, d *model.Drive) (*os.File, *vmmError) {
 	switch {
 	case d.PathOnHost != "" && d.Socket == "":
 		if d.IsReadOnly == nil {
@@ -77,7 +77,7 @@ func openDrive(d *model.Drive) (*os.File, *vmmError) {
 		if *d.IsReadOnly {
 			flag = os.O_RDONLY
 		}
-		f, err := os.OpenFile(d.PathOnHost, flag, 0)
+		f, err := os.OpenFile(dir.at(d.PathOnHost), flag, 0)
 		if err != nil {
 			return nil, fault("Drive config error: Unable to create the virtio block device: Virtio backend error: "+
 				"Error manipulating the backing file: %s %s", ioErrText(err), d.PathOnHost)
@@ -85,7 +85,7 @@ func openDrive(d *model.Drive) (*os.File, *vmmError) {
 		return f, nil
 	case d.Socket != "" && d.PathOnHost == "" && d.IsReadOnly == nil && d.RateLimiter == nil && d.IOEngine == "":
 		// vhost-user-block: the backend's socket must be there to connect to.
-		_, err := os.Stat(d.Socket)
+		_, err := os.Stat(dir.at(d.Socket))
 		var f *os.File
 		if err == nil {
 			f, err = os.Open(os.DevNull)
@@ -112,7 +112,7 @@ func (s *sim) putDrive(d model.Drive) *vmmError {
 		if d.IsRootDevice {
 			return fault("Drive config error: A root block device already exists!")
 		}
-		f, e := openDrive(&d)
+		f, e := openDrive(s.opts.dir, &d)
 		if e != nil {
 			return e
 		}
@@ -128,7 +128,7 @@ func (s *sim) putDrive(d model.Drive) *vmmError {
 	if d.IsRootDevice && s.hasRootDrive() && idx != 0 {
 		return fault("Drive config error: A root block device already exists!")
 	}
-	f, e := openDrive(&d)
+	f, e := openDrive(s.opts.dir, &d)
 	if e != nil {
 		return e
 	}
@@ -323,12 +323,12 @@ func (s *sim) findPmem(id string) int {
 
 // open is Pmem::new's file handling: the backing file opened read-write
 // or read-only, and not empty. The error is PmemError's text.
-func (p *pmemDev) open() string {
+func (p *pmemDev) open(dir hostDir) string {
 	flag := os.O_RDWR
 	if p.cfg.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(p.cfg.PathOnHost, flag, 0)
+	f, err := os.OpenFile(dir.at(p.cfg.PathOnHost), flag, 0)
 	if err != nil {
 		return "Error accessing backing file: " + ioErrText(err)
 	}
@@ -352,7 +352,7 @@ func (s *sim) putPmem(p model.Pmem) *vmmError {
 			return fault("Pmem config error: Attempt to add pmem as a root device while the root device defined as a block device")
 		}
 		np := &pmemDev{cfg: p}
-		if msg := np.open(); msg != "" {
+		if msg := np.open(s.opts.dir); msg != "" {
 			return fault("Pmem config error: Unable to create the virtio-pmem device: %s", msg)
 		}
 		s.res.pmems = append(s.res.pmems, np)
@@ -461,7 +461,7 @@ func (s *sim) putVsock(v model.Vsock) *vmmError {
 			return vsockFault(err)
 		}
 	}
-	ln, err := bindVsock(v.UDSPath)
+	ln, err := bindVsock(s.opts.dir.at(v.UDSPath))
 	if err != nil {
 		return vsockFault(err)
 	}

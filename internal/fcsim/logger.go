@@ -72,6 +72,7 @@ const (
 
 // logger writes firecracker's log lines. It is safe for concurrent use.
 type logger struct {
+	dir hostDir // relative paths resolve here
 	mu         sync.Mutex
 	id         string
 	level      Level
@@ -105,7 +106,7 @@ func (l *logger) update(u loggerUpdate) error {
 	var f *sink
 	if u.path != "" {
 		var err error
-		if f, err = openSink(u.path); err != nil {
+		if f, err = openSink(l.dir.at(u.path)); err != nil {
 			return err
 		}
 	}

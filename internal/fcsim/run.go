@@ -23,6 +23,11 @@ import (
 // --id, an unreadable --config-file): Exit turns it into SIGABRT.
 const ExitAbort = -1
 
+// WorkDirEnv, for a simulator run inside another process (a hollow
+// agent), is the directory relative paths resolve against: what the
+// working directory is for a firecracker process.
+const WorkDirEnv = "FC_SIM_WORKDIR"
+
 // NoHostTapEnv set to "1" makes the simulator accept any valid TAP name
 // without opening /dev/net/tun (hollow agents keep TAPs in memory; a real
 // open would create host links, as root, or fail, as anyone else).
@@ -51,7 +56,12 @@ func Exit(code int) {
 // line, like a killed process (the API socket stays, as it would).
 func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	started := time.Now()
+	var dir hostDir
+	if getenv != nil {
+		dir = hostDir(getenv(WorkDirEnv))
+	}
 	log := newLogger("anonymous-instance", stdout)
+	log.dir = dir
 	fail := func(code int, msg, dbg string) int {
 		log.log(LevelError, threadMain, originMain, "%s", msg)
 		fmt.Fprintf(stderr, "Error: %s\n", dbg)
@@ -123,29 +133,29 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	met := newMetrics()
 	defer met.close()
 	if p, ok := args.value("metrics-path"); ok {
-		if err := met.init(p); err != nil {
+		if err := met.init(dir.at(p)); err != nil {
 			return fail(model.ExitError, "Could not initialize metrics: Cannot initialize the metrics system due to bad user input: "+ioErrText(err), "MetricsInitialization")
 		}
 	}
 	if p, ok := args.value("seccomp-filter"); ok {
-		if _, err := os.Stat(p); err != nil {
+		if _, err := os.Stat(dir.at(p)); err != nil {
 			return fail(model.ExitError, "Seccomp error: Filter load error: "+ioErrText(err), "SeccompFilter")
 		}
 	}
 	var configJSON, metadata []byte
 	if p, ok := args.value("config-file"); ok {
-		if configJSON, err = os.ReadFile(p); err != nil {
+		if configJSON, err = os.ReadFile(dir.at(p)); err != nil {
 			return panicAbort("Unable to open or read from the configuration file: " + ioErrText(err))
 		}
 	}
 	if p, ok := args.value("metadata"); ok {
-		if metadata, err = os.ReadFile(p); err != nil {
+		if metadata, err = os.ReadFile(dir.at(p)); err != nil {
 			return panicAbort("Unable to open or read from the mmds content file: " + ioErrText(err))
 		}
 	}
 	opts := options{id: id, bootTimer: args.flag("boot-timer"), enablePCI: args.flag("enable-pci"),
 		metricsPeriod: metricsPeriod(getenv), startTime: started, startDelay: envDuration(getenv, StartDelayEnv),
-		noHostTap: getenv != nil && getenv(NoHostTapEnv) == "1"}
+		noHostTap: getenv != nil && getenv(NoHostTapEnv) == "1", dir: dir}
 	v, _ := args.value("http-api-max-payload-size")
 	var ok bool
 	if opts.maxPayload, ok = parseSizeFlag(v); !ok {

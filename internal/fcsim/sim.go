@@ -48,6 +48,8 @@ type options struct {
 	// noHostTap keeps network devices' TAPs in memory (NoHostTapEnv): a
 	// simulator inside a hollow agent must not create host links.
 	noHostTap bool
+	// dir resolves relative paths (WorkDirEnv).
+	dir hostDir
 }
 
 // sim is one simulated firecracker process: the VMM state machine and the

@@ -163,18 +163,18 @@ func (s *sim) createSnapshot(p model.SnapshotCreateParams) *vmmError {
 	if err != nil {
 		return fault("Create snapshot error: Cannot save the microVM state: %s", err)
 	}
-	if err := os.WriteFile(p.SnapshotPath, data, 0o644); err != nil {
+	if err := os.WriteFile(s.opts.dir.at(p.SnapshotPath), data, 0o644); err != nil {
 		return fault("Create snapshot error: Cannot perform open on the snapshot backing file: %s", ioErrText(err))
 	}
 	size := int64(s.res.machine.MemSizeMib) << 20
 	flag := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 	if p.SnapshotType == model.SnapshotDiff {
 		// A diff merges into an existing file of the same size.
-		if fi, err := os.Stat(p.MemFilePath); err == nil && fi.Size() == size {
+		if fi, err := os.Stat(s.opts.dir.at(p.MemFilePath)); err == nil && fi.Size() == size {
 			flag = os.O_WRONLY
 		}
 	}
-	mf, err := os.OpenFile(p.MemFilePath, flag, 0o644)
+	mf, err := os.OpenFile(s.opts.dir.at(p.MemFilePath), flag, 0o644)
 	if err != nil {
 		return fault("Create snapshot error: Cannot perform open on the memory backing file: %s", ioErrText(err))
 	}
@@ -206,7 +206,7 @@ func (s *sim) loadSnapshot(p model.SnapshotLoadParams) *vmmError {
 		return fault("Load snapshot error: %s", msg)
 	}
 	t0 := time.Now()
-	f, err := os.Open(p.SnapshotPath)
+	f, err := os.Open(s.opts.dir.at(p.SnapshotPath))
 	if err != nil {
 		return s.loadFault("Failed to get snapshot state from file: Failed to open snapshot file: %s", ioErrText(err))
 	}
@@ -293,7 +293,7 @@ func (s *sim) restoreMemory(p model.SnapshotLoadParams, st vmStatePayload) *vmmE
 	b := p.MemBackend
 	want := int64(st.MemSizeMib) << 20
 	if b.BackendType == "Uffd" {
-		c, err := net.Dial("unix", b.BackendPath)
+		c, err := net.Dial("unix", s.opts.dir.at(b.BackendPath))
 		if err != nil {
 			return s.loadFault("Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: %s", ioErrText(err))
 		}
@@ -303,7 +303,7 @@ func (s *sim) restoreMemory(p model.SnapshotLoadParams, st vmStatePayload) *vmmE
 		s.uffd = c
 		return nil
 	}
-	mf, err := os.Open(b.BackendPath)
+	mf, err := os.Open(s.opts.dir.at(b.BackendPath))
 	if err != nil {
 		return s.loadFault("Failed to load guest memory: Error creating guest memory from file: Failed to load guest memory: %s", ioErrText(err))
 	}
@@ -339,7 +339,7 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 			path = d.Socket
 			flag = os.O_RDONLY
 		}
-		f, err := os.OpenFile(path, flag, 0)
+		f, err := os.OpenFile(s.opts.dir.at(path), flag, 0)
 		if err != nil {
 			return fail("Cannot restore devices: Block: Virtio backend error: Error manipulating the backing file: %s %s", ioErrText(err), path)
 		}
@@ -354,13 +354,13 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 	}
 	for _, pm := range st.Pmems {
 		p := &pmemDev{cfg: pm}
-		if msg := p.open(); msg != "" {
+		if msg := p.open(s.opts.dir); msg != "" {
 			return fail("Cannot restore devices: Pmem: %s", msg)
 		}
 		r.pmems = append(r.pmems, p)
 	}
 	if st.Vsock != nil {
-		ln, err := bindVsock(st.Vsock.UDSPath)
+		ln, err := bindVsock(s.opts.dir.at(st.Vsock.UDSPath))
 		if err != nil {
 			return fail("Cannot restore devices: Vsock: Error binding to the host-side Unix socket: %s", ioErrText(err))
 		}

@@ -251,3 +251,17 @@ func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*sto
 		return nil
 	})
 }
+
+func createReq(name, kernel string) apitypes.CreateVMRequest {
+	return apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: kernel}}
+}
+
+func apiRes(vcpu, mem int) apitypes.Resources { return apitypes.Resources{Vcpu: vcpu, MemMib: mem} }
+
+// heartbeat reports the host alive now (on the env's clock).
+func (e *env) heartbeat() {
+	e.t.Helper()
+	if err := e.m.Hosts.Heartbeat(e.ctx, e.host.ID, apiRes(64, 64<<10), apiRes(0, 0), 0); err != nil {
+		e.t.Fatal(err)
+	}
+}
