@@ -72,7 +72,7 @@ const (
 
 // logger writes firecracker's log lines. It is safe for concurrent use.
 type logger struct {
-	dir hostDir // relative paths resolve here
+	dir        hostDir // relative paths resolve here
 	mu         sync.Mutex
 	id         string
 	level      Level
