@@ -107,3 +107,6 @@ func (c *Client) Hosts(ctx context.Context) (apitypes.HostList, error) {
 	var l apitypes.HostList
 	return l, c.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &l)
 }
+
+// CloseIdle drops the client's idle connections.
+func (c *Client) CloseIdle() { c.c.CloseIdle() }
