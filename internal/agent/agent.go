@@ -69,6 +69,9 @@ type Config struct {
 	DevMode bool
 	// Owner is the agent's instance id (the ownership mark).
 	Owner string
+	// Capacity, when not zero, is the total the agent reports instead of
+	// the machine's (hollow hosts in placement tests).
+	Capacity agentapi.Resources
 }
 
 // Agent serves the agent API.
@@ -222,6 +225,12 @@ func (a *Agent) Capacity() agentapi.Capacity {
 		scale = SimCapacityScale
 	}
 	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU() * scale, MemMib: hostMemMib() * scale}, Scale: scale}
+	if a.cfg.Capacity.Vcpu > 0 {
+		c.Total.Vcpu = a.cfg.Capacity.Vcpu
+	}
+	if a.cfg.Capacity.MemMib > 0 {
+		c.Total.MemMib = a.cfg.Capacity.MemMib
+	}
 	for _, h := range a.sup.List() {
 		c.Allocated.Vcpu += h.Vcpu
 		c.Allocated.MemMib += h.MemMib

@@ -229,6 +229,30 @@ type failingStore struct {
 	store.Store
 	mu   sync.Mutex
 	fail func(v store.VM) bool
+	// rowsRead counts the VMs and snapshots list calls returned.
+	rowsRead int
+}
+
+func (s *failingStore) ListVMs(ctx context.Context, f store.VMFilter) ([]store.VM, string, error) {
+	items, next, err := s.Store.ListVMs(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, next, err
+}
+
+func (s *failingStore) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]store.Snapshot, error) {
+	items, err := s.Store.ListSnapshots(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, err
+}
+
+func (s *failingStore) reads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rowsRead
 }
 
 func (s *failingStore) set(fail func(v store.VM) bool) {

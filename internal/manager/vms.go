@@ -71,12 +71,6 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	} else if !hostlayout.ValidVMID(id) {
 		return store.VM{}, invalid("invalid vm id %q", id)
 	}
-	host, release, err := s.placement.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
-	release = sync.OnceFunc(release) // once the row exists it counts by itself
-	defer release()
-	if err != nil {
-		return store.VM{}, err
-	}
 	specJSON, err := marshal(spec{VMConfig: cfg.VMConfig})
 	if err != nil {
 		return store.VM{}, err
@@ -88,7 +82,6 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: project,
 		State: store.VMRequested, DesiredState: desired,
-		HostID: host.ID, HostAddr: host.Addr,
 		TAP: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(),
 		VCPU: *cfg.Vcpu, MemMiB: *cfg.MemMib,
 		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath,
@@ -106,13 +99,15 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	if err != nil {
 		return store.VM{}, err
 	}
-	vm, err = s.st.CreateVM(ctx, vm)
-	release()
+	vm, host, err := s.placement.create(ctx, vm, req.HostID)
 	if err != nil {
 		unlock()
 		if errors.Is(err, store.ErrConflict) {
 			return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
 				suggest("pick another name or delete the existing VM")
+		}
+		if _, ok := AsError(err); ok {
+			return store.VM{}, err
 		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
