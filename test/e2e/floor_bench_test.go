@@ -149,8 +149,12 @@ func (f *floor) boot(tb testing.TB) time.Duration {
 		func() error {
 			return fc.PutLogger(ctx, firecracker.Logger{LogPath: filepath.Join(vmDir, "fc.log"), Level: "Info", ShowLevel: firecracker.Bool(true)})
 		},
-		func() error { return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: filepath.Join(vmDir, "metrics.json")}) },
-		func() error { return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}) },
+		func() error {
+			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: filepath.Join(vmDir, "metrics.json")})
+		},
+		func() error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
+		},
 		func() error {
 			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: f.kernel, BootArgs: "console=ttyS0 reboot=k panic=1 pci=off"})
 		},
