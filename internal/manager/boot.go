@@ -78,21 +78,9 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		{name: "start instance", do: func(ctx context.Context) error {
 			return r.fc.InstanceStart(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				// Retries stay: the reconciler clears them once the VM has
-				// been stable for a while, so a crash loop still ends in
-				// failed.
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, cur.ID, store.LevelInfo, "running")
-			return nil
-		}},
+		// Retries stay: the reconciler clears them once the VM has been
+		// stable for a while, so a crash loop still ends in failed.
+		r.recordStep(store.VMRunning),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()

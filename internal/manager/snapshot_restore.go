@@ -174,18 +174,7 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 			}
 			return r.fc.Resume(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
-			return nil
-		}},
+		r.recordStep(store.VMRunning),
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))

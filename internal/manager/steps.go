@@ -26,6 +26,9 @@ type step struct {
 	name string
 	do   func(ctx context.Context) error
 	undo func(ctx context.Context) error
+	// detail, when set, adds what the step learnt to the operation's
+	// event ("pid 1234").
+	detail func() string
 }
 
 // stepFailure is what runSteps returns when a step fails: which step, and
@@ -86,7 +89,11 @@ func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, e
 			break
 		}
 		observe(st.name, "ok", d)
-		report = append(report, fmt.Sprintf("%s %s", st.name, ms(d)))
+		if st.detail != nil {
+			report = append(report, fmt.Sprintf("%s %s (%s)", st.name, ms(d), st.detail()))
+		} else {
+			report = append(report, fmt.Sprintf("%s %s", st.name, ms(d)))
+		}
 		done = append(done, i)
 	}
 	if failure == nil {
@@ -131,6 +138,7 @@ type hostRun struct {
 	fc      *firecracker.Client
 	tap     agentapi.TapResponse
 	spawned agentapi.SpawnResponse
+	keepMAC bool // the row's MAC stays (a restored guest keeps the snapshot's)
 }
 
 // tapStep creates the VM's TAP unless it has no network interface; undone
@@ -167,23 +175,10 @@ func (r *hostRun) spawnStep(keepMAC bool) step {
 				_ = r.ag.Stop(context.WithoutCancel(ctx), r.vm.ID, agentapi.StopRequest{})
 				return err
 			}
-			cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
-				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
-				if r.tap.Tap != "" {
-					v.TAP = r.tap.Tap
-					if !keepMAC {
-						v.MAC = r.tap.MAC
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			r.c.event(ctx, r.vm.ID, store.LevelInfo, "vmm started (pid %d)", r.spawned.PID)
+			r.keepMAC = keepMAC // recorded with the next state (recordStep)
 			return nil
 		},
+		detail: func() string { return fmt.Sprintf("pid %d", r.spawned.PID) },
 		undo: func(ctx context.Context) error {
 			return r.ag.Stop(ctx, r.vm.ID, agentapi.StopRequest{})
 		},
@@ -204,16 +199,29 @@ func (r *hostRun) metricsStep() step {
 	}}
 }
 
-// recordStep records a state on the row; what remains of the VM is the
-// operation's failure handling's business, so it has no undo.
+// recordStep records a state on the row, with what the host answered so
+// far (the VM's socket, log and TAP) in the same write; what remains of
+// the VM is the operation's failure handling's business, so it has no
+// undo. The operation's event says the state was reached.
 func (r *hostRun) recordStep(state store.VMState) step {
 	return step{name: "record " + string(state), do: func(ctx context.Context) error {
-		cur, err := r.c.setState(ctx, r.vm.ID, state, "")
+		cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
+			v.State, v.LastError = state, ""
+			if r.spawned.APISock != "" {
+				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
+			}
+			if r.tap.Tap != "" {
+				v.TAP = r.tap.Tap
+				if !r.keepMAC {
+					v.MAC = r.tap.MAC
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return err
 		}
 		r.vm = cur
-		r.c.event(ctx, r.vm.ID, store.LevelInfo, "%s", state)
 		return nil
 	}}
 }

@@ -154,10 +154,10 @@ func (s *VMs) discardFailed(vm store.VM, cause error) error {
 	}
 	if vm.HostAddr != "" {
 		ag := s.agentFor(ctx, vm)
-		if vm.APISock != "" {
-			if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
-				e.LogTail = ll.Lines
-			}
+		// A VMM that never started has no log: the call then fails, and
+		// the error goes without lines.
+		if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
+			e.LogTail = ll.Lines
 		}
 		if err := ag.Delete(ctx, vm.ID); err != nil {
 			s.log.Warn("failed create: host objects left for the reconciler", "vm_id", vm.ID, "err", err)
