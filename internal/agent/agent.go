@@ -127,6 +127,7 @@ func (a *Agent) Handler() http.Handler {
 			r.Get("/logs", a.vm(a.logs))
 			r.Get("/logs/stream", a.vm(a.streamLogs))
 			r.Get("/metrics", a.vm(a.metrics))
+			r.Post("/proxy-batch", a.vm(a.proxyBatch))
 			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
 			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
 			a.vmImageRoutes(r)

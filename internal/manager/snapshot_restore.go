@@ -180,7 +180,7 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))
 	defer cancel()
 	what := "restore from snapshot " + sn.ID
-	if err := s.runSteps(ctx, vm.ID, what, steps); err != nil {
+	if err := r.run(ctx, what, steps); err != nil {
 		return r.vm, s.failed(r.vm, err, func(vm store.VM, step string, err error) *Error {
 			if e, ok := AsError(err); ok && e.Kind != KindInternal {
 				return e // already worded (a version the VMM cannot read, say)
