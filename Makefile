@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-ui web-vendor clean
+.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-ui web-vendor clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -26,8 +26,8 @@ up: build ## install what is missing, build, and run manager + agent + SQLite (n
 	@if [ "$$(id -u)" -ne 0 ]; then echo "nexus up creates TAP devices: running it with sudo"; fi
 	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo ) env PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nexus up --data-dir $(DATA_DIR)
 
-images: build ## kernel + busybox rootfs from Debian packages into FC_IMAGES_DIR, registered when NEXUS_ADDR/NEXUS_TOKEN are set (root)
-	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo --preserve-env=FC_IMAGES_DIR,FC_RUN_DIR,NEXUS_ADDR,NEXUS_TOKEN,IMAGE_PROJECT,ROOTFS_MIB ) NEXUS_BIN=$(BIN)/nexus scripts/build-images.sh
+images: build ## kernel + initrd + busybox rootfs that boot, from Debian packages, into FC_IMAGES_DIR; registered when NEXUS_ADDR/NEXUS_TOKEN are set (root)
+	@$$( [ "$$(id -u)" -eq 0 ] || echo sudo --preserve-env=FC_IMAGES_DIR,FC_RUN_DIR,NEXUS_ADDR,NEXUS_TOKEN,IMAGE_PROJECT,ROOTFS_MIB,IMAGES_CACHE,IMAGES_MANIFEST,KERNEL_PACKAGE ) NEXUS_BIN=$(BIN)/nexus scripts/build-images.sh
 
 test: ## install what is missing (incl. a local Postgres), then gofmt, go vet and every test
 	@scripts/setup.sh --test
@@ -50,6 +50,12 @@ bench: build ## 200 VMs created and deleted on one host: latency, RSS, leftovers
 
 bench-fleet: build ## 10 hosts × 100 VMs: churn, mass VMM kill, convergence, memory, leftovers (root)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkFleet$$ -benchtime 1x -timeout 30m ./test/e2e/
+
+bench-guest: ## guest images: boot-to-ready p50 under QEMU microvm, image build cold/cached/warm (root, downloads the kernel package)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkGuest -benchtime 1x -timeout 20m ./test/guest/
+
+bench-floor: build ## Nexus create→running vs a minimal spawn-and-configure program, interleaved; ratio and CPU per create (root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkFloor$$ -benchtime 1x -timeout 20m ./test/e2e/
 
 bench-ui: ## /metrics scrape with 1,000 VMs (manager, agent) and the console's VM list with 1,000 VMs in headless Chromium (root)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMetricsScrape1000VMs -benchtime 50x ./internal/api/

@@ -3,7 +3,9 @@
 # and nothing that is already there. Safe to run again; fast when done.
 #
 #   scripts/setup.sh            Go toolchain and build tools
-#   scripts/setup.sh --test     also a local PostgreSQL for the test suite
+#   scripts/setup.sh --test     also a local PostgreSQL for the test suite, and
+#                               QEMU plus what `make images` needs, for the
+#                               guest smoke test (test/guest)
 #
 # Go comes from the Go module proxy (golang.org/toolchain), the same place
 # `go` itself downloads toolchains from, when no new enough Go is installed.
@@ -48,6 +50,13 @@ if [ -z "$go_ok" ]; then
 fi
 command -v make >/dev/null || apt_install make
 command -v git >/dev/null || apt_install git
+
+# --- the guest smoke test ---------------------------------------------------
+# test/guest builds the images with scripts/build-images.sh (busybox, cpio,
+# depmod, mkfs.ext4) and boots them under QEMU's microvm machine.
+if [ "$want_test" -eq 1 ]; then
+	apt_install qemu-system-x86 busybox-static cpio kmod e2fsprogs
+fi
 
 # --- PostgreSQL for the test suite ----------------------------------------
 if [ "$want_test" -eq 1 ]; then

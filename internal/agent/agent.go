@@ -40,6 +40,16 @@ type Network interface {
 	Backend() network.NATBackend
 }
 
+// VMMs runs the VMs' VMM processes (vmm.Supervisor; hollow.VMMs on a
+// simulated host).
+type VMMs interface {
+	Spawn(ctx context.Context, vmID string, opts vmm.SpawnOptions) (h vmm.Handle, already bool, err error)
+	Stop(ctx context.Context, vmID string, grace time.Duration) error
+	Get(vmID string) (vmm.Handle, bool)
+	List() []vmm.Handle
+	Exits() <-chan vmm.Exit
+}
+
 // Config configures the agent.
 type Config struct {
 	Name         string
@@ -64,12 +74,15 @@ type Config struct {
 	MetricsToken string
 	// KeepAlive is the period of SSE comments on idle log streams (default 15s).
 	KeepAlive time.Duration
+	// Capacity, when not zero, is the total the agent reports instead of
+	// the machine's (hollow hosts in placement tests).
+	Capacity agentapi.Resources
 }
 
 // Agent serves the agent API.
 type Agent struct {
 	cfg   Config
-	sup   *vmm.Supervisor
+	sup   VMMs
 	net   Network
 	log   *slog.Logger
 	proxy *proxy
@@ -79,7 +92,7 @@ type Agent struct {
 }
 
 // New returns an agent using sup for processes and nw for networking.
-func New(cfg Config, sup *vmm.Supervisor, nw Network, log *slog.Logger) (*Agent, error) {
+func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 	if cfg.Token == "" {
 		return nil, errors.New("agent: a join token is required")
 	}
@@ -127,6 +140,7 @@ func (a *Agent) Handler() http.Handler {
 			r.Get("/logs/stream", a.vm(a.streamLogs))
 			r.Get("/metrics", a.vm(a.metrics))
 			r.Get("/stats", a.vm(a.stats))
+			r.Post("/proxy-batch", a.vm(a.proxyBatch))
 			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
 			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
 			a.vmImageRoutes(r)
@@ -225,6 +239,12 @@ func (a *Agent) Capacity() agentapi.Capacity {
 		scale = SimCapacityScale
 	}
 	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU() * scale, MemMib: hostMemMib() * scale}, Scale: scale}
+	if a.cfg.Capacity.Vcpu > 0 {
+		c.Total.Vcpu = a.cfg.Capacity.Vcpu
+	}
+	if a.cfg.Capacity.MemMib > 0 {
+		c.Total.MemMib = a.cfg.Capacity.MemMib
+	}
 	for _, h := range a.sup.List() {
 		c.Allocated.Vcpu += h.Vcpu
 		c.Allocated.MemMib += h.MemMib

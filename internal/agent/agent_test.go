@@ -552,3 +552,48 @@ func TestForeignTapsUntouched(t *testing.T) {
 		}
 	}
 }
+
+// A proxy batch runs each call through the proxy's own checks, in order,
+// and stops at the first refusal; malformed batches are refused whole.
+func TestProxyBatch(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	id, kernel, _ := e.newVM()
+	if _, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(method, path string, body any) firecracker.Call {
+		b, _ := json.Marshal(body)
+		return firecracker.Call{Method: method, Path: path, Body: b}
+	}
+	res, err := e.client.ProxyBatch(ctx, id, []firecracker.Call{
+		call("PUT", "/machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}),
+		call("PUT", "/drives/rootfs", map[string]any{"drive_id": "rootfs", "path_on_host": "/dev/null", "is_root_device": true}),
+		call("PUT", "/boot-source", firecracker.BootSource{KernelImagePath: kernel}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Results) != 2 || res.Results[0].Status != 204 || res.Results[1].Status != 403 {
+		t.Fatalf("results = %+v; want 204, then the device refused (403), and nothing after it", res.Results)
+	}
+	for name, calls := range map[string][]firecracker.Call{
+		"empty":         nil,
+		"too many":      make([]firecracker.Call, 33),
+		"relative path": {call("PUT", "machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})},
+	} {
+		for i := range calls {
+			if calls[i].Method == "" {
+				calls[i] = call("GET", "/", nil)
+			}
+		}
+		_, err := e.client.ProxyBatch(ctx, id, calls)
+		var ae *apierr.Error
+		if !errors.As(err, &ae) || ae.Status != 400 {
+			t.Errorf("%s batch = %v; want 400", name, err)
+		}
+	}
+	if err := e.client.Stop(ctx, id, agentapi.StopRequest{}); err != nil {
+		t.Fatal(err)
+	}
+}

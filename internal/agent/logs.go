@@ -16,6 +16,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
 )
 
 const (
@@ -311,6 +312,8 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-httpmw.Closing(r.Context()):
+			return // the agent shuts down: streams never hold it
 		case <-tick.C:
 		}
 	}

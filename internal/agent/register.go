@@ -1,19 +1,18 @@
 package agent
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 )
 
 // registrar joins the agent to its manager and keeps reporting: register
@@ -24,14 +23,13 @@ type registrar struct {
 	url      string
 	a        *Agent
 	log      *slog.Logger
-	hc       *http.Client
 	interval time.Duration
 	hostID   atomic.Value // string; "" until registered
 
 	// managers are the manager URLs (AGENT_MANAGER may list several,
 	// comma-separated, for a fleet without a load balancer); cur is the
 	// one in use, moved on when it fails.
-	managers []string
+	managers []*jsonhttp.Caller
 	cur      atomic.Int32
 }
 
@@ -45,18 +43,26 @@ func newRegistrar(o Options, url string, a *Agent, log *slog.Logger) *registrar 
 	if iv <= 0 {
 		iv = 5 * time.Second
 	}
-	var ms []string
+	var ms []*jsonhttp.Caller
+	hc := &http.Client{Transport: jsonhttp.NewTransport()}
 	for _, m := range strings.Split(o.Manager, ",") {
 		if m = strings.TrimSuffix(strings.TrimSpace(m), "/"); m != "" {
-			ms = append(ms, m)
+			ms = append(ms, &jsonhttp.Caller{Base: m, Token: o.Token, HC: hc, Timeout: 10 * time.Second})
 		}
 	}
-	return &registrar{o: o, url: url, a: a, log: log, interval: iv, managers: ms, hc: &http.Client{Timeout: 10 * time.Second}}
+	return &registrar{o: o, url: url, a: a, log: log, interval: iv, managers: ms}
 }
 
 func (r *registrar) run(ctx context.Context) {
 	backoff := 500 * time.Millisecond
-	go r.reportExits(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.reportExits(ctx) })
+	defer func() {
+		for _, m := range r.managers {
+			m.CloseIdle()
+		}
+	}()
 	for {
 		var err error
 		if r.id() == "" {
@@ -105,7 +111,7 @@ func (r *registrar) heartbeat(ctx context.Context) error {
 		Allocated: apitypes.Resources{Vcpu: c.Allocated.Vcpu, MemMib: c.Allocated.MemMib},
 		VMs:       c.VMs,
 	}, nil)
-	if se, ok := err.(*statusError); ok && se.status == http.StatusNotFound {
+	if jsonhttp.IsStatus(err, http.StatusNotFound) {
 		r.hostID.Store("") // the manager forgot us: register again
 	}
 	return err
@@ -130,46 +136,14 @@ func (r *registrar) reportExits(ctx context.Context) {
 	}
 }
 
-type statusError struct {
-	status int
-	body   string
-}
-
-func (e *statusError) Error() string { return fmt.Sprintf("%d: %s", e.status, e.body) }
-
+// post sends to the manager in use and moves on to the next one when it
+// cannot be reached or fails (5xx): they all share one store.
 func (r *registrar) post(ctx context.Context, path string, in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
 	i := int(r.cur.Load()) % len(r.managers)
-	err = r.postTo(ctx, r.managers[i], path, b, out)
-	var se *statusError
-	if err != nil && len(r.managers) > 1 && (!errors.As(err, &se) || se.status >= 500) {
-		// That manager is down: the next one shares the same store.
+	err := r.managers[i].Do(ctx, http.MethodPost, path, nil, in, out)
+	var ae *apierr.Error
+	if err != nil && len(r.managers) > 1 && (!errors.As(err, &ae) || ae.Status >= 500) {
 		r.cur.CompareAndSwap(int32(i), int32((i+1)%len(r.managers)))
 	}
 	return err
-}
-
-func (r *registrar) postTo(ctx context.Context, base, path string, b []byte, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+r.o.Token)
-	resp, err := r.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode >= 300 {
-		return &statusError{status: resp.StatusCode, body: strings.TrimSpace(string(raw))}
-	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
 }

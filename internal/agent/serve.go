@@ -11,13 +11,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/lifecycle"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
@@ -39,6 +43,13 @@ type Options struct {
 	Version    string
 	// VMMEnv is passed to every VMM process (firecracker-sim's tuning knobs).
 	VMMEnv []string
+	// Hollow runs a simulated host (package hollow): VMMs in-process, TAPs
+	// in memory, no root needed. For tests and scale benchmarks only; the
+	// host says so when it registers.
+	Hollow bool
+	// HollowCapacity, for a hollow host, replaces the capacity it reports
+	// (tests and benchmarks of placement); zero: the machine's, scaled.
+	HollowCapacity agentapi.Resources
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
 	// MetricsToken (AGENT_METRICS_TOKEN) opens GET /metrics only.
@@ -53,7 +64,6 @@ type Running struct {
 	Token string
 	// Owner is the instance id in the mark of every host object it makes.
 	Owner string
-	net   *network.Network
 	done  <-chan struct{}
 }
 
@@ -111,6 +121,81 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	var h host
+	if o.Hollow {
+		h = startHollow(o, layout)
+		log.Warn("hollow agent: VMMs are firecracker-sim inside this process and TAPs exist only in memory; for tests and benchmarks only")
+	} else if h, err = startReal(ctx, o, layout, owner, log); err != nil {
+		return nil, err
+	}
+	sup, nw, version, simulated := h.vmms, h.net, h.version, h.simulated
+
+	cfg := Config{
+		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
+		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
+		Owner: owner, MetricsToken: o.MetricsToken,
+	}
+	if o.Hollow {
+		cfg.Capacity = o.HollowCapacity
+	}
+	if o.Mode == "prod" {
+		// The VM's own files and snapshots in the run dir are allowed by
+		// the proxy's own rules; outside it, only the images dir.
+		cfg.ReadRoots = []string{o.ImagesDir}
+	}
+	a, err := New(cfg, sup, nw, log)
+	if err != nil {
+		h.release()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", o.Bind)
+	if err != nil {
+		h.release()
+		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
+	}
+	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, Owner: owner}
+	r.URL = o.Advertise
+	if r.URL == "" {
+		r.URL = "http://" + r.Addr
+	}
+	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm_version", version, "simulated", simulated, "hollow", o.Hollow, "run_dir", runDir)
+
+	var bg lifecycle.Group
+	bg.Go(func() { h.run(ctx) })
+	if o.Manager != "" {
+		bg.Go(func() { newRegistrar(o, r.URL, a, log).run(ctx) })
+	}
+	// Streams end and in-flight requests (a spawn writing its handle, say)
+	// drain; the watchers are joined; only then are networking, cgroups and
+	// the run dir released.
+	started = true
+	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, httpmw.Budgets{Drain: 10 * time.Second, Cleanup: 5 * time.Second}, func(cleanup context.Context) {
+		if !bg.Wait(cleanup) {
+			log.Error("shutdown: agent goroutines did not end in time")
+		}
+		h.release()
+		unlockRunDir()
+	})
+	return r, nil
+}
+
+// host is what the agent runs VMs on: real processes and netlink, or a
+// hollow (simulated) host.
+type host struct {
+	vmms      VMMs
+	net       Network
+	version   string // the VMM's
+	simulated bool
+	// run watches the VMMs and keeps the network until ctx ends.
+	run func(ctx context.Context)
+	// release frees the host once the agent's goroutines have ended.
+	release func()
+}
+
+// startReal prepares a real host: the VMM supervisor (adopting the VMMs of
+// a previous agent process), the bridge and NAT.
+func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner string, log *slog.Logger) (host, error) {
+	var err error
 	if os.Geteuid() != 0 {
 		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
 	}
@@ -129,12 +214,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	}
 	sup, err := vmm.New(vcfg)
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
+		return host{}, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
 	}
 	version, simulated := vmmVersion(ctx, sup.Bin())
 	adopted, err := sup.Recover()
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return host{}, fmt.Errorf("agent: %w", err)
 	}
 	for _, h := range adopted {
 		log.Info("adopted running vmm", "vm_id", h.VMID, "pid", h.PID)
@@ -143,12 +228,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	ncfg := network.Config{Owner: owner, Bridge: o.Bridge, Uplink: o.Uplink}
 	if o.BridgeCIDR != "" {
 		if ncfg.Gateway, err = netip.ParsePrefix(o.BridgeCIDR); err != nil {
-			return nil, fmt.Errorf("agent: FC_BRIDGE_CIDR %q: %w", o.BridgeCIDR, err)
+			return host{}, fmt.Errorf("agent: FC_BRIDGE_CIDR %q: %w", o.BridgeCIDR, err)
 		}
 	}
 	nw, err := network.New(ncfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("agent: networking: %w", err)
+		return host{}, fmt.Errorf("agent: networking: %w", err)
 	}
 	br, err := nw.EnsureBridge(ctx)
 	if errors.Is(err, network.ErrNoUplink) && o.Uplink == "" {
@@ -158,13 +243,13 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		nw.Close()
 		ncfg.Uplink = network.UplinkNone
 		if nw, err = network.New(ncfg, log); err != nil {
-			return nil, fmt.Errorf("agent: networking: %w", err)
+			return host{}, fmt.Errorf("agent: networking: %w", err)
 		}
 		br, err = nw.EnsureBridge(ctx)
 	}
 	if err != nil {
 		nw.Close()
-		return nil, fmt.Errorf("agent: %w", err)
+		return host{}, fmt.Errorf("agent: %w", err)
 	}
 	log.Info("bridge ready", "bridge", br.Name, "gateway", br.Gateway.String(), "uplink", br.Uplink, "nat", string(br.NAT), "owner", owner)
 	// TAPs of running VMs made by an agent version without ownership marks
@@ -175,47 +260,36 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		}
 	}
 
-	cfg := Config{
-		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
-		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, MetricsToken: o.MetricsToken,
-	}
-	if o.Mode == "prod" {
-		// The VM's own files and snapshots in the run dir are allowed by
-		// the proxy's own rules; outside it, only the images dir.
-		cfg.ReadRoots = []string{o.ImagesDir}
-	}
-	a, err := New(cfg, sup, nw, log)
-	if err != nil {
-		nw.Close()
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", o.Bind)
-	if err != nil {
-		nw.Close()
-		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
-	}
-	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, Owner: owner, net: nw}
-	r.URL = o.Advertise
-	if r.URL == "" {
-		r.URL = "http://" + r.Addr
-	}
-	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm", sup.Bin(), "vmm_version", version, "simulated", simulated, "run_dir", runDir)
+	return host{
+		vmms: sup, net: nw, version: version, simulated: simulated,
+		run: func(ctx context.Context) {
+			var wg sync.WaitGroup
+			wg.Go(func() { sup.Run(ctx, time.Second) })
+			wg.Go(func() { keepBridge(ctx, nw, log, time.Minute) })
+			wg.Wait()
+		},
+		release: func() {
+			nw.Close()
+			sup.ReleaseCgroups()
+		},
+	}, nil
+}
 
-	go sup.Run(ctx, time.Second)
-	go keepBridge(ctx, nw, log, time.Minute)
-	// Networking is released only once in-flight requests (a spawn
-	// writing its handle, say) are done.
-	started = true
-	r.done = httpmw.Serve(ctx, ln, a.Handler(), log, 15*time.Second, func(context.Context) {
-		nw.Close()
-		sup.ReleaseCgroups()
-		unlockRunDir()
-	})
-	if o.Manager != "" {
-		go newRegistrar(o, r.URL, a, log).run(ctx)
+// startHollow prepares a hollow host: in-process simulated VMMs and an
+// in-memory network, nothing on the machine but files under the run dir.
+func startHollow(o Options, layout hostlayout.Layout) host {
+	env := map[string]string{}
+	for _, kv := range o.VMMEnv {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
 	}
-	return r, nil
+	vmms := hollow.NewVMMs(layout, func(k string) string { return env[k] })
+	return host{
+		vmms: vmms, net: hollow.NewNetwork(o.Bridge), version: hollow.VMMVersion, simulated: true,
+		run:     func(ctx context.Context) { <-ctx.Done() },
+		release: vmms.StopAll,
+	}
 }
 
 // keepBridge re-ensures the bridge, its address, forwarding and NAT every
@@ -234,6 +308,9 @@ func keepBridge(ctx context.Context, nw *network.Network, log *slog.Logger, inte
 		}
 	}
 }
+
+// VMMs is what runs the agent's VMMs (tests reach a hollow host's).
+func (r *Running) VMMs() VMMs { return r.Agent.sup }
 
 // Wait blocks until the agent's server has stopped.
 func (r *Running) Wait() { <-r.done }

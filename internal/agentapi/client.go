@@ -1,93 +1,52 @@
 package agentapi
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
-	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 )
 
 // Client calls one agent. It is safe for concurrent use.
 type Client struct {
-	base  string
-	token string
-	hc    *http.Client
+	base string
+	c    *jsonhttp.Caller
 }
 
 // NewClient returns a client for the agent at base (e.g.
 // "http://10.0.0.5:9090") authenticating with token. hc may be nil.
 func NewClient(base, token string, hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-		}}
+		hc = &http.Client{Transport: jsonhttp.NewTransport()}
 	}
-	return &Client{base: strings.TrimSuffix(base, "/"), token: token, hc: hc}
+	base = strings.TrimSuffix(base, "/")
+	cl := &Client{base: base}
+	cl.c = &jsonhttp.Caller{Base: base + Prefix, Token: token, HC: hc, Timeout: 30 * time.Second,
+		Unreachable: func(err error) error { return &UnreachableError{Agent: base, Err: err} }}
+	return cl
 }
 
 // Base returns the agent's base URL.
 func (c *Client) Base() string { return c.base }
 
+// CloseIdle drops the client's idle connections.
+func (c *Client) CloseIdle() { c.c.CloseIdle() }
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	if _, has := ctx.Deadline(); !has {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
+	p, q, _ := strings.Cut(path, "?")
+	var qv url.Values
+	if q != "" {
+		qv, _ = url.ParseQuery(q)
 	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("agent %s %s: encode: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+Prefix+path, body)
-	if err != nil {
-		return fmt.Errorf("agent %s %s: %w", method, path, err)
-	}
-	c.authorize(req)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return &UnreachableError{Agent: c.base, Err: err}
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
-	if err != nil {
-		return &UnreachableError{Agent: c.base, Err: err}
-	}
-	if resp.StatusCode >= 300 {
-		return decodeError(resp.StatusCode, raw)
-	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return fmt.Errorf("agent %s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
+	return c.c.Do(ctx, method, p, qv, in, out)
 }
 
-func (c *Client) authorize(req *http.Request) {
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	if id := httpmw.RequestID(req.Context()); id != "" {
-		req.Header.Set(httpmw.HeaderRequestID, id)
-	}
-}
+func (c *Client) authorize(req *http.Request) { c.c.Authorize(req) }
 
 // UnreachableError means the agent could not be reached at all.
 type UnreachableError struct {
@@ -99,15 +58,6 @@ func (e *UnreachableError) Error() string {
 	return fmt.Sprintf("agent %s unreachable: %v", e.Agent, e.Err)
 }
 func (e *UnreachableError) Unwrap() error { return e.Err }
-
-func decodeError(status int, raw []byte) error {
-	var e apierr.Error
-	if json.Unmarshal(raw, &e) != nil || e.Code == "" {
-		e = apierr.Error{Code: "agent_error", Message: strings.TrimSpace(string(raw))}
-	}
-	e.Status = status
-	return &e
-}
 
 func vmPath(id, rest string) string { return "/vms/" + url.PathEscape(id) + rest }
 
@@ -157,7 +107,7 @@ func (c *Client) Firecracker(vmID string, opts ...firecracker.Option) *firecrack
 	base := c.base + Prefix + vmPath(vmID, "/proxy")
 	pre := []firecracker.Option{firecracker.WithRequestHook(c.authorize)}
 	opts = append(pre, opts...)
-	return firecracker.NewHTTP(base, c.hc, opts...)
+	return firecracker.NewHTTP(base, c.c.HC, opts...)
 }
 
 // Logs returns the last tail lines of the VM's firecracker log (source
@@ -188,30 +138,14 @@ func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Res
 	return c.StreamLogsFrom(ctx, vmID, StreamOptions{Source: source})
 }
 
-// openStream GETs an event stream, resuming after lastEventID when set.
-func (c *Client) openStream(ctx context.Context, path, lastEventID string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+Prefix+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	c.authorize(req)
-	req.Header.Set("Accept", "text/event-stream")
-	if lastEventID != "" {
-		req.Header.Set("Last-Event-ID", lastEventID)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, &UnreachableError{Agent: c.base, Err: err}
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return nil, decodeError(resp.StatusCode, raw)
-	}
-	return resp, nil
-}
-
 // DeleteTap removes a TAP by name (an orphan whose VM is unknown).
 func (c *Client) DeleteTap(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/taps/"+url.PathEscape(name), nil, nil)
+}
+
+// ProxyBatch runs firecracker calls for the VM in one request, in order,
+// stopping at the first refusal.
+func (c *Client) ProxyBatch(ctx context.Context, vmID string, calls []firecracker.Call) (BatchResponse, error) {
+	var r BatchResponse
+	return r, c.do(ctx, http.MethodPost, vmPath(vmID, "/proxy-batch"), BatchRequest{Calls: calls}, &r)
 }

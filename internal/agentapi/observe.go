@@ -46,5 +46,9 @@ func (c *Client) StreamLogsFrom(ctx context.Context, vmID string, o StreamOption
 	if o.Tail > 0 {
 		q.Set("tail", strconv.Itoa(o.Tail))
 	}
-	return c.openStream(ctx, vmPath(vmID, "/logs/stream?"+q.Encode()), o.LastEventID)
+	var h http.Header
+	if o.LastEventID != "" {
+		h = http.Header{"Last-Event-ID": {o.LastEventID}}
+	}
+	return c.c.StreamHeader(ctx, vmPath(vmID, "/logs/stream"), q, h)
 }

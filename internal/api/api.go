@@ -21,36 +21,52 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	fleetmetrics "github.com/nexus-microvm/nexus/internal/metrics"
 )
 
-// Deps are what the HTTP layer needs.
+// Deps are what the HTTP layer needs: one service per resource, each
+// through the interface its routes define.
 type Deps struct {
-	Service    *manager.Service
-	Reconciler *manager.Reconciler // nil: no reconciler status
-	Auth       *auth.Authenticator
+	VMs        VMService
+	Images     ImageService
+	Templates  TemplateService
+	Snapshots  SnapshotService
+	Hosts      HostService
+	Tokens     TokenService
+	Audit      AuditLog
+	Ping       func(context.Context) error // the store answers (readiness)
+	JoinToken  string                      // agents present it on their routes
+	Reconciler *manager.Reconciler         // nil: no reconciler status
+	Auth       Authenticator
 	Log        *slog.Logger
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string
+	// Fleet, when set, adds the fleet gauges (VMs, hosts, snapshots,
+	// store) to /metrics; they are read from it at scrape time.
+	Fleet fleetmetrics.FleetStore
 }
 
 // Server is the manager's HTTP handler.
 type Server struct {
-	svc  *manager.Service
-	rec  *manager.Reconciler
-	auth *auth.Authenticator
-	log  *slog.Logger
-	api  huma.API
-	mux  *chi.Mux
-	reg  *prometheus.Registry
-	m    *metrics
-
-	// benchNoAuth makes guard skip authentication and act as an admin. Only
-	// this package's benchmark sets it, to measure what auth costs.
-	benchNoAuth bool
+	vms       VMService
+	images    ImageService
+	templates TemplateService
+	snapshots SnapshotService
+	hosts     HostService
+	tokens    TokenService
+	audit     AuditLog
+	ping      func(context.Context) error
+	joinToken string
+	rec       *manager.Reconciler
+	auth      Authenticator
+	log       *slog.Logger
+	api       huma.API
+	mux       *chi.Mux
+	reg       *prometheus.Registry
+	m         *metrics
 
 	// ops lists every registered operation with its policy, so tests can
 	// walk them and a new route cannot forget its policy.
@@ -60,18 +76,24 @@ type Server struct {
 	streams chan struct{}
 }
 
+// huma builds its errors (validation, bad JSON, 404 …) through a
+// package-level hook, with no per-API setting; it is set once here, when
+// the package loads, so every huma error takes the contract's shape and no
+// call to New changes global state.
+func init() { huma.NewErrorWithContext = humaError }
+
 // New returns the manager's HTTP handler with every route of routes.go.
 func New(d Deps) *Server {
 	if d.Registry == nil {
 		d.Registry = prometheus.NewRegistry()
 		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	s := &Server{svc: d.Service, rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
-		streams: make(chan struct{}, maxLogStreams)}
-
-	// huma builds errors through this package-level hook; ours makes every
-	// error it reports (validation, bad JSON, 404 …) take the contract's shape.
-	huma.NewErrorWithContext = humaError
+	s := &Server{
+		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
+		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken,
+		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
+		streams: make(chan struct{}, maxLogStreams),
+	}
 
 	mux := chi.NewMux()
 	mux.Use(httpmw.Middleware(d.Log, "/healthz", "/readyz", "/metrics"))
@@ -101,8 +123,8 @@ func New(d Deps) *Server {
 	s.api.UseMiddleware(s.guard)
 	s.mux = mux
 	s.routes()
-	if d.Service != nil {
-		s.registerFleetMetrics()
+	if d.Fleet != nil {
+		s.registerFleetMetrics(d.Fleet)
 	}
 	if err := s.uiRoutes(); err != nil {
 		// The files are embedded at build time: this is a broken build.

@@ -17,6 +17,13 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
+// AuditLog is where audit rows go and are read back (store.Store).
+type AuditLog interface {
+	BeginAudit(ctx context.Context, e store.AuditEntry) (int64, error)
+	CompleteAudit(ctx context.Context, id int64, result store.AuditResult, after json.RawMessage, errText string) error
+	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEntry, error)
+}
+
 type newIDKey struct{}
 
 // newID is the id a create operation must give what it creates: chosen
@@ -69,7 +76,7 @@ func (s *Server) audited(ctx huma.Context, pol policy, actor string, next func(h
 
 func (s *Server) beginAudit(ctx huma.Context, pol policy, actor, resourceID string) int64 {
 	c := ctx.Context()
-	id, err := s.svc.Store().BeginAudit(context.WithoutCancel(c), store.AuditEntry{
+	id, err := s.audit.BeginAudit(context.WithoutCancel(c), store.AuditEntry{
 		Actor: actor, Action: pol.Action, Resource: pol.Resource, ResourceID: resourceID,
 		RequestID: httpmw.RequestID(c), Before: s.summarize(c, pol.Resource, resourceID),
 	})
@@ -87,7 +94,7 @@ func (s *Server) completeAudit(ctx context.Context, id int64, result store.Audit
 	if id == 0 {
 		return
 	}
-	if err := s.svc.Store().CompleteAudit(context.WithoutCancel(ctx), id, result, after, errText); err != nil {
+	if err := s.audit.CompleteAudit(context.WithoutCancel(ctx), id, result, after, errText); err != nil {
 		s.log.Error("audit: could not complete row", "audit_id", id, "err", err)
 	}
 }
@@ -98,7 +105,7 @@ func (s *Server) completeAudit(ctx context.Context, id int64, result store.Audit
 func (s *Server) auditEach(ctx context.Context, action, resource string, res []apitypes.BulkResult) {
 	p, _ := principal(ctx)
 	for _, r := range res {
-		id, err := s.svc.Store().BeginAudit(context.WithoutCancel(ctx), store.AuditEntry{
+		id, err := s.audit.BeginAudit(context.WithoutCancel(ctx), store.AuditEntry{
 			Actor: p.Actor(), Action: action, Resource: resource, ResourceID: r.ID, RequestID: httpmw.RequestID(ctx),
 		})
 		if err != nil {
@@ -122,32 +129,32 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 	var v any
 	switch resource {
 	case "vm":
-		vm, err := s.svc.GetVM(ctx, manager.All, id)
+		vm, err := s.vms.GetVM(ctx, manager.All, id)
 		if err != nil {
 			return nil
 		}
 		v = map[string]any{"id": vm.ID, "name": vm.Name, "project": vm.Project, "state": vm.State,
 			"desired_state": vm.DesiredState, "host_id": vm.HostID}
 	case "token":
-		t, err := s.svc.GetToken(ctx, id)
+		t, err := s.tokens.GetToken(ctx, id)
 		if err != nil {
 			return nil
 		}
 		v = map[string]any{"id": t.ID, "owner": t.Owner, "role": t.Role, "project": t.Project, "revoked": t.RevokedAt != nil}
 	case "image":
-		img, err := s.svc.GetImage(ctx, manager.All, id, "")
+		img, err := s.images.GetImage(ctx, manager.All, id, "")
 		if err != nil {
 			return nil
 		}
 		v = map[string]any{"id": img.ID, "name": img.Name, "kind": img.Kind, "project": img.Project, "sha256": img.SHA256, "size": img.Size}
 	case "template":
-		t, err := s.svc.GetTemplate(ctx, manager.All, id, "")
+		t, err := s.templates.GetTemplate(ctx, manager.All, id, "")
 		if err != nil {
 			return nil
 		}
 		v = map[string]any{"id": t.ID, "name": t.Name, "project": t.Project}
 	case "snapshot":
-		sn, err := s.svc.GetSnapshot(ctx, manager.All, id)
+		sn, err := s.snapshots.GetSnapshot(ctx, manager.All, id)
 		if err != nil {
 			return nil
 		}
@@ -185,7 +192,7 @@ func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, e
 			return nil, apierr.Forbidden("only admins list the whole audit trail").
 				WithSuggestion("pass vm_id for the history of one of your VMs")
 		}
-		if _, err := s.svc.GetVM(ctx, scope(ctx), in.VMID); err != nil {
+		if _, err := s.vms.GetVM(ctx, scope(ctx), in.VMID); err != nil {
 			return nil, err
 		}
 	}
@@ -193,7 +200,7 @@ func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, e
 	if limit == 0 {
 		limit = 1000
 	}
-	rows, err := s.svc.Store().ListAudit(ctx, store.AuditFilter{
+	rows, err := s.audit.ListAudit(ctx, store.AuditFilter{
 		ResourceID: rid, Actor: in.Actor, Since: in.Since, AfterID: in.AfterID, Limit: limit,
 	})
 	if err != nil {

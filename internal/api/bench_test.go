@@ -12,9 +12,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
-// BenchmarkAuthOverhead measures GET /v1/vms/{id} with a cached token and
-// with authentication skipped, interleaved in one run, so the difference is
-// what authentication adds on the hot path (target: under 1 ms at p95).
+// BenchmarkAuthOverhead measures GET /v1/vms/{id} with the real
+// authenticator (a cached token) and with one that accepts any token at
+// no cost, interleaved in one run, so the difference is what
+// authentication adds on the hot path (target: under 1 ms at p95).
 func BenchmarkAuthOverhead(b *testing.B) {
 	ts := newTestServer(b)
 	vm, err := ts.st.CreateVM(context.Background(), store.VM{Name: "bench", Project: "team-a", State: store.VMRunning, DesiredState: store.VMRunning, VCPU: 1, MemMiB: 128})
@@ -22,8 +23,7 @@ func BenchmarkAuthOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	token := ts.tokens[auth.RoleAdmin]
-	noAuth := New(Deps{Service: ts.srv.svc, Auth: ts.srv.auth, Log: ts.srv.log, Version: "bench"})
-	noAuth.benchNoAuth = true
+	noAuth := New(ts.deps(freeAuth{}))
 	get := func(h http.Handler, tok string) time.Duration {
 		req, _ := http.NewRequest("GET", "/v1/vms/"+vm.ID, nil)
 		if tok != "" {
@@ -44,7 +44,7 @@ func BenchmarkAuthOverhead(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		with = append(with, get(ts.srv, token))
-		without = append(without, get(noAuth, ""))
+		without = append(without, get(noAuth, "any"))
 	}
 	testutil.ReportLatency(b, "auth", with)
 	testutil.ReportLatency(b, "noauth", without)
@@ -70,4 +70,11 @@ func (r *recorder) Write(b []byte) (int, error) {
 		r.code = 200
 	}
 	return io.Discard.Write(b)
+}
+
+// freeAuth takes every token for an admin's, at no cost.
+type freeAuth struct{}
+
+func (freeAuth) Authenticate(context.Context, string) (auth.Principal, error) {
+	return auth.Principal{TokenID: "bench", Role: auth.RoleAdmin, Project: auth.AllProjects}, nil
 }

@@ -3,18 +3,32 @@ package api
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
 )
+
+// HostService is the host registry as the host and agent routes use it
+// (manager.Hosts).
+type HostService interface {
+	RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error)
+	Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error
+	HeartbeatInterval() time.Duration
+	HostEvent(ctx context.Context, hostID, vmID, status string) error
+	ListHosts(ctx context.Context) ([]store.Host, error)
+	SetHostDraining(ctx context.Context, ref string, drain bool) error
+	RemoveHost(ctx context.Context, ref string) error
+}
 
 type hostListOutput struct {
 	Body apitypes.HostList
 }
 
 func (s *Server) listHosts(ctx context.Context, _ *struct{}) (*hostListOutput, error) {
-	hosts, err := s.svc.ListHosts(ctx)
+	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -34,11 +48,11 @@ type registerHostOutput struct {
 }
 
 func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*registerHostOutput, error) {
-	h, err := s.svc.RegisterHost(ctx, in.Body)
+	h, err := s.hosts.RegisterHost(ctx, in.Body)
 	if err != nil {
 		return nil, err
 	}
-	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int(s.svc.HeartbeatInterval().Milliseconds())}}, nil
+	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int(s.hosts.HeartbeatInterval().Milliseconds())}}, nil
 }
 
 type heartbeatInput struct {
@@ -47,7 +61,7 @@ type heartbeatInput struct {
 }
 
 func (s *Server) hostHeartbeat(ctx context.Context, in *heartbeatInput) (*okOutput, error) {
-	return ok(), s.svc.Heartbeat(ctx, in.ID, in.Body.Capacity, in.Body.Allocated, in.Body.VMs)
+	return ok(), s.hosts.Heartbeat(ctx, in.ID, in.Body.Capacity, in.Body.Allocated, in.Body.VMs)
 }
 
 type healthOutput struct {
@@ -62,11 +76,11 @@ func (s *Server) healthz(ctx context.Context, _ *struct{}) (*healthOutput, error
 func (s *Server) readyz(ctx context.Context, _ *struct{}) (*healthOutput, error) {
 	checks := map[string]string{"store": "ok", "hosts": "ok"}
 	ready := true
-	if err := s.svc.Store().Ping(ctx); err != nil {
+	if err := s.ping(ctx); err != nil {
 		checks["store"] = "unreachable"
 		ready = false
 	}
-	hosts, err := s.svc.ListHosts(ctx)
+	hosts, err := s.hosts.ListHosts(ctx)
 	n := 0
 	for _, h := range hosts {
 		if h.State == "ready" || h.State == "draining" { // draining hosts are healthy
@@ -90,7 +104,7 @@ type hostEventInput struct {
 }
 
 func (s *Server) hostEvent(ctx context.Context, in *hostEventInput) (*okOutput, error) {
-	return ok(), s.svc.HostEvent(ctx, in.ID, in.Body.VMID, in.Body.Status)
+	return ok(), s.hosts.HostEvent(ctx, in.ID, in.Body.VMID, in.Body.Status)
 }
 
 type hostIDPath struct {
@@ -98,15 +112,15 @@ type hostIDPath struct {
 }
 
 func (s *Server) drainHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
-	return ok(), s.svc.SetHostDraining(ctx, in.ID, true)
+	return ok(), s.hosts.SetHostDraining(ctx, in.ID, true)
 }
 
 func (s *Server) undrainHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
-	return ok(), s.svc.SetHostDraining(ctx, in.ID, false)
+	return ok(), s.hosts.SetHostDraining(ctx, in.ID, false)
 }
 
 func (s *Server) removeHost(ctx context.Context, in *hostIDPath) (*okOutput, error) {
-	return ok(), s.svc.RemoveHost(ctx, in.ID)
+	return ok(), s.hosts.RemoveHost(ctx, in.ID)
 }
 
 type reconcilerOutput struct {

@@ -6,7 +6,17 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
 )
+
+// ImageService is the image registry as the image routes use it
+// (manager.Images).
+type ImageService interface {
+	CreateImage(ctx context.Context, scope manager.Scope, id string, req apitypes.CreateImageRequest) (store.Image, error)
+	GetImage(ctx context.Context, scope manager.Scope, ref, project string) (store.Image, error)
+	ListImages(ctx context.Context, scope manager.Scope, kind, project string) ([]store.Image, error)
+	DeleteImage(ctx context.Context, scope manager.Scope, ref, project string) (store.Image, error)
+}
 
 // imageRoutes registers the image registry's routes. Operators register
 // and delete images of their project; shared images (project "*") need an
@@ -28,7 +38,7 @@ type imageOutput struct {
 }
 
 func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageOutput, error) {
-	img, err := s.svc.CreateImage(ctx, scope(ctx), newID(ctx), in.Body)
+	img, err := s.images.CreateImage(ctx, scope(ctx), newID(ctx), in.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +55,7 @@ type imageListOutput struct {
 }
 
 func (s *Server) listImages(ctx context.Context, in *listImagesInput) (*imageListOutput, error) {
-	imgs, err := s.svc.ListImages(ctx, scope(ctx), in.Kind, in.Project)
+	imgs, err := s.images.ListImages(ctx, scope(ctx), in.Kind, in.Project)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +76,7 @@ type imageItemOutput struct {
 }
 
 func (s *Server) getImage(ctx context.Context, in *imageRefInput) (*imageItemOutput, error) {
-	img, err := s.svc.GetImage(ctx, scope(ctx), in.ID, in.Project)
+	img, err := s.images.GetImage(ctx, scope(ctx), in.ID, in.Project)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +84,7 @@ func (s *Server) getImage(ctx context.Context, in *imageRefInput) (*imageItemOut
 }
 
 func (s *Server) deleteImage(ctx context.Context, in *imageRefInput) (*okOutput, error) {
-	_, err := s.svc.DeleteImage(ctx, scope(ctx), in.ID, in.Project)
+	_, err := s.images.DeleteImage(ctx, scope(ctx), in.ID, in.Project)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/httpmw"
 )
 
 type logsInput struct {
@@ -23,7 +24,7 @@ type logsOutput struct {
 }
 
 func (s *Server) vmLogs(ctx context.Context, in *logsInput) (*logsOutput, error) {
-	ll, err := s.svc.Logs(ctx, scope(ctx), in.ID, in.Source, in.Tail)
+	ll, err := s.vms.Logs(ctx, scope(ctx), in.ID, in.Source, in.Tail)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +52,7 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 		return nil, huma.ErrorWithHeaders(apierr.Newf(http.StatusTooManyRequests, "too_many_streams", "this manager already relays %d log streams", maxLogStreams).
 			WithSuggestion("close streams you no longer read, or retry later"), http.Header{"Retry-After": {"5"}})
 	}
-	resp, err := s.svc.StreamLogsFrom(ctx, scope(ctx), in.ID, agentapi.StreamOptions{Source: in.Source, Tail: in.Tail, LastEventID: in.LastEventID})
+	resp, err := s.vms.StreamLogsFrom(ctx, scope(ctx), in.ID, agentapi.StreamOptions{Source: in.Source, Tail: in.Tail, LastEventID: in.LastEventID})
 	if err != nil {
 		<-s.streams
 		return nil, err
@@ -59,6 +60,18 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 	return &huma.StreamResponse{Body: func(hctx huma.Context) {
 		defer func() { <-s.streams }()
 		defer resp.Body.Close()
+		// The relay ends when the caller goes, or at once when the manager
+		// shuts down: a stream must never hold a shutdown.
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			select {
+			case <-done:
+			case <-hctx.Context().Done():
+			case <-httpmw.Closing(hctx.Context()):
+			}
+			resp.Body.Close()
+		}()
 		hctx.SetHeader("Content-Type", "text/event-stream")
 		hctx.SetHeader("Cache-Control", "no-cache")
 		// Proxies (nginx) must not buffer the stream.
@@ -96,7 +109,7 @@ type tailPathInput struct {
 }
 
 func (s *Server) tailPath(ctx context.Context, in *tailPathInput) (*logsOutput, error) {
-	ll, err := s.svc.TailPath(ctx, scope(ctx), in.Path, in.Tail)
+	ll, err := s.vms.TailPath(ctx, scope(ctx), in.Path, in.Tail)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +128,7 @@ func (s *Server) metricsRecent(ctx context.Context, in *metricsRecentInput) (*me
 	if in.ID == "" {
 		return nil, apierr.BadRequest("id is required")
 	}
-	rec, err := s.svc.Metrics(ctx, scope(ctx), in.ID)
+	rec, err := s.vms.Metrics(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}

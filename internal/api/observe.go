@@ -23,9 +23,9 @@ func (s *Server) observeRoutes() {
 
 // registerFleetMetrics adds the fleet gauges (VMs, hosts, snapshots,
 // store) to the manager's registry; they are computed at scrape time.
-func (s *Server) registerFleetMetrics() {
+func (s *Server) registerFleetMetrics(st fleetmetrics.FleetStore) {
 	s.reg.MustRegister(fleetmetrics.NewFleet(fleetmetrics.FleetConfig{
-		Store: s.svc.Store(), Hosts: s.svc.ListHosts, Log: s.log,
+		Store: st, Hosts: s.hosts.ListHosts, Log: s.log,
 	}))
 }
 
@@ -43,7 +43,7 @@ type vmStatsOutput struct {
 }
 
 func (s *Server) vmStats(ctx context.Context, in *vmIDPath) (*vmStatsOutput, error) {
-	st, err := s.svc.VMStats(ctx, scope(ctx), in.ID)
+	st, err := s.vms.VMStats(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ type sdOutput struct {
 // Labels name the host as the manager's gauges do (host), so per-host
 // dashboards join both.
 func (s *Server) prometheusSD(ctx context.Context, _ *struct{}) (*sdOutput, error) {
-	hosts, err := s.svc.ListHosts(ctx)
+	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
 		return nil, err
 	}

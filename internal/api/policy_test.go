@@ -24,7 +24,18 @@ type testServer struct {
 	srv    *Server
 	http   *httptest.Server
 	st     store.Store
+	mgr    *manager.Manager
 	tokens map[auth.Role]string
+}
+
+// deps wires the real manager services over the test store, with authn.
+func (ts *testServer) deps(authn Authenticator) Deps {
+	m := ts.mgr
+	return Deps{
+		VMs: m.VMs, Images: m.Images, Templates: m.Templates, Snapshots: m.Snapshots, Hosts: m.Hosts, Tokens: m.Tokens,
+		Audit: ts.st, Ping: ts.st.Ping, JoinToken: "join", Fleet: ts.st,
+		Auth: authn, Log: slog.New(slog.DiscardHandler), Version: "test",
+	}
 }
 
 func newTestServer(t testing.TB) *testServer {
@@ -38,10 +49,11 @@ func newTestServer(t testing.TB) *testServer {
 	t.Cleanup(func() { st.Close() })
 	log := slog.New(slog.DiscardHandler)
 	authn := auth.NewAuthenticator(st, time.Minute, log)
-	svc := manager.New(ctx, manager.Config{JoinToken: "join"}, st, log)
-	svc.OnTokenChange = authn.Invalidate
-	s := New(Deps{Service: svc, Auth: authn, Log: log, Version: "test"})
-	ts := &testServer{srv: s, http: httptest.NewServer(s), st: st, tokens: map[auth.Role]string{}}
+	mgr := manager.New(ctx, manager.Config{JoinToken: "join"}, st, log)
+	mgr.Tokens.OnChange = authn.Invalidate
+	ts := &testServer{st: st, mgr: mgr, tokens: map[auth.Role]string{}}
+	ts.srv = New(ts.deps(authn))
+	ts.http = httptest.NewServer(ts.srv)
 	t.Cleanup(ts.http.Close)
 	for _, r := range []auth.Role{auth.RoleViewer, auth.RoleOperator, auth.RoleAdmin} {
 		secret, _, err := auth.Issue(ctx, st, "", string(r)+"-user", r, "team-a")

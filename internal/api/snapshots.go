@@ -9,6 +9,16 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
+// SnapshotService is what the snapshot routes use (manager.Snapshots).
+type SnapshotService interface {
+	CreateSnapshot(ctx context.Context, scope manager.Scope, vmID string, opt manager.SnapshotOptions) (store.Snapshot, error)
+	GetSnapshot(ctx context.Context, scope manager.Scope, id string) (store.Snapshot, error)
+	ListSnapshots(ctx context.Context, scope manager.Scope, f store.SnapshotFilter) ([]store.Snapshot, error)
+	ListVMSnapshots(ctx context.Context, scope manager.Scope, vmID string) ([]store.Snapshot, error)
+	DeleteSnapshot(ctx context.Context, scope manager.Scope, id string) error
+	InstantiateSnapshot(ctx context.Context, scope manager.Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt manager.InstantiateOptions) (manager.Restored, error)
+}
+
 // snapshotRoutes registers the snapshots' routes. Reads are for viewers;
 // create, delete and instantiate for operators of the snapshot's project
 // (the source VM's). A snapshot of another project answers 404.
@@ -41,7 +51,7 @@ func (s *Server) createSnapshot(ctx context.Context, in *createSnapshotInput) (*
 	if in.Body != nil {
 		opt.Resume = in.Body.Resume
 	}
-	sn, err := s.svc.CreateSnapshot(ctx, scope(ctx), in.ID, opt)
+	sn, err := s.snapshots.CreateSnapshot(ctx, scope(ctx), in.ID, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +74,7 @@ func snapshotList(sns []store.Snapshot) *snapshotListOutput {
 }
 
 func (s *Server) listVMSnapshots(ctx context.Context, in *vmIDPath) (*snapshotListOutput, error) {
-	sns, err := s.svc.ListVMSnapshots(ctx, scope(ctx), in.ID)
+	sns, err := s.snapshots.ListVMSnapshots(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +88,7 @@ type listSnapshotsInput struct {
 }
 
 func (s *Server) listSnapshots(ctx context.Context, in *listSnapshotsInput) (*snapshotListOutput, error) {
-	sns, err := s.svc.ListSnapshots(ctx, scope(ctx), store.SnapshotFilter{VMID: in.VMID, HostID: in.HostID, Project: in.Project})
+	sns, err := s.snapshots.ListSnapshots(ctx, scope(ctx), store.SnapshotFilter{VMID: in.VMID, HostID: in.HostID, Project: in.Project})
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +104,7 @@ type snapshotItemOutput struct {
 }
 
 func (s *Server) getSnapshot(ctx context.Context, in *snapshotIDPath) (*snapshotItemOutput, error) {
-	sn, err := s.svc.GetSnapshot(ctx, scope(ctx), in.ID)
+	sn, err := s.snapshots.GetSnapshot(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +112,7 @@ func (s *Server) getSnapshot(ctx context.Context, in *snapshotIDPath) (*snapshot
 }
 
 func (s *Server) deleteSnapshot(ctx context.Context, in *snapshotIDPath) (*okOutput, error) {
-	return ok(), s.svc.DeleteSnapshot(ctx, scope(ctx), in.ID)
+	return ok(), s.snapshots.DeleteSnapshot(ctx, scope(ctx), in.ID)
 }
 
 type instantiateSnapshotInput struct {
@@ -115,11 +125,11 @@ type instantiateSnapshotOutput struct {
 }
 
 func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapshotInput) (*instantiateSnapshotOutput, error) {
-	r, err := s.svc.InstantiateSnapshot(ctx, scope(ctx), in.ID, in.Body, manager.InstantiateOptions{ID: newID(ctx)})
+	r, err := s.snapshots.InstantiateSnapshot(ctx, scope(ctx), in.ID, in.Body, manager.InstantiateOptions{ID: newID(ctx)})
 	if err != nil {
 		return nil, err
 	}
 	return &instantiateSnapshotOutput{Body: apitypes.InstantiateSnapshotResponse{
-		VM: s.svc.View(r.VM), SnapshotID: in.ID, Notices: r.Notices,
+		VM: s.vms.View(r.VM), SnapshotID: in.ID, Notices: r.Notices,
 	}}, nil
 }

@@ -10,6 +10,15 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
+// TemplateService is what the template routes use (manager.Templates).
+type TemplateService interface {
+	CreateTemplate(ctx context.Context, scope manager.Scope, id, owner string, req apitypes.CreateTemplateRequest) (store.Template, error)
+	GetTemplate(ctx context.Context, scope manager.Scope, ref, project string) (store.Template, error)
+	ListTemplates(ctx context.Context, scope manager.Scope, project string) ([]store.Template, error)
+	DeleteTemplate(ctx context.Context, scope manager.Scope, ref, project string) (store.Template, error)
+	Instantiate(ctx context.Context, scope manager.Scope, ref, project string, req apitypes.InstantiateRequest, opt manager.TemplateInstanceOptions) ([]store.VM, error)
+}
+
 // templateRoutes registers the templates' routes. Instantiation is a VM
 // create: audited as such, its row names the (first) new VM.
 func (s *Server) templateRoutes() {
@@ -31,7 +40,7 @@ type templateOutput struct {
 
 func (s *Server) createTemplate(ctx context.Context, in *createTemplateInput) (*templateOutput, error) {
 	p, _ := principal(ctx)
-	t, err := s.svc.CreateTemplate(ctx, scope(ctx), newID(ctx), p.Owner, in.Body)
+	t, err := s.templates.CreateTemplate(ctx, scope(ctx), newID(ctx), p.Owner, in.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +56,7 @@ type templateListOutput struct {
 }
 
 func (s *Server) listTemplates(ctx context.Context, in *listTemplatesInput) (*templateListOutput, error) {
-	ts, err := s.svc.ListTemplates(ctx, scope(ctx), in.Project)
+	ts, err := s.templates.ListTemplates(ctx, scope(ctx), in.Project)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +77,7 @@ type templateItemOutput struct {
 }
 
 func (s *Server) getTemplate(ctx context.Context, in *templateRefInput) (*templateItemOutput, error) {
-	t, err := s.svc.GetTemplate(ctx, scope(ctx), in.ID, in.Project)
+	t, err := s.templates.GetTemplate(ctx, scope(ctx), in.ID, in.Project)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +85,7 @@ func (s *Server) getTemplate(ctx context.Context, in *templateRefInput) (*templa
 }
 
 func (s *Server) deleteTemplate(ctx context.Context, in *templateRefInput) (*okOutput, error) {
-	if _, err := s.svc.DeleteTemplate(ctx, scope(ctx), in.ID, in.Project); err != nil {
+	if _, err := s.templates.DeleteTemplate(ctx, scope(ctx), in.ID, in.Project); err != nil {
 		return nil, err
 	}
 	return ok(), nil
@@ -94,7 +103,7 @@ type instantiateOutput struct {
 }
 
 func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) (*instantiateOutput, error) {
-	vms, err := s.svc.Instantiate(ctx, scope(ctx), in.ID, in.Project, in.Body,
+	vms, err := s.templates.Instantiate(ctx, scope(ctx), in.ID, in.Project, in.Body,
 		manager.TemplateInstanceOptions{FirstID: newID(ctx), Wait: in.Wait != "false"})
 	if err != nil {
 		return nil, err
@@ -102,7 +111,7 @@ func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) 
 	out := &instantiateOutput{Body: apitypes.InstantiateResponse{IDs: make([]string, 0, len(vms)), Items: make([]apitypes.VM, 0, len(vms))}}
 	for _, vm := range vms {
 		out.Body.IDs = append(out.Body.IDs, vm.ID)
-		out.Body.Items = append(out.Body.Items, s.svc.View(vm))
+		out.Body.Items = append(out.Body.Items, s.vms.View(vm))
 	}
 	out.Body.ID = out.Body.IDs[0]
 	s.auditSiblings(ctx, vms[1:])
@@ -124,7 +133,7 @@ func (s *Server) auditSiblings(ctx context.Context, vms []store.VM) {
 }
 
 func (s *Server) beginAuditRow(ctx context.Context, e store.AuditEntry) int64 {
-	id, err := s.svc.Store().BeginAudit(context.WithoutCancel(ctx), e)
+	id, err := s.audit.BeginAudit(context.WithoutCancel(ctx), e)
 	if err != nil {
 		s.log.Error("audit: could not record call", "request_id", e.RequestID, "action", e.Action, "err", err)
 		return 0

@@ -7,6 +7,15 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
+// TokenService is what the token routes use (manager.Tokens).
+type TokenService interface {
+	CreateToken(ctx context.Context, id, owner, role, project string) (string, store.APIToken, error)
+	ListTokens(ctx context.Context, all bool) ([]store.APIToken, error)
+	GetToken(ctx context.Context, id string) (store.APIToken, error)
+	RevokeToken(ctx context.Context, id string) error
+	RotateToken(ctx context.Context, id string) (string, store.APIToken, error)
+}
+
 type createTokenInput struct {
 	Body apitypes.CreateTokenRequest
 }
@@ -16,7 +25,7 @@ type tokenSecretOutput struct {
 }
 
 func (s *Server) createToken(ctx context.Context, in *createTokenInput) (*tokenSecretOutput, error) {
-	secret, rec, err := s.svc.CreateToken(ctx, newID(ctx), in.Body.Owner, in.Body.Role, in.Body.Project)
+	secret, rec, err := s.tokens.CreateToken(ctx, newID(ctx), in.Body.Owner, in.Body.Role, in.Body.Project)
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +46,7 @@ func tokenView(t store.APIToken) apitypes.Token {
 }
 
 func (s *Server) listTokens(ctx context.Context, in *listTokensInput) (*tokenListOutput, error) {
-	toks, err := s.svc.ListTokens(ctx, in.All)
+	toks, err := s.tokens.ListTokens(ctx, in.All)
 	if err != nil {
 		return nil, err
 	}
@@ -53,11 +62,11 @@ type tokenIDPath struct {
 }
 
 func (s *Server) revokeToken(ctx context.Context, in *tokenIDPath) (*okOutput, error) {
-	return ok(), s.svc.RevokeToken(ctx, in.ID)
+	return ok(), s.tokens.RevokeToken(ctx, in.ID)
 }
 
 func (s *Server) rotateToken(ctx context.Context, in *tokenIDPath) (*tokenSecretOutput, error) {
-	secret, rec, err := s.svc.RotateToken(ctx, in.ID)
+	secret, rec, err := s.tokens.RotateToken(ctx, in.ID)
 	if err != nil {
 		return nil, err
 	}

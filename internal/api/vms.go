@@ -2,13 +2,42 @@ package api
 
 import (
 	"context"
+	"net/http"
 	"strings"
 
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
+
+// VMService is the VM lifecycle as the VM routes use it (manager.VMs).
+type VMService interface {
+	CreateVM(ctx context.Context, scope manager.Scope, req apitypes.CreateVMRequest, opt manager.CreateOptions) (store.VM, error)
+	GetVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
+	GetVMByName(ctx context.Context, scope manager.Scope, project, name string) (store.VM, error)
+	ListVMs(ctx context.Context, scope manager.Scope, f store.VMFilter) ([]store.VM, string, error)
+	StartVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
+	StopVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
+	PauseVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
+	ResumeVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
+	DeleteVM(ctx context.Context, scope manager.Scope, id string) error
+	ForceDeleteVM(ctx context.Context, scope manager.Scope, id string) error
+	Bulk(ctx context.Context, scope manager.Scope, action string, ids []string) ([]apitypes.BulkResult, error)
+	PatchDrive(ctx context.Context, scope manager.Scope, id, driveID string, rl *apitypes.RateLimiter) error
+	Events(ctx context.Context, scope manager.Scope, id string, limit int) ([]store.VMEvent, error)
+	Logs(ctx context.Context, scope manager.Scope, id, source string, tail int) (agentapi.LogLines, error)
+	StreamLogs(ctx context.Context, scope manager.Scope, id, source string) (*http.Response, error)
+	// StreamLogsFrom resumes a stream (Last-Event-ID) or starts it a tail back.
+	StreamLogsFrom(ctx context.Context, scope manager.Scope, id string, o agentapi.StreamOptions) (*http.Response, error)
+	// VMStats are the VM's values of its agent's /metrics series (the console's charts).
+	VMStats(ctx context.Context, scope manager.Scope, id string) (agentapi.VMStats, error)
+	TailPath(ctx context.Context, scope manager.Scope, path string, tail int) (agentapi.LogLines, error)
+	Metrics(ctx context.Context, scope manager.Scope, id string) (agentapi.MetricsRecord, error)
+	// View renders a VM with its host's current address.
+	View(vm store.VM) apitypes.VM
+}
 
 type vmIDPath struct {
 	ID string `path:"id" maxLength:"64" doc:"VM id"`
@@ -36,11 +65,11 @@ type okOutput struct {
 func ok() *okOutput { return &okOutput{Body: apitypes.OK{OK: true}} }
 
 func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, error) {
-	vm, err := s.svc.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{ID: newID(ctx), Wait: in.Wait != "false"})
+	vm, err := s.vms.CreateVM(ctx, scope(ctx), in.Body, manager.CreateOptions{ID: newID(ctx), Wait: in.Wait != "false"})
 	if err != nil {
 		return nil, err
 	}
-	return &vmOutput{Body: s.svc.View(vm)}, nil
+	return &vmOutput{Body: s.vms.View(vm)}, nil
 }
 
 type listVMsInput struct {
@@ -70,51 +99,51 @@ func (s *Server) listVMs(ctx context.Context, in *listVMsInput) (*vmListOutput, 
 		f.Tags[k] = v
 	}
 	if in.Name != "" {
-		vm, err := s.svc.GetVMByName(ctx, scope(ctx), in.Project, in.Name)
+		vm, err := s.vms.GetVMByName(ctx, scope(ctx), in.Project, in.Name)
 		out := &vmListOutput{Body: apitypes.VMList{Items: []apitypes.VM{}}}
 		if err == nil {
-			out.Body.Items = append(out.Body.Items, s.svc.View(vm))
+			out.Body.Items = append(out.Body.Items, s.vms.View(vm))
 		} else if me, ok := manager.AsError(err); !ok || me.Kind != manager.KindNotFound {
 			return nil, err
 		}
 		return out, nil
 	}
-	items, next, err := s.svc.ListVMs(ctx, scope(ctx), f)
+	items, next, err := s.vms.ListVMs(ctx, scope(ctx), f)
 	if err != nil {
 		return nil, err
 	}
 	out := &vmListOutput{Body: apitypes.VMList{Items: make([]apitypes.VM, 0, len(items)), NextCursor: next}}
 	for _, vm := range items {
-		out.Body.Items = append(out.Body.Items, s.svc.View(vm))
+		out.Body.Items = append(out.Body.Items, s.vms.View(vm))
 	}
 	return out, nil
 }
 
 func (s *Server) getVM(ctx context.Context, in *vmIDPath) (*vmItemOutput, error) {
-	vm, err := s.svc.GetVM(ctx, scope(ctx), in.ID)
+	vm, err := s.vms.GetVM(ctx, scope(ctx), in.ID)
 	if err != nil {
 		return nil, err
 	}
-	return &vmItemOutput{Body: apitypes.VMItem{Item: s.svc.View(vm)}}, nil
+	return &vmItemOutput{Body: apitypes.VMItem{Item: s.vms.View(vm)}}, nil
 }
 
 func (s *Server) startVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
-	_, err := s.svc.StartVM(ctx, scope(ctx), in.ID)
+	_, err := s.vms.StartVM(ctx, scope(ctx), in.ID)
 	return ok(), err
 }
 
 func (s *Server) stopVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
-	_, err := s.svc.StopVM(ctx, scope(ctx), in.ID)
+	_, err := s.vms.StopVM(ctx, scope(ctx), in.ID)
 	return ok(), err
 }
 
 func (s *Server) pauseVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
-	_, err := s.svc.PauseVM(ctx, scope(ctx), in.ID)
+	_, err := s.vms.PauseVM(ctx, scope(ctx), in.ID)
 	return ok(), err
 }
 
 func (s *Server) resumeVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
-	_, err := s.svc.ResumeVM(ctx, scope(ctx), in.ID)
+	_, err := s.vms.ResumeVM(ctx, scope(ctx), in.ID)
 	return ok(), err
 }
 
@@ -125,9 +154,9 @@ type deleteVMInput struct {
 
 func (s *Server) deleteVM(ctx context.Context, in *deleteVMInput) (*okOutput, error) {
 	if in.Force {
-		return ok(), s.svc.ForceDeleteVM(ctx, scope(ctx), in.ID)
+		return ok(), s.vms.ForceDeleteVM(ctx, scope(ctx), in.ID)
 	}
-	return ok(), s.svc.DeleteVM(ctx, scope(ctx), in.ID)
+	return ok(), s.vms.DeleteVM(ctx, scope(ctx), in.ID)
 }
 
 type bulkInput struct {
@@ -139,7 +168,7 @@ type bulkOutput struct {
 }
 
 func (s *Server) bulkVMs(ctx context.Context, in *bulkInput) (*bulkOutput, error) {
-	res, err := s.svc.Bulk(ctx, scope(ctx), in.Body.Action, in.Body.IDs)
+	res, err := s.vms.Bulk(ctx, scope(ctx), in.Body.Action, in.Body.IDs)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +186,7 @@ func (s *Server) patchDrive(ctx context.Context, in *patchDriveInput) (*okOutput
 	if in.Body.RateLimiter == nil {
 		return nil, apierr.BadRequest("rate_limiter is required")
 	}
-	return ok(), s.svc.PatchDrive(ctx, scope(ctx), in.ID, in.DriveID, in.Body.RateLimiter)
+	return ok(), s.vms.PatchDrive(ctx, scope(ctx), in.ID, in.DriveID, in.Body.RateLimiter)
 }
 
 type eventsInput struct {
@@ -174,7 +203,7 @@ func (s *Server) vmEvents(ctx context.Context, in *eventsInput) (*eventsOutput, 
 	if limit == 0 {
 		limit = 1000
 	}
-	evs, err := s.svc.Events(ctx, scope(ctx), in.ID, limit)
+	evs, err := s.vms.Events(ctx, scope(ctx), in.ID, limit)
 	if err != nil {
 		return nil, err
 	}

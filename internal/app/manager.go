@@ -22,6 +22,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/lifecycle"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -55,7 +56,7 @@ type ManagerOptions struct {
 // Manager is a running manager.
 type Manager struct {
 	Store      store.Store
-	Service    *manager.Service
+	Manager    *manager.Manager
 	Reconciler *manager.Reconciler
 	Auth       *auth.Authenticator
 	API        *api.Server
@@ -63,12 +64,13 @@ type Manager struct {
 	done       <-chan struct{}
 	ctx        context.Context
 	recOnce    sync.Once
+	bg         lifecycle.Group // long-lived goroutines, joined before the store closes
 }
 
 // StartReconciler starts the reconciler held by HoldReconciler; it is a
 // no-op when it runs already.
 func (m *Manager) StartReconciler() {
-	m.recOnce.Do(func() { go m.Reconciler.Run(m.ctx) })
+	m.recOnce.Do(func() { m.bg.Go(func() { m.Reconciler.Run(m.ctx) }) })
 }
 
 // URL is the manager's base URL.
@@ -98,37 +100,49 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		ttl = 30 * time.Second
 	}
 	authn := auth.NewAuthenticator(st, ttl, log)
-	svc := manager.New(ctx, manager.Config{
-		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
-		HeartbeatTimeout: o.HeartbeatTimeout,
-	}, st, log)
-	svc.OnTokenChange = authn.Invalidate
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mgr := manager.New(ctx, manager.Config{
+		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
+		HeartbeatTimeout: o.HeartbeatTimeout, Metrics: reg,
+	}, st, log)
+	mgr.Tokens.OnChange = authn.Invalidate
 	host, _ := os.Hostname()
-	rec := svc.NewReconciler(manager.ReconcilerConfig{
+	rec := mgr.NewReconciler(manager.ReconcilerConfig{
 		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),
 		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
 	})
-	srv := api.New(api.Deps{Service: svc, Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version})
+	srv := api.New(api.Deps{
+		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
+		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st,
+		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
+	})
 
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	m := &Manager{Store: st, Service: svc, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
-	go authn.Run(ctx, 10*time.Second)
+	m := &Manager{Store: st, Manager: mgr, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
+	m.bg.Go(func() { authn.Run(ctx, 10*time.Second) })
 	if !o.HoldReconciler {
 		m.StartReconciler()
 	}
 	// A token revoked or rotated on any manager stops working on all of them.
-	go st.Listen(ctx, manager.TokenChannel, authn.Invalidate)
-	// After in-flight requests: background work (async boots), then the
-	// store — nothing may write to a closed store.
-	m.done = httpmw.Serve(ctx, ln, srv, log, 30*time.Second, func(shut context.Context) {
-		svc.Wait(shut)
-		authn.Flush(context.Background())
+	m.bg.Go(func() { st.Listen(ctx, manager.TokenChannel, authn.Invalidate) })
+	// A host re-registered at a new address through another manager.
+	m.bg.Go(func() { st.Listen(ctx, manager.HostChannel, mgr.Hosts.Forget) })
+	// Streams end and in-flight requests drain first; then background work
+	// (async boots), then the long-lived goroutines (the reconciler releases
+	// its lease on its way out), and the store last: nothing may write to a
+	// closed store.
+	m.done = httpmw.Serve(ctx, ln, srv, log, httpmw.Budgets{Drain: 5 * time.Second, Cleanup: 20 * time.Second}, func(cleanup context.Context) {
+		mgr.Wait(cleanup)
+		if !m.bg.Wait(cleanup) {
+			log.Error("shutdown: background goroutines did not end in time; closing the store anyway")
+		}
+		authn.Flush(cleanup)
+		mgr.Close()
 		st.Close()
 	})
 	log.Info("manager listening", "addr", m.Addr, "store", st.Engine(), "mode", o.Mode)

@@ -208,7 +208,7 @@ func portFree(addr string) bool {
 func waitForHost(ctx context.Context, m *Manager, agentURL string, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		hosts, err := m.Service.ListHosts(ctx)
+		hosts, err := m.Manager.Hosts.ListHosts(ctx)
 		if err == nil {
 			for _, h := range hosts {
 				if h.State == "ready" && h.Addr == agentURL {

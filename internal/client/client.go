@@ -5,80 +5,33 @@ package client
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 )
 
 // Client calls one manager.
 type Client struct {
-	base  string
-	token string
-	hc    *http.Client
+	c *jsonhttp.Caller
 }
 
 // New returns a client for the manager at base with an API token.
 func New(base, token string) *Client {
-	return &Client{
-		base: strings.TrimSuffix(base, "/"), token: token,
-		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}},
+	c := jsonhttp.New(base, token)
+	c.Unreachable = func(err error) error {
+		return fmt.Errorf("cannot reach the manager at %s: %w (is it running? set NEXUS_ADDR)", c.Base, err)
 	}
+	return &Client{c: c}
 }
 
 // Do sends one request; in is JSON-encoded when non-nil, out decoded.
 func (c *Client) Do(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	u := c.base + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the manager at %s: %w (is it running? set NEXUS_ADDR)", c.base, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var e apierr.Error
-		if json.Unmarshal(raw, &e) != nil || e.Code == "" {
-			return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(raw)))
-		}
-		e.Status = resp.StatusCode
-		return &e
-	}
-	if out != nil {
-		return json.Unmarshal(raw, out)
-	}
-	return nil
+	return c.c.Do(ctx, method, path, q, in, out)
 }
 
 // CreateVM creates a VM; with wait it answers once the VM runs.
@@ -131,26 +84,11 @@ func (c *Client) Logs(ctx context.Context, id, source string, tail int) (apitype
 // FollowLogs streams a VM's log lines to fn until ctx ends or the stream
 // closes.
 func (c *Client) FollowLogs(ctx context.Context, id, source string, fn func(line string)) error {
-	u := c.base + "/v1/vms/" + url.PathEscape(id) + "/logs/stream?" + url.Values{"source": {source}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := c.c.Stream(ctx, "/v1/vms/"+url.PathEscape(id)+"/logs/stream", url.Values{"source": {source}})
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the manager at %s: %w", c.base, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		raw, _ := io.ReadAll(resp.Body)
-		var e apierr.Error
-		if json.Unmarshal(raw, &e) == nil && e.Code != "" {
-			return &e
-		}
-		return fmt.Errorf("stream logs: %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -169,3 +107,6 @@ func (c *Client) Hosts(ctx context.Context) (apitypes.HostList, error) {
 	var l apitypes.HostList
 	return l, c.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &l)
 }
+
+// CloseIdle drops the client's idle connections.
+func (c *Client) CloseIdle() { c.c.CloseIdle() }

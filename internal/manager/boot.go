@@ -13,84 +13,48 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/guest"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
-// bootStep is one named step of the boot sequence. The sequence is data so
-// that a failure names its step and the rollback is uniform.
-type bootStep struct {
-	name string
-	do   func(ctx context.Context) error
-}
-
 // DefaultBootArgs give a console on ttyS0 (the console log) and keep the
-// guest from rebooting forever on panic.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+// guest from rebooting forever on panic. internal/guest owns them: it
+// composes them with the root device and ip= for the guest images.
+const DefaultBootArgs = guest.DefaultBootArgs
 
-// boot runs tap → spawn → logger, metrics, machine-config, boot-source,
-// drives, network-interfaces → InstanceStart for vm, recording state as it
-// goes. On failure the agent stops whatever was started (process, TAP,
-// socket), the row says failed with last_error, and the error says which
+// boot runs tap → spawn → prepare drives → logger, metrics, machine,
+// boot source, drives, network → InstanceStart for vm, recording state as
+// it goes. On failure the steps already done are undone (VMM stopped, TAP
+// deleted), the row says failed with last_error, and the error says which
 // step failed and why. The caller holds the VM's lock.
-func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
+func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
-	fc := ag.Firecracker(vm.ID)
-	var spawned agentapi.SpawnResponse
-	var tap agentapi.TapResponse
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID)}
 	var drives []firecracker.Drive // from prepareDrives (images.go)
 
-	steps := []bootStep{
-		{"create tap", func(ctx context.Context) (err error) {
-			if sp.NIC != nil && sp.NIC.Disabled {
-				return nil
-			}
-			tap, err = ag.Tap(ctx, vm.ID)
-			return err
-		}},
-		{"spawn vmm", func(ctx context.Context) (err error) {
-			spawned, err = ag.Spawn(ctx, vm.ID, agentapi.SpawnRequest{Vcpu: vm.VCPU, MemMib: vm.MemMiB})
-			if err != nil {
-				return err
-			}
-			// On a failed write keep vm as it was: rollback needs its host.
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
-				if tap.Tap != "" {
-					v.TAP, v.MAC = tap.Tap, tap.MAC
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
-			return nil
-		}},
+	steps := []step{
+		r.tapStep(sp.NIC == nil || !sp.NIC.Disabled),
+		r.spawnStep(false),
 		// Before firecracker opens any file: images are checked (and copied)
 		// first, so a file swapped after its check never reaches the VMM.
-		{"prepare drives", func(ctx context.Context) (err error) {
-			drives, err = s.prepareDrives(ctx, &vm, sp)
+		{name: "prepare drives", do: func(ctx context.Context) (err error) {
+			drives, err = s.images.prepareDrives(ctx, &r.vm, sp)
 			return err
 		}},
-		{"configure logger", func(ctx context.Context) error {
-			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
-		}},
-		{"configure metrics", func(ctx context.Context) error {
-			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: spawned.MetricsPath})
-		}},
-		{"configure machine", func(ctx context.Context) error {
+		r.loggerStep(),
+		r.metricsStep(),
+		{name: "configure machine", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
 		}},
-		{"configure boot source", func(ctx context.Context) error {
+		{name: "configure boot source", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			args := vm.BootArgs
 			if args == "" {
 				args = DefaultBootArgs
 			}
-			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: vm.KernelPath, BootArgs: args})
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, BootArgs: args})
 		}},
-		{"configure drives", func(ctx context.Context) error {
+		{name: "configure drives", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			for _, d := range drives {
 				if err := fc.PutDrive(ctx, d); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
@@ -98,80 +62,56 @@ func (s *Service) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			}
 			return nil
 		}},
-		{"configure network", func(ctx context.Context) error {
-			if tap.Tap == "" {
+		{name: "configure network", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			if r.tap.Tap == "" {
 				return nil
 			}
-			ni := firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: tap.Tap, GuestMAC: tap.MAC}
+			ni := firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: r.tap.Tap, GuestMAC: r.tap.MAC}
 			if sp.NIC != nil {
 				ni.MTU = sp.NIC.MTU
 				ni.RxRateLimiter = fcRateLimiter(sp.NIC.RxRateLimiter)
 				ni.TxRateLimiter = fcRateLimiter(sp.NIC.TxRateLimiter)
 			}
-			if err := fc.PutNetworkInterface(ctx, ni); err != nil {
-				return err
-			}
-			return nil
+			return fc.PutNetworkInterface(ctx, ni)
 		}},
-		{"record configured", func(ctx context.Context) error {
-			cur, err := s.setState(ctx, vm.ID, store.VMConfigured, "")
-			if err != nil {
-				return err
-			}
-			vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "configured")
-			return nil
-		}},
-		{"start instance", func(ctx context.Context) error {
+		r.recordStep(store.VMConfigured),
+		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			return fc.InstanceStart(ctx)
 		}},
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
-	defer cancel()
-	for _, st := range steps {
-		if err := st.do(ctx); err != nil {
-			serr := s.stepError(vm, st.name, err)
-			s.rollback(vm, st.name, serr)
-			return vm, serr
-		}
-	}
-	cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
 		// Retries stay: the reconciler clears them once the VM has been
 		// stable for a while, so a crash loop still ends in failed.
-		v.State, v.LastError = store.VMRunning, ""
-		return nil
-	})
-	if err != nil {
-		serr := s.stepError(vm, "record running", err)
-		s.rollback(vm, "record running", serr)
-		return vm, serr
+		r.recordStep(store.VMRunning),
 	}
-	s.event(ctx, cur.ID, store.LevelInfo, "running")
-	return cur, nil
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
+	defer cancel()
+	if err := r.run(ctx, "boot", steps); err != nil {
+		return r.vm, s.failed(r.vm, err, s.stepError)
+	}
+	return r.vm, nil
 }
 
-// rollback stops what boot started and marks the VM failed. It runs on the
-// service's context: the caller may be gone, the cleanup must still happen.
-func (s *Service) rollback(vm store.VM, step string, cause *Error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30*time.Second)
-	defer cancel()
-	if vm.HostAddr != "" {
-		if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, agentapi.StopRequest{}); err != nil {
-			s.log.Error("rollback failed; the reconciler will retry", "vm_id", vm.ID, "step", step, "err", err)
-			s.event(ctx, vm.ID, store.LevelError, "rollback after failed %s did not finish: %v", step, err)
-		}
+// failed marks vm failed after an operation's steps failed (and were
+// undone) and returns the error for the caller, as classify words it for
+// the failed step.
+func (s *core) failed(vm store.VM, err error, classify func(vm store.VM, step string, err error) *Error) *Error {
+	name := "boot"
+	var sf *stepFailure
+	if errors.As(err, &sf) {
+		name, err = sf.step, sf.err
 	}
+	serr := classify(vm, name, err)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
+	defer cancel()
 	_, _ = s.update(ctx, vm.ID, func(v *store.VM) error {
-		v.State, v.LastError = store.VMFailed, cause.Error()
+		v.State, v.LastError = store.VMFailed, serr.Error()
 		return nil
 	})
-	s.event(ctx, vm.ID, store.LevelError, "%s failed: %s", step, cause.Error())
+	return serr
 }
 
 // stepError turns an agent or firecracker failure into a service error
 // that names the VM and the step and says what to do.
-func (s *Service) stepError(vm store.VM, step string, err error) *Error {
+func (s *core) stepError(vm store.VM, step string, err error) *Error {
 	prefix := fmt.Sprintf("vm %s (%s): %s", vm.ID, vm.Name, step)
 	if e, ok := err.(*Error); ok { // a service error keeps its kind and code
 		c := *e

@@ -53,7 +53,7 @@ func ImageView(img store.Image) apitypes.Image {
 func shared(img store.Image) bool { return img.Project == "" || img.Project == apitypes.SharedProject }
 
 // defaultProject is the project of a call that names none.
-func (s *Service) defaultProject(scope Scope, requested string) string {
+func (s *core) defaultProject(scope Scope, requested string) string {
 	if requested != "" {
 		return requested
 	}
@@ -68,7 +68,7 @@ func (s *Service) defaultProject(scope Scope, requested string) string {
 // FC_IMAGES_DIR) and checksum the file; all must hold the same file, and
 // it must match req.SHA256 when given. On any refusal nothing is
 // registered. id may be empty (the store picks one).
-func (s *Service) CreateImage(ctx context.Context, scope Scope, id string, req apitypes.CreateImageRequest) (store.Image, error) {
+func (s *Images) CreateImage(ctx context.Context, scope Scope, id string, req apitypes.CreateImageRequest) (store.Image, error) {
 	kind := store.ImageKind(req.Kind)
 	if kind != store.ImageKernel && kind != store.ImageRootfs {
 		return store.Image{}, invalid("kind must be kernel or rootfs, not %q", req.Kind)
@@ -147,8 +147,8 @@ func nameTaken(what, name, project string) *Error {
 
 // inspectEverywhere asks every ready host about path, in parallel, and
 // returns what they agree on.
-func (s *Service) inspectEverywhere(ctx context.Context, path string) (agentapi.ImageInfo, error) {
-	hosts, err := s.ListHosts(ctx)
+func (s *Images) inspectEverywhere(ctx context.Context, path string) (agentapi.ImageInfo, error) {
+	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
 		return agentapi.ImageInfo{}, err
 	}
@@ -215,7 +215,7 @@ func agentRefusal(prefix string, vm store.VM, err error) error {
 // ListImages returns the images the scope may use: with project set, that
 // project's and the shared ones ("*": the shared ones only); without, all
 // the scope sees (a project token: its own and the shared ones).
-func (s *Service) ListImages(ctx context.Context, scope Scope, kind, project string) ([]store.Image, error) {
+func (s *Images) ListImages(ctx context.Context, scope Scope, kind, project string) ([]store.Image, error) {
 	f := store.ImageFilter{Kind: store.ImageKind(kind)}
 	onlyShared := project == apitypes.SharedProject
 	if !onlyShared {
@@ -243,7 +243,7 @@ func (s *Service) ListImages(ctx context.Context, scope Scope, kind, project str
 
 // GetImage finds an image the scope may use by id, or by name: in project
 // (default: the scope's own), then among the shared images.
-func (s *Service) GetImage(ctx context.Context, scope Scope, ref, project string) (store.Image, error) {
+func (s *Images) GetImage(ctx context.Context, scope Scope, ref, project string) (store.Image, error) {
 	img, err := s.st.GetImage(ctx, ref)
 	if err == nil && (shared(img) || scope.Sees(img.Project)) {
 		return img, nil
@@ -271,7 +271,7 @@ func (s *Service) GetImage(ctx context.Context, scope Scope, ref, project string
 // DeleteImage removes an image from the registry (the file stays on the
 // hosts). Shared images need an admin; an image that a VM or a template
 // still uses is refused.
-func (s *Service) DeleteImage(ctx context.Context, scope Scope, ref, project string) (store.Image, error) {
+func (s *Images) DeleteImage(ctx context.Context, scope Scope, ref, project string) (store.Image, error) {
 	img, err := s.GetImage(ctx, scope, ref, project)
 	if err != nil {
 		return img, err
@@ -296,7 +296,7 @@ func (s *Service) DeleteImage(ctx context.Context, scope Scope, ref, project str
 
 // imageUsers lists the VMs (and snapshots, with the VMs) and templates
 // that reference the image.
-func (s *Service) imageUsers(ctx context.Context, id string) (vms, tmpls []string, err error) {
+func (s *Images) imageUsers(ctx context.Context, id string) (vms, tmpls []string, err error) {
 	f := store.VMFilter{Limit: store.MaxLimit}
 	for {
 		page, next, err := s.st.ListVMs(ctx, f)
@@ -369,7 +369,7 @@ func usersText(vms, tmpls []string) string {
 
 // resolveFile turns an image id or a raw path into a host path. Raw paths
 // are for dev mode; prod mode takes registered images only.
-func (s *Service) resolveFile(ctx context.Context, project, what string, kind store.ImageKind, imageID, path string, required bool) (string, error) {
+func (s *Images) resolveFile(ctx context.Context, project, what string, kind store.ImageKind, imageID, path string, required bool) (string, error) {
 	switch {
 	case imageID != "" && path != "":
 		return "", invalid("give either %s_image_id or %s_path, not both", what, what)
@@ -401,7 +401,7 @@ func (s *Service) resolveFile(ctx context.Context, project, what string, kind st
 }
 
 // bootImage returns the registered image a booting VM uses.
-func (s *Service) bootImage(ctx context.Context, what, id string) (store.Image, error) {
+func (s *Images) bootImage(ctx context.Context, what, id string) (store.Image, error) {
 	img, err := s.st.GetImage(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return img, conflict("image_missing", "%s image %s is no longer registered", what, id).
@@ -419,7 +419,7 @@ func (s *Service) bootImage(ctx context.Context, what, id string) (store.Image, 
 // writable extra drive become private copies in the VM's run dir (made on
 // the first boot, reused on later ones, configured by a path relative to
 // the run dir); read-only ones are attached in place after the same check.
-func (s *Service) prepareDrives(ctx context.Context, vm *store.VM, sp spec) ([]firecracker.Drive, error) {
+func (s *Images) prepareDrives(ctx context.Context, vm *store.VM, sp spec) ([]firecracker.Drive, error) {
 	ag := s.agentFor(ctx, *vm)
 	if vm.KernelImageID != "" {
 		img, err := s.bootImage(ctx, "kernel", vm.KernelImageID)
@@ -455,7 +455,7 @@ func (s *Service) prepareDrives(ctx context.Context, vm *store.VM, sp spec) ([]f
 }
 
 // prepareDrive asks the agent for one drive's file and records what it did.
-func (s *Service) prepareDrive(ctx context.Context, ag *agentapi.Client, vm *store.VM, driveID, imageID, path string, readOnly bool) (firecracker.Drive, error) {
+func (s *Images) prepareDrive(ctx context.Context, ag *agentapi.Client, vm *store.VM, driveID, imageID, path string, readOnly bool) (firecracker.Drive, error) {
 	req := agentapi.DriveRequest{DriveID: driveID, Source: path, ReadOnly: readOnly}
 	what := "file " + path
 	var img store.Image

@@ -13,7 +13,7 @@ import (
 
 // Logs returns the last lines of a VM's firecracker log or guest console,
 // read on the VM's host.
-func (s *Service) Logs(ctx context.Context, scope Scope, id, source string, tail int) (agentapi.LogLines, error) {
+func (s *VMs) Logs(ctx context.Context, scope Scope, id, source string, tail int) (agentapi.LogLines, error) {
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return agentapi.LogLines{}, err
@@ -36,7 +36,7 @@ func (s *Service) Logs(ctx context.Context, scope Scope, id, source string, tail
 }
 
 // StreamLogs opens a Server-Sent Events stream of a VM's log on its host.
-func (s *Service) StreamLogs(ctx context.Context, scope Scope, id, source string) (*http.Response, error) {
+func (s *VMs) StreamLogs(ctx context.Context, scope Scope, id, source string) (*http.Response, error) {
 	return s.StreamLogsFrom(ctx, scope, id, agentapi.StreamOptions{Source: source})
 }
 
@@ -47,7 +47,7 @@ func isAgentStatus(err error, status int) bool {
 }
 
 // Metrics returns the latest firecracker metrics record of a VM.
-func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi.MetricsRecord, error) {
+func (s *VMs) Metrics(ctx context.Context, scope Scope, id string) (agentapi.MetricsRecord, error) {
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return agentapi.MetricsRecord{}, err
@@ -68,7 +68,7 @@ func (s *Service) Metrics(ctx context.Context, scope Scope, id string) (agentapi
 // TailPath returns the last lines of a file under the VM run dirs (dev
 // mode only). The path must belong to a VM the scope can see; the agent
 // checks it again after resolving symlinks.
-func (s *Service) TailPath(ctx context.Context, scope Scope, path string, tail int) (agentapi.LogLines, error) {
+func (s *VMs) TailPath(ctx context.Context, scope Scope, path string, tail int) (agentapi.LogLines, error) {
 	if s.cfg.Mode != ModeDev {
 		return agentapi.LogLines{}, newErr(KindForbidden, "dev_only", "GET /v1/logs/tail is available in dev mode only").
 			suggest("use GET /v1/vms/{id}/logs")

@@ -8,13 +8,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/keyed"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -40,11 +43,32 @@ type Config struct {
 	BootTimeout time.Duration
 	// DefaultProject is used when neither the request nor the caller names one.
 	DefaultProject string
+	// Metrics, when set, receives the services' metrics.
+	Metrics prometheus.Registerer
+	// AgentTransport, when set, carries every call to the agents (tests
+	// inject faults at this boundary); nil: a transport of its own.
+	AgentTransport http.RoundTripper
 }
 
-// Service runs the VM lifecycle. It is safe for concurrent use; operations
-// on one VM are serialised, different VMs proceed in parallel.
-type Service struct {
+// Manager is the control plane's services, one per resource, over one
+// store and one pool of agent clients. The HTTP layer talks to each
+// service through an interface of its own; the services reach each other
+// only through the fields they are given. It is safe for concurrent use;
+// operations on one VM are serialised, different VMs proceed in parallel.
+type Manager struct {
+	VMs       *VMs
+	Images    *Images
+	Templates *Templates
+	Snapshots *Snapshots
+	Hosts     *Hosts
+	Tokens    *Tokens
+	Placement *Placement
+	core      *core
+}
+
+// core is what every service shares: configuration, the store, agent
+// clients, per-VM locks, the clock and the background work group.
+type core struct {
 	cfg    Config
 	st     store.Store
 	log    *slog.Logger
@@ -55,7 +79,7 @@ type Service struct {
 	// away (a boot that already started, a rollback) runs on it.
 	ctx context.Context
 
-	locks keyedMutex
+	locks keyed.Mutex
 
 	hostAddrs sync.Map // host id → current agent URL
 
@@ -63,17 +87,59 @@ type Service struct {
 
 	instance string // this manager's identity in per-VM leases
 
-	placeMu  sync.Mutex
-	reserved map[string]store.Resources // host id → placed, row not yet stored
-
-	// OnTokenChange, when set, is called synchronously after a token is
-	// revoked or rotated (the local authentication cache), so the change is
-	// effective before the call answers; other managers hear it by Notify.
-	OnTokenChange func(tokenID string)
+	stepSeconds *prometheus.HistogramVec // see steps.go
 }
 
-// New returns a Service. ctx is the service's lifetime.
-func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Service {
+// VMs is the VM lifecycle: create, boot, start, stop, pause, resume,
+// delete, bulk actions, drives, logs, metrics and events.
+type VMs struct {
+	*core
+	placement *Placement
+	images    *Images
+}
+
+// Images is the image registry.
+type Images struct {
+	*core
+	hosts *Hosts
+}
+
+// Templates are named VM configurations and their instantiation.
+type Templates struct {
+	*core
+	images *Images
+	vms    *VMs
+}
+
+// Snapshots are VM snapshots: create, catalog, delete, restore into new VMs.
+type Snapshots struct {
+	*core
+	vms       *VMs
+	placement *Placement
+}
+
+// Hosts is the host registry: registration, heartbeats, drain, removal.
+type Hosts struct {
+	*core
+}
+
+// Tokens manages API tokens.
+type Tokens struct {
+	*core
+	// OnChange, when set, is called synchronously after a token is
+	// revoked or rotated (the local authentication cache), so the change is
+	// effective before the call answers; other managers hear it by Notify.
+	OnChange func(tokenID string)
+}
+
+// Placement chooses hosts for new VMs; the store decides whether they fit.
+type Placement struct {
+	*core
+	hosts *Hosts
+}
+
+// New returns the services. ctx is their lifetime.
+func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Manager {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeDev
 	}
@@ -98,11 +164,31 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Ser
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	c := &core{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
-		agents: newAgentPool(cfg.JoinToken),
+		agents: newAgentPool(cfg.JoinToken, cfg.AgentTransport), stepSeconds: newStepMetrics(),
 	}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(c.stepSeconds)
+	}
+	m := &Manager{core: c, Hosts: &Hosts{core: c}, Tokens: &Tokens{core: c}}
+	m.Placement = &Placement{core: c, hosts: m.Hosts}
+	m.Images = &Images{core: c, hosts: m.Hosts}
+	m.VMs = &VMs{core: c, placement: m.Placement, images: m.Images}
+	m.Templates = &Templates{core: c, images: m.Images, vms: m.VMs}
+	m.Snapshots = &Snapshots{core: c, vms: m.VMs, placement: m.Placement}
+	return m
 }
+
+// Wait blocks until background work is done or ctx ends.
+func (m *Manager) Wait(ctx context.Context) { m.core.Wait(ctx) }
+
+// Close drops the idle connections to agents, once nothing calls them any
+// more, so no transport goroutine outlives the manager.
+func (m *Manager) Close() { m.core.agents.closeIdle() }
+
+// SetClock replaces the clock every service reads (tests).
+func (m *Manager) SetClock(now func() time.Time) { m.core.now = now }
 
 // vmLeaseWait bounds how long an operation waits for another manager's
 // operation on the same VM.
@@ -112,11 +198,12 @@ const vmLeaseWait = 10 * time.Second
 // mutex, and across managers sharing Postgres with a lease in the store.
 // An operation another manager holds for longer than vmLeaseWait is a
 // 409, not an endless wait.
-func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
-	unlock := s.locks.lock(id)
+func (s *core) lockVM(ctx context.Context, id string) (func(), error) {
+	unlock := s.locks.Lock(id)
 	if !s.shared() {
 		return unlock, nil
 	}
+	// A real wait (it sleeps), so a real deadline: not the injected clock.
 	deadline := time.Now().Add(vmLeaseWait)
 	for {
 		held, err := s.st.AcquireLease(ctx, "vm/"+id, s.instance, s.vmLeaseTTL())
@@ -142,8 +229,8 @@ func (s *Service) lockVM(ctx context.Context, id string) (func(), error) {
 
 // tryLockVM takes the VM's lock only if nobody holds it (the reconciler
 // leaves busy VMs for its next pass).
-func (s *Service) tryLockVM(ctx context.Context, id string) (func(), bool) {
-	unlock, ok := s.locks.tryLock(id)
+func (s *core) tryLockVM(ctx context.Context, id string) (func(), bool) {
+	unlock, ok := s.locks.TryLock(id)
 	if !ok {
 		return nil, false
 	}
@@ -158,12 +245,12 @@ func (s *Service) tryLockVM(ctx context.Context, id string) (func(), bool) {
 	return s.holdLease(ctx, "vm/"+id, unlock), true
 }
 
-func (s *Service) vmLeaseTTL() time.Duration { return s.cfg.BootTimeout + 30*time.Second }
+func (s *core) vmLeaseTTL() time.Duration { return s.cfg.BootTimeout + 30*time.Second }
 
 // holdLease keeps a per-VM lease renewed while an operation runs (a large
 // snapshot outlasts any fixed TTL) and returns the function that releases
 // it and then the in-process lock.
-func (s *Service) holdLease(ctx context.Context, name string, unlock func()) func() {
+func (s *core) holdLease(ctx context.Context, name string, unlock func()) func() {
 	done := make(chan struct{})
 	ttl := s.vmLeaseTTL()
 	go func() {
@@ -189,11 +276,11 @@ func (s *Service) holdLease(ctx context.Context, name string, unlock func()) fun
 }
 
 // shared reports whether other managers may share the store.
-func (s *Service) shared() bool { return s.st.Engine() == "postgres" }
+func (s *core) shared() bool { return s.st.Engine() == "postgres" }
 
 // goBackground runs f on its own goroutine, tracked so that Wait lets it
 // finish before the process closes the store.
-func (s *Service) goBackground(f func()) {
+func (s *core) goBackground(f func()) {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
@@ -202,7 +289,7 @@ func (s *Service) goBackground(f func()) {
 }
 
 // Wait blocks until background work is done or ctx ends.
-func (s *Service) Wait(ctx context.Context) {
+func (s *core) Wait(ctx context.Context) {
 	done := make(chan struct{})
 	go func() { s.bg.Wait(); close(done) }()
 	select {
@@ -212,18 +299,15 @@ func (s *Service) Wait(ctx context.Context) {
 	}
 }
 
-// Store returns the service's store (for the HTTP layer's reads).
-func (s *Service) Store() store.Store { return s.st }
-
 // Mode is dev or prod.
-func (s *Service) Mode() string { return s.cfg.Mode }
+func (m *Manager) Mode() string { return m.core.cfg.Mode }
 
 // JoinToken is the fleet's shared agent token.
-func (s *Service) JoinToken() string { return s.cfg.JoinToken }
+func (m *Manager) JoinToken() string { return m.core.cfg.JoinToken }
 
 // agentFor returns the client of the agent on vm's host at the host's
 // current address (an agent may come back on another address).
-func (s *Service) agentFor(ctx context.Context, vm store.VM) *agentapi.Client {
+func (s *core) agentFor(ctx context.Context, vm store.VM) *agentapi.Client {
 	if a, ok := s.hostAddrs.Load(vm.HostID); ok {
 		return s.agents.get(a.(string))
 	}
@@ -235,7 +319,7 @@ func (s *Service) agentFor(ctx context.Context, vm store.VM) *agentapi.Client {
 }
 
 // View renders a VM for the API with its host's current address.
-func (s *Service) View(vm store.VM) apitypes.VM {
+func (s *core) View(vm store.VM) apitypes.VM {
 	if a, ok := s.hostAddrs.Load(vm.HostID); ok {
 		vm.HostAddr = a.(string)
 	}
@@ -247,10 +331,23 @@ type agentPool struct {
 	token string
 	mu    sync.Mutex
 	byURL map[string]*agentapi.Client
+	hc    *http.Client // nil: each client its own transport
 }
 
-func newAgentPool(token string) *agentPool {
-	return &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+func newAgentPool(token string, rt http.RoundTripper) *agentPool {
+	p := &agentPool{token: token, byURL: map[string]*agentapi.Client{}}
+	if rt != nil {
+		p.hc = &http.Client{Transport: rt}
+	}
+	return p
+}
+
+func (p *agentPool) closeIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.byURL {
+		c.CloseIdle()
+	}
 }
 
 func (p *agentPool) get(addr string) *agentapi.Client {
@@ -258,70 +355,8 @@ func (p *agentPool) get(addr string) *agentapi.Client {
 	defer p.mu.Unlock()
 	c, ok := p.byURL[addr]
 	if !ok {
-		c = agentapi.NewClient(addr, p.token, nil)
+		c = agentapi.NewClient(addr, p.token, p.hc)
 		p.byURL[addr] = c
 	}
 	return c
-}
-
-// keyedMutex serialises work per key without holding a lock per key forever.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-// tryLock takes key's lock only if it is free.
-func (k *keyedMutex) tryLock(key string) (func(), bool) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e, ok := k.m[key]
-	if !ok {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	if !e.mu.TryLock() {
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-		return nil, false
-	}
-	e.refs++
-	k.mu.Unlock()
-	return k.unlocker(key, e), true
-}
-
-func (k *keyedMutex) unlocker(key string, e *keyedEntry) func() {
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-}
-
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e, ok := k.m[key]
-	if !ok {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return k.unlocker(key, e)
 }

@@ -10,7 +10,7 @@ import (
 // StreamLogsFrom opens a Server-Sent Events stream of a VM's log on its
 // host, starting where o says (a tail, or after the last event a client
 // saw, so a reconnecting client misses and repeats nothing).
-func (s *Service) StreamLogsFrom(ctx context.Context, scope Scope, id string, o agentapi.StreamOptions) (*http.Response, error) {
+func (s *VMs) StreamLogsFrom(ctx context.Context, scope Scope, id string, o agentapi.StreamOptions) (*http.Response, error) {
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return nil, err
@@ -30,7 +30,7 @@ func (s *Service) StreamLogsFrom(ctx context.Context, scope Scope, id string, o 
 
 // VMStats returns a VM's current metric values as its agent exports them;
 // a VM without a live VMM has none.
-func (s *Service) VMStats(ctx context.Context, scope Scope, id string) (agentapi.VMStats, error) {
+func (s *VMs) VMStats(ctx context.Context, scope Scope, id string) (agentapi.VMStats, error) {
 	vm, err := s.GetVM(ctx, scope, id)
 	if err != nil {
 		return agentapi.VMStats{}, err

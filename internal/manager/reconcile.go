@@ -78,7 +78,8 @@ func (c *ReconcilerConfig) defaults() {
 // Reconciler moves observed state toward desired state across the fleet
 // and removes what belongs to no VM. Only the lease holder acts.
 type Reconciler struct {
-	s      *Service
+	s      *VMs // the VM lifecycle the reconciler drives
+	hosts  *Hosts
 	cfg    ReconcilerConfig
 	leader atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
@@ -108,10 +109,10 @@ type PassStats struct {
 	Errors   int
 }
 
-// NewReconciler returns a reconciler for s.
-func (s *Service) NewReconciler(cfg ReconcilerConfig) *Reconciler {
+// NewReconciler returns the fleet's reconciler.
+func (m *Manager) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	cfg.defaults()
-	r := &Reconciler{s: s, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	r := &Reconciler{s: m.VMs, hosts: m.Hosts, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
 	}, []string{"action", "result"})
@@ -169,8 +170,12 @@ func (r *Reconciler) pending() (bool, []string) {
 // Run holds or contends for the lease and reconciles every Interval and on
 // triggers, until ctx ends; then it releases the lease.
 func (r *Reconciler) Run(ctx context.Context) {
-	go r.s.st.Listen(ctx, ReconcileChannel, r.Trigger)
-	go r.keepLease(ctx)
+	// Run returns only once its helpers have: the lease is released before
+	// whoever waits for Run closes the store.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.s.st.Listen(ctx, ReconcileChannel, r.Trigger) })
+	wg.Go(func() { r.keepLease(ctx) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -238,8 +243,8 @@ func (r *Reconciler) keepLease(ctx context.Context) {
 
 // Pass reconciles one host, or every host when hostID is "".
 func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
-	start := time.Now()
-	st := PassStats{At: start}
+	start := time.Now() // the duration is measured on the monotonic clock
+	st := PassStats{At: r.s.now()}
 	s := r.s
 	if ids, err := s.st.MarkHostsUnreachable(ctx, s.now().Add(-s.cfg.HeartbeatTimeout)); err == nil {
 		for _, id := range ids {
@@ -247,33 +252,11 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 		}
 	}
 	r.drainingLost(ctx)
-	hosts, err := s.ListHosts(ctx)
+	hosts, err := r.hosts.ListHosts(ctx)
 	if err != nil {
 		s.log.Error("reconcile: list hosts", "err", err)
 		return st
 	}
-	vms, err := r.allVMs(ctx)
-	if err != nil {
-		s.log.Error("reconcile: list vms", "err", err)
-		return st
-	}
-	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
-	if err != nil {
-		s.log.Error("reconcile: list snapshots", "err", err)
-		return st
-	}
-	byHost := map[string][]store.VM{}
-	known := map[string]store.VM{}
-	for _, vm := range vms {
-		byHost[vm.HostID] = append(byHost[vm.HostID], vm)
-		known[vm.ID] = vm
-	}
-	keep := map[string]bool{} // run dirs that hold catalogued snapshots
-	for _, sn := range snaps {
-		keep[sn.HostID+"/"+sn.VMID] = true
-	}
-	st.VMs = len(vms)
-
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, r.cfg.HostsParallel)
@@ -289,8 +272,9 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			n, e := r.reconcileHost(ctx, h, byHost[h.ID], known, keep)
+			vms, n, e := r.reconcileHost(ctx, h)
 			mu.Lock()
+			st.VMs += vms
 			st.Actions += n
 			st.Errors += e
 			mu.Unlock()
@@ -308,9 +292,11 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 	return st
 }
 
-func (r *Reconciler) allVMs(ctx context.Context) ([]store.VM, error) {
+// hostVMs loads the VMs the store places on one host: a pass over one
+// host reads that host's rows only, however large the fleet.
+func (r *Reconciler) hostVMs(ctx context.Context, hostID string) ([]store.VM, error) {
 	var out []store.VM
-	f := store.VMFilter{Limit: store.MaxLimit}
+	f := store.VMFilter{HostID: hostID, Limit: store.MaxLimit}
 	for {
 		items, next, err := r.s.st.ListVMs(ctx, f)
 		if err != nil {
@@ -389,20 +375,42 @@ type action struct {
 }
 
 // reconcileHost compares one host's inventory with the store and acts.
-func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []store.VM, known map[string]store.VM, keep map[string]bool) (int, int) {
+// reconcileHost reconciles one host from its own rows and inventory and
+// returns how many VMs it has, and the actions taken and failed.
+func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host) (int, int, int) {
 	s := r.s
+	vms, err := r.hostVMs(ctx, h.ID)
+	if err != nil {
+		s.log.Error("reconcile: list vms", "host", h.Name, "err", err)
+		return 0, 0, 1
+	}
+	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{HostID: h.ID})
+	if err != nil {
+		s.log.Error("reconcile: list snapshots", "host", h.Name, "err", err)
+		return len(vms), 0, 1
+	}
+	// What the store places on this host; anything else found there is an
+	// orphan, wherever else its VM may live.
+	known := make(map[string]store.VM, len(vms))
+	for _, vm := range vms {
+		known[vm.ID] = vm
+	}
+	keep := map[string]bool{} // run dirs that hold catalogued snapshots
+	for _, sn := range snaps {
+		keep[sn.HostID+"/"+sn.VMID] = true
+	}
 	ag := s.agents.get(h.Addr)
 	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	inv, err := ag.Inventory(ictx)
 	cancel()
 	if err != nil {
 		s.log.Warn("reconcile: inventory failed", "host", h.Name, "err", err)
-		return 0, 1
+		return len(vms), 0, 1
 	}
 	plan := r.plan(h, inv, vms, known, keep)
 	plan = append(plan, r.planSnapshotDirs(ctx, h, ag)...)
 	if len(plan) == 0 {
-		return 0, 0
+		return len(vms), 0, 0
 	}
 	var errs atomic.Int32
 	var wg sync.WaitGroup
@@ -425,7 +433,7 @@ func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []stor
 		}()
 	}
 	wg.Wait()
-	return len(plan), int(errs.Load())
+	return len(vms), len(plan), int(errs.Load())
 }
 
 // plan decides what to do on one host. Every action is idempotent, so a
@@ -514,18 +522,15 @@ func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *age
 	}
 	// Matched by VM and snapshot id, whatever host id the catalog has: a
 	// host removed and registered again gets a new id, not new snapshots.
-	known, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
-	if err != nil {
-		return nil
-	}
-	inCatalog := map[string]bool{}
-	for _, sn := range known {
-		inCatalog[sn.VMID+"/"+sn.ID] = true
+	// One lookup per dir on the host: the fleet's catalog is not read.
+	inCatalog := func(vmID, sid string) bool {
+		sn, err := s.st.GetSnapshot(ctx, sid)
+		return (err == nil && sn.VMID == vmID) || (err != nil && !errors.Is(err, store.ErrNotFound))
 	}
 	now := s.now()
 	var plan []action
 	for _, d := range dirs.Items {
-		if inCatalog[d.VMID+"/"+d.SnapshotID] || !r.orphanReady(h.ID+"/snap/"+d.VMID+"/"+d.SnapshotID, now) {
+		if inCatalog(d.VMID, d.SnapshotID) || !r.orphanReady(h.ID+"/snap/"+d.VMID+"/"+d.SnapshotID, now) {
 			continue
 		}
 		plan = append(plan, action{name: "gc_snapshot", vmID: d.VMID, do: func(ctx context.Context) error {
@@ -739,7 +744,7 @@ func (r *Reconciler) forgetClaimed(hostID string, now time.Time) {
 
 // HostEvent handles an agent's report: the VM's history gets the exit,
 // and the reconciler (wherever it runs) looks at that host now.
-func (s *Service) HostEvent(ctx context.Context, hostID, vmID, status string) error {
+func (s *Hosts) HostEvent(ctx context.Context, hostID, vmID, status string) error {
 	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
 		return notFound("host", hostID)
 	}

@@ -31,7 +31,7 @@ func newPlanner(t *testing.T) (*Reconciler, *fakeClock) {
 	t.Cleanup(func() { st.Close() })
 	clk := &fakeClock{t: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 	s := New(ctx, Config{}, st, slog.New(slog.DiscardHandler))
-	s.now = clk.now
+	s.SetClock(clk.now)
 	return s.NewReconciler(ReconcilerConfig{OrphanGrace: 10 * time.Second, StuckGrace: 20 * time.Second,
 		MaxRetries: 3, RetryBase: time.Second, RetryMax: 8 * time.Second}), clk
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,7 +35,7 @@ type Restored struct {
 // one file); its own copies of the snapshot's drives. The guest continues
 // where the snapshot left it. The guest MAC is the snapshot's (see
 // restoreNotices). A failed restore rolls back like a failed boot.
-func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
+func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
 	sn, err := s.GetSnapshot(ctx, scope, sid)
 	if err != nil {
 		return Restored{}, err
@@ -52,16 +51,6 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		return Restored{}, invalid("invalid vm id %q", id)
 	}
 	src := meta.Source
-	host, release, err := s.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
-	release = sync.OnceFunc(release) // released once the row exists, or on any way out
-	defer release()
-	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
-		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
-			suggest("snapshots stay on their host; delete this one")
-	}
-	if err != nil {
-		return Restored{}, err
-	}
 	rootfs, rootfsImage, cfg := restoredConfig(meta)
 	specJSON, err := marshal(spec{VMConfig: cfg})
 	if err != nil {
@@ -77,7 +66,6 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: sn.Project,
 		State: store.VMRequested, DesiredState: store.VMRunning,
-		HostID: host.ID, HostAddr: host.Addr,
 		VCPU: src.Vcpu, MemMiB: src.MemMib,
 		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
@@ -93,8 +81,15 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 		return Restored{}, err
 	}
 	defer unlock()
-	vm, err = s.st.CreateVM(ctx, vm)
-	release() // the row counts by itself now: a long restore must not count twice
+	// On the snapshot's host: its files are there.
+	vm, host, err := s.placement.create(ctx, vm, sn.HostID)
+	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
+		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
+			suggest("snapshots stay on their host; delete this one")
+	}
+	if e, ok := AsError(err); ok {
+		return Restored{}, e
+	}
 	if errors.Is(err, store.ErrConflict) {
 		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, sn.Project).
 			suggest("pick another name or delete the existing VM")
@@ -114,7 +109,7 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 	}
 	vm, err = s.restore(context.WithoutCancel(ctx), vm, sn, meta)
 	if err != nil {
-		return Restored{}, s.discardFailed(vm, err)
+		return Restored{}, s.vms.discardFailed(vm, err)
 	}
 	return Restored{VM: vm, Notices: notices}, nil
 }
@@ -124,11 +119,9 @@ func (s *Service) InstantiateSnapshot(ctx context.Context, scope Scope, sid stri
 // state as it goes; on failure it rolls back like a failed boot: the
 // agent stops whatever was started, the row says failed with last_error.
 // The caller holds the VM's lock.
-func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
+func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
-	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
-	var tap agentapi.TapResponse
-	var spawned agentapi.SpawnResponse
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))}
 	var swaps []snapshotDrive
 	files := []agentapi.RestoreFile{}
 	for _, d := range meta.Drives {
@@ -140,56 +133,22 @@ func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, m
 		}
 	}
 
-	steps := []bootStep{
-		{"create tap", func(ctx context.Context) (err error) {
-			if meta.Net == nil {
-				return nil
-			}
-			tap, err = ag.Tap(ctx, vm.ID)
-			return err
+	steps := []step{
+		r.tapStep(meta.Net != nil),
+		r.spawnStep(true), // the MAC stays the snapshot's
+		{name: "check firecracker version", do: func(ctx context.Context) error {
+			return checkRestoreVersion(ctx, r.fc, r.vm, sn, meta)
 		}},
-		{"spawn vmm", func(ctx context.Context) (err error) {
-			if spawned, err = ag.Spawn(ctx, vm.ID, agentapi.SpawnRequest{Vcpu: vm.VCPU, MemMib: vm.MemMiB}); err != nil {
-				return err
-			}
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.APISock, v.LogPath = spawned.APISock, spawned.LogPath
-				if tap.Tap != "" {
-					v.TAP = tap.Tap // the MAC stays the snapshot's
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "vmm started (pid %d)", spawned.PID)
-			return nil
-		}},
-		{"check firecracker version", func(ctx context.Context) error {
-			return checkRestoreVersion(ctx, fc, vm, sn, meta)
-		}},
-		{"configure logger", func(ctx context.Context) error {
-			return fc.PutLogger(ctx, firecracker.Logger{LogPath: spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
-		}},
-		{"configure metrics", func(ctx context.Context) error {
-			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: spawned.MetricsPath})
-		}},
-		{"copy drives", func(ctx context.Context) error {
+		r.loggerStep(),
+		r.metricsStep(),
+		{name: "copy drives", do: func(ctx context.Context) error {
 			if len(files) == 0 {
 				return nil
 			}
 			return ag.RestoreDrives(ctx, vm.ID, agentapi.RestoreDrivesRequest{SourceVMID: sn.VMID, SnapshotID: sn.ID, Files: files})
 		}},
-		{"record configured", func(ctx context.Context) error {
-			cur, err := s.setState(ctx, vm.ID, store.VMConfigured, "")
-			if err != nil {
-				return err
-			}
-			vm = cur
-			return nil
-		}},
-		{"load snapshot", func(ctx context.Context) error {
+		r.recordStep(store.VMConfigured),
+		{name: "load snapshot", do: func(ctx context.Context) error {
 			p := firecracker.SnapshotLoadParams{
 				SnapshotPath: sn.StatePath,
 				// MAP_PRIVATE: the file stays unchanged, many VMs share it.
@@ -197,49 +156,39 @@ func (s *Service) restore(ctx context.Context, vm store.VM, sn store.Snapshot, m
 				ResumeVM:   firecracker.Bool(len(swaps) == 0),
 			}
 			if meta.Net != nil {
-				p.NetworkOverrides = []firecracker.NetworkOverride{{IfaceID: meta.Net.IfaceID, HostDevName: tap.Tap}}
+				p.NetworkOverrides = []firecracker.NetworkOverride{{IfaceID: meta.Net.IfaceID, HostDevName: r.tap.Tap}}
 			}
-			return fc.LoadSnapshot(ctx, p)
+			return r.fc.LoadSnapshot(ctx, p)
 		}},
-		{"switch drives to the VM's copies", func(ctx context.Context) error {
+		{name: "switch drives to the VM's copies", do: func(ctx context.Context) error {
 			for _, d := range swaps {
-				if err := fc.PatchDrive(ctx, firecracker.PartialDrive{DriveID: d.DriveID, PathOnHost: d.Copy}); err != nil {
+				if err := r.fc.PatchDrive(ctx, firecracker.PartialDrive{DriveID: d.DriveID, PathOnHost: d.Copy}); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
 				}
 			}
 			return nil
 		}},
-		{"resume", func(ctx context.Context) error {
+		{name: "resume", do: func(ctx context.Context) error {
 			if len(swaps) == 0 {
 				return nil // loaded with resume_vm
 			}
-			return fc.Resume(ctx)
+			return r.fc.Resume(ctx)
 		}},
+		r.recordStep(store.VMRunning),
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))
 	defer cancel()
-	for _, st := range steps {
-		if err := st.do(ctx); err != nil {
-			serr, ok := AsError(err)
-			if !ok {
-				serr = s.snapshotStepError(vm, "restore from snapshot "+sn.ID, st.name, err)
+	what := "restore from snapshot " + sn.ID
+	if err := r.run(ctx, what, steps); err != nil {
+		return r.vm, s.failed(r.vm, err, func(vm store.VM, step string, err error) *Error {
+			if e, ok := AsError(err); ok && e.Kind != KindInternal {
+				return e // already worded (a version the VMM cannot read, say)
 			}
-			s.rollback(vm, st.name, serr)
-			return vm, serr
-		}
+			return s.snapshotStepError(vm, what, step, err)
+		})
 	}
-	cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-		v.State, v.LastError = store.VMRunning, ""
-		return nil
-	})
-	if err != nil {
-		serr := s.stepError(vm, "record running", err)
-		s.rollback(vm, "record running", serr)
-		return vm, serr
-	}
-	s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
-	return cur, nil
+	return r.vm, nil
 }
 
 // checkRestoreVersion refuses, with the reason, a snapshot the fresh VMM

@@ -38,14 +38,14 @@ type SnapshotOptions struct {
 // told not to) and records the snapshot. It is serialised with the VM's
 // other operations. A failed snapshot leaves no files and the VM as it
 // was.
-func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, opt SnapshotOptions) (store.Snapshot, error) {
+func (s *Snapshots) CreateSnapshot(ctx context.Context, scope Scope, vmID string, opt SnapshotOptions) (store.Snapshot, error) {
 	sid := opt.ID
 	if sid == "" {
 		sid = uuid.NewString()
 	} else if !hostlayout.ValidVMID(sid) {
 		return store.Snapshot{}, invalid("invalid snapshot id %q", sid)
 	}
-	vm, unlock, err := s.lockedVM(ctx, scope, vmID)
+	vm, unlock, err := s.vms.lockedVM(ctx, scope, vmID)
 	if err != nil {
 		return store.Snapshot{}, err
 	}
@@ -61,43 +61,78 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 	ag := s.agentFor(ctx, vm)
 	fc := ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))
 
-	meta, err := s.inspectForSnapshot(ctx, fc, vm)
-	if err != nil {
-		return store.Snapshot{}, err
-	}
 	wasRunning := vm.State == store.VMRunning
-	pausedAt := time.Now()
-	if wasRunning {
-		// Recorded before the pause, desired state untouched: a manager that
-		// dies before resuming leaves "paused, wants running", which the
-		// reconciler resumes.
-		if _, err := s.setState(ctx, vm.ID, store.VMPaused, ""); err != nil {
-			return store.Snapshot{}, err
-		}
-		if err := fc.Pause(ctx); err != nil {
-			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
-			return store.Snapshot{}, s.snapshotStepError(vm, "snapshot "+sid, "pause", err)
-		}
+	var (
+		meta     snapshotMeta
+		files    agentapi.SnapshotFiles
+		sn       store.Snapshot
+		pausedAt time.Time
+	)
+	steps := []step{
+		{name: "inspect", do: func(ctx context.Context) (err error) {
+			meta, err = s.inspectForSnapshot(ctx, fc, vm)
+			return err
+		}},
+		{name: "pause",
+			do: func(ctx context.Context) error {
+				pausedAt = s.now()
+				if !wasRunning {
+					return nil
+				}
+				// Recorded before the pause, desired state untouched: a
+				// manager that dies before resuming leaves "paused, wants
+				// running", which the reconciler resumes.
+				if _, err := s.setState(ctx, vm.ID, store.VMPaused, ""); err != nil {
+					return err
+				}
+				if err := fc.Pause(ctx); err != nil {
+					_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
+					return s.snapshotStepError(vm, "snapshot "+sid, "pause", err)
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				if wasRunning {
+					s.resumeAfterSnapshot(ctx, fc, vm, sid)
+				}
+				return nil
+			},
+		},
+		{name: "write state and memory",
+			do: func(ctx context.Context) (err error) {
+				if files, err = s.writeSnapshot(ctx, ag, fc, vm, sid, meta.Drives); err != nil {
+					s.discardSnapshot(vm, sid) // what it wrote before failing
+				}
+				return err
+			},
+			undo: func(context.Context) error { s.discardSnapshot(vm, sid); return nil },
+		},
+		{name: "record in catalog", do: func(ctx context.Context) (err error) {
+			if wasRunning {
+				meta.PausedMs = s.now().Sub(pausedAt).Milliseconds()
+			}
+			sn = catalogEntry(vm, sid, files, &meta)
+			if sn.Meta, err = marshal(meta); err == nil {
+				sn, err = s.st.CreateSnapshot(ctx, sn)
+			}
+			if err != nil {
+				return fmt.Errorf("snapshot %s of vm %s: record in the catalog: %w", sid, vm.ID, err)
+			}
+			return nil
+		}},
 	}
-	files, werr := s.writeSnapshot(ctx, ag, fc, vm, sid, meta.Drives)
-	if werr != nil {
-		s.discardSnapshot(vm, sid)
-		if wasRunning {
-			s.resumeAfterSnapshot(ctx, fc, vm, sid)
-		}
-		s.event(ctx, vm.ID, store.LevelError, "snapshot %s failed: %s", sid, werr.Error())
-		return store.Snapshot{}, werr
+	if err := s.runSteps(ctx, vm.ID, "snapshot "+sid, steps); err != nil {
+		return store.Snapshot{}, unwrapStep(err)
 	}
+
+	// The snapshot is good whatever happens now: a failed resume is
+	// reported with it, not undone.
 	resume := wasRunning && (opt.Resume == nil || *opt.Resume)
 	var resumeErr error
 	if resume {
 		if resumeErr = fc.Resume(ctx); resumeErr == nil {
 			_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
 		}
-	}
-	meta.PausedMs = time.Since(pausedAt).Milliseconds()
-	if !wasRunning {
-		meta.PausedMs = 0 // it was paused by its owner, not by us
 	}
 	if wasRunning && (!resume || resumeErr != nil) {
 		if _, err := s.update(ctx, vm.ID, func(v *store.VM) error {
@@ -106,15 +141,6 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 		}); err != nil {
 			s.log.Error("snapshot: could not record the VM as paused", "vm_id", vm.ID, "err", err)
 		}
-	}
-
-	sn := catalogEntry(vm, sid, files, &meta)
-	if sn.Meta, err = marshal(meta); err == nil {
-		sn, err = s.st.CreateSnapshot(ctx, sn)
-	}
-	if err != nil {
-		s.discardSnapshot(vm, sid)
-		return store.Snapshot{}, fmt.Errorf("snapshot %s of vm %s: record in the catalog: %w", sid, vm.ID, err)
 	}
 	s.event(ctx, vm.ID, store.LevelInfo, "snapshot %s written: %d bytes, %d on disk; guest paused %d ms",
 		sid, sn.Size, meta.Allocated, meta.PausedMs)
@@ -129,7 +155,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, scope Scope, vmID string, 
 
 // inspectForSnapshot asks the VM's firecracker what the snapshot must
 // record and refuses what it cannot keep, before the guest is touched.
-func (s *Service) inspectForSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM) (snapshotMeta, error) {
+func (s *Snapshots) inspectForSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM) (snapshotMeta, error) {
 	ver, err := fc.Version(ctx)
 	if err != nil {
 		return snapshotMeta{}, s.snapshotStepError(vm, "snapshot", "read firecracker version", err)
@@ -169,7 +195,7 @@ func (s *Service) inspectForSnapshot(ctx context.Context, fc *firecracker.Client
 // writeSnapshot makes the snapshot dir with the drive copies, has
 // firecracker write state and memory into it, and lists the files. The
 // guest is paused.
-func (s *Service) writeSnapshot(ctx context.Context, ag *agentapi.Client, fc *firecracker.Client, vm store.VM, sid string, drives []snapshotDrive) (agentapi.SnapshotFiles, error) {
+func (s *Snapshots) writeSnapshot(ctx context.Context, ag *agentapi.Client, fc *firecracker.Client, vm store.VM, sid string, drives []snapshotDrive) (agentapi.SnapshotFiles, error) {
 	var req agentapi.PrepareSnapshotRequest
 	for _, d := range drives {
 		if d.Copy != "" {
@@ -225,7 +251,7 @@ func catalogEntry(vm store.VM, sid string, files agentapi.SnapshotFiles, meta *s
 
 // discardSnapshot removes a failed snapshot's files. It runs on the
 // service's context: the caller may be gone, the cleanup must happen.
-func (s *Service) discardSnapshot(vm store.VM, sid string) {
+func (s *Snapshots) discardSnapshot(vm store.VM, sid string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
 	defer cancel()
 	if err := s.agentFor(ctx, vm).DeleteSnapshot(ctx, vm.ID, sid); err != nil {
@@ -236,7 +262,7 @@ func (s *Service) discardSnapshot(vm store.VM, sid string) {
 
 // resumeAfterSnapshot resumes a VM that a failed snapshot paused; if even
 // that fails, the row says paused.
-func (s *Service) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM, sid string) {
+func (s *Snapshots) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Client, vm store.VM, sid string) {
 	err := fc.Resume(ctx)
 	if err == nil {
 		_, _ = s.setState(ctx, vm.ID, store.VMRunning, "")
@@ -251,7 +277,7 @@ func (s *Service) resumeAfterSnapshot(ctx context.Context, fc *firecracker.Clien
 
 // snapshotStepError is stepError with the snapshot in the message and a
 // suggestion that fits snapshots.
-func (s *Service) snapshotStepError(vm store.VM, what, step string, err error) *Error {
+func (s *core) snapshotStepError(vm store.VM, what, step string, err error) *Error {
 	e := s.stepError(vm, what+": "+step, err)
 	var ae *apierr.Error
 	switch {
@@ -271,7 +297,7 @@ func proxyDeadline(memMib int) firecracker.Option {
 }
 
 // GetSnapshot returns one snapshot the scope can see.
-func (s *Service) GetSnapshot(ctx context.Context, scope Scope, id string) (store.Snapshot, error) {
+func (s *Snapshots) GetSnapshot(ctx context.Context, scope Scope, id string) (store.Snapshot, error) {
 	sn, err := s.st.GetSnapshot(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(sn.Project)) {
 		return store.Snapshot{}, notFound("snapshot", id).suggest("list snapshots: nexus snapshot ls")
@@ -283,7 +309,7 @@ func (s *Service) GetSnapshot(ctx context.Context, scope Scope, id string) (stor
 }
 
 // ListSnapshots returns the snapshots the scope can see, oldest first.
-func (s *Service) ListSnapshots(ctx context.Context, scope Scope, f store.SnapshotFilter) ([]store.Snapshot, error) {
+func (s *Snapshots) ListSnapshots(ctx context.Context, scope Scope, f store.SnapshotFilter) ([]store.Snapshot, error) {
 	p, ok := scope.filterProject(f.Project)
 	if !ok {
 		return []store.Snapshot{}, nil
@@ -298,8 +324,8 @@ func (s *Service) ListSnapshots(ctx context.Context, scope Scope, f store.Snapsh
 
 // ListVMSnapshots returns a VM's snapshots; they stay listed after the VM
 // is deleted.
-func (s *Service) ListVMSnapshots(ctx context.Context, scope Scope, vmID string) ([]store.Snapshot, error) {
-	_, verr := s.GetVM(ctx, scope, vmID)
+func (s *Snapshots) ListVMSnapshots(ctx context.Context, scope Scope, vmID string) ([]store.Snapshot, error) {
+	_, verr := s.vms.GetVM(ctx, scope, vmID)
 	if e, ok := AsError(verr); verr != nil && (!ok || e.Kind != KindNotFound) {
 		return nil, verr
 	}
@@ -317,7 +343,7 @@ func (s *Service) ListVMSnapshots(ctx context.Context, scope Scope, vmID string)
 // entry. VMs restored from it keep running (their memory mapping and drive
 // copies do not need it). The last snapshot of a deleted VM takes the
 // VM's remaining run dir with it.
-func (s *Service) DeleteSnapshot(ctx context.Context, scope Scope, id string) error {
+func (s *Snapshots) DeleteSnapshot(ctx context.Context, scope Scope, id string) error {
 	sn, err := s.GetSnapshot(ctx, scope, id)
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ func TemplateView(t store.Template) apitypes.Template {
 // CreateTemplate validates and stores a template. Image references may be
 // ids or names and are stored as ids; the images must exist and be usable
 // by the template's project. id may be empty (the store picks one).
-func (s *Service) CreateTemplate(ctx context.Context, scope Scope, id, owner string, req apitypes.CreateTemplateRequest) (store.Template, error) {
+func (s *Templates) CreateTemplate(ctx context.Context, scope Scope, id, owner string, req apitypes.CreateTemplateRequest) (store.Template, error) {
 	if !nameRE.MatchString(req.Name) {
 		return store.Template{}, invalid("template name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
 	}
@@ -77,7 +77,7 @@ func (s *Service) CreateTemplate(ctx context.Context, scope Scope, id, owner str
 // as a VM configuration of project: images exist, are visible and of the
 // right kind, vCPU and memory are sane, drives have valid, distinct ids.
 // where names c in errors ("config", "overrides").
-func (s *Service) checkTemplateConfig(ctx context.Context, project, where string, c apitypes.TemplateConfig) (apitypes.TemplateConfig, error) {
+func (s *Templates) checkTemplateConfig(ctx context.Context, project, where string, c apitypes.TemplateConfig) (apitypes.TemplateConfig, error) {
 	if c.Vcpu != nil {
 		if err := checkVcpu(where+".vcpu", *c.Vcpu); err != nil {
 			return c, err
@@ -96,7 +96,7 @@ func (s *Service) checkTemplateConfig(ctx context.Context, project, where string
 		if r == "" {
 			return "", nil
 		}
-		img, err := s.GetImage(ctx, scope, r, project)
+		img, err := s.images.GetImage(ctx, scope, r, project)
 		if err != nil {
 			return "", err
 		}
@@ -134,8 +134,8 @@ func (s *Service) checkTemplateConfig(ctx context.Context, project, where string
 }
 
 // validateFull runs the checks CreateVM will run, without creating.
-func (s *Service) validateFull(ctx context.Context, project string, c apitypes.TemplateConfig) error {
-	_, err := s.resolveConfig(ctx, project, vmConfig(c))
+func (s *Templates) validateFull(ctx context.Context, project string, c apitypes.TemplateConfig) error {
+	_, err := s.vms.resolveConfig(ctx, project, vmConfig(c))
 	return err
 }
 
@@ -176,7 +176,7 @@ func mergeConfig(base, over apitypes.TemplateConfig) apitypes.TemplateConfig {
 
 // ListTemplates returns the templates the scope sees (in project, when
 // given).
-func (s *Service) ListTemplates(ctx context.Context, scope Scope, project string) ([]store.Template, error) {
+func (s *Templates) ListTemplates(ctx context.Context, scope Scope, project string) ([]store.Template, error) {
 	p, ok := scope.filterProject(project)
 	if !ok {
 		return nil, nil
@@ -190,7 +190,7 @@ func (s *Service) ListTemplates(ctx context.Context, scope Scope, project string
 
 // GetTemplate finds a template by id, or by name in project (default: the
 // scope's own).
-func (s *Service) GetTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
+func (s *Templates) GetTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
 	t, err := s.st.GetTemplate(ctx, ref)
 	if err == nil && scope.Sees(t.Project) {
 		return t, nil
@@ -212,7 +212,7 @@ func (s *Service) GetTemplate(ctx context.Context, scope Scope, ref, project str
 
 // DeleteTemplate removes a template. VMs made from it keep running and
 // restarting: they hold their own configuration.
-func (s *Service) DeleteTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
+func (s *Templates) DeleteTemplate(ctx context.Context, scope Scope, ref, project string) (store.Template, error) {
 	t, err := s.GetTemplate(ctx, scope, ref, project)
 	if err != nil {
 		return t, err
@@ -237,7 +237,7 @@ type TemplateInstanceOptions struct {
 // nothing: everything is validated before the first VM is made, and if
 // one VM cannot be made (or, when waiting, does not boot), the VMs the
 // call made are deleted again and the error names the one that failed.
-func (s *Service) Instantiate(ctx context.Context, scope Scope, ref, project string, req apitypes.InstantiateRequest, opt TemplateInstanceOptions) ([]store.VM, error) {
+func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project string, req apitypes.InstantiateRequest, opt TemplateInstanceOptions) ([]store.VM, error) {
 	t, err := s.GetTemplate(ctx, scope, ref, project)
 	if err != nil {
 		return nil, err
@@ -304,7 +304,7 @@ func (s *Service) Instantiate(ctx context.Context, scope Scope, ref, project str
 // createAll makes the VMs a few at a time; after the first failure it
 // starts no more, waits for those under way, and deletes every VM of the
 // call.
-func (s *Service) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
+func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
 	tags map[string]string, overrides []byte, wait bool) ([]store.VM, error) {
 	vms := make([]store.VM, len(names))
 	errs := make([]error, len(names))
@@ -324,7 +324,7 @@ func (s *Service) createAll(ctx context.Context, scope Scope, t store.Template, 
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			vms[i], errs[i] = s.CreateVM(ctx, scope, apitypes.CreateVMRequest{
+			vms[i], errs[i] = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
 				Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags,
 			}, CreateOptions{ID: ids[i], Wait: wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides})
 			if errs[i] != nil {
@@ -354,11 +354,11 @@ func (s *Service) createAll(ctx context.Context, scope Scope, t store.Template, 
 
 // rollbackBatch deletes the VMs of a failed instantiation and says how it
 // went.
-func (s *Service) rollbackBatch(ctx context.Context, ids []string) string {
+func (s *Templates) rollbackBatch(ctx context.Context, ids []string) string {
 	ctx = context.WithoutCancel(ctx)
 	var left []string
 	for _, id := range ids {
-		if err := s.DeleteVM(ctx, All, id); err != nil {
+		if err := s.vms.DeleteVM(ctx, All, id); err != nil {
 			if e, ok := AsError(err); ok && e.Kind == KindNotFound {
 				continue
 			}

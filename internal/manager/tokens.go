@@ -16,7 +16,7 @@ const TokenChannel = "nexus_tokens"
 
 // CreateToken issues a token; the secret is in the answer only.
 // id may be empty (the store picks one).
-func (s *Service) CreateToken(ctx context.Context, id, owner, role, project string) (string, store.APIToken, error) {
+func (s *Tokens) CreateToken(ctx context.Context, id, owner, role, project string) (string, store.APIToken, error) {
 	owner = strings.TrimSpace(owner)
 	switch {
 	case owner == "":
@@ -34,12 +34,12 @@ func (s *Service) CreateToken(ctx context.Context, id, owner, role, project stri
 }
 
 // ListTokens lists tokens (never secrets); revoked ones with all.
-func (s *Service) ListTokens(ctx context.Context, all bool) ([]store.APIToken, error) {
+func (s *Tokens) ListTokens(ctx context.Context, all bool) ([]store.APIToken, error) {
 	return s.st.ListTokens(ctx, store.TokenFilter{IncludeRevoked: all})
 }
 
 // GetToken returns one token record.
-func (s *Service) GetToken(ctx context.Context, id string) (store.APIToken, error) {
+func (s *Tokens) GetToken(ctx context.Context, id string) (store.APIToken, error) {
 	t, err := s.st.GetToken(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return t, notFound("token", id)
@@ -48,7 +48,7 @@ func (s *Service) GetToken(ctx context.Context, id string) (store.APIToken, erro
 }
 
 // RevokeToken makes a token stop working now, on every manager.
-func (s *Service) RevokeToken(ctx context.Context, id string) error {
+func (s *Tokens) RevokeToken(ctx context.Context, id string) error {
 	if _, err := s.GetToken(ctx, id); err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func (s *Service) RevokeToken(ctx context.Context, id string) error {
 }
 
 // RotateToken gives a token a new secret; the old one stops working now.
-func (s *Service) RotateToken(ctx context.Context, id string) (string, store.APIToken, error) {
+func (s *Tokens) RotateToken(ctx context.Context, id string) (string, store.APIToken, error) {
 	if _, err := s.GetToken(ctx, id); err != nil {
 		return "", store.APIToken{}, err
 	}
@@ -75,12 +75,12 @@ func (s *Service) RotateToken(ctx context.Context, id string) (string, store.API
 }
 
 // tokenChanged tells every manager's authentication cache to forget id.
-func (s *Service) tokenChanged(ctx context.Context, id string) error {
+func (s *Tokens) tokenChanged(ctx context.Context, id string) error {
 	if err := s.st.Notify(ctx, TokenChannel, id); err != nil {
 		return fmt.Errorf("announce token change %s: %w", id, err)
 	}
-	if s.OnTokenChange != nil {
-		s.OnTokenChange(id)
+	if s.OnChange != nil {
+		s.OnChange(id)
 	}
 	return nil
 }

@@ -58,7 +58,7 @@ func TestCheckBootArgsAndTags(t *testing.T) {
 // A VM larger than every host is the caller's mistake (400), not a
 // shortage (503); a VM that fits a host that is merely full is a 503.
 func TestPickTooLargeVersusFull(t *testing.T) {
-	s := &Service{cfg: Config{VcpuOvercommit: 2, MemOvercommit: 1}}
+	s := &Placement{core: &core{cfg: Config{VcpuOvercommit: 2, MemOvercommit: 1}}}
 	hosts := []store.Host{
 		{ID: "h1", Name: "a", State: store.HostReady, Capacity: store.Resources{VCPU: 4, MemMiB: 8192}},
 		{ID: "h2", Name: "b", State: store.HostReady, Capacity: store.Resources{VCPU: 8, MemMiB: 4096}},
@@ -81,8 +81,8 @@ func TestPickTooLargeVersusFull(t *testing.T) {
 			t.Errorf("pick(%d vCPU, %d MiB) = %v; want %s", tc.vcpu, tc.mem, err, tc.code)
 		}
 	}
-	h, err := s.pick(hosts, nil, "", 2, 6000)
-	if err != nil || h.ID != "h1" {
-		t.Errorf("pick(2, 6000) = %s, %v; want h1", h.ID, err)
+	hs, err := s.pick(hosts, nil, "", 2, 6000)
+	if err != nil || len(hs) != 1 || hs[0].ID != "h1" {
+		t.Errorf("pick(2, 6000) = %v, %v; want h1 only", hs, err)
 	}
 }

@@ -8,8 +8,9 @@ import (
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
-// Scope limits what a caller sees: one project, or every project ("" or
-// "*"). Admin marks an admin caller, the only one who may name raw host
+// Scope limits what a caller sees: one project, or every project ("*").
+// The zero Scope sees nothing, so a scope that was never filled in fails
+// closed. Admin marks an admin caller, the only one who may name raw host
 // paths (a raw path can attach any host file to a guest).
 type Scope struct {
 	Project string
@@ -21,14 +22,17 @@ var All = Scope{Project: "*", Admin: true}
 
 // Sees reports whether the scope includes project.
 func (s Scope) Sees(project string) bool {
-	return s.Project == "" || s.Project == "*" || s.Project == project
+	return s.Project == "*" || (s.Project != "" && s.Project == project)
 }
 
 // filterProject returns the project filter for a list: the scope's own
 // project, or the requested one when the scope sees everything.
 func (s Scope) filterProject(requested string) (string, bool) {
-	if s.Project == "" || s.Project == "*" {
+	if s.Project == "*" {
 		return requested, true
+	}
+	if s.Project == "" {
+		return "", false
 	}
 	if requested != "" && requested != s.Project {
 		return "", false

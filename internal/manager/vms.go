@@ -40,7 +40,7 @@ type CreateOptions struct {
 
 // CreateVM validates req, places the VM on a host, stores it as requested
 // and, unless start is false, boots it: requested → configured → running.
-func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRequest, opt CreateOptions) (store.VM, error) {
+func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRequest, opt CreateOptions) (store.VM, error) {
 	project := req.Project
 	if project == "" {
 		project = scope.Project
@@ -71,12 +71,6 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	} else if !hostlayout.ValidVMID(id) {
 		return store.VM{}, invalid("invalid vm id %q", id)
 	}
-	host, release, err := s.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
-	release = sync.OnceFunc(release) // once the row exists it counts by itself
-	defer release()
-	if err != nil {
-		return store.VM{}, err
-	}
 	specJSON, err := marshal(spec{VMConfig: cfg.VMConfig})
 	if err != nil {
 		return store.VM{}, err
@@ -88,7 +82,6 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: project,
 		State: store.VMRequested, DesiredState: desired,
-		HostID: host.ID, HostAddr: host.Addr,
 		TAP: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(),
 		VCPU: *cfg.Vcpu, MemMiB: *cfg.MemMib,
 		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath,
@@ -106,13 +99,15 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 	if err != nil {
 		return store.VM{}, err
 	}
-	vm, err = s.st.CreateVM(ctx, vm)
-	release()
+	vm, host, err := s.placement.create(ctx, vm, req.HostID)
 	if err != nil {
 		unlock()
 		if errors.Is(err, store.ErrConflict) {
 			return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
 				suggest("pick another name or delete the existing VM")
+		}
+		if _, ok := AsError(err); ok {
+			return store.VM{}, err
 		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
@@ -147,7 +142,7 @@ func (s *Service) CreateVM(ctx context.Context, scope Scope, req apitypes.Create
 // later keeps its VM, in failed, for the user to inspect. If the host
 // cannot be reached, the row goes anyway and the reconciler removes what
 // is left there as orphans.
-func (s *Service) discardFailed(vm store.VM, cause error) error {
+func (s *VMs) discardFailed(vm store.VM, cause error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), s.cfg.StopGrace+30*time.Second)
 	defer cancel()
 	e, ok := AsError(cause)
@@ -159,10 +154,10 @@ func (s *Service) discardFailed(vm store.VM, cause error) error {
 	}
 	if vm.HostAddr != "" {
 		ag := s.agentFor(ctx, vm)
-		if vm.APISock != "" {
-			if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
-				e.LogTail = ll.Lines
-			}
+		// A VMM that never started has no log: the call then fails, and
+		// the error goes without lines.
+		if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
+			e.LogTail = ll.Lines
 		}
 		if err := ag.Delete(ctx, vm.ID); err != nil {
 			s.log.Warn("failed create: host objects left for the reconciler", "vm_id", vm.ID, "err", err)
@@ -200,7 +195,7 @@ type resolvedConfig struct {
 	rootfsPath string
 }
 
-func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.VMConfig) (resolvedConfig, error) {
+func (s *VMs) resolveConfig(ctx context.Context, project string, c apitypes.VMConfig) (resolvedConfig, error) {
 	r := resolvedConfig{VMConfig: c}
 	if r.Vcpu == nil {
 		r.Vcpu = firecracker.Int(DefaultVcpu)
@@ -218,10 +213,10 @@ func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.
 		return r, err
 	}
 	var err error
-	if r.kernelPath, err = s.resolveFile(ctx, project, "kernel", store.ImageKernel, c.KernelImageID, c.KernelPath, true); err != nil {
+	if r.kernelPath, err = s.images.resolveFile(ctx, project, "kernel", store.ImageKernel, c.KernelImageID, c.KernelPath, true); err != nil {
 		return r, err
 	}
-	if r.rootfsPath, err = s.resolveFile(ctx, project, "rootfs", store.ImageRootfs, c.RootfsImageID, c.RootfsPath, false); err != nil {
+	if r.rootfsPath, err = s.images.resolveFile(ctx, project, "rootfs", store.ImageRootfs, c.RootfsImageID, c.RootfsPath, false); err != nil {
 		return r, err
 	}
 	seen := map[string]bool{"rootfs": r.rootfsPath != ""}
@@ -233,7 +228,7 @@ func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.
 			return r, invalid("extra_drives[%d].drive_id %q is used twice", i, d.DriveID)
 		}
 		seen[d.DriveID] = true
-		p, err := s.resolveFile(ctx, project, fmt.Sprintf("extra_drives[%d]", i), store.ImageRootfs, d.ImageID, d.Path, true)
+		p, err := s.images.resolveFile(ctx, project, fmt.Sprintf("extra_drives[%d]", i), store.ImageRootfs, d.ImageID, d.Path, true)
 		if err != nil {
 			return r, err
 		}
@@ -243,7 +238,7 @@ func (s *Service) resolveConfig(ctx context.Context, project string, c apitypes.
 }
 
 // GetVM returns one VM the scope can see.
-func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+func (s *VMs) GetVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
 	vm, err := s.st.GetVM(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !scope.Sees(vm.Project)) {
 		// 404, not 403: ids of other projects must not be probeable.
@@ -257,7 +252,7 @@ func (s *Service) GetVM(ctx context.Context, scope Scope, id string) (store.VM, 
 
 // lockedVM checks the caller may see the VM, takes its lock and reads it
 // again: an operation decides on the state read under the lock.
-func (s *Service) lockedVM(ctx context.Context, scope Scope, id string) (store.VM, func(), error) {
+func (s *VMs) lockedVM(ctx context.Context, scope Scope, id string) (store.VM, func(), error) {
 	if _, err := s.GetVM(ctx, scope, id); err != nil {
 		return store.VM{}, nil, err
 	}
@@ -275,7 +270,7 @@ func (s *Service) lockedVM(ctx context.Context, scope Scope, id string) (store.V
 
 // GetVMByName finds a VM by name in project (default: the scope's own
 // project, or the default project).
-func (s *Service) GetVMByName(ctx context.Context, scope Scope, project, name string) (store.VM, error) {
+func (s *VMs) GetVMByName(ctx context.Context, scope Scope, project, name string) (store.VM, error) {
 	if project == "" {
 		project = scope.Project
 		if project == "" || project == "*" {
@@ -296,7 +291,7 @@ func (s *Service) GetVMByName(ctx context.Context, scope Scope, project, name st
 }
 
 // ListVMs pages through the VMs the scope can see.
-func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([]store.VM, string, error) {
+func (s *VMs) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([]store.VM, string, error) {
 	p, ok := scope.filterProject(f.Project)
 	if !ok {
 		return nil, "", nil
@@ -311,7 +306,7 @@ func (s *Service) ListVMs(ctx context.Context, scope Scope, f store.VMFilter) ([
 
 // StartVM boots a stopped or failed VM again (a fresh VMM with the same
 // disks). Starting a running VM does nothing.
-func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+func (s *VMs) StartVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
 	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -347,7 +342,7 @@ func (s *Service) StartVM(ctx context.Context, scope Scope, id string) (store.VM
 
 // StopVM ends the VM's VMM: stopping → stopped. The TAP and socket go; the
 // run dir with the disks and logs stays.
-func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+func (s *VMs) StopVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
 	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -357,7 +352,7 @@ func (s *Service) StopVM(ctx context.Context, scope Scope, id string) (store.VM,
 }
 
 // stopLocked stops vm; the caller holds its lock.
-func (s *Service) stopLocked(ctx context.Context, vm store.VM) (store.VM, error) {
+func (s *VMs) stopLocked(ctx context.Context, vm store.VM) (store.VM, error) {
 	id := vm.ID
 	if vm.State == store.VMStopped {
 		return s.setDesired(ctx, id, store.VMStopped)
@@ -376,31 +371,48 @@ func (s *Service) stopLocked(ctx context.Context, vm store.VM) (store.VM, error)
 	return s.stopOnHost(context.WithoutCancel(ctx), vm)
 }
 
-func (s *Service) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
-	if vm.HostAddr != "" {
-		req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
-		if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, req); err != nil {
-			e := agentError("vm "+vm.ID+": stop", vm, err)
-			s.event(ctx, vm.ID, store.LevelError, "stop failed: %v (the reconciler retries)", e)
-			return vm, e
-		}
+func (s *VMs) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
+	out := vm
+	err := s.runSteps(ctx, vm.ID, "stop", []step{
+		{name: "stop vmm", do: func(ctx context.Context) error {
+			if vm.HostAddr == "" {
+				return nil
+			}
+			req := agentapi.StopRequest{GraceMs: int(s.cfg.StopGrace / time.Millisecond)}
+			if err := s.agentFor(ctx, vm).Stop(ctx, vm.ID, req); err != nil {
+				return agentError("vm "+vm.ID+": stop", vm, err).suggest("the reconciler retries the stop")
+			}
+			return nil
+		}},
+		{name: "record stopped", do: func(ctx context.Context) (err error) {
+			out, err = s.setState(ctx, vm.ID, store.VMStopped, "")
+			s.event(ctx, vm.ID, store.LevelInfo, "stopped")
+			return err
+		}},
+	})
+	return out, unwrapStep(err)
+}
+
+// unwrapStep returns the error of the step that failed.
+func unwrapStep(err error) error {
+	var sf *stepFailure
+	if errors.As(err, &sf) {
+		return sf.err
 	}
-	vm, err := s.setState(ctx, vm.ID, store.VMStopped, "")
-	s.event(ctx, vm.ID, store.LevelInfo, "stopped")
-	return vm, err
+	return err
 }
 
 // PauseVM pauses a running VM.
-func (s *Service) PauseVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+func (s *VMs) PauseVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
 	return s.pauseResume(ctx, scope, id, true)
 }
 
 // ResumeVM resumes a paused VM.
-func (s *Service) ResumeVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
+func (s *VMs) ResumeVM(ctx context.Context, scope Scope, id string) (store.VM, error) {
 	return s.pauseResume(ctx, scope, id, false)
 }
 
-func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause bool) (store.VM, error) {
+func (s *VMs) pauseResume(ctx context.Context, scope Scope, id string, pause bool) (store.VM, error) {
 	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return vm, err
@@ -437,18 +449,18 @@ func (s *Service) pauseResume(ctx context.Context, scope Scope, id string, pause
 }
 
 // DeleteVM stops the VM, removes its run dir on the host and its row.
-func (s *Service) DeleteVM(ctx context.Context, scope Scope, id string) error {
+func (s *VMs) DeleteVM(ctx context.Context, scope Scope, id string) error {
 	return s.deleteVM(ctx, scope, id, false)
 }
 
 // ForceDeleteVM deletes a VM whose host is unreachable: the row goes even
 // though nothing on the host could be removed. If the host comes back, the
 // reconciler removes the VM's leftovers there as orphans.
-func (s *Service) ForceDeleteVM(ctx context.Context, scope Scope, id string) error {
+func (s *VMs) ForceDeleteVM(ctx context.Context, scope Scope, id string) error {
 	return s.deleteVM(ctx, scope, id, true)
 }
 
-func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bool) error {
+func (s *VMs) deleteVM(ctx context.Context, scope Scope, id string, force bool) error {
 	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return err
@@ -458,7 +470,7 @@ func (s *Service) deleteVM(ctx context.Context, scope Scope, id string, force bo
 }
 
 // deleteLocked deletes vm; the caller holds its lock.
-func (s *Service) deleteLocked(ctx context.Context, vm store.VM, force bool) error {
+func (s *VMs) deleteLocked(ctx context.Context, vm store.VM, force bool) error {
 	id := vm.ID
 	ctx = context.WithoutCancel(ctx)
 	vm, err := s.update(ctx, id, func(v *store.VM) error {
@@ -468,24 +480,31 @@ func (s *Service) deleteLocked(ctx context.Context, vm store.VM, force bool) err
 	if err != nil {
 		return err
 	}
-	if vm.HostAddr != "" {
-		if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
-			e := agentError("vm "+id+": delete", vm, err)
-			if !force || e.Kind != KindUnavailable {
-				s.event(ctx, id, store.LevelError, "delete failed: %v (the reconciler retries)", e)
-				return e.suggest("if the host is gone for good, delete with ?force=true")
+	return unwrapStep(s.runStepsOpt(ctx, id, "delete", []step{
+		{name: "remove from host", do: func(ctx context.Context) error {
+			if vm.HostAddr == "" {
+				return nil
 			}
-			s.log.Warn("vm deleted without its host", "vm_id", id, "host_id", vm.HostID, "err", err)
-		}
-	}
-	if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("delete vm %s: %w", id, err)
-	}
-	return nil
+			if err := s.agentFor(ctx, vm).Delete(ctx, id); err != nil {
+				e := agentError("vm "+id+": delete", vm, err)
+				if !force || e.Kind != KindUnavailable {
+					return e.suggest("the reconciler retries; if the host is gone for good, delete with ?force=true")
+				}
+				s.log.Warn("vm deleted without its host", "vm_id", id, "host_id", vm.HostID, "err", err)
+			}
+			return nil
+		}},
+		{name: "delete record", do: func(ctx context.Context) error {
+			if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("delete vm %s: %w", id, err)
+			}
+			return nil
+		}},
+	}, false))
 }
 
 // Bulk runs action on each id, a few at a time, and reports each outcome.
-func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []string) ([]apitypes.BulkResult, error) {
+func (s *VMs) Bulk(ctx context.Context, scope Scope, action string, ids []string) ([]apitypes.BulkResult, error) {
 	var op func(context.Context, Scope, string) error
 	switch action {
 	case "start":
@@ -516,7 +535,7 @@ func (s *Service) Bulk(ctx context.Context, scope Scope, action string, ids []st
 }
 
 // PatchDrive updates a running VM's drive rate limiter.
-func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID string, rl *apitypes.RateLimiter) error {
+func (s *VMs) PatchDrive(ctx context.Context, scope Scope, id, driveID string, rl *apitypes.RateLimiter) error {
 	vm, unlock, err := s.lockedVM(ctx, scope, id)
 	if err != nil {
 		return err
@@ -538,7 +557,7 @@ func (s *Service) PatchDrive(ctx context.Context, scope Scope, id, driveID strin
 }
 
 // Events returns the VM's history.
-func (s *Service) Events(ctx context.Context, scope Scope, id string, limit int) ([]store.VMEvent, error) {
+func (s *VMs) Events(ctx context.Context, scope Scope, id string, limit int) ([]store.VMEvent, error) {
 	if _, err := s.GetVM(ctx, scope, id); err != nil {
 		return nil, err
 	}
@@ -546,7 +565,7 @@ func (s *Service) Events(ctx context.Context, scope Scope, id string, limit int)
 }
 
 // update wraps store.UpdateVM with error context.
-func (s *Service) update(ctx context.Context, id string, f func(*store.VM) error) (store.VM, error) {
+func (s *core) update(ctx context.Context, id string, f func(*store.VM) error) (store.VM, error) {
 	vm, err := s.st.UpdateVM(ctx, id, f)
 	if errors.Is(err, store.ErrNotFound) {
 		return vm, notFound("vm", id)
@@ -557,14 +576,14 @@ func (s *Service) update(ctx context.Context, id string, f func(*store.VM) error
 	return vm, nil
 }
 
-func (s *Service) setState(ctx context.Context, id string, st store.VMState, lastErr string) (store.VM, error) {
+func (s *core) setState(ctx context.Context, id string, st store.VMState, lastErr string) (store.VM, error) {
 	return s.update(ctx, id, func(v *store.VM) error {
 		v.State, v.LastError = st, lastErr
 		return nil
 	})
 }
 
-func (s *Service) setDesired(ctx context.Context, id string, st store.VMState) (store.VM, error) {
+func (s *core) setDesired(ctx context.Context, id string, st store.VMState) (store.VM, error) {
 	return s.update(ctx, id, func(v *store.VM) error {
 		v.DesiredState = st
 		return nil
@@ -572,7 +591,7 @@ func (s *Service) setDesired(ctx context.Context, id string, st store.VMState) (
 }
 
 // event records a line of the VM's history; failures only get logged.
-func (s *Service) event(ctx context.Context, id, level, format string, args ...any) {
+func (s *core) event(ctx context.Context, id, level, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if _, err := s.st.AddEvent(context.WithoutCancel(ctx), store.VMEvent{VMID: id, Level: level, Message: msg}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		s.log.Warn("could not record vm event", "vm_id", id, "err", err)

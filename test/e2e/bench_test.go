@@ -311,7 +311,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 
 		// Kill 10% of the VMMs at once and time the convergence.
-		time.Sleep(3 * time.Second) // let a pass or two run
+		waitPasses(b, c.client, 2)
 		var st apitypes.ReconcilerStatus
 		_ = c.client.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st)
 		killed := 0

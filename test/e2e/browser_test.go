@@ -146,7 +146,7 @@ func (b *browser) waitJS(what, js string, d time.Duration) {
 	b.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+js+")"))
 		cancel()
 		if err == nil && ok {
@@ -187,12 +187,12 @@ func (b *browser) shot(name string) string {
 // typing it and pressing Enter.
 func (b *browser) signIn(base, token string) {
 	b.t.Helper()
-	b.run(20*time.Second,
+	b.run(60*time.Second,
 		chromedp.Navigate(base+"/ui/#/signin"),
 		chromedp.WaitVisible(chromedp.CSS("#token")),
 		chromedp.SendKeys(chromedp.CSS("#token"), token+"\r"),
 	)
-	b.waitJS("signed in", `document.querySelector("#who-role") !== null`, 10*time.Second)
+	b.waitJS("signed in", `document.querySelector("#who-role") !== null`, 30*time.Second)
 }
 
 // typeInto replaces what a text field holds with text, typed key by key.

@@ -364,7 +364,7 @@ func TestChaosHostGone(t *testing.T) {
 		return nil
 	})
 	t.Logf("stop an agent for good: host and VMs marked in %s", time.Since(start).Round(time.Millisecond))
-	time.Sleep(3 * time.Second) // several reconcile passes
+	waitPasses(t, c.client, 3)
 	otherAfter, _ := c.agentClient(c.agents[1]).Inventory(ctx)
 	if len(otherAfter.VMMs) != len(otherBefore.VMMs) {
 		t.Fatalf("VMs of the lost host were started elsewhere: %d → %d VMMs on host-1", len(otherBefore.VMMs), len(otherAfter.VMMs))
@@ -450,11 +450,13 @@ func TestTwoManagersOneReconciler(t *testing.T) {
 		}
 		return st.Leader
 	}
-	time.Sleep(2 * time.Second)
-	l1, l2 := leader(c.client), leader(c2)
-	if l1 == l2 {
-		t.Fatalf("leaders: manager-1 %v, manager-2 %v; want exactly one", l1, l2)
-	}
+	var l1, l2 bool
+	eventually(t, converge, "exactly one leader", func() error {
+		if l1, l2 = leader(c.client), leader(c2); l1 == l2 {
+			return fmt.Errorf("leaders: manager-1 %v, manager-2 %v", l1, l2)
+		}
+		return nil
+	})
 	if !l1 {
 		t.Fatal("the first manager should have taken the free lease first")
 	}

@@ -323,7 +323,11 @@ func TestUpInstancesCoexist(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	time.Sleep(1500 * time.Millisecond) // one more reconcile pass past the grace
+	// Passes that start after the churn, and after an orphan grace of it,
+	// see whatever is left: two passes each, one of them past the grace.
+	for _, u := range []*upInstance{a, b} {
+		waitPasses(t, u.client, 2)
+	}
 
 	for u, pids := range map[*upInstance]map[string]int{a: pidsA, b: pidsB} {
 		now := vmmPIDsByID(u.runDir)

@@ -22,6 +22,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/testutil"
@@ -476,6 +477,30 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %s: %v", what, d, err)
+}
+
+// waitPasses waits until the leading reconciler of the manager cl talks
+// to has finished n passes that started after this call: an event to wait
+// for, not a time to sleep.
+func waitPasses(t testing.TB, cl *client.Client, n int) {
+	t.Helper()
+	since := time.Now()
+	seen := 0
+	var last time.Time
+	eventually(t, 30*time.Second, fmt.Sprintf("%d reconcile passes", n), func() error {
+		var st apitypes.ReconcilerStatus
+		if err := cl.Do(context.Background(), "GET", "/v1/reconciler", nil, nil, &st); err != nil {
+			return err
+		}
+		if st.LastPassAt.After(since) && !st.LastPassAt.Equal(last) {
+			last = st.LastPassAt
+			seen++
+		}
+		if seen < n {
+			return fmt.Errorf("%d of %d passes", seen, n)
+		}
+		return nil
+	})
 }
 
 // shortTempDir is a temp dir with a short path: VM sockets live several

@@ -59,7 +59,7 @@ func TestConsole(t *testing.T) {
 	if role := eval[string](b, `document.querySelector("#who-role").dataset.role`); role != "operator" {
 		t.Fatalf("signed in as %q; want operator", role)
 	}
-	b.waitJS("VM list", `document.querySelector("#vm-table[data-loaded=true]")`, 10*time.Second)
+	b.waitJS("VM list", `document.querySelector("#vm-table[data-loaded=true]")`, 30*time.Second)
 
 	// A VM made through the API shows up, and reaches running, without a reload.
 	vm, err := opc.CreateVM(ctx, apitypes.CreateVMRequest{Name: "api-1",
@@ -68,23 +68,23 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	row := fmt.Sprintf(`document.querySelector('#vm-table tr[data-vm-id=%q]')`, vm.ID)
-	b.waitJS("API-made VM listed as running", row+`?.dataset.state === "running"`, 15*time.Second)
+	b.waitJS("API-made VM listed as running", row+`?.dataset.state === "running"`, 30*time.Second)
 
 	// The filters narrow the list: by tag on the server, by name here.
 	b.typeInto("#f-tag", "team=nope")
-	b.waitJS("tag filter hides it", row+` === null && document.querySelector("#vm-table[data-loaded=true]")`, 5*time.Second)
+	b.waitJS("tag filter hides it", row+` === null && document.querySelector("#vm-table[data-loaded=true]")`, 20*time.Second)
 	b.typeInto("#f-tag", "team=web")
-	b.waitJS("tag filter shows it", row+` !== null`, 5*time.Second)
+	b.waitJS("tag filter shows it", row+` !== null`, 20*time.Second)
 
 	// Create two VMs from the template through the form.
-	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/create"))
-	b.waitJS("templates offered", `document.querySelector('#c-template option[value="`+tmpl.ID+`"]')`, 10*time.Second)
-	b.run(5*time.Second, chromedp.SetValue(chromedp.CSS("#c-template"), tmpl.ID))
+	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/create"))
+	b.waitJS("templates offered", `document.querySelector('#c-template option[value="`+tmpl.ID+`"]')`, 30*time.Second)
+	b.run(20*time.Second, chromedp.SetValue(chromedp.CSS("#c-template"), tmpl.ID))
 	b.typeInto("#c-name", "ui")
 	b.typeInto("#c-count", "2")
 	b.typeInto("#c-tags", "made=console")
-	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
-	b.waitJS("two VMs created", `document.querySelectorAll("#create-result a").length === 2`, 20*time.Second)
+	b.run(20*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
+	b.waitJS("two VMs created", `document.querySelectorAll("#create-result a").length === 2`, 40*time.Second)
 	made, err := opc.ListVMs(ctx, map[string][]string{"tag": {"made=console"}})
 	if err != nil || len(made.Items) != 2 {
 		t.Fatalf("VMs created from the console: %+v, %v", made.Items, err)
@@ -96,19 +96,19 @@ func TestConsole(t *testing.T) {
 	}
 
 	// The same again: the API's refusal is shown with what to do about it.
-	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
-	b.waitJS("error shown", `document.querySelector("#create-result .alert .suggestion") && /name_taken/.test(document.querySelector("#create-result .alert").textContent) && /request id/.test(document.querySelector("#create-result .alert").textContent)`, 10*time.Second)
+	b.run(20*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
+	b.waitJS("error shown", `document.querySelector("#create-result .alert .suggestion") && /name_taken/.test(document.querySelector("#create-result .alert").textContent) && /request id/.test(document.querySelector("#create-result .alert").textContent)`, 30*time.Second)
 
 	// The VM page follows the guest's console: its counter advances.
-	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/vms/"+vm.ID))
+	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/vms/"+vm.ID))
 	counter := `(document.querySelector("#log-console")?.textContent.match(/sim-guest: counter=(\d+)/g) || []).map(s => +s.split("=")[1]).pop() || -1`
-	b.waitJS("console shows the guest counter", counter+` >= 0`, 15*time.Second)
+	b.waitJS("console shows the guest counter", counter+` >= 0`, 30*time.Second)
 	first := eval[int](b, counter)
-	b.waitJS("counter advances live", fmt.Sprintf(`%s > %d`, counter, first), 5*time.Second)
+	b.waitJS("counter advances live", fmt.Sprintf(`%s > %d`, counter, first), 20*time.Second)
 
 	// Pause (with confirmation): the badge and the API agree.
 	b.confirm("#act-pause")
-	b.waitJS("paused", `document.querySelector("#vm-state").dataset.state === "paused"`, 10*time.Second)
+	b.waitJS("paused", `document.querySelector("#vm-state").dataset.state === "paused"`, 30*time.Second)
 	if v, _ := opc.GetVM(ctx, vm.ID); v.State != "paused" {
 		t.Fatalf("after pause in the console the API says %s", v.State)
 	}
@@ -119,25 +119,25 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("the console kept counting while paused: %d → %d", paused, now)
 	}
 	b.confirm("#act-resume")
-	b.waitJS("running again", `document.querySelector("#vm-state").dataset.state === "running"`, 10*time.Second)
-	b.waitJS("counter resumes", fmt.Sprintf(`%s > %d`, counter, paused), 5*time.Second)
+	b.waitJS("running again", `document.querySelector("#vm-state").dataset.state === "running"`, 30*time.Second)
+	b.waitJS("counter resumes", fmt.Sprintf(`%s > %d`, counter, paused), 20*time.Second)
 
 	// A snapshot from the VM page; the VM runs on.
 	b.confirm("#act-snapshot")
-	b.waitJS("snapshot written", `/Snapshot [0-9a-f-]+ written/.test(document.querySelector("#vm-msg").textContent)`, 20*time.Second)
-	b.waitJS("running after the snapshot", `document.querySelector("#vm-state").dataset.state === "running"`, 10*time.Second)
+	b.waitJS("snapshot written", `/Snapshot [0-9a-f-]+ written/.test(document.querySelector("#vm-msg").textContent)`, 40*time.Second)
+	b.waitJS("running after the snapshot", `document.querySelector("#vm-state").dataset.state === "running"`, 30*time.Second)
 
 	// The charts fill from the VM's metrics (firecracker-sim flushes every 500 ms).
 	b.waitJS("charts drawn", `document.querySelectorAll("#vm-charts .uplot").length === 5 &&
-		[...document.querySelectorAll("#vm-charts .chart")].every(c => +c.dataset.points >= 3)`, 20*time.Second)
+		[...document.querySelectorAll("#vm-charts .chart")].every(c => +c.dataset.points >= 3)`, 40*time.Second)
 	b.shot("vm")
 	b.noErrors("409") // the refused second create
 
 	// A viewer: no action buttons, no create form; a forged action is a 403.
-	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#who button")))
+	b.run(20*time.Second, chromedp.Click(chromedp.CSS("#who button")))
 	b.signIn(c.url(), viewer)
-	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/vms/"+vm.ID))
-	b.waitJS("viewer sees the VM", `document.querySelector("#vm-state").dataset.state === "running"`, 10*time.Second)
+	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/vms/"+vm.ID))
+	b.waitJS("viewer sees the VM", `document.querySelector("#vm-state").dataset.state === "running"`, 30*time.Second)
 	if n := eval[int](b, `document.querySelectorAll("#vm-actions button").length`); n != 0 {
 		t.Fatalf("a viewer sees %d action buttons", n)
 	}
@@ -160,12 +160,12 @@ func TestConsole(t *testing.T) {
 	if !denied {
 		t.Fatalf("the forged stop is not in the audit trail as denied: %+v", audit.Items)
 	}
-	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/create"))
-	b.waitJS("create refused to a viewer", `document.querySelector("main h1")?.textContent === "Create" && !document.querySelector("#c-submit")`, 5*time.Second)
+	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/create"))
+	b.waitJS("create refused to a viewer", `document.querySelector("main h1")?.textContent === "Create" && !document.querySelector("#c-submit")`, 20*time.Second)
 
 	// A phone's width: nothing wider than the screen but the scrolling tables.
-	b.run(10*time.Second, chromedp.EmulateViewport(390, 844), chromedp.Navigate(c.url()+"/ui/#/vms"))
-	b.waitJS("list on a phone", `document.querySelector("#vm-table[data-loaded=true]")`, 10*time.Second)
+	b.run(30*time.Second, chromedp.EmulateViewport(390, 844), chromedp.Navigate(c.url()+"/ui/#/vms"))
+	b.waitJS("list on a phone", `document.querySelector("#vm-table[data-loaded=true]")`, 30*time.Second)
 	if w := eval[int](b, `document.documentElement.scrollWidth`); w > 390 {
 		t.Errorf("the page is %d px wide on a 390 px screen", w)
 	}
@@ -178,8 +178,8 @@ func TestConsole(t *testing.T) {
 
 	// An admin's tour of the other pages: each loads its data, without a
 	// script error.
-	b.run(10*time.Second, chromedp.EmulateViewport(1280, 900))
-	b.run(5*time.Second, chromedp.Click(chromedp.CSS("#who button")))
+	b.run(30*time.Second, chromedp.EmulateViewport(1280, 900))
+	b.run(20*time.Second, chromedp.Click(chromedp.CSS("#who button")))
 	b.signIn(c.url(), c.admin)
 	for _, p := range []struct{ hash, ready string }{
 		{"hosts", `document.querySelector("#host-table [role=meter]")`},
@@ -189,20 +189,20 @@ func TestConsole(t *testing.T) {
 		{"audit", `document.querySelectorAll("#audit-table tbody tr").length > 5 && document.querySelector("#a-export")`},
 		{"tokens", `[...document.querySelectorAll("main td")].some(td => td.textContent === "vera")`},
 	} {
-		b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/"+p.hash))
-		b.waitJS(p.hash+" page", p.ready, 10*time.Second)
+		b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/"+p.hash))
+		b.waitJS(p.hash+" page", p.ready, 30*time.Second)
 	}
-	b.run(10*time.Second, chromedp.Navigate(c.url()+"/ui/#/hosts"))
-	b.waitJS("hosts page", `document.querySelector("#host-table [role=meter]")`, 10*time.Second)
+	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/hosts"))
+	b.waitJS("hosts page", `document.querySelector("#host-table [role=meter]")`, 30*time.Second)
 	b.shot("hosts")
 	hostID := eval[string](b, `document.querySelector("#host-table tr[data-host-id]").dataset.hostId`)
 	b.confirm("#host-table button.drain")
-	b.waitJS("host draining", `document.querySelector("#host-table .state")?.textContent === "draining"`, 10*time.Second)
+	b.waitJS("host draining", `document.querySelector("#host-table .state")?.textContent === "draining"`, 30*time.Second)
 	if hl, _ := c.client.Hosts(ctx); hl.Items[0].ID != hostID || hl.Items[0].State != "draining" {
 		t.Fatalf("after Drain in the console the API says %+v", hl.Items)
 	}
 	b.confirm("#host-table button.undrain")
-	b.waitJS("host ready again", `document.querySelector("#host-table .state")?.textContent === "ready"`, 10*time.Second)
+	b.waitJS("host ready again", `document.querySelector("#host-table .state")?.textContent === "ready"`, 30*time.Second)
 	b.noErrors("403")
 
 	var snaps apitypes.SnapshotList

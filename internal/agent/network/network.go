@@ -31,7 +31,10 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+
 	"github.com/vishvananda/netns"
+
+	"github.com/nexus-microvm/nexus/internal/keyed"
 )
 
 // Defaults for the fields of Config left zero.
@@ -112,8 +115,8 @@ type Network struct {
 	h       *netlink.Handle
 	backend NATBackend
 
-	bridgeMu sync.Mutex // serialises EnsureBridge, RemoveNAT and Teardown
-	taps     keyedMutex // serialises work on one TAP name
+	bridgeMu sync.Mutex  // serialises EnsureBridge, RemoveNAT and Teardown
+	taps     keyed.Mutex // serialises work on one TAP name
 }
 
 // New validates cfg, opens a netlink handle in its namespace and picks the
@@ -234,17 +237,34 @@ func (n *Network) inNS(fn func() error) error {
 }
 
 // runInNS runs fn on a fresh goroutine locked to its thread and switched to
-// ns. The goroutine exits still locked, so Go discards the thread instead of
-// reusing one that sits in a foreign namespace.
+// ns, then switches the thread back to where it was. Exiting still locked
+// is not enough: Go discards such a thread, except the main thread, which
+// it parks instead — still in ns, keeping that namespace alive for the
+// life of the process. Only when the way back fails does the goroutine
+// exit locked, so the thread is never reused in a foreign namespace.
 func runInNS(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked, on purpose
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter network namespace: %w", err)
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
+			return // still locked: the thread goes away with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }
@@ -261,41 +281,6 @@ func validLinkName(name string) error {
 		}
 	}
 	return nil
-}
-
-// keyedMutex serialises work per key without holding one lock for all keys.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedLock
-}
-
-type keyedLock struct {
-	sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = make(map[string]*keyedLock)
-	}
-	l := k.locks[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.locks[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-
-	l.Lock()
-	return func() {
-		l.Unlock()
-		k.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
 }
 
 // ctxErr is ctx.Err() wrapped with the step it interrupted. netlink calls

@@ -57,7 +57,7 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 	if err := validVMID(vmID); err != nil {
 		return wrap("validate vm id", err)
 	}
-	unlock := n.taps.lock(name)
+	unlock := n.taps.Lock(name)
 	defer unlock()
 	if err := ctxErr(ctx); err != nil {
 		return wrap("start", err)
@@ -145,7 +145,7 @@ func (n *Network) AdoptTap(ctx context.Context, name, vmID string) (bool, error)
 	if err := validVMID(vmID); err != nil {
 		return false, fmt.Errorf("adopt tap %s: %w", name, err)
 	}
-	unlock := n.taps.lock(name)
+	unlock := n.taps.Lock(name)
 	defer unlock()
 	if err := ctxErr(ctx); err != nil {
 		return false, fmt.Errorf("adopt tap %s: %w", name, err)
@@ -232,7 +232,7 @@ func (n *Network) DeleteTap(ctx context.Context, name string) error {
 	if err := validTapName(name); err != nil {
 		return wrap("validate name", err)
 	}
-	unlock := n.taps.lock(name)
+	unlock := n.taps.Lock(name)
 	defer unlock()
 	if err := ctxErr(ctx); err != nil {
 		return wrap("start", err)

@@ -1,0 +1,360 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
+	"github.com/nexus-microvm/nexus/internal/agent/hollow"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/store"
+)
+
+// The manager's behaviour end to end, without root: a real store (SQLite),
+// a real agent API served by a hollow agent (firecracker-sim running in
+// this process, TAPs in memory), real HTTP between them. Faults are
+// injected at the one boundary the manager has with its agents: the HTTP
+// transport (faults), and where needed at the store (failingStore).
+
+const joinToken = "join-test"
+
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	st     store.Store
+	m      *Manager
+	ag     *agenttest.Agent
+	agent  *agentapi.Client
+	host   store.Host
+	faults *faults
+	fstore *failingStore // the store the manager uses, with faults of its own
+	kernel string
+	dir    string
+}
+
+type envOpt func(*Config)
+
+func newEnv(t *testing.T, opts ...envOpt) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	st, err := store.Open(ctx, "sqlite://"+filepath.Join(dir, "n.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag := agenttest.Start(t, agenttest.Options{Token: joinToken})
+	f := &faults{base: http.DefaultTransport}
+	cfg := Config{JoinToken: joinToken, AgentTransport: f, StopGrace: 50 * time.Millisecond, BootTimeout: 10 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	fs := &failingStore{Store: st}
+	m := New(ctx, cfg, fs, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() {
+		cancel()
+		m.Wait(context.Background())
+		m.Close()
+		st.Close()
+	})
+	e := &env{t: t, ctx: ctx, st: st, m: m, ag: ag, faults: f, fstore: fs, dir: dir,
+		agent: agentapi.NewClient(ag.URL, joinToken, nil)}
+	e.host = e.register("hollow-1", ag.URL)
+	e.kernel = simtest.WriteKernel(t, dir)
+	return e
+}
+
+// register adds a ready host at addr, as the agent's registration would.
+func (e *env) register(name, addr string) store.Host {
+	e.t.Helper()
+	res := apitypes.Resources{Vcpu: 64, MemMib: 64 << 10}
+	h, err := e.m.Hosts.RegisterHost(e.ctx, apitypes.RegisterHostRequest{Name: name, Addr: addr, VMM: hollow.VMMVersion, Capacity: res})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.m.Hosts.Heartbeat(e.ctx, h.ID, res, apitypes.Resources{}, 0); err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// create makes a VM from a raw kernel path, waiting for it to run.
+func (e *env) create(name string) (store.VM, error) {
+	return e.m.VMs.CreateVM(e.ctx, All, apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: e.kernel}}, CreateOptions{Wait: true})
+}
+
+func (e *env) mustCreate(name string) store.VM {
+	e.t.Helper()
+	vm, err := e.create(name)
+	if err != nil {
+		e.t.Fatalf("create %s: %v", name, err)
+	}
+	return vm
+}
+
+// inventory is what the agent reports on its host.
+func (e *env) inventory() agentapi.Inventory {
+	e.t.Helper()
+	inv, err := e.agent.Inventory(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return inv
+}
+
+// assertHostEmpty checks that nothing of any VM is on the host: no VMM,
+// TAP, socket or run dir.
+func (e *env) assertHostEmpty() {
+	e.t.Helper()
+	inv := e.inventory()
+	if len(inv.VMMs)+len(inv.Taps)+len(inv.Sockets)+len(inv.RunDirs) != 0 {
+		e.t.Errorf("host not empty: vmms %v, taps %v, sockets %v, run dirs %v", inv.VMMs, inv.Taps, inv.Sockets, inv.RunDirs)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(e.ag.RunDir, "vms")); len(entries) != 0 {
+		e.t.Errorf("run dirs on disk: %v", entries)
+	}
+}
+
+// rows counts the VM rows in the store.
+func (e *env) rows() int {
+	e.t.Helper()
+	items, _, err := e.st.ListVMs(e.ctx, store.VMFilter{Limit: 1000})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(items)
+}
+
+// events joins a VM's event messages.
+func (e *env) events(id string) string {
+	evs, _ := e.st.ListEvents(e.ctx, id, 100)
+	var msgs []string
+	for _, ev := range evs {
+		msgs = append(msgs, ev.Message)
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// waitFor polls cond until it holds or the time is up: a condition, not a
+// sleep, decides when the test goes on.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// faults answers chosen calls to the agents itself instead of passing them
+// on: the manager sees a refusal or an unreachable agent at that call.
+type faults struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	list []*fault
+}
+
+type fault struct {
+	method string
+	suffix string // of the request path
+	nth    int    // 1 = the first matching call; 0 = every one
+	status int    // 0: the agent is unreachable
+	body   string
+	seen   int
+	hits   int
+}
+
+// add injects f until the test ends.
+func (f *faults) add(t *testing.T, flt *fault) *fault {
+	f.mu.Lock()
+	f.list = append(f.list, flt)
+	f.mu.Unlock()
+	t.Cleanup(func() { f.clear() })
+	return flt
+}
+
+func (f *faults) clear() {
+	f.mu.Lock()
+	f.list = nil
+	f.mu.Unlock()
+}
+
+func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(req.URL.Path, "/proxy-batch") {
+		return f.batch(req)
+	}
+	if hit := f.match(req.Method, req.URL.Path); hit != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return hit.answer(req)
+	}
+	return f.base.RoundTrip(req)
+}
+
+// match finds the fault a call to path triggers, counting the call.
+func (f *faults) match(method, path string) *fault {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, flt := range f.list {
+		if method != flt.method || !strings.HasSuffix(path, flt.suffix) {
+			continue
+		}
+		flt.seen++
+		if flt.nth == 0 || flt.seen == flt.nth {
+			flt.hits++
+			return flt
+		}
+	}
+	return nil
+}
+
+func (flt *fault) answer(req *http.Request) (*http.Response, error) {
+	if flt.status == 0 {
+		return nil, errors.New("injected: connection refused")
+	}
+	return jsonResponse(req, flt.status, flt.body), nil
+}
+
+func jsonResponse(req *http.Request, status int, body string) *http.Response {
+	return &http.Response{
+		StatusCode: status, Status: http.StatusText(status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewBufferString(body)),
+		ContentLength: int64(len(body)), Request: req,
+	}
+}
+
+// batch injects a fault into a proxy batch as if the agent had relayed
+// the calls before the faulty one (it does relay them, to the real agent)
+// and firecracker had answered the faulty one with the fault.
+func (f *faults) batch(req *http.Request) (*http.Response, error) {
+	raw, err := io.ReadAll(req.Body)
+	req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	var br agentapi.BatchRequest
+	if err := json.Unmarshal(raw, &br); err != nil {
+		return nil, err
+	}
+	k, hit := -1, (*fault)(nil)
+	for i, c := range br.Calls {
+		if hit = f.match(c.Method, "/proxy"+c.Path); hit != nil {
+			k = i
+			break
+		}
+	}
+	send := func(calls []firecracker.Call) (*http.Response, error) {
+		b, _ := json.Marshal(agentapi.BatchRequest{Calls: calls})
+		out := req.Clone(req.Context())
+		out.Body = io.NopCloser(bytes.NewReader(b))
+		out.ContentLength = int64(len(b))
+		return f.base.RoundTrip(out)
+	}
+	if hit == nil {
+		return send(br.Calls)
+	}
+	if hit.status == 0 {
+		return nil, errors.New("injected: connection refused")
+	}
+	var got agentapi.BatchResponse
+	if k > 0 {
+		resp, err := send(br.Calls[:k])
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			return nil, err
+		}
+		if len(got.Results) < k {
+			b, _ := json.Marshal(got)
+			return jsonResponse(req, 200, string(b)), nil // the real agent stopped earlier
+		}
+	}
+	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
+	b, _ := json.Marshal(got)
+	return jsonResponse(req, 200, string(b)), nil
+}
+
+// failingStore fails UpdateVM when fail says so for the VM as the update
+// would leave it: a store that goes away in the middle of an operation.
+type failingStore struct {
+	store.Store
+	mu   sync.Mutex
+	fail func(v store.VM) bool
+	// rowsRead counts the VMs and snapshots list calls returned.
+	rowsRead int
+}
+
+func (s *failingStore) ListVMs(ctx context.Context, f store.VMFilter) ([]store.VM, string, error) {
+	items, next, err := s.Store.ListVMs(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, next, err
+}
+
+func (s *failingStore) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]store.Snapshot, error) {
+	items, err := s.Store.ListSnapshots(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, err
+}
+
+func (s *failingStore) reads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rowsRead
+}
+
+func (s *failingStore) set(fail func(v store.VM) bool) {
+	s.mu.Lock()
+	s.fail = fail
+	s.mu.Unlock()
+}
+
+func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*store.VM) error) (store.VM, error) {
+	s.mu.Lock()
+	fail := s.fail
+	s.mu.Unlock()
+	return s.Store.UpdateVM(ctx, id, func(v *store.VM) error {
+		if err := mutate(v); err != nil {
+			return err
+		}
+		if fail != nil && fail(*v) {
+			return errors.New("injected: store unavailable")
+		}
+		return nil
+	})
+}
+
+func createReq(name, kernel string) apitypes.CreateVMRequest {
+	return apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: kernel}}
+}
+
+func apiRes(vcpu, mem int) apitypes.Resources { return apitypes.Resources{Vcpu: vcpu, MemMib: mem} }
+
+// heartbeat reports the host alive now (on the env's clock).
+func (e *env) heartbeat() {
+	e.t.Helper()
+	if err := e.m.Hosts.Heartbeat(e.ctx, e.host.ID, apiRes(64, 64<<10), apiRes(0, 0), 0); err != nil {
+		e.t.Fatal(err)
+	}
+}
