@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-ui web-vendor clean
+.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -56,6 +56,9 @@ bench-guest: ## guest images: boot-to-ready p50 under QEMU microvm, image build 
 
 bench-floor: build ## Nexus create→running vs a minimal spawn-and-configure program, interleaved; ratio and CPU per create (root)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkFloor$$ -benchtime 1x -timeout 20m ./test/e2e/
+
+bench-scale: build ## 10,000 VMs on 100 hollow agents: creates, churn, reads under load, reconcile, memory per VM (NEXUS_BENCH_ENGINE=postgres adds a failover)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkScale$$ -benchtime 1x -timeout 30m ./test/e2e/
 
 bench-ui: ## /metrics scrape with 1,000 VMs (manager, agent) and the console's VM list with 1,000 VMs in headless Chromium (root)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMetricsScrape1000VMs -benchtime 50x ./internal/api/

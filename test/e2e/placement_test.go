@@ -20,10 +20,10 @@ import (
 func (c *cluster) startHollowAgent(name string, vcpus, memMib int, managers string) *proc {
 	c.t.Helper()
 	p := c.start("agent-"+name, nil, "agent", "--hollow", "--bind", "127.0.0.1:0", "--manager", managers,
-		"--token", c.join, "--name", name, "--run-dir", c.dir+"/"+name, "--stop-grace", "100ms",
+		"--token", c.join, "--name", name, "--run-dir", c.dir+"/"+name, "--stop-grace", "100ms", "--log-level", "warn",
 		"--hollow-vcpus", fmt.Sprint(vcpus), "--hollow-mem-mib", fmt.Sprint(memMib))
 	c.t.Cleanup(p.kill)
-	p.waitLog(c.t, "agent listening", 20*time.Second)
+	p.waitLog(c.t, "hollow agent: VMMs are firecracker-sim inside this process and TAPs exist only in memory; for tests and benchmarks only", 20*time.Second)
 	return p
 }
 
