@@ -17,10 +17,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // A manager with a hollow agent, 50 open log streams and VMs still

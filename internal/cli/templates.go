@@ -14,8 +14,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // newTemplateCmd returns `nexus template`: saved VM configurations.

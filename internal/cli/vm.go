@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // clientFlags are the flags every client command shares.

@@ -11,8 +11,8 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Client calls one manager.

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // imagesDir is the agent's FC_IMAGES_DIR (its default, under the run dir).
