@@ -88,7 +88,7 @@ func (r *registrar) run(ctx context.Context) {
 
 func (r *registrar) register(ctx context.Context) error {
 	c := r.a.Capacity()
-	var out apitypes.RegisterHostResponse
+	var out apitypes.HostRegistration
 	err := r.post(ctx, "/v1/hosts/register", apitypes.RegisterHostRequest{
 		Name: r.o.Name, Addr: r.url, Version: r.o.Version, VMM: r.a.cfg.VMMVersion,
 		Capacity: apitypes.Resources{Vcpu: c.Total.Vcpu, MemMib: c.Total.MemMib},

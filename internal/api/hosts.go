@@ -44,7 +44,7 @@ type registerHostInput struct {
 }
 
 type registerHostOutput struct {
-	Body apitypes.RegisterHostResponse
+	Body apitypes.HostRegistration
 }
 
 func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*registerHostOutput, error) {
@@ -52,7 +52,7 @@ func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*regi
 	if err != nil {
 		return nil, err
 	}
-	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int(s.hosts.HeartbeatInterval().Milliseconds())}}, nil
+	return &registerHostOutput{Body: apitypes.HostRegistration{ID: h.ID, HeartbeatIntervalMs: int(s.hosts.HeartbeatInterval().Milliseconds())}}, nil
 }
 
 type heartbeatInput struct {

@@ -34,7 +34,8 @@ type createImageInput struct {
 }
 
 type imageOutput struct {
-	Body apitypes.Image
+	Location string `header:"Location" doc:"the new image: /v1/images/{id}"`
+	Body     apitypes.ImageCreated
 }
 
 func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageOutput, error) {
@@ -42,7 +43,8 @@ func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageO
 	if err != nil {
 		return nil, err
 	}
-	return &imageOutput{Body: manager.ImageView(img)}, nil
+	v := manager.ImageView(img)
+	return &imageOutput{Location: "/v1/images/" + v.ID, Body: apitypes.ImageCreated{Image: v, Item: v}}, nil
 }
 
 type listImagesInput struct {

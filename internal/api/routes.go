@@ -92,9 +92,6 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 	if len(status) > 0 {
 		op.DefaultStatus = status[0]
 	}
-	if pol.Auth == authToken {
-		op.Security = []map[string][]string{{"bearer": {}}}
-	}
 	huma.Register(s.api, op, func(ctx context.Context, in *I) (*O, error) {
 		out, err := h(ctx, in)
 		if err != nil {
@@ -102,6 +99,7 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 		}
 		return out, nil
 	})
+	s.documentErrors(method, path, pol)
 	s.ops = append(s.ops, &op)
 }
 

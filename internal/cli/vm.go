@@ -78,11 +78,7 @@ func resolve(ctx context.Context, c *nexus.Client, project, ref string) (string,
 	if uuidRE.MatchString(ref) {
 		return ref, nil
 	}
-	q := url.Values{"name": {ref}}
-	if project != "" {
-		q.Set("project", project)
-	}
-	l, err := c.ListVMs(ctx, q)
+	l, err := c.ListVMs(ctx, nexus.ListVMsOptions{Name: ref, Project: project})
 	if err != nil {
 		return "", describe(err)
 	}
@@ -226,18 +222,17 @@ func vmListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
-			for k, v := range map[string]string{"project": cf.project, "state": state, "host_id": host} {
-				if v != "" {
-					q.Set(k, v)
-				}
-			}
+			o := nexus.ListVMsOptions{Project: cf.project, State: state, HostID: host, Tags: map[string]string{}}
 			for _, t := range tags {
-				q.Add("tag", t)
+				k, v, ok := strings.Cut(t, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--tag %q: use key=value", t)
+				}
+				o.Tags[k] = v
 			}
 			var vms []apitypes.VM
 			for {
-				l, err := c.ListVMs(cmd.Context(), q)
+				l, err := c.ListVMs(cmd.Context(), o)
 				if err != nil {
 					return describe(err)
 				}
@@ -245,7 +240,7 @@ func vmListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				if !all || l.NextCursor == "" {
 					break
 				}
-				q.Set("cursor", l.NextCursor)
+				o.Cursor = l.NextCursor
 			}
 			if cf.output == "json" {
 				return printJSON(stdout, vms)

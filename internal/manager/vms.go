@@ -557,11 +557,11 @@ func (s *VMs) PatchDrive(ctx context.Context, scope Scope, id, driveID string, r
 }
 
 // Events returns the VM's history.
-func (s *VMs) Events(ctx context.Context, scope Scope, id string, limit int) ([]store.VMEvent, error) {
+func (s *VMs) Events(ctx context.Context, scope Scope, id string, afterID int64, limit int) ([]store.VMEvent, error) {
 	if _, err := s.GetVM(ctx, scope, id); err != nil {
 		return nil, err
 	}
-	return s.st.ListEvents(ctx, id, limit)
+	return s.st.ListEventsAfter(ctx, id, afterID, limit)
 }
 
 // update wraps store.UpdateVM with error context.

@@ -75,6 +75,10 @@ type EventStore interface {
 	// ListEvents returns the VM's last limit events, oldest first (newest
 	// last). An unknown VM has no events.
 	ListEvents(ctx context.Context, vmID string, limit int) ([]VMEvent, error)
+	// ListEventsAfter returns the VM's first limit events after the one
+	// with id afterID, oldest first (afterID 0: as ListEvents), so a
+	// follower reads each event once.
+	ListEventsAfter(ctx context.Context, vmID string, afterID int64, limit int) ([]VMEvent, error)
 }
 
 // TemplateStore keeps templates. (project, name) is unique.

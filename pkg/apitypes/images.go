@@ -34,6 +34,13 @@ type ImageItem struct {
 	Item Image `json:"item"`
 }
 
+// ImageCreated is the answer of POST /v1/images: {item} like GET, with the
+// image's fields at the top level too (deprecated: read item).
+type ImageCreated struct {
+	Image
+	Item Image `json:"item"`
+}
+
 // ImageList is GET /v1/images.
 type ImageList struct {
 	Items []Image `json:"items"`
@@ -72,6 +79,13 @@ type Template struct {
 
 // TemplateItem is GET /v1/templates/{id}.
 type TemplateItem struct {
+	Item Template `json:"item"`
+}
+
+// TemplateCreated is the answer of POST /v1/templates: {item} like GET,
+// with the template's fields at the top level too (deprecated: read item).
+type TemplateCreated struct {
+	Template
 	Item Template `json:"item"`
 }
 

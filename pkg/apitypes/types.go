@@ -95,8 +95,17 @@ type VM struct {
 	LastError      string            `json:"last_error,omitempty"`
 }
 
-// VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}.
+// VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}. Every answer about
+// one resource has this shape: {item: <resource>}.
 type VMItem struct {
+	Item VM `json:"item"`
+}
+
+// VMCreated is the answer of POST /v1/vms: {item} like GET, and, for
+// clients of API v1's first release, the VM's fields at the top level too
+// (deprecated: read item).
+type VMCreated struct {
+	VM
 	Item VM `json:"item"`
 }
 
@@ -136,6 +145,7 @@ type DrivePatch struct {
 
 // Event is one line of a VM's history.
 type Event struct {
+	ID      int64     `json:"id" doc:"increasing per manager database; pass the last one read as after_id to read only newer events"`
 	At      time.Time `json:"at"`
 	Level   string    `json:"level"`
 	Message string    `json:"message"`
@@ -200,8 +210,8 @@ type RegisterHostRequest struct {
 	Capacity Resources `json:"capacity"`
 }
 
-// RegisterHostResponse tells the agent its host id and heartbeat period.
-type RegisterHostResponse struct {
+// HostRegistration tells the agent its host id and heartbeat period.
+type HostRegistration struct {
 	ID                  string `json:"id"`
 	HeartbeatIntervalMs int    `json:"heartbeat_interval_ms"`
 }

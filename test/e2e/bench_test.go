@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,7 +55,7 @@ func BenchmarkFleet200(b *testing.B) {
 			}
 			getD = append(getD, time.Since(s))
 			s = time.Now()
-			if _, err := c.client.ListVMs(ctx, url.Values{"limit": {"50"}}); err != nil {
+			if _, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 50}); err != nil {
 				b.Fatal(err)
 			}
 			listD = append(listD, time.Since(s))
@@ -271,7 +270,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 		createWall := time.Since(start)
 		perHostCount := map[string]int{}
-		l, _ := c.client.ListVMs(ctx, url.Values{"limit": {"1000"}})
+		l, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 1000})
 		for _, vm := range l.Items {
 			perHostCount[vm.HostID]++
 		}
@@ -288,7 +287,7 @@ func BenchmarkFleet(b *testing.B) {
 		for i := range 500 {
 			timed(func() error { _, err := c.client.GetVM(ctx, ids[i%len(ids)]); return err })
 			if i%5 == 0 {
-				timed(func() error { _, err := c.client.ListVMs(ctx, url.Values{"limit": {"100"}}); return err })
+				timed(func() error { _, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 100}); return err })
 				timed(func() error { _, err := c.client.Hosts(ctx); return err })
 			}
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 var engines = []string{"sqlite", "postgres"}
@@ -173,7 +173,7 @@ func TestFirecrackerRefusal(t *testing.T) {
 			if len(e.LogTail) == 0 {
 				t.Errorf("the refusal carries no firecracker log lines: %#v", e)
 			}
-			l, err := c.client.ListVMs(ctx, url.Values{"name": {name}})
+			l, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Name: name})
 			if err != nil || len(l.Items) != 0 {
 				t.Fatalf("VM rows after a refused create: %+v, %v; want none", l, err)
 			}
@@ -206,7 +206,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil || idle.State != "stopped" {
 		t.Fatalf("create with start=false: %+v, %v", idle, err)
 	}
-	before, _ := c.client.ListVMs(ctx, nil)
+	before, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 	k := fmt.Sprintf("%q", kernel)
 	cases := []struct {
 		name, method, path, body string
@@ -268,7 +268,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	after, _ := c.client.ListVMs(ctx, nil)
+	after, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 	if len(after.Items) != len(before.Items) {
 		t.Fatalf("bad input changed the VM list: %d → %d", len(before.Items), len(after.Items))
 	}
@@ -360,7 +360,7 @@ func TestRestarts(t *testing.T) {
 
 			c.restartManager()
 			c.waitHosts(1)
-			l, err := c.client.ListVMs(ctx, nil)
+			l, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 			if err != nil || len(l.Items) != 3 {
 				t.Fatalf("VMs after manager restart: %+v, %v", l, err)
 			}
