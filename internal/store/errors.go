@@ -22,6 +22,9 @@ var (
 	// ErrInvalid: the input cannot be stored (bad cursor, malformed JSON, a
 	// value a check constraint rejects).
 	ErrInvalid = errors.New("invalid")
+	// ErrExhausted: nothing is left to hand out (every address of a host's
+	// VM subnet is taken).
+	ErrExhausted = errors.New("exhausted")
 )
 
 // fail wraps err for the operation op (e.g. "get vm 3f2a"), translating
@@ -37,7 +40,7 @@ func (s *sqlStore) translate(err error) error {
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrNotFound
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict),
-		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid):
+		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrExhausted):
 		return err
 	}
 	if kind, detail, ok := s.d.classify(err); ok {

@@ -18,6 +18,7 @@ var vmColumns = []string{
 	"vcpu", "mem_mib", "kernel_path", "rootfs_path", "kernel_image_id", "rootfs_image_id", "boot_args", "spec",
 	"template_id", "template_config", "overrides", "tags",
 	"last_error", "retries", "next_attempt_at",
+	"initrd_path", "initrd_image_id", "ip", "subnet", "gateway", "vmm_pid", "booted_at", "guest_ready_at",
 	"generation", "created_at", "updated_at",
 }
 
@@ -57,6 +58,7 @@ func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
 		vm.VCPU, vm.MemMiB, vm.KernelPath, vm.RootfsPath, vm.KernelImageID, vm.RootfsImageID, vm.BootArgs, spec,
 		vm.TemplateID, tcfg, over, tagsJSON,
 		vm.LastError, vm.Retries, s.tsPtr(vm.NextAttemptAt),
+		vm.InitrdPath, vm.InitrdImageID, vm.IP, vm.Subnet, vm.Gateway, vm.VMMPID, s.tsPtr(vm.BootedAt), s.tsPtr(vm.GuestReadyAt),
 		vm.Generation, s.ts(vm.CreatedAt), s.ts(vm.UpdatedAt),
 	}, nil
 }
@@ -69,6 +71,7 @@ func scanVM(sc scanner) (VM, error) {
 		&vm.VCPU, &vm.MemMiB, &vm.KernelPath, &vm.RootfsPath, &vm.KernelImageID, &vm.RootfsImageID, &vm.BootArgs, rawCol{&vm.Spec},
 		&vm.TemplateID, rawCol{&vm.TemplateConfig}, rawCol{&vm.Overrides}, jsonCol{&vm.Tags},
 		&vm.LastError, &vm.Retries, nullTimeCol{&vm.NextAttemptAt},
+		&vm.InitrdPath, &vm.InitrdImageID, &vm.IP, &vm.Subnet, &vm.Gateway, &vm.VMMPID, nullTimeCol{&vm.BootedAt}, nullTimeCol{&vm.GuestReadyAt},
 		&vm.Generation, timeCol{&vm.CreatedAt}, timeCol{&vm.UpdatedAt},
 	)
 	if vm.Tags == nil {
@@ -107,6 +110,8 @@ func normVM(vm *VM) {
 		vm.Tags = map[string]string{}
 	}
 	vm.NextAttemptAt = normTimePtr(vm.NextAttemptAt)
+	vm.BootedAt = normTimePtr(vm.BootedAt)
+	vm.GuestReadyAt = normTimePtr(vm.GuestReadyAt)
 }
 
 func (s *sqlStore) GetVM(ctx context.Context, id string) (VM, error) {
