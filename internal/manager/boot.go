@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -22,19 +23,49 @@ import (
 // composes them with the root device and ip= for the guest images.
 const DefaultBootArgs = guest.DefaultBootArgs
 
-// boot runs tap → spawn → prepare drives → logger, metrics, machine,
-// boot source, drives, network → InstanceStart for vm, recording state as
-// it goes. On failure the steps already done are undone (VMM stopped, TAP
-// deleted), the row says failed with last_error, and the error says which
-// step failed and why. The caller holds the VM's lock.
+// boot runs address → tap → spawn → prepare drives → logger, metrics,
+// machine, boot source, drives, network → InstanceStart for vm, recording
+// state as it goes. On failure the steps already done are undone (VMM
+// stopped, TAP deleted), the row says failed with last_error, and the
+// error says which step failed and why. The caller holds the VM's lock.
 func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
+	nic := sp.NIC == nil || !sp.NIC.Disabled
 	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID)}
 	var drives []firecracker.Drive // from prepareDrives (images.go)
+	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
+	var gw netip.Addr
+	var startedAt time.Time
 
 	steps := []step{
-		r.tapStep(sp.NIC == nil || !sp.NIC.Disabled),
+		// First, and without an undo: the address is the VM's for its
+		// life, and it is confirmed (or moved, when the host's subnet
+		// changed) before anything is made on the host.
+		{name: "assign address", do: func(ctx context.Context) error {
+			if !nic {
+				return nil
+			}
+			h, err := s.st.GetHost(ctx, r.vm.HostID)
+			if err != nil {
+				return fmt.Errorf("host %s: %w", r.vm.HostID, err)
+			}
+			if _, _, ok := hostNet(h); !ok {
+				return nil // an agent that reports no subnet: the guest gets no ip=
+			}
+			before := addressText(r.vm)
+			cur, err := s.assignAddress(ctx, r.vm, h)
+			if err != nil {
+				return err
+			}
+			r.vm = cur
+			if now := addressText(cur); before != "" && now != before {
+				s.event(ctx, cur.ID, store.LevelWarn, "address moved from %s to %s: host %s's bridge is now %s via %s", before, now, h.Name, h.Subnet, h.Gateway)
+			}
+			addr, gw = guestAddr(cur)
+			return nil
+		}},
+		r.tapStep(nic),
 		r.spawnStep(false),
 		// Before firecracker opens any file: images are checked (and copied)
 		// first, so a file swapped after its check never reaches the VMM.
@@ -48,11 +79,22 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return r.fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
 		}},
 		{name: "configure boot source", do: func(ctx context.Context) error {
-			args := vm.BootArgs
-			if args == "" {
-				args = DefaultBootArgs
+			g := guest.VM{UserArgs: r.vm.BootArgs, Addr: addr, Gateway: gw}
+			for _, d := range drives {
+				if d.IsRootDevice {
+					// Firecracker attaches the root drive first: /dev/vda.
+					g.RootDevice, g.RootReadOnly = "/dev/vda", d.IsReadOnly != nil && *d.IsReadOnly
+				}
 			}
-			return r.fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, BootArgs: args})
+			args, err := g.CommandLine()
+			if err != nil {
+				return invalid("vm %s: %v", r.vm.ID, err).suggest("shorten boot_args")
+			}
+			if err := r.fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, InitrdPath: r.vm.InitrdPath, BootArgs: args}); err != nil {
+				return err
+			}
+			s.event(ctx, r.vm.ID, store.LevelInfo, "kernel command line: %s", args)
+			return nil
 		}},
 		{name: "configure drives", do: func(ctx context.Context) error {
 			for _, d := range drives {
@@ -76,23 +118,12 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		}},
 		r.recordStep(store.VMConfigured),
 		{name: "start instance", do: func(ctx context.Context) error {
+			// Boot-to-ready counts from here: the guest's readiness line
+			// may come back before InstanceStart has answered.
+			startedAt = s.now()
 			return r.fc.InstanceStart(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				// Retries stay: the reconciler clears them once the VM has
-				// been stable for a while, so a crash loop still ends in
-				// failed.
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, cur.ID, store.LevelInfo, "running")
-			return nil
-		}},
+		r.runningStep("running", func() (time.Time, bool) { return startedAt, false }),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()

@@ -21,15 +21,23 @@ func (s *Hosts) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest
 	if name == "" || addr == "" {
 		return store.Host{}, invalid("name and addr are required")
 	}
-	h, err := s.st.UpsertHost(ctx, store.HostRegistration{
+	reg := store.HostRegistration{
 		Name: name, Addr: addr, Version: r.Version, VMM: r.VMM,
 		Capacity: store.Resources{VCPU: r.Capacity.Vcpu, MemMiB: r.Capacity.MemMib},
-	})
+	}
+	if r.Network != nil {
+		subnet, gw, err := parseHostNetwork(r.Network)
+		if err != nil {
+			return store.Host{}, err.suggest("set FC_BRIDGE_CIDR to the bridge's address and prefix, e.g. 172.20.0.1/16")
+		}
+		reg.Subnet, reg.Gateway = subnet.String(), gw.String()
+	}
+	h, err := s.st.UpsertHost(ctx, reg)
 	if err != nil {
 		return h, fmt.Errorf("register host %s: %w", name, err)
 	}
 	s.hostAddrs.Store(h.ID, h.Addr)
-	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr)
+	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr, "subnet", h.Subnet, "gateway", h.Gateway)
 	return h, nil
 }
 
@@ -250,7 +258,7 @@ func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, 
 
 // HostView renders a host for the API.
 func HostView(h store.Host) apitypes.Host {
-	return apitypes.Host{
+	v := apitypes.Host{
 		ID: h.ID, Name: h.Name, Addr: h.Addr, State: string(h.State),
 		Capacity:   apitypes.Resources{Vcpu: h.Capacity.VCPU, MemMib: h.Capacity.MemMiB},
 		Allocated:  apitypes.Resources{Vcpu: h.Allocated.VCPU, MemMib: h.Allocated.MemMiB},
@@ -259,6 +267,10 @@ func HostView(h store.Host) apitypes.Host {
 		VMM:        h.VMM,
 		Simulated:  strings.HasSuffix(h.VMM, "-sim"),
 	}
+	if h.Subnet != "" {
+		v.Network = &apitypes.HostNetwork{Subnet: h.Subnet, Gateway: h.Gateway}
+	}
+	return v
 }
 
 func marshal(v any) ([]byte, error) {

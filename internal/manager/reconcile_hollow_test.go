@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -125,7 +126,7 @@ func TestReconcilerHostLostAndExitReports(t *testing.T) {
 	e := newEnv(t)
 	r, clk := e.reconciler()
 	vm := e.mustCreate("lonely")
-	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, vm.ID, "signal: killed"); err != nil {
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventVMMExit, VMID: vm.ID, Status: "signal: killed"}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(e.events(vm.ID), "vmm exited on its own") {

@@ -80,6 +80,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		HostID: host.ID, HostAddr: host.Addr,
 		VCPU: src.Vcpu, MemMiB: src.MemMib,
 		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
+		InitrdPath: src.InitrdPath, InitrdImageID: src.InitrdImageID,
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
 		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
 		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
@@ -101,6 +102,16 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	}
 	if err != nil {
 		return Restored{}, fmt.Errorf("restore snapshot %s as vm %s: %w", sid, req.Name, err)
+	}
+	if meta.Net != nil {
+		// Its own address, for its cold boots: the restored guest itself
+		// keeps the snapshot's until then (restoreNotices).
+		assigned, err := s.assignAddress(ctx, vm, host)
+		if err != nil {
+			s.dropRow(vm.ID)
+			return Restored{}, err
+		}
+		vm = assigned
 	}
 	lineage := fmt.Sprintf("restoring from snapshot %s of vm %s (%s), taken %s on host %s",
 		sn.ID, sn.VMID, meta.VMName, sn.CreatedAt.UTC().Format(time.RFC3339), host.Name)
@@ -179,18 +190,7 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 			}
 			return r.fc.Resume(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
-			return nil
-		}},
+		r.runningStep("running (restored from snapshot "+sn.ID+")", func() (time.Time, bool) { return s.now(), meta.GuestReady }),
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))

@@ -169,6 +169,10 @@ func (r *hostRun) spawnStep(keepMAC bool) step {
 			}
 			cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
 				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
+				// A new VMM is a new run: its guest has neither started
+				// nor said it is ready, and reports of the old one no
+				// longer match its pid.
+				v.VMMPID, v.BootedAt, v.GuestReadyAt = r.spawned.PID, nil, nil
 				if r.tap.Tap != "" {
 					v.TAP = r.tap.Tap
 					if !keepMAC {
@@ -201,6 +205,44 @@ func (r *hostRun) loggerStep() step {
 func (r *hostRun) metricsStep() step {
 	return step{name: "configure metrics", do: func(ctx context.Context) error {
 		return r.fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: r.spawned.MetricsPath})
+	}}
+}
+
+// runningStep records the VM running with its guest started at the time
+// started returns; with ready the guest counts as ready from then on (a
+// snapshot of a ready guest). When the agent's report of the guest's
+// readiness came first, the boot-to-ready time is observed here. The
+// event says what ran.
+func (r *hostRun) runningStep(event string, started func() (time.Time, bool)) step {
+	return step{name: "record running", do: func(ctx context.Context) error {
+		at, ready := started()
+		var took time.Duration
+		var measured bool
+		cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
+			// Retries stay: the reconciler clears them once the VM has
+			// been stable for a while, so a crash loop still ends in
+			// failed.
+			v.State, v.LastError = store.VMRunning, ""
+			v.BootedAt, measured = &at, false
+			switch {
+			case ready:
+				v.GuestReadyAt = &at
+			case v.GuestReadyAt != nil:
+				ra := maxTime(*v.GuestReadyAt, at)
+				v.GuestReadyAt = &ra
+				took, measured = ra.Sub(at), true
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		r.vm = cur
+		r.c.event(ctx, cur.ID, store.LevelInfo, "%s", event)
+		if measured {
+			r.c.readyObserved(ctx, cur.ID, took)
+		}
+		return nil
 	}}
 }
 
