@@ -44,12 +44,12 @@ type NIC struct {
 type VMConfig struct {
 	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs: 1 or an even number up to 32 (default 1)"`
 	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128); at most what a host can hold"`
-	KernelImageID string       `json:"kernel_image_id,omitempty"`
-	KernelPath    string       `json:"kernel_path,omitempty" doc:"host path of an uncompressed kernel (dev mode only)"`
-	InitrdImageID string       `json:"initrd_image_id,omitempty" doc:"a registered initrd image, loaded with the kernel"`
-	InitrdPath    string       `json:"initrd_path,omitempty" doc:"host path of an initrd (dev mode only, admins)"`
-	RootfsImageID string       `json:"rootfs_image_id,omitempty"`
-	RootfsPath    string       `json:"rootfs_path,omitempty" doc:"host path of a root filesystem image (dev mode only)"`
+	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" doc:"a registered kernel image (id)"`
+	KernelPath    string       `json:"kernel_path,omitempty" maxLength:"4096" doc:"host path of an uncompressed kernel (dev mode only, admins)"`
+	InitrdImageID string       `json:"initrd_image_id,omitempty" maxLength:"64" doc:"a registered initrd image (id), loaded with the kernel"`
+	InitrdPath    string       `json:"initrd_path,omitempty" maxLength:"4096" doc:"host path of an initrd (dev mode only, admins)"`
+	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" doc:"a registered rootfs image (id)"`
+	RootfsPath    string       `json:"rootfs_path,omitempty" maxLength:"4096" doc:"host path of a root filesystem image (dev mode only, admins)"`
 	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048" doc:"kernel arguments; Nexus adds its defaults, root= and ip= unless these set them, and the whole line must fit 2047 bytes"`
 	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16"`
 	NIC           *NIC         `json:"nic,omitempty"`
