@@ -73,6 +73,9 @@ type Config struct {
 	// gateway are reported at registration, for the manager to give each
 	// VM an address. The zero value reports none.
 	Bridge network.Bridge
+	// Capacity, when not zero, is the total the agent reports instead of
+	// the machine's (hollow hosts in placement tests).
+	Capacity agentapi.Resources
 }
 
 // Agent serves the agent API.
@@ -131,6 +134,7 @@ func (a *Agent) Handler() http.Handler {
 			r.Get("/logs", a.vm(a.logs))
 			r.Get("/logs/stream", a.vm(a.streamLogs))
 			r.Get("/metrics", a.vm(a.metrics))
+			r.Post("/proxy-batch", a.vm(a.proxyBatch))
 			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
 			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
 			a.vmImageRoutes(r)
@@ -229,6 +233,12 @@ func (a *Agent) Capacity() agentapi.Capacity {
 		scale = SimCapacityScale
 	}
 	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU() * scale, MemMib: hostMemMib() * scale}, Scale: scale}
+	if a.cfg.Capacity.Vcpu > 0 {
+		c.Total.Vcpu = a.cfg.Capacity.Vcpu
+	}
+	if a.cfg.Capacity.MemMib > 0 {
+		c.Total.MemMib = a.cfg.Capacity.MemMib
+	}
 	for _, h := range a.sup.List() {
 		c.Allocated.Vcpu += h.Vcpu
 		c.Allocated.MemMib += h.MemMib

@@ -17,6 +17,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
@@ -46,6 +47,9 @@ type Options struct {
 	// in memory, no root needed. For tests and scale benchmarks only; the
 	// host says so when it registers.
 	Hollow bool
+	// HollowCapacity, for a hollow host, replaces the capacity it reports
+	// (tests and benchmarks of placement); zero: the machine's, scaled.
+	HollowCapacity agentapi.Resources
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
 }
@@ -128,6 +132,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 		Owner: owner, Bridge: h.bridge,
+	}
+	if o.Hollow {
+		cfg.Capacity = o.HollowCapacity
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by

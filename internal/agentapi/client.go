@@ -142,3 +142,10 @@ func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Res
 func (c *Client) DeleteTap(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/taps/"+url.PathEscape(name), nil, nil)
 }
+
+// ProxyBatch runs firecracker calls for the VM in one request, in order,
+// stopping at the first refusal.
+func (c *Client) ProxyBatch(ctx context.Context, vmID string, calls []firecracker.Call) (BatchResponse, error) {
+	var r BatchResponse
+	return r, c.do(ctx, http.MethodPost, vmPath(vmID, "/proxy-batch"), BatchRequest{Calls: calls}, &r)
+}

@@ -130,6 +130,8 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	}
 	// A token revoked or rotated on any manager stops working on all of them.
 	m.bg.Go(func() { st.Listen(ctx, manager.TokenChannel, authn.Invalidate) })
+	// A host re-registered at a new address through another manager.
+	m.bg.Go(func() { st.Listen(ctx, manager.HostChannel, mgr.Hosts.Forget) })
 	// Streams end and in-flight requests drain first; then background work
 	// (async boots), then the long-lived goroutines (the reconciler releases
 	// its lease on its way out), and the store last: nothing may write to a

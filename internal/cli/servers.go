@@ -160,6 +160,8 @@ sends heartbeats.`,
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
 	fs.BoolVar(&o.Hollow, "hollow", false, "simulated host for tests and benchmarks: firecracker-sim in-process, TAPs in memory, no root; labelled hollow in nexus host ls")
+	fs.IntVar(&o.HollowCapacity.Vcpu, "hollow-vcpus", 0, "with --hollow: the vCPUs the host reports (default: the machine's, scaled)")
+	fs.IntVar(&o.HollowCapacity.MemMib, "hollow-mem-mib", 0, "with --hollow: the memory in MiB the host reports (default: the machine's, scaled)")
 	lf.add(fs, e, "json")
 	return cmd
 }

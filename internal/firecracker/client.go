@@ -537,3 +537,93 @@ func (c *Client) PatchMemoryHotplug(ctx context.Context, u MemoryHotplugSizeUpda
 	}
 	return c.patch(ctx, "/hotplug/memory", u)
 }
+
+// Call is one API request, recorded to be sent later with others in one
+// batch through a relay (the agent's proxy-batch).
+type Call struct {
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Body   json.RawMessage `json:"body,omitempty"`
+}
+
+// CallResult is how firecracker answered one call of a batch.
+type CallResult struct {
+	Status int             `json:"status"`
+	Body   json.RawMessage `json:"body,omitempty"`
+	// Ms is how long the call took on the host.
+	Ms float64 `json:"ms"`
+}
+
+// Err is the error a client would have returned for the answer, nil for
+// a 2xx.
+func (r CallResult) Err(c Call) error {
+	if r.Status >= 200 && r.Status <= 299 {
+		return nil
+	}
+	return decodeError(c.Method, c.Path, r.Status, r.Body)
+}
+
+// Recorder collects the PUT and PATCH requests made through the client
+// Record returns, instead of sending them: each answers 204 at once, so
+// the typed methods (with their checks and encodings) build the calls.
+// Other requests (the GET /version of a feature check) go through to the
+// relay as usual.
+type Recorder struct {
+	mu    sync.Mutex
+	calls []Call
+}
+
+// Record returns a client that records c's writes into a new Recorder.
+func (c *Client) Record() (*Client, *Recorder) {
+	rec := &Recorder{}
+	base, _ := url.Parse(c.base)
+	prefix := ""
+	if base != nil {
+		prefix = strings.TrimSuffix(base.Path, "/")
+	}
+	next := c.hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	cp := newClient(c.base, &http.Client{Transport: recordTransport{rec: rec, prefix: prefix, next: next}}, nil)
+	cp.query, cp.header, cp.timeout, cp.hook = c.query, c.header, c.timeout, c.hook
+	c.verMu.Lock()
+	cp.ver = c.ver
+	c.verMu.Unlock()
+	return cp, rec
+}
+
+// Take returns the calls recorded since the last Take, in order.
+func (r *Recorder) Take() []Call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.calls
+	r.calls = nil
+	return out
+}
+
+type recordTransport struct {
+	rec    *Recorder
+	prefix string
+	next   http.RoundTripper
+}
+
+func (t recordTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPut && req.Method != http.MethodPatch {
+		return t.next.RoundTrip(req)
+	}
+	var body []byte
+	if req.Body != nil {
+		b, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	}
+	t.rec.mu.Lock()
+	t.rec.calls = append(t.rec.calls, Call{Method: req.Method, Path: strings.TrimPrefix(req.URL.Path, t.prefix), Body: body})
+	t.rec.mu.Unlock()
+	return &http.Response{StatusCode: http.StatusNoContent, Status: "204 No Content", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{}, Body: io.NopCloser(bytes.NewReader(nil)), Request: req}, nil
+}

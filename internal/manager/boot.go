@@ -36,6 +36,7 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	var drives []firecracker.Drive // from prepareDrives (images.go)
 	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
 	var gw netip.Addr
+	var cmdline string // the kernel command line (guest.VM.CommandLine)
 	var startedAt time.Time
 
 	steps := []step{
@@ -70,15 +71,11 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		// Before firecracker opens any file: images are checked (and copied)
 		// first, so a file swapped after its check never reaches the VMM.
 		{name: "prepare drives", do: func(ctx context.Context) (err error) {
-			drives, err = s.images.prepareDrives(ctx, &r.vm, sp)
-			return err
-		}},
-		r.loggerStep(),
-		r.metricsStep(),
-		{name: "configure machine", do: func(ctx context.Context) error {
-			return r.fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
-		}},
-		{name: "configure boot source", do: func(ctx context.Context) error {
+			if drives, err = s.images.prepareDrives(ctx, &r.vm, sp); err != nil {
+				return err
+			}
+			// The command line, now that the root drive is known; the
+			// boot's event shows it with the boot source step.
 			g := guest.VM{UserArgs: r.vm.BootArgs, Addr: addr, Gateway: gw}
 			for _, d := range drives {
 				if d.IsRootDevice {
@@ -86,25 +83,28 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 					g.RootDevice, g.RootReadOnly = "/dev/vda", d.IsReadOnly != nil && *d.IsReadOnly
 				}
 			}
-			args, err := g.CommandLine()
-			if err != nil {
+			if cmdline, err = g.CommandLine(); err != nil {
 				return invalid("vm %s: %v", r.vm.ID, err).suggest("shorten boot_args")
 			}
-			if err := r.fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, InitrdPath: r.vm.InitrdPath, BootArgs: args}); err != nil {
-				return err
-			}
-			s.event(ctx, r.vm.ID, store.LevelInfo, "kernel command line: %s", args)
 			return nil
 		}},
-		{name: "configure drives", do: func(ctx context.Context) error {
+		r.loggerStep(),
+		r.metricsStep(),
+		{name: "configure machine", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
+		}},
+		{name: "configure boot source", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, InitrdPath: r.vm.InitrdPath, BootArgs: cmdline})
+		}, detail: func() string { return cmdline }},
+		{name: "configure drives", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			for _, d := range drives {
-				if err := r.fc.PutDrive(ctx, d); err != nil {
+				if err := fc.PutDrive(ctx, d); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
 				}
 			}
 			return nil
 		}},
-		{name: "configure network", do: func(ctx context.Context) error {
+		{name: "configure network", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			if r.tap.Tap == "" {
 				return nil
 			}
@@ -114,20 +114,23 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 				ni.RxRateLimiter = fcRateLimiter(sp.NIC.RxRateLimiter)
 				ni.TxRateLimiter = fcRateLimiter(sp.NIC.TxRateLimiter)
 			}
-			return r.fc.PutNetworkInterface(ctx, ni)
+			return fc.PutNetworkInterface(ctx, ni)
 		}},
 		r.recordStep(store.VMConfigured),
-		{name: "start instance", do: func(ctx context.Context) error {
-			// Boot-to-ready counts from here: the guest's readiness line
-			// may come back before InstanceStart has answered.
+		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			// Boot-to-ready counts from here: the call goes out as it is
+			// recorded, and the guest's readiness line may come back
+			// before InstanceStart has answered.
 			startedAt = s.now()
-			return r.fc.InstanceStart(ctx)
+			return fc.InstanceStart(ctx)
 		}},
-		r.runningStep("running", func() (time.Time, bool) { return startedAt, false }),
+		// Retries stay: the reconciler clears them once the VM has been
+		// stable for a while, so a crash loop still ends in failed.
+		r.runningStep(func() (time.Time, bool) { return startedAt, false }),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()
-	if err := s.runSteps(ctx, vm.ID, "boot", steps); err != nil {
+	if err := r.run(ctx, "boot", steps); err != nil {
 		return r.vm, s.failed(r.vm, err, s.stepError)
 	}
 	return r.vm, nil

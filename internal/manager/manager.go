@@ -135,13 +135,10 @@ type Tokens struct {
 	OnChange func(tokenID string)
 }
 
-// Placement chooses hosts for new VMs.
+// Placement chooses hosts for new VMs; the store decides whether they fit.
 type Placement struct {
 	*core
 	hosts *Hosts
-
-	mu       sync.Mutex
-	reserved map[string]store.Resources // host id → placed, row not yet stored
 }
 
 // New returns the services. ctx is their lifetime.

@@ -1,10 +1,12 @@
 package manager
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -166,5 +168,35 @@ func TestReconcilerHostLostAndExitReports(t *testing.T) {
 	}
 	if err := e.m.Hosts.RemoveHost(e.ctx, "hollow-1"); err != nil {
 		t.Fatalf("remove an empty host: %v", err)
+	}
+}
+
+// A pass over one host reads that host's rows only: its cost does not grow
+// with the VMs of other hosts.
+func TestReconcilePassReadsOneHost(t *testing.T) {
+	e := newEnv(t)
+	r, _ := e.reconciler()
+	other := agenttest.Start(t, agenttest.Options{Token: joinToken, Name: "hollow-2"})
+	h2 := e.register("hollow-2", other.URL)
+	onOther := func(n int, prefix string) {
+		for i := range n {
+			req := createReq(fmt.Sprintf("%s-%d", prefix, i), e.kernel)
+			req.HostID = h2.ID
+			if _, err := e.m.VMs.CreateVM(e.ctx, All, req, CreateOptions{Wait: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.mustCreate("mine")
+	onOther(3, "a")
+	readsFor := func() int {
+		before := e.fstore.reads()
+		r.Pass(e.ctx, e.host.ID)
+		return e.fstore.reads() - before
+	}
+	first := readsFor()
+	onOther(10, "b")
+	if again := readsFor(); again != first || first != 1 {
+		t.Fatalf("a pass of one host read %d rows, then %d after 10 more VMs elsewhere; want 1 each time", first, again)
 	}
 }

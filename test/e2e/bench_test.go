@@ -225,13 +225,16 @@ func deleteAll(tb testing.TB, cl *client.Client, ids []string, batch int) {
 }
 
 // vmHWM returns a process's peak resident set in KiB.
-func vmHWM(pid int) int {
+func vmHWM(pid int) int { return procStatusKiB(pid, "VmHWM:") }
+
+// procStatusKiB reads one KiB field of /proc/<pid>/status.
+func procStatusKiB(pid int, field string) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			n, _ := strconv.Atoi(strings.Fields(rest)[0])
 			return n
 		}

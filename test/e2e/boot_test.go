@@ -76,7 +76,7 @@ func TestBootImagesAddressesReadiness(t *testing.T) {
 		t.Fatalf("the VMM does not hold the initrd %s read-only", initrd.Item.HostPath)
 	}
 	wantArgs := "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.20.0.2::172.20.0.1:255.255.0.0::eth0:off:172.20.0.1"
-	if ev := vmEvents(t, c, web.ID); !strings.Contains(ev, "kernel command line: "+wantArgs+"\n") {
+	if ev := vmEvents(t, c, web.ID); !regexp.MustCompile(`configure boot source [0-9.]+ ms \(` + regexp.QuoteMeta(wantArgs) + `\)`).MatchString(ev) {
 		t.Fatalf("the command line is not %q:\n%s", wantArgs, ev)
 	}
 	if out := cli("vm", "ls"); !regexp.MustCompile(`web\s+running\s+172\.20\.0\.2\s`).MatchString(out) {
