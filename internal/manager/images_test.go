@@ -273,8 +273,9 @@ func TestInitrdBadInput(t *testing.T) {
 		t.Errorf("a raw initrd path in prod mode = %v; want forbidden", err)
 	}
 	for name, cfg := range map[string]apitypes.TemplateConfig{
-		"unknown initrd":   {KernelImageID: "k", InitrdImageID: "nope"},
-		"rootfs as initrd": {KernelImageID: "k", InitrdImageID: "r"},
+		"unknown initrd":               {KernelImageID: "k", InitrdImageID: "nope"},
+		"rootfs as initrd":             {KernelImageID: "k", InitrdImageID: "r"},
+		"boot_args that leave no room": {KernelImageID: "k", BootArgs: strings.Repeat("x", 2000)},
 	} {
 		if _, err := e.m.Templates.CreateTemplate(e.ctx, All, "", "test", apitypes.CreateTemplateRequest{Name: "bad", Config: cfg}); err == nil {
 			t.Errorf("template with %s: created", name)

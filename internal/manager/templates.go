@@ -91,6 +91,9 @@ func (s *Templates) checkTemplateConfig(ctx context.Context, project, where stri
 	if err := checkBootArgs(where+".boot_args", c.BootArgs); err != nil {
 		return c, err
 	}
+	if err := checkCommandLine(where+".boot_args", c.BootArgs, c.RootfsImageID != "", c.NIC == nil || !c.NIC.Disabled); err != nil {
+		return c, err
+	}
 	scope := Scope{Project: project}
 	ref := func(field, r string, kind store.ImageKind) (string, error) {
 		if r == "" {
