@@ -141,7 +141,7 @@ func (w *consoleWatcher) watching() int {
 }
 
 // run reads the due consoles every watchTick while there are any, and
-// sleeps while there are none, until ctx ends.
+// sleeps, its ticker stopped, while there are none, until ctx ends.
 func (w *consoleWatcher) run(ctx context.Context) {
 	t := time.NewTicker(watchTick)
 	defer t.Stop()
@@ -150,11 +150,13 @@ func (w *consoleWatcher) run(ctx context.Context) {
 		idle := len(w.vms) == 0
 		w.mu.Unlock()
 		if idle {
+			t.Stop()
 			select {
 			case <-ctx.Done():
 				return
 			case <-w.wake:
 			}
+			t.Reset(watchTick)
 		}
 		select {
 		case <-ctx.Done():

@@ -166,3 +166,29 @@ func TestConsoleWatcherDisabled(t *testing.T) {
 		t.Fatal("run did not end with its context")
 	}
 }
+
+// The loop sleeps without consoles, wakes for a new one, and reports a
+// line within a few ticks of its being written.
+func TestConsoleWatcherRun(t *testing.T) {
+	e := newConsoleEnv(t)
+	e.w.now = time.Now
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.w.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(3 * watchTick) // asleep: nothing to watch
+	e.w.watch("a", 7)
+	start := time.Now()
+	e.write("a", "nexus-guest: ready\n")
+	select {
+	case r := <-e.w.Reports():
+		if !r.Ready || r.VMID != "a" || r.PID != 7 {
+			t.Fatalf("report %+v; want a's readiness", r)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("reported after %s; want within a few ticks", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no report")
+	}
+}
