@@ -177,8 +177,15 @@ func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (sto
 	if err != nil {
 		return store.VM{}, store.Host{}, err
 	}
+	var full []string // hosts whose VM subnet has no free address
 	for _, h := range cands {
 		vm.HostID, vm.HostAddr = h.ID, h.Addr
+		// A VM with a network interface gets its address with its row,
+		// in the same transaction (guestnet.go).
+		vm.IP, vm.Subnet, vm.Gateway = "", "", ""
+		if subnet, gw, ok := hostNet(h); ok && vm.TAP != "" {
+			vm.Subnet, vm.Gateway = subnet.String(), gw.String()
+		}
 		limit := store.Resources{
 			VCPU:   int(float64(h.Capacity.VCPU) * s.cfg.VcpuOvercommit),
 			MemMiB: int(float64(h.Capacity.MemMiB) * s.cfg.MemOvercommit),
@@ -187,7 +194,15 @@ func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (sto
 		if errors.Is(err, store.ErrNoCapacity) {
 			continue // filled up since we read it: the next host
 		}
+		if errors.Is(err, store.ErrExhausted) {
+			full = append(full, h.Name+" ("+h.Subnet+")")
+			continue
+		}
 		return created, h, err
+	}
+	if len(full) > 0 {
+		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "no_address", "no free address left in the VM subnet of host %s", strings.Join(full, ", ")).
+			suggest("delete VMs there, place the VM on another host (host_id), or give the bridge a larger subnet (FC_BRIDGE_CIDR)")
 	}
 	if hostID != "" {
 		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB", hostID, vm.VCPU, vm.MemMiB).

@@ -98,16 +98,6 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	if err != nil {
 		return Restored{}, fmt.Errorf("restore snapshot %s as vm %s: %w", sid, req.Name, err)
 	}
-	if meta.Net != nil {
-		// Its own address, for its cold boots: the restored guest itself
-		// keeps the snapshot's until then (restoreNotices).
-		assigned, err := s.assignAddress(ctx, vm, host)
-		if err != nil {
-			s.dropRow(vm.ID)
-			return Restored{}, err
-		}
-		vm = assigned
-	}
 	lineage := fmt.Sprintf("restoring from snapshot %s of vm %s (%s), taken %s on host %s",
 		sn.ID, sn.VMID, meta.VMName, sn.CreatedAt.UTC().Format(time.RFC3339), host.Name)
 	if src.TemplateID != "" {

@@ -111,17 +111,8 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
-	if cfg.NIC == nil || !cfg.NIC.Disabled {
-		// Assigned with the row, before any boot: a VM created stopped
-		// shows its address too, and a full subnet is refused here.
-		assigned, err := s.assignAddress(ctx, vm, host)
-		if err != nil {
-			s.dropRow(vm.ID)
-			unlock()
-			return store.VM{}, err
-		}
-		vm = assigned
-	}
+	// The address came with the row (placement): a VM created stopped
+	// shows it too, and a full subnet was refused before anything existed.
 	if a := addressText(vm); a != "" {
 		s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s, address %s", host.Name, a)
 	} else {
@@ -186,16 +177,6 @@ func (s *VMs) discardFailed(vm store.VM, cause error) error {
 		e.Suggestion = "nothing was left behind; fix the request and create it again"
 	}
 	return e
-}
-
-// dropRow deletes the row of a create that failed before anything was
-// made on the host; its address goes with it.
-func (s *core) dropRow(id string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
-	defer cancel()
-	if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		s.log.Error("failed create: could not delete the vm row", "vm_id", id, "err", err)
-	}
 }
 
 // logTailLines is how much of firecracker's log a failed create returns.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -65,21 +66,35 @@ func (s *sqlStore) AssignAddress(ctx context.Context, vmID string, subnet netip.
 
 // usedAddresses returns the addresses the host's other VMs hold.
 func (s *sqlStore) usedAddresses(ctx context.Context, hostID, except string) (map[netip.Addr]bool, error) {
-	ips, err := queryAll(ctx, s, func(sc scanner) (string, error) {
-		var ip string
-		err := sc.Scan(&ip)
-		return ip, err
-	}, "SELECT ip FROM vm WHERE host_id = ? AND ip <> '' AND id <> ?", hostID, except)
+	rows, err := s.query(ctx, "SELECT ip FROM vm WHERE host_id = ? AND ip <> '' AND id <> ?", hostID, except)
 	if err != nil {
 		return nil, err
 	}
-	used := make(map[netip.Addr]bool, len(ips))
-	for _, ip := range ips {
+	return scanAddresses(rows)
+}
+
+// usedAddressesTx is usedAddresses inside a transaction.
+func usedAddressesTx(ctx context.Context, tx *sql.Tx, d dialect, hostID string) (map[netip.Addr]bool, error) {
+	rows, err := tx.QueryContext(ctx, d.rebind("SELECT ip FROM vm WHERE host_id = ? AND ip <> ''"), hostID)
+	if err != nil {
+		return nil, err
+	}
+	return scanAddresses(rows)
+}
+
+func scanAddresses(rows *sql.Rows) (map[netip.Addr]bool, error) {
+	defer rows.Close()
+	used := map[netip.Addr]bool{}
+	for rows.Next() {
+		var ip string
+		if err := rows.Scan(&ip); err != nil {
+			return nil, err
+		}
 		if a, err := netip.ParseAddr(ip); err == nil {
 			used[a] = true
 		}
 	}
-	return used, nil
+	return used, rows.Err()
 }
 
 // validSubnet: an IPv4 network (masked) of prefix length 1-30 — room for

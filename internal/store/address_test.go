@@ -1,8 +1,10 @@
 package store_test
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 
@@ -135,5 +137,60 @@ var addressBehaviours = []behaviour{
 				t.Errorf("172.20.0.%d was skipped", i)
 			}
 		}
+	}},
+}
+
+var createWithinBehaviours = []behaviour{
+	// A VM placed with CreateVMWithin gets its address in the same
+	// transaction: the lowest free one, none twice even from two stores at
+	// once; a full subnet stores nothing.
+	{"address/create_within", func(t *testing.T, e *env) {
+		h := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "h", Addr: "http://h", Subnet: "10.9.0.0/29", Gateway: "10.9.0.1"}))(t)
+		limit := store.Resources{VCPU: 1000, MemMiB: 1 << 30}
+		second := openStore(t, e.dsn)
+		mk := func(s store.Store, name string) (store.VM, error) {
+			vm := newVM(name)
+			vm.HostID, vm.Subnet, vm.Gateway = h.ID, "10.9.0.0/29", "10.9.0.1"
+			return s.CreateVMWithin(ctx, vm, limit)
+		}
+		got := make([]string, 5)
+		var wg sync.WaitGroup
+		for i := range got {
+			s := e.s
+			if i%2 == 1 {
+				s = second
+			}
+			wg.Go(func() {
+				vm, err := mk(s, fmt.Sprintf("vm-%d", i))
+				if err != nil {
+					t.Errorf("CreateVMWithin %d: %v", i, err)
+					return
+				}
+				if stored, err := e.s.GetVM(ctx, vm.ID); err != nil || stored.IP != vm.IP || stored.Subnet != "10.9.0.0/29" || stored.Gateway != "10.9.0.1" {
+					t.Errorf("vm %d stored with %s in %s via %s (%v); created with %s", i, stored.IP, stored.Subnet, stored.Gateway, err, vm.IP)
+				}
+				got[i] = vm.IP
+			})
+		}
+		wg.Wait()
+		slices.Sort(got)
+		if want := []string{"10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"}; !slices.Equal(got, want) {
+			t.Fatalf("addresses = %v; want %v", got, want)
+		}
+		_, err := mk(e.s, "late")
+		wantErr(t, "a full subnet", err, store.ErrExhausted)
+		if _, err := e.s.GetVMByName(ctx, "default", "late"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("a refused create stored its VM: %v", err)
+		}
+		// Without a subnet, no address.
+		vm := newVM("plain")
+		vm.HostID = h.ID
+		if got := must(e.s.CreateVMWithin(ctx, vm, limit))(t); got.IP != "" {
+			t.Fatalf("a VM without a subnet got %s", got.IP)
+		}
+		bad := newVM("bad")
+		bad.HostID, bad.Subnet, bad.Gateway = h.ID, "10.9.0.0/31", "10.9.0.1"
+		_, err = e.s.CreateVMWithin(ctx, bad, limit)
+		wantErr(t, "an unusable subnet", err, store.ErrInvalid)
 	}},
 }

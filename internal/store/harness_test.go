@@ -90,7 +90,7 @@ func TestConformance(t *testing.T) {
 	var all []behaviour
 	for _, group := range [][]behaviour{
 		vmBehaviours, eventBehaviours, catalogBehaviours, hostBehaviours,
-		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, addressBehaviours,
+		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, addressBehaviours, createWithinBehaviours,
 	} {
 		all = append(all, group...)
 	}

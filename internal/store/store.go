@@ -42,6 +42,9 @@ type VMStore interface {
 	// ErrNoCapacity. The check and the insert are one transaction that
 	// locks the host's row, so managers sharing the store never place past
 	// a host's limit together. A host that does not exist is ErrNotFound.
+	// A VM with Subnet and Gateway set and no IP gets the lowest free
+	// address of that subnet on the host in the same transaction (as
+	// AssignAddress would); a full subnet is ErrExhausted.
 	CreateVMWithin(ctx context.Context, vm VM, limit Resources, free ...VMState) (VM, error)
 	GetVM(ctx context.Context, id string) (VM, error)
 	GetVMByName(ctx context.Context, project, name string) (VM, error)

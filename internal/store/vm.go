@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"strings"
 	"time"
@@ -111,11 +113,18 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 	vm.Generation = 1
 	normVM(&vm)
 	op := "create vm " + qualified(vm.Project, vm.Name) + " on host " + vm.HostID
-	args, err := s.vmValues(&vm)
-	if err != nil {
-		return VM{}, s.fail(op, err)
+	var subnet netip.Prefix
+	var gw netip.Addr
+	wantAddr := vm.Subnet != "" && vm.IP == ""
+	if wantAddr {
+		var err1, err2 error
+		subnet, err1 = netip.ParsePrefix(vm.Subnet)
+		gw, err2 = netip.ParseAddr(vm.Gateway)
+		if err := errors.Join(err1, err2, validSubnet(subnet, gw)); err != nil {
+			return VM{}, s.fail(op, invalidf("address: %v", err))
+		}
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var id string
 		if err := tx.QueryRowContext(ctx, s.d.rebind("SELECT id FROM host WHERE id = ?"+s.d.forUpdate()), vm.HostID).Scan(&id); err != nil {
 			return fmt.Errorf("host %s: %w", vm.HostID, err)
@@ -135,7 +144,24 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		if used.VCPU+vm.VCPU > limit.VCPU || used.MemMiB+vm.MemMiB > limit.MemMiB {
 			return fmt.Errorf("%w: %d/%d vCPU and %d/%d MiB in use", ErrNoCapacity, used.VCPU, limit.VCPU, used.MemMiB, limit.MemMiB)
 		}
-		_, err := tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
+		if wantAddr {
+			// The host's row is locked: nobody else picks on this host
+			// until the insert commits (the unique index backs it up).
+			taken, err := usedAddressesTx(ctx, tx, s.d, vm.HostID)
+			if err != nil {
+				return err
+			}
+			ip, ok := lowestFree(subnet, gw, taken)
+			if !ok {
+				return fmt.Errorf("%w: every address of %s on host %s is taken", ErrExhausted, subnet, vm.HostID)
+			}
+			vm.IP, vm.Subnet, vm.Gateway = ip.String(), subnet.String(), gw.String()
+		}
+		args, err := s.vmValues(&vm)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
 		return err
 	})
 	if err != nil {
