@@ -4,13 +4,15 @@ package manager
 //
 //   - Addresses. Every VM with a network interface gets an address of its
 //     host's VM subnet, which the host's agent reports when it registers
-//     (the bridge's subnet and gateway). The store assigns it (lowest free,
-//     unique per host by a unique index, so managers sharing a database
-//     never hand one out twice); it is assigned when the VM is created and
-//     kept for the VM's life — stop/start, restarts, agent and manager
-//     restarts — and goes with the VM's row (a delete, a failed create).
-//     Each boot checks it against the host's current subnet and moves it
-//     only when the subnet or gateway changed.
+//     (the bridge's subnet and gateway). The store chooses it (the lowest
+//     free one) in the transaction that places the VM on the host
+//     (Placement.create, store.CreateVMWithin), with the host's row locked
+//     and a unique index on (host, address) behind it, so managers sharing
+//     a database never hand one out twice. It is kept for the VM's life —
+//     stop/start, restarts, agent and manager restarts — and goes with the
+//     VM's row (a delete, a failed create). Each boot checks it against the
+//     host's current subnet and moves it (AssignAddress) only when the
+//     subnet or gateway changed.
 //   - The kernel command line: guest.VM.CommandLine, from the VM's
 //     boot_args, its root drive and its address.
 //   - Readiness. The agent watches each new VMM's console for the guest's
@@ -92,9 +94,8 @@ func guestAddr(vm store.VM) (netip.Prefix, netip.Addr) {
 // assignAddress gives vm an address of host h's subnet (or confirms the
 // one it has) and returns the VM as stored; a host without a subnet
 // leaves it as it is. Within this manager the assignments of one host
-// take turns, so its own concurrent creates do not race each other for
-// the lowest free address; across managers the store's unique index
-// decides.
+// take turns, so its own boots do not race each other for the lowest free
+// address; across managers the store's unique index decides.
 func (s *core) assignAddress(ctx context.Context, vm store.VM, h store.Host) (store.VM, error) {
 	subnet, gw, ok := hostNet(h)
 	if !ok {
