@@ -52,6 +52,8 @@ type Options struct {
 	HollowCapacity agentapi.Resources
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
+	// MetricsToken (AGENT_METRICS_TOKEN) opens GET /metrics only.
+	MetricsToken string
 }
 
 // Running is a started agent.
@@ -131,7 +133,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, Bridge: h.bridge,
+		Owner: owner, Bridge: h.bridge, MetricsToken: o.MetricsToken,
 	}
 	if o.Hollow {
 		cfg.Capacity = o.HollowCapacity

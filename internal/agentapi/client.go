@@ -135,7 +135,7 @@ func (c *Client) Metrics(ctx context.Context, vmID string) (MetricsRecord, error
 // StreamLogs opens the VM's log as a Server-Sent Events stream; the caller
 // reads and closes the body.
 func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Response, error) {
-	return c.c.Stream(ctx, vmPath(vmID, "/logs/stream"), url.Values{"source": {source}})
+	return c.StreamLogsFrom(ctx, vmID, StreamOptions{Source: source})
 }
 
 // DeleteTap removes a TAP by name (an orphan whose VM is unknown).

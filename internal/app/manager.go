@@ -114,7 +114,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	})
 	srv := api.New(api.Deps{
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
-		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken,
+		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st,
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})
 

@@ -154,6 +154,7 @@ sends heartbeats.`,
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
 	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
+	strFlag(fs, &o.MetricsToken, "metrics-token", e, "AGENT_METRICS_TOKEN", "", "a read-only token for GET /metrics (give Prometheus this, not the join token)")
 	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}

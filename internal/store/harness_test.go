@@ -90,7 +90,8 @@ func TestConformance(t *testing.T) {
 	var all []behaviour
 	for _, group := range [][]behaviour{
 		vmBehaviours, eventBehaviours, catalogBehaviours, hostBehaviours,
-		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, addressBehaviours, createWithinBehaviours,
+		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, statsBehaviours,
+		addressBehaviours, createWithinBehaviours,
 	} {
 		all = append(all, group...)
 	}

@@ -21,6 +21,7 @@ type Store interface {
 	AuditStore
 	LeaseStore
 	Notifier
+	StatsStore
 
 	// Engine is "sqlite" or "postgres".
 	Engine() string
