@@ -206,8 +206,8 @@ func (s *Hosts) guestReady(ctx context.Context, hostID string, ev apitypes.HostE
 
 // readyObserved records a measured boot-to-ready time.
 func (s *core) readyObserved(ctx context.Context, vmID string, took time.Duration) {
-	s.readySeconds.Observe(took.Seconds())
 	s.event(ctx, vmID, store.LevelInfo, "guest ready %s after its start", took.Round(time.Millisecond))
+	s.readySeconds.Observe(took.Seconds())
 }
 
 // guestFailed records the guest's own account of a failed boot: an event

@@ -279,9 +279,7 @@ func TestGuestReadiness(t *testing.T) {
 		t.Fatalf("booted_at %v, guest_ready_at %v, pid %d; want ready after booted", got.BootedAt, got.GuestReadyAt, got.VMMPID)
 	}
 	waitFor(t, "the metric", func() bool { return readyCount(t, reg) == 1 })
-	if ev := e.events(vm.ID); !strings.Contains(ev, "guest ready ") {
-		t.Errorf("no readiness event:\n%s", ev)
-	}
+	waitFor(t, "the readiness event", func() bool { return strings.Contains(e.events(vm.ID), "guest ready ") })
 	if v := View(got); v.GuestReadyAt == nil || v.BootedAt == nil {
 		t.Errorf("GET does not show the times: %+v", v)
 	}
