@@ -9,8 +9,8 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 type logsInput struct {

@@ -7,9 +7,9 @@ import (
 	"net/url"
 	"sort"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	fleetmetrics "github.com/nexus-microvm/nexus/internal/metrics"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // observeRoutes are what the web console and Prometheus read besides the

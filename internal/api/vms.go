@@ -7,9 +7,9 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // VMService is the VM lifecycle as the VM routes use it (manager.VMs).

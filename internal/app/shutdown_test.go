@@ -17,10 +17,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // A manager with a hollow agent, 50 open log streams and VMs still
@@ -58,7 +58,7 @@ func TestShutdownWithStreamsAndBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := client.New(m.URL(), secret)
+	cl := nexus.New(m.URL(), secret)
 	kernel := simtest.WriteKernel(t, dir)
 	vm, err := cl.CreateVM(ctx, apitypes.CreateVMRequest{Name: "streamed", VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
 	if err != nil {

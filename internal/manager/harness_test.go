@@ -19,10 +19,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // The manager's behaviour end to end, without root: a real store (SQLite),

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // RegisterHost records an agent joining the fleet (or re-joining after a

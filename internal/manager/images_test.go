@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // imagesEnv is an env with a kernel and a rootfs registered from the

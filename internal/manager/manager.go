@@ -16,9 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/keyed"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Modes of NEXUS_MODE.

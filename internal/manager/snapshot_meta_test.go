@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 func TestPlanDrives(t *testing.T) {

@@ -4,8 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 func TestSnapshotCreateRestoreDelete(t *testing.T) {

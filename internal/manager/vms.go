@@ -10,10 +10,10 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Defaults for a VM created without vcpu or mem_mib.

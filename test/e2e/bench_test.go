@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // BenchmarkFleet200 is `make bench`: 200 VMs created in parallel batches on
@@ -148,7 +148,7 @@ func bootToReady(tb testing.TB, cl *client.Client, ids []string) []time.Duration
 // manager and an agent (Postgres).
 type fleetTarget struct {
 	dir       string
-	client    *client.Client
+	client    *nexus.Client
 	pid       int // the process holding the manager
 	leftovers func() int
 }
@@ -179,7 +179,7 @@ func newFleetTarget(tb testing.TB, engine string) fleetTarget {
 // createMany creates total VMs named prefix-NNN, batch at a time in
 // parallel, each waiting until it runs, and returns each create's latency
 // and the VM ids.
-func createMany(tb testing.TB, cl *client.Client, kernel, prefix string, total, batch, mem int) ([]time.Duration, []string) {
+func createMany(tb testing.TB, cl *nexus.Client, kernel, prefix string, total, batch, mem int) ([]time.Duration, []string) {
 	var mu sync.Mutex
 	var durs []time.Duration
 	ids := make([]string, 0, total)
@@ -209,7 +209,7 @@ func createMany(tb testing.TB, cl *client.Client, kernel, prefix string, total, 
 
 // deleteAll deletes ids with bulk calls of batch each and fails the test
 // on any VM that could not be deleted.
-func deleteAll(tb testing.TB, cl *client.Client, ids []string, batch int) {
+func deleteAll(tb testing.TB, cl *nexus.Client, ids []string, batch int) {
 	tb.Helper()
 	for off := 0; off < len(ids); off += batch {
 		res, err := cl.Bulk(context.Background(), "delete", ids[off:min(off+batch, len(ids))])

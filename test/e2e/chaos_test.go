@@ -15,10 +15,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // fastReconcile makes the reconciler act in seconds, not minutes.
@@ -442,8 +442,8 @@ func TestTwoManagersOneReconciler(t *testing.T) {
 		}
 	})
 	m2.waitLog(t, "manager listening", 20*time.Second)
-	c2 := client.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
-	leader := func(cl *client.Client) bool {
+	c2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+	leader := func(cl *nexus.Client) bool {
 		var st apitypes.ReconcilerStatus
 		if err := cl.Do(context.Background(), "GET", "/v1/reconciler", nil, nil, &st); err != nil {
 			return false

@@ -18,10 +18,10 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/agent/network"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // BenchmarkFloor is `make bench-floor`: Nexus's create→running against the

@@ -22,10 +22,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 var bins struct {
@@ -111,7 +111,7 @@ type cluster struct {
 	ports2  []int // further managers the agents may fail over to
 	mgr     *proc
 	agents  []*agentProc
-	client  *client.Client
+	client  *nexus.Client
 	restore func()
 }
 
@@ -163,7 +163,7 @@ func newCluster(t testing.TB, engine string, n int, mgrArgs ...string) *cluster 
 	}
 	c.admin = strings.TrimSpace(string(out))
 	c.startManager()
-	c.client = client.New(c.url(), c.admin)
+	c.client = nexus.New(c.url(), c.admin)
 	for i := range n {
 		c.startAgent(fmt.Sprintf("host-%d", i))
 	}
@@ -482,7 +482,7 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 // waitPasses waits until the leading reconciler of the manager cl talks
 // to has finished n passes that started after this call: an event to wait
 // for, not a time to sleep.
-func waitPasses(t testing.TB, cl *client.Client, n int) {
+func waitPasses(t testing.TB, cl *nexus.Client, n int) {
 	t.Helper()
 	since := time.Now()
 	seen := 0

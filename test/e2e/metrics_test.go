@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 const metricsToken = "e2e-metrics-token"

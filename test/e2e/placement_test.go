@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // startHollowAgent runs `nexus agent --hollow` (no namespace needed: it
@@ -47,9 +47,9 @@ func TestManagersRacePlacement(t *testing.T) {
 	}
 	c.waitHosts(2)
 	kernel := simtest.WriteKernel(t, c.dir)
-	clients := make([]*client.Client, len(urls))
+	clients := make([]*nexus.Client, len(urls))
 	for i, u := range urls {
-		clients[i] = client.New(u, c.admin)
+		clients[i] = nexus.New(u, c.admin)
 	}
 	ctx := context.Background()
 	var mu sync.Mutex

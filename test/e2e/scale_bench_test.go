@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // BenchmarkScale is `make bench-scale`: 10,000 VMs on 100 hollow agents
@@ -38,7 +38,7 @@ func BenchmarkScale(b *testing.B) {
 		args := []string{"--reconcile-interval", "5s", "--orphan-grace", "30s", "--heartbeat-timeout", "30s", "--lease-ttl", "6s"}
 		c := newCluster(b, engine, 0, args...)
 		managers := c.url()
-		var second *client.Client
+		var second *nexus.Client
 		if engine == "postgres" {
 			port2 := freePort(b)
 			m2 := c.start("manager-2", nil, append([]string{"manager", "--listen", fmt.Sprintf("127.0.0.1:%d", port2),
@@ -46,7 +46,7 @@ func BenchmarkScale(b *testing.B) {
 			b.Cleanup(m2.kill)
 			m2.waitLog(b, "manager listening", 20*time.Second)
 			managers += fmt.Sprintf(",http://127.0.0.1:%d", port2)
-			second = client.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+			second = nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
 		}
 		start := time.Now()
 		var wg sync.WaitGroup

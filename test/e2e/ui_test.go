@@ -11,10 +11,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // consoleFleet is a manager and one agent whose simulated VMMs flush
@@ -52,7 +52,7 @@ func TestConsole(t *testing.T) {
 	ctx := context.Background()
 	op := c.token(t, "olga", "operator", "default")
 	viewer := c.token(t, "vera", "viewer", "default")
-	opc := client.New(c.url(), op)
+	opc := nexus.New(c.url(), op)
 	b := newBrowser(t, 1280, 900)
 
 	b.signIn(c.url(), op)

@@ -32,20 +32,20 @@ var rules = []rule{
 	{pkg: "internal/store", allow: []string{"internal/store"},
 		why: "persistence knows no service, HTTP or agent"},
 	{pkg: "internal/apierr", allow: []string{}, why: "the error contract is a leaf"},
-	{pkg: "internal/apitypes", allow: []string{}, why: "the API's bodies are a leaf"},
+	{pkg: "pkg/apitypes", allow: []string{}, why: "the API's bodies are a leaf: users of the SDK import them"},
 	{pkg: "internal/hostlayout", allow: []string{}, why: "the host layout is a leaf"},
 	{pkg: "internal/guest", allow: []string{}, why: "the guest contract is a leaf"},
 	{pkg: "internal/keyed", allow: []string{}, why: "a leaf utility"},
 	{pkg: "internal/lifecycle", allow: []string{}, why: "a leaf utility"},
-	{pkg: "internal/manager", deny: []string{"internal/api", "internal/app", "internal/cli", "internal/agent/", "internal/fcsim", "internal/jsonhttp", "internal/client"},
+	{pkg: "internal/manager", deny: []string{"internal/api", "internal/app", "internal/cli", "internal/agent/", "internal/fcsim", "internal/jsonhttp", "pkg/nexus"},
 		why: "services reach agents only through their API client (agentapi) and know nothing of HTTP serving"},
-	{pkg: "internal/api", deny: []string{"internal/agent/", "internal/app", "internal/cli", "internal/fcsim", "internal/firecracker", "internal/jsonhttp", "internal/client"},
+	{pkg: "internal/api", deny: []string{"internal/agent/", "internal/app", "internal/cli", "internal/fcsim", "internal/firecracker", "internal/jsonhttp", "pkg/nexus"},
 		why: "the HTTP layer talks to the services through interfaces, never to agents or firecracker"},
 	{pkg: "internal/agent", deny: []string{"internal/manager", "internal/api", "internal/app", "internal/cli", "internal/store", "internal/auth"},
 		why: "the agent is the manager's executor and knows nothing of the control plane's state"},
 	{pkg: "internal/agentapi", deny: []string{"internal/agent/", "internal/manager", "internal/api", "internal/store"},
 		why: "the agent API's types and client are shared by both sides and depend on neither"},
-	{pkg: "internal/client", deny: []string{"internal/manager", "internal/api", "internal/store", "internal/agent"},
+	{pkg: "pkg/nexus", deny: []string{"internal/manager", "internal/api", "internal/store", "internal/agent"},
 		why: "the API client speaks the public contract only"},
 	{pkg: "internal/auth", deny: []string{"internal/manager", "internal/api", "internal/agent"},
 		why: "authentication depends on the store only"},
@@ -61,7 +61,7 @@ func TestImportRules(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 	pkgs := map[string][]string{} // package → product imports
-	for _, top := range []string{"internal", "cmd"} {
+	for _, top := range []string{"internal", "cmd", "pkg"} {
 		err := filepath.WalkDir(filepath.Join(root, top), func(path string, d os.DirEntry, err error) error {
 			if err != nil || !d.IsDir() {
 				return err

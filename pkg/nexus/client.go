@@ -1,7 +1,7 @@
-// Package client is a Go client for the manager's REST API, used by the
+// Package nexus is the Go SDK for the manager's REST API, used by the
 // nexus CLI and by end-to-end tests. Errors from the API come back as
 // *apierr.Error with the contract's fields.
-package client
+package nexus
 
 import (
 	"bufio"
@@ -11,8 +11,8 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Client calls one manager.
