@@ -31,10 +31,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/guest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // newReadyMetric is the histogram of boot-to-ready times: from the

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // reconciler returns the env's reconciler on a clock the test moves.

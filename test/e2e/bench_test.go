@@ -108,7 +108,7 @@ func BenchmarkFleet200(b *testing.B) {
 // bootToReady waits (bounded) until every VM's guest said it was ready and
 // returns each one's boot-to-ready time; it fails when one never does or
 // two VMs share an address.
-func bootToReady(tb testing.TB, cl *client.Client, ids []string) []time.Duration {
+func bootToReady(tb testing.TB, cl *nexus.Client, ids []string) []time.Duration {
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true

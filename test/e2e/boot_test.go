@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // TestBootImagesAddressesReadiness: with real processes (manager, agent,
@@ -115,7 +115,7 @@ func TestBootImagesAddressesReadiness(t *testing.T) {
 	}
 
 	// Refusals change nothing.
-	opA := client.New(c.url(), c.token(t, "alice", "operator", "default"))
+	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "default"))
 	before, _ := c.client.ListVMs(ctx, nil)
 	var k apitypes.ImageItem
 	if err := c.client.Do(ctx, "GET", "/v1/images/k", nil, nil, &k); err != nil {
@@ -123,7 +123,7 @@ func TestBootImagesAddressesReadiness(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		cl     *client.Client
+		cl     *nexus.Client
 		cfg    apitypes.VMConfig
 		status int
 		code   string
