@@ -133,7 +133,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, MetricsToken: o.MetricsToken,
+		Owner: owner, Bridge: h.bridge, MetricsToken: o.MetricsToken,
 	}
 	if o.Hollow {
 		cfg.Capacity = o.HollowCapacity
@@ -163,6 +163,8 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	var bg lifecycle.Group
 	bg.Go(func() { h.run(ctx) })
 	if o.Manager != "" {
+		a.guests.enable()
+		bg.Go(func() { a.guests.run(ctx) })
 		bg.Go(func() { newRegistrar(o, r.URL, a, log).run(ctx) })
 	}
 	// Streams end and in-flight requests (a spawn writing its handle, say)
@@ -186,6 +188,7 @@ type host struct {
 	net       Network
 	version   string // the VMM's
 	simulated bool
+	bridge    network.Bridge // as set up at start
 	// run watches the VMMs and keeps the network until ctx ends.
 	run func(ctx context.Context)
 	// release frees the host once the agent's goroutines have ended.
@@ -261,7 +264,7 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 	}
 
 	return host{
-		vmms: sup, net: nw, version: version, simulated: simulated,
+		vmms: sup, net: nw, version: version, simulated: simulated, bridge: br,
 		run: func(ctx context.Context) {
 			var wg sync.WaitGroup
 			wg.Go(func() { sup.Run(ctx, time.Second) })
@@ -285,8 +288,10 @@ func startHollow(o Options, layout hostlayout.Layout) host {
 		}
 	}
 	vmms := hollow.NewVMMs(layout, func(k string) string { return env[k] })
+	nw := hollow.NewNetwork(o.Bridge)
+	br, _ := nw.EnsureBridge(context.Background()) // in memory: it cannot fail
 	return host{
-		vmms: vmms, net: hollow.NewNetwork(o.Bridge), version: hollow.VMMVersion, simulated: true,
+		vmms: vmms, net: nw, version: hollow.VMMVersion, simulated: true, bridge: br,
 		run:     func(ctx context.Context) { <-ctx.Done() },
 		release: vmms.StopAll,
 	}

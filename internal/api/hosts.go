@@ -17,7 +17,7 @@ type HostService interface {
 	RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error)
 	Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error
 	HeartbeatInterval() time.Duration
-	HostEvent(ctx context.Context, hostID, vmID, status string) error
+	HostEvent(ctx context.Context, hostID string, ev apitypes.HostEvent) error
 	ListHosts(ctx context.Context) ([]store.Host, error)
 	SetHostDraining(ctx context.Context, ref string, drain bool) error
 	RemoveHost(ctx context.Context, ref string) error
@@ -104,7 +104,7 @@ type hostEventInput struct {
 }
 
 func (s *Server) hostEvent(ctx context.Context, in *hostEventInput) (*okOutput, error) {
-	return ok(), s.hosts.HostEvent(ctx, in.ID, in.Body.VMID, in.Body.Status)
+	return ok(), s.hosts.HostEvent(ctx, in.ID, in.Body)
 }
 
 type hostIDPath struct {

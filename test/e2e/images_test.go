@@ -214,7 +214,7 @@ func TestImageRegistry(t *testing.T) {
 			{"missing", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "nope.ext4"}, 400, "file_not_found"},
 			{"wrong sha256", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", SHA256: strings.Repeat("ab", 32)}, 400, "sha256_mismatch"},
 			{"bad sha256", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", SHA256: "abc"}, 400, "invalid_request"},
-			{"bad kind", opA, apitypes.CreateImageRequest{Kind: "initrd", Name: "x", HostPath: "rootfs.ext4"}, 400, "invalid_request"},
+			{"bad kind", opA, apitypes.CreateImageRequest{Kind: "ramdisk", Name: "x", HostPath: "rootfs.ext4"}, 400, "invalid_request"},
 			{"name taken", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "base", HostPath: "rootfs.ext4"}, 409, "name_taken"},
 			{"shared by an operator", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", Project: "*"}, 403, "forbidden"},
 			{"other project", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", Project: "team-b"}, 403, "forbidden"},
