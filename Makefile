@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean
+.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean bench-sdk
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -70,3 +70,6 @@ web-vendor: ## fetch the console's vendored uPlot again from the npm registry (o
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+bench-sdk: ## what the Go SDK adds per call over plain net/http (p50/p95)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkOverhead -benchtime 5000x ./pkg/nexus/

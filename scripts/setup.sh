@@ -103,3 +103,19 @@ if [ "$want_test" -eq 1 ]; then
 		rm -rf "$ptmp"
 	fi
 fi
+
+# --- API contract tools (test/contract) ------------------------------------
+if [ "$want_test" -eq 1 ]; then
+	# Redocly's linter, openapi-typescript and tsc check the API document;
+	# they come from the npm registry at the versions of the lock file, in
+	# their own directory (nothing global). Debian's nodejs and npm run them.
+	command -v npm >/dev/null || apt_install nodejs npm
+	npmdir=/usr/local/nexus-tools/npm
+	lock=test/contract/tools/package-lock.json
+	if ! cmp -s "$lock" "$npmdir/package-lock.json" || [ ! -x "$npmdir/node_modules/.bin/redocly" ]; then
+		say "installing the API contract tools (npm ci) into $npmdir"
+		as_root mkdir -p "$npmdir"
+		as_root cp test/contract/tools/package.json "$lock" "$npmdir/"
+		(cd "$npmdir" && as_root npm ci --no-audit --no-fund --loglevel=error)
+	fi
+fi

@@ -120,6 +120,9 @@ func New(d Deps) *Server {
 	cfg := huma.DefaultConfig("Nexus API", d.Version)
 	cfg.Info.Description = "Firecracker microVMs as easy to run as containers. Errors always have the shape " +
 		"{error, status, message, fault_message?, suggestion?, request_id}."
+	cfg.Info.License = &huma.License{Name: "Apache-2.0", URL: "https://www.apache.org/licenses/LICENSE-2.0"}
+	// Relative: the manager that serves the document is the server.
+	cfg.Servers = []*huma.Server{{URL: "/", Description: "the manager serving this document"}}
 	cfg.CreateHooks = nil // no $schema fields or Link headers in bodies
 	cfg.DocsPath = ""
 	cfg.RejectUnknownQueryParameters = true

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"log/slog"
 	"net/http"
 	"reflect"
 	"slices"
@@ -32,6 +33,12 @@ var errorText = map[int]string{
 	http.StatusBadGateway:          "The VM's host or firecracker failed; fault_message and log_tail carry their words (error: agent_unavailable, firecracker_error …)",
 	http.StatusServiceUnavailable:  "No host can take the VM now, or the manager is not ready (error: no_capacity, no_hosts, host_full, host_not_ready, not_ready)",
 	http.StatusGatewayTimeout:      "The VM's host did not finish in time; the operation may still complete (error: timeout)",
+}
+
+// Document is the API's OpenAPI document, from a server with nothing
+// behind it: `nexus manager openapi` prints it without a database.
+func Document(version string) *huma.OpenAPI {
+	return New(Deps{Version: version, Log: slog.New(slog.DiscardHandler)}).OpenAPI()
 }
 
 // What each operation's service can refuse besides what every operation

@@ -1,17 +1,20 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
+	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/app"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -240,6 +243,40 @@ Migrations are applied at start. Agents join with the shared join token
 			return nil
 		},
 	})
+	var specFormat, specVersion string
+	spec := &cobra.Command{
+		Use:   "openapi",
+		Short: "Print the API's OpenAPI document (what GET /openapi.json serves) and exit",
+		Example: `  nexus manager openapi > openapi.json
+  nexus manager openapi --format yaml --openapi 3.0 > openapi-3.0.yaml   # for 3.0-only generators`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			doc := api.Document(Version)
+			var out []byte
+			var err error
+			switch specFormat + "/" + specVersion {
+			case "json/3.1":
+				out, err = json.MarshalIndent(doc, "", "  ")
+			case "yaml/3.1":
+				out, err = doc.YAML()
+			case "json/3.0":
+				out, err = doc.Downgrade()
+			case "yaml/3.0":
+				out, err = doc.DowngradeYAML()
+			default:
+				return usageErrorf("--format %q --openapi %q: use json or yaml, and 3.1 or 3.0", specFormat, specVersion)
+			}
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(stdout, strings.TrimSpace(string(out)))
+			return err
+		},
+	}
+	spec.Flags().StringVar(&specFormat, "format", "json", "json or yaml")
+	spec.Flags().StringVar(&specVersion, "openapi", "3.1", "OpenAPI version: 3.1 (as served) or 3.0 (downgraded, for older tools)")
+	cmd.AddCommand(spec)
+
 	var owner string
 	boot := &cobra.Command{
 		Use:   "bootstrap",

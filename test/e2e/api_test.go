@@ -15,7 +15,6 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
-	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 func getJSON(t *testing.T, url, token string, out any) int {
@@ -212,7 +211,7 @@ func TestParallelAndSerialised(t *testing.T) {
 		wg2.Add(1)
 		go func() {
 			defer wg2.Done()
-			_ = nexus.New(c.url(), c.admin).VMAction(ctx, target, a) // 409s are fine
+			_ = newClient(c.url(), c.admin).VMAction(ctx, target, a) // 409s are fine
 		}()
 	}
 	wg2.Wait()

@@ -115,7 +115,7 @@ func TestBootImagesAddressesReadiness(t *testing.T) {
 	}
 
 	// Refusals change nothing.
-	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "default"))
+	opA := newClient(c.url(), c.token(t, "alice", "operator", "default"))
 	before, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 	var k apitypes.ImageItem
 	if err := c.client.Do(ctx, "GET", "/v1/images/k", nil, nil, &k); err != nil {

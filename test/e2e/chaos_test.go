@@ -437,7 +437,7 @@ func TestTwoManagersOneReconciler(t *testing.T) {
 		}
 	})
 	m2.waitLog(t, "manager listening", 20*time.Second)
-	c2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+	c2 := newClient(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
 	leader := func(cl *nexus.Client) bool {
 		var st apitypes.ReconcilerStatus
 		if err := cl.Do(context.Background(), "GET", "/v1/reconciler", nil, nil, &st); err != nil {

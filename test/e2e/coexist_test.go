@@ -73,7 +73,7 @@ func startUpIn(t testing.TB, h *hostNet, dir string, port int, env []string, arg
 		t.Fatal(err)
 	}
 	u.url = "http://" + listen
-	u.client = nexus.New(u.url, strings.TrimSpace(string(tok)))
+	u.client = newClient(u.url, strings.TrimSpace(string(tok)))
 	return u
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,8 +23,11 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/internal/testutil/apicontract"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
@@ -51,9 +55,53 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	http.DefaultTransport = &apicontract.Recorder{Base: http.DefaultTransport}
+	contract.Base = jsonhttp.NewTransport()
 	code := m.Run()
 	os.RemoveAll(dir)
+	if code == 0 {
+		code = checkContract()
+	}
 	os.Exit(code)
+}
+
+// contract records the error answers the SDK's clients get (newClient);
+// http.DefaultTransport records those of plain requests.
+var contract = &apicontract.Recorder{}
+
+// newClient is nexus.New with the error answers it gets recorded.
+func newClient(addr, token string, opts ...nexus.Option) *nexus.Client {
+	return nexus.New(addr, token, append([]nexus.Option{nexus.WithHTTPClient(&http.Client{Transport: contract})}, opts...)...)
+}
+
+// checkContract holds every error answer the suite saw to the OpenAPI
+// document: a status its operation declares, a body of its schema.
+func checkContract() int {
+	doc, err := api.Document("e2e").Downgrade()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "contract: the document:", err)
+		return 1
+	}
+	c, err := apicontract.Load(doc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "contract:", err)
+		return 1
+	}
+	var problems []string
+	checked := 0
+	for _, r := range []*apicontract.Recorder{contract, http.DefaultTransport.(*apicontract.Recorder)} {
+		p, n := r.Check(c)
+		problems, checked = append(problems, p...), checked+n
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(os.Stderr, "contract: %d of the %d error answers the suite saw do not match the OpenAPI document:\n", len(problems), checked)
+		for _, p := range problems {
+			fmt.Fprintln(os.Stderr, " -", p)
+		}
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "contract: the %d error answers the suite saw match the OpenAPI document\n", checked)
+	return 0
 }
 
 // proc is one started nexus process.
@@ -163,7 +211,7 @@ func newCluster(t testing.TB, engine string, n int, mgrArgs ...string) *cluster 
 	}
 	c.admin = strings.TrimSpace(string(out))
 	c.startManager()
-	c.client = nexus.New(c.url(), c.admin)
+	c.client = newClient(c.url(), c.admin)
 	for i := range n {
 		c.startAgent(fmt.Sprintf("host-%d", i))
 	}

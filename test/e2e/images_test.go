@@ -178,8 +178,8 @@ func TestImageRegistry(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "subdir"), 0o755)
 	syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644)
 
-	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := newClient(c.url(), c.token(t, "alice", "operator", "team-a"))
+	opB := newClient(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	// A shared kernel (admin), a rootfs of team-a (operator, relative path).
 	start := time.Now()
@@ -471,7 +471,7 @@ func TestProdModeRefusesRawPaths(t *testing.T) {
 	if m := prod.waitLog(t, "manager listening", 20*time.Second); m["mode"] != "prod" {
 		t.Fatalf("second manager runs in mode %v", m["mode"])
 	}
-	admin := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port), c.admin)
+	admin := newClient(fmt.Sprintf("http://127.0.0.1:%d", port), c.admin)
 	dir := c.agents[0].imagesDir(t)
 	kernelPath := filepath.Join(dir, "vmlinux")
 	os.WriteFile(kernelPath, simtest.KernelELF(), 0o644)
@@ -522,9 +522,9 @@ func testTemplates(t *testing.T, engine string) {
 	os.WriteFile(filepath.Join(dir, "other.ext4"), make([]byte, 4096), 0o644)
 	mustImage(t, c.client, apitypes.CreateImageRequest{Kind: "kernel", Name: "vmlinux", HostPath: "vmlinux", Project: "*"})
 	tokA := c.token(t, "alice", "operator", "team-a")
-	opA := nexus.New(c.url(), tokA)
-	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
-	viewA := nexus.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
+	opA := newClient(c.url(), tokA)
+	opB := newClient(c.url(), c.token(t, "bob", "operator", "team-b"))
+	viewA := newClient(c.url(), c.token(t, "victor", "viewer", "team-a"))
 	rootfs := mustImage(t, opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "base", HostPath: "rootfs.ext4"})
 	other := mustImage(t, opB, apitypes.CreateImageRequest{Kind: "rootfs", Name: "bobs", HostPath: "other.ext4"})
 
@@ -701,8 +701,8 @@ func TestImageOwnershipRules(t *testing.T) {
 	if err := os.WriteFile(kernelPath, simtest.KernelELF(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := newClient(c.url(), c.token(t, "alice", "operator", "team-a"))
+	opB := newClient(c.url(), c.token(t, "bob", "operator", "team-b"))
 	kb := mustImage(t, opB, apitypes.CreateImageRequest{Kind: "kernel", Name: "kb", HostPath: kernelPath})
 	_, err := addImage(opA, apitypes.CreateImageRequest{Kind: "kernel", Name: "mine", HostPath: kernelPath})
 	wantCode(t, err, 403, "path_registered_elsewhere")

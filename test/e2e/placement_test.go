@@ -48,7 +48,7 @@ func TestManagersRacePlacement(t *testing.T) {
 	kernel := simtest.WriteKernel(t, c.dir)
 	clients := make([]*nexus.Client, len(urls))
 	for i, u := range urls {
-		clients[i] = nexus.New(u, c.admin)
+		clients[i] = newClient(u, c.admin)
 	}
 	ctx := context.Background()
 	var mu sync.Mutex

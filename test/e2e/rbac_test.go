@@ -30,9 +30,9 @@ func TestRBACAndAudit(t *testing.T) {
 	c := newCluster(t, "sqlite", 1)
 	ctx := context.Background()
 	kernel := simtest.WriteKernel(t, c.dir)
-	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	viewA := nexus.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
-	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := newClient(c.url(), c.token(t, "alice", "operator", "team-a"))
+	viewA := newClient(c.url(), c.token(t, "victor", "viewer", "team-a"))
+	opB := newClient(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	req := apitypes.CreateVMRequest{Name: "svc", Project: "team-a", VMConfig: apitypes.VMConfig{KernelPath: kernel}}
 	// Raw host paths can attach any host file to a guest: admins only.
@@ -132,8 +132,8 @@ func TestRevokeAcrossManagers(t *testing.T) {
 	if err := c.client.Do(ctx, "POST", "/v1/tokens", nil, apitypes.CreateTokenRequest{Owner: "temp", Role: "viewer", Project: "*"}, &sec); err != nil {
 		t.Fatal(err)
 	}
-	on1 := nexus.New(c.url(), sec.Token)
-	on2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), sec.Token)
+	on1 := newClient(c.url(), sec.Token)
+	on2 := newClient(fmt.Sprintf("http://127.0.0.1:%d", port2), sec.Token)
 	for _, cl := range []*nexus.Client{on1, on2} {
 		if _, err := cl.ListVMs(ctx, nexus.ListVMsOptions{}); err != nil {
 			t.Fatalf("fresh token: %v", err)

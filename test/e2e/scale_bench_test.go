@@ -45,7 +45,7 @@ func BenchmarkScale(b *testing.B) {
 			b.Cleanup(m2.kill)
 			m2.waitLog(b, "manager listening", 20*time.Second)
 			managers += fmt.Sprintf(",http://127.0.0.1:%d", port2)
-			second = nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+			second = newClient(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
 		}
 		start := time.Now()
 		var wg sync.WaitGroup

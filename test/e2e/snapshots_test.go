@@ -493,7 +493,7 @@ func TestSnapshotErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opB := newClient(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	t.Run("table", func(t *testing.T) {
 		cases := []struct {

@@ -52,7 +52,7 @@ func TestConsole(t *testing.T) {
 	ctx := context.Background()
 	op := c.token(t, "olga", "operator", "default")
 	viewer := c.token(t, "vera", "viewer", "default")
-	opc := nexus.New(c.url(), op)
+	opc := newClient(c.url(), op)
 	b := newBrowser(t, 1280, 900)
 
 	b.signIn(c.url(), op)
