@@ -21,6 +21,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/vishvananda/netlink"
 
+	"github.com/nexus-microvm/nexus/internal/agent/jail"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
@@ -32,6 +33,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	jail.RunIfHelper() // jail-mode tests re-execute this binary as the helper
 	testutil.IsolateNetwork()
 	simtest.Main(m)
 }
@@ -54,7 +56,10 @@ type env struct {
 	dir    string
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvJail(t, nil) }
+
+// newEnvJail is newEnv with VMMs confined by jc (nil: not jailed).
+func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	bin := simtest.Binary(t)
@@ -62,7 +67,7 @@ func newEnv(t testing.TB) *env {
 	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
 	log := slog.New(slog.DiscardHandler)
 	owner := fmt.Sprintf("agenttest%06d", rand.IntN(1_000_000))
-	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner})
+	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner, Jail: jc})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,32 @@ type Options struct {
 	Hollow bool
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
+
+	// Jail is FC_JAIL: "on" confines every VMM (docs/security.md), "off"
+	// does not, "" means on in prod mode and off in dev mode.
+	Jail string
+	// Jailer is FC_JAILER: firecracker's jailer binary; unset, the agent
+	// confines VMMs itself with the nexus-jail helper.
+	Jailer string
+	// JailUIDBase and JailUIDCount are the uid/gid range of jailed VMMs
+	// (FC_JAIL_UID_BASE, FC_JAIL_UID_COUNT; zero: the defaults).
+	JailUIDBase, JailUIDCount int
+	// JailHelper is the nexus-jail binary (default: next to nexus, else
+	// nexus itself).
+	JailHelper string
+}
+
+// jailed says whether VMMs are confined, from FC_JAIL and the mode.
+func (o Options) jailed() (bool, error) {
+	switch o.Jail {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	case "":
+		return o.Mode == "prod", nil
+	}
+	return false, fmt.Errorf("agent: FC_JAIL must be on or off (default: on in prod mode), not %q", o.Jail)
 }
 
 // Running is a started agent.
@@ -87,6 +114,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Mode != "dev" && o.Mode != "prod" {
 		return nil, fmt.Errorf("agent: NEXUS_MODE must be dev or prod, not %q", o.Mode)
 	}
+	if _, err := o.jailed(); err != nil {
+		return nil, err
+	}
 	if o.ImagesDir == "" {
 		o.ImagesDir = layout.ImagesDir()
 	}
@@ -119,6 +149,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Hollow {
 		h = startHollow(o, layout)
 		log.Warn("hollow agent: VMMs are firecracker-sim inside this process and TAPs exist only in memory; for tests and benchmarks only")
+		if jailed, _ := o.jailed(); jailed {
+			log.Info("hollow agent: jail mode does not apply (there are no VMM processes to confine)")
+		}
 	} else if h, err = startReal(ctx, o, layout, owner, log); err != nil {
 		return nil, err
 	}
@@ -127,7 +160,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner,
+		Owner: owner, Jail: h.jail,
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by
@@ -177,6 +210,7 @@ type host struct {
 	net       Network
 	version   string // the VMM's
 	simulated bool
+	jail      string // how VMMs are confined (vmm.Supervisor.JailMode)
 	// run watches the VMMs and keeps the network until ctx ends.
 	run func(ctx context.Context)
 	// release frees the host once the agent's goroutines have ended.
@@ -187,11 +221,35 @@ type host struct {
 // a previous agent process), the bridge and NAT.
 func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner string, log *slog.Logger) (host, error) {
 	var err error
-	if os.Geteuid() != 0 {
-		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
+	jailed, _ := o.jailed()
+	missing, err := missingCapabilities(baseCaps)
+	if err != nil {
+		return host{}, fmt.Errorf("agent: %w", err)
+	}
+	if len(missing) > 0 {
+		log.Warn("the agent lacks capabilities: creating TAP devices and NAT will fail", "uid", os.Geteuid(), "missing", describeCaps(missing))
+	}
+	if jailed {
+		// Without these a VMM cannot be confined: refuse rather than run it
+		// unconfined.
+		if missing, err = missingCapabilities(jailCaps); err != nil || len(missing) > 0 {
+			return host{}, fmt.Errorf("agent: jail mode needs capabilities this process lacks: %s (run the agent as root with them, see docs/security.md, or set FC_JAIL=off)", describeCaps(missing))
+		}
 	}
 
 	vcfg := vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv, Owner: owner}
+	if jailed {
+		vcfg.Jail = &vmm.JailConfig{UIDBase: o.JailUIDBase, UIDCount: o.JailUIDCount, Jailer: o.Jailer, Helper: o.JailHelper}
+		if vcfg.Jail.UIDBase == 0 {
+			vcfg.Jail.UIDBase = vmm.DefaultJailUIDBase
+		}
+		if vcfg.Jail.UIDCount == 0 {
+			vcfg.Jail.UIDCount = vmm.DefaultJailUIDCount
+		}
+		if clash := uidRangeClash(vcfg.Jail.UIDBase, vcfg.Jail.UIDCount); clash != "" {
+			log.Warn("the jail uid range overlaps accounts of this host: choose another FC_JAIL_UID_BASE", "clash", clash)
+		}
+	}
 	if vmm.SystemdAvailable() {
 		// Each VMM in its own transient scope, so that restarting the
 		// agent's unit (KillMode=control-group) does not kill the VMs.
@@ -208,6 +266,14 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 		return host{}, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
 	}
 	version, simulated := vmmVersion(ctx, sup.Bin())
+	if jailed {
+		log.Info("jail mode: every VMM runs as its own uid in a chroot, new mount and PID namespaces, no capabilities",
+			"confined_by", sup.JailMode(), "helper", sup.JailHelper(), "uids", fmt.Sprintf("%d+%d", vcfg.Jail.UIDBase, vcfg.Jail.UIDCount),
+			"chroot_base", filepath.Join(layout.RunDir, "jail"))
+		if m := sup.MissingLimits(); len(m) > 0 {
+			log.Warn("jail mode: no cgroup hierarchy takes these VMM limits; VMMs run without them", "limits", strings.Join(m, ","))
+		}
+	}
 	adopted, err := sup.Recover()
 	if err != nil {
 		return host{}, fmt.Errorf("agent: %w", err)
@@ -252,7 +318,7 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 	}
 
 	return host{
-		vmms: sup, net: nw, version: version, simulated: simulated,
+		vmms: sup, net: nw, version: version, simulated: simulated, jail: sup.JailMode(),
 		run: func(ctx context.Context) {
 			var wg sync.WaitGroup
 			wg.Go(func() { sup.Run(ctx, time.Second) })
@@ -264,6 +330,28 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 			sup.ReleaseCgroups()
 		},
 	}, nil
+}
+
+// uidRangeClash names an account of /etc/passwd or /etc/group whose id
+// lies in the jail range, "" when none does: a jailed VMM must not share
+// an identity with anything else on the host.
+func uidRangeClash(base, count int) string {
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fields := strings.Split(line, ":")
+			if len(fields) < 3 {
+				continue
+			}
+			if id, err := strconv.Atoi(fields[2]); err == nil && id >= base && id < base+count {
+				return fmt.Sprintf("%s %s (id %d)", filepath.Base(f), fields[0], id)
+			}
+		}
+	}
+	return ""
 }
 
 // startHollow prepares a hollow host: in-process simulated VMMs and an

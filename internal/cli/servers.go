@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/app"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -34,6 +35,18 @@ func durFlag(fs *pflag.FlagSet, p *time.Duration, name string, e env, key string
 		}
 	}
 	fs.DurationVar(p, name, d, usage+" (env "+key+")")
+	return nil
+}
+
+func intFlag(fs *pflag.FlagSet, p *int, name string, e env, key string, def int, usage string) error {
+	v := def
+	if s := e(key); s != "" {
+		var err error
+		if v, err = strconv.Atoi(s); err != nil || v < 0 {
+			return fmt.Errorf("%s=%q: want a non-negative integer", key, s)
+		}
+	}
+	fs.IntVar(p, name, v, usage+" (env "+key+")")
 	return nil
 }
 
@@ -90,6 +103,14 @@ func agentHostFlags(fs *pflag.FlagSet, e env, o *agent.Options, runDirDefault, r
 	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", runDirDefault, runDirHelp)
 	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
 	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
+	strFlag(fs, &o.Jail, "jail", e, "FC_JAIL", "", "on: confine every VMM (own uid, chroot, namespaces, cgroup limits, no capabilities); off: do not (default: on in prod mode)")
+	strFlag(fs, &o.Jailer, "jailer", e, "FC_JAILER", "", "firecracker's jailer binary to confine VMMs with (default: the agent confines them itself)")
+	if err := intFlag(fs, &o.JailUIDBase, "jail-uid-base", e, "FC_JAIL_UID_BASE", vmm.DefaultJailUIDBase, "first uid/gid of jailed VMMs (agents sharing a host need distinct ranges)"); err != nil {
+		return err
+	}
+	if err := intFlag(fs, &o.JailUIDCount, "jail-uid-count", e, "FC_JAIL_UID_COUNT", vmm.DefaultJailUIDCount, "how many uids jailed VMMs may use (at most that many VMs at once)"); err != nil {
+		return err
+	}
 	return durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop")
 }
 

@@ -171,6 +171,11 @@ func (s Spec) run() error {
 	if nofile == 0 {
 		nofile = DefaultNoFile
 	}
+	// Only ever lowered (raising the hard limit takes CAP_SYS_RESOURCE).
+	var cur unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &cur) == nil && cur.Max < nofile {
+		nofile = cur.Max
+	}
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: nofile, Max: nofile}); err != nil {
 		return fmt.Errorf("limit open files: %w", err)
 	}
