@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +24,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/lifecycle"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
@@ -62,6 +65,12 @@ type Options struct {
 	// JailHelper is the nexus-jail binary (default: next to nexus, else
 	// nexus itself).
 	JailHelper string
+
+	// TLS is --tls-cert, --tls-key and --tls-ca (AGENT_TLS_*): with a
+	// certificate the agent serves HTTPS; with a CA it accepts only
+	// clients (the manager) with a certificate of that CA, and checks the
+	// manager's certificate against it when it registers.
+	TLS pki.Files
 }
 
 // jailed says whether VMMs are confined, from FC_JAIL and the mode.
@@ -131,6 +140,22 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 			return nil, err
 		}
 	}
+	if o.Mode == "prod" && len(o.Token) < pki.MinJoinTokenBytes {
+		return nil, fmt.Errorf("agent: prod mode needs a join token of at least %d bytes (AGENT_TOKEN is %d): it alone guards an API that starts processes as root; make one with `head -c 32 /dev/urandom | base64`",
+			pki.MinJoinTokenBytes, len(o.Token))
+	}
+	if err := o.TLS.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if o.Mode == "prod" && !o.TLS.Enabled() && !pki.LoopbackOnly(o.Bind) {
+		return nil, fmt.Errorf("agent: prod mode serves plain HTTP on loopback only, and %s is not: the agent API starts processes as root; set --tls-cert and --tls-key (and --tls-ca, so only the manager's certificate gets in)", o.Bind)
+	}
+	var tlsFiles *pki.Reloader
+	if o.TLS.Enabled() || o.TLS.CA != "" {
+		if tlsFiles, err = pki.NewReloader(o.TLS, log); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	unlockRunDir, err := LockRunDir(runDir)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -160,7 +185,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, Jail: h.jail,
+		Owner: owner, Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by
@@ -178,16 +203,27 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
 	}
 	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, Owner: owner}
+	scheme := "http"
+	if o.TLS.Enabled() {
+		// Only the manager may call: with a CA, a client certificate of it
+		// is required before any request is read.
+		ln = tls.NewListener(ln, tlsFiles.ServerConfig(o.TLS.CA != ""))
+		scheme = "https"
+		if o.TLS.CA == "" {
+			log.Warn("TLS without --tls-ca: the agent checks no client certificate; only the join token keeps others out")
+		}
+	}
 	r.URL = o.Advertise
 	if r.URL == "" {
-		r.URL = "http://" + r.Addr
+		r.URL = scheme + "://" + r.Addr
 	}
-	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm_version", version, "simulated", simulated, "hollow", o.Hollow, "run_dir", runDir)
+	log.Info("agent listening", "addr", r.Addr, "url", r.URL, "name", o.Name, "vmm_version", version, "simulated", simulated, "hollow", o.Hollow, "run_dir", runDir,
+		"tls", o.TLS.Enabled(), "mutual_tls", o.TLS.Enabled() && o.TLS.CA != "", "jail", cmp.Or(h.jail, "off"))
 
 	var bg lifecycle.Group
 	bg.Go(func() { h.run(ctx) })
 	if o.Manager != "" {
-		bg.Go(func() { newRegistrar(o, r.URL, a, log).run(ctx) })
+		bg.Go(func() { newRegistrar(o, r.URL, a, tlsFiles, log).run(ctx) })
 	}
 	// Streams end and in-flight requests (a spawn writing its handle, say)
 	// drain; the watchers are joined; only then are networking, cgroups and

@@ -70,7 +70,7 @@ Quick start on one host (as root):
 		SilenceErrors: true,
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr), newDownCmd(e, stdout, stderr),
-		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout))
+		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout), newCertCmd(e, stdout))
 	for _, c := range []*cobra.Command{newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout)} {
 		if c != nil {
 			root.AddCommand(c)

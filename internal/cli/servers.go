@@ -14,6 +14,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/app"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -114,6 +115,14 @@ func agentHostFlags(fs *pflag.FlagSet, e env, o *agent.Options, runDirDefault, r
 	return durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop")
 }
 
+// tlsFlags defines --tls-cert, --tls-key and --tls-ca with environment
+// variables prefix+CERT, KEY, CA.
+func tlsFlags(fs *pflag.FlagSet, e env, f *pki.Files, prefix, what string) {
+	strFlag(fs, &f.Cert, "tls-cert", e, prefix+"CERT", "", "TLS certificate (PEM): "+what+"; reloaded when the file changes")
+	strFlag(fs, &f.Key, "tls-key", e, prefix+"KEY", "", "TLS private key (PEM) of --tls-cert")
+	strFlag(fs, &f.CA, "tls-ca", e, prefix+"CA", "", "CA bundle (PEM) that peers' certificates must chain to (mutual TLS); reloaded when the file changes")
+}
+
 // newLogger returns the JSON (or text) structured logger servers log with.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
@@ -178,6 +187,7 @@ sends heartbeats.`,
 	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}
+	tlsFlags(fs, e, &o.TLS, "AGENT_TLS_", "serve the agent API over TLS; with --tls-ca only the manager's certificate gets in")
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
 	fs.BoolVar(&o.Hollow, "hollow", false, "simulated host for tests and benchmarks: firecracker-sim in-process, TAPs in memory, no root; labelled hollow in nexus host ls")
@@ -232,7 +242,8 @@ Migrations are applied at start. Agents join with the shared join token
 	lfs := cmd.Flags()
 	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
 	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
-	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent")
+	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent (prod: at least 32 bytes)")
+	tlsFlags(lfs, e, &o.TLS, "NEXUS_TLS_", "serve HTTPS; with --tls-ca agents must present a certificate of it")
 	if err := managerTuningFlags(lfs, e, &o); err != nil {
 		return errCmd("manager", err)
 	}
@@ -250,12 +261,24 @@ Migrations are applied at start. Agents join with the shared join token
 			return nil
 		},
 	})
-	var owner string
+	var owner, caDir string
+	var tlsHosts []string
 	boot := &cobra.Command{
 		Use:   "bootstrap",
-		Short: "Create an admin API token and print it (shown once)",
-		Args:  cobra.NoArgs,
+		Short: "Create an admin API token and print it (shown once); with --ca-dir, the fleet's CA and the manager's certificate",
+		Long: `Create the first admin API token and print it on stdout (shown once).
+
+With --ca-dir it also creates the fleet's CA there (if there is none) and
+issues the manager's certificate (manager.crt, manager.key) for the names
+in --tls-host, the ones agents reach it at; agents then get theirs from
+` + "`nexus cert issue --host NAME`" + `. What it did is said on stderr.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if caDir != "" {
+				if err := bootstrapCA(caDir, tlsHosts, stderr); err != nil {
+					return err
+				}
+			}
 			st, err := store.Open(cmd.Context(), o.DatabaseURL)
 			if err != nil {
 				return err
@@ -271,6 +294,8 @@ Migrations are applied at start. Agents join with the shared join token
 		},
 	}
 	boot.Flags().StringVar(&owner, "owner", "admin", "who the token belongs to")
+	boot.Flags().StringVar(&caDir, "ca-dir", "", "create the fleet's CA here (if missing) and issue the manager's certificate")
+	boot.Flags().StringSliceVar(&tlsHosts, "tls-host", nil, "names and addresses agents reach the manager at, for its certificate (default: the hostname)")
 	cmd.AddCommand(boot)
 	return cmd
 }

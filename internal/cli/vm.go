@@ -17,17 +17,20 @@ import (
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/client"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/internal/pki"
 )
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
-	addr, token, output, project string
+	addr, token, output, project, ca string
 }
 
 func (c *clientFlags) add(cmd *cobra.Command, e env) {
 	fs := cmd.PersistentFlags()
 	strFlag(fs, &c.addr, "addr", e, "NEXUS_ADDR", "http://127.0.0.1:8080", "manager URL")
 	strFlag(fs, &c.token, "token", e, "NEXUS_TOKEN", "", "API token")
+	strFlag(fs, &c.ca, "ca", e, "NEXUS_CA", "", "CA bundle to check an https manager against (default: the system's roots)")
 	fs.StringVarP(&c.output, "output", "o", "table", "output: table or json")
 	fs.StringVar(&c.project, "project", "", "project (default: the token's)")
 }
@@ -38,6 +41,15 @@ func (c *clientFlags) client() (*client.Client, error) {
 	}
 	if c.token == "" {
 		return nil, errors.New("no API token: set NEXUS_TOKEN (nexus up wrote one to .nexus/admin.token) or pass --token")
+	}
+	if c.ca != "" {
+		r, err := pki.NewReloader(pki.Files{CA: c.ca}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		tr := jsonhttp.NewTransport()
+		r.ConfigureTransport(tr)
+		return client.New(c.addr, c.token, client.WithTransport(tr)), nil
 	}
 	return client.New(c.addr, c.token), nil
 }

@@ -20,11 +20,23 @@ type Client struct {
 	c *jsonhttp.Caller
 }
 
+// Option tunes a Client.
+type Option func(*jsonhttp.Caller)
+
+// WithTransport makes the client use rt (an https manager with a private
+// CA: a transport set up by pki.Reloader.ConfigureTransport).
+func WithTransport(rt http.RoundTripper) Option {
+	return func(c *jsonhttp.Caller) { c.HC = &http.Client{Transport: rt} }
+}
+
 // New returns a client for the manager at base with an API token.
-func New(base, token string) *Client {
+func New(base, token string, opts ...Option) *Client {
 	c := jsonhttp.New(base, token)
 	c.Unreachable = func(err error) error {
 		return fmt.Errorf("cannot reach the manager at %s: %w (is it running? set NEXUS_ADDR)", c.Base, err)
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	return &Client{c: c}
 }
