@@ -41,11 +41,18 @@ func (c *CA) CAFile() string { return filepath.Join(c.Dir, pki.CACertFile) }
 // a server or client of this CA uses.
 func (c *CA) Issue(name string, hosts ...string) pki.Files {
 	c.tb.Helper()
+	return c.IssueIn(c.Dir, name, hosts...)
+}
+
+// IssueIn is Issue into dir: dir/name.crt and dir/name.key are replaced
+// the way an operator rotates them (each file moved into place).
+func (c *CA) IssueIn(dir, name string, hosts ...string) pki.Files {
+	c.tb.Helper()
 	certPEM, keyPEM, err := c.CA.Issue(name, hosts, time.Now(), 0)
 	if err != nil {
 		c.tb.Fatal(err)
 	}
-	cp, kp, err := pki.WritePair(c.Dir, name, certPEM, keyPEM)
+	cp, kp, err := pki.WritePair(dir, name, certPEM, keyPEM)
 	if err != nil {
 		c.tb.Fatal(err)
 	}
