@@ -1,6 +1,10 @@
 package jail
 
 import (
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -53,6 +57,32 @@ func TestSpecValidate(t *testing.T) {
 		mut(&s)
 		if s.Validate() == nil {
 			t.Errorf("%s: spec accepted", name)
+		}
+	}
+}
+
+// TestImports: the helper starts once per VMM, so its package links the
+// standard library and golang.org/x/sys/unix only — nothing of Nexus or
+// any other module that would grow the binary and its start.
+func TestImports(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(fset, f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range af.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if first, _, _ := strings.Cut(p, "/"); strings.Contains(first, ".") && p != "golang.org/x/sys/unix" {
+				t.Errorf("%s imports %s: package jail may import only the standard library and golang.org/x/sys/unix", f, p)
+			}
 		}
 	}
 }
