@@ -152,14 +152,20 @@ func newAgentCmd(e env, stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (root): TAPs, firecracker processes, socket proxy, inventory",
-		Long: `Run the host agent. It needs root: it creates a bridge, TAP devices and NAT
-rules, and starts firecracker processes, which keep running when the agent
-stops and are adopted again when it restarts.
+		Long: `Run the host agent. It runs as root, with the capabilities docs/security.md
+lists (CAP_NET_ADMIN, and in jail mode the jail's): it creates a bridge, TAP
+devices and NAT rules, and starts firecracker processes, which keep running
+when the agent stops and are adopted again when it restarts. In jail mode
+(FC_JAIL, the default in prod) every VMM runs as a uid of its own in a
+chroot under $FC_RUN_DIR/jail, in new mount and PID namespaces, with cgroup
+limits and no capabilities; the VMM binary must be static.
 
 Every request must carry the fleet's join token (AGENT_TOKEN, which must
-equal the manager's NEXUS_JOIN_TOKEN). Without one, the agent creates a token
-in $FC_RUN_DIR/agent.token. With AGENT_MANAGER set it registers there and
-sends heartbeats.`,
+equal the manager's NEXUS_JOIN_TOKEN; prod: at least 32 bytes). Without one,
+the agent creates a token in $FC_RUN_DIR/agent.token. With --tls-cert and
+--tls-key it serves HTTPS, and with --tls-ca only the manager's certificate
+gets in; prod mode serves plain HTTP on loopback only. With AGENT_MANAGER
+set it registers there and sends heartbeats.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, lf.format, lf.level)
