@@ -34,9 +34,13 @@ type Spec struct {
 	UID      int    `json:"uid"`
 	GID      int    `json:"gid"`
 	// NoFile is RLIMIT_NOFILE for the VMM (0: DefaultNoFile).
-	NoFile uint64   `json:"no_file,omitempty"`
-	Argv   []string `json:"argv"`
-	Env    []string `json:"env,omitempty"`
+	NoFile uint64 `json:"no_file,omitempty"`
+	// NProc bounds the VMM's tasks (threads) with RLIMIT_NPROC, which
+	// counts per uid: each jailed VMM has a uid of its own, so this is its
+	// own limit, without a cgroup migration (0: none).
+	NProc uint64   `json:"nproc,omitempty"`
+	Argv  []string `json:"argv"`
+	Env   []string `json:"env,omitempty"`
 }
 
 // Validate refuses a spec that would not confine: root uid or gid, a
@@ -92,6 +96,13 @@ func HelperMain() {
 // cgroups, mount namespace and pivot_root, device nodes, limits, then the
 // identity and the privileges go, and last the exec.
 func (s Spec) run() error {
+	if s.NProc > 0 {
+		// Set while still root, kept across the setuid and the execs (the
+		// jailer's too).
+		if err := unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: s.NProc, Max: s.NProc}); err != nil {
+			return fmt.Errorf("limit tasks: %w", err)
+		}
+	}
 	for _, cg := range s.Cgroups {
 		// "0" is the writing process (cgroup v1).
 		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte("0"), 0); err != nil {
@@ -190,14 +201,18 @@ func (s Spec) run() error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
 	}
-	if err := syscall.Setgroups([]int{}); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+	// Credentials are per thread in Linux, and execve keeps only the
+	// calling thread (and its credentials): the raw calls on this locked
+	// thread are enough, and skip Go's all-threads version, which stops
+	// the world and signals every thread (milliseconds per VMM).
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+		return fmt.Errorf("setgroups: %w", e)
 	}
-	if err := syscall.Setgid(s.GID); err != nil {
-		return fmt.Errorf("setgid %d: %w", s.GID, err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(s.GID), uintptr(s.GID), uintptr(s.GID)); e != 0 {
+		return fmt.Errorf("setgid %d: %w", s.GID, e)
 	}
-	if err := syscall.Setuid(s.UID); err != nil {
-		return fmt.Errorf("setuid %d: %w", s.UID, err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(s.UID), uintptr(s.UID), uintptr(s.UID)); e != 0 {
+		return fmt.Errorf("setuid %d: %w", s.UID, e)
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var none [2]unix.CapUserData

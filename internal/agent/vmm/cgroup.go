@@ -75,7 +75,7 @@ func cgroupMounts() []cgroupMount {
 				var ctls []string
 				for _, o := range strings.Split(fields[i+3], ",") {
 					switch o {
-					case "memory", "cpu", "pids":
+					case "memory", "cpu":
 						ctls = append(ctls, o)
 					}
 				}
@@ -89,7 +89,9 @@ func cgroupMounts() []cgroupMount {
 	return out
 }
 
-// Limits bound a jailed VMM's cgroup, from its VM's configuration.
+// Limits bound a jailed VMM, from its VM's configuration: memory and CPU
+// in its cgroup, tasks with RLIMIT_NPROC of its own uid (or TasksMax of
+// its systemd scope).
 type Limits struct {
 	MemoryBytes int64 // 0: no limit
 	CPUQuotaUs  int64 // CPU time per cpuPeriodUs; 0: no limit
@@ -120,7 +122,7 @@ func LimitsFor(vcpu, memMib int) Limits {
 	return l
 }
 
-// v2Controllers enables memory, cpu and pids in this agent's part of the
+// v2Controllers enables memory and cpu in this agent's part of the
 // cgroup2 hierarchy (nexus/ and nexus/<owner>/, ours) where the hierarchy
 // offers them, and returns those now available to the VMM groups. It never
 // writes outside nexus/: a controller the host's root does not delegate is
@@ -136,7 +138,7 @@ func v2Controllers(root string) map[string]bool {
 		return out
 	}
 	for _, c := range strings.Fields(string(offered)) {
-		if c != "memory" && c != "cpu" && c != "pids" {
+		if c != "memory" && c != "cpu" {
 			continue
 		}
 		if os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+c), 0) != nil ||
@@ -153,10 +155,13 @@ func v1Dir(mount, owner, vmID string) string {
 	return filepath.Join(mount, "nexus", owner, "fc-"+vmID)
 }
 
-// applyLimits writes lim into the VMM's cgroup v2 group v2dir for the
-// controllers v2 offers, and into groups of its own in the cgroup v1
-// hierarchies for the others (made here; the helper joins them). It
-// returns the v1 groups and the limits no hierarchy could take.
+// applyLimits writes lim's memory and CPU into the VMM's cgroup v2 group
+// v2dir for the controllers v2 offers, and into groups of its own in the
+// cgroup v1 hierarchies for the others (made here; the helper joins them).
+// It returns the v1 groups and the limits no hierarchy could take. Tasks
+// are limited with RLIMIT_NPROC instead: joining a v1 group costs an RCU
+// grace period under a global lock, milliseconds per VMM that concurrent
+// spawns queue for.
 func applyLimits(v2dir string, v2 map[string]bool, owner, vmID string, lim Limits) (v1 []string, missing []string, err error) {
 	type setting struct{ file, value string }
 	want := map[string][]setting{}
@@ -166,26 +171,19 @@ func applyLimits(v2dir string, v2 map[string]bool, owner, vmID string, lim Limit
 	if lim.CPUQuotaUs > 0 {
 		want["cpu"] = nil
 	}
-	if lim.Pids > 0 {
-		want["pids"] = nil
-	}
 	v2set := func(c string) []setting {
 		switch c {
 		case "memory":
 			return []setting{{"memory.max", strconv.FormatInt(lim.MemoryBytes, 10)}}
-		case "cpu":
-			return []setting{{"cpu.max", fmt.Sprintf("%d %d", lim.CPUQuotaUs, cpuPeriodUs)}}
 		}
-		return []setting{{"pids.max", strconv.Itoa(lim.Pids)}}
+		return []setting{{"cpu.max", fmt.Sprintf("%d %d", lim.CPUQuotaUs, cpuPeriodUs)}}
 	}
 	v1set := func(c string) []setting {
 		switch c {
 		case "memory":
 			return []setting{{"memory.limit_in_bytes", strconv.FormatInt(lim.MemoryBytes, 10)}}
-		case "cpu":
-			return []setting{{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUs)}, {"cpu.cfs_quota_us", strconv.FormatInt(lim.CPUQuotaUs, 10)}}
 		}
-		return []setting{{"pids.max", strconv.Itoa(lim.Pids)}}
+		return []setting{{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUs)}, {"cpu.cfs_quota_us", strconv.FormatInt(lim.CPUQuotaUs, 10)}}
 	}
 	write := func(dir string, ss []setting) error {
 		for _, s := range ss {
@@ -237,7 +235,7 @@ func applyLimits(v2dir string, v2 map[string]bool, owner, vmID string, lim Limit
 }
 
 // v1Roots are this agent's directories in the cgroup v1 hierarchies that
-// take VMM limits (<mount>/nexus/<owner>).
+// take VMM limits (memory, cpu: <mount>/nexus/<owner>).
 func v1Roots(owner string) []string {
 	if owner == "" {
 		return nil

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/nexus-microvm/nexus/internal/agent/jail"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
@@ -69,6 +71,10 @@ type jailState struct {
 	// not reused at once).
 	reserved map[int]string
 	next     int
+
+	scanMu    sync.Mutex
+	scanned   map[int]bool // foreignUIDs' last scan
+	scannedAt time.Time
 }
 
 // JailUIDRange validates a uid range.
@@ -186,14 +192,14 @@ func (s *Supervisor) JailHelper() string {
 	return s.jail.helper
 }
 
-// MissingLimits lists the cgroup limits (memory, cpu, pids) that no
-// hierarchy of this host can take for jailed VMMs.
+// MissingLimits lists the cgroup limits (memory, cpu) that no hierarchy
+// of this host can take for jailed VMMs.
 func (s *Supervisor) MissingLimits() []string {
 	if s.jail == nil || s.cfg.Scoper != nil {
 		return nil
 	}
 	var out []string
-	for _, c := range []string{"memory", "cpu", "pids"} {
+	for _, c := range []string{"memory", "cpu"} {
 		if !s.jail.v2[c] && !hasV1(c) {
 			out = append(out, c)
 		}
@@ -229,7 +235,7 @@ func (j *jailState) jailDir(vmID string) string  { return jail.InstanceDir(j.bas
 // with an overlapping range, anything else). The caller releases the
 // reservation once the VMM's handle is tracked (or the spawn failed).
 func (s *Supervisor) allocUID(vmID string) (int, func(), error) {
-	foreign := uidsInUse(s.jail.cfg.UIDBase, s.jail.cfg.UIDCount)
+	foreign := s.foreignUIDs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	used := map[int]bool{}
@@ -258,6 +264,19 @@ func (s *Supervisor) allocUID(vmID string) (int, func(), error) {
 	}
 	return 0, nil, fmt.Errorf("no free uid in the jail range %d–%d (%d VMMs use them): raise --jail-uid-count",
 		s.jail.cfg.UIDBase, s.jail.cfg.UIDBase+n-1, len(used))
+}
+
+// foreignUIDs are the uids of the range that processes on the host run
+// as, looked up at most once a second: a scan of /proc per spawn would
+// cost a stat per process of the host, and spawns come in bursts. (Our own
+// VMMs are known from their handles, whatever the scan says.)
+func (s *Supervisor) foreignUIDs() map[int]bool {
+	s.jail.scanMu.Lock()
+	defer s.jail.scanMu.Unlock()
+	if s.jail.scanned == nil || time.Since(s.jail.scannedAt) > time.Second {
+		s.jail.scanned, s.jail.scannedAt = uidsInUse(s.jail.cfg.UIDBase, s.jail.cfg.UIDCount), time.Now()
+	}
+	return s.jail.scanned
 }
 
 // uidsInUse returns the uids in [base, base+count) that some process on
@@ -350,10 +369,10 @@ func exposeOwn(d jail.Dir, path, execName string) error {
 // jailCommand starts the helper for vmID: in new mount and PID namespaces
 // (the VMM is PID 1 of its own), in its own session, with the spec that
 // confines and execs the VMM (or the jailer).
-func (s *Supervisor) jailCommand(sock, vmID string, info *JailInfo, v1 []string, console *os.File) (*exec.Cmd, error) {
+func (s *Supervisor) jailCommand(sock, vmID string, info *JailInfo, v1 []string, lim Limits, console *os.File) (*exec.Cmd, error) {
 	j := s.jail
 	spec := jail.Spec{Cgroups: v1, Root: info.Root, Exec: j.exec, ExecName: j.execName, UID: info.UID, GID: info.GID,
-		Env: append([]string{"PATH=/"}, s.cfg.Env...)}
+		NProc: uint64(lim.Pids), Env: append([]string{"PATH=/"}, s.cfg.Env...)}
 	if info.Jailer {
 		spec.Jailer = j.cfg.Jailer
 		spec.Argv = JailerArgv(j.cfg.Jailer, j.exec, j.base, vmID, info.UID, info.GID, sock)

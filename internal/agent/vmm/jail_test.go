@@ -184,7 +184,7 @@ func TestJailedVMM(t *testing.T) {
 	// Its cgroup carries the limits of its size.
 	limited := false
 	for _, dir := range CgroupDirs(owner, id) {
-		for file, want := range map[string]string{"memory.max": "201326592", "memory.limit_in_bytes": "201326592", "pids.max": "66"} {
+		for file, want := range map[string]string{"memory.max": "201326592", "memory.limit_in_bytes": "201326592", "cpu.max": "125000 100000", "cpu.cfs_quota_us": "125000"} {
 			if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil {
 				if got := strings.TrimSpace(string(b)); got != want {
 					t.Errorf("%s/%s = %s, want %s", dir, file, got, want)
@@ -199,6 +199,11 @@ func TestJailedVMM(t *testing.T) {
 	}
 	if !limited && len(sup.MissingLimits()) == 0 {
 		t.Errorf("no memory limit in any of %v", CgroupDirs(owner, id))
+	}
+	// Tasks: RLIMIT_NPROC of its own uid.
+	if limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", h.PID)); err != nil ||
+		!strings.Contains(strings.Join(strings.Fields(string(limits)), " "), "Max processes 66 66 processes") {
+		t.Errorf("/proc/%d/limits: %v\n%s", h.PID, err, limits)
 	}
 
 	if err := sup.Stop(ctx, id, time.Second); err != nil {

@@ -234,9 +234,10 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	// cgroup write lock, milliseconds per VMM and serialised across spawns.
 	cg, cgfd := s.cgroupFor(vmID)
 	var v1 []string
+	lim := LimitsFor(opts.Vcpu, opts.MemMib)
 	if info != nil && s.cfg.Scoper == nil {
 		var missing []string
-		v1, missing, err = applyLimits(cg, s.jail.v2, s.cfg.Owner, vmID, LimitsFor(opts.Vcpu, opts.MemMib))
+		v1, missing, err = applyLimits(cg, s.jail.v2, s.cfg.Owner, vmID, lim)
 		if err == nil && len(missing) > 0 {
 			s.log.Debug("jailed vmm without some cgroup limits: no hierarchy takes them", "vm_id", vmID, "limits", missing)
 		}
@@ -250,7 +251,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	}
 	newCmd := func() (*exec.Cmd, error) {
 		if info != nil {
-			return s.jailCommand(sock, vmID, info, v1, console)
+			return s.jailCommand(sock, vmID, info, v1, lim, console)
 		}
 		return s.command(l, sock, vmID, console), nil
 	}
@@ -315,12 +316,11 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	// systemd must not count the VMM as the agent's.
 	if s.cfg.Scoper != nil {
 		unit := "fc-" + vmID + ".scope"
-		var lim *Limits
+		var scopeLim *Limits
 		if info != nil {
-			l := LimitsFor(opts.Vcpu, opts.MemMib)
-			lim = &l
+			scopeLim = &lim
 		}
-		if err := s.cfg.Scoper.Attach(ctx, unit, pid, lim); err != nil {
+		if err := s.cfg.Scoper.Attach(ctx, unit, pid, scopeLim); err != nil {
 			s.log.Warn("systemd scope not created; supervising directly", "vm_id", vmID, "err", err)
 		} else {
 			p.h.Scope = unit
