@@ -3,63 +3,85 @@ package e2e
 import (
 	"context"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
-	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
 // BenchmarkSecurity measures what jail mode and mutual TLS add to a VM's
 // create→running, on a manager and one agent with firecracker-sim: 100 VMs
-// created 10 at a time, four ways — plain, jail, mutual TLS, both. It
-// reports create→running p50/p95 and the agent's spawn step (VMM process
-// to API socket, from the boot event) p50/p95, and fails on leftovers.
+// created 10 at a time, four ways — plain, jail, mutual TLS, both. The
+// four run in turn, NEXUS_BENCH_ROUNDS times (default 3), so a load that
+// comes and goes on the machine spreads over all of them; each reports the
+// median over the rounds of create→running p50/p95 and of the agent's
+// spawn step (VMM process to API socket, from the boot event), and fails
+// on leftovers.
 //
 //	go test -run '^$' -bench BenchmarkSecurity -benchtime 1x ./test/e2e/
 //
 // NEXUS_BENCH_VMS changes the number of VMs.
 func BenchmarkSecurity(b *testing.B) {
-	total := envInt("NEXUS_BENCH_VMS", 100)
+	total, rounds := envInt("NEXUS_BENCH_VMS", 100), envInt("NEXUS_BENCH_ROUNDS", 3)
 	const batch = 10
-	for i, cfg := range []struct {
+	type config struct {
 		name      string
 		jail, tls bool
-	}{
-		{"plain", false, false},
-		{"jail", true, false},
-		{"tls", false, true},
-		{"jail+tls", true, true},
-	} {
-		b.Run(cfg.name, func(b *testing.B) {
-			for range b.N {
-				env := []string{"FC_JAIL=off"}
-				if cfg.jail {
-					env = []string{"FC_JAIL=on", "FC_JAIL_UID_BASE=" + strconv.Itoa(2_141_000_000+i*100_000), "FC_JAIL_UID_COUNT=10000"}
-				}
-				c := newClusterWith(b, clusterOpts{engine: "sqlite", agents: 1, tls: cfg.tls, env: env})
-				kernel := simtest.WriteKernel(b, c.dir)
-				start := time.Now()
-				createD, ids := createMany(b, c.client, kernel, "sec", total, batch, 64)
-				wall := time.Since(start)
-				if b.Failed() {
-					b.FailNow()
-				}
-				spawnD := spawnDurations(b, c, ids)
-				deleteAll(b, c.client, ids, batch)
-				leftovers := countLeftovers(c, ids)
-				testutil.ReportLatency(b, "create-running", createD)
-				testutil.ReportLatency(b, "spawn", spawnD)
-				b.ReportMetric(wall.Seconds(), "create-all-s")
-				b.ReportMetric(float64(leftovers), "leftovers")
-				if leftovers != 0 {
-					b.Fatalf("%d leftovers", leftovers)
-				}
-				c.assertHostsEmpty()
+	}
+	configs := []config{{"plain", false, false}, {"jail", true, false}, {"tls", false, true}, {"jail+tls", true, true}}
+	type result struct{ create, spawn []time.Duration }
+	results := map[string][]result{}
+	for r := range rounds {
+		for i, cfg := range configs {
+			env := []string{"FC_JAIL=off"}
+			if cfg.jail {
+				env = []string{"FC_JAIL=on", "FC_JAIL_UID_BASE=" + strconv.Itoa(2_141_000_000+i*100_000), "FC_JAIL_UID_COUNT=10000"}
 			}
+			c := newClusterWith(b, clusterOpts{engine: "sqlite", agents: 1, tls: cfg.tls, env: env})
+			kernel := simtest.WriteKernel(b, c.dir)
+			createD, ids := createMany(b, c.client, kernel, "sec", total, batch, 64)
+			if b.Failed() {
+				b.FailNow()
+			}
+			spawnD := spawnDurations(b, c, ids)
+			deleteAll(b, c.client, ids, batch)
+			if n := countLeftovers(c, ids); n != 0 {
+				b.Fatalf("%s, round %d: %d leftovers", cfg.name, r+1, n)
+			}
+			c.assertHostsEmpty()
+			results[cfg.name] = append(results[cfg.name], result{createD, spawnD})
+			c.cleanup()
+		}
+	}
+	for _, cfg := range configs {
+		b.Run(cfg.name, func(b *testing.B) {
+			var c50, c95, s50, s95 []float64
+			for _, r := range results[cfg.name] {
+				c50, c95 = append(c50, pct(r.create, 50)), append(c95, pct(r.create, 95))
+				s50, s95 = append(s50, pct(r.spawn, 50)), append(s95, pct(r.spawn, 95))
+			}
+			b.ReportMetric(median(c50), "create-running-p50-ms")
+			b.ReportMetric(median(c95), "create-running-p95-ms")
+			b.ReportMetric(median(s50), "spawn-p50-ms")
+			b.ReportMetric(median(s95), "spawn-p95-ms")
+			b.ReportMetric(float64(len(results[cfg.name])), "rounds")
 		})
 	}
+}
+
+// pct is the p-th percentile of ds in milliseconds.
+func pct(ds []time.Duration, p int) float64 {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return float64(s[min(len(s)-1, len(s)*p/100)].Microseconds()) / 1000
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 var spawnStep = regexp.MustCompile(`spawn vmm ([0-9.]+) ms`)

@@ -104,8 +104,12 @@ func (s Spec) run() error {
 		}
 	}
 	for _, cg := range s.Cgroups {
-		// "0" is the writing process (cgroup v1).
-		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte("0"), 0); err != nil {
+		// "0" in tasks moves the writing thread (cgroup v1): the one that
+		// will exec the VMM; the runtime's other threads end at the exec.
+		// Moving one's own thread skips the global threadgroup lock (and
+		// its RCU grace period) that moving a whole process takes, which
+		// concurrent spawns would queue for.
+		if err := os.WriteFile(filepath.Join(cg, "tasks"), []byte("0"), 0); err != nil {
 			return fmt.Errorf("join cgroup %s: %w", cg, err)
 		}
 	}
