@@ -45,8 +45,9 @@ const (
 const DefaultNoFile = 2048
 
 // Reserved are the first elements of names inside a chroot that belong to
-// the jail itself: a file the manager names may never land there.
-var Reserved = []string{"dev", "run", "old_root"}
+// the jail itself: a file the manager names may never land there (under
+// dev/ it would also be hidden by the VMM's own /dev).
+var Reserved = []string{"dev", "old_root"}
 
 // Root is the chroot of vmID's VMM: <base>/<exec name>/<vm id>/root, as the
 // jailer lays it out (base is the canonical chroot base dir).

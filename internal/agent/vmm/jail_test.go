@@ -283,3 +283,43 @@ func TestLimitsFor(t *testing.T) {
 		}
 	}
 }
+
+// TestJailedAdoption: an agent that restarts finds its jailed VMMs again —
+// their uids, chroots and limits from their handles — and stops them
+// cleanly; a new VMM does not get a uid a running one has.
+func TestJailedAdoption(t *testing.T) {
+	sup, layout, owner := jailedSupervisor(t)
+	ctx := context.Background()
+	id := uuid.NewString()
+	h, _, err := sup.Spawn(ctx, id, SpawnOptions{Vcpu: 1, MemMib: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The restarted agent: a new supervisor on the same run dir and range.
+	sup2, err := New(Config{Bin: sup.cfg.Bin, Layout: layout, Owner: owner, Jail: &sup.jail.cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := sup2.Recover()
+	if err != nil || len(adopted) != 1 || adopted[0].Jail == nil || *adopted[0].Jail != *h.Jail {
+		t.Fatalf("adopted %+v, %v; want the jailed VMM with its jail %+v", adopted, err, h.Jail)
+	}
+	if _, err := os.Stat(h.Jail.Root); err != nil {
+		t.Fatalf("the restart removed the live VMM's chroot: %v", err)
+	}
+	h2, _, err := sup2.Spawn(ctx, uuid.NewString(), SpawnOptions{Vcpu: 1, MemMib: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h2.Jail.UID == h.Jail.UID {
+		t.Fatalf("uid %d handed out twice", h.Jail.UID)
+	}
+	for _, x := range []Handle{h, h2} {
+		if err := sup2.Stop(ctx, x.VMID, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Dir(x.Jail.Root)); !os.IsNotExist(err) {
+			t.Errorf("jail of %s left: %v", x.VMID, err)
+		}
+	}
+}

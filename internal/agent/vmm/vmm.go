@@ -270,9 +270,10 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	err = cmd.Start()
 	if cgfd != nil {
 		cgfd.Close()
-		if err != nil && info == nil {
+		// A jailed VMM never starts outside a group that limits it.
+		v2Limits := info != nil && (s.jail.v2["memory"] || s.jail.v2["cpu"])
+		if err != nil && !v2Limits {
 			// A kernel without CLONE_INTO_CGROUP: start it the plain way.
-			// (A jailed VMM never starts outside the group that limits it.)
 			cgroupRemove(s.cgroups, vmID)
 			cg = ""
 			if cmd, err = newCmd(); err == nil {
