@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -150,8 +151,13 @@ func TestJailedLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []string{paths.StatePath, paths.MemPath} {
-		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Size() == 0 {
 			t.Fatalf("snapshot file %s: %v", p, err)
+		}
+		// Written, it is the agent's again: no VMM may change it later.
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 0 || fi.Mode().Perm() != 0o644 {
+			t.Fatalf("snapshot file %s: uid %d mode %v; want root's, 0644", p, st.Uid, fi.Mode())
 		}
 	}
 	if err := fc.Resume(ctx); err != nil {

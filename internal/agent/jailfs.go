@@ -52,6 +52,13 @@ func (p *proxy) expose(ctx context.Context, id string, jl *vmm.JailInfo, files [
 			if err := p.exposeFile(ctx, id, d, rel, f); err != nil {
 				return nil, err
 			}
+			if f.kind == fileSnapshot {
+				// Written, a snapshot is read by every VM restored from it:
+				// the agent takes it back, so that neither its VMM nor a VMM
+				// that gets its uid later can reopen it for writing.
+				host := f.host
+				after = append(after, func() error { return os.Lchown(host, os.Geteuid(), os.Getegid()) })
+			}
 		}
 	}
 	return after, nil
