@@ -13,7 +13,7 @@ import (
 
 // BenchmarkSecurity measures what jail mode and mutual TLS add to a VM's
 // create→running, on a manager and one agent with firecracker-sim: 100 VMs
-// created 10 at a time, four ways — plain, jail, mutual TLS, both. The
+// created 10 at a time (by default), four ways — plain, jail, mutual TLS, both. The
 // four run in turn, NEXUS_BENCH_ROUNDS times (default 3), so a load that
 // comes and goes on the machine spreads over all of them; each reports the
 // median over the rounds of create→running p50/p95 and of the agent's
@@ -22,10 +22,10 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkSecurity -benchtime 1x ./test/e2e/
 //
-// NEXUS_BENCH_VMS changes the number of VMs.
+// NEXUS_BENCH_VMS changes the number of VMs, NEXUS_BENCH_BATCH how many
+// are created at once (1: each alone, the cost without contention).
 func BenchmarkSecurity(b *testing.B) {
-	total, rounds := envInt("NEXUS_BENCH_VMS", 100), envInt("NEXUS_BENCH_ROUNDS", 3)
-	const batch = 10
+	total, rounds, batch := envInt("NEXUS_BENCH_VMS", 100), envInt("NEXUS_BENCH_ROUNDS", 3), envInt("NEXUS_BENCH_BATCH", 10)
 	type config struct {
 		name      string
 		jail, tls bool
