@@ -32,7 +32,7 @@ import (
 type Options struct {
 	Name       string // AGENT_NAME
 	Bind       string // AGENT_BIND
-	Advertise  string // URL the manager uses to reach this agent (default http://<bind>)
+	Advertise  string // URL the manager uses to reach this agent (default http(s)://<bind>)
 	Manager    string // AGENT_MANAGER: register and heartbeat there when set
 	Token      string // AGENT_TOKEN: the fleet's join token
 	RunDir     string // FC_RUN_DIR

@@ -186,7 +186,7 @@ set it registers there and sends heartbeats.`,
 	fs := cmd.Flags()
 	host, _ := os.Hostname()
 	strFlag(fs, &o.Bind, "bind", e, "AGENT_BIND", "127.0.0.1:9090", "listen address")
-	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>)")
+	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>, https:// with --tls-cert)")
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
 	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
@@ -195,7 +195,7 @@ set it registers there and sends heartbeats.`,
 	}
 	tlsFlags(fs, e, &o.TLS, "AGENT_TLS_", "serve the agent API over TLS; with --tls-ca only the manager's certificate gets in")
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
-	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
+	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs, jails VMMs, serves plain HTTP on loopback only, wants a 32-byte join token)")
 	fs.BoolVar(&o.Hollow, "hollow", false, "simulated host for tests and benchmarks: firecracker-sim in-process, TAPs in memory, no root; labelled hollow in nexus host ls")
 	lf.add(fs, e, "json")
 	return cmd
@@ -247,7 +247,7 @@ Migrations are applied at start. Agents join with the shared join token
 	strFlag(fs, &o.DatabaseURL, "database-url", e, "DATABASE_URL", store.DefaultDSN, "sqlite://PATH or postgres://…")
 	lfs := cmd.Flags()
 	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
-	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
+	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths, needs TLS or loopback and a 32-byte join token)")
 	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent (prod: at least 32 bytes)")
 	tlsFlags(lfs, e, &o.TLS, "NEXUS_TLS_", "serve HTTPS; with --tls-ca agents must present a certificate of it")
 	if err := managerTuningFlags(lfs, e, &o); err != nil {
