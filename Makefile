@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest clean
+.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,6 +53,20 @@ bench-fleet: build ## 10 hosts × 100 VMs: churn, mass VMM kill, convergence, me
 
 bench-guest: ## guest images: boot-to-ready p50 under QEMU microvm, image build cold/cached/warm (root, downloads the kernel package)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkGuest -benchtime 1x -timeout 20m ./test/guest/
+
+bench-floor: build ## Nexus create→running vs a minimal spawn-and-configure program, interleaved; ratio and CPU per create (root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkFloor$$ -benchtime 1x -timeout 20m ./test/e2e/
+
+bench-scale: build ## 10,000 VMs on 100 hollow agents: creates, churn, reads under load, reconcile, memory per VM (NEXUS_BENCH_ENGINE=postgres adds a failover)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkScale$$ -benchtime 1x -timeout 30m ./test/e2e/
+
+bench-ui: ## /metrics scrape with 1,000 VMs (manager, agent) and the console's VM list with 1,000 VMs in headless Chromium (root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkMetricsScrape1000VMs -benchtime 50x ./internal/api/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkAgentScrape1000VMs -benchtime 20x ./internal/agent/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkConsoleVMList1000 -benchtime 5x -timeout 10m ./test/e2e/
+
+web-vendor: ## fetch the console's vendored uPlot again from the npm registry (only to change its version)
+	@scripts/vendor-web.sh
 
 clean: ## remove build output
 	rm -rf $(BIN)

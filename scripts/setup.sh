@@ -80,3 +80,26 @@ if [ "$want_test" -eq 1 ]; then
 		psql_admin -c "CREATE DATABASE nexus_test OWNER nexus"
 	fi
 fi
+
+# --- Browser and promtool for the console and metrics tests ---------------
+if [ "$want_test" -eq 1 ]; then
+	# Debian's Chromium runs the console's browser tests (driven by
+	# chromedp); a browser build that a test tool downloads would not
+	# install on machines without internet access.
+	[ -x /usr/bin/chromium ] || apt_install chromium
+	# promtool checks the /metrics output. Only the binary is taken out of
+	# Debian's prometheus package: installing the package would also start
+	# a Prometheus server, on the port agents use (9090).
+	tools=/usr/local/nexus-tools/bin
+	if ! command -v promtool >/dev/null && [ ! -x "$tools/promtool" ]; then
+		say "extracting promtool from Debian's prometheus package into $tools"
+		ptmp=$(mktemp -d)
+		if ! (cd "$ptmp" && apt-get download prometheus >/dev/null 2>&1); then
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+			(cd "$ptmp" && apt-get download prometheus >/dev/null 2>&1)
+		fi
+		dpkg-deb -x "$ptmp"/prometheus_*.deb "$ptmp/x"
+		as_root install -D -m 0755 "$ptmp/x/usr/bin/promtool" "$tools/promtool"
+		rm -rf "$ptmp"
+	fi
+fi

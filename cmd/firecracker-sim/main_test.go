@@ -223,3 +223,28 @@ func TestCtrlAltDelExitsZero(t *testing.T) {
 		t.Fatalf("no exit line:\n%s", out)
 	}
 }
+
+// TestDependencies keeps the simulator binary small, so that it starts in
+// about the time any Go program needs and thousands fit on one host: no
+// HTTP client, TLS or crypto code, and of Nexus only the simulator and
+// Firecracker's models.
+func TestDependencies(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	allowed := map[string]bool{
+		"github.com/nexus-microvm/nexus/cmd/firecracker-sim":        true,
+		"github.com/nexus-microvm/nexus/internal/fcsim":             true,
+		"github.com/nexus-microvm/nexus/internal/firecracker/model": true,
+	}
+	for _, d := range deps {
+		switch {
+		case d == "net/http" || strings.HasPrefix(d, "crypto/") || d == "crypto":
+			t.Errorf("firecracker-sim depends on %s", d)
+		case strings.HasPrefix(d, "github.com/nexus-microvm/nexus/") && !allowed[d]:
+			t.Errorf("firecracker-sim depends on %s", d)
+		}
+	}
+}

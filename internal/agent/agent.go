@@ -77,6 +77,14 @@ type Config struct {
 	// confined, and how the agent serves.
 	Jail           string
 	TLS, MutualTLS bool
+	// MetricsToken, when set, also opens GET /metrics (and nothing else):
+	// Prometheus gets it instead of the join token.
+	MetricsToken string
+	// KeepAlive is the period of SSE comments on idle log streams (default 15s).
+	KeepAlive time.Duration
+	// Capacity, when not zero, is the total the agent reports instead of
+	// the machine's (hollow hosts in placement tests).
+	Capacity agentapi.Resources
 }
 
 // Agent serves the agent API.
@@ -87,6 +95,8 @@ type Agent struct {
 	log   *slog.Logger
 	proxy *proxy
 	sums  *sumCache // image checksums (images.go)
+	// fcm follows the VMs' metrics files (fcmetrics.go).
+	fcm *fcMetrics
 }
 
 // New returns an agent using sup for processes and nw for networking.
@@ -100,7 +110,11 @@ func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 	if cfg.ProxyTimeout == 0 {
 		cfg.ProxyTimeout = 30 * time.Second
 	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 15 * time.Second
+	}
 	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log, sums: newSumCache()}
+	a.fcm = newFCMetrics(cfg.Layout, a.liveVMMs)
 	a.proxy = newProxy(cfg.Layout, cfg.ProxyTimeout, log)
 	a.proxy.readRoots = cfg.ReadRoots
 	a.proxy.imagesDir = cfg.ImagesDir
@@ -116,15 +130,16 @@ func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 // Handler returns the agent API's HTTP handler.
 func (a *Agent) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(httpmw.Middleware(a.log, agentapi.Prefix+"/health", agentapi.Prefix+"/inventory"))
-	r.Use(a.authenticate)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+	r.Use(httpmw.Middleware(a.log, agentapi.Prefix+"/health", agentapi.Prefix+"/inventory", "/healthz", "/metrics"))
+	// Unknown paths answer only to the join token, as before /healthz.
+	r.NotFound(a.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, apierr.Newf(http.StatusNotFound, "not_found", "no agent endpoint %s %s", r.Method, r.URL.Path))
-	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+	})).ServeHTTP)
+	r.MethodNotAllowed(a.authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, apierr.Newf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
-	})
-	r.Route(agentapi.Prefix, func(r chi.Router) {
+	})).ServeHTTP)
+	a.observeRoutes(r) // /healthz and /metrics: rules of their own (observe.go)
+	r.With(a.authenticate).Route(agentapi.Prefix, func(r chi.Router) {
 		r.Get("/health", a.health)
 		r.Get("/capacity", a.capacity)
 		r.Get("/inventory", a.inventory)
@@ -138,6 +153,8 @@ func (a *Agent) Handler() http.Handler {
 			r.Get("/logs", a.vm(a.logs))
 			r.Get("/logs/stream", a.vm(a.streamLogs))
 			r.Get("/metrics", a.vm(a.metrics))
+			r.Get("/stats", a.vm(a.stats))
+			r.Post("/proxy-batch", a.vm(a.proxyBatch))
 			r.HandleFunc("/proxy", a.vm(a.proxy.serve))
 			r.HandleFunc("/proxy/*", a.vm(a.proxy.serve))
 			a.vmImageRoutes(r)
@@ -237,6 +254,12 @@ func (a *Agent) Capacity() agentapi.Capacity {
 		scale = SimCapacityScale
 	}
 	c := agentapi.Capacity{Total: agentapi.Resources{Vcpu: runtime.NumCPU() * scale, MemMib: hostMemMib() * scale}, Scale: scale}
+	if a.cfg.Capacity.Vcpu > 0 {
+		c.Total.Vcpu = a.cfg.Capacity.Vcpu
+	}
+	if a.cfg.Capacity.MemMib > 0 {
+		c.Total.MemMib = a.cfg.Capacity.MemMib
+	}
 	for _, h := range a.sup.List() {
 		c.Allocated.Vcpu += h.Vcpu
 		c.Allocated.MemMib += h.MemMib

@@ -21,6 +21,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/vishvananda/netlink"
 
+	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agent/jail"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
@@ -45,9 +46,10 @@ const testToken = "test-join-token"
 // untouched), served over real HTTP.
 type env struct {
 	t      testing.TB
+	kind   string // "real" or "hollow"
 	agent  *Agent
-	sup    *vmm.Supervisor
-	net    *network.Network
+	sup    VMMs
+	net    *network.Network // nil on a hollow host
 	layout hostlayout.Layout
 	srv    *httptest.Server
 	client *agentapi.Client
@@ -81,7 +83,7 @@ func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(a.Handler())
-	e := &env{t: t, agent: a, sup: sup, net: nw, layout: layout, srv: srv, bridge: bridge, owner: owner, dir: dir,
+	e := &env{t: t, kind: "real", agent: a, sup: sup, net: nw, layout: layout, srv: srv, bridge: bridge, owner: owner, dir: dir,
 		client: agentapi.NewClient(srv.URL, testToken, nil)}
 	t.Cleanup(func() {
 		srv.Close()
@@ -94,6 +96,45 @@ func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 		sup.ReleaseCgroups()
 	})
 	return e
+}
+
+// newHollowEnv is an agent on a hollow host: the same API and handlers
+// over in-process simulated VMMs and an in-memory network. No root.
+func newHollowEnv(t testing.TB) *env {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nxa") // short: socket paths live below it
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
+	vmms := hollow.NewVMMs(layout, nil)
+	hn := hollow.NewNetwork("hollowbr")
+	a, err := New(Config{Name: "hollow", Layout: layout, Token: testToken, StopGrace: 200 * time.Millisecond, DevMode: true, Simulated: true}, vmms, hn, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(func() {
+		srv.Close()
+		vmms.StopAll()
+		os.RemoveAll(dir)
+	})
+	return &env{t: t, kind: "hollow", agent: a, sup: vmms, layout: layout, srv: srv, bridge: "hollowbr", dir: dir,
+		client: agentapi.NewClient(srv.URL, testToken, nil)}
+}
+
+// eachHost runs f against a real agent (root: real processes and
+// netlink) and a hollow one: both must answer the agent API alike.
+func eachHost(t *testing.T, f func(t *testing.T, e *env)) {
+	for _, kind := range []string{"real", "hollow"} {
+		t.Run(kind, func(t *testing.T) {
+			if kind == "real" {
+				f(t, newEnv(t))
+			} else {
+				f(t, newHollowEnv(t))
+			}
+		})
+	}
 }
 
 // newVM returns a fresh VM id with a kernel and rootfs in the test dir.
@@ -157,25 +198,26 @@ func (e *env) boot(ctx context.Context, id, kernel, rootfs string) {
 }
 
 func TestAuthRequired(t *testing.T) {
-	e := newEnv(t)
-	for _, tc := range []struct{ name, token string }{{"none", ""}, {"wrong", "nope"}} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, path := range []string{"/agent/v1/health", "/agent/v1/inventory", "/agent/v1/vms/abc/proxy/"} {
-				resp, raw := e.do(http.MethodGet, path, tc.token, nil)
-				if resp.StatusCode != http.StatusUnauthorized {
-					t.Fatalf("GET %s with %s token: status %d, want 401", path, tc.name, resp.StatusCode)
+	eachHost(t, func(t *testing.T, e *env) {
+		for _, tc := range []struct{ name, token string }{{"none", ""}, {"wrong", "nope"}} {
+			t.Run(tc.name, func(t *testing.T) {
+				for _, path := range []string{"/agent/v1/health", "/agent/v1/inventory", "/agent/v1/vms/abc/proxy/"} {
+					resp, raw := e.do(http.MethodGet, path, tc.token, nil)
+					if resp.StatusCode != http.StatusUnauthorized {
+						t.Fatalf("GET %s with %s token: status %d, want 401", path, tc.name, resp.StatusCode)
+					}
+					var ae apierr.Error
+					if json.Unmarshal(raw, &ae) != nil || ae.Code != "unauthorized" || ae.RequestID == "" {
+						t.Fatalf("GET %s: body %s is not the error contract", path, raw)
+					}
 				}
-				var ae apierr.Error
-				if json.Unmarshal(raw, &ae) != nil || ae.Code != "unauthorized" || ae.RequestID == "" {
-					t.Fatalf("GET %s: body %s is not the error contract", path, raw)
-				}
-			}
-		})
-	}
-	resp, _ := e.do(http.MethodGet, "/agent/v1/health", testToken, nil)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("health with the token: %d", resp.StatusCode)
-	}
+			})
+		}
+		resp, _ := e.do(http.MethodGet, "/agent/v1/health", testToken, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("health with the token: %d", resp.StatusCode)
+		}
+	})
 }
 
 func TestTapLifecycle(t *testing.T) {
@@ -224,150 +266,152 @@ func TestTapLifecycle(t *testing.T) {
 }
 
 func TestSpawnProxyAndStop(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
-	id, kernel, rootfs := e.newVM()
-	if _, err := e.client.Tap(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	again, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
-	if err != nil || !again.AlreadyRunning || again.PID != sp.PID {
-		t.Fatalf("second spawn = %+v, %v; want the same pid, already running", again, err)
-	}
-	if sp.APISock != e.layout.SockPath(id) {
-		t.Fatalf("socket %s, want %s", sp.APISock, e.layout.SockPath(id))
-	}
+	eachHost(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, kernel, rootfs := e.newVM()
+		if _, err := e.client.Tap(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})
+		if err != nil || !again.AlreadyRunning || again.PID != sp.PID {
+			t.Fatalf("second spawn = %+v, %v; want the same pid, already running", again, err)
+		}
+		if sp.APISock != e.layout.SockPath(id) {
+			t.Fatalf("socket %s, want %s", sp.APISock, e.layout.SockPath(id))
+		}
 
-	// firecracker's 204 comes back as 204.
-	resp, raw := e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
-		map[string]any{"vcpu_count": 2, "mem_size_mib": 256})
-	if resp.StatusCode != http.StatusNoContent {
-		t.Fatalf("PUT machine-config: %d %s", resp.StatusCode, raw)
-	}
-	// firecracker's 400 comes back as 400 with its fault_message, unchanged.
-	resp, raw = e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
-		map[string]any{"vcpu_count": 64, "mem_size_mib": 256})
-	var fe firecracker.Error
-	if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(raw, &fe) != nil || !strings.Contains(fe.FaultMessage, "vCPUs") {
-		t.Fatalf("PUT machine-config vcpu 64: %d %s; want 400 with firecracker's fault_message", resp.StatusCode, raw)
-	}
-	if resp.Header.Get("Server") != "Firecracker API" {
-		t.Fatalf("headers of firecracker not relayed: Server=%q", resp.Header.Get("Server"))
-	}
-	mc, err := e.client.Firecracker(id).GetMachineConfig(ctx)
-	if err != nil || mc.VcpuCount != 2 || mc.MemSizeMib != 256 {
-		t.Fatalf("GET machine-config = %+v, %v", mc, err)
-	}
+		// firecracker's 204 comes back as 204.
+		resp, raw := e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
+			map[string]any{"vcpu_count": 2, "mem_size_mib": 256})
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("PUT machine-config: %d %s", resp.StatusCode, raw)
+		}
+		// firecracker's 400 comes back as 400 with its fault_message, unchanged.
+		resp, raw = e.do(http.MethodPut, "/agent/v1/vms/"+id+"/proxy/machine-config", testToken,
+			map[string]any{"vcpu_count": 64, "mem_size_mib": 256})
+		var fe firecracker.Error
+		if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(raw, &fe) != nil || !strings.Contains(fe.FaultMessage, "vCPUs") {
+			t.Fatalf("PUT machine-config vcpu 64: %d %s; want 400 with firecracker's fault_message", resp.StatusCode, raw)
+		}
+		if resp.Header.Get("Server") != "Firecracker API" {
+			t.Fatalf("headers of firecracker not relayed: Server=%q", resp.Header.Get("Server"))
+		}
+		mc, err := e.client.Firecracker(id).GetMachineConfig(ctx)
+		if err != nil || mc.VcpuCount != 2 || mc.MemSizeMib != 256 {
+			t.Fatalf("GET machine-config = %+v, %v", mc, err)
+		}
 
-	// The rest of the boot through the typed client.
-	fc := e.client.Firecracker(id)
-	if err := fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}); err != nil {
-		t.Fatal(err)
-	}
-	if err := fc.PutDrive(ctx, firecracker.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: rootfs}); err != nil {
-		t.Fatal(err)
-	}
-	if err := fc.InstanceStart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	info, err := fc.DescribeInstance(ctx)
-	if err != nil || info.State != firecracker.StateRunning {
-		t.Fatalf("instance = %+v, %v", info, err)
-	}
-	capa, err := e.client.Capacity(ctx)
-	if err != nil || capa.Allocated.Vcpu != 2 || capa.Allocated.MemMib != 256 || capa.VMs != 1 {
-		t.Fatalf("capacity = %+v, %v", capa, err)
-	}
+		// The rest of the boot through the typed client.
+		fc := e.client.Firecracker(id)
+		if err := fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.PutDrive(ctx, firecracker.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: rootfs}); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.InstanceStart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		info, err := fc.DescribeInstance(ctx)
+		if err != nil || info.State != firecracker.StateRunning {
+			t.Fatalf("instance = %+v, %v", info, err)
+		}
+		capa, err := e.client.Capacity(ctx)
+		if err != nil || capa.Allocated.Vcpu != 2 || capa.Allocated.MemMib != 256 || capa.VMs != 1 {
+			t.Fatalf("capacity = %+v, %v", capa, err)
+		}
 
-	if err := e.client.Stop(ctx, id, agentapi.StopRequest{GraceMs: 100}); err != nil {
-		t.Fatal(err)
-	}
-	if vmmAlive(sp.PID) {
-		t.Fatal("vmm still running after stop")
-	}
-	if _, err := os.Stat(sp.APISock); !os.IsNotExist(err) {
-		t.Fatalf("socket left after stop: %v", err)
-	}
-	// A stopped VM's proxy answers 502 in the contract, not a hang.
-	resp, raw = e.do(http.MethodGet, "/agent/v1/vms/"+id+"/proxy/", testToken, nil)
-	var ae apierr.Error
-	if resp.StatusCode != http.StatusBadGateway || json.Unmarshal(raw, &ae) != nil || ae.Code != "vmm_unreachable" {
-		t.Fatalf("proxy to stopped vm: %d %s", resp.StatusCode, raw)
-	}
-	if err := e.client.Delete(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(e.layout.VMDir(id)); !os.IsNotExist(err) {
-		t.Fatalf("run dir left after delete: %v", err)
-	}
+		if err := e.client.Stop(ctx, id, agentapi.StopRequest{GraceMs: 100}); err != nil {
+			t.Fatal(err)
+		}
+		if vmmAlive(sp.PID) {
+			t.Fatal("vmm still running after stop")
+		}
+		if _, err := os.Stat(sp.APISock); !os.IsNotExist(err) {
+			t.Fatalf("socket left after stop: %v", err)
+		}
+		// A stopped VM's proxy answers 502 in the contract, not a hang.
+		resp, raw = e.do(http.MethodGet, "/agent/v1/vms/"+id+"/proxy/", testToken, nil)
+		var ae apierr.Error
+		if resp.StatusCode != http.StatusBadGateway || json.Unmarshal(raw, &ae) != nil || ae.Code != "vmm_unreachable" {
+			t.Fatalf("proxy to stopped vm: %d %s", resp.StatusCode, raw)
+		}
+		if err := e.client.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(e.layout.VMDir(id)); !os.IsNotExist(err) {
+			t.Fatalf("run dir left after delete: %v", err)
+		}
+	})
 }
 
 func TestProxyRefusals(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
-	id, _, _ := e.newVM()
-	other := uuid.NewString()
-	for _, v := range []string{id, other} {
-		if _, err := e.client.Spawn(ctx, v, agentapi.SpawnRequest{}); err != nil {
+	eachHost(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, _, _ := e.newVM()
+		other := uuid.NewString()
+		for _, v := range []string{id, other} {
+			if _, err := e.client.Spawn(ctx, v, agentapi.SpawnRequest{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		outside := filepath.Join(e.dir, "outside.sock")
+		if l, err := net.Listen("unix", outside); err == nil {
+			t.Cleanup(func() { l.Close() })
+		}
+		link := filepath.Join(e.layout.SockDir(id), "link.sock")
+		if err := os.Symlink(outside, link); err != nil {
 			t.Fatal(err)
 		}
-	}
-	outside := filepath.Join(e.dir, "outside.sock")
-	if l, err := net.Listen("unix", outside); err == nil {
-		t.Cleanup(func() { l.Close() })
-	}
-	link := filepath.Join(e.layout.SockDir(id), "link.sock")
-	if err := os.Symlink(outside, link); err != nil {
-		t.Fatal(err)
-	}
-	base := "/agent/v1/vms/" + id + "/proxy"
-	cases := []struct {
-		name, method, path string
-		body               any
-		status             int
-		code               string
-	}{
-		{"dotdot sock", "GET", base + "/?sock=../../" + other + "/sock/fc.sock", nil, 403, "forbidden"},
-		{"relative dotdot", "GET", base + "/?sock=" + e.layout.SockDir(id) + "/../../x/fc.sock", nil, 403, "forbidden"},
-		{"symlink out of run dir", "GET", base + "/?sock=" + link, nil, 403, "forbidden"},
-		{"another vm's socket", "GET", base + "/?sock=" + e.layout.SockPath(other), nil, 403, "forbidden"},
-		{"absolute elsewhere", "GET", base + "/?sock=/run/docker.sock", nil, 403, "forbidden"},
-		{"not an endpoint", "GET", base + "/etc/passwd", nil, 403, "endpoint_not_allowed"},
-		{"wrong method", "POST", base + "/actions", nil, 403, "endpoint_not_allowed"},
-		{"unclean path", "GET", base + "/vm/../version", nil, 403, "forbidden"},
-		{"logger outside run dir", "PUT", base + "/logger", map[string]any{"log_path": "/etc/cron.d/x"}, 403, "forbidden"},
-		{"snapshot into other vm", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": e.layout.VMDir(other) + "/s", "mem_file_path": e.layout.VMDir(id) + "/m"}, 403, "forbidden"},
-		{"metrics via dotdot", "PUT", base + "/metrics", map[string]any{"metrics_path": "../" + other + "/metrics.json"}, 403, "forbidden"},
-		{"another vm's tap", "PUT", base + "/network-interfaces/eth0", map[string]any{"iface_id": "eth0", "host_dev_name": hostlayout.TapName(other)}, 403, "forbidden"},
-		{"bad vm id", "GET", "/agent/v1/vms/..%2fx/proxy/", nil, 400, "invalid_request"},
-		{"upper-case vm id", "GET", "/agent/v1/vms/" + strings.ToUpper(id) + "/proxy/", nil, 400, "invalid_request"},
-		{"snapshot over the saved handle", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": "vmm.json", "mem_file_path": "snapshots/m"}, 403, "forbidden"},
-		{"metrics over the api socket", "PUT", base + "/metrics", map[string]any{"metrics_path": "sock/fc.sock"}, 403, "forbidden"},
-		{"device as a drive", "PUT", base + "/drives/data", map[string]any{"drive_id": "data", "is_root_device": false, "path_on_host": "/dev/null"}, 403, "forbidden"},
-		{"agent token as a kernel", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": filepath.Join(e.layout.RunDir, "agent.token")}, 403, "forbidden"},
-		{"another vm's disk", "PUT", base + "/drives/rootfs", map[string]any{"drive_id": "rootfs", "is_root_device": true, "path_on_host": e.layout.VMDir(other) + "/drives/rootfs.ext4"}, 403, "forbidden"},
-		{"directory as initrd", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": "/bin/true", "initrd_path": "/etc"}, 403, "forbidden"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			resp, raw := e.do(tc.method, tc.path, testToken, tc.body)
-			var ae apierr.Error
-			if resp.StatusCode != tc.status || json.Unmarshal(raw, &ae) != nil || ae.Code != tc.code || ae.Message == "" {
-				t.Fatalf("%s %s: %d %s; want %d %s", tc.method, tc.path, resp.StatusCode, raw, tc.status, tc.code)
-			}
-		})
-	}
-	// The same socket named explicitly is fine, absolute or relative.
-	for _, q := range []string{e.layout.SockPath(id), "fc.sock"} {
-		resp, raw := e.do("GET", base+"/?sock="+q, testToken, nil)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("own socket %q: %d %s", q, resp.StatusCode, raw)
+		base := "/agent/v1/vms/" + id + "/proxy"
+		cases := []struct {
+			name, method, path string
+			body               any
+			status             int
+			code               string
+		}{
+			{"dotdot sock", "GET", base + "/?sock=../../" + other + "/sock/fc.sock", nil, 403, "forbidden"},
+			{"relative dotdot", "GET", base + "/?sock=" + e.layout.SockDir(id) + "/../../x/fc.sock", nil, 403, "forbidden"},
+			{"symlink out of run dir", "GET", base + "/?sock=" + link, nil, 403, "forbidden"},
+			{"another vm's socket", "GET", base + "/?sock=" + e.layout.SockPath(other), nil, 403, "forbidden"},
+			{"absolute elsewhere", "GET", base + "/?sock=/run/docker.sock", nil, 403, "forbidden"},
+			{"not an endpoint", "GET", base + "/etc/passwd", nil, 403, "endpoint_not_allowed"},
+			{"wrong method", "POST", base + "/actions", nil, 403, "endpoint_not_allowed"},
+			{"unclean path", "GET", base + "/vm/../version", nil, 403, "forbidden"},
+			{"logger outside run dir", "PUT", base + "/logger", map[string]any{"log_path": "/etc/cron.d/x"}, 403, "forbidden"},
+			{"snapshot into other vm", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": e.layout.VMDir(other) + "/s", "mem_file_path": e.layout.VMDir(id) + "/m"}, 403, "forbidden"},
+			{"metrics via dotdot", "PUT", base + "/metrics", map[string]any{"metrics_path": "../" + other + "/metrics.json"}, 403, "forbidden"},
+			{"another vm's tap", "PUT", base + "/network-interfaces/eth0", map[string]any{"iface_id": "eth0", "host_dev_name": hostlayout.TapName(other)}, 403, "forbidden"},
+			{"bad vm id", "GET", "/agent/v1/vms/..%2fx/proxy/", nil, 400, "invalid_request"},
+			{"upper-case vm id", "GET", "/agent/v1/vms/" + strings.ToUpper(id) + "/proxy/", nil, 400, "invalid_request"},
+			{"snapshot over the saved handle", "PUT", base + "/snapshot/create", map[string]any{"snapshot_path": "vmm.json", "mem_file_path": "snapshots/m"}, 403, "forbidden"},
+			{"metrics over the api socket", "PUT", base + "/metrics", map[string]any{"metrics_path": "sock/fc.sock"}, 403, "forbidden"},
+			{"device as a drive", "PUT", base + "/drives/data", map[string]any{"drive_id": "data", "is_root_device": false, "path_on_host": "/dev/null"}, 403, "forbidden"},
+			{"agent token as a kernel", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": filepath.Join(e.layout.RunDir, "agent.token")}, 403, "forbidden"},
+			{"another vm's disk", "PUT", base + "/drives/rootfs", map[string]any{"drive_id": "rootfs", "is_root_device": true, "path_on_host": e.layout.VMDir(other) + "/drives/rootfs.ext4"}, 403, "forbidden"},
+			{"directory as initrd", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": "/bin/true", "initrd_path": "/etc"}, 403, "forbidden"},
 		}
-	}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				resp, raw := e.do(tc.method, tc.path, testToken, tc.body)
+				var ae apierr.Error
+				if resp.StatusCode != tc.status || json.Unmarshal(raw, &ae) != nil || ae.Code != tc.code || ae.Message == "" {
+					t.Fatalf("%s %s: %d %s; want %d %s", tc.method, tc.path, resp.StatusCode, raw, tc.status, tc.code)
+				}
+			})
+		}
+		// The same socket named explicitly is fine, absolute or relative.
+		for _, q := range []string{e.layout.SockPath(id), "fc.sock"} {
+			resp, raw := e.do("GET", base+"/?sock="+q, testToken, nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("own socket %q: %d %s", q, resp.StatusCode, raw)
+			}
+		}
+	})
 }
 
 func TestInventoryAndRecover(t *testing.T) {
@@ -415,37 +459,38 @@ func TestInventoryAndRecover(t *testing.T) {
 }
 
 func TestLogsAndMetrics(t *testing.T) {
-	e := newEnv(t)
-	ctx := context.Background()
-	id, kernel, rootfs := e.newVM()
-	e.boot(ctx, id, kernel, rootfs)
-	if err := e.client.Firecracker(id).FlushMetrics(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ll, err := e.client.Logs(ctx, id, "fc", 3)
-	if err != nil || len(ll.Lines) != 3 || !strings.Contains(strings.Join(ll.Lines, "\n"), "FlushMetrics") {
-		t.Fatalf("fc log tail = %+v, %v", ll, err)
-	}
-	cons, err := e.client.Logs(ctx, id, "console", 100)
-	if err != nil || len(cons.Lines) == 0 {
-		t.Fatalf("console = %+v, %v", cons, err)
-	}
-	rec, err := e.client.Metrics(ctx, id)
-	if err != nil || rec.At == nil || !json.Valid(rec.Record) {
-		t.Fatalf("metrics = %+v, %v", rec, err)
-	}
-	if _, err := e.client.Logs(ctx, id, "secret", 1); err == nil {
-		t.Fatal("unknown log source accepted")
-	}
-	for _, p := range []string{"/etc/passwd", e.layout.VMsDir() + "/../agent.token", e.layout.LogPath(id) + "/../../../../x"} {
-		if _, err := e.client.TailFile(ctx, p, 1); err == nil {
-			t.Fatalf("tail of %s allowed", p)
+	eachHost(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, kernel, rootfs := e.newVM()
+		e.boot(ctx, id, kernel, rootfs)
+		if err := e.client.Firecracker(id).FlushMetrics(ctx); err != nil {
+			t.Fatal(err)
 		}
-	}
-	tl, err := e.client.TailFile(ctx, e.layout.LogPath(id), 1)
-	if err != nil || len(tl.Lines) != 1 {
-		t.Fatalf("tail own log = %+v, %v", tl, err)
-	}
+		ll, err := e.client.Logs(ctx, id, "fc", 3)
+		if err != nil || len(ll.Lines) != 3 || !strings.Contains(strings.Join(ll.Lines, "\n"), "FlushMetrics") {
+			t.Fatalf("fc log tail = %+v, %v", ll, err)
+		}
+		cons, err := e.client.Logs(ctx, id, "console", 100)
+		if err != nil || len(cons.Lines) == 0 {
+			t.Fatalf("console = %+v, %v", cons, err)
+		}
+		rec, err := e.client.Metrics(ctx, id)
+		if err != nil || rec.At == nil || !json.Valid(rec.Record) {
+			t.Fatalf("metrics = %+v, %v", rec, err)
+		}
+		if _, err := e.client.Logs(ctx, id, "secret", 1); err == nil {
+			t.Fatal("unknown log source accepted")
+		}
+		for _, p := range []string{"/etc/passwd", e.layout.VMsDir() + "/../agent.token", e.layout.LogPath(id) + "/../../../../x"} {
+			if _, err := e.client.TailFile(ctx, p, 1); err == nil {
+				t.Fatalf("tail of %s allowed", p)
+			}
+		}
+		tl, err := e.client.TailFile(ctx, e.layout.LogPath(id), 1)
+		if err != nil || len(tl.Lines) != 1 {
+			t.Fatalf("tail own log = %+v, %v", tl, err)
+		}
+	})
 }
 
 // TestLifecycle100 repeats the whole lifecycle and checks that nothing is
@@ -556,4 +601,50 @@ func TestForeignTapsUntouched(t *testing.T) {
 			t.Errorf("%s after the refused delete: %v", name, err)
 		}
 	}
+}
+
+// A proxy batch runs each call through the proxy's own checks, in order,
+// and stops at the first refusal; malformed batches are refused whole.
+func TestProxyBatch(t *testing.T) {
+	eachHost(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, kernel, _ := e.newVM()
+		if _, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {
+			t.Fatal(err)
+		}
+		call := func(method, path string, body any) firecracker.Call {
+			b, _ := json.Marshal(body)
+			return firecracker.Call{Method: method, Path: path, Body: b}
+		}
+		res, err := e.client.ProxyBatch(ctx, id, []firecracker.Call{
+			call("PUT", "/machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}),
+			call("PUT", "/drives/rootfs", map[string]any{"drive_id": "rootfs", "path_on_host": "/dev/null", "is_root_device": true}),
+			call("PUT", "/boot-source", firecracker.BootSource{KernelImagePath: kernel}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Results) != 2 || res.Results[0].Status != 204 || res.Results[1].Status != 403 {
+			t.Fatalf("results = %+v; want 204, then the device refused (403), and nothing after it", res.Results)
+		}
+		for name, calls := range map[string][]firecracker.Call{
+			"empty":         nil,
+			"too many":      make([]firecracker.Call, 33),
+			"relative path": {call("PUT", "machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})},
+		} {
+			for i := range calls {
+				if calls[i].Method == "" {
+					calls[i] = call("GET", "/", nil)
+				}
+			}
+			_, err := e.client.ProxyBatch(ctx, id, calls)
+			var ae *apierr.Error
+			if !errors.As(err, &ae) || ae.Status != 400 {
+				t.Errorf("%s batch = %v; want 400", name, err)
+			}
+		}
+		if err := e.client.Stop(ctx, id, agentapi.StopRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

@@ -205,8 +205,17 @@ func clip(l string) string {
 	return l
 }
 
-// streamLogs follows a VM log as Server-Sent Events, one event per line,
-// starting with the last ?tail= lines (default 0).
+// streamLogs follows a VM log as Server-Sent Events, one event per line:
+//
+//	id: <byte offset just past the line>
+//	event: fc|console
+//	data: <the line>
+//
+// A client that reconnects with Last-Event-ID gets the lines after that
+// offset: nothing missed, nothing repeated. ?tail=N starts N lines back;
+// without either, only new lines come. A comment every KeepAlive keeps
+// idle connections (and the proxies between) open, and shows a client
+// that the stream is alive.
 func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 	src, path, err := a.logPath(id, r.URL.Query().Get("source"))
 	if err != nil {
@@ -220,6 +229,14 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		}
 	}
+	resume := int64(-1)
+	if le := r.Header.Get("Last-Event-ID"); le != "" {
+		resume, err = strconv.ParseInt(le, 10, 64)
+		if err != nil || resume < 0 {
+			a.fail(w, r, apierr.BadRequest("Last-Event-ID %q is not an id this stream sent (a byte offset)", le))
+			return
+		}
+	}
 	if _, err := os.Stat(a.cfg.Layout.VMDir(id)); errors.Is(err, os.ErrNotExist) {
 		a.fail(w, r, apierr.NotFound("vm run dir", id))
 		return
@@ -229,30 +246,69 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, apierr.Internal(errors.New("streaming unsupported")))
 		return
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	send := func(line string) {
-		// A guest's \r would start a new SSE field: never pass it through.
-		line = strings.ReplaceAll(clip(line), "\r", "\\r")
-		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", src, line)
-	}
-	if n > 0 {
-		lines, _ := tailFile(path, n)
-		for _, l := range lines {
-			send(l)
+	var off int64
+	switch {
+	case resume >= 0:
+		off = resume
+		if fi, err := os.Stat(path); err == nil && fi.Size() < off {
+			off = 0 // the file was replaced since: all of the new one is new
+		}
+	case n > 0:
+		off = tailOffset(path, n)
+	default:
+		if fi, err := os.Stat(path); err == nil {
+			off = fi.Size()
 		}
 	}
-	flusher.Flush()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush() // headers at once: the client knows the stream is open
 
-	var off int64
-	if fi, err := os.Stat(path); err == nil {
-		off = fi.Size()
+	send := func(line string, id int64) {
+		// A guest's \r would start a new SSE field: never pass it through.
+		line = strings.ReplaceAll(clip(line), "\r", "\\r")
+		fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, src, line)
 	}
 	var partial []byte
+	lastWrite := time.Now()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		sent := false
+		if f, err := os.Open(path); err == nil {
+			if fi, err := f.Stat(); err == nil && fi.Size() < off {
+				off, partial = 0, nil // truncated or replaced: start over
+			}
+			_, _ = f.Seek(off, io.SeekStart)
+			br := bufio.NewReader(f)
+			for {
+				chunk, err := br.ReadBytes('\n')
+				off += int64(len(chunk))
+				if err != nil {
+					partial = append(partial, chunk...)
+					if len(partial) > maxLineBytes { // a line without end: send what we have
+						send(string(partial), off)
+						partial, sent = nil, true
+					}
+					break
+				}
+				line := append(partial, bytes.TrimRight(chunk, "\n")...)
+				partial = nil
+				send(string(line), off)
+				sent = true
+			}
+			f.Close()
+		}
+		if !sent && time.Since(lastWrite) >= a.cfg.KeepAlive {
+			fmt.Fprint(w, ": keep-alive\n\n")
+			sent = true
+		}
+		if sent {
+			flusher.Flush()
+			lastWrite = time.Now()
+		}
 		select {
 		case <-r.Context().Done():
 			return
@@ -260,35 +316,56 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 			return // the agent shuts down: streams never hold it
 		case <-tick.C:
 		}
-		f, err := os.Open(path)
-		if err != nil {
-			continue
+	}
+}
+
+// tailOffset returns where the last n lines of path start (0 for a short
+// or missing file). It reads backwards at most maxTailBytes; a longer
+// stretch starts at the first line boundary inside it.
+func tailOffset(path string, n int) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil || end == 0 {
+		return 0
+	}
+	const block = 64 << 10
+	pos := end
+	// A final newline ends the last line; it does not start another.
+	want := n
+	last := make([]byte, 1)
+	if _, err := f.ReadAt(last, end-1); err == nil && last[0] == '\n' {
+		want++
+	}
+	seen := 0
+	for pos > 0 && end-pos < maxTailBytes {
+		size := min(int64(block), pos)
+		pos -= size
+		chunk := make([]byte, size)
+		if _, err := f.ReadAt(chunk, pos); err != nil && !errors.Is(err, io.EOF) {
+			return end
 		}
-		if fi, err := f.Stat(); err == nil && fi.Size() < off {
-			off = 0 // truncated or replaced: start over
-		}
-		_, _ = f.Seek(off, io.SeekStart)
-		br := bufio.NewReader(f)
-		sent := false
-		for {
-			chunk, err := br.ReadBytes('\n')
-			off += int64(len(chunk))
-			if err != nil {
-				partial = append(partial, chunk...)
-				if len(partial) > maxLineBytes { // a line without end: send what we have
-					send(string(partial))
-					partial, sent = nil, true
+		for i := len(chunk) - 1; i >= 0; i-- {
+			if chunk[i] == '\n' {
+				seen++
+				if seen == want {
+					return pos + int64(i) + 1
 				}
-				break
 			}
-			line := append(partial, bytes.TrimRight(chunk, "\n")...)
-			partial = nil
-			send(string(line))
-			sent = true
-		}
-		f.Close()
-		if sent {
-			flusher.Flush()
 		}
 	}
+	if pos == 0 {
+		return 0
+	}
+	// Too far back: begin at the first whole line within the window.
+	chunk := make([]byte, min(int64(block), end-pos))
+	if k, _ := f.ReadAt(chunk, pos); k > 0 {
+		if i := bytes.IndexByte(chunk[:k], '\n'); i >= 0 {
+			return pos + int64(i) + 1
+		}
+	}
+	return end
 }

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 	"github.com/nexus-microvm/nexus/internal/pki"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // registrar joins the agent to its manager and keeps reporting: register

@@ -20,6 +20,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
@@ -50,8 +51,13 @@ type Options struct {
 	// in memory, no root needed. For tests and scale benchmarks only; the
 	// host says so when it registers.
 	Hollow bool
+	// HollowCapacity, for a hollow host, replaces the capacity it reports
+	// (tests and benchmarks of placement); zero: the machine's, scaled.
+	HollowCapacity agentapi.Resources
 	// Heartbeat is the period of reports to the manager.
 	Heartbeat time.Duration
+	// MetricsToken (AGENT_METRICS_TOKEN) opens GET /metrics only.
+	MetricsToken string
 
 	// Jail is FC_JAIL: "on" confines every VMM (docs/security.md), "off"
 	// does not, "" means on in prod mode and off in dev mode.
@@ -185,7 +191,11 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",
+		Owner: owner, MetricsToken: o.MetricsToken,
+		Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",
+	}
+	if o.Hollow {
+		cfg.Capacity = o.HollowCapacity
 	}
 	if o.Mode == "prod" {
 		// The VM's own files and snapshots in the run dir are allowed by

@@ -135,10 +135,17 @@ func (c *Client) Metrics(ctx context.Context, vmID string) (MetricsRecord, error
 // StreamLogs opens the VM's log as a Server-Sent Events stream; the caller
 // reads and closes the body.
 func (c *Client) StreamLogs(ctx context.Context, vmID, source string) (*http.Response, error) {
-	return c.c.Stream(ctx, vmPath(vmID, "/logs/stream"), url.Values{"source": {source}})
+	return c.StreamLogsFrom(ctx, vmID, StreamOptions{Source: source})
 }
 
 // DeleteTap removes a TAP by name (an orphan whose VM is unknown).
 func (c *Client) DeleteTap(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/taps/"+url.PathEscape(name), nil, nil)
+}
+
+// ProxyBatch runs firecracker calls for the VM in one request, in order,
+// stopping at the first refusal.
+func (c *Client) ProxyBatch(ctx context.Context, vmID string, calls []firecracker.Call) (BatchResponse, error) {
+	var r BatchResponse
+	return r, c.do(ctx, http.MethodPost, vmPath(vmID, "/proxy-batch"), BatchRequest{Calls: calls}, &r)
 }

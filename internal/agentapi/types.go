@@ -6,6 +6,8 @@ package agentapi
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/nexus-microvm/nexus/internal/firecracker"
 )
 
 // Prefix is the agent API's path prefix.
@@ -137,4 +139,16 @@ type LogLines struct {
 type MetricsRecord struct {
 	At     *time.Time      `json:"at,omitempty"`
 	Record json.RawMessage `json:"record,omitempty"`
+}
+
+// BatchRequest is the body of POST /agent/v1/vms/{id}/proxy-batch: firecracker
+// calls to run in order, each through the proxy's checks.
+type BatchRequest struct {
+	Calls []firecracker.Call `json:"calls"`
+}
+
+// BatchResponse says how each call was answered, up to and including the
+// first that was not a 2xx.
+type BatchResponse struct {
+	Results []firecracker.CallResult `json:"results"`
 }

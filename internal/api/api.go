@@ -23,6 +23,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	fleetmetrics "github.com/nexus-microvm/nexus/internal/metrics"
 )
 
 // Deps are what the HTTP layer needs: one service per resource, each
@@ -47,6 +48,9 @@ type Deps struct {
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string
+	// Fleet, when set, adds the fleet gauges (VMs, hosts, snapshots,
+	// store) to /metrics; they are read from it at scrape time.
+	Fleet fleetmetrics.FleetStore
 }
 
 // Server is the manager's HTTP handler.
@@ -72,6 +76,9 @@ type Server struct {
 	// ops lists every registered operation with its policy, so tests can
 	// walk them and a new route cannot forget its policy.
 	ops []*huma.Operation
+
+	// streams holds a slot per log stream being relayed (maxLogStreams).
+	streams chan struct{}
 }
 
 // huma builds its errors (validation, bad JSON, 404 …) through a
@@ -90,6 +97,7 @@ func New(d Deps) *Server {
 		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
 		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
+		streams: make(chan struct{}, maxLogStreams),
 	}
 
 	mux := chi.NewMux()
@@ -103,7 +111,8 @@ func New(d Deps) *Server {
 	mux.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, r, apierr.Newf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
 	})
-	mux.Handle("/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry}))
+	// OpenMetrics when the scraper asks for it (Accept), text format otherwise.
+	mux.Handle("/metrics", promhttp.HandlerFor(d.Registry, promhttp.HandlerOpts{Registry: d.Registry, EnableOpenMetrics: true}))
 
 	cfg := huma.DefaultConfig("Nexus API", d.Version)
 	cfg.Info.Description = "Firecracker microVMs as easy to run as containers. Errors always have the shape " +
@@ -119,6 +128,13 @@ func New(d Deps) *Server {
 	s.api.UseMiddleware(s.guard)
 	s.mux = mux
 	s.routes()
+	if d.Fleet != nil {
+		s.registerFleetMetrics(d.Fleet)
+	}
+	if err := s.uiRoutes(); err != nil {
+		// The files are embedded at build time: this is a broken build.
+		panic(err)
+	}
 	return s
 }
 
@@ -255,6 +271,10 @@ func (s *Server) toAPIError(ctx context.Context, err error) error {
 	}
 	if ae, ok := err.(*apierr.Error); ok {
 		return ae // the handler's own answer
+	}
+	var he huma.HeadersError
+	if errors.As(err, &he) {
+		return err // the handler's own answer with headers (Retry-After)
 	}
 	if errors.Is(err, context.Canceled) {
 		return apierr.New(499, "canceled", "the request was canceled")

@@ -10,11 +10,11 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // AuditLog is where audit rows go and are read back (store.Store).

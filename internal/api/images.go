@@ -4,9 +4,9 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // ImageService is the image registry as the image routes use it

@@ -7,9 +7,10 @@ import (
 
 	"github.com/danielgtaylor/huma/v2"
 
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 type logsInput struct {
@@ -31,18 +32,33 @@ func (s *Server) vmLogs(ctx context.Context, in *logsInput) (*logsOutput, error)
 }
 
 type streamInput struct {
-	ID     string `path:"id" maxLength:"64"`
-	Source string `query:"source" enum:"fc,console" default:"fc"`
+	ID          string `path:"id" maxLength:"64"`
+	Source      string `query:"source" enum:"fc,console" default:"fc"`
+	Tail        int    `query:"tail" minimum:"0" maximum:"10000" doc:"start with the last N lines (default 0: only new lines)"`
+	LastEventID string `header:"Last-Event-ID" maxLength:"32" doc:"resume after this event id (what a reconnecting EventSource sends); wins over tail"`
 }
 
-// vmLogsStream relays the agent's event stream to the caller until either
-// side goes away.
+// maxLogStreams bounds the log streams one manager relays at once: each
+// holds a connection to an agent and a goroutine for as long as the
+// client stays.
+const maxLogStreams = 256
+
+// vmLogsStream relays the agent's event stream (ids, keep-alives and all)
+// to the caller until either side goes away.
 func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.StreamResponse, error) {
-	resp, err := s.vms.StreamLogs(ctx, scope(ctx), in.ID, in.Source)
+	select {
+	case s.streams <- struct{}{}:
+	default:
+		return nil, huma.ErrorWithHeaders(apierr.Newf(http.StatusTooManyRequests, "too_many_streams", "this manager already relays %d log streams", maxLogStreams).
+			WithSuggestion("close streams you no longer read, or retry later"), http.Header{"Retry-After": {"5"}})
+	}
+	resp, err := s.vms.StreamLogsFrom(ctx, scope(ctx), in.ID, agentapi.StreamOptions{Source: in.Source, Tail: in.Tail, LastEventID: in.LastEventID})
 	if err != nil {
+		<-s.streams
 		return nil, err
 	}
 	return &huma.StreamResponse{Body: func(hctx huma.Context) {
+		defer func() { <-s.streams }()
 		defer resp.Body.Close()
 		// The relay ends when the caller goes, or at once when the manager
 		// shuts down: a stream must never hold a shutdown.
@@ -58,9 +74,14 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 		}()
 		hctx.SetHeader("Content-Type", "text/event-stream")
 		hctx.SetHeader("Cache-Control", "no-cache")
+		// Proxies (nginx) must not buffer the stream.
+		hctx.SetHeader("X-Accel-Buffering", "no")
 		hctx.SetStatus(http.StatusOK)
 		w := hctx.BodyWriter()
 		flusher, _ := w.(http.Flusher)
+		if flusher != nil {
+			flusher.Flush() // headers now: the client knows the stream is open before the first line
+		}
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := resp.Body.Read(buf)

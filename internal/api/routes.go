@@ -61,9 +61,26 @@ func (s *Server) routes() {
 	s.imageRoutes()
 	s.templateRoutes()
 	s.snapshotRoutes()
+	s.observeRoutes()
 
 	// Audit.
 	register(s, "list-audit", http.MethodGet, "/v1/audit", "The audit trail, oldest first (admins: all; others: one VM's history)", viewer, s.listAudit)
+}
+
+// plainRoutes are the routes served outside huma (no operation of their
+// own), each with its policy. The route walk (observe_test.go) fails on a
+// route that is neither an operation nor listed here. All are public and
+// read-only, and none returns a resource: /metrics has counts only (by
+// state, host and project name), like /healthz it is for the operators'
+// network.
+var plainRoutes = map[string]policy{
+	"/metrics": public, // Prometheus: fleet-wide counts (mounted in New)
+	"/":        public, // redirects to the console (ui.go)
+	"/ui":      public, // redirects to /ui/
+	"/ui/*":    public, // the console's static files (package web); its data comes from the API with the user's token
+	// The API's own description (huma).
+	"/openapi.json": public, "/openapi.yaml": public, "/openapi-3.0.json": public, "/openapi-3.0.yaml": public,
+	"/schemas/{schema}": public,
 }
 
 // register adds one operation with its policy.
@@ -88,7 +105,20 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 	s.ops = append(s.ops, &op)
 }
 
-// registerStream adds a streaming GET operation.
+// registerStream adds a streaming GET operation whose answer is
+// Server-Sent Events, and says so in the OpenAPI document.
 func registerStream[I any](s *Server, id, path, summary string, pol policy, h func(context.Context, *I) (*huma.StreamResponse, error)) {
 	register(s, id, http.MethodGet, path, summary, pol, h)
+	pi := s.api.OpenAPI().Paths[path]
+	if pi == nil || pi.Get == nil {
+		panic("stream " + id + " is not in the OpenAPI document")
+	}
+	op := pi.Get // huma keeps its own copy of the operation
+	if op.Responses == nil {
+		op.Responses = map[string]*huma.Response{}
+	}
+	op.Responses["200"] = &huma.Response{
+		Description: "Server-Sent Events: `id:` (resume with Last-Event-ID), `event:` (the source), `data:` (one line); a `:` comment every 15 s keeps idle connections open",
+		Content:     map[string]*huma.MediaType{"text/event-stream": {Schema: &huma.Schema{Type: "string"}}},
+	}
 }

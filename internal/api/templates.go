@@ -4,10 +4,10 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // TemplateService is what the template routes use (manager.Templates).

@@ -3,8 +3,8 @@ package api
 import (
 	"context"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // TokenService is what the token routes use (manager.Tokens).

@@ -7,9 +7,9 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // VMService is the VM lifecycle as the VM routes use it (manager.VMs).
@@ -29,6 +29,10 @@ type VMService interface {
 	Events(ctx context.Context, scope manager.Scope, id string, limit int) ([]store.VMEvent, error)
 	Logs(ctx context.Context, scope manager.Scope, id, source string, tail int) (agentapi.LogLines, error)
 	StreamLogs(ctx context.Context, scope manager.Scope, id, source string) (*http.Response, error)
+	// StreamLogsFrom resumes a stream (Last-Event-ID) or starts it a tail back.
+	StreamLogsFrom(ctx context.Context, scope manager.Scope, id string, o agentapi.StreamOptions) (*http.Response, error)
+	// VMStats are the VM's values of its agent's /metrics series (the console's charts).
+	VMStats(ctx context.Context, scope manager.Scope, id string) (agentapi.VMStats, error)
 	TailPath(ctx context.Context, scope manager.Scope, path string, tail int) (agentapi.LogLines, error)
 	Metrics(ctx context.Context, scope manager.Scope, id string) (agentapi.MetricsRecord, error)
 	// View renders a VM with its host's current address.

@@ -144,7 +144,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	})
 	srv := api.New(api.Deps{
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
-		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
+		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})
 
@@ -167,6 +167,8 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	}
 	// A token revoked or rotated on any manager stops working on all of them.
 	m.bg.Go(func() { st.Listen(ctx, manager.TokenChannel, authn.Invalidate) })
+	// A host re-registered at a new address through another manager.
+	m.bg.Go(func() { st.Listen(ctx, manager.HostChannel, mgr.Hosts.Forget) })
 	// Streams end and in-flight requests drain first; then background work
 	// (async boots), then the long-lived goroutines (the reconciler releases
 	// its lease on its way out), and the store last: nothing may write to a

@@ -16,11 +16,11 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/pki/pkitest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 const longJoin = "join-token-of-at-least-32-bytes-0123456789"
@@ -115,7 +115,7 @@ type fleet struct {
 	mgrTLS   pki.Files
 	agentTLS pki.Files
 	ag       *agenttest.Agent
-	client   *client.Client
+	client   *nexus.Client
 	admin    string
 }
 
@@ -138,7 +138,7 @@ func newTLSFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	f.ag = agenttest.Start(t, agenttest.Options{Manager: f.m.URL(), Name: "hollow-1", Token: longJoin, TLS: f.agentTLS})
-	f.client = client.New(f.m.URL(), f.admin, client.WithTransport(pkitest.Transport(t, pki.Files{CA: f.ca.CAFile()})))
+	f.client = nexus.New(f.m.URL(), f.admin, nexus.WithTransport(pkitest.Transport(t, pki.Files{CA: f.ca.CAFile()})))
 	f.waitReady(t)
 	return f
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // newImageCmd returns `nexus image`: the image registry.

@@ -190,6 +190,7 @@ set it registers there and sends heartbeats.`,
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
 	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
+	strFlag(fs, &o.MetricsToken, "metrics-token", e, "AGENT_METRICS_TOKEN", "", "a read-only token for GET /metrics (give Prometheus this, not the join token)")
 	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}
@@ -197,6 +198,8 @@ set it registers there and sends heartbeats.`,
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
 	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs, jails VMMs, serves plain HTTP on loopback only, wants a 32-byte join token)")
 	fs.BoolVar(&o.Hollow, "hollow", false, "simulated host for tests and benchmarks: firecracker-sim in-process, TAPs in memory, no root; labelled hollow in nexus host ls")
+	fs.IntVar(&o.HollowCapacity.Vcpu, "hollow-vcpus", 0, "with --hollow: the vCPUs the host reports (default: the machine's, scaled)")
+	fs.IntVar(&o.HollowCapacity.MemMib, "hollow-mem-mib", 0, "with --hollow: the memory in MiB the host reports (default: the machine's, scaled)")
 	lf.add(fs, e, "json")
 	return cmd
 }

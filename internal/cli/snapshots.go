@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // newSnapshotCmd is `nexus snapshot`: create, list, show, delete and

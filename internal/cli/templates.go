@@ -14,8 +14,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // newTemplateCmd returns `nexus template`: saved VM configurations.
@@ -222,7 +222,7 @@ func templateInstantiateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 }
 
 // instantiate creates VMs from a template and prints one line per VM.
-func instantiate(cmd *cobra.Command, c *client.Client, cf *clientFlags, ref string, req apitypes.InstantiateRequest, wait bool, stdout io.Writer) error {
+func instantiate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, ref string, req apitypes.InstantiateRequest, wait bool, stdout io.Writer) error {
 	if req.Name == "" {
 		return fmt.Errorf("--name is required")
 	}
@@ -254,7 +254,7 @@ func emptyConfig(c apitypes.TemplateConfig) bool {
 
 // createFromTemplate is `nexus vm create --template T [--count N]`: the
 // VM flags given become overrides of the template's config.
-func createFromTemplate(cmd *cobra.Command, c *client.Client, cf *clientFlags, ref string, count int, req apitypes.CreateVMRequest, wait bool, stdout io.Writer) error {
+func createFromTemplate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, ref string, count int, req apitypes.CreateVMRequest, wait bool, stdout io.Writer) error {
 	switch {
 	case req.KernelPath != "" || req.RootfsPath != "":
 		return fmt.Errorf("--template takes registered images only: use --kernel-image-id / --rootfs-image-id to override")

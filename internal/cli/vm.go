@@ -15,10 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 	"github.com/nexus-microvm/nexus/internal/pki"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // clientFlags are the flags every client command shares.
@@ -35,7 +35,7 @@ func (c *clientFlags) add(cmd *cobra.Command, e env) {
 	fs.StringVar(&c.project, "project", "", "project (default: the token's)")
 }
 
-func (c *clientFlags) client() (*client.Client, error) {
+func (c *clientFlags) client() (*nexus.Client, error) {
 	if c.output != "table" && c.output != "json" {
 		return nil, fmt.Errorf("--output %q: use table or json", c.output)
 	}
@@ -49,13 +49,13 @@ func (c *clientFlags) client() (*client.Client, error) {
 		}
 		tr := jsonhttp.NewTransport()
 		r.ConfigureTransport(tr)
-		return client.New(c.addr, c.token, client.WithTransport(tr)), nil
+		return nexus.New(c.addr, c.token, nexus.WithTransport(tr)), nil
 	}
-	return client.New(c.addr, c.token), nil
+	return nexus.New(c.addr, c.token), nil
 }
 
 // vmRef returns a client and the id of the VM named (or identified) by ref.
-func (c *clientFlags) vmRef(ctx context.Context, ref string) (*client.Client, string, error) {
+func (c *clientFlags) vmRef(ctx context.Context, ref string) (*nexus.Client, string, error) {
 	cl, err := c.client()
 	if err != nil {
 		return nil, "", err
@@ -86,7 +86,7 @@ func describe(err error) error {
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // resolve turns a VM name or id into an id.
-func resolve(ctx context.Context, c *client.Client, project, ref string) (string, error) {
+func resolve(ctx context.Context, c *nexus.Client, project, ref string) (string, error) {
 	if uuidRE.MatchString(ref) {
 		return ref, nil
 	}
@@ -350,7 +350,7 @@ func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 
 // forEach runs op for each VM reference, printing each outcome; it fails
 // if any failed.
-func forEach(ctx context.Context, c *client.Client, project string, refs []string, stdout io.Writer, op func(id string) error) error {
+func forEach(ctx context.Context, c *nexus.Client, project string, refs []string, stdout io.Writer, op func(id string) error) error {
 	return eachRef(refs, stdout, "ok", func(ref string) error {
 		id, err := resolve(ctx, c, project, ref)
 		if err != nil {

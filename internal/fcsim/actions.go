@@ -1,14 +1,12 @@
 package fcsim
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // The VMM side: each action runs with s.mu held, checks the phase the way
@@ -32,109 +30,162 @@ func (s *sim) post() *vmmError {
 	return nil
 }
 
-type instanceInfo struct {
-	ID         string `json:"id"`
-	State      string `json:"state"`
-	VMMVersion string `json:"vmm_version"`
-	AppName    string `json:"app_name"`
-}
-
 func (s *sim) getInstanceInfo() (any, *vmmError) {
-	return instanceInfo{ID: s.opts.id, State: s.state.String(), VMMVersion: Version, AppName: "Firecracker"}, nil
+	return object{{"id", s.opts.id}, {"state", s.state.String()}, {"vmm_version", Version}, {"app_name", "Firecracker"}}, nil
 }
 
 func (s *sim) getVersion() (any, *vmmError) {
-	return firecracker.FirecrackerVersion{FirecrackerVersion: Version}, nil
+	return object{{"firecracker_version", Version}}, nil
 }
 
-// machineConfigOut is GET /machine-config in firecracker's field order.
-type machineConfigOut struct {
-	VcpuCount       int    `json:"vcpu_count"`
-	MemSizeMib      int    `json:"mem_size_mib"`
-	Smt             bool   `json:"smt"`
-	CPUTemplate     string `json:"cpu_template,omitempty"`
-	TrackDirtyPages bool   `json:"track_dirty_pages"`
-	HugePages       string `json:"huge_pages"`
-}
-
-func (s *sim) machineOut() machineConfigOut {
+// machineOut is MachineConfig's serialization: cpu_template only for a
+// static template.
+func (s *sim) machineOut() object {
 	m := s.res.machine
-	out := machineConfigOut{VcpuCount: m.VcpuCount, MemSizeMib: m.MemSizeMib, Smt: *m.Smt,
-		TrackDirtyPages: *m.TrackDirtyPages, HugePages: m.HugePages}
+	out := object{{"vcpu_count", m.VcpuCount}, {"mem_size_mib", m.MemSizeMib}, {"smt", *m.Smt}}
 	if m.CPUTemplate != "" && m.CPUTemplate != "None" {
-		out.CPUTemplate = m.CPUTemplate
+		out = append(out, kv{"cpu_template", m.CPUTemplate})
 	}
-	return out
+	return append(out, kv{"track_dirty_pages", *m.TrackDirtyPages}, kv{"huge_pages", m.HugePages})
 }
 
 func (s *sim) getMachineConfig() (any, *vmmError) { return s.machineOut(), nil }
 
-// getFullConfig is GET /vm/config: every config-file key, null when unset;
-// logger, metrics and cpu-config are never reported.
-func (s *sim) getFullConfig() (any, *vmmError) {
-	r := &s.res
-	type kv struct {
-		k string
-		v any
-	}
-	boot := any(firecracker.BootSource{})
-	if r.boot != nil {
-		boot = r.boot.cfg
-	}
-	drives := make([]firecracker.Drive, 0, len(r.drives))
-	for _, d := range r.drives {
-		drives = append(drives, d.cfg)
-	}
-	nets := make([]firecracker.NetworkInterface, 0, len(r.nets))
-	for _, n := range r.nets {
-		nets = append(nets, n.cfg)
-	}
-	var balloon, vsock, hotplug, pmem any
-	if r.balloon != nil {
-		balloon = r.balloon.cfg
-	}
-	if r.vsock != nil {
-		vsock = r.vsock.cfg
-	}
-	if r.hotplug != nil {
-		hotplug = r.hotplug.cfg
-	}
-	if len(r.pmems) > 0 {
-		ps := make([]firecracker.Pmem, 0, len(r.pmems))
-		for _, p := range r.pmems {
-			ps = append(ps, p.cfg)
-		}
-		pmem = ps
-	}
-	fields := []kv{
-		{"balloon", balloon}, {"drives", drives}, {"boot-source", boot}, {"cpu-config", nil},
-		{"logger", nil}, {"machine-config", s.machineOut()}, {"metrics", nil},
-		{"mmds-config", nullable(r.mmdsCfg)}, {"network-interfaces", nets}, {"vsock", vsock},
-		{"entropy", nullable(r.entropy)}, {"pmem", pmem}, {"memory-hotplug", hotplug},
-	}
-	out := []byte{'{'}
-	for i, f := range fields {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		b, _ := json.Marshal(f.v)
-		out = append(out, strconv.Quote(f.k)...)
-		out = append(out, ':')
-		out = append(out, b...)
-	}
-	return json.RawMessage(append(out, '}')), nil
-}
-
-func nullable[T any](p *T) any {
-	if p == nil {
+// tokenBucketOut is a bucket read back from a device: a bucket of size or
+// refill time 0 is no bucket, and a one-time burst of 0 is null.
+func tokenBucketOut(b *model.TokenBucket) any {
+	if b == nil || b.Size == 0 || b.RefillTime == 0 {
 		return nil
 	}
-	return *p
+	var burst any
+	if b.OneTimeBurst != nil && *b.OneTimeBurst != 0 {
+		burst = *b.OneTimeBurst
+	}
+	return object{{"size", b.Size}, {"one_time_burst", burst}, {"refill_time", b.RefillTime}}
+}
+
+// rateLimiterOut is RateLimiterConfig::from(&RateLimiter).into_option().
+func rateLimiterOut(rl *model.RateLimiter) any {
+	if rl == nil {
+		return nil
+	}
+	bw, ops := tokenBucketOut(rl.Bandwidth), tokenBucketOut(rl.Ops)
+	if bw == nil && ops == nil {
+		return nil
+	}
+	return object{{"bandwidth", bw}, {"ops", ops}}
+}
+
+// rateLimiterAsGiven is a RateLimiterConfig serialized as it was given
+// (pmem devices keep their configuration, not the live limiter).
+func rateLimiterAsGiven(rl *model.RateLimiter) any {
+	if rl == nil {
+		return nil
+	}
+	bucket := func(b *model.TokenBucket) any {
+		if b == nil {
+			return nil
+		}
+		var burst any
+		if b.OneTimeBurst != nil {
+			burst = *b.OneTimeBurst
+		}
+		return object{{"size", b.Size}, {"one_time_burst", burst}, {"refill_time", b.RefillTime}}
+	}
+	return object{{"bandwidth", bucket(rl.Bandwidth)}, {"ops", bucket(rl.Ops)}}
+}
+
+func optString(v string) any {
+	if v == "" {
+		return nil
+	}
+	return v
+}
+
+// driveOut is BlockDeviceConfig as the block device reports it.
+func driveOut(d model.Drive) object {
+	if d.Socket != "" {
+		return object{{"drive_id", d.DriveID}, {"partuuid", optString(d.PartUUID)}, {"is_root_device", d.IsRootDevice},
+			{"cache_type", d.CacheType}, {"is_read_only", nil}, {"path_on_host", nil}, {"rate_limiter", nil},
+			{"io_engine", nil}, {"socket", d.Socket}}
+	}
+	return object{{"drive_id", d.DriveID}, {"partuuid", optString(d.PartUUID)}, {"is_root_device", d.IsRootDevice},
+		{"cache_type", d.CacheType}, {"is_read_only", *d.IsReadOnly}, {"path_on_host", d.PathOnHost},
+		{"rate_limiter", rateLimiterOut(d.RateLimiter)}, {"io_engine", d.IOEngine}, {"socket", nil}}
+}
+
+func netOut(n model.NetworkInterface) object {
+	var mtu any
+	if n.MTU != nil {
+		mtu = *n.MTU
+	}
+	return object{{"iface_id", n.IfaceID}, {"host_dev_name", n.HostDevName}, {"guest_mac", optString(n.GuestMAC)},
+		{"mtu", mtu}, {"rx_rate_limiter", rateLimiterOut(n.RxRateLimiter)}, {"tx_rate_limiter", rateLimiterOut(n.TxRateLimiter)}}
+}
+
+func pmemOut(p model.Pmem) object {
+	return object{{"id", p.ID}, {"path_on_host", p.PathOnHost}, {"root_device", p.RootDevice},
+		{"read_only", p.ReadOnly}, {"rate_limiter", rateLimiterAsGiven(p.RateLimiter)}}
+}
+
+func (b *balloonDev) out() object {
+	return object{{"amount_mib", b.cfg.AmountMib}, {"deflate_on_oom", b.cfg.DeflateOnOOM},
+		{"stats_polling_interval_s", *b.cfg.StatsPollingIntervalS}, {"free_page_hinting", isTrue(b.cfg.FreePageHinting)},
+		{"free_page_reporting", isTrue(b.cfg.FreePageReporting)}}
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }
+
+// getFullConfig is GET /vm/config: VmmConfig's serialization, every key
+// present, in its declaration order; logger, metrics and cpu-config are
+// never reported, and the serial configuration is not part of it.
+func (s *sim) getFullConfig() (any, *vmmError) {
+	r := &s.res
+	if !s.started() {
+		s.log.log(LevelWarn, threadMain, originVMM, "If the VM was restored from snapshot, boot-source, machine-config.smt, and machine-config.cpu_template will all be empty.")
+	}
+	boot := object{{"kernel_image_path", ""}, {"initrd_path", nil}, {"boot_args", nil}}
+	if r.boot != nil {
+		boot = object{{"kernel_image_path", r.boot.cfg.KernelImagePath}, {"initrd_path", optString(r.boot.cfg.InitrdPath)},
+			{"boot_args", optString(r.boot.cfg.BootArgs)}}
+	}
+	drives := []object{}
+	for _, d := range r.drives {
+		drives = append(drives, driveOut(d.cfg))
+	}
+	nets := []object{}
+	for _, n := range r.nets {
+		nets = append(nets, netOut(n.cfg))
+	}
+	pmems := []object{}
+	for _, p := range r.pmems {
+		pmems = append(pmems, pmemOut(p.cfg))
+	}
+	var balloon, vsock, entropy, hotplug any
+	if r.balloon != nil {
+		balloon = r.balloon.out()
+	}
+	if r.vsock != nil {
+		vsock = object{{"guest_cid", r.vsock.cfg.GuestCID}, {"uds_path", r.vsock.cfg.UDSPath}}
+	}
+	if r.entropy != nil {
+		entropy = object{{"rate_limiter", rateLimiterOut(r.entropy.RateLimiter)}}
+	}
+	if r.hotplug != nil {
+		h := r.hotplug.cfg
+		hotplug = object{{"total_size_mib", *h.TotalSizeMib}, {"block_size_mib", *h.BlockSizeMib}, {"slot_size_mib", *h.SlotSizeMib}}
+	}
+	return object{
+		{"balloon", balloon}, {"drives", drives}, {"boot-source", boot}, {"cpu-config", nil},
+		{"logger", nil}, {"machine-config", s.machineOut()}, {"metrics", nil},
+		{"mmds-config", s.mmdsConfigOut()}, {"network-interfaces", nets}, {"vsock", vsock},
+		{"entropy", entropy}, {"pmem", pmems}, {"memory-hotplug", hotplug},
+	}, nil
 }
 
 // updateMachineConfig is firecracker's MachineConfig::update plus the
 // balloon check of VmResources.
-func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
+func (s *sim) updateMachineConfig(up model.MachineConfigPatch) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -144,9 +195,9 @@ func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
 		m.VcpuCount = *up.VcpuCount
 	}
 	if up.Smt != nil {
-		m.Smt = firecracker.Bool(*up.Smt)
+		m.Smt = model.Bool(*up.Smt)
 	}
-	if m.VcpuCount == 0 || m.VcpuCount > firecracker.MaxVcpus || *m.Smt && m.VcpuCount > 1 && m.VcpuCount%2 == 1 {
+	if m.VcpuCount == 0 || m.VcpuCount > model.MaxVcpus || *m.Smt && m.VcpuCount > 1 && m.VcpuCount%2 == 1 {
 		return fault("Machine config error: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.")
 	}
 	if up.MemSizeMib != nil {
@@ -168,24 +219,24 @@ func (s *sim) updateMachineConfig(up firecracker.MachineConfigPatch) *vmmError {
 		}
 	}
 	if up.TrackDirtyPages != nil {
-		m.TrackDirtyPages = firecracker.Bool(*up.TrackDirtyPages)
+		m.TrackDirtyPages = model.Bool(*up.TrackDirtyPages)
 	}
 	s.res.machine = m
 	return nil
 }
 
-func (s *sim) putBootSource(b firecracker.BootSource) *vmmError {
+func (s *sim) putBootSource(b model.BootSource) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
 	s.bootPath = true
-	kernel, err := os.Open(b.KernelImagePath)
+	kernel, err := os.Open(s.opts.dir.at(b.KernelImagePath))
 	if err != nil {
 		return fault("Boot source error: The kernel file cannot be opened: %s", ioErrText(err))
 	}
 	var initrd *os.File
 	if b.InitrdPath != "" {
-		if initrd, err = os.Open(b.InitrdPath); err != nil {
+		if initrd, err = os.Open(s.opts.dir.at(b.InitrdPath)); err != nil {
 			kernel.Close()
 			return fault("Boot source error: The initrd file cannot be opened due to invalid path or invalid permissions. %s", ioErrText(err))
 		}
@@ -197,15 +248,18 @@ func (s *sim) putBootSource(b firecracker.BootSource) *vmmError {
 	return nil
 }
 
-func (s *sim) putCPUConfig(c firecracker.CPUConfig) *vmmError {
+func (s *sim) putCPUConfig(c model.CPUConfig) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
 	s.res.cpuConfig = &c
+	// A custom template takes the place of a static one, which then no
+	// longer shows in the machine configuration.
+	s.res.machine.CPUTemplate = ""
 	return nil
 }
 
-func (s *sim) putSerial(c firecracker.SerialDevice) *vmmError {
+func (s *sim) putSerial(c model.SerialDevice) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -213,7 +267,7 @@ func (s *sim) putSerial(c firecracker.SerialDevice) *vmmError {
 	return nil
 }
 
-func (s *sim) putLogger(l firecracker.Logger) *vmmError {
+func (s *sim) putLogger(l model.Logger) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -231,11 +285,11 @@ func (s *sim) putLogger(l firecracker.Logger) *vmmError {
 	return nil
 }
 
-func (s *sim) putMetrics(m firecracker.Metrics) *vmmError {
+func (s *sim) putMetrics(m model.Metrics) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
-	if err := s.met.init(m.MetricsPath); err != nil {
+	if err := s.met.init(s.opts.dir.at(m.MetricsPath)); err != nil {
 		text := err.Error()
 		if err != errMetricsReinit {
 			text = ioErrText(err)
@@ -254,7 +308,9 @@ func (s *sim) flushMetricsAction() *vmmError {
 }
 
 // instanceStart builds and boots the VM (builder.rs), or leaves it Not
-// started with firecracker's error.
+// started with firecracker's error, checking in the builder's order: the
+// serial output (opened with the device manager), the kernel, the initrd,
+// then the devices created only now (pmem).
 func (s *sim) instanceStart() *vmmError {
 	if e := s.pre(); e != nil {
 		return e
@@ -265,23 +321,41 @@ func (s *sim) instanceStart() *vmmError {
 	if s.res.boot == nil {
 		return fault("Start microvm error: Cannot start microvm without kernel configuration.")
 	}
-	k := s.res.boot.kernel
-	st, err := k.Stat()
-	if err != nil || !checkELFKernel(k, st.Size()) {
-		return fault("%s", kernelLoaderFault)
-	}
-	if ir := s.res.boot.initrd; ir != nil {
-		if st, err := ir.Stat(); err != nil || st.Size() > int64(s.res.machine.MemSizeMib)<<20 {
-			return fault("Start microvm error: Cannot load initrd due to an invalid memory configuration.")
-		}
-	}
-	out, verr := s.consoleOut()
+	out, serial, verr := s.consoleOut()
 	if verr != nil {
 		return verr
 	}
+	fail := func(e *vmmError) *vmmError {
+		if serial != nil {
+			serial.Close()
+		}
+		for _, p := range s.res.pmems {
+			if p.file != nil {
+				p.file.Close()
+				p.file = nil
+			}
+		}
+		return e
+	}
+	k := s.res.boot.kernel
+	st, err := k.Stat()
+	if err != nil || !checkELFKernel(k, st.Size()) {
+		return fail(fault("%s", kernelLoaderFault))
+	}
+	if ir := s.res.boot.initrd; ir != nil {
+		if st, err := ir.Stat(); err != nil || st.Size() > int64(s.res.machine.MemSizeMib)<<20 {
+			return fail(fault("Start microvm error: Cannot load initrd due to an invalid memory configuration."))
+		}
+	}
+	for _, p := range s.res.pmems {
+		if msg := p.open(s.opts.dir); msg != "" {
+			return fail(fault("Start microvm error: Cannot create pmem device: %s", msg))
+		}
+	}
 	start := time.Now()
 	s.state = stateRunning
-	s.guest = newGuest(out, s.countConsole, 0, 0)
+	s.serialOut = serial
+	s.guest = newGuest(out, s.countConsole, s.serialFailed, 0, 0)
 	cmdline := s.kernelCmdline()
 	s.guest.print(
 		"Linux version 6.1.0-sim (firecracker-sim "+Version+") #1 SMP",
@@ -298,25 +372,34 @@ func (s *sim) instanceStart() *vmmError {
 	return nil
 }
 
-// consoleOut is where the guest's serial output goes: stdout, or the
-// serial device's serial_out_path.
-func (s *sim) consoleOut() (io.Writer, *vmmError) {
+// consoleOut is where the guest's serial output goes: the serial device's
+// serial_out_path, opened like firecracker opens it (a FIFO without a
+// reader is fine), or stdout made non-blocking. serial is what the VM
+// must close, if anything. A failed open is, word for word, firecracker's
+// (the io::Error converts into the device manager's EventFd variant).
+func (s *sim) consoleOut() (io.Writer, io.Closer, *vmmError) {
 	if s.res.serial == nil || s.res.serial.SerialOutPath == "" {
-		return s.stdout, nil
+		return stdoutSink(s.stdout), nil, nil
 	}
-	f, err := os.OpenFile(s.res.serial.SerialOutPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := openSink(s.opts.dir.at(s.res.serial.SerialOutPath))
 	if err != nil {
-		return nil, fault("Start microvm error: Error creating legacy device: %s", ioErrText(err))
+		return nil, nil, fault("Start microvm error: Failed to create device manager: Error with EventFd: %s", ioErrText(err))
 	}
-	s.serialOut = f
-	return f, nil
+	return f, f, nil
+}
+
+// serialFailed accounts a console write that failed (a full pipe): the
+// UART counts an error per lost byte and firecracker logs the failure.
+func (s *sim) serialFailed(lost int, err error) {
+	s.met.add("uart.error_count", uint64(lost))
+	s.log.log(LevelError, threadVcpu, originSerial, "Failed the write to serial: %s", serialErrDebug(err))
 }
 
 // countConsole accounts the guest's serial output: port I/O exits and UART
 // writes.
-func (s *sim) countConsole(n int) {
-	s.met.add("uart.write_count", uint64(n))
-	s.met.add("vcpu.exit_io_out", uint64(n))
+func (s *sim) countConsole(attempted, written int) {
+	s.met.add("uart.write_count", uint64(written))
+	s.met.add("vcpu.exit_io_out", uint64(attempted))
 }
 
 func (s *sim) patchVM(state string) *vmmError {
@@ -324,7 +407,7 @@ func (s *sim) patchVM(state string) *vmmError {
 		return e
 	}
 	t0 := time.Now()
-	if state == firecracker.VMStatePaused {
+	if state == model.VMStatePaused {
 		if s.state == stateRunning {
 			s.guest.pause()
 			s.state = statePaused

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/nexus-microvm/nexus/internal/firecracker"
 )
 
 // This file is firecracker's API thread: it logs a request, hands it to the
@@ -35,12 +33,15 @@ var (
 )
 
 // apiCall is a parsed request ready for the VMM. run returns nil for 204,
-// json.RawMessage or any value for 200.
+// json.RawMessage or a value marshalJSON encodes for 200.
 type apiCall struct {
 	run         func() (any, *vmmError)
-	deprecation string
+	deprecation string // ParsingInfo's deprecation message
 	failKey     string // metric counted when run fails
 }
+
+// deprecate appends a deprecation message, as ParsingInfo does.
+func (c *apiCall) deprecate(msg string) { c.deprecation += msg }
 
 // reqError is firecracker's RequestError: its Display is the fault
 // message, its Debug form is what the API thread logs.
@@ -49,7 +50,7 @@ type reqError struct{ msg, debug string }
 func serdeReqError(err error) *reqError {
 	msg := err.Error()
 	debug := fmt.Sprintf("SerdeJson(Error(%s, line: 0, column: 0))", rustDebugString(msg))
-	if se, ok := err.(*serdeError); ok && se.at.line > 0 {
+	if se, ok := err.(*serdeError); ok {
 		debug = fmt.Sprintf("SerdeJson(Error(%s, line: %d, column: %d))", rustDebugString(se.msg), se.at.line, se.at.col)
 	}
 	return &reqError{"An error occurred when deserializing the json body of a request: " + msg + ".", debug}
@@ -92,11 +93,13 @@ func emptyBody(method string) *reqError {
 		return genericError("GET request cannot have a body.")
 	case "PUT":
 		return genericError("Empty PUT request.")
+	case "DELETE":
+		return genericError("Empty Delete request.")
 	}
 	return genericError("Empty PATCH request.")
 }
 
-// handleHTTP serves one API request end to end.
+// handleHTTP serves one API request end to end (ApiServer::handle_request).
 func (s *sim) handleHTTP(r *httpRequest) httpResponse {
 	s.log.log(LevelInfo, threadAPI, originRequest, "The API server received a %s.", s.describe(r))
 	call, rerr := s.route(r)
@@ -126,28 +129,22 @@ func (s *sim) handleHTTP(r *httpRequest) httpResponse {
 		s.log.log(LevelInfo, threadAPI, originRequest, "The request was executed successfully. Status code: 200 OK.")
 		b, ok := data.(json.RawMessage)
 		if !ok {
-			b, _ = json.Marshal(data)
+			b = marshalJSON(data)
 		}
 		resp = httpResponse{status: 200, body: b}
 	}
+	// The deprecation warning and header come with the answer whether
+	// the action succeeded or not.
 	if call.deprecation != "" {
-		s.met.inc("deprecated_api.deprecated_http_api_calls")
 		s.log.log(LevelWarn, threadAPI, originAPI, "%s", call.deprecation)
 		resp.deprecation = true
 	}
 	return resp
 }
 
-// parseJSONField reports whether an (already validated) object body has
-// the top-level key name.
-func parseJSONField(body []byte, name string) bool {
-	n, err := parseJSON(body)
-	return err == nil && n.get(name) != nil
-}
-
+// faultResponse is json!({"fault_message": msg}).to_string().
 func faultResponse(status int, msg string) httpResponse {
-	b, _ := json.Marshal(firecracker.Error{FaultMessage: msg})
-	return httpResponse{status: status, body: b}
+	return httpResponse{status: status, body: marshalJSON(object{{"fault_message", msg}})}
 }
 
 // describe is firecracker's request description for the log line.

@@ -1,11 +1,18 @@
 package fcsim
 
-import "github.com/nexus-microvm/nexus/internal/firecracker"
+import "github.com/nexus-microvm/nexus/internal/firecracker/model"
 
 // The balloon device: configuration before boot, target and statistics
-// after. The simulated guest gives back exactly what is asked.
+// after. The simulated guest gives back exactly what is asked and
+// acknowledges a free page hinting run at once.
 
-func (s *sim) putBalloon(b firecracker.Balloon) *vmmError {
+// Free page hinting commands (virtio-balloon): 0 stop, 1 done, then ids.
+const (
+	hintCmdStop = 0
+	hintCmdDone = 1
+)
+
+func (s *sim) putBalloon(b model.Balloon) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -14,20 +21,22 @@ func (s *sim) putBalloon(b firecracker.Balloon) *vmmError {
 		return fault("Balloon config error: Amount of pages requested is too large.")
 	}
 	if b.StatsPollingIntervalS == nil {
-		b.StatsPollingIntervalS = firecracker.Int(0)
+		b.StatsPollingIntervalS = model.Int(0)
 	}
-	s.res.balloon = &balloonDev{cfg: b}
+	s.res.balloon = &balloonDev{cfg: b, hostCmd: hintCmdStop}
 	return nil
 }
+
+const errNoBalloonAfterBoot = "Failed perform action on device: Device not found"
 
 func (s *sim) getBalloon() (any, *vmmError) {
 	if s.res.balloon == nil {
 		if s.started() {
-			return nil, fault("Internal VMM error: Balloon: No balloon device found.")
+			return nil, fault("Internal VMM error: " + errNoBalloonAfterBoot)
 		}
 		return nil, fault("Balloon config error: No balloon device found.")
 	}
-	return s.res.balloon.cfg, nil
+	return s.res.balloon.out(), nil
 }
 
 func (s *sim) balloonPost() (*balloonDev, *vmmError) {
@@ -35,18 +44,19 @@ func (s *sim) balloonPost() (*balloonDev, *vmmError) {
 		return nil, e
 	}
 	if s.res.balloon == nil {
-		return nil, fault("Balloon update error: No balloon device found.")
+		return nil, fault("Balloon update error: " + errNoBalloonAfterBoot)
 	}
 	return s.res.balloon, nil
 }
 
-func (s *sim) patchBalloon(u firecracker.BalloonUpdate) *vmmError {
+func (s *sim) patchBalloon(u model.BalloonUpdate) *vmmError {
 	b, e := s.balloonPost()
 	if e != nil {
 		return e
 	}
 	if u.AmountMib > s.res.machine.MemSizeMib {
-		return fault("Balloon update error: Amount of pages requested is too large.")
+		// BalloonError::TooMuchMemoryRequested names the requested size.
+		return fault("Balloon update error: Balloon: Requested memory should be less than %dMiB", u.AmountMib)
 	}
 	if u.AmountMib > b.cfg.AmountMib {
 		s.met.inc("balloon.inflate_count")
@@ -63,29 +73,30 @@ func (s *sim) getBalloonStats() (any, *vmmError) {
 		return nil, e
 	}
 	if *b.cfg.StatsPollingIntervalS == 0 {
-		return nil, fault("Balloon update error: Statistics for the balloon device are not enabled")
+		return nil, fault("Balloon update error: Balloon: Received stats query when stats are disabled.")
 	}
 	const pagesPerMib = 256
-	total := int64(s.res.machine.MemSizeMib) << 20
-	free := total - int64(b.cfg.AmountMib)<<20
-	zero := int64(0)
-	return firecracker.BalloonStats{
-		TargetPages: b.cfg.AmountMib * pagesPerMib, ActualPages: b.cfg.AmountMib * pagesPerMib,
-		TargetMib: b.cfg.AmountMib, ActualMib: b.cfg.AmountMib,
-		SwapIn: &zero, SwapOut: &zero, MajorFaults: &zero, MinorFaults: &zero,
-		FreeMemory: &free, TotalMemory: &total, AvailableMemory: &free, DiskCaches: &zero,
-	}, nil
+	total := uint64(s.res.machine.MemSizeMib) << 20
+	free := total - uint64(b.cfg.AmountMib)<<20
+	pages := b.cfg.AmountMib * pagesPerMib
+	return object{{"target_pages", pages}, {"actual_pages", pages}, {"target_mib", b.cfg.AmountMib},
+		{"actual_mib", b.cfg.AmountMib}, {"swap_in", 0}, {"swap_out", 0}, {"major_faults", 0}, {"minor_faults", 0},
+		{"free_memory", free}, {"total_memory", total}, {"available_memory", free}, {"disk_caches", 0}}, nil
 }
 
-func (s *sim) patchBalloonStats(u firecracker.BalloonStatsUpdate) *vmmError {
+func (s *sim) patchBalloonStats(u model.BalloonStatsUpdate) *vmmError {
 	b, e := s.balloonPost()
 	if e != nil {
 		return e
 	}
-	if (*b.cfg.StatsPollingIntervalS == 0) != (u.StatsPollingIntervalS == 0) {
-		return fault("Balloon update error: Cannot enable/disable the statistics after boot.")
+	cur := *b.cfg.StatsPollingIntervalS
+	if cur == u.StatsPollingIntervalS {
+		return nil
 	}
-	b.cfg.StatsPollingIntervalS = firecracker.Int(u.StatsPollingIntervalS)
+	if cur == 0 || u.StatsPollingIntervalS == 0 {
+		return fault("Balloon update error: Balloon: Statistics cannot be enabled/disabled after activation.")
+	}
+	b.cfg.StatsPollingIntervalS = model.Int(u.StatsPollingIntervalS)
 	s.met.inc("balloon.stats_updates_count")
 	return nil
 }
@@ -95,18 +106,22 @@ func (s *sim) hintingDevice() (*balloonDev, *vmmError) {
 	if e != nil {
 		return nil, e
 	}
-	if b.cfg.FreePageHinting == nil || !*b.cfg.FreePageHinting {
-		return nil, fault("Balloon update error: Free page hinting is not enabled on the balloon device")
+	if !isTrue(b.cfg.FreePageHinting) {
+		return nil, fault("Balloon update error: Balloon: Attempting to use hinting when not enabled")
 	}
 	return b, nil
 }
 
-func (s *sim) startHinting(firecracker.BalloonStartCmd) *vmmError {
+func (s *sim) startHinting(model.BalloonStartCmd) *vmmError {
 	b, e := s.hintingDevice()
 	if e != nil {
 		return e
 	}
-	b.hintCmd++
+	id := b.lastCmd + 1
+	if id <= hintCmdDone {
+		id = 2 // 0 and 1 are reserved
+	}
+	b.lastCmd, b.hostCmd, b.guestCmd = id, id, &id
 	s.met.inc("balloon.free_page_hint_count")
 	return nil
 }
@@ -116,17 +131,18 @@ func (s *sim) getHintingStatus() (any, *vmmError) {
 	if e != nil {
 		return nil, e
 	}
-	st := firecracker.BalloonHintingStatus{HostCmd: b.hintCmd}
-	if b.hintCmd > 0 {
-		// The simulated guest acknowledges a run at once.
-		st.GuestCmd = firecracker.Int(b.hintCmd)
+	var guest any
+	if b.guestCmd != nil {
+		guest = *b.guestCmd
 	}
-	return st, nil
+	return object{{"host_cmd", b.hostCmd}, {"guest_cmd", guest}}, nil
 }
 
-// stopHinting ends a hinting run; the simulated guest has nothing to stop,
-// so only the device checks remain.
 func (s *sim) stopHinting() *vmmError {
-	_, e := s.hintingDevice()
-	return e
+	b, e := s.hintingDevice()
+	if e != nil {
+		return e
+	}
+	b.hostCmd = hintCmdDone
+	return nil
 }

@@ -205,7 +205,7 @@ func (r *endpointRun) exercise(t *testing.T) {
 	r.cover("PATCH", "/balloon/hinting/start")
 	hs, err := c.GetBalloonHintingStatus(ctx)
 	must(t, err)
-	if hs.HostCmd != 1 {
+	if hs.HostCmd != 2 || hs.GuestCmd == nil || *hs.GuestCmd != 2 {
 		t.Fatalf("hinting status = %+v", hs)
 	}
 	r.cover("GET", "/balloon/hinting/status")

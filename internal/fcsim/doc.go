@@ -3,7 +3,12 @@
 // on the same unix socket with firecracker's status codes and fault
 // messages, opens the same host files and TAP devices at the same moments,
 // writes firecracker's log and metrics formats, and runs a simulated guest
-// whose serial console (stdout) prints one line per second of guest run time:
+// whose serial console (stdout, or serial_out_path) prints, once per boot
+// when the guest first runs,
+//
+//	nexus-guest: ready
+//
+// and then one line per second of guest run time:
 //
 //	sim-guest: counter=<N>
 //
@@ -11,12 +16,16 @@
 // count, and a VM restored from a snapshot continues from the saved count.
 //
 // Everything a caller can observe at the process boundary follows the
-// Firecracker v1.16 line (see internal/firecracker/versions.go); the version
-// string always ends in "-sim". The JSON models come from
-// internal/firecracker; this package adds the serde-like request validation
-// that firecracker performs before it acts.
+// Firecracker v1.16 line (see internal/firecracker/model/versions.go): the
+// wire format of micro_http, serde_json's errors and output, the fault
+// texts, the way files are opened. The version string always ends in
+// "-sim". docs/firecracker-sim.md lists every known difference. The JSON
+// models come from internal/firecracker/model; this package adds the
+// serde-like decoding (serde.go) and encoding (json.go) firecracker does.
 //
 // It imports only the standard library, golang.org/x/sys and
-// internal/firecracker, so that the binary stays small (1,000 simulated VMs
-// must fit on a small host).
+// internal/firecracker/model — not the typed client, whose HTTP and TLS
+// code would double the binary and its start time (thousands of simulated
+// VMs must fit on a small host; cmd/firecracker-sim's TestDependencies
+// holds the line).
 package fcsim

@@ -13,13 +13,22 @@ const ConsolePrefix = "sim-guest: "
 // CounterPrefix starts the once-a-second line: "sim-guest: counter=<N>".
 const CounterPrefix = ConsolePrefix + "counter="
 
+// ReadyLine is what the simulated guest prints once per boot when it
+// first runs (after InstanceStart, or after a snapshot load when the VM is
+// first resumed), before any counter line. It is the line a Nexus guest
+// image prints when its init is up, so the control plane detects
+// readiness the same way for simulated and real guests.
+const ReadyLine = "nexus-guest: ready"
+
 // guest is the simulated guest: a serial console and a clock of guest run
 // time. It uses a single runtime timer and no goroutine, so an idle VM costs
 // no CPU between ticks.
 type guest struct {
 	mu      sync.Mutex
 	out     io.Writer
-	wrote   func(n int) // counts console bytes (uart.write_count)
+	wrote   func(attempted, written int) // counts console bytes (uart, vcpu exits)
+	failed  func(lost int, err error)    // a write the output refused (full pipe)
+	ready   bool                         // ReadyLine was printed
 	counter int
 	ran     time.Duration // run time before since
 	since   time.Time     // zero while paused
@@ -28,14 +37,21 @@ type guest struct {
 	now     func() time.Time
 }
 
-func newGuest(out io.Writer, wrote func(int), counter int, ran time.Duration) *guest {
-	return &guest{out: out, wrote: wrote, counter: counter, ran: ran, now: time.Now}
+func newGuest(out io.Writer, wrote func(int, int), failed func(int, error), counter int, ran time.Duration) *guest {
+	return &guest{out: out, wrote: wrote, failed: failed, counter: counter, ran: ran, now: time.Now}
 }
 
-func (g *guest) println(s string) {
-	n, _ := io.WriteString(g.out, ConsolePrefix+s+"\n")
+func (g *guest) println(s string) { g.write(ConsolePrefix + s + "\n") }
+
+// write sends one line to the serial output, which never blocks (a sink
+// or a non-blocking stdout): what does not fit is lost, as on the UART.
+func (g *guest) write(line string) {
+	n, err := io.WriteString(g.out, line)
 	if g.wrote != nil {
-		g.wrote(n)
+		g.wrote(len(line), n)
+	}
+	if err != nil && g.failed != nil {
+		g.failed(len(line)-n, err)
 	}
 }
 
@@ -54,6 +70,10 @@ func (g *guest) resume() {
 	defer g.mu.Unlock()
 	if g.stopped || !g.since.IsZero() {
 		return
+	}
+	if !g.ready {
+		g.ready = true
+		g.write(ReadyLine + "\n")
 	}
 	g.since = g.now()
 	g.arm()

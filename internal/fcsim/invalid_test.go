@@ -3,7 +3,6 @@ package fcsim
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -86,7 +85,7 @@ func TestInvalidRequests(t *testing.T) {
 		with(mc(`{"vcpu_count":1,"mem_size_mib":129,"huge_pages":"2M"}`), "odd memory with 2M pages", "not a multiple of the configured page size"),
 		with(mc(`{"vcpu_count":1,"mem_size_mib":128,"huge_pages":"1G"}`), "unknown huge pages", "unknown variant `1G`, expected `None` or `2M`"),
 		with(mc(`x`), "not json", "expected value at line 1 column 1."),
-		with(mc(`{"vcpu_count":1,`), "truncated json", "EOF while parsing an object"),
+		with(mc(`{"vcpu_count":1,`), "truncated json", "EOF while parsing a value at line 1 column 16."),
 		with(mc(`{"vcpu_count":1,}`), "trailing comma", "trailing comma at line 1 column 17"),
 		with(mc(`-`), "empty PUT", "Empty PUT request."),
 		{name: "empty PATCH", method: "PATCH", path: "/machine-config", body: `{}`, status: 400, phrase: "Empty PATCH request."},
@@ -147,8 +146,8 @@ func TestInvalidRequests(t *testing.T) {
 			phrase: "Amount of pages requested is too large."},
 		{name: "no balloon", method: "GET", path: "/balloon", body: `-`, status: 400, phrase: "No balloon device found."},
 		{name: "vsock path taken", method: "PUT", path: "/vsock", body: `{"guest_cid":3,"uds_path":"` + existing + `"}`, status: 400,
-			phrase: "Address already in use (os error 98)"},
-		{name: "bad log level", method: "PUT", path: "/logger", body: `{"level":"loud"}`, status: 400, phrase: "Failed to parse string to level filter: loud"},
+			phrase: "Address in use (os error 98)"},
+		{name: "bad log level", method: "PUT", path: "/logger", body: `{"level":"loud"}`, status: 400, phrase: "Invalid LevelFilter at line 1 column 16."},
 		// After boot.
 		{name: "machine config after boot", setup: boot, method: "PUT", path: "/machine-config", body: `{"vcpu_count":1,"mem_size_mib":64}`,
 			status: 400, phrase: "The requested operation is not supported after starting the microVM."},
@@ -184,23 +183,6 @@ func TestInvalidRequests(t *testing.T) {
 				if info.State != firecracker.StateNotStarted {
 					t.Fatalf("state after failed start = %q", info.State)
 				}
-			}
-		})
-	}
-}
-
-// TestHTTPLayerErrors checks micro_http's own errors: {"error": …}.
-func TestHTTPLayerErrors(t *testing.T) {
-	p := startInProc(t)
-	for _, tc := range []struct{ name, method, body, phrase string }{
-		{"unsupported method", "POST", "{}", "Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be dropped."},
-		{"payload too large", "PUT", `{"k":"` + strings.Repeat("x", firecracker.MaxPayloadSize) + `"}`,
-			fmt.Sprintf("Request payload with size %d is larger than the limit of 51200 allowed by server.", firecracker.MaxPayloadSize+8)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			code, body := rawCall(t, p.sock, tc.method, "/mmds", tc.body)
-			if code != 400 || !strings.Contains(body["error"], tc.phrase) {
-				t.Fatalf("= %d %v; want 400 with error containing %q", code, body, tc.phrase)
 			}
 		})
 	}
@@ -251,8 +233,12 @@ func TestConnectionLimit(t *testing.T) {
 	defer extra.Close()
 	extra.SetReadDeadline(time.Now().Add(2 * time.Second))
 	b, _ := io.ReadAll(extra)
-	if !strings.HasPrefix(string(b), "HTTP/1.1 503 ") || !strings.Contains(string(b), "Too many open connections") {
-		t.Fatalf("11th connection got %q", b)
+	// micro_http's canned answer, byte for byte: no space after 503, no
+	// Content-Type, and the connection closed.
+	want := "HTTP/1.1 503\r\nServer: Firecracker API\r\nConnection: close\r\nContent-Length: 40\r\n\r\n" +
+		`{ "error": "Too many open connections" }`
+	if string(b) != want {
+		t.Fatalf("11th connection got %q; want %q", b, want)
 	}
 	conns[0].SetDeadline(time.Now().Add(2 * time.Second))
 	io.WriteString(conns[0], "GET /version HTTP/1.1\r\nHost: localhost\r\n\r\n")

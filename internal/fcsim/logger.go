@@ -3,12 +3,9 @@ package fcsim
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Level is a firecracker log level; higher is more verbose.
@@ -54,14 +51,16 @@ type origin struct {
 }
 
 var (
-	originMain    = origin{"firecracker", "src/firecracker/src/main.rs", 256}
-	originAPI     = origin{"firecracker::api_server", "src/firecracker/src/api_server/mod.rs", 95}
-	originRequest = origin{"firecracker::api_server::parsed_request", "src/firecracker/src/api_server/parsed_request.rs", 61}
-	originVMM     = origin{"vmm::rpc_interface", "src/vmm/src/rpc_interface.rs", 412}
-	originBuilder = origin{"vmm::builder", "src/vmm/src/builder.rs", 280}
-	originPersist = origin{"vmm::persist", "src/vmm/src/persist.rs", 390}
-	originVcpu    = origin{"vmm::vstate::vcpu", "src/vmm/src/vstate/vcpu.rs", 310}
-	originDevices = origin{"vmm::devices::pseudo::boot_timer", "src/vmm/src/devices/pseudo/boot_timer.rs", 34}
+	originMain       = origin{"firecracker", "src/firecracker/src/main.rs", 256}
+	originAPI        = origin{"firecracker::api_server", "src/firecracker/src/api_server/mod.rs", 95}
+	originAPIAdapter = origin{"firecracker::api_server_adapter", "src/firecracker/src/api_server_adapter.rs", 184}
+	originRequest    = origin{"firecracker::api_server::parsed_request", "src/firecracker/src/api_server/parsed_request.rs", 61}
+	originVMM        = origin{"vmm::rpc_interface", "src/vmm/src/rpc_interface.rs", 412}
+	originBuilder    = origin{"vmm::builder", "src/vmm/src/builder.rs", 280}
+	originPersist    = origin{"vmm::persist", "src/vmm/src/persist.rs", 390}
+	originVcpu       = origin{"vmm::vstate::vcpu", "src/vmm/src/vstate/vcpu.rs", 310}
+	originDevices    = origin{"vmm::devices::pseudo::boot_timer", "src/vmm/src/devices/pseudo/boot_timer.rs", 34}
+	originSerial     = origin{"vmm::devices::legacy::serial", "src/vmm/src/devices/legacy/serial.rs", 428}
 )
 
 // Thread names that appear in firecracker's log lines.
@@ -73,6 +72,7 @@ const (
 
 // logger writes firecracker's log lines. It is safe for concurrent use.
 type logger struct {
+	dir        hostDir // relative paths resolve here
 	mu         sync.Mutex
 	id         string
 	level      Level
@@ -80,7 +80,7 @@ type logger struct {
 	showOrigin bool
 	module     string
 	out        io.Writer
-	file       *os.File // when out is a file we opened
+	file       *sink // when out is a file we opened
 	now        func() time.Time
 	missed     func() // counts a failed write (logger.missed_log_count)
 }
@@ -89,7 +89,9 @@ func newLogger(id string, stdout io.Writer) *logger {
 	return &logger{id: id, level: LevelInfo, out: stdout, now: time.Now}
 }
 
-// loggerUpdate is one PUT /logger or the logging flags; nil keeps a value.
+// loggerUpdate is one PUT /logger or the logging flags; nil keeps a value,
+// except level: Logger::update sets the level on every call, to Info when
+// none is given.
 type loggerUpdate struct {
 	path       string
 	level      *Level
@@ -101,11 +103,10 @@ type loggerUpdate struct {
 // update applies u like firecracker's Logger::update: the target file is
 // opened first, and nothing changes when it cannot be.
 func (l *logger) update(u loggerUpdate) error {
-	var f *os.File
+	var f *sink
 	if u.path != "" {
 		var err error
-		f, err = openNonBlockingAppend(u.path)
-		if err != nil {
+		if f, err = openSink(l.dir.at(u.path)); err != nil {
 			return err
 		}
 	}
@@ -117,6 +118,7 @@ func (l *logger) update(u loggerUpdate) error {
 		}
 		l.file, l.out = f, f
 	}
+	l.level = LevelInfo
 	if u.level != nil {
 		l.level = *u.level
 	}
@@ -130,12 +132,6 @@ func (l *logger) update(u loggerUpdate) error {
 		l.module = *u.module
 	}
 	return nil
-}
-
-// openNonBlockingAppend opens a log or metrics target the way firecracker
-// does: non-blocking (it may be a FIFO), appending, created if missing.
-func openNonBlockingAppend(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o644)
 }
 
 func (l *logger) enabled(lv Level) bool {

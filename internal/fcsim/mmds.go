@@ -1,35 +1,49 @@
 package fcsim
 
 import (
-	"bytes"
 	"encoding/json"
 	"sync"
 )
 
-// mmdsStore is the MMDS data store: any JSON value, size-limited.
+// mmdsStore is the MMDS data store: any JSON value, size-limited, with
+// firecracker's two flags: exists (the store was created, which any MMDS
+// call or the MMDS configuration does before boot) and initialized (data
+// was PUT, which a PATCH needs).
 type mmdsStore struct {
 	mu          sync.Mutex
 	limit       int
+	exists      bool
 	initialized bool
-	data        any
+	data        any // a decoded serde_json::Value (serde.go)
+	version     string
+	imdsCompat  bool
 }
 
-func (m *mmdsStore) init() {
+var (
+	errMMDSLimit          = &vmmError{413, "MMDS limit exceeded error: The MMDS patch request doesn't fit."}
+	errMMDSNotInitialized = fault("MMDS error: The MMDS data store is not initialized.")
+)
+
+func (m *mmdsStore) create() {
 	m.mu.Lock()
-	m.initialized = true
+	if !m.exists {
+		m.exists, m.version = true, "V1"
+	}
 	m.mu.Unlock()
 }
-
-var errMMDSLimit = &vmmError{413, "MMDS limit exceeded error: The MMDS patch request doesn't fit."}
 
 func (m *mmdsStore) put(v any) *vmmError {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.initialized = true
-	if b, _ := json.Marshal(v); len(b) > m.limit {
+	m.exists = true
+	if m.version == "" {
+		m.version = "V1"
+	}
+	// The limit applies to serde_json's compact encoding.
+	if len(marshalJSON(v)) > m.limit {
 		return errMMDSLimit
 	}
-	m.data = v
+	m.data, m.initialized = v, true
 	return nil
 }
 
@@ -37,17 +51,27 @@ func (m *mmdsStore) patch(v any) *vmmError {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.initialized {
-		return fault("MMDS error: The MMDS data store is not initialized.")
+		return errMMDSNotInitialized
 	}
-	merged := mergePatch(cloneJSON(m.data), v)
-	if b, _ := json.Marshal(merged); len(b) > m.limit {
+	merged := mergePatch(cloneValue(m.data), v)
+	if len(marshalJSON(merged)) > m.limit {
 		return errMMDSLimit
 	}
 	m.data = merged
 	return nil
 }
 
-// mergePatch is RFC 7396 JSON merge patch, which firecracker applies.
+// value is GET /mmds: a null store reads as {}.
+func (m *mmdsStore) value() json.RawMessage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.data == nil {
+		return json.RawMessage("{}")
+	}
+	return marshalJSON(m.data)
+}
+
+// mergePatch is firecracker's json_patch (RFC 7396 JSON merge patch).
 func mergePatch(target, patch any) any {
 	p, ok := patch.(map[string]any)
 	if !ok {
@@ -67,28 +91,74 @@ func mergePatch(target, patch any) any {
 	return t
 }
 
-func cloneJSON(v any) any {
-	b, _ := json.Marshal(v)
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	var out any
-	dec.Decode(&out)
-	return out
+func cloneValue(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = cloneValue(e)
+		}
+		return m
+	case []any:
+		s := make([]any, len(x))
+		for i, e := range x {
+			s[i] = cloneValue(e)
+		}
+		return s
+	}
+	return v
 }
 
-func (s *sim) putMMDS(v any) *vmmError { return s.mmds.put(v) }
+// mmdsReachable says whether the running VM has a data store: after boot
+// firecracker looks for it on the network devices that serve MMDS, so
+// without an MMDS configuration there is none, whatever was PUT before.
+func (s *sim) mmdsReachable() bool {
+	for _, n := range s.res.nets {
+		if n.mmds {
+			return true
+		}
+	}
+	return false
+}
 
-func (s *sim) patchMMDS(v any) *vmmError { return s.mmds.patch(v) }
+func (s *sim) putMMDS(v any) *vmmError {
+	if s.started() && !s.mmdsReachable() {
+		return errMMDSNotInitialized
+	}
+	return s.mmds.put(v)
+}
+
+func (s *sim) patchMMDS(v any) *vmmError {
+	if s.started() && !s.mmdsReachable() {
+		return errMMDSNotInitialized
+	}
+	s.mmds.create()
+	return s.mmds.patch(v)
+}
 
 func (s *sim) getMMDS() (any, *vmmError) {
-	s.mmds.mu.Lock()
-	defer s.mmds.mu.Unlock()
-	if !s.mmds.initialized && s.started() {
-		return nil, fault("MMDS error: The MMDS data store is not initialized.")
+	if s.started() && !s.mmdsReachable() {
+		return nil, errMMDSNotInitialized
 	}
-	if s.mmds.data == nil {
-		return json.RawMessage("{}"), nil
+	s.mmds.create()
+	return s.mmds.value(), nil
+}
+
+// mmdsConfigOut is the MMDS configuration firecracker rebuilds for GET
+// /vm/config from the network devices that serve MMDS, or nil.
+func (s *sim) mmdsConfigOut() any {
+	if !s.mmds.exists {
+		return nil
 	}
-	b, _ := json.Marshal(s.mmds.data)
-	return json.RawMessage(b), nil
+	var ifaces []string
+	for _, n := range s.res.nets {
+		if n.mmds {
+			ifaces = append(ifaces, n.cfg.IfaceID)
+		}
+	}
+	if len(ifaces) == 0 {
+		return nil
+	}
+	return object{{"version", s.mmds.version}, {"network_interfaces", ifaces},
+		{"ipv4_address", s.res.mmdsIPv4}, {"imds_compat", s.mmds.imdsCompat}}
 }

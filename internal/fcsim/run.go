@@ -3,6 +3,7 @@ package fcsim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,16 +11,22 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // ExitAbort is what Run returns where firecracker panics and aborts (a bad
 // --id, an unreadable --config-file): Exit turns it into SIGABRT.
 const ExitAbort = -1
+
+// WorkDirEnv, for a simulator run inside another process (a hollow
+// agent), is the directory relative paths resolve against: what the
+// working directory is for a firecracker process.
+const WorkDirEnv = "FC_SIM_WORKDIR"
 
 // NoHostTapEnv set to "1" makes the simulator accept any valid TAP name
 // without opening /dev/net/tun (hollow agents keep TAPs in memory; a real
@@ -49,7 +56,12 @@ func Exit(code int) {
 // line, like a killed process (the API socket stays, as it would).
 func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	started := time.Now()
+	var dir hostDir
+	if getenv != nil {
+		dir = hostDir(getenv(WorkDirEnv))
+	}
 	log := newLogger("anonymous-instance", stdout)
+	log.dir = dir
 	fail := func(code int, msg, dbg string) int {
 		log.log(LevelError, threadMain, originMain, "%s", msg)
 		fmt.Fprintf(stderr, "Error: %s\n", dbg)
@@ -64,7 +76,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 
 	args, err := parseArgs(argv)
 	if err != nil {
-		return fail(firecracker.ExitBadArgs, "Arguments parsing error: "+err.Error()+" \n\nFor more information try --help.",
+		return fail(model.ExitBadArgs, "Arguments parsing error: "+err.Error()+" \n\nFor more information try --help.",
 			"ParseArguments("+argErrorDebug(err.Error())+")")
 	}
 	switch {
@@ -81,14 +93,14 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		p, _ := args.value("describe-snapshot")
 		v, err := describeSnapshot(p)
 		if err != nil {
-			return fail(firecracker.ExitError, "When printing Snapshot Data format: "+err.Error(), "PrintSnapshotDataFormat")
+			return fail(model.ExitError, "When printing Snapshot Data format: "+err.Error(), "PrintSnapshotDataFormat")
 		}
 		fmt.Fprintln(stdout, v)
 		return 0
 	}
 
 	id, _ := args.value("id")
-	if !firecracker.ValidInstanceID(id) {
+	if !model.ValidInstanceID(id) {
 		return panicAbort("Invalid instance ID: " + id)
 	}
 	log.id = id
@@ -97,23 +109,23 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	if v, ok := args.value("level"); ok {
 		lv, ok := parseLevel(v)
 		if !ok {
-			return fail(firecracker.ExitBadLevel,
+			return fail(model.ExitBadLevel,
 				"Invalid value for logger level: Failed to parse string to level filter: "+v+".Possible values: [Error, Warning, Info, Debug]",
 				"InvalidLogLevel(LevelFilterFromStr("+rustDebugString(v)+"))")
 		}
 		lu.level = &lv
 	}
 	if args.flag("show-level") {
-		lu.showLevel = firecracker.Bool(true)
+		lu.showLevel = model.Bool(true)
 	}
 	if args.flag("show-log-origin") {
-		lu.showOrigin = firecracker.Bool(true)
+		lu.showOrigin = model.Bool(true)
 	}
 	if v, ok := args.value("module"); ok {
 		lu.module = &v
 	}
 	if err := log.update(lu); err != nil {
-		return fail(firecracker.ExitError, "Could not initialize logger: Failed to open target file: "+ioErrText(err), "LoggerInitialization")
+		return fail(model.ExitError, "Could not initialize logger: Failed to open target file: "+ioErrText(err), "LoggerInitialization")
 	}
 	defer log.close()
 	log.log(LevelInfo, threadMain, originMain, "Running Firecracker v%s", Version)
@@ -121,29 +133,29 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	met := newMetrics()
 	defer met.close()
 	if p, ok := args.value("metrics-path"); ok {
-		if err := met.init(p); err != nil {
-			return fail(firecracker.ExitError, "Could not initialize metrics: Cannot initialize the metrics system due to bad user input: "+ioErrText(err), "MetricsInitialization")
+		if err := met.init(dir.at(p)); err != nil {
+			return fail(model.ExitError, "Could not initialize metrics: Cannot initialize the metrics system due to bad user input: "+ioErrText(err), "MetricsInitialization")
 		}
 	}
 	if p, ok := args.value("seccomp-filter"); ok {
-		if _, err := os.Stat(p); err != nil {
-			return fail(firecracker.ExitError, "Seccomp error: Filter load error: "+ioErrText(err), "SeccompFilter")
+		if _, err := os.Stat(dir.at(p)); err != nil {
+			return fail(model.ExitError, "Seccomp error: Filter load error: "+ioErrText(err), "SeccompFilter")
 		}
 	}
 	var configJSON, metadata []byte
 	if p, ok := args.value("config-file"); ok {
-		if configJSON, err = os.ReadFile(p); err != nil {
+		if configJSON, err = os.ReadFile(dir.at(p)); err != nil {
 			return panicAbort("Unable to open or read from the configuration file: " + ioErrText(err))
 		}
 	}
 	if p, ok := args.value("metadata"); ok {
-		if metadata, err = os.ReadFile(p); err != nil {
+		if metadata, err = os.ReadFile(dir.at(p)); err != nil {
 			return panicAbort("Unable to open or read from the mmds content file: " + ioErrText(err))
 		}
 	}
 	opts := options{id: id, bootTimer: args.flag("boot-timer"), enablePCI: args.flag("enable-pci"),
 		metricsPeriod: metricsPeriod(getenv), startTime: started, startDelay: envDuration(getenv, StartDelayEnv),
-		noHostTap: getenv != nil && getenv(NoHostTapEnv) == "1"}
+		noHostTap: getenv != nil && getenv(NoHostTapEnv) == "1", dir: dir}
 	v, _ := args.value("http-api-max-payload-size")
 	var ok bool
 	if opts.maxPayload, ok = parseSizeFlag(v); !ok {
@@ -164,7 +176,8 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 			return panicAbort("MMDS error: metadata provided not valid json")
 		}
 		if e := s.mmds.put(v); e != nil {
-			return fail(firecracker.ExitError, "RunWithApi error: Populating MMDS from file failed: "+e.msg+".", "RunWithApi")
+			return fail(model.ExitError, "RunWithApiError error: Failed to build MicroVM: Populating MMDS from file failed: The MMDS patch request doesn't fit..",
+				"RunWithApi(BuildMicroVmError(PopulateMmds(DataStoreLimitExceeded)))")
 		}
 		log.log(LevelInfo, threadMain, originVMM, "Successfully added metadata to mmds from file")
 	}
@@ -174,17 +187,24 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 	if !args.flag("no-api") {
 		sock, _ := args.value("api-sock")
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-		if err != nil {
-			log.log(LevelError, threadAPI, originAPI, "Failed to open the API socket at: %s. Check that it is not already used.", sock)
-			return fail(firecracker.ExitError, "RunWithApi error: Failed to open the API socket at: "+sock+". Check that it is not already used.", "RunWithApi(FailedToBindSocket("+rustDebugString(sock)+"))")
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fail(model.ExitError, "RunWithApiError error: Failed to open the API socket at: "+sock+". Check that it is not already used.",
+				"RunWithApi(FailedToBindSocket("+rustDebugString(sock)+"))")
 		}
+		if err != nil {
+			text := ioErrText(err)
+			return fail(model.ExitError, "RunWithApiError error: Failed to bind and run the HTTP server: IO error: "+text,
+				"RunWithApi(FailedToBindAndRunHttpServer(IOError(Os { code: "+errnoCode(err)+" })))")
+		}
+		log.log(LevelInfo, threadMain, originAPIAdapter, "Listening on API socket (%s).", rustDebugString(sock))
 		// Firecracker never removes its socket; neither do we.
 		ln.SetUnlinkOnClose(false)
 		srv := &apiServer{ln: ln, maxPayload: opts.maxPayload, handle: s.handleHTTP, after: s.afterResponse}
 		// As in firecracker, the socket is bound first but requests are
 		// answered only once a --config-file boot is done: a client never
 		// sees the VM half-built.
-		if err := s.bootConfig(configJSON, fail); err != nil {
+		if err := s.bootConfig(configJSON, fail, "RunWithApiError error: ", "RunWithApi"); err != nil {
+			ln.Close()
 			return *err
 		}
 		configJSON = nil
@@ -200,7 +220,7 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		log.log(LevelInfo, threadAPI, originAPI, "API server started.")
 		reportStartup(met, args, started)
 	}
-	if err := s.bootConfig(configJSON, fail); err != nil {
+	if err := s.bootConfig(configJSON, fail, "RunWithoutApiError error: ", "RunWithoutApiError"); err != nil {
 		return *err
 	}
 	select {
@@ -208,9 +228,9 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer, getenv fu
 		return 0
 	case code := <-s.exitCh:
 		if code != 0 {
-			log.log(LevelError, threadMain, originMain, "RunWithApiError error: MicroVMStoppedWithError(%d)", code)
-			log.log(LevelError, threadMain, originMain, "Firecracker exiting with error. exit_code=%d", code)
-			return code
+			// The only non-zero exit of a running simulator is a failed
+			// snapshot load, which firecracker reports as a failed build.
+			return fail(code, "RunWithApiError error: Failed to build MicroVM: Loading snapshot failed..", "RunWithApi(BuildMicroVmError(Restore))")
 		}
 		log.log(LevelInfo, threadMain, originMain, "Firecracker exiting successfully. exit_code=0")
 		return 0
@@ -299,15 +319,30 @@ func argErrorDebug(msg string) string {
 }
 
 // bootConfig boots from a --config-file document, if there is one; on
-// failure it returns the exit code fail chose.
-func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int) *int {
+// failure it returns the exit code fail chose. prefix and variant are the
+// MainError's Display prefix and Debug name for the way the process runs.
+func (s *sim) bootConfig(configJSON []byte, fail func(int, string, string) int, prefix, variant string) *int {
 	if configJSON == nil {
 		return nil
 	}
 	if err := s.bootFromConfig(configJSON); err != nil {
-		code := fail(firecracker.ExitError, "Configuration for VMM from one single json failed: "+err.Error(),
-			"BuildMicroVMFromJson(ParseFromJson("+rustDebugString(err.Error())+"))")
+		msg, dbg := "Configuration for VMM from one single json failed: "+err.Error(), "ParseFromJson"
+		var start *errStartFromConfig
+		if errors.As(err, &start) {
+			msg, dbg = "Could not Start MicroVM from one single json: "+err.Error(), "StartMicroVM"
+		}
+		code := fail(model.ExitError, prefix+"Failed to build MicroVM from Json: "+msg,
+			variant+"(BuildFromJson("+dbg+"("+rustDebugString(err.Error())+")))")
 		return &code
 	}
 	return nil
+}
+
+// errnoCode is the errno of err, for a Debug rendering.
+func errnoCode(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return strconv.Itoa(int(errno))
+	}
+	return "0"
 }

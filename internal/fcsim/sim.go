@@ -8,12 +8,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Version is the version firecracker-sim reports: the v1.16 line, never
 // pretending to be the real binary.
-const Version = firecracker.TargetVersion + firecracker.SimSuffix
+const Version = model.TargetVersion + model.SimSuffix
 
 type vmState int
 
@@ -26,11 +26,11 @@ const (
 func (s vmState) String() string {
 	switch s {
 	case stateRunning:
-		return firecracker.StateRunning
+		return model.StateRunning
 	case statePaused:
-		return firecracker.StatePaused
+		return model.StatePaused
 	}
-	return firecracker.StateNotStarted
+	return model.StateNotStarted
 }
 
 // options are what the command line fixes for the process's lifetime.
@@ -48,6 +48,8 @@ type options struct {
 	// noHostTap keeps network devices' TAPs in memory (NoHostTapEnv): a
 	// simulator inside a hollow agent must not create host links.
 	noHostTap bool
+	// dir resolves relative paths (WorkDirEnv).
+	dir hostDir
 }
 
 // sim is one simulated firecracker process: the VMM state machine and the
@@ -67,7 +69,7 @@ type sim struct {
 	bootPath    bool // a boot-specific resource was configured: no snapshot load
 	res         resources
 	guest       *guest
-	serialOut   *os.File
+	serialOut   io.Closer // the serial_out_path sink while the guest runs
 	mmds        *mmdsStore
 	metricsTick *time.Timer
 	tickPending bool // a periodic flush fell due while paused
@@ -79,60 +81,65 @@ type sim struct {
 // resources is the VM configuration and the host files behind it
 // (firecracker's VmResources).
 type resources struct {
-	machine   firecracker.MachineConfig
+	machine   model.MachineConfig
 	boot      *bootSource
 	drives    []*drive
 	nets      []*netIface
 	pmems     []*pmemDev
 	balloon   *balloonDev
 	vsock     *vsockDev
-	entropy   *firecracker.EntropyDevice
-	serial    *firecracker.SerialDevice
-	cpuConfig *firecracker.CPUConfig
-	mmdsCfg   *firecracker.MmdsConfig
+	entropy   *model.EntropyDevice
+	serial    *model.SerialDevice
+	cpuConfig *model.CPUConfig
+	mmdsIPv4  string // the MMDS address of the interfaces that serve MMDS
 	hotplug   *hotplugDev
 }
 
 type bootSource struct {
-	cfg    firecracker.BootSource
+	cfg    model.BootSource
 	kernel *os.File
 	initrd *os.File
 }
 
 type drive struct {
-	cfg  firecracker.Drive
+	cfg  model.Drive
 	file *os.File
 }
 
 type netIface struct {
-	cfg firecracker.NetworkInterface
-	tap *os.File
+	cfg  model.NetworkInterface
+	tap  *os.File
+	mmds bool // the interface forwards MMDS requests
 }
 
+// pmemDev is a pmem device; its file is opened when the VM is built, as
+// firecracker creates pmem devices only then.
 type pmemDev struct {
-	cfg  firecracker.Pmem
+	cfg  model.Pmem
 	file *os.File
 }
 
 type vsockDev struct {
-	cfg firecracker.Vsock
+	cfg model.Vsock
 	ln  *net.UnixListener
 }
 
 type balloonDev struct {
-	cfg     firecracker.Balloon
-	hintCmd int
+	cfg      model.Balloon
+	lastCmd  int  // last hinting command id sent
+	hostCmd  int  // the command the device shows the guest
+	guestCmd *int // the guest's last answer
 }
 
 type hotplugDev struct {
-	cfg       firecracker.MemoryHotplugConfig
+	cfg       model.MemoryHotplugConfig
 	requested int
 }
 
-func defaultMachineConfig() firecracker.MachineConfig {
-	return firecracker.MachineConfig{
+func defaultMachineConfig() model.MachineConfig {
+	return model.MachineConfig{
 		VcpuCount: 1, MemSizeMib: 128,
-		Smt: firecracker.Bool(false), TrackDirtyPages: firecracker.Bool(false), HugePages: "None",
+		Smt: model.Bool(false), TrackDirtyPages: model.Bool(false), HugePages: "None",
 	}
 }
 
@@ -200,7 +207,9 @@ func (r *resources) release() {
 		n.tap.Close()
 	}
 	for _, p := range r.pmems {
-		p.file.Close()
+		if p.file != nil {
+			p.file.Close()
+		}
 	}
 	if r.vsock != nil {
 		r.vsock.ln.Close()
@@ -262,7 +271,7 @@ func (s *sim) periodicMetrics() {
 
 // kernelCmdline is the command line the guest would see.
 func (s *sim) kernelCmdline() string {
-	args := firecracker.DefaultBootArgs
+	args := model.DefaultBootArgs
 	if s.res.boot != nil && s.res.boot.cfg.BootArgs != "" {
 		args = s.res.boot.cfg.BootArgs
 	}

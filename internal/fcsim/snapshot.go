@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/firecracker/model"
 )
 
 // Snapshot state file: firecracker's x86_64 magic, the snapshot format
@@ -31,12 +31,12 @@ var crcTable = crc64.MakeTable(crc64.ECMA)
 
 // snapshotVersion is the format version this binary writes.
 func snapshotVersion() [3]uint16 {
-	v, _ := firecracker.ParseVersion(firecracker.FeaturesOf(mustVersion(firecracker.TargetVersion)).SnapshotVersion)
+	v, _ := model.ParseVersion(model.FeaturesOf(mustVersion(model.TargetVersion)).SnapshotVersion)
 	return [3]uint16{uint16(v.Major), uint16(v.Minor), uint16(v.Patch)}
 }
 
-func mustVersion(s string) firecracker.Version {
-	v, _ := firecracker.ParseVersion(s)
+func mustVersion(s string) model.Version {
+	v, _ := model.ParseVersion(s)
 	return v
 }
 
@@ -44,20 +44,20 @@ func versionString(v [3]uint16) string { return fmt.Sprintf("%d.%d.%d", v[0], v[
 
 // vmState is the payload: what a restored VM needs.
 type vmStatePayload struct {
-	Machine    firecracker.MachineConfig        `json:"machine"`
-	Drives     []firecracker.Drive              `json:"drives"`
-	Nets       []firecracker.NetworkInterface   `json:"network_interfaces"`
-	Pmems      []firecracker.Pmem               `json:"pmem,omitempty"`
-	Balloon    *firecracker.Balloon             `json:"balloon,omitempty"`
-	Vsock      *firecracker.Vsock               `json:"vsock,omitempty"`
-	Entropy    *firecracker.EntropyDevice       `json:"entropy,omitempty"`
-	MmdsConfig *firecracker.MmdsConfig          `json:"mmds_config,omitempty"`
-	Hotplug    *firecracker.MemoryHotplugConfig `json:"memory_hotplug,omitempty"`
-	Requested  int                              `json:"hotplug_requested,omitempty"`
-	Counter    int                              `json:"guest_counter"`
-	RanNanos   int64                            `json:"guest_run_ns"`
-	MemSizeMib int                              `json:"mem_size_mib"`
-	PCI        bool                             `json:"pci"`
+	Machine    model.MachineConfig        `json:"machine"`
+	Drives     []model.Drive              `json:"drives"`
+	Nets       []model.NetworkInterface   `json:"network_interfaces"`
+	Pmems      []model.Pmem               `json:"pmem,omitempty"`
+	Balloon    *model.Balloon             `json:"balloon,omitempty"`
+	Vsock      *model.Vsock               `json:"vsock,omitempty"`
+	Entropy    *model.EntropyDevice       `json:"entropy,omitempty"`
+	MmdsConfig *model.MmdsConfig          `json:"mmds_config,omitempty"`
+	Hotplug    *model.MemoryHotplugConfig `json:"memory_hotplug,omitempty"`
+	Requested  int                        `json:"hotplug_requested,omitempty"`
+	Counter    int                        `json:"guest_counter"`
+	RanNanos   int64                      `json:"guest_run_ns"`
+	MemSizeMib int                        `json:"mem_size_mib"`
+	PCI        bool                       `json:"pci"`
 }
 
 func encodeState(p vmStatePayload) ([]byte, error) {
@@ -118,23 +118,28 @@ func decodeState(b []byte) (vmStatePayload, error) {
 	return p, nil
 }
 
-func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
+func (s *sim) createSnapshot(p model.SnapshotCreateParams) *vmmError {
 	if e := s.post(); e != nil {
 		return e
+	}
+	kind := "full"
+	if p.SnapshotType == model.SnapshotDiff {
+		kind = "diff"
+		s.log.log(LevelWarn, threadMain, originVMM, "[DevPreview] Virtual machine diff snapshots is in development preview.")
 	}
 	if s.state != statePaused {
 		return fault("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
 	}
 	t0 := time.Now()
-	kind := "full"
-	if p.SnapshotType == firecracker.SnapshotDiff {
-		kind = "diff"
-		s.log.log(LevelWarn, threadMain, originVMM, "Virtual machine diff snapshots is in development preview.")
-	}
 	counter, ran := s.guest.state()
 	st := vmStatePayload{
 		Machine: s.res.machine, Counter: counter, RanNanos: int64(ran), MemSizeMib: s.res.machine.MemSizeMib,
-		Entropy: s.res.entropy, MmdsConfig: s.res.mmdsCfg, PCI: s.opts.enablePCI,
+		Entropy: s.res.entropy, PCI: s.opts.enablePCI,
+	}
+	if cfg, ok := s.mmdsConfigOut().(object); ok {
+		// The MMDS configuration is part of the state; its data is not.
+		st.MmdsConfig = &model.MmdsConfig{Version: cfg[0].v.(string), NetworkInterfaces: cfg[1].v.([]string),
+			IPv4Address: cfg[2].v.(string), ImdsCompat: model.Bool(cfg[3].v.(bool))}
 	}
 	for _, d := range s.res.drives {
 		st.Drives = append(st.Drives, d.cfg)
@@ -158,18 +163,18 @@ func (s *sim) createSnapshot(p firecracker.SnapshotCreateParams) *vmmError {
 	if err != nil {
 		return fault("Create snapshot error: Cannot save the microVM state: %s", err)
 	}
-	if err := os.WriteFile(p.SnapshotPath, data, 0o644); err != nil {
+	if err := os.WriteFile(s.opts.dir.at(p.SnapshotPath), data, 0o644); err != nil {
 		return fault("Create snapshot error: Cannot perform open on the snapshot backing file: %s", ioErrText(err))
 	}
 	size := int64(s.res.machine.MemSizeMib) << 20
 	flag := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if p.SnapshotType == firecracker.SnapshotDiff {
+	if p.SnapshotType == model.SnapshotDiff {
 		// A diff merges into an existing file of the same size.
-		if fi, err := os.Stat(p.MemFilePath); err == nil && fi.Size() == size {
+		if fi, err := os.Stat(s.opts.dir.at(p.MemFilePath)); err == nil && fi.Size() == size {
 			flag = os.O_WRONLY
 		}
 	}
-	mf, err := os.OpenFile(p.MemFilePath, flag, 0o644)
+	mf, err := os.OpenFile(s.opts.dir.at(p.MemFilePath), flag, 0o644)
 	if err != nil {
 		return fault("Create snapshot error: Cannot perform open on the memory backing file: %s", ioErrText(err))
 	}
@@ -191,7 +196,7 @@ func (s *sim) loadFault(format string, args ...any) *vmmError {
 	return fault("Load snapshot error: Failed to restore from snapshot: "+format, args...)
 }
 
-func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
+func (s *sim) loadSnapshot(p model.SnapshotLoadParams) *vmmError {
 	if e := s.pre(); e != nil {
 		return e
 	}
@@ -201,7 +206,7 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 		return fault("Load snapshot error: %s", msg)
 	}
 	t0 := time.Now()
-	f, err := os.Open(p.SnapshotPath)
+	f, err := os.Open(s.opts.dir.at(p.SnapshotPath))
 	if err != nil {
 		return s.loadFault("Failed to get snapshot state from file: Failed to open snapshot file: %s", ioErrText(err))
 	}
@@ -239,25 +244,37 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 		return verr
 	}
 	track := (p.TrackDirtyPages != nil && *p.TrackDirtyPages) || (p.EnableDiffSnapshots != nil && *p.EnableDiffSnapshots)
-	st.Machine.TrackDirtyPages = firecracker.Bool(track)
-	st.Machine.Smt = firecracker.Bool(false) // not kept by firecracker's snapshots
+	st.Machine.TrackDirtyPages = model.Bool(track)
+	st.Machine.Smt = model.Bool(false) // not kept by firecracker's snapshots
 	s.res.machine = st.Machine
-	s.res.entropy, s.res.mmdsCfg = st.Entropy, st.MmdsConfig
+	s.res.entropy = st.Entropy
 	if st.Balloon != nil {
 		s.res.balloon = &balloonDev{cfg: *st.Balloon}
 	}
 	if st.Hotplug != nil {
 		s.res.hotplug = &hotplugDev{cfg: *st.Hotplug, requested: st.Requested}
 	}
-	if st.MmdsConfig != nil {
-		s.mmds.init()
+	if c := st.MmdsConfig; c != nil {
+		for _, n := range s.res.nets {
+			for _, id := range c.NetworkInterfaces {
+				n.mmds = n.mmds || n.cfg.IfaceID == id
+			}
+		}
+		s.res.mmdsIPv4 = c.IPv4Address
+		s.mmds.create()
+		s.mmds.mu.Lock()
+		s.mmds.version, s.mmds.imdsCompat = c.Version, isTrue(c.ImdsCompat)
+		s.mmds.mu.Unlock()
 	}
-	out, verr := s.consoleOut()
+	out, serial, verr := s.consoleOut()
 	if verr != nil {
 		s.exitAfterResponse(1)
 		return verr
 	}
-	s.guest = newGuest(out, s.countConsole, st.Counter, time.Duration(st.RanNanos))
+	s.serialOut = serial
+	// A restored guest prints ReadyLine when it first runs: now with
+	// resume_vm, else at the first resume.
+	s.guest = newGuest(out, s.countConsole, s.serialFailed, st.Counter, time.Duration(st.RanNanos))
 	s.state = statePaused
 	if p.ResumeVM != nil && *p.ResumeVM {
 		s.state = stateRunning
@@ -272,11 +289,11 @@ func (s *sim) loadSnapshot(p firecracker.SnapshotLoadParams) *vmmError {
 }
 
 // restoreMemory maps (here: opens and checks) the guest memory source.
-func (s *sim) restoreMemory(p firecracker.SnapshotLoadParams, st vmStatePayload) *vmmError {
+func (s *sim) restoreMemory(p model.SnapshotLoadParams, st vmStatePayload) *vmmError {
 	b := p.MemBackend
 	want := int64(st.MemSizeMib) << 20
 	if b.BackendType == "Uffd" {
-		c, err := net.Dial("unix", b.BackendPath)
+		c, err := net.Dial("unix", s.opts.dir.at(b.BackendPath))
 		if err != nil {
 			return s.loadFault("Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: %s", ioErrText(err))
 		}
@@ -286,7 +303,7 @@ func (s *sim) restoreMemory(p firecracker.SnapshotLoadParams, st vmStatePayload)
 		s.uffd = c
 		return nil
 	}
-	mf, err := os.Open(b.BackendPath)
+	mf, err := os.Open(s.opts.dir.at(b.BackendPath))
 	if err != nil {
 		return s.loadFault("Failed to load guest memory: Error creating guest memory from file: Failed to load guest memory: %s", ioErrText(err))
 	}
@@ -322,7 +339,7 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 			path = d.Socket
 			flag = os.O_RDONLY
 		}
-		f, err := os.OpenFile(path, flag, 0)
+		f, err := os.OpenFile(s.opts.dir.at(path), flag, 0)
 		if err != nil {
 			return fail("Cannot restore devices: Block: Virtio backend error: Error manipulating the backing file: %s %s", ioErrText(err), path)
 		}
@@ -336,14 +353,14 @@ func (s *sim) restoreDevices(st vmStatePayload) *vmmError {
 		r.nets = append(r.nets, &netIface{cfg: n, tap: tap})
 	}
 	for _, pm := range st.Pmems {
-		f, err := os.Open(pm.PathOnHost)
-		if err != nil {
-			return fail("Cannot restore devices: Pmem: Error accessing backing file: %s", ioErrText(err))
+		p := &pmemDev{cfg: pm}
+		if msg := p.open(s.opts.dir); msg != "" {
+			return fail("Cannot restore devices: Pmem: %s", msg)
 		}
-		r.pmems = append(r.pmems, &pmemDev{cfg: pm, file: f})
+		r.pmems = append(r.pmems, p)
 	}
 	if st.Vsock != nil {
-		ln, err := bindVsock(st.Vsock.UDSPath)
+		ln, err := bindVsock(s.opts.dir.at(st.Vsock.UDSPath))
 		if err != nil {
 			return fail("Cannot restore devices: Vsock: Error binding to the host-side Unix socket: %s", ioErrText(err))
 		}

@@ -4,10 +4,25 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// hostDir is the directory relative paths from the API and the command
+// line are resolved against: "" for the process's working directory (a real
+// VMM's, where its agent starts it), a VM's run dir for a simulator running
+// inside another process (WorkDirEnv), which cannot change directory for
+// itself alone.
+type hostDir string
+
+func (d hostDir) at(p string) string {
+	if d == "" || p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(string(d), p)
+}
 
 // openTap opens the TAP for a network device: the host's, or, with
 // noHostTap, a stand-in that holds nothing on the host.

@@ -32,7 +32,7 @@ func TestTapDevices(t *testing.T) {
 	}
 	prefix := "Network config error: Could not create the network device: Open tap device failed: "
 	for _, tc := range []struct{ name, dev, phrase string }{
-		{"held by another process", "busy0", prefix + "Error while creating ifreq structure: Device or resource busy (os error 16). " +
+		{"held by another process", "busy0", prefix + "Error while creating ifreq structure: Resource busy (os error 16). " +
 			"Invalid TUN/TAP Backend provided by busy0. Check our documentation on setting up the network devices."},
 		// Every namespace has a loopback device, and it is no TAP.
 		{"not a TAP", "lo", prefix + "Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by lo."},
@@ -53,7 +53,7 @@ func TestTapDevices(t *testing.T) {
 	// Re-PUT of the same interface drops the old TAP first.
 	must(t, put("eth0", "tap0", "06:00:AC:10:00:02"))
 	// Another interface cannot take the TAP, nor the MAC.
-	wantFault(t, put("eth1", "tap0", ""), 400, "Device or resource busy (os error 16)")
+	wantFault(t, put("eth1", "tap0", ""), 400, "Resource busy (os error 16)")
 	wantFault(t, put("eth1", "tap9", "06:00:ac:10:00:02"), 400, "Network config error: The MAC address is already in use: 06:00:ac:10:00:02")
 	var busy *os.File
 	inNetns(t, p.ns, func() { busy, err = openTap("tap0") })

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -61,6 +62,9 @@ type Client struct {
 	header  http.Header
 	timeout time.Duration
 	hook    func(*http.Request)
+
+	verMu sync.Mutex
+	ver   *Version // the firecracker version, once known (compat.go)
 }
 
 // Option configures a Client.
@@ -191,6 +195,10 @@ func decodeError(method, path string, status int, raw []byte) error {
 			// A relay's own error (agent unreachable, timeout): keep its words.
 			ae.Message = body.Message
 		}
+	} else if msg, ok := microHTTPError(raw); ok {
+		// firecracker's HTTP layer (micro_http) answered: bad request
+		// line, header or size, in its unescaped format.
+		ae.FaultMessage = msg
 	} else if len(raw) > 0 {
 		ae.FaultMessage = strings.TrimSpace(string(raw))
 	}
@@ -213,10 +221,17 @@ func (c *Client) DescribeInstance(ctx context.Context) (InstanceInfo, error) {
 	return v, c.get(ctx, "/", &v)
 }
 
-// Version is GET /version.
+// Version is GET /version. The client remembers the answer for its
+// feature checks.
 func (c *Client) Version(ctx context.Context) (FirecrackerVersion, error) {
 	var v FirecrackerVersion
-	return v, c.get(ctx, "/version", &v)
+	if err := c.get(ctx, "/version", &v); err != nil {
+		return v, err
+	}
+	if parsed, ok := ParseVersion(v.FirecrackerVersion); ok {
+		c.setVersion(parsed)
+	}
+	return v, nil
 }
 
 // GetVMConfig is GET /vm/config.
@@ -233,11 +248,19 @@ func (c *Client) GetMachineConfig(ctx context.Context) (MachineConfig, error) {
 
 // PutMachineConfig is PUT /machine-config.
 func (c *Client) PutMachineConfig(ctx context.Context, mc MachineConfig) error {
+	if err := c.require(ctx, hugePageNeeds(mc.HugePages)...); err != nil {
+		return err
+	}
 	return c.put(ctx, "/machine-config", mc)
 }
 
 // PatchMachineConfig is PATCH /machine-config.
 func (c *Client) PatchMachineConfig(ctx context.Context, p MachineConfigPatch) error {
+	if p.HugePages != nil {
+		if err := c.require(ctx, hugePageNeeds(*p.HugePages)...); err != nil {
+			return err
+		}
+	}
 	return c.patch(ctx, "/machine-config", p)
 }
 
@@ -253,6 +276,11 @@ func (c *Client) PutCPUConfig(ctx context.Context, cc CPUConfig) error {
 
 // PutDrive is PUT /drives/{drive_id}.
 func (c *Client) PutDrive(ctx context.Context, d Drive) error {
+	if d.Socket != "" {
+		if err := c.require(ctx, needVhostUser); err != nil {
+			return err
+		}
+	}
 	return c.put(ctx, "/drives/"+url.PathEscape(d.DriveID), d)
 }
 
@@ -263,11 +291,19 @@ func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
 
 // DeleteDrive is DELETE /drives/{drive_id} (hot-unplug, v1.16+ with PCI).
 func (c *Client) DeleteDrive(ctx context.Context, id string) error {
+	if err := c.require(ctx, needUnplug); err != nil {
+		return err
+	}
 	return c.do(ctx, http.MethodDelete, "/drives/"+url.PathEscape(id), nil, nil)
 }
 
 // PutNetworkInterface is PUT /network-interfaces/{iface_id}.
 func (c *Client) PutNetworkInterface(ctx context.Context, n NetworkInterface) error {
+	if n.MTU != nil {
+		if err := c.require(ctx, needMTU); err != nil {
+			return err
+		}
+	}
 	return c.put(ctx, "/network-interfaces/"+url.PathEscape(n.IfaceID), n)
 }
 
@@ -278,21 +314,37 @@ func (c *Client) PatchNetworkInterface(ctx context.Context, n PartialNetworkInte
 
 // DeleteNetworkInterface is DELETE /network-interfaces/{iface_id}.
 func (c *Client) DeleteNetworkInterface(ctx context.Context, id string) error {
+	if err := c.require(ctx, needUnplug); err != nil {
+		return err
+	}
 	return c.do(ctx, http.MethodDelete, "/network-interfaces/"+url.PathEscape(id), nil, nil)
 }
 
 // PutPmem is PUT /pmem/{id}.
 func (c *Client) PutPmem(ctx context.Context, p Pmem) error {
+	needs := []need{needPmem}
+	if p.RateLimiter != nil {
+		needs = append(needs, needPmemLimiter)
+	}
+	if err := c.require(ctx, needs...); err != nil {
+		return err
+	}
 	return c.put(ctx, "/pmem/"+url.PathEscape(p.ID), p)
 }
 
 // PatchPmem is PATCH /pmem/{id}.
 func (c *Client) PatchPmem(ctx context.Context, p PartialPmem) error {
+	if err := c.require(ctx, needPmem, needPmemLimiter); err != nil {
+		return err
+	}
 	return c.patch(ctx, "/pmem/"+url.PathEscape(p.ID), p)
 }
 
 // DeletePmem is DELETE /pmem/{id}.
 func (c *Client) DeletePmem(ctx context.Context, id string) error {
+	if err := c.require(ctx, needPmem, needUnplug); err != nil {
+		return err
+	}
 	return c.do(ctx, http.MethodDelete, "/pmem/"+url.PathEscape(id), nil, nil)
 }
 
@@ -303,6 +355,11 @@ func (c *Client) PutLogger(ctx context.Context, l Logger) error {
 
 // PutMetrics is PUT /metrics (once per process).
 func (c *Client) PutMetrics(ctx context.Context, m Metrics) error {
+	if m.EmitID != nil || len(m.Properties) > 0 {
+		if err := c.require(ctx, needEmitID); err != nil {
+			return err
+		}
+	}
 	return c.put(ctx, "/metrics", m)
 }
 
@@ -344,7 +401,11 @@ func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) err
 
 // LoadSnapshot is PUT /snapshot/load (fresh process only).
 func (c *Client) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
-	return c.put(ctx, "/snapshot/load", p)
+	body, err := c.loadSnapshotBody(ctx, p)
+	if err != nil {
+		return err
+	}
+	return c.put(ctx, "/snapshot/load", body)
 }
 
 // GetBalloon is GET /balloon.
@@ -355,6 +416,11 @@ func (c *Client) GetBalloon(ctx context.Context) (Balloon, error) {
 
 // PutBalloon is PUT /balloon.
 func (c *Client) PutBalloon(ctx context.Context, b Balloon) error {
+	if b.FreePageHinting != nil || b.FreePageReporting != nil {
+		if err := c.require(ctx, needHinting); err != nil {
+			return err
+		}
+	}
 	return c.put(ctx, "/balloon", b)
 }
 
@@ -376,17 +442,26 @@ func (c *Client) PatchBalloonStats(ctx context.Context, u BalloonStatsUpdate) er
 
 // StartBalloonHinting is PATCH /balloon/hinting/start.
 func (c *Client) StartBalloonHinting(ctx context.Context, cmd BalloonStartCmd) error {
+	if err := c.require(ctx, needHinting); err != nil {
+		return err
+	}
 	return c.patch(ctx, "/balloon/hinting/start", cmd)
 }
 
 // GetBalloonHintingStatus is GET /balloon/hinting/status.
 func (c *Client) GetBalloonHintingStatus(ctx context.Context) (BalloonHintingStatus, error) {
 	var v BalloonHintingStatus
+	if err := c.require(ctx, needHinting); err != nil {
+		return v, err
+	}
 	return v, c.get(ctx, "/balloon/hinting/status", &v)
 }
 
 // StopBalloonHinting is PATCH /balloon/hinting/stop.
 func (c *Client) StopBalloonHinting(ctx context.Context) error {
+	if err := c.require(ctx, needHinting); err != nil {
+		return err
+	}
 	return c.do(ctx, http.MethodPatch, "/balloon/hinting/stop", nil, nil)
 }
 
@@ -408,6 +483,11 @@ func (c *Client) PatchMMDS(ctx context.Context, data any) error {
 
 // PutMMDSConfig is PUT /mmds/config.
 func (c *Client) PutMMDSConfig(ctx context.Context, mc MmdsConfig) error {
+	if mc.ImdsCompat != nil {
+		if err := c.require(ctx, needImdsCompat); err != nil {
+			return err
+		}
+	}
 	return c.put(ctx, "/mmds/config", mc)
 }
 
@@ -423,21 +503,127 @@ func (c *Client) PutEntropy(ctx context.Context, e EntropyDevice) error {
 
 // PutSerial is PUT /serial.
 func (c *Client) PutSerial(ctx context.Context, s SerialDevice) error {
+	needs := []need{needSerial}
+	if s.RateLimiter != nil {
+		needs = append(needs, needSerialLimiter)
+	}
+	if err := c.require(ctx, needs...); err != nil {
+		return err
+	}
 	return c.put(ctx, "/serial", s)
 }
 
 // GetMemoryHotplug is GET /hotplug/memory.
 func (c *Client) GetMemoryHotplug(ctx context.Context) (MemoryHotplugStatus, error) {
 	var v MemoryHotplugStatus
+	if err := c.require(ctx, needMemHotplug); err != nil {
+		return v, err
+	}
 	return v, c.get(ctx, "/hotplug/memory", &v)
 }
 
 // PutMemoryHotplug is PUT /hotplug/memory.
 func (c *Client) PutMemoryHotplug(ctx context.Context, m MemoryHotplugConfig) error {
+	if err := c.require(ctx, needMemHotplug); err != nil {
+		return err
+	}
 	return c.put(ctx, "/hotplug/memory", m)
 }
 
 // PatchMemoryHotplug is PATCH /hotplug/memory.
 func (c *Client) PatchMemoryHotplug(ctx context.Context, u MemoryHotplugSizeUpdate) error {
+	if err := c.require(ctx, needMemHotplug); err != nil {
+		return err
+	}
 	return c.patch(ctx, "/hotplug/memory", u)
+}
+
+// Call is one API request, recorded to be sent later with others in one
+// batch through a relay (the agent's proxy-batch).
+type Call struct {
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Body   json.RawMessage `json:"body,omitempty"`
+}
+
+// CallResult is how firecracker answered one call of a batch.
+type CallResult struct {
+	Status int             `json:"status"`
+	Body   json.RawMessage `json:"body,omitempty"`
+	// Ms is how long the call took on the host.
+	Ms float64 `json:"ms"`
+}
+
+// Err is the error a client would have returned for the answer, nil for
+// a 2xx.
+func (r CallResult) Err(c Call) error {
+	if r.Status >= 200 && r.Status <= 299 {
+		return nil
+	}
+	return decodeError(c.Method, c.Path, r.Status, r.Body)
+}
+
+// Recorder collects the PUT and PATCH requests made through the client
+// Record returns, instead of sending them: each answers 204 at once, so
+// the typed methods (with their checks and encodings) build the calls.
+// Other requests (the GET /version of a feature check) go through to the
+// relay as usual.
+type Recorder struct {
+	mu    sync.Mutex
+	calls []Call
+}
+
+// Record returns a client that records c's writes into a new Recorder.
+func (c *Client) Record() (*Client, *Recorder) {
+	rec := &Recorder{}
+	base, _ := url.Parse(c.base)
+	prefix := ""
+	if base != nil {
+		prefix = strings.TrimSuffix(base.Path, "/")
+	}
+	next := c.hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	cp := newClient(c.base, &http.Client{Transport: recordTransport{rec: rec, prefix: prefix, next: next}}, nil)
+	cp.query, cp.header, cp.timeout, cp.hook = c.query, c.header, c.timeout, c.hook
+	c.verMu.Lock()
+	cp.ver = c.ver
+	c.verMu.Unlock()
+	return cp, rec
+}
+
+// Take returns the calls recorded since the last Take, in order.
+func (r *Recorder) Take() []Call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.calls
+	r.calls = nil
+	return out
+}
+
+type recordTransport struct {
+	rec    *Recorder
+	prefix string
+	next   http.RoundTripper
+}
+
+func (t recordTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPut && req.Method != http.MethodPatch {
+		return t.next.RoundTrip(req)
+	}
+	var body []byte
+	if req.Body != nil {
+		b, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	}
+	t.rec.mu.Lock()
+	t.rec.calls = append(t.rec.calls, Call{Method: req.Method, Path: strings.TrimPrefix(req.URL.Path, t.prefix), Body: body})
+	t.rec.mu.Unlock()
+	return &http.Response{StatusCode: http.StatusNoContent, Status: "204 No Content", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{}, Body: io.NopCloser(bytes.NewReader(nil)), Request: req}, nil
 }

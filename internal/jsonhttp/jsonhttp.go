@@ -113,6 +113,12 @@ func (c *Caller) Do(ctx context.Context, method, path string, q url.Values, in, 
 // response for the caller to read and close; a non-2xx answer is an
 // *apierr.Error.
 func (c *Caller) Stream(ctx context.Context, path string, q url.Values) (*http.Response, error) {
+	return c.StreamHeader(ctx, path, q, nil)
+}
+
+// StreamHeader is Stream with request headers of the caller's
+// (Last-Event-ID, to resume an event stream).
+func (c *Caller) StreamHeader(ctx context.Context, path string, q url.Values, h http.Header) (*http.Response, error) {
 	u := c.Base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -123,6 +129,9 @@ func (c *Caller) Stream(ctx context.Context, path string, q url.Values) (*http.R
 	}
 	c.Authorize(req)
 	req.Header.Set("Accept", "text/event-stream")
+	for k, v := range h {
+		req.Header[k] = v
+	}
 	resp, err := c.HC.Do(req)
 	if err != nil {
 		return nil, c.unreachable(err)

@@ -44,25 +44,25 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		}},
 		r.loggerStep(),
 		r.metricsStep(),
-		{name: "configure machine", do: func(ctx context.Context) error {
-			return r.fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
+		{name: "configure machine", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
 		}},
-		{name: "configure boot source", do: func(ctx context.Context) error {
+		{name: "configure boot source", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			args := vm.BootArgs
 			if args == "" {
 				args = DefaultBootArgs
 			}
-			return r.fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, BootArgs: args})
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, BootArgs: args})
 		}},
-		{name: "configure drives", do: func(ctx context.Context) error {
+		{name: "configure drives", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			for _, d := range drives {
-				if err := r.fc.PutDrive(ctx, d); err != nil {
+				if err := fc.PutDrive(ctx, d); err != nil {
 					return fmt.Errorf("drive %s: %w", d.DriveID, err)
 				}
 			}
 			return nil
 		}},
-		{name: "configure network", do: func(ctx context.Context) error {
+		{name: "configure network", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			if r.tap.Tap == "" {
 				return nil
 			}
@@ -72,31 +72,19 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 				ni.RxRateLimiter = fcRateLimiter(sp.NIC.RxRateLimiter)
 				ni.TxRateLimiter = fcRateLimiter(sp.NIC.TxRateLimiter)
 			}
-			return r.fc.PutNetworkInterface(ctx, ni)
+			return fc.PutNetworkInterface(ctx, ni)
 		}},
 		r.recordStep(store.VMConfigured),
-		{name: "start instance", do: func(ctx context.Context) error {
-			return r.fc.InstanceStart(ctx)
+		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			return fc.InstanceStart(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				// Retries stay: the reconciler clears them once the VM has
-				// been stable for a while, so a crash loop still ends in
-				// failed.
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, cur.ID, store.LevelInfo, "running")
-			return nil
-		}},
+		// Retries stay: the reconciler clears them once the VM has been
+		// stable for a while, so a crash loop still ends in failed.
+		r.recordStep(store.VMRunning),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()
-	if err := s.runSteps(ctx, vm.ID, "boot", steps); err != nil {
+	if err := r.run(ctx, "boot", steps); err != nil {
 		return r.vm, s.failed(r.vm, err, s.stepError)
 	}
 	return r.vm, nil

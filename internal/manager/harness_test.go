@@ -3,6 +3,7 @@ package manager
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,9 +18,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // The manager's behaviour end to end, without root: a real store (SQLite),
@@ -193,34 +195,101 @@ func (f *faults) clear() {
 }
 
 func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(req.URL.Path, "/proxy-batch") {
+		return f.batch(req)
+	}
+	if hit := f.match(req.Method, req.URL.Path); hit != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return hit.answer(req)
+	}
+	return f.base.RoundTrip(req)
+}
+
+// match finds the fault a call to path triggers, counting the call.
+func (f *faults) match(method, path string) *fault {
 	f.mu.Lock()
-	var hit *fault
+	defer f.mu.Unlock()
 	for _, flt := range f.list {
-		if req.Method != flt.method || !strings.HasSuffix(req.URL.Path, flt.suffix) {
+		if method != flt.method || !strings.HasSuffix(path, flt.suffix) {
 			continue
 		}
 		flt.seen++
 		if flt.nth == 0 || flt.seen == flt.nth {
 			flt.hits++
-			hit = flt
+			return flt
+		}
+	}
+	return nil
+}
+
+func (flt *fault) answer(req *http.Request) (*http.Response, error) {
+	if flt.status == 0 {
+		return nil, errors.New("injected: connection refused")
+	}
+	return jsonResponse(req, flt.status, flt.body), nil
+}
+
+func jsonResponse(req *http.Request, status int, body string) *http.Response {
+	return &http.Response{
+		StatusCode: status, Status: http.StatusText(status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewBufferString(body)),
+		ContentLength: int64(len(body)), Request: req,
+	}
+}
+
+// batch injects a fault into a proxy batch as if the agent had relayed
+// the calls before the faulty one (it does relay them, to the real agent)
+// and firecracker had answered the faulty one with the fault.
+func (f *faults) batch(req *http.Request) (*http.Response, error) {
+	raw, err := io.ReadAll(req.Body)
+	req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	var br agentapi.BatchRequest
+	if err := json.Unmarshal(raw, &br); err != nil {
+		return nil, err
+	}
+	k, hit := -1, (*fault)(nil)
+	for i, c := range br.Calls {
+		if hit = f.match(c.Method, "/proxy"+c.Path); hit != nil {
+			k = i
 			break
 		}
 	}
-	f.mu.Unlock()
-	if hit == nil {
-		return f.base.RoundTrip(req)
+	send := func(calls []firecracker.Call) (*http.Response, error) {
+		b, _ := json.Marshal(agentapi.BatchRequest{Calls: calls})
+		out := req.Clone(req.Context())
+		out.Body = io.NopCloser(bytes.NewReader(b))
+		out.ContentLength = int64(len(b))
+		return f.base.RoundTrip(out)
 	}
-	if req.Body != nil {
-		req.Body.Close()
+	if hit == nil {
+		return send(br.Calls)
 	}
 	if hit.status == 0 {
 		return nil, errors.New("injected: connection refused")
 	}
-	return &http.Response{
-		StatusCode: hit.status, Status: http.StatusText(hit.status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewBufferString(hit.body)),
-		ContentLength: int64(len(hit.body)), Request: req,
-	}, nil
+	var got agentapi.BatchResponse
+	if k > 0 {
+		resp, err := send(br.Calls[:k])
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			return nil, err
+		}
+		if len(got.Results) < k {
+			b, _ := json.Marshal(got)
+			return jsonResponse(req, 200, string(b)), nil // the real agent stopped earlier
+		}
+	}
+	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
+	b, _ := json.Marshal(got)
+	return jsonResponse(req, 200, string(b)), nil
 }
 
 // failingStore fails UpdateVM when fail says so for the VM as the update
@@ -229,6 +298,30 @@ type failingStore struct {
 	store.Store
 	mu   sync.Mutex
 	fail func(v store.VM) bool
+	// rowsRead counts the VMs and snapshots list calls returned.
+	rowsRead int
+}
+
+func (s *failingStore) ListVMs(ctx context.Context, f store.VMFilter) ([]store.VM, string, error) {
+	items, next, err := s.Store.ListVMs(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, next, err
+}
+
+func (s *failingStore) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]store.Snapshot, error) {
+	items, err := s.Store.ListSnapshots(ctx, f)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, err
+}
+
+func (s *failingStore) reads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rowsRead
 }
 
 func (s *failingStore) set(fail func(v store.VM) bool) {
@@ -250,4 +343,18 @@ func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*sto
 		}
 		return nil
 	})
+}
+
+func createReq(name, kernel string) apitypes.CreateVMRequest {
+	return apitypes.CreateVMRequest{Name: name, VMConfig: apitypes.VMConfig{KernelPath: kernel}}
+}
+
+func apiRes(vcpu, mem int) apitypes.Resources { return apitypes.Resources{Vcpu: vcpu, MemMib: mem} }
+
+// heartbeat reports the host alive now (on the env's clock).
+func (e *env) heartbeat() {
+	e.t.Helper()
+	if err := e.m.Hosts.Heartbeat(e.ctx, e.host.ID, apiRes(64, 64<<10), apiRes(0, 0), 0); err != nil {
+		e.t.Fatal(err)
+	}
 }

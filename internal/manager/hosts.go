@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // RegisterHost records an agent joining the fleet (or re-joining after a
@@ -29,9 +28,21 @@ func (s *Hosts) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest
 		return h, fmt.Errorf("register host %s: %w", name, err)
 	}
 	s.hostAddrs.Store(h.ID, h.Addr)
+	// Other managers sharing the store drop their cached address of it.
+	if err := s.st.Notify(ctx, HostChannel, h.ID); err != nil {
+		s.log.Warn("could not tell other managers of a host's new address", "host_id", h.ID, "err", err)
+	}
 	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr)
 	return h, nil
 }
+
+// HostChannel carries the ids of hosts that registered (perhaps at a new
+// address) or were removed, to every manager sharing the store.
+const HostChannel = "nexus_hosts"
+
+// Forget drops the cached address of a host (HostChannel's listener): the
+// next call to it reads the store.
+func (s *Hosts) Forget(hostID string) { s.hostAddrs.Delete(hostID) }
 
 // Heartbeat records an agent's periodic report.
 func (s *Hosts) Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error {
@@ -107,6 +118,7 @@ func (s *Hosts) RemoveHost(ctx context.Context, ref string) error {
 			return fmt.Errorf("remove host %s: %w", h.Name, err)
 		}
 		s.hostAddrs.Delete(h.ID)
+		_ = s.st.Notify(ctx, HostChannel, h.ID)
 		return nil
 	}
 	return notFound("host", ref)
@@ -138,55 +150,48 @@ func (s *Hosts) effectiveState(h store.Host) store.HostState {
 // freeStates are the VM states whose resources do not count against a host.
 var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 
-// place picks the host for a new VM: the one asked for, or the ready host
-// with the most free memory (after overcommit) that fits the VM.
-//
-// Placement is check-then-insert; reserve() makes concurrent creates of
-// this manager see each other's choices until their rows exist. The
-// caller releases the reservation once the VM's row is stored (or not);
-// release may be called more than once.
-func (s *Placement) place(ctx context.Context, hostID string, vcpu, mem int) (store.Host, func(), error) {
+// create stores vm on a host and returns it: on hostID if given, else on
+// the ready host with the most free memory (after overcommit) that fits
+// it, trying the next one when a host has filled up since it was read.
+// The fit is decided by the store, in one transaction with the insert
+// (store.CreateVMWithin), so managers sharing a store never overcommit a
+// host together; nothing is held in any manager's memory.
+func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (store.VM, store.Host, error) {
 	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
-		return store.Host{}, func() {}, err
+		return store.VM{}, store.Host{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	alloc, err := s.st.AllocationsByHost(ctx, freeStates...)
 	if err != nil {
-		return store.Host{}, func() {}, fmt.Errorf("place vm: %w", err)
+		return store.VM{}, store.Host{}, fmt.Errorf("place vm: %w", err)
 	}
-	for id, r := range s.reserved {
-		a := alloc[id]
-		a.VCPU += r.VCPU
-		a.MemMiB += r.MemMiB
-		alloc[id] = a
-	}
-	h, err := s.pick(hosts, alloc, hostID, vcpu, mem)
+	cands, err := s.pick(hosts, alloc, hostID, vm.VCPU, vm.MemMiB)
 	if err != nil {
-		return h, func() {}, err
+		return store.VM{}, store.Host{}, err
 	}
-	if s.reserved == nil {
-		s.reserved = map[string]store.Resources{}
-	}
-	r := s.reserved[h.ID]
-	r.VCPU, r.MemMiB = r.VCPU+vcpu, r.MemMiB+mem
-	s.reserved[h.ID] = r
-	return h, sync.OnceFunc(func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		r := s.reserved[h.ID]
-		r.VCPU, r.MemMiB = r.VCPU-vcpu, r.MemMiB-mem
-		if r.VCPU <= 0 && r.MemMiB <= 0 {
-			delete(s.reserved, h.ID)
-		} else {
-			s.reserved[h.ID] = r
+	for _, h := range cands {
+		vm.HostID, vm.HostAddr = h.ID, h.Addr
+		limit := store.Resources{
+			VCPU:   int(float64(h.Capacity.VCPU) * s.cfg.VcpuOvercommit),
+			MemMiB: int(float64(h.Capacity.MemMiB) * s.cfg.MemOvercommit),
 		}
-	}), nil
+		created, err := s.st.CreateVMWithin(ctx, vm, limit, freeStates...)
+		if errors.Is(err, store.ErrNoCapacity) {
+			continue // filled up since we read it: the next host
+		}
+		return created, h, err
+	}
+	if hostID != "" {
+		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB", hostID, vm.VCPU, vm.MemMiB).
+			suggest("omit host_id, or free resources on that host")
+	}
+	return store.VM{}, store.Host{}, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vm.VCPU, vm.MemMiB).
+		suggest("stop or delete VMs, add a host, or ask for less (nexus host ls shows free capacity)")
 }
 
-// pick chooses among hosts given their allocations.
-func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, hostID string, vcpu, mem int) (store.Host, error) {
+// pick returns the hosts that fit a VM, in order of preference, given
+// their allocations as last read; or why none does.
+func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, hostID string, vcpu, mem int) ([]store.Host, error) {
 	type cand struct {
 		h        store.Host
 		freeMem  float64
@@ -210,31 +215,31 @@ func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, 
 		if hostID != "" && (h.ID == hostID || h.Name == hostID) {
 			switch {
 			case h.State != store.HostReady:
-				return h, newErr(KindNoCapacity, "host_not_ready", "host %s is %s", h.Name, h.State).
+				return nil, newErr(KindNoCapacity, "host_not_ready", "host %s is %s", h.Name, h.State).
 					suggest("omit host_id to let the scheduler choose, or wait for the host")
 			case !fits:
-				return h, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB (free %.0f vCPU / %.0f MiB)", h.Name, vcpu, mem, c.freeVcpu, c.freeMem).
+				return nil, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB (free %.0f vCPU / %.0f MiB)", h.Name, vcpu, mem, c.freeVcpu, c.freeMem).
 					suggest("omit host_id, or free resources on that host")
 			}
-			return h, nil
+			return []store.Host{h}, nil
 		}
 		if h.State == store.HostReady && fits {
 			cands = append(cands, c)
 		}
 	}
 	if hostID != "" {
-		return store.Host{}, invalid("host %q not found", hostID).suggest("list hosts: nexus host ls")
+		return nil, invalid("host %q not found", hostID).suggest("list hosts: nexus host ls")
 	}
 	if len(cands) == 0 {
 		if len(hosts) == 0 {
-			return store.Host{}, newErr(KindNoCapacity, "no_hosts", "no agent has registered with this manager").
+			return nil, newErr(KindNoCapacity, "no_hosts", "no agent has registered with this manager").
 				suggest("start an agent with AGENT_MANAGER pointing here, or use `nexus up`")
 		}
 		if biggestMem > 0 && (float64(mem) > biggestMem || float64(vcpu) > biggestVcpu) {
-			return store.Host{}, newErr(KindInvalid, "vm_too_large", "%d vCPU / %d MiB is more than any host can hold (the largest takes %.0f vCPU / %.0f MiB)",
+			return nil, newErr(KindInvalid, "vm_too_large", "%d vCPU / %d MiB is more than any host can hold (the largest takes %.0f vCPU / %.0f MiB)",
 				vcpu, mem, biggestVcpu, biggestMem).suggest("ask for less memory or fewer vCPUs")
 		}
-		return store.Host{}, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vcpu, mem).
+		return nil, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vcpu, mem).
 			suggest("stop or delete VMs, add a host, or ask for less (nexus host ls shows free capacity)")
 	}
 	// Most free memory first spreads VMs across hosts; ties by name for
@@ -245,7 +250,11 @@ func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, 
 		}
 		return cands[i].h.Name < cands[j].h.Name
 	})
-	return cands[0].h, nil
+	out := make([]store.Host, len(cands))
+	for i, c := range cands {
+		out[i] = c.h
+	}
+	return out, nil
 }
 
 // HostView renders a host for the API.

@@ -37,21 +37,7 @@ func (s *VMs) Logs(ctx context.Context, scope Scope, id, source string, tail int
 
 // StreamLogs opens a Server-Sent Events stream of a VM's log on its host.
 func (s *VMs) StreamLogs(ctx context.Context, scope Scope, id, source string) (*http.Response, error) {
-	vm, err := s.GetVM(ctx, scope, id)
-	if err != nil {
-		return nil, err
-	}
-	if source != "" && source != "fc" && source != "console" {
-		return nil, invalid("source must be fc or console, not %q", source)
-	}
-	if vm.HostAddr == "" {
-		return nil, conflict("vm_not_placed", "vm %s has no host yet", id)
-	}
-	resp, err := s.agentFor(ctx, vm).StreamLogs(ctx, id, source)
-	if err != nil {
-		return nil, agentError("vm "+id+": stream logs", vm, err)
-	}
-	return resp, nil
+	return s.StreamLogsFrom(ctx, scope, id, agentapi.StreamOptions{Source: source})
 }
 
 // isAgentStatus reports whether err is an agent's answer with status.

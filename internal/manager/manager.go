@@ -16,9 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/keyed"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Modes of NEXUS_MODE.
@@ -132,13 +132,10 @@ type Tokens struct {
 	OnChange func(tokenID string)
 }
 
-// Placement chooses hosts for new VMs.
+// Placement chooses hosts for new VMs; the store decides whether they fit.
 type Placement struct {
 	*core
 	hosts *Hosts
-
-	mu       sync.Mutex
-	reserved map[string]store.Resources // host id → placed, row not yet stored
 }
 
 // New returns the services. ctx is their lifetime.

@@ -257,28 +257,6 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 		s.log.Error("reconcile: list hosts", "err", err)
 		return st
 	}
-	vms, err := r.allVMs(ctx)
-	if err != nil {
-		s.log.Error("reconcile: list vms", "err", err)
-		return st
-	}
-	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
-	if err != nil {
-		s.log.Error("reconcile: list snapshots", "err", err)
-		return st
-	}
-	byHost := map[string][]store.VM{}
-	known := map[string]store.VM{}
-	for _, vm := range vms {
-		byHost[vm.HostID] = append(byHost[vm.HostID], vm)
-		known[vm.ID] = vm
-	}
-	keep := map[string]bool{} // run dirs that hold catalogued snapshots
-	for _, sn := range snaps {
-		keep[sn.HostID+"/"+sn.VMID] = true
-	}
-	st.VMs = len(vms)
-
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, r.cfg.HostsParallel)
@@ -294,8 +272,9 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			n, e := r.reconcileHost(ctx, h, byHost[h.ID], known, keep)
+			vms, n, e := r.reconcileHost(ctx, h)
 			mu.Lock()
+			st.VMs += vms
 			st.Actions += n
 			st.Errors += e
 			mu.Unlock()
@@ -313,9 +292,11 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 	return st
 }
 
-func (r *Reconciler) allVMs(ctx context.Context) ([]store.VM, error) {
+// hostVMs loads the VMs the store places on one host: a pass over one
+// host reads that host's rows only, however large the fleet.
+func (r *Reconciler) hostVMs(ctx context.Context, hostID string) ([]store.VM, error) {
 	var out []store.VM
-	f := store.VMFilter{Limit: store.MaxLimit}
+	f := store.VMFilter{HostID: hostID, Limit: store.MaxLimit}
 	for {
 		items, next, err := r.s.st.ListVMs(ctx, f)
 		if err != nil {
@@ -394,20 +375,42 @@ type action struct {
 }
 
 // reconcileHost compares one host's inventory with the store and acts.
-func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []store.VM, known map[string]store.VM, keep map[string]bool) (int, int) {
+// reconcileHost reconciles one host from its own rows and inventory and
+// returns how many VMs it has, and the actions taken and failed.
+func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host) (int, int, int) {
 	s := r.s
+	vms, err := r.hostVMs(ctx, h.ID)
+	if err != nil {
+		s.log.Error("reconcile: list vms", "host", h.Name, "err", err)
+		return 0, 0, 1
+	}
+	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{HostID: h.ID})
+	if err != nil {
+		s.log.Error("reconcile: list snapshots", "host", h.Name, "err", err)
+		return len(vms), 0, 1
+	}
+	// What the store places on this host; anything else found there is an
+	// orphan, wherever else its VM may live.
+	known := make(map[string]store.VM, len(vms))
+	for _, vm := range vms {
+		known[vm.ID] = vm
+	}
+	keep := map[string]bool{} // run dirs that hold catalogued snapshots
+	for _, sn := range snaps {
+		keep[sn.HostID+"/"+sn.VMID] = true
+	}
 	ag := s.agents.get(h.Addr)
 	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	inv, err := ag.Inventory(ictx)
 	cancel()
 	if err != nil {
 		s.log.Warn("reconcile: inventory failed", "host", h.Name, "err", err)
-		return 0, 1
+		return len(vms), 0, 1
 	}
 	plan := r.plan(h, inv, vms, known, keep)
 	plan = append(plan, r.planSnapshotDirs(ctx, h, ag)...)
 	if len(plan) == 0 {
-		return 0, 0
+		return len(vms), 0, 0
 	}
 	var errs atomic.Int32
 	var wg sync.WaitGroup
@@ -430,7 +433,7 @@ func (r *Reconciler) reconcileHost(ctx context.Context, h store.Host, vms []stor
 		}()
 	}
 	wg.Wait()
-	return len(plan), int(errs.Load())
+	return len(vms), len(plan), int(errs.Load())
 }
 
 // plan decides what to do on one host. Every action is idempotent, so a
@@ -519,18 +522,15 @@ func (r *Reconciler) planSnapshotDirs(ctx context.Context, h store.Host, ag *age
 	}
 	// Matched by VM and snapshot id, whatever host id the catalog has: a
 	// host removed and registered again gets a new id, not new snapshots.
-	known, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
-	if err != nil {
-		return nil
-	}
-	inCatalog := map[string]bool{}
-	for _, sn := range known {
-		inCatalog[sn.VMID+"/"+sn.ID] = true
+	// One lookup per dir on the host: the fleet's catalog is not read.
+	inCatalog := func(vmID, sid string) bool {
+		sn, err := s.st.GetSnapshot(ctx, sid)
+		return (err == nil && sn.VMID == vmID) || (err != nil && !errors.Is(err, store.ErrNotFound))
 	}
 	now := s.now()
 	var plan []action
 	for _, d := range dirs.Items {
-		if inCatalog[d.VMID+"/"+d.SnapshotID] || !r.orphanReady(h.ID+"/snap/"+d.VMID+"/"+d.SnapshotID, now) {
+		if inCatalog(d.VMID, d.SnapshotID) || !r.orphanReady(h.ID+"/snap/"+d.VMID+"/"+d.SnapshotID, now) {
 			continue
 		}
 		plan = append(plan, action{name: "gc_snapshot", vmID: d.VMID, do: func(ctx context.Context) error {

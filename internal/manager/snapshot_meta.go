@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // snapshotMeta is what the catalog keeps of a snapshot beyond its files

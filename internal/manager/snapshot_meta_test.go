@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 func TestPlanDrives(t *testing.T) {
@@ -128,7 +128,7 @@ func TestRestoreNoticesNameTheMAC(t *testing.T) {
 // only answers GET /version.
 func TestCheckRestoreVersion(t *testing.T) {
 	withNet := snapshotMeta{SnapshotVersion: "v10.0.0", FirecrackerVersion: "1.16.1", Net: &snapshotNet{IfaceID: "eth0", TAP: "tap-1"}}
-	noNet := snapshotMeta{SnapshotVersion: "v8.0.0", FirecrackerVersion: "1.13.0"}
+	noNet := snapshotMeta{SnapshotVersion: "v5.0.0", FirecrackerVersion: "1.11.0"}
 	for _, tc := range []struct {
 		version string
 		meta    snapshotMeta
@@ -139,7 +139,8 @@ func TestCheckRestoreVersion(t *testing.T) {
 		{"1.17.0-dev", withNet, "snapshot_incompatible"}, // format v11: another major
 		{"1.15.0", withNet, "snapshot_incompatible"},
 		{"1.11.0", noNet, ""},
-		{"1.11.0", snapshotMeta{SnapshotVersion: "v8.0.0", Net: &snapshotNet{IfaceID: "eth0"}}, "network_overrides_unsupported"},
+		{"1.11.0", snapshotMeta{SnapshotVersion: "v8.0.0", FirecrackerVersion: "1.13.0"}, "snapshot_incompatible"}, // 1.11 reads v5
+		{"1.11.0", snapshotMeta{SnapshotVersion: "v5.0.0", Net: &snapshotNet{IfaceID: "eth0"}}, "network_overrides_unsupported"},
 	} {
 		t.Run(tc.version+"/"+tc.meta.SnapshotVersion, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // InstantiateOptions tune InstantiateSnapshot.
@@ -52,16 +51,6 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		return Restored{}, invalid("invalid vm id %q", id)
 	}
 	src := meta.Source
-	host, release, err := s.placement.place(ctx, sn.HostID, src.Vcpu, src.MemMib)
-	release = sync.OnceFunc(release) // released once the row exists, or on any way out
-	defer release()
-	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
-		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
-			suggest("snapshots stay on their host; delete this one")
-	}
-	if err != nil {
-		return Restored{}, err
-	}
 	rootfs, rootfsImage, cfg := restoredConfig(meta)
 	specJSON, err := marshal(spec{VMConfig: cfg})
 	if err != nil {
@@ -77,7 +66,6 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: sn.Project,
 		State: store.VMRequested, DesiredState: store.VMRunning,
-		HostID: host.ID, HostAddr: host.Addr,
 		VCPU: src.Vcpu, MemMiB: src.MemMib,
 		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
@@ -93,8 +81,15 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		return Restored{}, err
 	}
 	defer unlock()
-	vm, err = s.st.CreateVM(ctx, vm)
-	release() // the row counts by itself now: a long restore must not count twice
+	// On the snapshot's host: its files are there.
+	vm, host, err := s.placement.create(ctx, vm, sn.HostID)
+	if e, ok := AsError(err); ok && e.Kind == KindInvalid {
+		return Restored{}, conflict("snapshot_host_gone", "snapshot %s is on host %s, which is no longer in the fleet", sid, sn.HostID).
+			suggest("snapshots stay on their host; delete this one")
+	}
+	if e, ok := AsError(err); ok {
+		return Restored{}, e
+	}
 	if errors.Is(err, store.ErrConflict) {
 		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, sn.Project).
 			suggest("pick another name or delete the existing VM")
@@ -179,24 +174,13 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 			}
 			return r.fc.Resume(ctx)
 		}},
-		{name: "record running", do: func(ctx context.Context) error {
-			cur, err := s.update(ctx, vm.ID, func(v *store.VM) error {
-				v.State, v.LastError = store.VMRunning, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			s.event(ctx, vm.ID, store.LevelInfo, "running (restored from snapshot %s)", sn.ID)
-			return nil
-		}},
+		r.recordStep(store.VMRunning),
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))
 	defer cancel()
 	what := "restore from snapshot " + sn.ID
-	if err := s.runSteps(ctx, vm.ID, what, steps); err != nil {
+	if err := r.run(ctx, what, steps); err != nil {
 		return r.vm, s.failed(r.vm, err, func(vm store.VM, step string, err error) *Error {
 			if e, ok := AsError(err); ok && e.Kind != KindInternal {
 				return e // already worded (a version the VMM cannot read, say)

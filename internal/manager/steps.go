@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -26,6 +27,14 @@ type step struct {
 	name string
 	do   func(ctx context.Context) error
 	undo func(ctx context.Context) error
+	// detail, when set, adds what the step learnt to the operation's
+	// event ("pid 1234").
+	detail func() string
+	// fc, instead of do, makes the step's firecracker calls with the client
+	// it is given. A run of such steps goes to the host in one request
+	// (the agent's proxy-batch) and each is still reported on its own;
+	// they have no undo: what they set dies with the VMM.
+	fc func(ctx context.Context, c *firecracker.Client) error
 }
 
 // stepFailure is what runSteps returns when a step fails: which step, and
@@ -54,12 +63,31 @@ func newStepMetrics() *prometheus.HistogramVec {
 // a *stepFailure. One event on the VM lists every step with its duration
 // and outcome.
 func (c *core) runSteps(ctx context.Context, vmID, op string, steps []step) error {
-	return c.runStepsOpt(ctx, vmID, op, steps, true)
+	return c.runWith(ctx, vmID, op, steps, nil, true)
 }
 
 // runStepsOpt is runSteps; without eventOnSuccess a success writes no event
 // (a delete: the VM's events go with its row).
 func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, eventOnSuccess bool) error {
+	return c.runWith(ctx, vmID, op, steps, nil, eventOnSuccess)
+}
+
+// batcher sends firecracker calls to a VM's host in one request.
+type batcher interface {
+	// record returns a client whose writes are recorded, not sent.
+	record() (*firecracker.Client, *firecracker.Recorder)
+	send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error)
+}
+
+// outcome is what became of one step.
+type outcome struct {
+	err error
+	d   time.Duration
+}
+
+// runWith runs steps; a run of firecracker-call steps (step.fc) goes to
+// the host through b in one request.
+func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b batcher, eventOnSuccess bool) error {
 	var done []int
 	var report []string
 	observe := func(name, result string, d time.Duration) {
@@ -68,26 +96,45 @@ func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, e
 		}
 	}
 	var failure *stepFailure
-	for i, st := range steps {
+	for i := 0; i < len(steps) && failure == nil; {
 		if err := ctx.Err(); err != nil {
-			failure = &stepFailure{step: st.name, err: fmt.Errorf("cancelled: %w", err)}
-			report = append(report, st.name+" not started")
+			failure = &stepFailure{step: steps[i].name, err: fmt.Errorf("cancelled: %w", err)}
+			report = append(report, steps[i].name+" not started")
 			break
 		}
-		// Durations are measurements, on the monotonic clock; decisions
-		// (retries, graces) use c.now.
-		start := time.Now()
-		err := st.do(ctx)
-		d := time.Since(start)
-		if err != nil {
-			observe(st.name, "failed", d)
-			report = append(report, fmt.Sprintf("%s failed after %s", st.name, ms(d)))
-			failure = &stepFailure{step: st.name, err: err}
-			break
+		group := []step{steps[i]}
+		var outs []outcome
+		if steps[i].fc != nil {
+			j := i + 1
+			for j < len(steps) && steps[j].fc != nil {
+				j++
+			}
+			group = steps[i:j]
+			outs = c.runCalls(ctx, group, b)
+		} else {
+			// Durations are measurements, on the monotonic clock;
+			// decisions (retries, graces) use c.now.
+			start := time.Now()
+			err := steps[i].do(ctx)
+			outs = []outcome{{err: err, d: time.Since(start)}}
 		}
-		observe(st.name, "ok", d)
-		report = append(report, fmt.Sprintf("%s %s", st.name, ms(d)))
-		done = append(done, i)
+		for k, o := range outs {
+			st := group[k]
+			if o.err != nil {
+				observe(st.name, "failed", o.d)
+				report = append(report, fmt.Sprintf("%s failed after %s", st.name, ms(o.d)))
+				failure = &stepFailure{step: st.name, err: o.err}
+				break
+			}
+			observe(st.name, "ok", o.d)
+			if st.detail != nil {
+				report = append(report, fmt.Sprintf("%s %s (%s)", st.name, ms(o.d), st.detail()))
+			} else {
+				report = append(report, fmt.Sprintf("%s %s", st.name, ms(o.d)))
+			}
+			done = append(done, i+k)
+		}
+		i += len(group)
 	}
 	if failure == nil {
 		if eventOnSuccess {
@@ -118,6 +165,76 @@ func (c *core) runStepsOpt(ctx context.Context, vmID, op string, steps []step, e
 	return failure
 }
 
+// runCalls runs a group of firecracker-call steps: their calls are
+// recorded in order, sent in one batch, and each step's outcome is read
+// from its calls' results (the first refusal stops the rest). It returns
+// an outcome for each step up to and including the first that failed.
+func (c *core) runCalls(ctx context.Context, group []step, b batcher) []outcome {
+	if b == nil {
+		err := errors.New("firecracker-call steps need a host to send them to")
+		return []outcome{{err: err}}
+	}
+	rc, rec := b.record()
+	var calls []firecracker.Call
+	owner := []int{} // call index → step index in group
+	var recErr error
+	recorded := len(group)
+	for k, st := range group {
+		if err := st.fc(ctx, rc); err != nil {
+			recErr, recorded = err, k // a check refused before anything was sent
+			break
+		}
+		for _, call := range rec.Take() {
+			calls = append(calls, call)
+			owner = append(owner, k)
+		}
+	}
+	outs := make([]outcome, 0, len(group))
+	if len(calls) > 0 {
+		start := time.Now()
+		results, err := b.send(ctx, calls)
+		if err != nil {
+			return []outcome{{err: err, d: time.Since(start)}}
+		}
+		ok := make([]bool, recorded)
+		for k := range ok {
+			ok[k] = true
+		}
+		took := make([]time.Duration, recorded)
+		failedAt := -1
+		for n, res := range results {
+			k := owner[n]
+			took[k] += time.Duration(res.Ms * float64(time.Millisecond))
+			if err := res.Err(calls[n]); err != nil {
+				failedAt = k
+				outs = outs[:0]
+				for p := range k {
+					outs = append(outs, outcome{d: took[p]})
+				}
+				return append(outs, outcome{err: err, d: took[k]})
+			}
+		}
+		if len(results) < len(calls) && failedAt < 0 {
+			k := owner[len(results)]
+			for p := range k {
+				outs = append(outs, outcome{d: took[p]})
+			}
+			return append(outs, outcome{err: fmt.Errorf("the host answered %d of %d calls", len(results), len(calls))})
+		}
+		for k := range recorded {
+			outs = append(outs, outcome{d: took[k]})
+		}
+	} else {
+		for range recorded {
+			outs = append(outs, outcome{})
+		}
+	}
+	if recErr != nil {
+		outs = append(outs, outcome{err: recErr})
+	}
+	return outs
+}
+
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
 }
@@ -131,6 +248,19 @@ type hostRun struct {
 	fc      *firecracker.Client
 	tap     agentapi.TapResponse
 	spawned agentapi.SpawnResponse
+	keepMAC bool // the row's MAC stays (a restored guest keeps the snapshot's)
+}
+
+func (r *hostRun) record() (*firecracker.Client, *firecracker.Recorder) { return r.fc.Record() }
+
+func (r *hostRun) send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+	res, err := r.ag.ProxyBatch(ctx, r.vm.ID, calls)
+	return res.Results, err
+}
+
+// run runs an operation's steps on r's host.
+func (r *hostRun) run(ctx context.Context, op string, steps []step) error {
+	return r.c.runWith(ctx, r.vm.ID, op, steps, r, true)
 }
 
 // tapStep creates the VM's TAP unless it has no network interface; undone
@@ -167,23 +297,10 @@ func (r *hostRun) spawnStep(keepMAC bool) step {
 				_ = r.ag.Stop(context.WithoutCancel(ctx), r.vm.ID, agentapi.StopRequest{})
 				return err
 			}
-			cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
-				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
-				if r.tap.Tap != "" {
-					v.TAP = r.tap.Tap
-					if !keepMAC {
-						v.MAC = r.tap.MAC
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			r.vm = cur
-			r.c.event(ctx, r.vm.ID, store.LevelInfo, "vmm started (pid %d)", r.spawned.PID)
+			r.keepMAC = keepMAC // recorded with the next state (recordStep)
 			return nil
 		},
+		detail: func() string { return fmt.Sprintf("pid %d", r.spawned.PID) },
 		undo: func(ctx context.Context) error {
 			return r.ag.Stop(ctx, r.vm.ID, agentapi.StopRequest{})
 		},
@@ -192,28 +309,41 @@ func (r *hostRun) spawnStep(keepMAC bool) step {
 
 // loggerStep points firecracker's logger at the VM's fc.log.
 func (r *hostRun) loggerStep() step {
-	return step{name: "configure logger", do: func(ctx context.Context) error {
-		return r.fc.PutLogger(ctx, firecracker.Logger{LogPath: r.spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
+	return step{name: "configure logger", fc: func(ctx context.Context, fc *firecracker.Client) error {
+		return fc.PutLogger(ctx, firecracker.Logger{LogPath: r.spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
 	}}
 }
 
 // metricsStep points firecracker's metrics at the VM's metrics.json.
 func (r *hostRun) metricsStep() step {
-	return step{name: "configure metrics", do: func(ctx context.Context) error {
-		return r.fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: r.spawned.MetricsPath})
+	return step{name: "configure metrics", fc: func(ctx context.Context, fc *firecracker.Client) error {
+		return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: r.spawned.MetricsPath})
 	}}
 }
 
-// recordStep records a state on the row; what remains of the VM is the
-// operation's failure handling's business, so it has no undo.
+// recordStep records a state on the row, with what the host answered so
+// far (the VM's socket, log and TAP) in the same write; what remains of
+// the VM is the operation's failure handling's business, so it has no
+// undo. The operation's event says the state was reached.
 func (r *hostRun) recordStep(state store.VMState) step {
 	return step{name: "record " + string(state), do: func(ctx context.Context) error {
-		cur, err := r.c.setState(ctx, r.vm.ID, state, "")
+		cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
+			v.State, v.LastError = state, ""
+			if r.spawned.APISock != "" {
+				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
+			}
+			if r.tap.Tap != "" {
+				v.TAP = r.tap.Tap
+				if !r.keepMAC {
+					v.MAC = r.tap.MAC
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return err
 		}
 		r.vm = cur
-		r.c.event(ctx, r.vm.ID, store.LevelInfo, "%s", state)
 		return nil
 	}}
 }

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 func TestMergeConfig(t *testing.T) {

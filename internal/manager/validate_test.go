@@ -81,8 +81,8 @@ func TestPickTooLargeVersusFull(t *testing.T) {
 			t.Errorf("pick(%d vCPU, %d MiB) = %v; want %s", tc.vcpu, tc.mem, err, tc.code)
 		}
 	}
-	h, err := s.pick(hosts, nil, "", 2, 6000)
-	if err != nil || h.ID != "h1" {
-		t.Errorf("pick(2, 6000) = %s, %v; want h1", h.ID, err)
+	hs, err := s.pick(hosts, nil, "", 2, 6000)
+	if err != nil || len(hs) != 1 || hs[0].ID != "h1" {
+		t.Errorf("pick(2, 6000) = %v, %v; want h1 only", hs, err)
 	}
 }

@@ -10,10 +10,10 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Defaults for a VM created without vcpu or mem_mib.
@@ -71,12 +71,6 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	} else if !hostlayout.ValidVMID(id) {
 		return store.VM{}, invalid("invalid vm id %q", id)
 	}
-	host, release, err := s.placement.place(ctx, req.HostID, *cfg.Vcpu, *cfg.MemMib)
-	release = sync.OnceFunc(release) // once the row exists it counts by itself
-	defer release()
-	if err != nil {
-		return store.VM{}, err
-	}
 	specJSON, err := marshal(spec{VMConfig: cfg.VMConfig})
 	if err != nil {
 		return store.VM{}, err
@@ -88,7 +82,6 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	vm := store.VM{
 		ID: id, Name: req.Name, Project: project,
 		State: store.VMRequested, DesiredState: desired,
-		HostID: host.ID, HostAddr: host.Addr,
 		TAP: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(),
 		VCPU: *cfg.Vcpu, MemMiB: *cfg.MemMib,
 		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath,
@@ -106,13 +99,15 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	if err != nil {
 		return store.VM{}, err
 	}
-	vm, err = s.st.CreateVM(ctx, vm)
-	release()
+	vm, host, err := s.placement.create(ctx, vm, req.HostID)
 	if err != nil {
 		unlock()
 		if errors.Is(err, store.ErrConflict) {
 			return store.VM{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, project).
 				suggest("pick another name or delete the existing VM")
+		}
+		if _, ok := AsError(err); ok {
+			return store.VM{}, err
 		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
@@ -159,10 +154,10 @@ func (s *VMs) discardFailed(vm store.VM, cause error) error {
 	}
 	if vm.HostAddr != "" {
 		ag := s.agentFor(ctx, vm)
-		if vm.APISock != "" {
-			if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
-				e.LogTail = ll.Lines
-			}
+		// A VMM that never started has no log: the call then fails, and
+		// the error goes without lines.
+		if ll, err := ag.Logs(ctx, vm.ID, "fc", logTailLines); err == nil {
+			e.LogTail = ll.Lines
 		}
 		if err := ag.Delete(ctx, vm.ID); err != nil {
 			s.log.Warn("failed create: host objects left for the reconciler", "vm_id", vm.ID, "err", err)

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 func TestLifecycleOnHollowHost(t *testing.T) {

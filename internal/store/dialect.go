@@ -22,6 +22,10 @@ type dialect interface {
 	// acquireLease returns the single statement that takes, renews or
 	// refuses a lease, returning the holder row only when holder holds it.
 	acquireLease(name, holder string, ttl time.Duration, now time.Time) (string, []any)
+	// forUpdate is the suffix that locks the rows a SELECT reads for the
+	// rest of a write transaction ("" where the transaction already
+	// excludes every other writer: SQLite's BEGIN IMMEDIATE).
+	forUpdate() string
 	// classify recognises the engine's constraint errors.
 	classify(err error) (kind error, detail string, ok bool)
 	// migrations returns the engine's migration files and goose options

@@ -22,6 +22,8 @@ var (
 	// ErrInvalid: the input cannot be stored (bad cursor, malformed JSON, a
 	// value a check constraint rejects).
 	ErrInvalid = errors.New("invalid")
+	// ErrNoCapacity: CreateVMWithin found the host too full for the VM.
+	ErrNoCapacity = errors.New("no capacity")
 )
 
 // fail wraps err for the operation op (e.g. "get vm 3f2a"), translating
@@ -37,7 +39,7 @@ func (s *sqlStore) translate(err error) error {
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrNotFound
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict),
-		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid):
+		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrNoCapacity):
 		return err
 	}
 	if kind, detail, ok := s.d.classify(err); ok {

@@ -90,7 +90,7 @@ func TestConformance(t *testing.T) {
 	var all []behaviour
 	for _, group := range [][]behaviour{
 		vmBehaviours, eventBehaviours, catalogBehaviours, hostBehaviours,
-		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours,
+		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, statsBehaviours,
 	} {
 		all = append(all, group...)
 	}

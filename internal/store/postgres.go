@@ -54,6 +54,10 @@ func (postgresDialect) rebind(q string) string {
 
 func (postgresDialect) timeArg(t time.Time) any { return t }
 
+// A row lock on the host serialises placements on it across managers;
+// placements on other hosts proceed in parallel.
+func (postgresDialect) forUpdate() string { return " FOR UPDATE" }
+
 // Containment uses the GIN index on tags.
 func (postgresDialect) tagsFilter(tags map[string]string) (string, []any) {
 	b, _ := json.Marshal(tags) // a map[string]string always marshals

@@ -58,6 +58,10 @@ func (sqliteDialect) acquireLease(name, holder string, ttl time.Duration, now ti
 		[]any{name, holder, now.Add(ttl).UnixMicro(), now.UnixMicro()}
 }
 
+// SQLite's write transactions begin IMMEDIATE: they exclude every other
+// writer already.
+func (sqliteDialect) forUpdate() string { return "" }
+
 func (sqliteDialect) classify(err error) (error, string, bool) {
 	var e *sqlite.Error
 	if !errors.As(err, &e) {

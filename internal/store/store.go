@@ -20,6 +20,7 @@ type Store interface {
 	AuditStore
 	LeaseStore
 	Notifier
+	StatsStore
 
 	// Engine is "sqlite" or "postgres".
 	Engine() string
@@ -35,6 +36,13 @@ type VMStore interface {
 	// random UUID, zero CreatedAt/UpdatedAt get the store's clock, and
 	// Generation is 1. A taken (project, name) or ID is ErrConflict.
 	CreateVM(ctx context.Context, vm VM) (VM, error)
+	// CreateVMWithin is CreateVM for a VM placed on vm.HostID that must
+	// fit: with the VMs already there (except those in the free states) it
+	// may hold at most limit, or nothing is stored and the answer is
+	// ErrNoCapacity. The check and the insert are one transaction that
+	// locks the host's row, so managers sharing the store never place past
+	// a host's limit together. A host that does not exist is ErrNotFound.
+	CreateVMWithin(ctx context.Context, vm VM, limit Resources, free ...VMState) (VM, error)
 	GetVM(ctx context.Context, id string) (VM, error)
 	GetVMByName(ctx context.Context, project, name string) (VM, error)
 	// ListVMs pages through the matching VMs, newest first (created_at,

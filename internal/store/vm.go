@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -92,6 +93,49 @@ func (s *sqlStore) CreateVM(ctx context.Context, vm VM) (VM, error) {
 		return VM{}, s.fail(op, err)
 	}
 	if _, err := s.exec(ctx, vmInsert, args...); err != nil {
+		return VM{}, s.fail(op, err)
+	}
+	return vm, nil
+}
+
+func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, free ...VMState) (VM, error) {
+	vm = vm.clone()
+	if vm.ID == "" {
+		vm.ID = newID()
+	}
+	vm.CreatedAt = s.orNow(vm.CreatedAt)
+	vm.UpdatedAt = vm.CreatedAt
+	vm.Generation = 1
+	normVM(&vm)
+	op := "create vm " + qualified(vm.Project, vm.Name) + " on host " + vm.HostID
+	args, err := s.vmValues(&vm)
+	if err != nil {
+		return VM{}, s.fail(op, err)
+	}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		var id string
+		if err := tx.QueryRowContext(ctx, s.d.rebind("SELECT id FROM host WHERE id = ?"+s.d.forUpdate()), vm.HostID).Scan(&id); err != nil {
+			return fmt.Errorf("host %s: %w", vm.HostID, err)
+		}
+		q := "SELECT COALESCE(SUM(vcpu), 0), COALESCE(SUM(mem_mib), 0) FROM vm WHERE host_id = ?"
+		qargs := []any{vm.HostID}
+		if len(free) > 0 {
+			q += " AND state NOT IN (" + placeholders(len(free)) + ")"
+			for _, st := range free {
+				qargs = append(qargs, string(st))
+			}
+		}
+		var used Resources
+		if err := tx.QueryRowContext(ctx, s.d.rebind(q), qargs...).Scan(&used.VCPU, &used.MemMiB); err != nil {
+			return err
+		}
+		if used.VCPU+vm.VCPU > limit.VCPU || used.MemMiB+vm.MemMiB > limit.MemMiB {
+			return fmt.Errorf("%w: %d/%d vCPU and %d/%d MiB in use", ErrNoCapacity, used.VCPU, limit.VCPU, used.MemMiB, limit.MemMiB)
+		}
+		_, err := tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
+		return err
+	})
+	if err != nil {
 		return VM{}, s.fail(op, err)
 	}
 	return vm, nil

@@ -434,3 +434,57 @@ func names(vms []store.VM) string {
 	}
 	return strings.Join(out, " ")
 }
+
+func init() {
+	vmBehaviours = append(vmBehaviours, behaviour{"vm/create-within-capacity", func(t *testing.T, e *env) {
+		limit := store.Resources{VCPU: 8, MemMiB: 8 * 128}
+		h1 := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "h1", Addr: "http://h1"}))(t)
+		h2 := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "h2", Addr: "http://h2"}))(t)
+		mk := func(name string, vcpu int) store.VM {
+			vm := newVM(name)
+			vm.HostID, vm.VCPU, vm.MemMiB, vm.State = h1.ID, vcpu, 128, store.VMRunning
+			return vm
+		}
+		_, err := e.s.CreateVMWithin(ctx, newVM("nowhere"), limit)
+		wantErr(t, "CreateVMWithin on a host that does not exist", err, store.ErrNotFound)
+		// Sequentially: fills to the limit, then refuses; a stopped VM's
+		// resources do not count.
+		for i := range 4 {
+			must(e.s.CreateVMWithin(ctx, mk(fmt.Sprintf("a-%d", i), 2), limit, store.VMStopped, store.VMFailed))(t)
+		}
+		_, err = e.s.CreateVMWithin(ctx, mk("over", 1), limit, store.VMStopped, store.VMFailed)
+		wantErr(t, "CreateVMWithin past the limit", err, store.ErrNoCapacity)
+		if _, err := e.s.GetVMByName(ctx, "default", "over"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("the refused VM was stored: %v", err)
+		}
+		first := must(e.s.GetVMByName(ctx, "default", "a-0"))(t)
+		must(e.s.UpdateVM(ctx, first.ID, func(v *store.VM) error { v.State = store.VMStopped; return nil }))(t)
+		must(e.s.CreateVMWithin(ctx, mk("fits-again", 2), limit, store.VMStopped, store.VMFailed))(t)
+
+		// Racing: 24 creates of 1 vCPU onto room for 8, from as many
+		// connections as the store gives: exactly 8 get in.
+		race := store.Resources{VCPU: 8, MemMiB: 1 << 20}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		placed := 0
+		for i := range 24 {
+			wg.Go(func() {
+				vm := mk(fmt.Sprintf("r-%d", i), 1)
+				vm.HostID = h2.ID
+				_, err := e.s.CreateVMWithin(ctx, vm, race, store.VMStopped, store.VMFailed)
+				switch {
+				case err == nil:
+					mu.Lock()
+					placed++
+					mu.Unlock()
+				case !errors.Is(err, store.ErrNoCapacity):
+					t.Errorf("racing create: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if placed != 8 {
+			t.Fatalf("%d VMs placed onto room for 8", placed)
+		}
+	}})
+}

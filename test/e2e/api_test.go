@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 func getJSON(t *testing.T, url, token string, out any) int {
@@ -212,7 +212,7 @@ func TestParallelAndSerialised(t *testing.T) {
 		wg2.Add(1)
 		go func() {
 			defer wg2.Done()
-			_ = client.New(c.url(), c.admin).VMAction(ctx, target, a) // 409s are fine
+			_ = nexus.New(c.url(), c.admin).VMAction(ctx, target, a) // 409s are fine
 		}()
 	}
 	wg2.Wait()

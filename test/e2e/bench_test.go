@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // BenchmarkFleet200 is `make bench`: 200 VMs created in parallel batches on
@@ -104,7 +104,7 @@ func BenchmarkFleet200(b *testing.B) {
 // manager and an agent (Postgres).
 type fleetTarget struct {
 	dir       string
-	client    *client.Client
+	client    *nexus.Client
 	pid       int // the process holding the manager
 	leftovers func() int
 }
@@ -135,7 +135,7 @@ func newFleetTarget(tb testing.TB, engine string) fleetTarget {
 // createMany creates total VMs named prefix-NNN, batch at a time in
 // parallel, each waiting until it runs, and returns each create's latency
 // and the VM ids.
-func createMany(tb testing.TB, cl *client.Client, kernel, prefix string, total, batch, mem int) ([]time.Duration, []string) {
+func createMany(tb testing.TB, cl *nexus.Client, kernel, prefix string, total, batch, mem int) ([]time.Duration, []string) {
 	var mu sync.Mutex
 	var durs []time.Duration
 	ids := make([]string, 0, total)
@@ -165,7 +165,7 @@ func createMany(tb testing.TB, cl *client.Client, kernel, prefix string, total, 
 
 // deleteAll deletes ids with bulk calls of batch each and fails the test
 // on any VM that could not be deleted.
-func deleteAll(tb testing.TB, cl *client.Client, ids []string, batch int) {
+func deleteAll(tb testing.TB, cl *nexus.Client, ids []string, batch int) {
 	tb.Helper()
 	for off := 0; off < len(ids); off += batch {
 		res, err := cl.Bulk(context.Background(), "delete", ids[off:min(off+batch, len(ids))])
@@ -181,13 +181,16 @@ func deleteAll(tb testing.TB, cl *client.Client, ids []string, batch int) {
 }
 
 // vmHWM returns a process's peak resident set in KiB.
-func vmHWM(pid int) int {
+func vmHWM(pid int) int { return procStatusKiB(pid, "VmHWM:") }
+
+// procStatusKiB reads one KiB field of /proc/<pid>/status.
+func procStatusKiB(pid int, field string) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			n, _ := strconv.Atoi(strings.Fields(rest)[0])
 			return n
 		}
@@ -311,7 +314,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 
 		// Kill 10% of the VMMs at once and time the convergence.
-		time.Sleep(3 * time.Second) // let a pass or two run
+		waitPasses(b, c.client, 2)
 		var st apitypes.ReconcilerStatus
 		_ = c.client.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st)
 		killed := 0

@@ -15,10 +15,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // fastReconcile makes the reconciler act in seconds, not minutes.
@@ -364,7 +364,7 @@ func TestChaosHostGone(t *testing.T) {
 		return nil
 	})
 	t.Logf("stop an agent for good: host and VMs marked in %s", time.Since(start).Round(time.Millisecond))
-	time.Sleep(3 * time.Second) // several reconcile passes
+	waitPasses(t, c.client, 3)
 	otherAfter, _ := c.agentClient(c.agents[1]).Inventory(ctx)
 	if len(otherAfter.VMMs) != len(otherBefore.VMMs) {
 		t.Fatalf("VMs of the lost host were started elsewhere: %d → %d VMMs on host-1", len(otherBefore.VMMs), len(otherAfter.VMMs))
@@ -442,19 +442,21 @@ func TestTwoManagersOneReconciler(t *testing.T) {
 		}
 	})
 	m2.waitLog(t, "manager listening", 20*time.Second)
-	c2 := client.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
-	leader := func(cl *client.Client) bool {
+	c2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+	leader := func(cl *nexus.Client) bool {
 		var st apitypes.ReconcilerStatus
 		if err := cl.Do(context.Background(), "GET", "/v1/reconciler", nil, nil, &st); err != nil {
 			return false
 		}
 		return st.Leader
 	}
-	time.Sleep(2 * time.Second)
-	l1, l2 := leader(c.client), leader(c2)
-	if l1 == l2 {
-		t.Fatalf("leaders: manager-1 %v, manager-2 %v; want exactly one", l1, l2)
-	}
+	var l1, l2 bool
+	eventually(t, converge, "exactly one leader", func() error {
+		if l1, l2 = leader(c.client), leader(c2); l1 == l2 {
+			return fmt.Errorf("leaders: manager-1 %v, manager-2 %v", l1, l2)
+		}
+		return nil
+	})
 	if !l1 {
 		t.Fatal("the first manager should have taken the free lease first")
 	}

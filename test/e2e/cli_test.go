@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // TestCLI drives the commands a user types: tables by default, -o json,

@@ -21,11 +21,11 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // upInstance is one `nexus up` running in a test host's namespace.
@@ -35,7 +35,7 @@ type upInstance struct {
 	dataDir string
 	runDir  string
 	url     string
-	client  *client.Client
+	client  *nexus.Client
 	cmd     *exec.Cmd
 	log     string
 	printed []string
@@ -74,7 +74,7 @@ func startUpIn(t testing.TB, h *hostNet, dir string, port int, env []string, arg
 		t.Fatal(err)
 	}
 	u.url = "http://" + listen
-	u.client = client.New(u.url, strings.TrimSpace(string(tok)))
+	u.client = nexus.New(u.url, strings.TrimSpace(string(tok)))
 	return u
 }
 
@@ -323,7 +323,11 @@ func TestUpInstancesCoexist(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	time.Sleep(1500 * time.Millisecond) // one more reconcile pass past the grace
+	// Passes that start after the churn, and after an orphan grace of it,
+	// see whatever is left: two passes each, one of them past the grace.
+	for _, u := range []*upInstance{a, b} {
+		waitPasses(t, u.client, 2)
+	}
 
 	for u, pids := range map[*upInstance]map[string]int{a: pidsA, b: pidsB} {
 		now := vmmPIDsByID(u.runDir)

@@ -23,11 +23,12 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 var bins struct {
@@ -116,7 +117,7 @@ type cluster struct {
 	ports2  []int // further managers the agents may fail over to
 	mgr     *proc
 	agents  []*agentProc
-	client  *client.Client
+	client  *nexus.Client
 	restore func()
 	// tls, when set, runs the fleet with mutual TLS: certificates of a CA
 	// made with `nexus manager bootstrap --ca-dir` and `nexus cert issue`.
@@ -220,11 +221,11 @@ func newClusterWith(t testing.TB, o clusterOpts) *cluster {
 
 // newClient is an API client of the manager with token (checking the
 // manager's certificate against the fleet's CA under TLS).
-func (c *cluster) newClient(token string) *client.Client {
+func (c *cluster) newClient(token string) *nexus.Client {
 	if c.tls == nil {
-		return client.New(c.url(), token)
+		return nexus.New(c.url(), token)
 	}
-	return client.New(c.url(), token, client.WithTransport(c.transport(pki.Files{CA: c.tls.mgr.CA})))
+	return nexus.New(c.url(), token, nexus.WithTransport(c.transport(pki.Files{CA: c.tls.mgr.CA})))
 }
 
 // transport is an HTTP transport presenting f's certificate and checking
@@ -588,6 +589,30 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 		time.Sleep(25 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %s: %v", what, d, err)
+}
+
+// waitPasses waits until the leading reconciler of the manager cl talks
+// to has finished n passes that started after this call: an event to wait
+// for, not a time to sleep.
+func waitPasses(t testing.TB, cl *nexus.Client, n int) {
+	t.Helper()
+	since := time.Now()
+	seen := 0
+	var last time.Time
+	eventually(t, 30*time.Second, fmt.Sprintf("%d reconcile passes", n), func() error {
+		var st apitypes.ReconcilerStatus
+		if err := cl.Do(context.Background(), "GET", "/v1/reconciler", nil, nil, &st); err != nil {
+			return err
+		}
+		if st.LastPassAt.After(since) && !st.LastPassAt.Equal(last) {
+			last = st.LastPassAt
+			seen++
+		}
+		if seen < n {
+			return fmt.Errorf("%d of %d passes", seen, n)
+		}
+		return nil
+	})
 }
 
 // shortTempDir is a temp dir with a short path: VM sockets live several

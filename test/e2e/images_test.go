@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // imagesDir is the agent's FC_IMAGES_DIR (its default, under the run dir).
@@ -80,12 +80,12 @@ func diskUsage(t *testing.T, path string) int64 {
 	return st.Blocks * 512
 }
 
-func addImage(cl *client.Client, req apitypes.CreateImageRequest) (apitypes.Image, error) {
+func addImage(cl *nexus.Client, req apitypes.CreateImageRequest) (apitypes.Image, error) {
 	var img apitypes.Image
 	return img, cl.Do(context.Background(), "POST", "/v1/images", nil, req, &img)
 }
 
-func mustImage(t *testing.T, cl *client.Client, req apitypes.CreateImageRequest) apitypes.Image {
+func mustImage(t *testing.T, cl *nexus.Client, req apitypes.CreateImageRequest) apitypes.Image {
 	t.Helper()
 	img, err := addImage(cl, req)
 	if err != nil {
@@ -94,7 +94,7 @@ func mustImage(t *testing.T, cl *client.Client, req apitypes.CreateImageRequest)
 	return img
 }
 
-func listImages(t *testing.T, cl *client.Client) []apitypes.Image {
+func listImages(t *testing.T, cl *nexus.Client) []apitypes.Image {
 	t.Helper()
 	var l apitypes.ImageList
 	if err := cl.Do(context.Background(), "GET", "/v1/images", nil, nil, &l); err != nil {
@@ -178,8 +178,8 @@ func TestImageRegistry(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "subdir"), 0o755)
 	syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644)
 
-	opA := client.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
+	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	// A shared kernel (admin), a rootfs of team-a (operator, relative path).
 	start := time.Now()
@@ -199,7 +199,7 @@ func TestImageRegistry(t *testing.T) {
 		before := len(listImages(t, c.client))
 		for _, tc := range []struct {
 			name   string
-			cl     *client.Client
+			cl     *nexus.Client
 			req    apitypes.CreateImageRequest
 			status int
 			code   string
@@ -471,7 +471,7 @@ func TestProdModeRefusesRawPaths(t *testing.T) {
 	if m := prod.waitLog(t, "manager listening", 20*time.Second); m["mode"] != "prod" {
 		t.Fatalf("second manager runs in mode %v", m["mode"])
 	}
-	admin := client.New(fmt.Sprintf("http://127.0.0.1:%d", port), c.admin)
+	admin := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port), c.admin)
 	dir := c.agents[0].imagesDir(t)
 	kernelPath := filepath.Join(dir, "vmlinux")
 	os.WriteFile(kernelPath, simtest.KernelELF(), 0o644)
@@ -522,9 +522,9 @@ func testTemplates(t *testing.T, engine string) {
 	os.WriteFile(filepath.Join(dir, "other.ext4"), make([]byte, 4096), 0o644)
 	mustImage(t, c.client, apitypes.CreateImageRequest{Kind: "kernel", Name: "vmlinux", HostPath: "vmlinux", Project: "*"})
 	tokA := c.token(t, "alice", "operator", "team-a")
-	opA := client.New(c.url(), tokA)
-	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
-	viewA := client.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
+	opA := nexus.New(c.url(), tokA)
+	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	viewA := nexus.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
 	rootfs := mustImage(t, opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "base", HostPath: "rootfs.ext4"})
 	other := mustImage(t, opB, apitypes.CreateImageRequest{Kind: "rootfs", Name: "bobs", HostPath: "other.ext4"})
 
@@ -701,8 +701,8 @@ func TestImageOwnershipRules(t *testing.T) {
 	if err := os.WriteFile(kernelPath, simtest.KernelELF(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	opA := client.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
+	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
 	kb := mustImage(t, opB, apitypes.CreateImageRequest{Kind: "kernel", Name: "kb", HostPath: kernelPath})
 	_, err := addImage(opA, apitypes.CreateImageRequest{Kind: "kernel", Name: "mine", HostPath: kernelPath})
 	wantCode(t, err, 403, "path_registered_elsewhere")

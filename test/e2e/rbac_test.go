@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // token creates a token through the API as admin.
@@ -30,9 +30,9 @@ func TestRBACAndAudit(t *testing.T) {
 	c := newCluster(t, "sqlite", 1)
 	ctx := context.Background()
 	kernel := simtest.WriteKernel(t, c.dir)
-	opA := client.New(c.url(), c.token(t, "alice", "operator", "team-a"))
-	viewA := client.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
-	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opA := nexus.New(c.url(), c.token(t, "alice", "operator", "team-a"))
+	viewA := nexus.New(c.url(), c.token(t, "victor", "viewer", "team-a"))
+	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	req := apitypes.CreateVMRequest{Name: "svc", Project: "team-a", VMConfig: apitypes.VMConfig{KernelPath: kernel}}
 	// Raw host paths can attach any host file to a guest: admins only.
@@ -132,9 +132,9 @@ func TestRevokeAcrossManagers(t *testing.T) {
 	if err := c.client.Do(ctx, "POST", "/v1/tokens", nil, apitypes.CreateTokenRequest{Owner: "temp", Role: "viewer", Project: "*"}, &sec); err != nil {
 		t.Fatal(err)
 	}
-	on1 := client.New(c.url(), sec.Token)
-	on2 := client.New(fmt.Sprintf("http://127.0.0.1:%d", port2), sec.Token)
-	for _, cl := range []*client.Client{on1, on2} {
+	on1 := nexus.New(c.url(), sec.Token)
+	on2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), sec.Token)
+	for _, cl := range []*nexus.Client{on1, on2} {
 		if _, err := cl.ListVMs(ctx, nil); err != nil {
 			t.Fatalf("fresh token: %v", err)
 		}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/pki/pkitest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // capsArg is the launcher's list of the capabilities the agent documents

@@ -19,10 +19,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // snapVM creates a running VM with a kernel and a 16 MiB sparse rootfs
@@ -49,25 +49,25 @@ func snapVM(t testing.TB, c *cluster, name string, memMib, min int) (apitypes.VM
 	return vm, rootfs
 }
 
-func createSnapshot(cl *client.Client, vmID string, resume *bool) (apitypes.CreateSnapshotResponse, error) {
+func createSnapshot(cl *nexus.Client, vmID string, resume *bool) (apitypes.CreateSnapshotResponse, error) {
 	var out apitypes.CreateSnapshotResponse
 	err := cl.Do(context.Background(), "POST", "/v1/vms/"+vmID+"/snapshots", nil, apitypes.CreateSnapshotRequest{Resume: resume}, &out)
 	return out, err
 }
 
-func restoreSnapshot(cl *client.Client, sid, name string) (apitypes.InstantiateSnapshotResponse, error) {
+func restoreSnapshot(cl *nexus.Client, sid, name string) (apitypes.InstantiateSnapshotResponse, error) {
 	var out apitypes.InstantiateSnapshotResponse
 	err := cl.Do(context.Background(), "POST", "/v1/snapshots/"+sid+"/instantiate", nil, apitypes.InstantiateSnapshotRequest{Name: name}, &out)
 	return out, err
 }
 
-func getSnapshot(cl *client.Client, sid string) (apitypes.Snapshot, error) {
+func getSnapshot(cl *nexus.Client, sid string) (apitypes.Snapshot, error) {
 	var it apitypes.SnapshotItem
 	err := cl.Do(context.Background(), "GET", "/v1/snapshots/"+sid, nil, nil, &it)
 	return it.Item, err
 }
 
-func deleteSnapshot(cl *client.Client, sid string) error {
+func deleteSnapshot(cl *nexus.Client, sid string) error {
 	return cl.Do(context.Background(), "DELETE", "/v1/snapshots/"+sid, nil, nil, nil)
 }
 
@@ -493,7 +493,7 @@ func TestSnapshotErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opB := client.New(c.url(), c.token(t, "bob", "operator", "team-b"))
+	opB := nexus.New(c.url(), c.token(t, "bob", "operator", "team-b"))
 
 	t.Run("table", func(t *testing.T) {
 		cases := []struct {

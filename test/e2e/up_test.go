@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
-	"github.com/nexus-microvm/nexus/internal/client"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // startUp runs `nexus up` and returns it with the lines it printed once
@@ -103,7 +103,7 @@ func TestUp(t *testing.T) {
 	if !strings.Contains(text, token) {
 		t.Fatal("the first up did not print the admin token")
 	}
-	cl := client.New("http://127.0.0.1:"+itoa(port), token)
+	cl := nexus.New("http://127.0.0.1:"+itoa(port), token)
 	ctx := context.Background()
 	kernel := simtest.WriteKernel(t, dir)
 	vm, err := cl.CreateVM(ctx, apitypes.CreateVMRequest{Name: "persist", VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)

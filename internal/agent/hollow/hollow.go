@@ -190,7 +190,15 @@ func (v *VMMs) Spawn(ctx context.Context, vmID string, opts vmm.SpawnOptions) (v
 	go func() {
 		defer close(s.done)
 		defer console.Close()
-		s.code = fcsim.Run(sctx, argv, console, console, v.getenv)
+		// Relative paths (drives/rootfs.ext4) resolve in the VM's run dir,
+		// as they do for a VMM process started there.
+		getenv := func(k string) string {
+			if k == fcsim.WorkDirEnv {
+				return l.VMDir(vmID)
+			}
+			return v.getenv(k)
+		}
+		s.code = fcsim.Run(sctx, argv, console, console, getenv)
 		v.mu.Lock()
 		killed := s.killed
 		if v.vms[vmID] == s {

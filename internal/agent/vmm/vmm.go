@@ -202,10 +202,13 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: remove stale socket: %w", vmID, err)
 	}
-	// firecracker opens its log and metrics paths without O_CREAT: they
-	// must exist before PUT /logger and PUT /metrics.
+	// Firecracker before v1.14 opens its log and metrics paths without
+	// O_CREAT, so they must exist; every release writes them from offset 0
+	// without truncating, so what an earlier VMM of this VM wrote is
+	// emptied first: its lines would otherwise trail the new ones, and the
+	// last metrics line would be a stale record.
 	for _, f := range []string{l.LogPath(vmID), l.MetricsPath(vmID)} {
-		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 		if err != nil {
 			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 		}
@@ -463,37 +466,50 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 // It reports true once p is gone.
 func (s *Supervisor) reap(p *proc) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if p.exited {
+		s.mu.Unlock()
 		return true
 	}
-	if p.child {
-		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(p.h.PID, &ws, syscall.WNOHANG, nil)
-		switch {
-		case pid == p.h.PID:
-			p.status = describe(ws)
-		case err != nil && errors.Is(err, syscall.ECHILD):
-			// Already reaped elsewhere, or reparented: fall back to /proc.
-			if alive(p.h.PID, p.h.StartTicks, p.h.VMID) {
-				return false
-			}
-			p.status = "gone"
-		default:
-			return false
-		}
-	} else {
-		if alive(p.h.PID, p.h.StartTicks, p.h.VMID) {
-			return false
-		}
-		p.status = "gone"
+	child, h := p.child, p.h
+	s.mu.Unlock()
+	// The probe — a wait4, or a read of /proc for an adopted VMM — runs
+	// without the lock, so a slow /proc never holds up spawns, stops or the
+	// inventory.
+	status, gone := probe(child, h)
+	if !gone {
+		return false
 	}
-	p.exited = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.exited {
+		return true // recorded by a concurrent probe
+	}
+	p.exited, p.status = true, status
 	select {
 	case s.exits <- Exit{VMID: p.h.VMID, PID: p.h.PID, Status: p.status, At: time.Now().UTC(), Expected: p.stopping}:
 	default:
 	}
 	return true
+}
+
+// probe reports whether the VMM h has exited, and how.
+func probe(child bool, h Handle) (status string, gone bool) {
+	if child {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(h.PID, &ws, syscall.WNOHANG, nil)
+		switch {
+		case pid == h.PID:
+			return describe(ws), true
+		case err != nil && errors.Is(err, syscall.ECHILD):
+			// Already reaped elsewhere, or reparented: fall back to /proc.
+		default:
+			return "", false
+		}
+	}
+	if alive(h.PID, h.StartTicks, h.VMID) {
+		return "", false
+	}
+	return "gone", true
 }
 
 func describe(ws syscall.WaitStatus) string {
@@ -520,20 +536,19 @@ func (s *Supervisor) live(vmID string) (Handle, bool) {
 // Get returns the handle of vmID's live VMM.
 func (s *Supervisor) Get(vmID string) (Handle, bool) { return s.live(vmID) }
 
-// List returns the live VMMs, sorted by VM id.
+// List returns the VMMs not known to have exited, sorted by VM id. It
+// reads the supervisor's state only: exits are recorded by the watch loop
+// (at once for children, on SIGCHLD; every interval for adopted VMMs), so
+// a heartbeat or an inventory costs no system call per VMM.
 func (s *Supervisor) List() []Handle {
 	s.mu.Lock()
-	ps := make([]*proc, 0, len(s.procs))
+	out := make([]Handle, 0, len(s.procs))
 	for _, p := range s.procs {
-		ps = append(ps, p)
-	}
-	s.mu.Unlock()
-	var out []Handle
-	for _, p := range ps {
-		if !s.reap(p) {
+		if !p.exited {
 			out = append(out, p.h)
 		}
 	}
+	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].VMID < out[j].VMID })
 	return out
 }

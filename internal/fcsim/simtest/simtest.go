@@ -34,6 +34,10 @@ const BinEnv = "NEXUS_SIM_BIN"
 // "sim-guest: counter=<N>" (the same constant as fcsim.CounterPrefix).
 const CounterPrefix = "sim-guest: counter="
 
+// ReadyLine is the line the simulated guest prints once per boot, before
+// its first counter line (the same constant as fcsim.ReadyLine).
+const ReadyLine = "nexus-guest: ready"
+
 const dirPrefix = "nexus-simtest-"
 
 var build struct {

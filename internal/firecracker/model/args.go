@@ -1,4 +1,4 @@
-package firecracker
+package model
 
 // Args are the firecracker binary's command-line flags that Nexus uses.
 // Firecracker takes "--name value" only (never "--name=value").

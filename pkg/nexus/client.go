@@ -1,7 +1,7 @@
-// Package client is a Go client for the manager's REST API, used by the
+// Package nexus is the Go SDK for the manager's REST API, used by the
 // nexus CLI and by end-to-end tests. Errors from the API come back as
 // *apierr.Error with the contract's fields.
-package client
+package nexus
 
 import (
 	"bufio"
@@ -11,8 +11,8 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/apitypes"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // Client calls one manager.
@@ -21,22 +21,31 @@ type Client struct {
 }
 
 // Option tunes a Client.
-type Option func(*jsonhttp.Caller)
+type Option func(*options)
 
-// WithTransport makes the client use rt (an https manager with a private
-// CA: a transport set up by pki.Reloader.ConfigureTransport).
+type options struct {
+	rt http.RoundTripper
+}
+
+// WithTransport makes the client use rt: for an https manager whose
+// certificate a private CA signed, a transport whose TLS configuration
+// trusts that CA (the CLI's --ca).
 func WithTransport(rt http.RoundTripper) Option {
-	return func(c *jsonhttp.Caller) { c.HC = &http.Client{Transport: rt} }
+	return func(o *options) { o.rt = rt }
 }
 
 // New returns a client for the manager at base with an API token.
 func New(base, token string, opts ...Option) *Client {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	c := jsonhttp.New(base, token)
+	if o.rt != nil {
+		c.HC = &http.Client{Transport: o.rt}
+	}
 	c.Unreachable = func(err error) error {
 		return fmt.Errorf("cannot reach the manager at %s: %w (is it running? set NEXUS_ADDR)", c.Base, err)
-	}
-	for _, o := range opts {
-		o(c)
 	}
 	return &Client{c: c}
 }
@@ -119,3 +128,6 @@ func (c *Client) Hosts(ctx context.Context) (apitypes.HostList, error) {
 	var l apitypes.HostList
 	return l, c.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &l)
 }
+
+// CloseIdle drops the client's idle connections.
+func (c *Client) CloseIdle() { c.c.CloseIdle() }

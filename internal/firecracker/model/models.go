@@ -1,11 +1,14 @@
-// Package firecracker is the one place in Nexus that knows Firecracker's
-// external interface: the JSON models of every API endpoint (from the
-// OpenAPI file src/firecracker/swagger/firecracker.yaml), a typed client
-// over a unix socket or an HTTP relay, the command-line flags of the
-// firecracker binary, and the differences between release lines.
+// Package model is Firecracker's external interface without a transport:
+// the JSON models of every API endpoint (from the OpenAPI file
+// src/firecracker/swagger/firecracker.yaml), the command-line flags of the
+// firecracker binary, the endpoint table and the differences between
+// release lines. Package firecracker re-exports all of it next to its
+// typed client; firecracker-sim imports this package alone, so that its
+// binary carries no HTTP client, TLS or crypto code (startup time and
+// memory per simulated VM).
 //
-// It must not import any other Nexus package.
-package firecracker
+// It imports only the standard library's strings and strconv.
+package model
 
 // Instance states reported by GET /.
 const (

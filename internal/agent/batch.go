@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+)
+
+// maxBatchCalls bounds one proxy batch: a boot is about ten calls.
+const maxBatchCalls = 32
+
+// proxyBatch runs a list of firecracker calls for one VM, in order, each
+// through the proxy exactly as if it had come on its own (allow-list,
+// canonical paths, body checks, timeouts), and stops at the first that is
+// not answered with a 2xx. It saves the manager a round trip per call: a
+// boot's configuration and start go in one request. The answer is always
+// 200 with each call's result; a refusal is in its result, not the status.
+func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
+	var req agentapi.BatchRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if len(req.Calls) == 0 || len(req.Calls) > maxBatchCalls {
+		a.fail(w, r, apierr.BadRequest("a batch has 1 to %d calls, not %d", maxBatchCalls, len(req.Calls)))
+		return
+	}
+	out := agentapi.BatchResponse{Results: make([]firecracker.CallResult, 0, len(req.Calls))}
+	for _, c := range req.Calls {
+		if c.Path == "" || c.Path[0] != '/' {
+			a.fail(w, r, apierr.BadRequest("call path %q must start with /", c.Path))
+			return
+		}
+		sub, err := http.NewRequestWithContext(r.Context(), c.Method, agentapi.Prefix+"/vms/"+id+"/proxy"+c.Path, bytes.NewReader(c.Body))
+		if err != nil {
+			a.fail(w, r, apierr.BadRequest("call %s %s: %v", c.Method, c.Path, err))
+			return
+		}
+		sub.Header = r.Header.Clone()
+		if len(c.Body) > 0 {
+			sub.Header.Set("Content-Type", "application/json")
+		}
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		a.proxy.serve(rec, sub, id)
+		res := firecracker.CallResult{Status: rec.Code, Ms: float64(time.Since(start).Microseconds()) / 1000}
+		if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
+			res.Body = b
+		}
+		out.Results = append(out.Results, res)
+		if rec.Code < 200 || rec.Code > 299 {
+			break
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/nexus-microvm/nexus/internal/testutil"
+)
+
+// artifactsDir holds what browser tests leave for a person to look at
+// (screenshots); it is gitignored.
+const artifactsDir = "artifacts"
+
+// browser is a headless Debian Chromium driven over the DevTools protocol
+// (chromedp), with a fresh profile, in the test's network namespace. It
+// records uncaught exceptions and console errors (a CSP violation is one)
+// so tests can fail on them.
+type browser struct {
+	t      testing.TB
+	ctx    context.Context
+	mu     sync.Mutex
+	errors []string
+}
+
+func newBrowser(t testing.TB, width, height int) *browser {
+	t.Helper()
+	bin := testutil.RequireTool(t, "chromium", "scripts/setup.sh --test installs Debian's chromium")
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(bin),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(width, height),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox, // root in a container: the setuid sandbox cannot start
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		// Nothing but this machine is reachable: no background traffic.
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	b := &browser{t: t, ctx: ctx}
+	// The first Run starts the browser; Console then sees every message of
+	// the tab from its first page on.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int]("1")); err != nil {
+		cancel()
+		cancelAlloc()
+		t.Fatalf("start chromium: %v", err)
+	}
+	messages := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.IsException() {
+				b.record(fmt.Sprintf("%s (%s:%d)", m.String(), m.URL, m.Line))
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel() // closes the browser and waits for it
+		cancelAlloc()
+		<-done
+	})
+	return b
+}
+
+func (b *browser) record(s string) {
+	b.mu.Lock()
+	b.errors = append(b.errors, s)
+	b.mu.Unlock()
+}
+
+// noErrors fails the test if the page threw or logged an error since the
+// last call (expected ones, such as a refused call the test made on
+// purpose, are allowed).
+func (b *browser) noErrors(allowed ...string) {
+	b.t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	defer func() { b.errors = nil }() // each error is judged once
+next:
+	for _, e := range b.errors {
+		for _, a := range allowed {
+			if strings.Contains(e, a) {
+				continue next
+			}
+		}
+		b.t.Errorf("browser: %s", e)
+	}
+}
+
+// run runs actions with a deadline.
+func (b *browser) run(d time.Duration, actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, d)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		b.shot("failure")
+		b.t.Fatalf("browser: %v", err)
+	}
+}
+
+// eval evaluates a JavaScript expression.
+func eval[T any](b *browser, js string) T {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js))
+	if err != nil {
+		b.shot("failure")
+		b.t.Fatalf("browser: %s: %v", js, err)
+	}
+	return v
+}
+
+// evalAsync evaluates a JavaScript expression whose value is a promise.
+func evalAsync[T any](b *browser, js string) T {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js, chromedp.EvalAwaitPromise))
+	if err != nil {
+		b.t.Fatalf("browser: %s: %v", js, err)
+	}
+	return v
+}
+
+// waitJS waits until a JavaScript expression is true.
+func (b *browser) waitJS(what, js string, d time.Duration) {
+	b.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+js+")"))
+		cancel()
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.shot("failure")
+			b.t.Fatalf("browser: %s: not within %s (%s; last error %v)", what, d, js, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shot saves a full-page screenshot under artifacts/ and returns its path.
+func (b *browser) shot(name string) string {
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return ""
+	}
+	if err := os.MkdirAll(artifactsDir, 0o755); err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return ""
+	}
+	p := filepath.Join(artifactsDir, fmt.Sprintf("%s-%s.png", strings.ReplaceAll(b.t.Name(), "/", "-"), name))
+	if err := os.WriteFile(p, buf, 0o644); err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return ""
+	}
+	abs, _ := filepath.Abs(p)
+	b.t.Logf("screenshot: %s", abs)
+	return abs
+}
+
+// signIn opens the console and signs in with token, as a person would:
+// typing it and pressing Enter.
+func (b *browser) signIn(base, token string) {
+	b.t.Helper()
+	b.run(60*time.Second,
+		chromedp.Navigate(base+"/ui/#/signin"),
+		chromedp.WaitVisible(chromedp.CSS("#token")),
+		chromedp.SendKeys(chromedp.CSS("#token"), token+"\r"),
+	)
+	b.waitJS("signed in", `document.querySelector("#who-role") !== null`, 30*time.Second)
+}
+
+// typeInto replaces what a text field holds with text, typed key by key.
+func (b *browser) typeInto(sel, text string) {
+	b.t.Helper()
+	eval[bool](b, fmt.Sprintf(`(() => { const el = document.querySelector(%q); el.value = ""; return true })()`, sel))
+	b.run(10*time.Second, chromedp.SendKeys(chromedp.CSS(sel), text))
+}
+
+// confirm clicks a button and then Confirm in the dialog it opens.
+func (b *browser) confirm(button string) {
+	b.t.Helper()
+	b.run(10*time.Second,
+		chromedp.Click(chromedp.CSS(button)),
+		chromedp.WaitVisible(chromedp.CSS("#confirm-ok")),
+		chromedp.Click(chromedp.CSS("#confirm-ok")),
+	)
+}

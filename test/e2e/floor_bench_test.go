@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nexus-microvm/nexus/internal/agent/network"
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+)
+
+// BenchmarkFloor is `make bench-floor`: Nexus's create→running against the
+// floor — a minimal program that does what any control plane must for a VM
+// (create its TAP, spawn the same VMM binary, make the same firecracker
+// calls, start it) and nothing else — interleaved in one run on the same
+// machine, sequentially and 10 at once. It prints both, their ratio, and
+// the control plane's CPU per create (manager and agent processes).
+func BenchmarkFloor(b *testing.B) {
+	seq, conc := envInt("NEXUS_BENCH_FLOOR_N", 30), 10
+	for range b.N {
+		c := newCluster(b, "sqlite", 1)
+		ctx := context.Background()
+		kernel := simtest.WriteKernel(b, c.dir)
+		f := newFloor(b, filepath.Join(c.dir, "floor"), kernel)
+
+		var floorSeq, nexusSeq []time.Duration
+		var ids []string
+		cpu0 := cpuTicks(c.mgr.cmd.Process.Pid) + cpuTicks(c.agents[0].cmd.Process.Pid)
+		for i := range seq {
+			floorSeq = append(floorSeq, f.boot(b))
+			s := time.Now()
+			vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("seq-%d", i), VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			nexusSeq = append(nexusSeq, time.Since(s))
+			ids = append(ids, vm.ID)
+		}
+		cpu1 := cpuTicks(c.mgr.cmd.Process.Pid) + cpuTicks(c.agents[0].cmd.Process.Pid)
+
+		var floorConc, nexusConc []time.Duration
+		var mu sync.Mutex
+		for round := range 3 {
+			var wg sync.WaitGroup
+			for range conc {
+				wg.Go(func() {
+					d := f.boot(b)
+					mu.Lock()
+					floorConc = append(floorConc, d)
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			for i := range conc {
+				wg.Go(func() {
+					s := time.Now()
+					vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("conc-%d-%d", round, i), VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					mu.Lock()
+					nexusConc = append(nexusConc, time.Since(s))
+					ids = append(ids, vm.ID)
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+		}
+		f.close(b)
+		deleteAll(b, c.client, ids, 50)
+
+		p50 := func(d []time.Duration) float64 {
+			s := slices.Clone(d)
+			slices.Sort(s)
+			return float64(s[len(s)/2].Microseconds()) / 1000
+		}
+		b.ReportMetric(p50(floorSeq), "floor-seq-p50-ms")
+		b.ReportMetric(p50(nexusSeq), "nexus-seq-p50-ms")
+		b.ReportMetric(p50(nexusSeq)/p50(floorSeq), "ratio-seq")
+		b.ReportMetric(p50(floorConc), "floor-10x-p50-ms")
+		b.ReportMetric(p50(nexusConc), "nexus-10x-p50-ms")
+		b.ReportMetric(p50(nexusConc)/p50(floorConc), "ratio-10x")
+		b.ReportMetric(float64(cpu1-cpu0)*10/float64(seq), "cp-cpu-ms/create")
+	}
+}
+
+// floor boots VMs with nothing but what booting needs.
+type floor struct {
+	dir, kernel string
+	nw          *network.Network
+}
+
+func newFloor(tb testing.TB, dir, kernel string) *floor {
+	nw, err := network.New(network.Config{Owner: "floor", Bridge: "floorbr0", Gateway: netip.MustParsePrefix("172.29.0.1/16"), Uplink: network.UplinkNone}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := nw.EnsureBridge(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return &floor{dir: dir, kernel: kernel, nw: nw}
+}
+
+// boot creates a TAP, spawns the VMM, configures and starts it, and
+// returns how long that took; the VM is then stopped (not timed).
+func (f *floor) boot(tb testing.TB) time.Duration {
+	ctx := context.Background()
+	id := uuid.NewString()
+	vmDir := filepath.Join(f.dir, id)
+	sock := filepath.Join(vmDir, "fc.sock")
+	if err := os.MkdirAll(vmDir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tap := hostlayout.TapName(id)
+	start := time.Now()
+	if err := f.nw.EnsureTap(ctx, tap, id); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bins.sim, firecracker.Args{APISock: sock, ID: id}.Argv()...)
+	cmd.Dir = vmDir
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	fc := firecracker.NewUnix(sock)
+	steps := []func() error{
+		func() error {
+			return fc.PutLogger(ctx, firecracker.Logger{LogPath: filepath.Join(vmDir, "fc.log"), Level: "Info", ShowLevel: firecracker.Bool(true)})
+		},
+		func() error {
+			return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: filepath.Join(vmDir, "metrics.json")})
+		},
+		func() error {
+			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
+		},
+		func() error {
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: f.kernel, BootArgs: "console=ttyS0 reboot=k panic=1 pci=off"})
+		},
+		func() error {
+			return fc.PutNetworkInterface(ctx, firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: tap, GuestMAC: hostlayout.GuestMAC(id).String()})
+		},
+		func() error { return fc.InstanceStart(ctx) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	d := time.Since(start)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	_ = f.nw.DeleteTap(ctx, tap)
+	_ = os.RemoveAll(vmDir)
+	return d
+}
+
+func (f *floor) close(tb testing.TB) {
+	if _, err := f.nw.Teardown(context.Background(), true); err != nil {
+		tb.Error(err)
+	}
+	f.nw.Close()
+}
+
+// cpuTicks is a process's user+system CPU time in clock ticks (1/100 s).
+func cpuTicks(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(fields) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return ut + st
+}

@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/testutil"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
+)
+
+// BenchmarkScale is `make bench-scale`: 10,000 VMs on 100 hollow agents
+// (`nexus agent --hollow`: the real agent API over firecracker-sim running
+// in the agent's process, TAPs in memory), everything above the agents
+// unchanged. It creates every VM, churns some while reads are measured,
+// reports API latencies, the reconcile pass, the manager's memory per VM
+// and (on Postgres) a manager failover, then deletes everything and counts
+// leftovers. NEXUS_BENCH_SCALE_HOSTS and NEXUS_BENCH_SCALE_VMS (per host)
+// resize it; NEXUS_BENCH_ENGINE=postgres runs it on Postgres with two
+// managers.
+func BenchmarkScale(b *testing.B) {
+	testutil.RequireRoot(b)
+	hosts, perHost := envInt("NEXUS_BENCH_SCALE_HOSTS", 100), envInt("NEXUS_BENCH_SCALE_VMS", 100)
+	engine := os.Getenv("NEXUS_BENCH_ENGINE")
+	if engine == "" {
+		engine = "sqlite"
+	}
+	total := hosts * perHost
+	for range b.N {
+		args := []string{"--reconcile-interval", "5s", "--orphan-grace", "30s", "--heartbeat-timeout", "30s", "--lease-ttl", "6s"}
+		c := newCluster(b, engine, 0, args...)
+		managers := c.url()
+		var second *nexus.Client
+		if engine == "postgres" {
+			port2 := freePort(b)
+			m2 := c.start("manager-2", nil, append([]string{"manager", "--listen", fmt.Sprintf("127.0.0.1:%d", port2),
+				"--database-url", c.dsn, "--join-token", c.join}, args...)...)
+			b.Cleanup(m2.kill)
+			m2.waitLog(b, "manager listening", 20*time.Second)
+			managers += fmt.Sprintf(",http://127.0.0.1:%d", port2)
+			second = nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range hosts {
+			wg.Go(func() { c.startHollowAgent(fmt.Sprintf("hollow-%03d", i), 0, 0, managers) })
+		}
+		wg.Wait()
+		c.waitHosts(hosts)
+		b.Logf("%d hollow agents up in %s", hosts, time.Since(start).Round(time.Millisecond))
+		ctx := context.Background()
+		kernel := simtest.WriteKernel(b, c.dir)
+		rss0 := vmRSS(c.mgr.cmd.Process.Pid)
+
+		// Create every VM, 50 at a time.
+		start = time.Now()
+		var mu sync.Mutex
+		var createD []time.Duration
+		ids := make([]string, 0, total)
+		sem := make(chan struct{}, 50)
+		mem := 64
+		for i := range total {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				s := time.Now()
+				vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("s-%05d", i),
+					VMConfig: apitypes.VMConfig{KernelPath: kernel, MemMib: &mem}}, true)
+				d := time.Since(s)
+				if err != nil {
+					b.Errorf("create %d: %v", i, err)
+					return
+				}
+				mu.Lock()
+				createD = append(createD, d)
+				ids = append(ids, vm.ID)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		createWall := time.Since(start)
+		if b.Failed() {
+			b.FailNow()
+		}
+		rss1 := vmRSS(c.mgr.cmd.Process.Pid)
+
+		// Reads under churn: stop and start a tenth of the VMs, 20 at a
+		// time, while another caller reads.
+		var getD, listD []time.Duration
+		stop := make(chan struct{})
+		var readers sync.WaitGroup
+		readers.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := time.Now()
+				if _, err := c.client.GetVM(ctx, ids[i%len(ids)]); err != nil {
+					b.Errorf("get: %v", err)
+					return
+				}
+				getD = append(getD, time.Since(s))
+				s = time.Now()
+				if _, err := c.client.ListVMs(ctx, url.Values{"limit": {"100"}}); err != nil {
+					b.Errorf("list: %v", err)
+					return
+				}
+				listD = append(listD, time.Since(s))
+			}
+		})
+		churn := ids[:total/10]
+		var churnD []time.Duration
+		for off := 0; off < len(churn); off += 20 {
+			part := churn[off:min(off+20, len(churn))]
+			for _, action := range []string{"stop", "start"} {
+				s := time.Now()
+				res, err := c.client.Bulk(ctx, action, part)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range res.Results {
+					if !r.OK {
+						b.Fatalf("%s %s: %s", action, r.ID, r.Error)
+					}
+				}
+				churnD = append(churnD, time.Since(s)/time.Duration(len(part)))
+			}
+		}
+		close(stop)
+		readers.Wait()
+
+		// A reconcile pass over the whole fleet.
+		waitPasses(b, c.client, 1)
+		var rs apitypes.ReconcilerStatus
+		_ = c.client.Do(ctx, "GET", "/v1/reconciler", nil, nil, &rs)
+
+		// Failover: the second manager takes the reconciler lease.
+		var failover time.Duration
+		cl := c.client
+		if second != nil {
+			s := time.Now()
+			c.mgr.kill()
+			eventually(b, 60*time.Second, "the second manager leads", func() error {
+				var st apitypes.ReconcilerStatus
+				if err := second.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st); err != nil || !st.Leader {
+					return fmt.Errorf("not leader: %v", err)
+				}
+				return nil
+			})
+			failover = time.Since(s)
+			cl = second
+		}
+
+		start = time.Now()
+		deleteAll(b, cl, ids, 100)
+		deleteWall := time.Since(start)
+		var leftovers atomic.Int64
+		hl, err := cl.Hosts(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, h := range hl.Items {
+			inv, err := agentapi.NewClient(h.Addr, c.join, nil).Inventory(ctx)
+			if err != nil {
+				b.Fatalf("inventory of %s: %v", h.Name, err)
+			}
+			leftovers.Add(int64(len(inv.VMMs) + len(inv.RunDirs) + len(inv.Taps)))
+		}
+
+		testutil.ReportLatency(b, "create-running", createD)
+		testutil.ReportLatency(b, "get", getD)
+		testutil.ReportLatency(b, "list100", listD)
+		testutil.ReportLatency(b, "churn-per-vm", churnD)
+		b.ReportMetric(float64(total), "vms")
+		b.ReportMetric(createWall.Seconds(), "create-all-s")
+		b.ReportMetric(deleteWall.Seconds(), "delete-all-s")
+		b.ReportMetric(rs.LastPassMs, "reconcile-pass-ms")
+		b.ReportMetric(float64(rss1-rss0)/float64(total), "manager-KiB-per-vm")
+		b.ReportMetric(float64(rss1)/1024, "manager-rss-MiB")
+		if second != nil {
+			b.ReportMetric(failover.Seconds(), "failover-s")
+		}
+		b.ReportMetric(float64(leftovers.Load()), "leftovers")
+		if leftovers.Load() != 0 {
+			b.Fatalf("%d leftovers", leftovers.Load())
+		}
+	}
+}
+
+// vmRSS returns a process's resident set in KiB.
+func vmRSS(pid int) int {
+	return procStatusKiB(pid, "VmRSS:")
+}
