@@ -137,6 +137,15 @@ func eachHost(t *testing.T, f func(t *testing.T, e *env)) {
 	}
 }
 
+// eachHostJailedToo is eachHost plus a real agent in jail mode: what the
+// agent refuses it refuses alike whether its VMMs are jailed or not.
+func eachHostJailedToo(t *testing.T, f func(t *testing.T, e *env)) {
+	eachHost(t, f)
+	t.Run("jailed", func(t *testing.T) {
+		f(t, newEnvJail(t, &vmm.JailConfig{UIDBase: 2_125_000_000 + rand.IntN(100_000)*10, UIDCount: 10}))
+	})
+}
+
 // newVM returns a fresh VM id with a kernel and rootfs in the test dir.
 func (e *env) newVM() (id, kernel, rootfs string) {
 	id = uuid.NewString()
@@ -350,7 +359,7 @@ func TestSpawnProxyAndStop(t *testing.T) {
 }
 
 func TestProxyRefusals(t *testing.T) {
-	eachHost(t, func(t *testing.T, e *env) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		id, _, _ := e.newVM()
 		other := uuid.NewString()
@@ -606,7 +615,7 @@ func TestForeignTapsUntouched(t *testing.T) {
 // A proxy batch runs each call through the proxy's own checks, in order,
 // and stops at the first refusal; malformed batches are refused whole.
 func TestProxyBatch(t *testing.T) {
-	eachHost(t, func(t *testing.T, e *env) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		id, kernel, _ := e.newVM()
 		if _, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {

@@ -382,7 +382,8 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 			}
 		}
 	}
-	if ro, ok := doc["is_read_only"].(bool); ok && !ro && key == "PUT /drives/{id}" {
+	// A drive is writable unless it says otherwise (firecracker's default).
+	if ro, _ := doc["is_read_only"].(bool); !ro && key == "PUT /drives/{id}" {
 		for i := range files {
 			if files[i].field == "path_on_host" {
 				files[i].kind = fileReadWrite
