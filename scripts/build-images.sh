@@ -633,8 +633,9 @@ fi
 # ---------------------------------------------------------------- register
 
 # What a VM boots with: Nexus's defaults, the root drive, and the guest's
-# address (internal/guest composes the same; docs/images.md).
-example_args="console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.20.0.2::172.20.0.1:255.255.0.0::eth0:off"
+# address on its host's bridge, the gateway doubling as name server
+# (guest.VM.CommandLine composes exactly this; docs/images.md).
+example_args="console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.20.0.2::172.20.0.1:255.255.0.0::eth0:off:172.20.0.1"
 template_hint() {
 	local with_initrd=$1
 	if [ "$with_initrd" = yes ]; then
@@ -642,7 +643,8 @@ template_hint() {
 	else
 		echo "  nexus template create --name busybox --kernel-image $kernel_name --rootfs-image $rootfs_name"
 		echo "  (without the initrd the distribution kernel cannot mount its root on real firecracker;"
-		echo "   firecracker-sim boots it as is. Add --initrd-image $initrd_name once Nexus knows initrd images.)"
+		echo "   firecracker-sim boots it as is. This manager refused the kind initrd: it predates it."
+		echo "   Upgrade it, rerun this script, and add --initrd-image $initrd_name.)"
 	fi
 	echo "  nexus vm create --name demo --template busybox"
 	echo "  boot args of such a VM, e.g.: $example_args"

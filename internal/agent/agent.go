@@ -77,6 +77,10 @@ type Config struct {
 	// confined, and how the agent serves.
 	Jail           string
 	TLS, MutualTLS bool
+	// Bridge is the VM bridge as the agent set it up: its subnet and
+	// gateway are reported at registration, for the manager to give each
+	// VM an address. The zero value reports none.
+	Bridge network.Bridge
 	// MetricsToken, when set, also opens GET /metrics (and nothing else):
 	// Prometheus gets it instead of the join token.
 	MetricsToken string
@@ -95,6 +99,9 @@ type Agent struct {
 	log   *slog.Logger
 	proxy *proxy
 	sums  *sumCache // image checksums (images.go)
+	// guests watches new VMMs' consoles for the guest's readiness
+	// (console.go); it reports only when the agent has a manager.
+	guests *consoleWatcher
 	// fcm follows the VMs' metrics files (fcmetrics.go).
 	fcm *fcMetrics
 }
@@ -113,7 +120,7 @@ func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = 15 * time.Second
 	}
-	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log, sums: newSumCache()}
+	a := &Agent{cfg: cfg, sup: sup, net: nw, log: log, sums: newSumCache(), guests: newConsoleWatcher(cfg.Layout.ConsolePath)}
 	a.fcm = newFCMetrics(cfg.Layout, a.liveVMMs)
 	a.proxy = newProxy(cfg.Layout, cfg.ProxyTimeout, log)
 	a.proxy.readRoots = cfg.ReadRoots
@@ -322,6 +329,9 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		}
 	}
+	if !already {
+		a.guests.watch(id, h.PID)
+	}
 	l := a.cfg.Layout
 	writeJSON(w, http.StatusOK, agentapi.SpawnResponse{
 		PID: h.PID, APISock: h.APISock, LogPath: l.LogPath(id), ConsolePath: l.ConsolePath(id),
@@ -351,6 +361,7 @@ func (a *Agent) stop(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 func (a *Agent) stopVM(ctx context.Context, id string, grace time.Duration) error {
+	a.guests.forget(id) // a stopped guest has nothing more to report
 	if err := a.sup.Stop(ctx, id, grace); err != nil {
 		return apierr.Newf(http.StatusInternalServerError, "stop_failed", "%v", err).WithCause(err)
 	}

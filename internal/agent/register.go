@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
@@ -65,6 +66,7 @@ func (r *registrar) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { r.reportExits(ctx) })
+	wg.Go(func() { r.reportGuests(ctx) })
 	defer func() {
 		for _, m := range r.managers {
 			m.CloseIdle()
@@ -95,11 +97,16 @@ func (r *registrar) run(ctx context.Context) {
 
 func (r *registrar) register(ctx context.Context) error {
 	c := r.a.Capacity()
-	var out apitypes.RegisterHostResponse
-	err := r.post(ctx, "/v1/hosts/register", apitypes.RegisterHostRequest{
+	req := apitypes.RegisterHostRequest{
 		Name: r.o.Name, Addr: r.url, Version: r.o.Version, VMM: r.a.cfg.VMMVersion,
 		Capacity: apitypes.Resources{Vcpu: c.Total.Vcpu, MemMib: c.Total.MemMib},
-	}, &out)
+	}
+	if br := r.a.cfg.Bridge; br.Subnet.IsValid() && br.Gateway.IsValid() {
+		// The manager gives each VM of this host an address of it.
+		req.Network = &apitypes.HostNetwork{Subnet: br.Subnet.Masked().String(), Gateway: br.Gateway.Addr().String()}
+	}
+	var out apitypes.HostRegistration
+	err := r.post(ctx, "/v1/hosts/register", req, &out)
 	if err != nil {
 		return err
 	}
@@ -132,6 +139,7 @@ func (r *registrar) reportExits(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ex := <-r.a.sup.Exits():
+			r.a.guests.ended(ex.VMID, ex.PID)
 			if ex.Expected || r.id() == "" {
 				continue
 			}
@@ -141,6 +149,53 @@ func (r *registrar) reportExits(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// reportGuests tells the manager what guests said on their consoles: it
+// is what sets a VM's guest_ready_at, so a report is tried a few times
+// (on the next manager of the list when one fails) before it is given up.
+func (r *registrar) reportGuests(ctx context.Context) {
+	for {
+		var rep GuestReport
+		select {
+		case <-ctx.Done():
+			return
+		case rep = <-r.a.guests.Reports():
+		}
+		ev := apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: rep.VMID, PID: rep.PID, At: rep.At}
+		if !rep.Ready {
+			ev.Kind, ev.Reason = apitypes.EventGuestFailed, clipText(rep.Reason, 512)
+		}
+		var err error
+		for attempt, wait := 0, 200*time.Millisecond; attempt < 4; attempt, wait = attempt+1, wait*2 {
+			if id := r.id(); id != "" {
+				if err = r.post(ctx, "/v1/hosts/"+id+"/events", ev, nil); err == nil {
+					break
+				}
+			} else {
+				err = errors.New("not registered yet")
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		if err != nil {
+			r.log.Warn("could not report what the guest said; its VM shows no readiness for this run", "vm_id", rep.VMID, "kind", ev.Kind, "err", err)
+		}
+	}
+}
+
+// clipText cuts s to at most n bytes, on a rune boundary.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // post sends to the manager in use and moves on to the next one when it

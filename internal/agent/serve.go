@@ -191,7 +191,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	cfg := Config{
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
-		Owner: owner, MetricsToken: o.MetricsToken,
+		Owner: owner, Bridge: h.bridge, MetricsToken: o.MetricsToken,
 		Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",
 	}
 	if o.Hollow {
@@ -233,6 +233,8 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	var bg lifecycle.Group
 	bg.Go(func() { h.run(ctx) })
 	if o.Manager != "" {
+		a.guests.enable()
+		bg.Go(func() { a.guests.run(ctx) })
 		bg.Go(func() { newRegistrar(o, r.URL, a, tlsFiles, log).run(ctx) })
 	}
 	// Streams end and in-flight requests (a spawn writing its handle, say)
@@ -256,7 +258,8 @@ type host struct {
 	net       Network
 	version   string // the VMM's
 	simulated bool
-	jail      string // how VMMs are confined (vmm.Supervisor.JailMode)
+	jail      string         // how VMMs are confined (vmm.Supervisor.JailMode)
+	bridge    network.Bridge // as set up at start
 	// run watches the VMMs and keeps the network until ctx ends.
 	run func(ctx context.Context)
 	// release frees the host once the agent's goroutines have ended.
@@ -364,7 +367,7 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 	}
 
 	return host{
-		vmms: sup, net: nw, version: version, simulated: simulated, jail: sup.JailMode(),
+		vmms: sup, net: nw, version: version, simulated: simulated, jail: sup.JailMode(), bridge: br,
 		run: func(ctx context.Context) {
 			var wg sync.WaitGroup
 			wg.Go(func() { sup.Run(ctx, time.Second) })
@@ -410,8 +413,10 @@ func startHollow(o Options, layout hostlayout.Layout) host {
 		}
 	}
 	vmms := hollow.NewVMMs(layout, func(k string) string { return env[k] })
+	nw := hollow.NewNetwork(o.Bridge)
+	br, _ := nw.EnsureBridge(context.Background()) // in memory: it cannot fail
 	return host{
-		vmms: vmms, net: hollow.NewNetwork(o.Bridge), version: hollow.VMMVersion, simulated: true,
+		vmms: vmms, net: nw, version: hollow.VMMVersion, simulated: true, bridge: br,
 		run:     func(ctx context.Context) { <-ctx.Done() },
 		release: vmms.StopAll,
 	}

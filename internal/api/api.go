@@ -85,7 +85,15 @@ type Server struct {
 // package-level hook, with no per-API setting; it is set once here, when
 // the package loads, so every huma error takes the contract's shape and no
 // call to New changes global state.
-func init() { huma.NewErrorWithContext = humaError }
+//
+// huma.NewError is the hook's context-free twin, which huma also uses to
+// name the error schema in the document: both answer *apierr.Error.
+func init() {
+	huma.NewErrorWithContext = humaError
+	huma.NewError = func(status int, msg string, errs ...error) huma.StatusError {
+		return humaError(nil, status, msg, errs...)
+	}
+}
 
 // New returns the manager's HTTP handler with every route of routes.go.
 func New(d Deps) *Server {
@@ -121,7 +129,8 @@ func New(d Deps) *Server {
 	cfg.DocsPath = ""
 	cfg.RejectUnknownQueryParameters = true
 	cfg.Components.SecuritySchemes = map[string]*huma.SecurityScheme{
-		"bearer": {Type: "http", Scheme: "bearer", Description: "an API token: Authorization: Bearer nxs_…"},
+		"bearer":    {Type: "http", Scheme: "bearer", Description: "an API token: Authorization: Bearer nxs_…"},
+		"joinToken": {Type: "http", Scheme: "bearer", Description: "the fleet's join token (agents only): Authorization: Bearer <NEXUS_JOIN_TOKEN>"},
 	}
 	cfg.Transformers = append(cfg.Transformers, stampRequestID)
 	s.api = humachi.New(mux, cfg)

@@ -19,7 +19,7 @@ type HostService interface {
 	RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest) (store.Host, error)
 	Heartbeat(ctx context.Context, hostID string, total, allocated apitypes.Resources, vms int) error
 	HeartbeatInterval() time.Duration
-	HostEvent(ctx context.Context, hostID, vmID, status string) error
+	HostEvent(ctx context.Context, hostID string, ev apitypes.HostEvent) error
 	ListHosts(ctx context.Context) ([]store.Host, error)
 	SetHostDraining(ctx context.Context, ref string, drain bool) error
 	RemoveHost(ctx context.Context, ref string) error
@@ -46,7 +46,7 @@ type registerHostInput struct {
 }
 
 type registerHostOutput struct {
-	Body apitypes.RegisterHostResponse
+	Body apitypes.HostRegistration
 }
 
 func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*registerHostOutput, error) {
@@ -66,7 +66,7 @@ func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*regi
 	if err != nil {
 		return nil, err
 	}
-	return &registerHostOutput{Body: apitypes.RegisterHostResponse{ID: h.ID, HeartbeatIntervalMs: int(s.hosts.HeartbeatInterval().Milliseconds())}}, nil
+	return &registerHostOutput{Body: apitypes.HostRegistration{ID: h.ID, HeartbeatIntervalMs: int(s.hosts.HeartbeatInterval().Milliseconds())}}, nil
 }
 
 type heartbeatInput struct {
@@ -118,7 +118,7 @@ type hostEventInput struct {
 }
 
 func (s *Server) hostEvent(ctx context.Context, in *hostEventInput) (*okOutput, error) {
-	return ok(), s.hosts.HostEvent(ctx, in.ID, in.Body.VMID, in.Body.Status)
+	return ok(), s.hosts.HostEvent(ctx, in.ID, in.Body)
 }
 
 type hostIDPath struct {

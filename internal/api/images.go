@@ -23,7 +23,7 @@ type ImageService interface {
 // admin, which the service checks since the project is in the body.
 func (s *Server) imageRoutes() {
 
-	register(s, "create-image", http.MethodPost, "/v1/images", "Register a kernel or rootfs file under FC_IMAGES_DIR as an image (checksummed on every ready host)", creates(op("image.create", "image")), s.createImage, http.StatusCreated)
+	register(s, "create-image", http.MethodPost, "/v1/images", "Register a kernel, initrd or rootfs file under FC_IMAGES_DIR as an image (checksummed on every ready host)", creates(op("image.create", "image")), s.createImage, http.StatusCreated)
 	register(s, "list-images", http.MethodGet, "/v1/images", "List the images you can use (your project's and the shared ones)", viewer, s.listImages)
 	register(s, "get-image", http.MethodGet, "/v1/images/{id}", "Get an image by id or name", viewer, s.getImage)
 	register(s, "delete-image", http.MethodDelete, "/v1/images/{id}", "Remove an image from the registry (refused while VMs or templates use it; the file stays)", op("image.delete", "image"), s.deleteImage)
@@ -34,7 +34,8 @@ type createImageInput struct {
 }
 
 type imageOutput struct {
-	Body apitypes.Image
+	Location string `header:"Location" doc:"the new image: /v1/images/{id}"`
+	Body     apitypes.ImageCreated
 }
 
 func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageOutput, error) {
@@ -42,11 +43,12 @@ func (s *Server) createImage(ctx context.Context, in *createImageInput) (*imageO
 	if err != nil {
 		return nil, err
 	}
-	return &imageOutput{Body: manager.ImageView(img)}, nil
+	v := manager.ImageView(img)
+	return &imageOutput{Location: "/v1/images/" + v.ID, Body: apitypes.ImageCreated{Image: v, Item: v}}, nil
 }
 
 type listImagesInput struct {
-	Kind    string `query:"kind" enum:"kernel,rootfs" required:"false"`
+	Kind    string `query:"kind" enum:"kernel,initrd,rootfs" required:"false"`
 	Project string `query:"project" maxLength:"63" doc:"images a project can use (its own and the shared ones); \"*\": the shared ones only"`
 }
 

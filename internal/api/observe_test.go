@@ -136,7 +136,7 @@ func scrape(t *testing.T, ts *testServer, accept string) (string, string) {
 func TestFleetGauges(t *testing.T) {
 	ts := newTestServer(t)
 	ctx := context.Background()
-	var reg apitypes.RegisterHostResponse
+	var reg apitypes.HostRegistration
 	if s := post(t, ts, "/v1/hosts/register", "join", `{"name":"h1","addr":"http://10.0.0.5:9090","vmm":"1.12.0-sim","capacity":{"vcpu":8,"mem_mib":2048}}`, &reg); s != 200 {
 		t.Fatalf("register: %d", s)
 	}

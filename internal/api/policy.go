@@ -5,9 +5,12 @@ import (
 	"crypto/subtle"
 	"errors"
 	"net/http"
+	"regexp"
 	"strings"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/auth"
@@ -168,8 +171,38 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 			WithSuggestion("ask an admin for a token with that role"))
 		return
 	}
+	if strings.HasPrefix(ctx.Operation().Path, "/v1/vms/{id}") {
+		s.vmByName(ctx)
+	}
 	s.audited(ctx, pol, p.Actor(), next)
 }
+
+// vmByName lets every /v1/vms/{id}… route take a VM's name as well as its
+// id, as images and templates do: a name (in the token's project, or the
+// default one) is replaced by its VM's id in the route's parameters before
+// the handler and the audit trail read them, so both see the id. An
+// id-shaped reference, or a name of no VM, is left as it is (the handler
+// answers 404 for it).
+func (s *Server) vmByName(ctx huma.Context) {
+	ref := ctx.Param("id")
+	if uuid.Validate(ref) == nil || !nameRE.MatchString(ref) {
+		return
+	}
+	vm, err := s.vms.GetVMByName(ctx.Context(), scope(ctx.Context()), "", ref)
+	if err != nil {
+		return
+	}
+	if rc := chi.RouteContext(ctx.Context()); rc != nil {
+		for i, k := range rc.URLParams.Keys {
+			if k == "id" {
+				rc.URLParams.Values[i] = vm.ID
+			}
+		}
+	}
+}
+
+// nameRE is the names' pattern (apitypes: minLength 1, maxLength 63).
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 func describeAction(pol policy, ctx huma.Context) string {
 	if pol.Action != "" {

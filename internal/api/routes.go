@@ -44,8 +44,8 @@ func (s *Server) routes() {
 	register(s, "host-heartbeat", http.MethodPost, "/v1/hosts/{id}/heartbeat", "An agent reports capacity and allocation (join token)", heartbeat, s.hostHeartbeat)
 
 	events := join("host.event")
-	events.NoAudit = "agents report VMM exits as they happen; the reconciler's actions are VM events"
-	register(s, "host-event", http.MethodPost, "/v1/hosts/{id}/events", "An agent reports a VMM exit (join token)", events, s.hostEvent)
+	events.NoAudit = "agents report VMM exits and guest readiness as they happen; what follows is in the VM's events"
+	register(s, "host-event", http.MethodPost, "/v1/hosts/{id}/events", "An agent reports a VMM exit or what a guest said on its console (join token)", events, s.hostEvent)
 	register(s, "drain-host", http.MethodPost, "/v1/hosts/{id}/drain", "Stop placing new VMs on a host", admin("host.drain", "host"), s.drainHost)
 	register(s, "undrain-host", http.MethodPost, "/v1/hosts/{id}/undrain", "Place new VMs on a host again", admin("host.undrain", "host"), s.undrainHost)
 	register(s, "remove-host", http.MethodDelete, "/v1/hosts/{id}", "Forget a host that holds no VMs (a registering agent comes back)", admin("host.remove", "host"), s.removeHost)
@@ -92,9 +92,6 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 	if len(status) > 0 {
 		op.DefaultStatus = status[0]
 	}
-	if pol.Auth == authToken {
-		op.Security = []map[string][]string{{"bearer": {}}}
-	}
 	huma.Register(s.api, op, func(ctx context.Context, in *I) (*O, error) {
 		out, err := h(ctx, in)
 		if err != nil {
@@ -102,6 +99,7 @@ func register[I, O any](s *Server, id, method, path, summary string, pol policy,
 		}
 		return out, nil
 	})
+	s.documentErrors(method, path, pol)
 	s.ops = append(s.ops, &op)
 }
 

@@ -43,7 +43,8 @@ type createSnapshotInput struct {
 }
 
 type createSnapshotOutput struct {
-	Body apitypes.CreateSnapshotResponse
+	Location string `header:"Location" doc:"the new snapshot: /v1/snapshots/{id}"`
+	Body     apitypes.SnapshotCreated
 }
 
 func (s *Server) createSnapshot(ctx context.Context, in *createSnapshotInput) (*createSnapshotOutput, error) {
@@ -56,8 +57,8 @@ func (s *Server) createSnapshot(ctx context.Context, in *createSnapshotInput) (*
 		return nil, err
 	}
 	v := manager.SnapshotView(sn)
-	return &createSnapshotOutput{Body: apitypes.CreateSnapshotResponse{
-		SnapshotID: v.ID, Size: v.Size, AllocatedBytes: v.AllocatedBytes, Files: v.Files, PausedMs: v.PausedMs,
+	return &createSnapshotOutput{Location: "/v1/snapshots/" + v.ID, Body: apitypes.SnapshotCreated{
+		SnapshotID: v.ID, Size: v.Size, AllocatedBytes: v.AllocatedBytes, Files: v.Files, PausedMs: v.PausedMs, Item: v,
 	}}, nil
 }
 
@@ -121,7 +122,8 @@ type instantiateSnapshotInput struct {
 }
 
 type instantiateSnapshotOutput struct {
-	Body apitypes.InstantiateSnapshotResponse
+	Location string `header:"Location" doc:"the new VM: /v1/vms/{id}"`
+	Body     apitypes.RestoredVM
 }
 
 func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapshotInput) (*instantiateSnapshotOutput, error) {
@@ -129,7 +131,8 @@ func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapsho
 	if err != nil {
 		return nil, err
 	}
-	return &instantiateSnapshotOutput{Body: apitypes.InstantiateSnapshotResponse{
-		VM: s.vms.View(r.VM), SnapshotID: in.ID, Notices: r.Notices,
+	v := s.vms.View(r.VM)
+	return &instantiateSnapshotOutput{Location: "/v1/vms/" + v.ID, Body: apitypes.RestoredVM{
+		VM: v, Item: v, SnapshotID: in.ID, Notices: r.Notices,
 	}}, nil
 }

@@ -35,7 +35,8 @@ type createTemplateInput struct {
 }
 
 type templateOutput struct {
-	Body apitypes.Template
+	Location string `header:"Location" doc:"the new template: /v1/templates/{id}"`
+	Body     apitypes.TemplateCreated
 }
 
 func (s *Server) createTemplate(ctx context.Context, in *createTemplateInput) (*templateOutput, error) {
@@ -44,7 +45,8 @@ func (s *Server) createTemplate(ctx context.Context, in *createTemplateInput) (*
 	if err != nil {
 		return nil, err
 	}
-	return &templateOutput{Body: manager.TemplateView(t)}, nil
+	v := manager.TemplateView(t)
+	return &templateOutput{Location: "/v1/templates/" + v.ID, Body: apitypes.TemplateCreated{Template: v, Item: v}}, nil
 }
 
 type listTemplatesInput struct {
@@ -99,7 +101,8 @@ type instantiateInput struct {
 }
 
 type instantiateOutput struct {
-	Body apitypes.InstantiateResponse
+	Location string `header:"Location" doc:"the first new VM: /v1/vms/{id}"`
+	Body     apitypes.InstantiateResponse
 }
 
 func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) (*instantiateOutput, error) {
@@ -114,6 +117,7 @@ func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) 
 		out.Body.Items = append(out.Body.Items, s.vms.View(vm))
 	}
 	out.Body.ID = out.Body.IDs[0]
+	out.Location = "/v1/vms/" + out.Body.ID
 	s.auditSiblings(ctx, vms[1:])
 	return out, nil
 }

@@ -26,7 +26,7 @@ type VMService interface {
 	ForceDeleteVM(ctx context.Context, scope manager.Scope, id string) error
 	Bulk(ctx context.Context, scope manager.Scope, action string, ids []string) ([]apitypes.BulkResult, error)
 	PatchDrive(ctx context.Context, scope manager.Scope, id, driveID string, rl *apitypes.RateLimiter) error
-	Events(ctx context.Context, scope manager.Scope, id string, limit int) ([]store.VMEvent, error)
+	Events(ctx context.Context, scope manager.Scope, id string, afterID int64, limit int) ([]store.VMEvent, error)
 	Logs(ctx context.Context, scope manager.Scope, id, source string, tail int) (agentapi.LogLines, error)
 	StreamLogs(ctx context.Context, scope manager.Scope, id, source string) (*http.Response, error)
 	// StreamLogsFrom resumes a stream (Last-Event-ID) or starts it a tail back.
@@ -50,8 +50,10 @@ type createVMInput struct {
 	Body apitypes.CreateVMRequest
 }
 
+// vmOutput answers a create: 201 with the new VM's address.
 type vmOutput struct {
-	Body apitypes.VM
+	Location string `header:"Location" doc:"the new VM: /v1/vms/{id}"`
+	Body     apitypes.VMCreated
 }
 
 type vmItemOutput struct {
@@ -69,7 +71,8 @@ func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, er
 	if err != nil {
 		return nil, err
 	}
-	return &vmOutput{Body: s.vms.View(vm)}, nil
+	v := s.vms.View(vm)
+	return &vmOutput{Location: "/v1/vms/" + v.ID, Body: apitypes.VMCreated{VM: v, Item: v}}, nil
 }
 
 type listVMsInput struct {
@@ -190,8 +193,9 @@ func (s *Server) patchDrive(ctx context.Context, in *patchDriveInput) (*okOutput
 }
 
 type eventsInput struct {
-	ID    string `path:"id" maxLength:"64"`
-	Limit int    `query:"limit" minimum:"0" maximum:"10000" doc:"most recent events (default 1000)"`
+	ID      string `path:"id" maxLength:"64"`
+	Limit   int    `query:"limit" minimum:"0" maximum:"10000" doc:"most recent events (default 1000); with after_id, the first events after it"`
+	AfterID int64  `query:"after_id" minimum:"0" doc:"only events after this one (the id of the last event read), oldest first: poll with it to follow a VM's history"`
 }
 
 type eventsOutput struct {
@@ -203,13 +207,13 @@ func (s *Server) vmEvents(ctx context.Context, in *eventsInput) (*eventsOutput, 
 	if limit == 0 {
 		limit = 1000
 	}
-	evs, err := s.vms.Events(ctx, scope(ctx), in.ID, limit)
+	evs, err := s.vms.Events(ctx, scope(ctx), in.ID, in.AfterID, limit)
 	if err != nil {
 		return nil, err
 	}
 	out := &eventsOutput{Body: apitypes.EventList{Items: make([]apitypes.Event, 0, len(evs))}}
 	for _, e := range evs {
-		out.Body.Items = append(out.Body.Items, apitypes.Event{At: e.At, Level: e.Level, Message: e.Message})
+		out.Body.Items = append(out.Body.Items, apitypes.Event{ID: e.ID, At: e.At, Level: e.Level, Message: e.Message})
 	}
 	return out, nil
 }

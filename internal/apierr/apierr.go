@@ -13,21 +13,28 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Error is an API error. Code is a stable short code; Message says what
 // went wrong in words; FaultMessage is firecracker's own text when it was
 // firecracker that refused; Suggestion says what the caller can do.
+//
+// The struct tags describe the body in the OpenAPI document (huma reads
+// doc and example).
 type Error struct {
-	Code         string `json:"error"`
-	Status       int    `json:"status"`
-	Message      string `json:"message,omitempty"`
-	FaultMessage string `json:"fault_message,omitempty"`
-	Suggestion   string `json:"suggestion,omitempty"`
-	RequestID    string `json:"request_id"`
+	Code         string `json:"error" doc:"stable short code to branch on (invalid_request, not_found, conflict, no_capacity …)" example:"not_found"`
+	Status       int    `json:"status" doc:"the HTTP status, repeated" example:"404"`
+	Message      string `json:"message,omitempty" doc:"what went wrong, in words" example:"vm \"web\" not found"`
+	FaultMessage string `json:"fault_message,omitempty" doc:"firecracker's own words, when firecracker refused"`
+	Suggestion   string `json:"suggestion,omitempty" doc:"what the caller can do about it" example:"list the VMs: nexus vm ls"`
+	RequestID    string `json:"request_id" doc:"the request's id (X-Request-Id): quote it when asking for help; the server log has it"`
 	// LogTail is the last lines of firecracker's log, when firecracker
 	// took part in the failure.
-	LogTail []string `json:"log_tail,omitempty"`
+	LogTail []string `json:"log_tail,omitempty" doc:"the last lines of firecracker's log, when firecracker took part in the failure"`
+	// RetryAfter is the answer's Retry-After header, read by clients
+	// (never part of the body).
+	RetryAfter time.Duration `json:"-"`
 
 	cause error
 }

@@ -138,7 +138,7 @@ func newTLSFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	f.ag = agenttest.Start(t, agenttest.Options{Manager: f.m.URL(), Name: "hollow-1", Token: longJoin, TLS: f.agentTLS})
-	f.client = nexus.New(f.m.URL(), f.admin, nexus.WithTransport(pkitest.Transport(t, pki.Files{CA: f.ca.CAFile()})))
+	f.client = nexus.New(f.m.URL(), f.admin, nexus.WithHTTPClient(&http.Client{Transport: pkitest.Transport(t, pki.Files{CA: f.ca.CAFile()})}))
 	f.waitReady(t)
 	return f
 }

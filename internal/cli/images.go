@@ -36,6 +36,7 @@ func imageAddCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Use:   "add",
 		Short: "Register a file under FC_IMAGES_DIR as an image",
 		Example: `  nexus image add --kind kernel --name vmlinux-6.1 --path vmlinux-6.1
+  nexus image add --kind initrd --name initrd-6.1 --path initrd-6.1.cpio.gz
   nexus image add --kind rootfs --name busybox --path /srv/fc/images/busybox.ext4 --sha256 9f86d0…
   nexus image add --kind rootfs --name base --path base.ext4 --project '*'   # shared (admin)`,
 		Args: cobra.NoArgs,
@@ -59,7 +60,7 @@ func imageAddCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&req.Kind, "kind", "", "kernel or rootfs")
+	fs.StringVar(&req.Kind, "kind", "", "kernel, initrd or rootfs")
 	fs.StringVar(&req.Name, "name", "", "image name (unique in the project)")
 	fs.StringVar(&req.HostPath, "path", "", "the file on the hosts: absolute, or relative to FC_IMAGES_DIR")
 	fs.StringVar(&req.SHA256, "sha256", "", "expected SHA-256 (registration fails if the file differs)")
@@ -100,7 +101,7 @@ func imageListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&kind, "kind", "", "only kernel or rootfs images")
+	cmd.Flags().StringVar(&kind, "kind", "", "only kernel, initrd or rootfs images")
 	return cmd
 }
 

@@ -47,7 +47,7 @@ func snapshotCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				f := false
 				req.Resume = &f
 			}
-			var out apitypes.CreateSnapshotResponse
+			var out apitypes.SnapshotCreated
 			if err := c.Do(cmd.Context(), "POST", "/v1/vms/"+url.PathEscape(id)+"/snapshots", nil, req, &out); err != nil {
 				return describe(err)
 			}
@@ -196,7 +196,7 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				}
 				req.Tags[k] = v
 			}
-			var out apitypes.InstantiateSnapshotResponse
+			var out apitypes.RestoredVM
 			if err := c.Do(cmd.Context(), "POST", "/v1/snapshots/"+url.PathEscape(args[0])+"/instantiate", nil, req, &out); err != nil {
 				return describe(err)
 			}

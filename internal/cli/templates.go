@@ -38,9 +38,9 @@ template leaves its VMs as they are.`,
 // configFlags are the template config fields as flags; only the flags
 // given are used (as a template's fields, or as overrides).
 type configFlags struct {
-	vcpu, mem                int
-	kernel, rootfs, bootArgs string
-	kernelFlag, rootfsFlag   string
+	vcpu, mem                        int
+	kernel, initrd, rootfs, bootArgs string
+	kernelFlag, rootfsFlag           string
 }
 
 func (f *configFlags) add(fs *pflag.FlagSet, kernelFlag, rootfsFlag string) {
@@ -48,8 +48,9 @@ func (f *configFlags) add(fs *pflag.FlagSet, kernelFlag, rootfsFlag string) {
 	fs.IntVar(&f.vcpu, "vcpu", 1, "vCPUs")
 	fs.IntVar(&f.mem, "mem", 128, "memory in MiB")
 	fs.StringVar(&f.kernel, kernelFlag, "", "kernel image (name or id)")
+	fs.StringVar(&f.initrd, "initrd-image", "", "initrd image (name or id)")
 	fs.StringVar(&f.rootfs, rootfsFlag, "", "rootfs image (name or id)")
-	fs.StringVar(&f.bootArgs, "boot-args", "", "kernel command line")
+	fs.StringVar(&f.bootArgs, "boot-args", "", "kernel arguments (Nexus adds its defaults, root= and ip= unless given)")
 }
 
 // apply sets the fields whose flags were given on c.
@@ -62,6 +63,9 @@ func (f *configFlags) apply(fs *pflag.FlagSet, c *apitypes.TemplateConfig) {
 	}
 	if fs.Changed(f.kernelFlag) {
 		c.KernelImageID = f.kernel
+	}
+	if fs.Changed("initrd-image") {
+		c.InitrdImageID = f.initrd
 	}
 	if fs.Changed(f.rootfsFlag) {
 		c.RootfsImageID = f.rootfs
@@ -79,6 +83,7 @@ func templateCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Use:   "create",
 		Short: "Save a template",
 		Example: `  nexus template create --name web --kernel-image vmlinux-6.1 --rootfs-image busybox --vcpu 2 --mem 256
+  nexus template create --name busybox --kernel-image vmlinux-6.1 --initrd-image initrd-6.1 --rootfs-image busybox
   nexus template create --name db --config-file db.json   # {"vcpu":4,"kernel_image_id":…,"extra_drives":[…]}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -256,13 +261,14 @@ func emptyConfig(c apitypes.TemplateConfig) bool {
 // VM flags given become overrides of the template's config.
 func createFromTemplate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, ref string, count int, req apitypes.CreateVMRequest, wait bool, stdout io.Writer) error {
 	switch {
-	case req.KernelPath != "" || req.RootfsPath != "":
-		return fmt.Errorf("--template takes registered images only: use --kernel-image-id / --rootfs-image-id to override")
+	case req.KernelPath != "" || req.InitrdPath != "" || req.RootfsPath != "":
+		return fmt.Errorf("--template takes registered images only: use --kernel-image-id / --initrd-image / --rootfs-image-id to override")
 	case req.HostID != "" || req.Start != nil:
 		return fmt.Errorf("--host and --no-start do not apply to --template")
 	}
 	over := apitypes.TemplateConfig{
-		Vcpu: req.Vcpu, MemMib: req.MemMib, KernelImageID: req.KernelImageID, RootfsImageID: req.RootfsImageID, BootArgs: req.BootArgs,
+		Vcpu: req.Vcpu, MemMib: req.MemMib, KernelImageID: req.KernelImageID, InitrdImageID: req.InitrdImageID, RootfsImageID: req.RootfsImageID,
+		BootArgs: req.BootArgs,
 	}
 	in := apitypes.InstantiateRequest{Name: req.Name, Tags: req.Tags, Count: count}
 	if !emptyConfig(over) {
@@ -288,7 +294,7 @@ func parseTags(tags []string) (map[string]string, error) {
 
 func templateTable(w io.Writer, ts []apitypes.Template) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tPROJECT\tVCPU\tMEM\tKERNEL\tROOTFS\tAGE")
+	fmt.Fprintln(tw, "ID\tNAME\tPROJECT\tVCPU\tMEM\tKERNEL\tINITRD\tROOTFS\tAGE")
 	for _, t := range ts {
 		vcpu, mem := "1", "128M"
 		if t.Config.Vcpu != nil {
@@ -297,11 +303,14 @@ func templateTable(w io.Writer, ts []apitypes.Template) {
 		if t.Config.MemMib != nil {
 			mem = fmt.Sprintf("%dM", *t.Config.MemMib)
 		}
-		rootfs := t.Config.RootfsImageID
+		rootfs, initrd := t.Config.RootfsImageID, t.Config.InitrdImageID
 		if rootfs == "" {
 			rootfs = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Project, vcpu, mem, t.Config.KernelImageID, rootfs, age(t.CreatedAt))
+		if initrd == "" {
+			initrd = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Project, vcpu, mem, t.Config.KernelImageID, initrd, rootfs, age(t.CreatedAt))
 	}
 	tw.Flush()
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
@@ -49,7 +50,7 @@ func (c *clientFlags) client() (*nexus.Client, error) {
 		}
 		tr := jsonhttp.NewTransport()
 		r.ConfigureTransport(tr)
-		return nexus.New(c.addr, c.token, nexus.WithTransport(tr)), nil
+		return nexus.New(c.addr, c.token, nexus.WithHTTPClient(&http.Client{Transport: tr})), nil
 	}
 	return nexus.New(c.addr, c.token), nil
 }
@@ -90,11 +91,7 @@ func resolve(ctx context.Context, c *nexus.Client, project, ref string) (string,
 	if uuidRE.MatchString(ref) {
 		return ref, nil
 	}
-	q := url.Values{"name": {ref}}
-	if project != "" {
-		q.Set("project", project)
-	}
-	l, err := c.ListVMs(ctx, q)
+	l, err := c.ListVMs(ctx, nexus.ListVMsOptions{Name: ref, Project: project})
 	if err != nil {
 		return "", describe(err)
 	}
@@ -136,6 +133,7 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Use:   "create",
 		Short: "Create a VM and boot it",
 		Example: `  nexus vm create --name web --kernel-path /srv/fc/images/vmlinux --rootfs-path /srv/fc/images/rootfs.ext4
+  nexus vm create --name guest --kernel-image-id 3f2a… --initrd-image 77c0… --rootfs-image-id 9c1b…
   nexus vm create --name job-1 --kernel-image-id 3f2a… --rootfs-image-id 9c1b… --vcpu 2 --mem 512 --tag team=ci
   nexus vm create --name worker --template web --count 20`,
 		Args: cobra.NoArgs,
@@ -190,6 +188,9 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.IntVar(&mem, "mem", 128, "memory in MiB")
 	fs.StringVar(&req.KernelImageID, "kernel-image-id", "", "registered kernel image")
 	fs.StringVar(&req.KernelPath, "kernel-path", "", "kernel path on the host (dev mode)")
+	fs.StringVar(&req.InitrdImageID, "initrd-image", "", "registered initrd image (id; with --template also a name)")
+	fs.StringVar(&req.InitrdImageID, "initrd-image-id", "", "the same as --initrd-image")
+	fs.StringVar(&req.InitrdPath, "initrd-path", "", "initrd path on the host (dev mode, admins)")
 	fs.StringVar(&req.RootfsImageID, "rootfs-image-id", "", "registered rootfs image")
 	fs.StringVar(&req.RootfsPath, "rootfs-path", "", "rootfs path on the host (dev mode)")
 	fs.StringVar(&req.BootArgs, "boot-args", "", "kernel command line")
@@ -204,9 +205,13 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 
 func vmTable(w io.Writer, vms []apitypes.VM) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVCPU\tMEM\tPROJECT\tAGE")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tIP\tVCPU\tMEM\tPROJECT\tAGE")
 	for _, v := range vms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", v.ID, v.Name, v.State, v.Vcpu, v.MemMib, v.Project, age(v.CreatedAt))
+		ip := v.IP
+		if ip == "" {
+			ip = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", v.ID, v.Name, v.State, ip, v.Vcpu, v.MemMib, v.Project, age(v.CreatedAt))
 	}
 	tw.Flush()
 }
@@ -238,18 +243,17 @@ func vmListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
-			for k, v := range map[string]string{"project": cf.project, "state": state, "host_id": host} {
-				if v != "" {
-					q.Set(k, v)
-				}
-			}
+			o := nexus.ListVMsOptions{Project: cf.project, State: state, HostID: host, Tags: map[string]string{}}
 			for _, t := range tags {
-				q.Add("tag", t)
+				k, v, ok := strings.Cut(t, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--tag %q: use key=value", t)
+				}
+				o.Tags[k] = v
 			}
 			var vms []apitypes.VM
 			for {
-				l, err := c.ListVMs(cmd.Context(), q)
+				l, err := c.ListVMs(cmd.Context(), o)
 				if err != nil {
 					return describe(err)
 				}
@@ -257,7 +261,7 @@ func vmListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				if !all || l.NextCursor == "" {
 					break
 				}
-				q.Set("cursor", l.NextCursor)
+				o.Cursor = l.NextCursor
 			}
 			if cf.output == "json" {
 				return printJSON(stdout, vms)
@@ -295,7 +299,8 @@ func vmGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				{"id", vm.ID}, {"name", vm.Name}, {"project", vm.Project}, {"state", vm.State},
 				{"desired", vm.DesiredState}, {"host", vm.HostID + " " + vm.HostAddr},
 				{"vcpu / mem", fmt.Sprintf("%d / %d MiB", vm.Vcpu, vm.MemMib)},
-				{"tap / mac", vm.Tap + " " + vm.MAC}, {"socket", vm.APISock}, {"log", vm.LogPath},
+				{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"guest", guestText(vm)},
+				{"socket", vm.APISock}, {"log", vm.LogPath},
 				{"console", vm.ConsolePath}, {"created", vm.CreatedAt.Format(time.RFC3339)}, {"error", vm.LastError},
 			} {
 				if strings.TrimSpace(kv[1]) != "" {
@@ -305,6 +310,34 @@ func vmGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			return tw.Flush()
 		},
 	}
+}
+
+// ipText is a VM's address for people: 172.20.0.2/16 via 172.20.0.1.
+func ipText(vm apitypes.VM) string {
+	if vm.IP == "" {
+		return ""
+	}
+	s := vm.IP
+	if _, bits, ok := strings.Cut(vm.Subnet, "/"); ok {
+		s += "/" + bits
+	}
+	if vm.Gateway != "" {
+		s += " via " + vm.Gateway
+	}
+	return s
+}
+
+// guestText says whether the guest is up: started, and ready how long after.
+func guestText(vm apitypes.VM) string {
+	switch {
+	case vm.GuestReadyAt != nil && vm.BootedAt != nil:
+		return fmt.Sprintf("ready %s after its start", vm.GuestReadyAt.Sub(*vm.BootedAt).Round(time.Millisecond))
+	case vm.GuestReadyAt != nil:
+		return "ready"
+	case vm.BootedAt != nil:
+		return fmt.Sprintf("started %s ago, not ready", time.Since(*vm.BootedAt).Round(time.Second))
+	}
+	return ""
 }
 
 func vmActionCmd(cf *clientFlags, stdout io.Writer, verb, short string) *cobra.Command {

@@ -399,3 +399,62 @@ func paramKey(tok string) string {
 	}
 	return k
 }
+
+// MaxCommandLine is the x86 kernel's command-line limit
+// (COMMAND_LINE_SIZE, NUL included), which firecracker enforces too.
+const MaxCommandLine = 2048
+
+// VM is what Nexus knows of a VM when it composes the VM's kernel command
+// line. The manager boots every VM with VM.CommandLine and the smoke test
+// (test/guest) boots the images with it too, so the line a real kernel is
+// proven to boot with is the line Nexus gives firecracker.
+type VM struct {
+	// UserArgs are the VM's own boot_args; they win (ComposeBootArgs).
+	UserArgs string
+	// RootDevice is the root drive as the guest sees it ("/dev/vda" for
+	// firecracker's first drive); "" when the VM has no root drive.
+	RootDevice string
+	// RootReadOnly mounts root read-only: the drive is attached
+	// read-only (a read_only image in place).
+	RootReadOnly bool
+	// Addr is the guest's address with its subnet's prefix length; the
+	// zero Prefix (a VM without a network interface, or a host that
+	// reported no subnet) gives no ip= argument.
+	Addr netip.Prefix
+	// Gateway is the bridge's address: the guest's default route and its
+	// name server.
+	Gateway netip.Addr
+}
+
+// CommandLine composes the VM's kernel command line: DefaultBootArgs,
+// RootArg for the root drive, IPArg for the address (the gateway doubles
+// as the name server), then the user's arguments, which win. It fails
+// when the address cannot be written as ip= or the result does not fit
+// MaxCommandLine.
+func (v VM) CommandLine() (string, error) {
+	var nexus []string
+	if v.RootDevice != "" {
+		root, err := RootArg(v.RootDevice, v.RootReadOnly)
+		if err != nil {
+			return "", err
+		}
+		nexus = append(nexus, root)
+	}
+	if v.Addr.IsValid() {
+		var dns []netip.Addr
+		if v.Gateway.IsValid() {
+			dns = []netip.Addr{v.Gateway}
+		}
+		ip, err := IPArg(v.Addr, v.Gateway, dns, "")
+		if err != nil {
+			return "", err
+		}
+		nexus = append(nexus, ip)
+	}
+	line := ComposeBootArgs(v.UserArgs, nexus...)
+	if len(line) >= MaxCommandLine {
+		return "", fmt.Errorf("the kernel command line would be %d bytes with Nexus's arguments (%q…); the kernel takes %d",
+			len(line), line[:min(len(line), 60)], MaxCommandLine-1)
+	}
+	return line, nil
+}

@@ -262,3 +262,39 @@ func TestImportsOnlyStdlib(t *testing.T) {
 		}
 	}
 }
+
+func TestVMCommandLine(t *testing.T) {
+	long := strings.Repeat("x", MaxCommandLine-10)
+	for _, tc := range []struct {
+		name    string
+		vm      VM
+		want    string
+		wantErr string
+	}{
+		{name: "kernel only", vm: VM{}, want: DefaultBootArgs},
+		{name: "images on the default bridge",
+			vm:   VM{RootDevice: "/dev/vda", Addr: pfx("172.20.0.2/16"), Gateway: addr("172.20.0.1")},
+			want: "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=172.20.0.2::172.20.0.1:255.255.0.0::eth0:off:172.20.0.1"},
+		{name: "read-only root, no network",
+			vm:   VM{RootDevice: "/dev/vda", RootReadOnly: true},
+			want: "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda ro"},
+		{name: "the user's ip= and console win",
+			vm:   VM{UserArgs: "console=ttyS1 ip=10.0.0.9::10.0.0.1:255.0.0.0::eth0:off quiet", RootDevice: "/dev/vda", Addr: pfx("172.20.0.2/16"), Gateway: addr("172.20.0.1")},
+			want: "reboot=k panic=1 pci=off root=/dev/vda rw console=ttyS1 ip=10.0.0.9::10.0.0.1:255.0.0.0::eth0:off quiet"},
+		{name: "bad address", vm: VM{Addr: pfx("172.20.0.0/16"), Gateway: addr("172.20.0.1")}, wantErr: "network address"},
+		{name: "too long", vm: VM{UserArgs: long, RootDevice: "/dev/vda"}, wantErr: "the kernel takes 2047"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.vm.CommandLine()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("CommandLine() = %q, %v; want an error with %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("CommandLine() = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}

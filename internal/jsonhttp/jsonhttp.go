@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -99,7 +100,7 @@ func (c *Caller) Do(ctx context.Context, method, path string, q url.Values, in, 
 		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, MaxAnswer)
 	}
 	if resp.StatusCode >= 300 {
-		return DecodeError(resp.StatusCode, raw)
+		return decodeAnswer(resp, raw)
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
@@ -139,7 +140,7 @@ func (c *Caller) StreamHeader(ctx context.Context, path string, q url.Values, h 
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		return nil, DecodeError(resp.StatusCode, raw)
+		return nil, decodeAnswer(resp, raw)
 	}
 	return resp, nil
 }
@@ -164,6 +165,15 @@ func DecodeError(status int, raw []byte) error {
 	}
 	e.Status = status
 	return &e
+}
+
+// decodeAnswer is DecodeError with the answer's Retry-After (seconds).
+func decodeAnswer(resp *http.Response, raw []byte) error {
+	err := DecodeError(resp.StatusCode, raw)
+	if s, e := strconv.Atoi(resp.Header.Get("Retry-After")); e == nil && s >= 0 {
+		err.(*apierr.Error).RetryAfter = time.Duration(s) * time.Second
+	}
+	return err
 }
 
 // IsStatus reports whether err is an answer with that status.

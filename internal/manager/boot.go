@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -22,25 +23,70 @@ import (
 // composes them with the root device and ip= for the guest images.
 const DefaultBootArgs = guest.DefaultBootArgs
 
-// boot runs tap → spawn → prepare drives → logger, metrics, machine,
-// boot source, drives, network → InstanceStart for vm, recording state as
-// it goes. On failure the steps already done are undone (VMM stopped, TAP
-// deleted), the row says failed with last_error, and the error says which
-// step failed and why. The caller holds the VM's lock.
+// boot runs address → tap → spawn → prepare drives → logger, metrics,
+// machine, boot source, drives, network → InstanceStart for vm, recording
+// state as it goes. On failure the steps already done are undone (VMM
+// stopped, TAP deleted), the row says failed with last_error, and the
+// error says which step failed and why. The caller holds the VM's lock.
 func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
+	nic := sp.NIC == nil || !sp.NIC.Disabled
 	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID)}
 	var drives []firecracker.Drive // from prepareDrives (images.go)
+	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
+	var gw netip.Addr
+	var cmdline string // the kernel command line (guest.VM.CommandLine)
+	var startedAt time.Time
 
 	steps := []step{
-		r.tapStep(sp.NIC == nil || !sp.NIC.Disabled),
+		// First, and without an undo: the address is the VM's for its
+		// life, and it is confirmed (or moved, when the host's subnet
+		// changed) before anything is made on the host.
+		{name: "assign address", do: func(ctx context.Context) error {
+			if !nic {
+				return nil
+			}
+			h, err := s.st.GetHost(ctx, r.vm.HostID)
+			if err != nil {
+				return fmt.Errorf("host %s: %w", r.vm.HostID, err)
+			}
+			if _, _, ok := hostNet(h); !ok {
+				return nil // an agent that reports no subnet: the guest gets no ip=
+			}
+			before := addressText(r.vm)
+			cur, err := s.assignAddress(ctx, r.vm, h)
+			if err != nil {
+				return err
+			}
+			r.vm = cur
+			if now := addressText(cur); before != "" && now != before {
+				s.event(ctx, cur.ID, store.LevelWarn, "address moved from %s to %s: host %s's bridge is now %s via %s", before, now, h.Name, h.Subnet, h.Gateway)
+			}
+			addr, gw = guestAddr(cur)
+			return nil
+		}},
+		r.tapStep(nic),
 		r.spawnStep(false),
 		// Before firecracker opens any file: images are checked (and copied)
 		// first, so a file swapped after its check never reaches the VMM.
 		{name: "prepare drives", do: func(ctx context.Context) (err error) {
-			drives, err = s.images.prepareDrives(ctx, &r.vm, sp)
-			return err
+			if drives, err = s.images.prepareDrives(ctx, &r.vm, sp); err != nil {
+				return err
+			}
+			// The command line, now that the root drive is known; the
+			// boot's event shows it with the boot source step.
+			g := guest.VM{UserArgs: r.vm.BootArgs, Addr: addr, Gateway: gw}
+			for _, d := range drives {
+				if d.IsRootDevice {
+					// Firecracker attaches the root drive first: /dev/vda.
+					g.RootDevice, g.RootReadOnly = "/dev/vda", d.IsReadOnly != nil && *d.IsReadOnly
+				}
+			}
+			if cmdline, err = g.CommandLine(); err != nil {
+				return invalid("vm %s: %v", r.vm.ID, err).suggest("shorten boot_args")
+			}
+			return nil
 		}},
 		r.loggerStep(),
 		r.metricsStep(),
@@ -48,12 +94,8 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return fc.PutMachineConfig(ctx, firecracker.MachineConfig{VcpuCount: vm.VCPU, MemSizeMib: vm.MemMiB})
 		}},
 		{name: "configure boot source", fc: func(ctx context.Context, fc *firecracker.Client) error {
-			args := vm.BootArgs
-			if args == "" {
-				args = DefaultBootArgs
-			}
-			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, BootArgs: args})
-		}},
+			return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: r.vm.KernelPath, InitrdPath: r.vm.InitrdPath, BootArgs: cmdline})
+		}, detail: func() string { return cmdline }},
 		{name: "configure drives", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			for _, d := range drives {
 				if err := fc.PutDrive(ctx, d); err != nil {
@@ -76,11 +118,15 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 		}},
 		r.recordStep(store.VMConfigured),
 		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
+			// Boot-to-ready counts from here: the call goes out as it is
+			// recorded, and the guest's readiness line may come back
+			// before InstanceStart has answered.
+			startedAt = s.now()
 			return fc.InstanceStart(ctx)
 		}},
 		// Retries stay: the reconciler clears them once the VM has been
 		// stable for a while, so a crash loop still ends in failed.
-		r.recordStep(store.VMRunning),
+		r.runningStep(func() (time.Time, bool) { return startedAt, false }),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()

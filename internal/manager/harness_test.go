@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,14 +50,29 @@ type env struct {
 type envOpt func(*Config)
 
 func newEnv(t *testing.T, opts ...envOpt) *env {
+	return startEnv(t, "", false, opts...)
+}
+
+// newReportingEnv is an env whose agent registers itself and reports to
+// the manager (VMM exits, what guests say on their consoles) through
+// agentRoutes, on its own heartbeats.
+func newReportingEnv(t *testing.T, opts ...envOpt) *env {
+	return startEnv(t, "", true, opts...)
+}
+
+// startEnv opens dsn ("" = a fresh SQLite file) and starts a manager
+// and a hollow agent.
+func startEnv(t *testing.T, dsn string, reporting bool, opts ...envOpt) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
-	st, err := store.Open(ctx, "sqlite://"+filepath.Join(dir, "n.db"))
+	if dsn == "" {
+		dsn = "sqlite://" + filepath.Join(dir, "n.db")
+	}
+	st, err := store.Open(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag := agenttest.Start(t, agenttest.Options{Token: joinToken})
 	f := &faults{base: http.DefaultTransport}
 	cfg := Config{JoinToken: joinToken, AgentTransport: f, StopGrace: 50 * time.Millisecond, BootTimeout: 10 * time.Second}
 	for _, o := range opts {
@@ -70,6 +86,13 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 		m.Close()
 		st.Close()
 	})
+	ao := agenttest.Options{Token: joinToken, Name: "hollow-1"}
+	if reporting {
+		srv := httptest.NewServer(agentRoutes(m))
+		t.Cleanup(srv.Close)
+		ao.Manager = srv.URL
+	}
+	ag := agenttest.Start(t, ao)
 	e := &env{t: t, ctx: ctx, st: st, m: m, ag: ag, faults: f, fstore: fs, dir: dir,
 		agent: agentapi.NewClient(ag.URL, joinToken, nil)}
 	e.host = e.register("hollow-1", ag.URL)
@@ -77,11 +100,60 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	return e
 }
 
+// agentRoutes serves the three calls an agent makes to its manager —
+// register, heartbeat, events — straight into the services, as the API
+// layer (which the manager package cannot import) routes them.
+func agentRoutes(m *Manager) http.Handler {
+	mux := http.NewServeMux()
+	decode := func(w http.ResponseWriter, r *http.Request, v any) bool {
+		if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return false
+		}
+		return true
+	}
+	answer := func(w http.ResponseWriter, v any, err error) {
+		if err != nil {
+			status := http.StatusInternalServerError
+			if isKind(err, KindNotFound) {
+				status = http.StatusNotFound
+			}
+			http.Error(w, err.Error(), status)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("POST /v1/hosts/register", func(w http.ResponseWriter, r *http.Request) {
+		var in apitypes.RegisterHostRequest
+		if decode(w, r, &in) {
+			h, err := m.Hosts.RegisterHost(r.Context(), in)
+			answer(w, apitypes.HostRegistration{ID: h.ID}, err)
+		}
+	})
+	mux.HandleFunc("POST /v1/hosts/{id}/heartbeat", func(w http.ResponseWriter, r *http.Request) {
+		var in apitypes.HeartbeatRequest
+		if decode(w, r, &in) {
+			answer(w, apitypes.OK{OK: true}, m.Hosts.Heartbeat(r.Context(), r.PathValue("id"), in.Capacity, in.Allocated, in.VMs))
+		}
+	})
+	mux.HandleFunc("POST /v1/hosts/{id}/events", func(w http.ResponseWriter, r *http.Request) {
+		var in apitypes.HostEvent
+		if decode(w, r, &in) {
+			answer(w, apitypes.OK{OK: true}, m.Hosts.HostEvent(r.Context(), r.PathValue("id"), in))
+		}
+	})
+	return mux
+}
+
+// hollowNet is the VM bridge a hollow agent reports (network.DefaultGateway).
+var hollowNet = &apitypes.HostNetwork{Subnet: "172.20.0.0/16", Gateway: "172.20.0.1"}
+
 // register adds a ready host at addr, as the agent's registration would.
 func (e *env) register(name, addr string) store.Host {
 	e.t.Helper()
 	res := apitypes.Resources{Vcpu: 64, MemMib: 64 << 10}
-	h, err := e.m.Hosts.RegisterHost(e.ctx, apitypes.RegisterHostRequest{Name: name, Addr: addr, VMM: hollow.VMMVersion, Capacity: res})
+	h, err := e.m.Hosts.RegisterHost(e.ctx, apitypes.RegisterHostRequest{Name: name, Addr: addr, VMM: hollow.VMMVersion, Capacity: res, Network: hollowNet})
 	if err != nil {
 		e.t.Fatal(err)
 	}

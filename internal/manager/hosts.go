@@ -20,10 +20,18 @@ func (s *Hosts) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest
 	if name == "" || addr == "" {
 		return store.Host{}, invalid("name and addr are required")
 	}
-	h, err := s.st.UpsertHost(ctx, store.HostRegistration{
+	reg := store.HostRegistration{
 		Name: name, Addr: addr, Version: r.Version, VMM: r.VMM,
 		Capacity: store.Resources{VCPU: r.Capacity.Vcpu, MemMiB: r.Capacity.MemMib},
-	})
+	}
+	if r.Network != nil {
+		subnet, gw, err := parseHostNetwork(r.Network)
+		if err != nil {
+			return store.Host{}, err.suggest("set FC_BRIDGE_CIDR to the bridge's address and prefix, e.g. 172.20.0.1/16")
+		}
+		reg.Subnet, reg.Gateway = subnet.String(), gw.String()
+	}
+	h, err := s.st.UpsertHost(ctx, reg)
 	if err != nil {
 		return h, fmt.Errorf("register host %s: %w", name, err)
 	}
@@ -32,7 +40,7 @@ func (s *Hosts) RegisterHost(ctx context.Context, r apitypes.RegisterHostRequest
 	if err := s.st.Notify(ctx, HostChannel, h.ID); err != nil {
 		s.log.Warn("could not tell other managers of a host's new address", "host_id", h.ID, "err", err)
 	}
-	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr)
+	s.log.Info("host registered", "host_id", h.ID, "name", name, "addr", addr, "subnet", h.Subnet, "gateway", h.Gateway)
 	return h, nil
 }
 
@@ -169,8 +177,15 @@ func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (sto
 	if err != nil {
 		return store.VM{}, store.Host{}, err
 	}
+	var full []string // hosts whose VM subnet has no free address
 	for _, h := range cands {
 		vm.HostID, vm.HostAddr = h.ID, h.Addr
+		// A VM with a network interface gets its address with its row,
+		// in the same transaction (guestnet.go).
+		vm.IP, vm.Subnet, vm.Gateway = "", "", ""
+		if subnet, gw, ok := hostNet(h); ok && vm.TAP != "" {
+			vm.Subnet, vm.Gateway = subnet.String(), gw.String()
+		}
 		limit := store.Resources{
 			VCPU:   int(float64(h.Capacity.VCPU) * s.cfg.VcpuOvercommit),
 			MemMiB: int(float64(h.Capacity.MemMiB) * s.cfg.MemOvercommit),
@@ -179,7 +194,15 @@ func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (sto
 		if errors.Is(err, store.ErrNoCapacity) {
 			continue // filled up since we read it: the next host
 		}
+		if errors.Is(err, store.ErrExhausted) {
+			full = append(full, h.Name+" ("+h.Subnet+")")
+			continue
+		}
 		return created, h, err
+	}
+	if len(full) > 0 {
+		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "no_address", "no free address left in the VM subnet of host %s", strings.Join(full, ", ")).
+			suggest("delete VMs there, place the VM on another host (host_id), or give the bridge a larger subnet (FC_BRIDGE_CIDR)")
 	}
 	if hostID != "" {
 		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "host_full", "host %s has no room for %d vCPU / %d MiB", hostID, vm.VCPU, vm.MemMiB).
@@ -259,7 +282,7 @@ func (s *Placement) pick(hosts []store.Host, alloc map[string]store.Allocation, 
 
 // HostView renders a host for the API.
 func HostView(h store.Host) apitypes.Host {
-	return apitypes.Host{
+	v := apitypes.Host{
 		ID: h.ID, Name: h.Name, Addr: h.Addr, State: string(h.State),
 		Capacity:   apitypes.Resources{Vcpu: h.Capacity.VCPU, MemMib: h.Capacity.MemMiB},
 		Allocated:  apitypes.Resources{Vcpu: h.Allocated.VCPU, MemMib: h.Allocated.MemMiB},
@@ -268,6 +291,10 @@ func HostView(h store.Host) apitypes.Host {
 		VMM:        h.VMM,
 		Simulated:  strings.HasSuffix(h.VMM, "-sim"),
 	}
+	if h.Subnet != "" {
+		v.Network = &apitypes.HostNetwork{Subnet: h.Subnet, Gateway: h.Gateway}
+	}
+	return v
 }
 
 func marshal(v any) ([]byte, error) {

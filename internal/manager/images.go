@@ -1,11 +1,11 @@
 package manager
 
-// The image registry: kernels and root filesystems registered once, by
-// path under FC_IMAGES_DIR on the hosts, with their size and SHA-256.
-// Registered images are immutable: each boot checks the file still has its
-// checksum (the agents cache checksums by file identity, size, mtime and
-// ctime), and a rootfs is copied into the VM's run dir so no VM ever
-// writes the shared file.
+// The image registry: kernels, initrds and root filesystems registered
+// once, by path under FC_IMAGES_DIR on the hosts, with their size and
+// SHA-256. Registered images are immutable: each boot checks the file
+// still has its checksum (the agents cache checksums by file identity,
+// size, mtime and ctime), and a rootfs is copied into the VM's run dir so
+// no VM ever writes the shared file. Kernels and initrds are only read.
 //
 // Shared images, usable by every project, are stored with project "" and
 // shown as "*" (apitypes.SharedProject).
@@ -70,8 +70,8 @@ func (s *core) defaultProject(scope Scope, requested string) string {
 // registered. id may be empty (the store picks one).
 func (s *Images) CreateImage(ctx context.Context, scope Scope, id string, req apitypes.CreateImageRequest) (store.Image, error) {
 	kind := store.ImageKind(req.Kind)
-	if kind != store.ImageKernel && kind != store.ImageRootfs {
-		return store.Image{}, invalid("kind must be kernel or rootfs, not %q", req.Kind)
+	if kind != store.ImageKernel && kind != store.ImageInitrd && kind != store.ImageRootfs {
+		return store.Image{}, invalid("kind must be kernel, initrd or rootfs, not %q", req.Kind)
 	}
 	if !nameRE.MatchString(req.Name) {
 		return store.Image{}, invalid("image name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
@@ -125,7 +125,7 @@ func (s *Images) CreateImage(ctx context.Context, scope Scope, id string, req ap
 	}
 	img, err := s.st.CreateImage(ctx, store.Image{
 		ID: id, Project: project, Kind: kind, Name: req.Name, HostPath: info.Path,
-		SHA256: info.SHA256, Size: info.Size, ReadOnly: req.ReadOnly || kind == store.ImageKernel,
+		SHA256: info.SHA256, Size: info.Size, ReadOnly: req.ReadOnly || kind != store.ImageRootfs,
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return store.Image{}, nameTaken("an image", req.Name, project)
@@ -304,7 +304,7 @@ func (s *Images) imageUsers(ctx context.Context, id string) (vms, tmpls []string
 			return nil, nil, fmt.Errorf("image %s: list vms: %w", id, err)
 		}
 		for _, vm := range page {
-			if vm.KernelImageID == id || vm.RootfsImageID == id || drivesUse(decodeSpec(vm).ExtraDrives, id) {
+			if vm.KernelImageID == id || vm.InitrdImageID == id || vm.RootfsImageID == id || drivesUse(decodeSpec(vm).ExtraDrives, id) {
 				vms = append(vms, vm.Name)
 			}
 		}
@@ -313,14 +313,16 @@ func (s *Images) imageUsers(ctx context.Context, id string) (vms, tmpls []string
 		}
 		f.Cursor = next
 	}
-	// A snapshot's VMs cold-boot from its source's kernel (and rootfs)
-	// image: those count as users too, even after the source is deleted.
+	// A snapshot's VMs cold-boot from its source's kernel (and initrd and
+	// rootfs) image: those count as users too, even after the source is
+	// deleted.
 	snaps, err := s.st.ListSnapshots(ctx, store.SnapshotFilter{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("image %s: list snapshots: %w", id, err)
 	}
 	for _, sn := range snaps {
-		if m, err := decodeSnapshotMeta(sn); err == nil && (m.Source.KernelImageID == id || m.Source.RootfsImageID == id) {
+		if m, err := decodeSnapshotMeta(sn); err == nil && (m.Source.KernelImageID == id || m.Source.InitrdImageID == id ||
+			m.Source.RootfsImageID == id || drivesUse(m.Source.Spec.ExtraDrives, id)) {
 			vms = append(vms, "snapshot "+sn.ID)
 		}
 	}
@@ -330,7 +332,7 @@ func (s *Images) imageUsers(ctx context.Context, id string) (vms, tmpls []string
 	}
 	for _, t := range ts {
 		c, _ := decodeTemplateConfig(t)
-		if c.KernelImageID == id || c.RootfsImageID == id || drivesUse(c.ExtraDrives, id) {
+		if c.KernelImageID == id || c.InitrdImageID == id || c.RootfsImageID == id || drivesUse(c.ExtraDrives, id) {
 			tmpls = append(tmpls, t.Name)
 		}
 	}
@@ -415,23 +417,27 @@ func (s *Images) bootImage(ctx context.Context, what, id string) (store.Image, e
 
 // prepareDrives runs on the VM's host after its VMM is spawned and before
 // its drives are configured, and returns the drives to configure. A
-// registered kernel is checked against its checksum; the rootfs and every
-// writable extra drive become private copies in the VM's run dir (made on
-// the first boot, reused on later ones, configured by a path relative to
-// the run dir); read-only ones are attached in place after the same check.
+// registered kernel and initrd are checked against their checksums; the
+// rootfs and every writable extra drive become private copies in the VM's
+// run dir (made on the first boot, reused on later ones, configured by a
+// path relative to the run dir); read-only ones are attached in place
+// after the same check.
 func (s *Images) prepareDrives(ctx context.Context, vm *store.VM, sp spec) ([]firecracker.Drive, error) {
 	ag := s.agentFor(ctx, *vm)
-	if vm.KernelImageID != "" {
-		img, err := s.bootImage(ctx, "kernel", vm.KernelImageID)
+	for _, f := range []struct{ what, id string }{{"kernel", vm.KernelImageID}, {"initrd", vm.InitrdImageID}} {
+		if f.id == "" {
+			continue
+		}
+		img, err := s.bootImage(ctx, f.what, f.id)
 		if err != nil {
 			return nil, err
 		}
 		info, err := ag.InspectImage(ctx, agentapi.ImageInspectRequest{Path: img.HostPath})
 		if err != nil {
-			return nil, agentRefusal("kernel image "+img.Name, *vm, err)
+			return nil, agentRefusal(f.what+" image "+img.Name, *vm, err)
 		}
 		if info.SHA256 != img.SHA256 {
-			return nil, imageChanged("kernel", img, info.SHA256)
+			return nil, imageChanged(f.what, img, info.SHA256)
 		}
 	}
 	var drives []firecracker.Drive

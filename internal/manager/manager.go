@@ -87,7 +87,10 @@ type core struct {
 
 	instance string // this manager's identity in per-VM leases
 
-	stepSeconds *prometheus.HistogramVec // see steps.go
+	addrLocks keyed.Mutex // one address assignment per host at a time (guestnet.go)
+
+	stepSeconds  *prometheus.HistogramVec // see steps.go
+	readySeconds prometheus.Histogram     // boot-to-ready, see guestnet.go
 }
 
 // VMs is the VM lifecycle: create, boot, start, stop, pause, resume,
@@ -166,10 +169,10 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	}
 	c := &core{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
-		agents: newAgentPool(cfg.JoinToken, cfg.AgentTransport), stepSeconds: newStepMetrics(),
+		agents: newAgentPool(cfg.JoinToken, cfg.AgentTransport), stepSeconds: newStepMetrics(), readySeconds: newReadyMetric(),
 	}
 	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(c.stepSeconds)
+		cfg.Metrics.MustRegister(c.stepSeconds, c.readySeconds)
 	}
 	m := &Manager{core: c, Hosts: &Hosts{core: c}, Tokens: &Tokens{core: c}}
 	m.Placement = &Placement{core: c, hosts: m.Hosts}

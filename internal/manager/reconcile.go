@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -740,18 +739,4 @@ func (r *Reconciler) forgetClaimed(hostID string, now time.Time) {
 			delete(r.orphans, k)
 		}
 	}
-}
-
-// HostEvent handles an agent's report: the VM's history gets the exit,
-// and the reconciler (wherever it runs) looks at that host now.
-func (s *Hosts) HostEvent(ctx context.Context, hostID, vmID, status string) error {
-	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
-		return notFound("host", hostID)
-	}
-	if hostlayout.ValidVMID(vmID) {
-		if vm, err := s.st.GetVM(ctx, vmID); err == nil && vm.HostID == hostID {
-			s.event(ctx, vmID, store.LevelWarn, "vmm exited on its own (%s)", status)
-		}
-	}
-	return s.st.Notify(ctx, ReconcileChannel, hostID)
 }

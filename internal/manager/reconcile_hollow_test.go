@@ -8,6 +8,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agent/agenttest"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // reconciler returns the env's reconciler on a clock the test moves.
@@ -127,7 +128,7 @@ func TestReconcilerHostLostAndExitReports(t *testing.T) {
 	e := newEnv(t)
 	r, clk := e.reconciler()
 	vm := e.mustCreate("lonely")
-	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, vm.ID, "signal: killed"); err != nil {
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventVMMExit, VMID: vm.ID, Status: "signal: killed"}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(e.events(vm.ID), "vmm exited on its own") {

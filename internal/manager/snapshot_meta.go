@@ -29,6 +29,10 @@ type snapshotMeta struct {
 	Allocated          int64            `json:"allocated_bytes"`
 	FileAllocated      map[string]int64 `json:"file_allocated,omitempty"` // by absolute path
 	PausedMs           int64            `json:"paused_ms"`
+	// GuestReady: the guest had said it was ready when the snapshot was
+	// taken, so a VM restored from it is ready as soon as it runs (a
+	// guest does not print the line again).
+	GuestReady bool `json:"guest_ready,omitempty"`
 }
 
 // snapshotSource is the source VM's configuration when the snapshot was
@@ -38,6 +42,8 @@ type snapshotSource struct {
 	MemMib         int               `json:"mem_mib"`
 	KernelPath     string            `json:"kernel_path,omitempty"`
 	KernelImageID  string            `json:"kernel_image_id,omitempty"`
+	InitrdPath     string            `json:"initrd_path,omitempty"`
+	InitrdImageID  string            `json:"initrd_image_id,omitempty"`
 	RootfsPath     string            `json:"rootfs_path,omitempty"`
 	RootfsImageID  string            `json:"rootfs_image_id,omitempty"`
 	BootArgs       string            `json:"boot_args,omitempty"`
@@ -46,6 +52,8 @@ type snapshotSource struct {
 	TemplateID     string            `json:"template_id,omitempty"`
 	TemplateConfig json.RawMessage   `json:"template_config,omitempty"`
 	Overrides      json.RawMessage   `json:"overrides,omitempty"`
+	// IP is the source's address: the guest keeps it in the saved state.
+	IP string `json:"ip,omitempty"`
 }
 
 // snapshotNet is the network interface saved in the device state. Its
@@ -168,10 +176,14 @@ func restoredConfig(m snapshotMeta) (rootfsPath, rootfsImageID string, cfg apity
 func restoreNotices(sn store.Snapshot, m snapshotMeta) []string {
 	var out []string
 	if m.Net != nil {
+		addr := "guest network configuration"
+		if m.Source.IP != "" {
+			addr = "guest address " + m.Source.IP
+		}
 		out = append(out, fmt.Sprintf("the guest MAC %s is the snapshot's (vm %s): firecracker restores it with the saved device state and cannot change it, "+
-			"so every VM restored from this snapshot, and the source VM, show the same MAC and guest network configuration on the bridge; "+
-			"give each clone its own address inside the guest before they talk on the same network. A stop and start boots cold with the VM's own MAC",
-			m.Net.GuestMAC, sn.VMID))
+			"so every VM restored from this snapshot, and the source VM, show the same MAC and %s on the bridge; "+
+			"give each clone its own address inside the guest before they talk on the same network. A stop and start boots cold with the VM's own MAC and address (ip)",
+			m.Net.GuestMAC, sn.VMID, addr))
 	}
 	for _, d := range m.Drives {
 		if d.Swapped {
@@ -213,6 +225,7 @@ func SnapshotView(sn store.Snapshot) apitypes.Snapshot {
 	v.Config = m.Source.Spec
 	v.Config.Vcpu, v.Config.MemMib = firecracker.Int(m.Source.Vcpu), firecracker.Int(m.Source.MemMib)
 	v.Config.KernelPath, v.Config.KernelImageID = m.Source.KernelPath, m.Source.KernelImageID
+	v.Config.InitrdPath, v.Config.InitrdImageID = m.Source.InitrdPath, m.Source.InitrdImageID
 	v.Config.RootfsPath, v.Config.RootfsImageID = m.Source.RootfsPath, m.Source.RootfsImageID
 	v.Config.BootArgs = m.Source.BootArgs
 	for _, d := range m.Drives {

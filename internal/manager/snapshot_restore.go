@@ -68,6 +68,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		State: store.VMRequested, DesiredState: store.VMRunning,
 		VCPU: src.Vcpu, MemMiB: src.MemMib,
 		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
+		InitrdPath: src.InitrdPath, InitrdImageID: src.InitrdImageID,
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
 		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
 		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
@@ -174,7 +175,8 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 			}
 			return r.fc.Resume(ctx)
 		}},
-		r.recordStep(store.VMRunning),
+		// A snapshot of a ready guest is ready: it does not say so again.
+		r.runningStep(func() (time.Time, bool) { return s.now(), meta.GuestReady }),
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, max(s.cfg.BootTimeout, snapshotTimeout(vm.MemMiB)))

@@ -178,11 +178,13 @@ func (s *Snapshots) inspectForSnapshot(ctx context.Context, fc *firecracker.Clie
 	sp := decodeSpec(vm)
 	m := snapshotMeta{
 		VMName: vm.Name, FirecrackerVersion: ver.FirecrackerVersion, SnapshotVersion: firecracker.FeaturesOf(v).SnapshotVersion,
-		Drives: drives,
+		Drives: drives, GuestReady: vm.GuestReadyAt != nil,
 		Source: snapshotSource{
 			Vcpu: vm.VCPU, MemMib: vm.MemMiB, KernelPath: vm.KernelPath, KernelImageID: vm.KernelImageID,
+			InitrdPath: vm.InitrdPath, InitrdImageID: vm.InitrdImageID,
 			RootfsPath: vm.RootfsPath, RootfsImageID: vm.RootfsImageID, BootArgs: vm.BootArgs, Spec: sp.VMConfig,
 			Tags: maps.Clone(vm.Tags), TemplateID: vm.TemplateID, TemplateConfig: vm.TemplateConfig, Overrides: vm.Overrides,
+			IP: vm.IP,
 		},
 	}
 	if len(cfg.NetworkInterfaces) == 1 {

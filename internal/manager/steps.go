@@ -322,28 +322,71 @@ func (r *hostRun) metricsStep() step {
 }
 
 // recordStep records a state on the row, with what the host answered so
-// far (the VM's socket, log and TAP) in the same write; what remains of
-// the VM is the operation's failure handling's business, so it has no
-// undo. The operation's event says the state was reached.
+// far (the VM's socket, log and TAP, the VMM's pid) in the same write;
+// what remains of the VM is the operation's failure handling's business,
+// so it has no undo. The operation's event says the state was reached.
 func (r *hostRun) recordStep(state store.VMState) step {
 	return step{name: "record " + string(state), do: func(ctx context.Context) error {
-		cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
-			v.State, v.LastError = state, ""
-			if r.spawned.APISock != "" {
-				v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
-			}
-			if r.tap.Tap != "" {
-				v.TAP = r.tap.Tap
-				if !r.keepMAC {
-					v.MAC = r.tap.MAC
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
+		return r.writeState(ctx, state, nil)
+	}}
+}
+
+// writeState writes state and what the host answered so far, and what more
+// says, in one update.
+func (r *hostRun) writeState(ctx context.Context, state store.VMState, more func(v *store.VM)) error {
+	cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
+		v.State, v.LastError = state, ""
+		if r.spawned.APISock != "" {
+			v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
 		}
-		r.vm = cur
+		if r.spawned.PID != 0 && v.VMMPID != r.spawned.PID {
+			// A new VMM is a new run: its guest has neither started nor
+			// said it is ready, and reports of the old one no longer
+			// match its pid. (Its guest cannot say anything before the
+			// start that follows this write.)
+			v.VMMPID, v.BootedAt, v.GuestReadyAt = r.spawned.PID, nil, nil
+		}
+		if r.tap.Tap != "" {
+			v.TAP = r.tap.Tap
+			if !r.keepMAC {
+				v.MAC = r.tap.MAC
+			}
+		}
+		if more != nil {
+			more(v)
+		}
 		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.vm = cur
+	return nil
+}
+
+// runningStep records the VM running with its guest started at the time
+// started returns; with ready, the guest counts as ready from then on (a
+// snapshot of a ready guest). When the agent's report of the guest's
+// readiness came first, the boot-to-ready time is observed here.
+func (r *hostRun) runningStep(started func() (time.Time, bool)) step {
+	return step{name: "record running", do: func(ctx context.Context) error {
+		at, ready := started()
+		var took time.Duration
+		var measured bool
+		err := r.writeState(ctx, store.VMRunning, func(v *store.VM) {
+			v.BootedAt, measured = &at, false
+			switch {
+			case ready:
+				v.GuestReadyAt = &at
+			case v.GuestReadyAt != nil:
+				ra := maxTime(*v.GuestReadyAt, at)
+				v.GuestReadyAt = &ra
+				took, measured = ra.Sub(at), true
+			}
+		})
+		if err == nil && measured {
+			r.c.readyObserved(ctx, r.vm.ID, took)
+		}
+		return err
 	}}
 }

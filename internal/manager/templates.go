@@ -91,6 +91,9 @@ func (s *Templates) checkTemplateConfig(ctx context.Context, project, where stri
 	if err := checkBootArgs(where+".boot_args", c.BootArgs); err != nil {
 		return c, err
 	}
+	if err := checkCommandLine(where+".boot_args", c.BootArgs, c.RootfsImageID != "", c.NIC == nil || !c.NIC.Disabled); err != nil {
+		return c, err
+	}
 	scope := Scope{Project: project}
 	ref := func(field, r string, kind store.ImageKind) (string, error) {
 		if r == "" {
@@ -107,6 +110,9 @@ func (s *Templates) checkTemplateConfig(ctx context.Context, project, where stri
 	}
 	var err error
 	if c.KernelImageID, err = ref("kernel_image_id", c.KernelImageID, store.ImageKernel); err != nil {
+		return c, err
+	}
+	if c.InitrdImageID, err = ref("initrd_image_id", c.InitrdImageID, store.ImageInitrd); err != nil {
 		return c, err
 	}
 	if c.RootfsImageID, err = ref("rootfs_image_id", c.RootfsImageID, store.ImageRootfs); err != nil {
@@ -141,7 +147,7 @@ func (s *Templates) validateFull(ctx context.Context, project string, c apitypes
 
 func vmConfig(c apitypes.TemplateConfig) apitypes.VMConfig {
 	return apitypes.VMConfig{
-		Vcpu: c.Vcpu, MemMib: c.MemMib, KernelImageID: c.KernelImageID, RootfsImageID: c.RootfsImageID,
+		Vcpu: c.Vcpu, MemMib: c.MemMib, KernelImageID: c.KernelImageID, InitrdImageID: c.InitrdImageID, RootfsImageID: c.RootfsImageID,
 		BootArgs: c.BootArgs, ExtraDrives: append([]apitypes.ExtraDrive(nil), c.ExtraDrives...), NIC: c.NIC,
 	}
 }
@@ -158,6 +164,9 @@ func mergeConfig(base, over apitypes.TemplateConfig) apitypes.TemplateConfig {
 	}
 	if over.KernelImageID != "" {
 		out.KernelImageID = over.KernelImageID
+	}
+	if over.InitrdImageID != "" {
+		out.InitrdImageID = over.InitrdImageID
 	}
 	if over.RootfsImageID != "" {
 		out.RootfsImageID = over.RootfsImageID

@@ -2,9 +2,11 @@ package manager
 
 import (
 	"fmt"
+	"net/netip"
 	"unicode/utf8"
 
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/guest"
 )
 
 // Bounds of what a VM may ask for, checked before any host work so that a
@@ -57,6 +59,31 @@ func checkBootArgs(field, s string) error {
 	}
 	if i, r := firstControl(s); i >= 0 {
 		return invalid("%s has a control character %q at byte %d: write the command line on one line of printable text", field, r, i)
+	}
+	return nil
+}
+
+// Where the kernel command line is checked at create, the VM's address
+// is not known yet: the longest one Nexus can write stands in for it.
+var (
+	longestAddr    = netip.MustParsePrefix("223.255.255.253/30")
+	longestGateway = netip.MustParseAddr("223.255.255.254")
+)
+
+// checkCommandLine refuses boot_args that leave no room for what Nexus
+// adds (its defaults, root= with a root drive, ip= with a network
+// interface, unless the user's arguments set them): the whole line must
+// fit the kernel's limit, or the boot would fail later.
+func checkCommandLine(field, user string, root, network bool) error {
+	vm := guest.VM{UserArgs: user}
+	if root {
+		vm.RootDevice = "/dev/vda"
+	}
+	if network {
+		vm.Addr, vm.Gateway = longestAddr, longestGateway
+	}
+	if _, err := vm.CommandLine(); err != nil {
+		return invalid("%s: %v", field, err).suggest("shorten boot_args; Nexus adds console=, reboot=, panic=, pci=, root= and ip= unless boot_args sets them")
 	}
 	return nil
 }

@@ -64,8 +64,10 @@ func View(vm store.VM) apitypes.VM {
 		Tap: vm.TAP, MAC: vm.MAC, LogPath: vm.LogPath,
 		Vcpu: vm.VCPU, MemMib: vm.MemMiB,
 		KernelImageID: vm.KernelImageID, KernelPath: vm.KernelPath,
+		InitrdImageID: vm.InitrdImageID, InitrdPath: vm.InitrdPath,
 		RootfsImageID: vm.RootfsImageID, RootfsPath: vm.RootfsPath,
 		BootArgs: vm.BootArgs, ExtraDrives: sp.ExtraDrives, NIC: sp.NIC,
+		IP: vm.IP, Subnet: vm.Subnet, Gateway: vm.Gateway, BootedAt: vm.BootedAt, GuestReadyAt: vm.GuestReadyAt,
 		TemplateID: vm.TemplateID, TemplateConfig: vm.TemplateConfig, Overrides: vm.Overrides,
 		Tags: vm.Tags, CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, LastError: vm.LastError,
 	}

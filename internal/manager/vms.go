@@ -56,8 +56,8 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		return store.VM{}, err
 	}
 	if usesRawPaths(req.VMConfig) && !scope.Admin {
-		return store.VM{}, newErr(KindForbidden, "raw_path_refused", "raw host paths (kernel_path, rootfs_path, extra_drives[].path) need an admin token").
-			suggest("boot from registered images (kernel_image_id, rootfs_image_id): nexus image ls")
+		return store.VM{}, newErr(KindForbidden, "raw_path_refused", "raw host paths (kernel_path, initrd_path, rootfs_path, extra_drives[].path) need an admin token").
+			suggest("boot from registered images (kernel_image_id, initrd_image_id, rootfs_image_id): nexus image ls")
 	}
 	cfg, err := s.resolveConfig(ctx, project, req.VMConfig)
 	if err != nil {
@@ -84,8 +84,8 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		State: store.VMRequested, DesiredState: desired,
 		TAP: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(),
 		VCPU: *cfg.Vcpu, MemMiB: *cfg.MemMib,
-		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath,
-		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID,
+		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath, InitrdPath: cfg.initrdPath,
+		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID, InitrdImageID: cfg.InitrdImageID,
 		BootArgs: cfg.BootArgs, Spec: specJSON, Tags: req.Tags,
 		TemplateID: opt.TemplateID, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
 	}
@@ -111,7 +111,13 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		}
 		return store.VM{}, fmt.Errorf("create vm %s: %w", req.Name, err)
 	}
-	s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s", host.Name)
+	// The address came with the row (placement): a VM created stopped
+	// shows it too, and a full subnet was refused before anything existed.
+	if a := addressText(vm); a != "" {
+		s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s, address %s", host.Name, a)
+	} else {
+		s.event(ctx, vm.ID, store.LevelInfo, "requested on host %s", host.Name)
+	}
 	if !start {
 		defer unlock()
 		return s.setState(ctx, vm.ID, store.VMStopped, "")
@@ -177,7 +183,7 @@ func (s *VMs) discardFailed(vm store.VM, cause error) error {
 const logTailLines = 20
 
 func usesRawPaths(c apitypes.VMConfig) bool {
-	if c.KernelPath != "" || c.RootfsPath != "" {
+	if c.KernelPath != "" || c.InitrdPath != "" || c.RootfsPath != "" {
 		return true
 	}
 	for _, d := range c.ExtraDrives {
@@ -192,6 +198,7 @@ func usesRawPaths(c apitypes.VMConfig) bool {
 type resolvedConfig struct {
 	apitypes.VMConfig
 	kernelPath string
+	initrdPath string
 	rootfsPath string
 }
 
@@ -216,7 +223,13 @@ func (s *VMs) resolveConfig(ctx context.Context, project string, c apitypes.VMCo
 	if r.kernelPath, err = s.images.resolveFile(ctx, project, "kernel", store.ImageKernel, c.KernelImageID, c.KernelPath, true); err != nil {
 		return r, err
 	}
+	if r.initrdPath, err = s.images.resolveFile(ctx, project, "initrd", store.ImageInitrd, c.InitrdImageID, c.InitrdPath, false); err != nil {
+		return r, err
+	}
 	if r.rootfsPath, err = s.images.resolveFile(ctx, project, "rootfs", store.ImageRootfs, c.RootfsImageID, c.RootfsPath, false); err != nil {
+		return r, err
+	}
+	if err := checkCommandLine("boot_args", r.BootArgs, r.rootfsPath != "", r.NIC == nil || !r.NIC.Disabled); err != nil {
 		return r, err
 	}
 	seen := map[string]bool{"rootfs": r.rootfsPath != ""}
@@ -385,7 +398,11 @@ func (s *VMs) stopOnHost(ctx context.Context, vm store.VM) (store.VM, error) {
 			return nil
 		}},
 		{name: "record stopped", do: func(ctx context.Context) (err error) {
-			out, err = s.setState(ctx, vm.ID, store.VMStopped, "")
+			out, err = s.update(ctx, vm.ID, func(v *store.VM) error {
+				// The run is over: its guest is neither started nor ready.
+				v.State, v.LastError, v.BootedAt, v.GuestReadyAt = store.VMStopped, "", nil, nil
+				return nil
+			})
 			s.event(ctx, vm.ID, store.LevelInfo, "stopped")
 			return err
 		}},
@@ -557,11 +574,11 @@ func (s *VMs) PatchDrive(ctx context.Context, scope Scope, id, driveID string, r
 }
 
 // Events returns the VM's history.
-func (s *VMs) Events(ctx context.Context, scope Scope, id string, limit int) ([]store.VMEvent, error) {
+func (s *VMs) Events(ctx context.Context, scope Scope, id string, afterID int64, limit int) ([]store.VMEvent, error) {
 	if _, err := s.GetVM(ctx, scope, id); err != nil {
 		return nil, err
 	}
-	return s.st.ListEvents(ctx, id, limit)
+	return s.st.ListEventsAfter(ctx, id, afterID, limit)
 }
 
 // update wraps store.UpdateVM with error context.

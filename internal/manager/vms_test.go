@@ -22,7 +22,7 @@ func TestLifecycleOnHollowHost(t *testing.T) {
 		t.Fatalf("inventory %+v; want the VM's VMM and TAP", inv)
 	}
 	ev := e.events(vm.ID)
-	for _, want := range []string{"boot: create tap", "spawn vmm", "configure boot source", "start instance", "running"} {
+	for _, want := range []string{"boot: assign address", "create tap", "spawn vmm", "configure boot source", "start instance", "running"} {
 		if !strings.Contains(ev, want) {
 			t.Errorf("events do not mention %q:\n%s", want, ev)
 		}
@@ -58,11 +58,6 @@ func TestLifecycleOnHollowHost(t *testing.T) {
 		t.Errorf("get after delete = %v; want not found", err)
 	}
 	e.assertHostEmpty()
-}
-
-func isKind(err error, k Kind) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Kind == k
 }
 
 // A create that is answered with an error leaves nothing, whichever step

@@ -105,8 +105,15 @@ var catalogBehaviours = []behaviour{
 		}
 		_, err := e.s.CreateImage(ctx, store.Image{Project: "p1", Kind: store.ImageRootfs, Name: "ubuntu", HostPath: "/x"})
 		wantErr(t, "duplicate image", err, store.ErrConflict)
-		_, err = e.s.CreateImage(ctx, store.Image{Kind: "initrd", Name: "odd", HostPath: "/x"})
+		_, err = e.s.CreateImage(ctx, store.Image{Kind: "ramdisk", Name: "odd", HostPath: "/x"})
 		wantErr(t, "unknown kind", err, store.ErrInvalid)
+		initrd := must(e.s.CreateImage(ctx, store.Image{Kind: store.ImageInitrd, Name: "initrd", HostPath: "/srv/fc/images/initrd.cpio.gz", ReadOnly: true}))(t)
+		if d := diff(initrd, must(e.s.GetImage(ctx, initrd.ID))(t)); d != "" {
+			t.Fatalf("GetImage of an initrd (-create +get):\n%s", d)
+		}
+		if err := e.s.DeleteImage(ctx, initrd.ID); err != nil {
+			t.Fatal(err)
+		}
 		must(e.s.CreateImage(ctx, store.Image{Project: "p2", Kind: store.ImageRootfs, Name: "alpine", HostPath: "/y"}))(t)
 
 		for _, tc := range []struct {

@@ -24,6 +24,9 @@ var (
 	ErrInvalid = errors.New("invalid")
 	// ErrNoCapacity: CreateVMWithin found the host too full for the VM.
 	ErrNoCapacity = errors.New("no capacity")
+	// ErrExhausted: nothing is left to hand out (every address of a host's
+	// VM subnet is taken).
+	ErrExhausted = errors.New("exhausted")
 )
 
 // fail wraps err for the operation op (e.g. "get vm 3f2a"), translating
@@ -39,7 +42,8 @@ func (s *sqlStore) translate(err error) error {
 	case errors.Is(err, sql.ErrNoRows):
 		return ErrNotFound
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict),
-		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrNoCapacity):
+		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrNoCapacity),
+		errors.Is(err, ErrExhausted):
 		return err
 	}
 	if kind, detail, ok := s.d.classify(err); ok {

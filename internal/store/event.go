@@ -26,10 +26,17 @@ func (s *sqlStore) AddEvent(ctx context.Context, e VMEvent) (VMEvent, error) {
 }
 
 func (s *sqlStore) ListEvents(ctx context.Context, vmID string, limit int) ([]VMEvent, error) {
-	// The newest `limit` events, returned oldest first.
-	q := "SELECT " + eventColumns + " FROM (SELECT " + eventColumns +
-		" FROM vm_event WHERE vm_id = ? ORDER BY id DESC LIMIT ?) recent ORDER BY id"
-	events, err := queryAll(ctx, s, scanEvent, q, vmID, clampLimit(limit))
+	return s.ListEventsAfter(ctx, vmID, 0, limit)
+}
+
+func (s *sqlStore) ListEventsAfter(ctx context.Context, vmID string, afterID int64, limit int) ([]VMEvent, error) {
+	q := "SELECT " + eventColumns + " FROM vm_event WHERE vm_id = ? AND id > ? ORDER BY id LIMIT ?"
+	if afterID == 0 {
+		// The newest `limit` events, returned oldest first.
+		q = "SELECT " + eventColumns + " FROM (SELECT " + eventColumns +
+			" FROM vm_event WHERE vm_id = ? AND id > ? ORDER BY id DESC LIMIT ?) recent ORDER BY id"
+	}
+	events, err := queryAll(ctx, s, scanEvent, q, vmID, afterID, clampLimit(limit))
 	if err != nil {
 		return nil, s.fail("list events of vm "+vmID, err)
 	}

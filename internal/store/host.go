@@ -5,12 +5,12 @@ import (
 	"time"
 )
 
-const hostColumns = "id, name, addr, state, capacity, allocated, vms, version, last_seen_at, created_at, vmm"
+const hostColumns = "id, name, addr, state, capacity, allocated, vms, version, last_seen_at, created_at, vmm, subnet, gateway"
 
 func scanHost(sc scanner) (Host, error) {
 	var h Host
 	err := sc.Scan(&h.ID, &h.Name, &h.Addr, &h.State, jsonCol{&h.Capacity}, jsonCol{&h.Allocated}, &h.VMs, &h.Version,
-		timeCol{&h.LastSeenAt}, timeCol{&h.CreatedAt}, &h.VMM)
+		timeCol{&h.LastSeenAt}, timeCol{&h.CreatedAt}, &h.VMM, &h.Subnet, &h.Gateway)
 	return h, err
 }
 
@@ -32,12 +32,13 @@ func (s *sqlStore) UpsertHost(ctx context.Context, r HostRegistration) (Host, er
 	// with one row and one ID. Draining is an operator's decision and
 	// survives re-registration.
 	h, err := scanHost(s.writeRow(ctx,
-		"INSERT INTO host ("+hostColumns+") VALUES (?, ?, ?, 'ready', ?, ?, 0, ?, ?, ?, ?)"+
+		"INSERT INTO host ("+hostColumns+") VALUES (?, ?, ?, 'ready', ?, ?, 0, ?, ?, ?, ?, ?, ?)"+
 			" ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, capacity = excluded.capacity,"+
 			" version = excluded.version, vmm = excluded.vmm, last_seen_at = excluded.last_seen_at,"+
+			" subnet = excluded.subnet, gateway = excluded.gateway,"+
 			" state = CASE WHEN host.state = 'draining' THEN host.state ELSE 'ready' END"+
 			" RETURNING "+hostColumns,
-		newID(), r.Name, r.Addr, capacity, none, r.Version, s.ts(now), s.ts(now), r.VMM))
+		newID(), r.Name, r.Addr, capacity, none, r.Version, s.ts(now), s.ts(now), r.VMM, r.Subnet, r.Gateway))
 	if err != nil {
 		return Host{}, s.fail(op, err)
 	}

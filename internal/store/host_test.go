@@ -23,9 +23,11 @@ var hostBehaviours = []behaviour{
 
 		// Re-registration keeps the ID and takes the new address.
 		e.clock.Advance(time.Minute)
-		again := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "node-a", Addr: "10.0.0.9:9090", Capacity: capacity, Version: "0.2.0"}))(t)
-		if again.ID != h1.ID || again.Addr != "10.0.0.9:9090" || again.Version != "0.2.0" || !again.CreatedAt.Equal(h1.CreatedAt) {
-			t.Fatalf("re-register = %+v; want id %s kept, new addr and version", again, h1.ID)
+		again := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "node-a", Addr: "10.0.0.9:9090", Capacity: capacity, Version: "0.2.0",
+			Subnet: "172.20.0.0/16", Gateway: "172.20.0.1"}))(t)
+		if again.ID != h1.ID || again.Addr != "10.0.0.9:9090" || again.Version != "0.2.0" || !again.CreatedAt.Equal(h1.CreatedAt) ||
+			again.Subnet != "172.20.0.0/16" || again.Gateway != "172.20.0.1" {
+			t.Fatalf("re-register = %+v; want id %s kept, new addr, version and network", again, h1.ID)
 		}
 
 		hb := store.Heartbeat{Capacity: capacity, Allocated: store.Resources{VCPU: 3, MemMiB: 384}, VMs: 2}

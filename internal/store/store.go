@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"time"
 )
 
@@ -42,6 +43,9 @@ type VMStore interface {
 	// ErrNoCapacity. The check and the insert are one transaction that
 	// locks the host's row, so managers sharing the store never place past
 	// a host's limit together. A host that does not exist is ErrNotFound.
+	// A VM with Subnet and Gateway set and no IP gets the lowest free
+	// address of that subnet on the host in the same transaction (as
+	// AssignAddress would); a full subnet is ErrExhausted.
 	CreateVMWithin(ctx context.Context, vm VM, limit Resources, free ...VMState) (VM, error)
 	GetVM(ctx context.Context, id string) (VM, error)
 	GetVMByName(ctx context.Context, project, name string) (VM, error)
@@ -61,6 +65,17 @@ type VMStore interface {
 	// DeleteVM removes the VM and its events; a missing VM is ErrNotFound
 	// (callers that treat delete as idempotent ignore it).
 	DeleteVM(ctx context.Context, id string) error
+	// AssignAddress gives the VM an address of its host's VM subnet and
+	// returns the VM as stored. A VM that has one in subnet, with gateway,
+	// keeps it (stop/start, restarts); one whose address lies in subnet
+	// under another gateway keeps the address when it is still free;
+	// otherwise it gets the lowest free address of subnet other than its
+	// network, broadcast and gateway addresses. No two VMs of one host
+	// ever hold the same address, whichever managers assign them at once
+	// (a unique index decides). The address goes with the VM's row. A VM
+	// without a host or a subnet that is not an IPv4 prefix of length
+	// 1-30 with gateway inside is ErrInvalid; a full subnet ErrExhausted.
+	AssignAddress(ctx context.Context, vmID string, subnet netip.Prefix, gateway netip.Addr) (VM, error)
 	// AllocationsByHost sums the VMs placed on each host (host_id set),
 	// skipping VMs in excludeStates — the scheduler decides which states
 	// hold resources. Hosts without VMs are absent from the map.
@@ -75,6 +90,10 @@ type EventStore interface {
 	// ListEvents returns the VM's last limit events, oldest first (newest
 	// last). An unknown VM has no events.
 	ListEvents(ctx context.Context, vmID string, limit int) ([]VMEvent, error)
+	// ListEventsAfter returns the VM's first limit events after the one
+	// with id afterID, oldest first (afterID 0: as ListEvents), so a
+	// follower reads each event once.
+	ListEventsAfter(ctx context.Context, vmID string, afterID int64, limit int) ([]VMEvent, error)
 }
 
 // TemplateStore keeps templates. (project, name) is unique.

@@ -47,6 +47,8 @@ type VM struct {
 	RootfsPath    string
 	KernelImageID string
 	RootfsImageID string
+	InitrdPath    string
+	InitrdImageID string
 	BootArgs      string
 	// Spec is the full create request (extra drives, NIC, rate limits, …)
 	// as the API received it; the store does not interpret it.
@@ -56,6 +58,21 @@ type VM struct {
 	TemplateConfig json.RawMessage // nil unless created from a template
 	Overrides      json.RawMessage // nil unless created from a template
 	Tags           map[string]string
+
+	// The VM's address on its host's bridge (AssignAddress): IP is unique
+	// among the host's VMs; Subnet ("172.20.0.0/16") and Gateway are the
+	// host's when it was assigned. All "" without one (no network
+	// interface, or a host that reports no subnet).
+	IP      string
+	Subnet  string
+	Gateway string
+
+	// The current boot: the VMM's pid, when the guest was started
+	// (InstanceStart, or a snapshot load) and when it said it was ready.
+	// A new VMM resets them.
+	VMMPID       int
+	BootedAt     *time.Time
+	GuestReadyAt *time.Time
 
 	// Reconciler bookkeeping: the last failure, how often it was retried and
 	// the earliest time of the next attempt (nil: no backoff pending).
@@ -77,11 +94,18 @@ func (v VM) clone() VM {
 	c.TemplateConfig = bytes.Clone(v.TemplateConfig)
 	c.Overrides = bytes.Clone(v.Overrides)
 	c.Tags = maps.Clone(v.Tags)
-	if v.NextAttemptAt != nil {
-		t := *v.NextAttemptAt
-		c.NextAttemptAt = &t
-	}
+	c.NextAttemptAt = copyTime(v.NextAttemptAt)
+	c.BootedAt = copyTime(v.BootedAt)
+	c.GuestReadyAt = copyTime(v.GuestReadyAt)
 	return c
+}
+
+func copyTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
 }
 
 // VMFilter selects VMs for ListVMs. Zero fields match everything.
@@ -150,10 +174,11 @@ type ImageKind string
 // The image kinds.
 const (
 	ImageKernel ImageKind = "kernel"
+	ImageInitrd ImageKind = "initrd"
 	ImageRootfs ImageKind = "rootfs"
 )
 
-// Image is a registered kernel or rootfs file on the hosts. Project "" is a
+// Image is a registered kernel, initrd or rootfs file on the hosts. Project "" is a
 // global image, visible to every project.
 type Image struct {
 	ID        string
@@ -234,7 +259,11 @@ type Host struct {
 	Version   string
 	// VMM is the VMM version the agent runs ("1.16.1"; "-sim" for
 	// firecracker-sim).
-	VMM        string
+	VMM string
+	// Subnet ("172.20.0.0/16") and Gateway ("172.20.0.1") are the VM
+	// bridge's, as the agent reported them; "" when it reported none.
+	Subnet     string
+	Gateway    string
 	LastSeenAt time.Time
 	CreatedAt  time.Time
 }
@@ -246,6 +275,8 @@ type HostRegistration struct {
 	Capacity Resources
 	Version  string
 	VMM      string
+	Subnet   string
+	Gateway  string
 }
 
 // Heartbeat is an agent's periodic report. A zero At means "now".

@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"strings"
 	"time"
@@ -19,6 +21,7 @@ var vmColumns = []string{
 	"vcpu", "mem_mib", "kernel_path", "rootfs_path", "kernel_image_id", "rootfs_image_id", "boot_args", "spec",
 	"template_id", "template_config", "overrides", "tags",
 	"last_error", "retries", "next_attempt_at",
+	"initrd_path", "initrd_image_id", "ip", "subnet", "gateway", "vmm_pid", "booted_at", "guest_ready_at",
 	"generation", "created_at", "updated_at",
 }
 
@@ -58,6 +61,7 @@ func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
 		vm.VCPU, vm.MemMiB, vm.KernelPath, vm.RootfsPath, vm.KernelImageID, vm.RootfsImageID, vm.BootArgs, spec,
 		vm.TemplateID, tcfg, over, tagsJSON,
 		vm.LastError, vm.Retries, s.tsPtr(vm.NextAttemptAt),
+		vm.InitrdPath, vm.InitrdImageID, vm.IP, vm.Subnet, vm.Gateway, vm.VMMPID, s.tsPtr(vm.BootedAt), s.tsPtr(vm.GuestReadyAt),
 		vm.Generation, s.ts(vm.CreatedAt), s.ts(vm.UpdatedAt),
 	}, nil
 }
@@ -70,6 +74,7 @@ func scanVM(sc scanner) (VM, error) {
 		&vm.VCPU, &vm.MemMiB, &vm.KernelPath, &vm.RootfsPath, &vm.KernelImageID, &vm.RootfsImageID, &vm.BootArgs, rawCol{&vm.Spec},
 		&vm.TemplateID, rawCol{&vm.TemplateConfig}, rawCol{&vm.Overrides}, jsonCol{&vm.Tags},
 		&vm.LastError, &vm.Retries, nullTimeCol{&vm.NextAttemptAt},
+		&vm.InitrdPath, &vm.InitrdImageID, &vm.IP, &vm.Subnet, &vm.Gateway, &vm.VMMPID, nullTimeCol{&vm.BootedAt}, nullTimeCol{&vm.GuestReadyAt},
 		&vm.Generation, timeCol{&vm.CreatedAt}, timeCol{&vm.UpdatedAt},
 	)
 	if vm.Tags == nil {
@@ -108,11 +113,18 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 	vm.Generation = 1
 	normVM(&vm)
 	op := "create vm " + qualified(vm.Project, vm.Name) + " on host " + vm.HostID
-	args, err := s.vmValues(&vm)
-	if err != nil {
-		return VM{}, s.fail(op, err)
+	var subnet netip.Prefix
+	var gw netip.Addr
+	wantAddr := vm.Subnet != "" && vm.IP == ""
+	if wantAddr {
+		var err1, err2 error
+		subnet, err1 = netip.ParsePrefix(vm.Subnet)
+		gw, err2 = netip.ParseAddr(vm.Gateway)
+		if err := errors.Join(err1, err2, validSubnet(subnet, gw)); err != nil {
+			return VM{}, s.fail(op, invalidf("address: %v", err))
+		}
 	}
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var id string
 		if err := tx.QueryRowContext(ctx, s.d.rebind("SELECT id FROM host WHERE id = ?"+s.d.forUpdate()), vm.HostID).Scan(&id); err != nil {
 			return fmt.Errorf("host %s: %w", vm.HostID, err)
@@ -132,7 +144,24 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		if used.VCPU+vm.VCPU > limit.VCPU || used.MemMiB+vm.MemMiB > limit.MemMiB {
 			return fmt.Errorf("%w: %d/%d vCPU and %d/%d MiB in use", ErrNoCapacity, used.VCPU, limit.VCPU, used.MemMiB, limit.MemMiB)
 		}
-		_, err := tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
+		if wantAddr {
+			// The host's row is locked: nobody else picks on this host
+			// until the insert commits (the unique index backs it up).
+			taken, err := usedAddressesTx(ctx, tx, s.d, vm.HostID)
+			if err != nil {
+				return err
+			}
+			ip, ok := lowestFree(subnet, gw, taken)
+			if !ok {
+				return fmt.Errorf("%w: every address of %s on host %s is taken", ErrExhausted, subnet, vm.HostID)
+			}
+			vm.IP, vm.Subnet, vm.Gateway = ip.String(), subnet.String(), gw.String()
+		}
+		args, err := s.vmValues(&vm)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
 		return err
 	})
 	if err != nil {
@@ -151,6 +180,8 @@ func normVM(vm *VM) {
 		vm.Tags = map[string]string{}
 	}
 	vm.NextAttemptAt = normTimePtr(vm.NextAttemptAt)
+	vm.BootedAt = normTimePtr(vm.BootedAt)
+	vm.GuestReadyAt = normTimePtr(vm.GuestReadyAt)
 }
 
 func (s *sqlStore) GetVM(ctx context.Context, id string) (VM, error) {

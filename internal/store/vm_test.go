@@ -42,6 +42,10 @@ var vmBehaviours = []behaviour{
 			vm.Retries = 2
 			next := e.clock.Now().Add(30 * time.Second)
 			vm.NextAttemptAt = &next
+			vm.InitrdPath, vm.InitrdImageID = "/srv/fc/images/initrd.cpio.gz", "img-initrd"
+			vm.VMMPID = 4242
+			booted, ready := e.clock.Now().Add(time.Millisecond+time.Nanosecond), e.clock.Now().Add(2*time.Second)
+			vm.BootedAt, vm.GuestReadyAt = &booted, &ready
 			return nil
 		}))(t)
 		if updated.Generation != 2 || !updated.UpdatedAt.Equal(wantAt.Add(time.Second)) || !updated.CreatedAt.Equal(wantAt) {

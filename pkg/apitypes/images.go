@@ -8,18 +8,18 @@ const SharedProject = "*"
 
 // CreateImageRequest is the body of POST /v1/images.
 type CreateImageRequest struct {
-	Kind     string `json:"kind" enum:"kernel,rootfs"`
+	Kind     string `json:"kind" enum:"kernel,initrd,rootfs"`
 	Name     string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
 	HostPath string `json:"host_path" minLength:"1" maxLength:"4096" doc:"the file on the hosts: absolute, or relative to FC_IMAGES_DIR; it must resolve (symlinks followed) to a regular file under FC_IMAGES_DIR"`
 	SHA256   string `json:"sha256,omitempty" pattern:"^[0-9a-fA-F]{64}$" doc:"expected checksum: registration fails if the file differs; computed when omitted"`
 	Project  string `json:"project,omitempty" maxLength:"63" doc:"default: the token's project; \"*\" shares the image with every project (admins only)"`
-	ReadOnly bool   `json:"read_only,omitempty" doc:"rootfs: VMs attach the image itself read-only instead of a private copy (kernels are always only read)"`
+	ReadOnly bool   `json:"read_only,omitempty" doc:"rootfs: VMs attach the image itself read-only instead of a private copy (kernels and initrds are always only read)"`
 }
 
-// Image is a registered kernel or rootfs image.
+// Image is a registered kernel, initrd or rootfs image.
 type Image struct {
 	ID        string    `json:"id"`
-	Kind      string    `json:"kind" enum:"kernel,rootfs"`
+	Kind      string    `json:"kind" enum:"kernel,initrd,rootfs"`
 	Name      string    `json:"name"`
 	Project   string    `json:"project" doc:"\"*\" for a shared image"`
 	HostPath  string    `json:"host_path" doc:"canonical path on the hosts (symlinks resolved)"`
@@ -31,6 +31,13 @@ type Image struct {
 
 // ImageItem is GET /v1/images/{id}.
 type ImageItem struct {
+	Item Image `json:"item"`
+}
+
+// ImageCreated is the answer of POST /v1/images: {item} like GET, with the
+// image's fields at the top level too (deprecated: read item).
+type ImageCreated struct {
+	Image
 	Item Image `json:"item"`
 }
 
@@ -47,6 +54,7 @@ type TemplateConfig struct {
 	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs (default 1)"`
 	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128)"`
 	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" doc:"a kernel image: id, or name (stored as its id); required in a template"`
+	InitrdImageID string       `json:"initrd_image_id,omitempty" maxLength:"64" doc:"an initrd image: id, or name (stored as its id)"`
 	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" doc:"a rootfs image: id, or name (stored as its id)"`
 	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048"`
 	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16" doc:"each with image_id (no path)"`
@@ -72,6 +80,13 @@ type Template struct {
 
 // TemplateItem is GET /v1/templates/{id}.
 type TemplateItem struct {
+	Item Template `json:"item"`
+}
+
+// TemplateCreated is the answer of POST /v1/templates: {item} like GET,
+// with the template's fields at the top level too (deprecated: read item).
+type TemplateCreated struct {
+	Template
 	Item Template `json:"item"`
 }
 

@@ -14,13 +14,14 @@ type SnapshotFile struct {
 	AllocatedBytes int64  `json:"allocated_bytes" doc:"bytes the file occupies on disk (the memory file is sparse)"`
 }
 
-// CreateSnapshotResponse is the answer of POST /v1/vms/{id}/snapshots.
-type CreateSnapshotResponse struct {
+// SnapshotCreated is the answer of POST /v1/vms/{id}/snapshots.
+type SnapshotCreated struct {
 	SnapshotID     string         `json:"snapshot_id"`
 	Size           int64          `json:"size" doc:"apparent bytes of all files"`
 	AllocatedBytes int64          `json:"allocated_bytes" doc:"bytes on disk of all files"`
 	Files          []SnapshotFile `json:"files"`
 	PausedMs       int64          `json:"paused_ms" doc:"how long the guest was paused for the snapshot"`
+	Item           Snapshot       `json:"item" doc:"the snapshot, as GET /v1/snapshots/{id} shows it"`
 }
 
 // SnapshotDrive is one drive of the source VM and how the snapshot keeps it.
@@ -79,11 +80,12 @@ type InstantiateSnapshotRequest struct {
 	Tags map[string]string `json:"tags,omitempty" doc:"default: the source VM's tags"`
 }
 
-// InstantiateSnapshotResponse is the answer of POST
-// /v1/snapshots/{id}/instantiate: the new VM, running, and what the
-// caller must know about it.
-type InstantiateSnapshotResponse struct {
+// RestoredVM is the answer of POST /v1/snapshots/{id}/instantiate: the
+// new VM, running, as {item} like GET /v1/vms/{id} (its fields are also at
+// the top level, deprecated), and what the caller must know about it.
+type RestoredVM struct {
 	VM
+	Item       VM       `json:"item"`
 	SnapshotID string   `json:"snapshot_id"`
 	Notices    []string `json:"notices" doc:"constraints of a restored VM (its guest MAC is the snapshot's)"`
 }

@@ -44,11 +44,13 @@ type NIC struct {
 type VMConfig struct {
 	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs: 1 or an even number up to 32 (default 1)"`
 	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128); at most what a host can hold"`
-	KernelImageID string       `json:"kernel_image_id,omitempty"`
-	KernelPath    string       `json:"kernel_path,omitempty" doc:"host path of an uncompressed kernel (dev mode only)"`
-	RootfsImageID string       `json:"rootfs_image_id,omitempty"`
-	RootfsPath    string       `json:"rootfs_path,omitempty" doc:"host path of a root filesystem image (dev mode only)"`
-	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048"`
+	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" doc:"a registered kernel image (id)"`
+	KernelPath    string       `json:"kernel_path,omitempty" maxLength:"4096" doc:"host path of an uncompressed kernel (dev mode only, admins)"`
+	InitrdImageID string       `json:"initrd_image_id,omitempty" maxLength:"64" doc:"a registered initrd image (id), loaded with the kernel"`
+	InitrdPath    string       `json:"initrd_path,omitempty" maxLength:"4096" doc:"host path of an initrd (dev mode only, admins)"`
+	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" doc:"a registered rootfs image (id)"`
+	RootfsPath    string       `json:"rootfs_path,omitempty" maxLength:"4096" doc:"host path of a root filesystem image (dev mode only, admins)"`
+	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048" doc:"kernel arguments; Nexus adds its defaults, root= and ip= unless these set them, and the whole line must fit 2047 bytes"`
 	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16"`
 	NIC           *NIC         `json:"nic,omitempty"`
 }
@@ -81,9 +83,16 @@ type VM struct {
 	MemMib         int               `json:"mem_mib"`
 	KernelImageID  string            `json:"kernel_image_id,omitempty"`
 	KernelPath     string            `json:"kernel_path,omitempty"`
+	InitrdImageID  string            `json:"initrd_image_id,omitempty"`
+	InitrdPath     string            `json:"initrd_path,omitempty"`
 	RootfsImageID  string            `json:"rootfs_image_id,omitempty"`
 	RootfsPath     string            `json:"rootfs_path,omitempty"`
-	BootArgs       string            `json:"boot_args,omitempty"`
+	BootArgs       string            `json:"boot_args,omitempty" doc:"the VM's own boot_args; the guest boots with Nexus's defaults, root= and ip= added (docs/images.md)"`
+	IP             string            `json:"ip,omitempty" doc:"the guest's address on its host's bridge, kept for the VM's life; none without a network interface"`
+	Subnet         string            `json:"subnet,omitempty" doc:"the bridge's subnet, e.g. 172.20.0.0/16"`
+	Gateway        string            `json:"gateway,omitempty" doc:"the bridge's address: the guest's default route and name server"`
+	BootedAt       *time.Time        `json:"booted_at,omitempty" doc:"when the current run's guest was started (InstanceStart or snapshot load)"`
+	GuestReadyAt   *time.Time        `json:"guest_ready_at,omitempty" doc:"when the guest printed its readiness line in this run; absent until then"`
 	ExtraDrives    []ExtraDrive      `json:"extra_drives,omitempty"`
 	NIC            *NIC              `json:"nic,omitempty"`
 	TemplateID     string            `json:"template_id,omitempty"`
@@ -95,8 +104,17 @@ type VM struct {
 	LastError      string            `json:"last_error,omitempty"`
 }
 
-// VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}.
+// VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}. Every answer about
+// one resource has this shape: {item: <resource>}.
 type VMItem struct {
+	Item VM `json:"item"`
+}
+
+// VMCreated is the answer of POST /v1/vms: {item} like GET, and, for
+// clients of API v1's first release, the VM's fields at the top level too
+// (deprecated: read item).
+type VMCreated struct {
+	VM
 	Item VM `json:"item"`
 }
 
@@ -136,6 +154,7 @@ type DrivePatch struct {
 
 // Event is one line of a VM's history.
 type Event struct {
+	ID      int64     `json:"id" doc:"increasing per manager database; pass the last one read as after_id to read only newer events"`
 	At      time.Time `json:"at"`
 	Level   string    `json:"level"`
 	Message string    `json:"message"`
@@ -168,16 +187,24 @@ type Resources struct {
 
 // Host is one agent host.
 type Host struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	Addr       string    `json:"addr"`
-	State      string    `json:"state" enum:"ready,unreachable,draining"`
-	Capacity   Resources `json:"capacity"`
-	Allocated  Resources `json:"allocated"`
-	VMs        int       `json:"vms"`
-	LastSeenAt time.Time `json:"last_seen_at"`
-	VMM        string    `json:"vmm,omitempty" doc:"the VMM version the host runs"`
-	Simulated  bool      `json:"simulated" doc:"the host runs firecracker-sim: its VMs are not real guests, and its capacity is scaled (docs/runbook.md)"`
+	ID         string       `json:"id"`
+	Name       string       `json:"name"`
+	Addr       string       `json:"addr"`
+	State      string       `json:"state" enum:"ready,unreachable,draining"`
+	Capacity   Resources    `json:"capacity"`
+	Allocated  Resources    `json:"allocated"`
+	VMs        int          `json:"vms"`
+	LastSeenAt time.Time    `json:"last_seen_at"`
+	VMM        string       `json:"vmm,omitempty" doc:"the VMM version the host runs"`
+	Simulated  bool         `json:"simulated" doc:"the host runs firecracker-sim: its VMs are not real guests, and its capacity is scaled (docs/runbook.md)"`
+	Network    *HostNetwork `json:"network,omitempty" doc:"the VM bridge's subnet and gateway, as the agent reported them"`
+}
+
+// HostNetwork is a host's VM bridge: the subnet its VMs get addresses
+// from and the bridge's own address in it.
+type HostNetwork struct {
+	Subnet  string `json:"subnet" minLength:"9" maxLength:"18" doc:"the VM subnet, an IPv4 prefix of length 1-30, e.g. 172.20.0.0/16"`
+	Gateway string `json:"gateway" minLength:"7" maxLength:"15" doc:"the bridge's address in the subnet, e.g. 172.20.0.1"`
 }
 
 // HostList is GET /v1/hosts.
@@ -198,10 +225,13 @@ type RegisterHostRequest struct {
 	Version  string    `json:"version,omitempty" maxLength:"64"`
 	VMM      string    `json:"vmm,omitempty" maxLength:"64" doc:"the VMM version the agent runs; a -sim suffix marks firecracker-sim"`
 	Capacity Resources `json:"capacity"`
+	// Network is the agent's VM bridge (FC_BRIDGE_CIDR). Without it the
+	// host's VMs get no address from Nexus (agents before it).
+	Network *HostNetwork `json:"network,omitempty" doc:"the VM bridge: the manager gives each VM of the host an address of its subnet"`
 }
 
-// RegisterHostResponse tells the agent its host id and heartbeat period.
-type RegisterHostResponse struct {
+// HostRegistration tells the agent its host id and heartbeat period.
+type HostRegistration struct {
 	ID                  string `json:"id"`
 	HeartbeatIntervalMs int    `json:"heartbeat_interval_ms"`
 }
@@ -264,14 +294,28 @@ type TokenList struct {
 	Items []Token `json:"items"`
 }
 
-// HostEvent is what an agent reports as soon as it sees it, so the
-// manager reconciles at once instead of at its next pass.
+// Host event kinds.
+const (
+	// EventVMMExit: a VMM ended without the agent ending it.
+	EventVMMExit = "vmm_exit"
+	// EventGuestReady: the guest printed its readiness line
+	// (guest.ReadyLine) on its console.
+	EventGuestReady = "guest_ready"
+	// EventGuestFailed: the guest printed a failure line or the kernel
+	// panicked (guest.Failure); Reason says why.
+	EventGuestFailed = "guest_failed"
+)
+
+// HostEvent is what an agent reports as soon as it sees it: a VMM exit
+// (the manager reconciles at once instead of at its next pass), or what
+// the guest said on its console.
 type HostEvent struct {
-	Kind   string    `json:"kind" enum:"vmm_exit"`
+	Kind   string    `json:"kind" enum:"vmm_exit,guest_ready,guest_failed"`
 	VMID   string    `json:"vm_id" maxLength:"64"`
-	PID    int       `json:"pid,omitempty"`
-	Status string    `json:"status,omitempty" maxLength:"256"`
-	At     time.Time `json:"at"`
+	PID    int       `json:"pid,omitempty" minimum:"0" doc:"the VMM's pid: a guest report of an earlier run is ignored"`
+	Status string    `json:"status,omitempty" maxLength:"256" doc:"vmm_exit: how the process ended"`
+	Reason string    `json:"reason,omitempty" maxLength:"512" doc:"guest_failed: the guest's or the kernel's words"`
+	At     time.Time `json:"at" doc:"when the agent saw it"`
 }
 
 // ReconcilerStatus is GET /v1/reconciler: whether the manager answering

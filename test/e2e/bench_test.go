@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,7 +22,10 @@ import (
 // BenchmarkFleet200 is `make bench`: 200 VMs created in parallel batches on
 // one host with firecracker-sim, on a plain `nexus up` with its defaults (no
 // overcommit flags), API reads measured while they run, then all deleted.
-// It reports create→running p50/p95, CRUD p50/p95 (no firecracker work),
+// It reports create→running p50/p95, boot-to-ready p50/p95 (InstanceStart
+// to the simulated guest's readiness line, as the agent noticed it; every
+// VM must get there, each with an address of its own), CRUD p50/p95 (no
+// firecracker work),
 // the peak RSS of the `nexus up` process (manager and agent), and
 // leftovers, which must be zero. NEXUS_BENCH_ENGINE=postgres runs it on a
 // manager and agent with Postgres instead.
@@ -46,6 +48,7 @@ func BenchmarkFleet200(b *testing.B) {
 			b.FailNow()
 		}
 		c := t // the rest reads as before
+		readyD := bootToReady(b, c.client, ids)
 
 		// CRUD without firecracker work: get, list, and create-stopped + delete.
 		var getD, listD, idleCreateD, idleDeleteD []time.Duration
@@ -56,7 +59,7 @@ func BenchmarkFleet200(b *testing.B) {
 			}
 			getD = append(getD, time.Since(s))
 			s = time.Now()
-			if _, err := c.client.ListVMs(ctx, url.Values{"limit": {"50"}}); err != nil {
+			if _, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 50}); err != nil {
 				b.Fatal(err)
 			}
 			listD = append(listD, time.Since(s))
@@ -86,6 +89,7 @@ func BenchmarkFleet200(b *testing.B) {
 		leftovers := c.leftovers()
 
 		testutil.ReportLatency(b, "create-running", createD)
+		testutil.ReportLatency(b, "boot-to-ready", readyD)
 		testutil.ReportLatency(b, "get", getD)
 		testutil.ReportLatency(b, "list50", listD)
 		testutil.ReportLatency(b, "create-stopped", idleCreateD)
@@ -97,6 +101,45 @@ func BenchmarkFleet200(b *testing.B) {
 		if leftovers != 0 {
 			b.Fatalf("%d leftovers after deleting every VM", leftovers)
 		}
+	}
+}
+
+// bootToReady waits (bounded) until every VM's guest said it was ready and
+// returns each one's boot-to-ready time; it fails when one never does or
+// two VMs share an address.
+func bootToReady(tb testing.TB, cl *nexus.Client, ids []string) []time.Duration {
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	var durs []time.Duration
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l, err := cl.ListVMs(context.Background(), nexus.ListVMsOptions{Limit: 1000})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		durs = durs[:0]
+		ips := map[string]string{}
+		for _, vm := range l.Items {
+			if !want[vm.ID] {
+				continue
+			}
+			if other, dup := ips[vm.IP]; dup || vm.IP == "" {
+				tb.Fatalf("vm %s has address %q, as has %q", vm.Name, vm.IP, other)
+			}
+			ips[vm.IP] = vm.Name
+			if vm.GuestReadyAt != nil && vm.BootedAt != nil {
+				durs = append(durs, vm.GuestReadyAt.Sub(*vm.BootedAt))
+			}
+		}
+		if len(durs) == len(ids) {
+			return durs
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d guests ready after 30 s", len(durs), len(ids))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -271,7 +314,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 		createWall := time.Since(start)
 		perHostCount := map[string]int{}
-		l, _ := c.client.ListVMs(ctx, url.Values{"limit": {"1000"}})
+		l, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 1000})
 		for _, vm := range l.Items {
 			perHostCount[vm.HostID]++
 		}
@@ -288,7 +331,7 @@ func BenchmarkFleet(b *testing.B) {
 		for i := range 500 {
 			timed(func() error { _, err := c.client.GetVM(ctx, ids[i%len(ids)]); return err })
 			if i%5 == 0 {
-				timed(func() error { _, err := c.client.ListVMs(ctx, url.Values{"limit": {"100"}}); return err })
+				timed(func() error { _, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 100}); return err })
 				timed(func() error { _, err := c.client.Hosts(ctx); return err })
 			}
 		}

@@ -94,18 +94,13 @@ func (c *cluster) waitConverged(t *testing.T, what string, start time.Time) time
 // allVMs pages through every VM.
 func (c *cluster) allVMs() ([]apitypes.VM, error) {
 	var out []apitypes.VM
-	q := url.Values{"limit": {"1000"}}
-	for {
-		l, err := c.client.ListVMs(context.Background(), q)
+	for vm, err := range c.client.VMs(context.Background(), nexus.ListVMsOptions{Limit: 1000}) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, l.Items...)
-		if l.NextCursor == "" {
-			return out, nil
-		}
-		q.Set("cursor", l.NextCursor)
+		out = append(out, vm)
 	}
+	return out, nil
 }
 
 func (c *cluster) converged() error {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -344,7 +343,7 @@ func TestUpInstancesCoexist(t *testing.T) {
 				t.Errorf("%s: tap of steady vm %s: %v", u.dataDir, id, err)
 			}
 		}
-		l, err := u.client.ListVMs(ctx, url.Values{"state": {"failed"}})
+		l, err := u.client.ListVMs(ctx, nexus.ListVMsOptions{State: "failed"})
 		if err != nil || len(l.Items) != 0 {
 			t.Errorf("%s: failed VMs after the churn: %+v, %v", u.dataDir, l, err)
 		}
@@ -440,7 +439,7 @@ func TestUpHoldsHundredsOfSimulatedVMs(t *testing.T) {
 	if h := hosts.Items[0]; !h.Simulated || h.VMM == "" {
 		t.Errorf("host %+v: want one labelled simulated", h)
 	}
-	l, err := ft.client.ListVMs(ctx, url.Values{"state": {"running"}, "limit": {"1000"}})
+	l, err := ft.client.ListVMs(ctx, nexus.ListVMsOptions{State: "running", Limit: 1000})
 	if err != nil || len(l.Items) != total {
 		t.Fatalf("running VMs = %d, %v; want %d", len(l.Items), err, total)
 	}

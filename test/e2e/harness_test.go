@@ -225,7 +225,7 @@ func (c *cluster) newClient(token string) *nexus.Client {
 	if c.tls == nil {
 		return nexus.New(c.url(), token)
 	}
-	return nexus.New(c.url(), token, nexus.WithTransport(c.transport(pki.Files{CA: c.tls.mgr.CA})))
+	return nexus.New(c.url(), token, nexus.WithHTTPClient(&http.Client{Transport: c.transport(pki.Files{CA: c.tls.mgr.CA})}))
 }
 
 // transport is an HTTP transport presenting f's certificate and checking

@@ -214,7 +214,7 @@ func TestImageRegistry(t *testing.T) {
 			{"missing", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "nope.ext4"}, 400, "file_not_found"},
 			{"wrong sha256", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", SHA256: strings.Repeat("ab", 32)}, 400, "sha256_mismatch"},
 			{"bad sha256", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", SHA256: "abc"}, 400, "invalid_request"},
-			{"bad kind", opA, apitypes.CreateImageRequest{Kind: "initrd", Name: "x", HostPath: "rootfs.ext4"}, 400, "invalid_request"},
+			{"bad kind", opA, apitypes.CreateImageRequest{Kind: "ramdisk", Name: "x", HostPath: "rootfs.ext4"}, 400, "invalid_request"},
 			{"name taken", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "base", HostPath: "rootfs.ext4"}, 409, "name_taken"},
 			{"shared by an operator", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", Project: "*"}, 403, "forbidden"},
 			{"other project", opA, apitypes.CreateImageRequest{Kind: "rootfs", Name: "x", HostPath: "rootfs.ext4", Project: "team-b"}, 403, "forbidden"},
@@ -352,7 +352,7 @@ func TestImageRegistry(t *testing.T) {
 		}
 		// The refused create left nothing; restored, the same name boots
 		// (the checksum is recomputed: ctime moved).
-		if l, _ := opA.ListVMs(ctx, url.Values{"name": {"k-changed"}}); len(l.Items) != 0 {
+		if l, _ := opA.ListVMs(ctx, nexus.ListVMsOptions{Name: "k-changed"}); len(l.Items) != 0 {
 			t.Fatalf("the refused VM left a row: %+v", l.Items)
 		}
 		os.WriteFile(kernelPath, orig, 0o644)
@@ -373,7 +373,7 @@ func TestImageRegistry(t *testing.T) {
 		if !strings.Contains(e.Message, "rootfs image base") || !strings.Contains(e.Message, "prepare drives") {
 			t.Fatalf("refusal does not name the image and step: %+v", e)
 		}
-		if l, _ := opA.ListVMs(ctx, url.Values{"name": {"r-changed"}}); len(l.Items) != 0 {
+		if l, _ := opA.ListVMs(ctx, nexus.ListVMsOptions{Name: "r-changed"}); len(l.Items) != 0 {
 			t.Fatalf("the refused VM left a row: %+v", l.Items)
 		}
 		// Only the running VM's run dir is on the host: the refused boot's
@@ -447,7 +447,7 @@ func TestDevRawRootfsIsCopied(t *testing.T) {
 	if e := wantCode(t, err, 400, "file_not_found"); !strings.Contains(e.Message, "nope.ext4") {
 		t.Fatalf("missing rootfs: %+v", e)
 	}
-	if l, _ := c.client.ListVMs(ctx, url.Values{"name": {"missing"}}); len(l.Items) != 0 {
+	if l, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{Name: "missing"}); len(l.Items) != 0 {
 		t.Fatalf("the refused create left a row: %+v", l.Items)
 	}
 	if err := c.client.DeleteVM(ctx, vm.ID); err != nil {
@@ -487,7 +487,7 @@ func TestProdModeRefusesRawPaths(t *testing.T) {
 			t.Fatalf("no suggestion to use images: %+v", e)
 		}
 	}
-	if l, _ := admin.ListVMs(ctx, nil); len(l.Items) != 0 {
+	if l, _ := admin.ListVMs(ctx, nexus.ListVMsOptions{}); len(l.Items) != 0 {
 		t.Fatalf("refused creates left VMs: %+v", l.Items)
 	}
 	vm, err := admin.CreateVM(ctx, apitypes.CreateVMRequest{Name: "ok", VMConfig: apitypes.VMConfig{KernelImageID: img.ID}}, true)
@@ -593,7 +593,7 @@ func testTemplates(t *testing.T, engine string) {
 	if status != 201 {
 		t.Fatalf("instantiate with overrides: %d %+v", status, e)
 	}
-	l, _ := opA.ListVMs(ctx, url.Values{"name": {"big"}})
+	l, _ := opA.ListVMs(ctx, nexus.ListVMsOptions{Name: "big"})
 	if len(l.Items) != 1 {
 		t.Fatal("no VM big")
 	}
@@ -650,7 +650,7 @@ func testTemplates(t *testing.T, engine string) {
 	if e := wantCode(t, err, 409, "image_changed"); !strings.Contains(e.Message, "deleted again") {
 		t.Fatalf("failed batch does not say what happened to the others: %+v", e)
 	}
-	all, _ := opA.ListVMs(ctx, nil)
+	all, _ := opA.ListVMs(ctx, nexus.ListVMsOptions{})
 	for _, v := range all.Items {
 		if strings.HasPrefix(v.Name, "fail-") {
 			t.Fatalf("a failed batch left %s (%s)", v.Name, v.State)
@@ -711,7 +711,7 @@ func TestImageOwnershipRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var snap apitypes.CreateSnapshotResponse
+	var snap apitypes.SnapshotCreated
 	if err := opB.Do(ctx, "POST", "/v1/vms/"+vm.ID+"/snapshots", nil, map[string]any{}, &snap); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 var engines = []string{"sqlite", "postgres"}
@@ -173,7 +173,7 @@ func TestFirecrackerRefusal(t *testing.T) {
 			if len(e.LogTail) == 0 {
 				t.Errorf("the refusal carries no firecracker log lines: %#v", e)
 			}
-			l, err := c.client.ListVMs(ctx, url.Values{"name": {name}})
+			l, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Name: name})
 			if err != nil || len(l.Items) != 0 {
 				t.Fatalf("VM rows after a refused create: %+v, %v; want none", l, err)
 			}
@@ -206,7 +206,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil || idle.State != "stopped" {
 		t.Fatalf("create with start=false: %+v, %v", idle, err)
 	}
-	before, _ := c.client.ListVMs(ctx, nil)
+	before, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 	k := fmt.Sprintf("%q", kernel)
 	cases := []struct {
 		name, method, path, body string
@@ -238,6 +238,11 @@ func TestBadInput(t *testing.T) {
 		{"relative kernel", "POST", "/v1/vms", `{"name":"x","kernel_path":"vmlinux"}`, 400, "invalid_request"},
 		{"kernel path and id", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"kernel_image_id":"abc"}`, 400, "invalid_request"},
 		{"unknown image", "POST", "/v1/vms", `{"name":"x","kernel_image_id":"abc"}`, 404, "not_found"},
+		{"unknown initrd image", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"initrd_image_id":"abc"}`, 404, "not_found"},
+		{"initrd path and id", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"initrd_path":` + k + `,"initrd_image_id":"abc"}`, 400, "invalid_request"},
+		{"relative initrd", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"initrd_path":"initrd.img"}`, 400, "invalid_request"},
+		{"long initrd path", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"initrd_path":"/` + strings.Repeat("i", 5000) + `"}`, 400, "invalid_request"},
+		{"boot args leave no room", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"boot_args":"` + strings.Repeat("a", 2000) + `"}`, 400, "invalid_request"},
 		{"duplicate name", "POST", "/v1/vms", `{"name":"keep","kernel_path":` + k + `}`, 409, "name_taken"},
 		{"unknown host", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"host_id":"nope"}`, 400, "invalid_request"},
 		{"bad extra drive id", "POST", "/v1/vms", `{"name":"x","kernel_path":` + k + `,"extra_drives":[{"drive_id":"a-b","path":"/x"}]}`, 400, "invalid_request"},
@@ -268,7 +273,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	after, _ := c.client.ListVMs(ctx, nil)
+	after, _ := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 	if len(after.Items) != len(before.Items) {
 		t.Fatalf("bad input changed the VM list: %d → %d", len(before.Items), len(after.Items))
 	}
@@ -360,7 +365,7 @@ func TestRestarts(t *testing.T) {
 
 			c.restartManager()
 			c.waitHosts(1)
-			l, err := c.client.ListVMs(ctx, nil)
+			l, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{})
 			if err != nil || len(l.Items) != 3 {
 				t.Fatalf("VMs after manager restart: %+v, %v", l, err)
 			}

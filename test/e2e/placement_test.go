@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -83,7 +82,7 @@ func TestManagersRacePlacement(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, h := range hosts.Items {
-		l, err := c.client.ListVMs(ctx, url.Values{"host_id": {h.ID}, "limit": {"1000"}})
+		l, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{HostID: h.ID, Limit: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}

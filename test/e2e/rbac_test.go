@@ -64,7 +64,7 @@ func TestRBACAndAudit(t *testing.T) {
 	if err := opB.VMAction(ctx, vm.ID, "stop"); !isStatus(err, 404) {
 		t.Fatalf("other project stop: %v; want 404", err)
 	}
-	if l, err := opB.ListVMs(ctx, nil); err != nil || len(l.Items) != 0 {
+	if l, err := opB.ListVMs(ctx, nexus.ListVMsOptions{}); err != nil || len(l.Items) != 0 {
 		t.Fatalf("other project list: %+v, %v", l, err)
 	}
 	if err := opA.Do(ctx, "GET", "/v1/tokens", nil, nil, nil); !isStatus(err, 403) {
@@ -135,20 +135,20 @@ func TestRevokeAcrossManagers(t *testing.T) {
 	on1 := nexus.New(c.url(), sec.Token)
 	on2 := nexus.New(fmt.Sprintf("http://127.0.0.1:%d", port2), sec.Token)
 	for _, cl := range []*nexus.Client{on1, on2} {
-		if _, err := cl.ListVMs(ctx, nil); err != nil {
+		if _, err := cl.ListVMs(ctx, nexus.ListVMsOptions{}); err != nil {
 			t.Fatalf("fresh token: %v", err)
 		}
 	}
 	if err := c.client.Do(ctx, "DELETE", "/v1/tokens/"+sec.ID, nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := on1.ListVMs(ctx, nil); !isStatus(err, 401) {
+	if _, err := on1.ListVMs(ctx, nexus.ListVMsOptions{}); !isStatus(err, 401) {
 		t.Fatalf("revoking manager still accepts the token: %v", err)
 	}
 	// The other manager hears it through LISTEN/NOTIFY: allow it the time
 	// a notification takes, far below its cache TTL.
 	eventually(t, 2*time.Second, "revocation reaches the second manager", func() error {
-		if _, err := on2.ListVMs(ctx, nil); !isStatus(err, 401) {
+		if _, err := on2.ListVMs(ctx, nexus.ListVMsOptions{}); !isStatus(err, 401) {
 			return fmt.Errorf("still accepted: %v", err)
 		}
 		return nil

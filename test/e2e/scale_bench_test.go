@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -111,7 +110,7 @@ func BenchmarkScale(b *testing.B) {
 				}
 				getD = append(getD, time.Since(s))
 				s = time.Now()
-				if _, err := c.client.ListVMs(ctx, url.Values{"limit": {"100"}}); err != nil {
+				if _, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Limit: 100}); err != nil {
 					b.Errorf("list: %v", err)
 					return
 				}

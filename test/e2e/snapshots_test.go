@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,14 +48,14 @@ func snapVM(t testing.TB, c *cluster, name string, memMib, min int) (apitypes.VM
 	return vm, rootfs
 }
 
-func createSnapshot(cl *nexus.Client, vmID string, resume *bool) (apitypes.CreateSnapshotResponse, error) {
-	var out apitypes.CreateSnapshotResponse
+func createSnapshot(cl *nexus.Client, vmID string, resume *bool) (apitypes.SnapshotCreated, error) {
+	var out apitypes.SnapshotCreated
 	err := cl.Do(context.Background(), "POST", "/v1/vms/"+vmID+"/snapshots", nil, apitypes.CreateSnapshotRequest{Resume: resume}, &out)
 	return out, err
 }
 
-func restoreSnapshot(cl *nexus.Client, sid, name string) (apitypes.InstantiateSnapshotResponse, error) {
-	var out apitypes.InstantiateSnapshotResponse
+func restoreSnapshot(cl *nexus.Client, sid, name string) (apitypes.RestoredVM, error) {
+	var out apitypes.RestoredVM
 	err := cl.Do(context.Background(), "POST", "/v1/snapshots/"+sid+"/instantiate", nil, apitypes.InstantiateSnapshotRequest{Name: name}, &out)
 	return out, err
 }
@@ -581,7 +580,7 @@ func TestSnapshotErrors(t *testing.T) {
 		if len(e.LogTail) == 0 {
 			t.Errorf("the refused restore carries no firecracker log lines: %#v", e)
 		}
-		list, err := c.client.ListVMs(ctx, url.Values{"name": {"broken"}})
+		list, err := c.client.ListVMs(ctx, nexus.ListVMsOptions{Name: "broken"})
 		if err != nil || len(list.Items) != 0 {
 			t.Fatalf("the failed restore left a row: %+v, %v", list.Items, err)
 		}

@@ -85,7 +85,7 @@ func TestConsole(t *testing.T) {
 	b.typeInto("#c-tags", "made=console")
 	b.run(20*time.Second, chromedp.Click(chromedp.CSS("#c-submit")))
 	b.waitJS("two VMs created", `document.querySelectorAll("#create-result a").length === 2`, 40*time.Second)
-	made, err := opc.ListVMs(ctx, map[string][]string{"tag": {"made=console"}})
+	made, err := opc.ListVMs(ctx, nexus.ListVMsOptions{Tags: map[string]string{"made": "console"}})
 	if err != nil || len(made.Items) != 2 {
 		t.Fatalf("VMs created from the console: %+v, %v", made.Items, err)
 	}

@@ -276,16 +276,13 @@ func startVM(tb testing.TB, spec bootSpec) *vm {
 		tb.Fatal(err)
 	}
 
-	// The command line internal/guest composes for firecracker.
-	ipArg, err := guest.IPArg(v.addr, br.Gateway.Addr(), []netip.Addr{br.Gateway.Addr()}, "")
+	// Exactly the command line the manager gives firecracker for a VM
+	// with this root drive and this address on the bridge.
+	v.args, err = guest.VM{UserArgs: spec.UserArgs, RootDevice: "/dev/vda", RootReadOnly: !spec.ReadWrite,
+		Addr: v.addr, Gateway: br.Gateway.Addr()}.CommandLine()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rootArg, err := guest.RootArg("/dev/vda", !spec.ReadWrite)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	v.args = guest.ComposeBootArgs(spec.UserArgs, rootArg, ipArg)
 
 	// The VM's private copy of the rootfs, as the agent makes one.
 	rootfs := filepath.Join(v.dir, "rootfs.ext4")
