@@ -393,9 +393,10 @@ func pruneCgroups(root string, live map[string]bool) {
 // if no other agent uses it. Groups of running VMMs keep both in place.
 func (s *Supervisor) ReleaseCgroups() {
 	for _, r := range v1Roots(s.cfg.Owner) {
-		if os.Remove(r) == nil {
-			_ = os.Remove(filepath.Dir(r))
-		}
+		_ = os.Remove(r)
+		// The shared nexus/ of the hierarchy, once no agent's dir is in it
+		// (rmdir fails on a directory that is not empty).
+		_ = os.Remove(filepath.Dir(r))
 	}
 	if s.cgroups == "" {
 		return
