@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humachi"
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
@@ -192,7 +193,11 @@ func (s *Server) vmByName(ctx huma.Context) {
 	if err != nil {
 		return
 	}
-	if rc := chi.RouteContext(ctx.Context()); rc != nil {
+	// huma reads path parameters from the request (PathValue), chi from
+	// its route context: both get the id.
+	r, _ := humachi.Unwrap(ctx)
+	r.SetPathValue("id", vm.ID)
+	if rc := chi.RouteContext(r.Context()); rc != nil {
 		for i, k := range rc.URLParams.Keys {
 			if k == "id" {
 				rc.URLParams.Values[i] = vm.ID

@@ -3,13 +3,12 @@ package cli
 import (
 	"fmt"
 	"io"
-	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
@@ -28,8 +27,10 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var sec apitypes.TokenSecret
-			err = c.Do(cmd.Context(), "POST", "/v1/tokens", nil, apitypes.CreateTokenRequest{Owner: owner, Role: role, Project: project}, &sec)
+			if owner == "" {
+				return usageErrorf("--owner is required")
+			}
+			sec, err := c.CreateToken(cmd.Context(), apitypes.CreateTokenRequest{Owner: owner, Role: role, Project: project})
 			if err != nil {
 				return describe(err)
 			}
@@ -51,20 +52,15 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var l apitypes.TokenList
-			if err := c.Do(cmd.Context(), "GET", "/v1/tokens", url.Values{"all": {fmt.Sprint(all)}}, nil, &l); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			l, err := c.ListTokens(cmd.Context(), all)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tOWNER\tROLE\tPROJECT\tCREATED\tLAST USED\tREVOKED")
-			for _, t := range l.Items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Owner, t.Role, t.Project,
-					t.CreatedAt.Local().Format(time.DateTime), when(t.LastUsedAt), when(t.RevokedAt))
-			}
-			return tw.Flush()
+			return list(p, l.Items, tokenColumns, func(t apitypes.Token) string { return t.ID }, func(t apitypes.Token) string { return t.Owner })
 		},
 	}
 	ls.Flags().BoolVar(&all, "all", false, "include revoked tokens")
@@ -78,8 +74,8 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return eachRef(args, stdout, "revoked", func(id string) error {
-				return c.Do(cmd.Context(), "DELETE", "/v1/tokens/"+url.PathEscape(id), nil, nil, nil)
+			return runEach(cmd, &cf, stdout, args, "revoked", func(id string) (string, error) {
+				return id, c.RevokeToken(cmd.Context(), id)
 			})
 		},
 	}
@@ -92,8 +88,8 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var sec apitypes.TokenSecret
-			if err := c.Do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil, nil, &sec); err != nil {
+			sec, err := c.RotateToken(cmd.Context(), args[0])
+			if err != nil {
 				return describe(err)
 			}
 			return printSecret(cmd, &cf, stdout, sec)
@@ -103,9 +99,29 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
+var tokenColumns = []column[apitypes.Token]{
+	{head: "ID", val: func(t apitypes.Token) string { return t.ID }},
+	{head: "OWNER", val: func(t apitypes.Token) string { return t.Owner }},
+	{head: "ROLE", val: func(t apitypes.Token) string { return t.Role }},
+	{head: "PROJECT", val: func(t apitypes.Token) string { return t.Project }},
+	{head: "CREATED", val: func(t apitypes.Token) string { return t.CreatedAt.Local().Format(time.DateTime) }},
+	{head: "LAST USED", val: func(t apitypes.Token) string { return when(t.LastUsedAt) }},
+	{head: "REVOKED", val: func(t apitypes.Token) string { return when(t.RevokedAt) }},
+}
+
+// printSecret prints a new secret alone on stdout (or in -o json|yaml),
+// its note on stderr: nexus token create … > token.txt keeps only it.
 func printSecret(cmd *cobra.Command, cf *clientFlags, stdout io.Writer, sec apitypes.TokenSecret) error {
-	if cf.output == "json" {
-		return printJSON(stdout, sec)
+	p, err := cf.printer(stdout)
+	if err != nil {
+		return err
+	}
+	if p.format == "json" || p.format == "yaml" || p.tmpl != nil {
+		return one(p, sec, nil, func(s apitypes.TokenSecret) string { return s.ID }, func(s apitypes.TokenSecret) string { return s.ID })
+	}
+	if p.quiet {
+		fmt.Fprintln(stdout, sec.ID)
+		return nil
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "token %s (the secret is shown once; keep it safe):\n", sec.ID)
 	fmt.Fprintln(stdout, sec.Token)
@@ -135,50 +151,47 @@ func newAuditCmd(e env, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			o := nexus.AuditOptions{Actor: actor}
 			if vm != "" {
-				id, err := resolve(cmd.Context(), c, cf.project, vm)
-				if err != nil {
+				if o.VMID, err = resolve(cmd.Context(), c, cf.project, vm); err != nil {
 					return err
 				}
-				q.Set("vm_id", id)
-			}
-			if actor != "" {
-				q.Set("actor", actor)
 			}
 			if since != "" {
-				if _, err := time.Parse(time.RFC3339, since); err != nil {
-					return fmt.Errorf("--since %q: use RFC 3339, e.g. 2026-11-01T00:00:00Z", since)
+				if o.Since, err = time.Parse(time.RFC3339, since); err != nil {
+					return usageErrorf("--since %q: use RFC 3339, e.g. 2026-11-01T00:00:00Z", since)
 				}
-				q.Set("since", since)
 			}
 			var items []apitypes.AuditEntry
-			for {
-				var l apitypes.AuditList
-				if err := c.Do(cmd.Context(), "GET", "/v1/audit", q, nil, &l); err != nil {
+			for a, err := range c.AuditEntries(cmd.Context(), o) {
+				if err != nil {
 					return describe(err)
 				}
-				items = append(items, l.Items...)
-				if len(l.Items) < 1000 {
-					break
-				}
-				q.Set("after_id", fmt.Sprint(l.Items[len(l.Items)-1].ID))
+				items = append(items, a)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, items)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tAT\tACTOR\tACTION\tRESOURCE\tRESULT\tREQUEST")
-			for _, a := range items {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.At.Local().Format("2006-01-02 15:04:05.000"),
-					a.Actor, a.Action, a.ResourceID, a.Result, a.RequestID)
-			}
-			return tw.Flush()
+			return list(p, items, auditColumns, func(a apitypes.AuditEntry) string { return fmt.Sprint(a.ID) },
+				func(a apitypes.AuditEntry) string { return fmt.Sprint(a.ID) })
 		},
 	}
 	ls.Flags().StringVar(&vm, "vm", "", "VM name or id (a deleted VM: its id)")
+	_ = ls.RegisterFlagCompletionFunc("vm", cf.completeVMs)
 	ls.Flags().StringVar(&actor, "actor", "", "only calls by this actor")
 	ls.Flags().StringVar(&since, "since", "", "only calls at or after this RFC 3339 time")
 	cmd.AddCommand(ls)
 	return cmd
+}
+
+var auditColumns = []column[apitypes.AuditEntry]{
+	{head: "ID", val: func(a apitypes.AuditEntry) string { return fmt.Sprint(a.ID) }},
+	{head: "AT", val: func(a apitypes.AuditEntry) string { return a.At.Local().Format("2006-01-02 15:04:05.000") }},
+	{head: "ACTOR", val: func(a apitypes.AuditEntry) string { return a.Actor }},
+	{head: "ACTION", val: func(a apitypes.AuditEntry) string { return a.Action }},
+	{head: "RESOURCE", val: func(a apitypes.AuditEntry) string { return a.ResourceID }},
+	{head: "RESULT", val: func(a apitypes.AuditEntry) string { return a.Result }},
+	{head: "REQUEST", val: func(a apitypes.AuditEntry) string { return a.RequestID }},
+	{head: "ERROR", wide: true, val: func(a apitypes.AuditEntry) string { return firstLine(a.Error) }},
 }

@@ -59,10 +59,10 @@ connection. See docs/security.md.`,
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if host == "" {
-				return errors.New("--host NAME is required: the host's name (an agent's AGENT_NAME)")
+				return usageErrorf("--host NAME is required: the host's name (an agent's AGENT_NAME)")
 			}
 			if days <= 0 {
-				return fmt.Errorf("--days %d: must be positive", days)
+				return usageErrorf("--days %d: must be positive", days)
 			}
 			cp, kp, err := issueCert(dir, out, host, sans, time.Duration(days)*24*time.Hour)
 			if err != nil {

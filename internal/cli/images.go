@@ -3,8 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"net/url"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,18 +43,23 @@ func imageAddCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
 			req.Project = cf.project
 			start := time.Now()
-			var img apitypes.Image
-			if err := c.Do(cmd.Context(), "POST", "/v1/images", nil, req, &img); err != nil {
+			if isTerminal(cmd.ErrOrStderr()) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "checksumming %s on every ready host…\n", req.HostPath)
+			}
+			img, err := c.CreateImage(cmd.Context(), req)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, img)
+			if !p.machine() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "registered in %s\n", time.Since(start).Round(time.Millisecond))
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "registered in %s\n", time.Since(start).Round(time.Millisecond))
-			imageTable(stdout, []apitypes.Image{img})
-			return nil
+			return created(p, img, imageColumns, imageID, imageName)
 		},
 	}
 	fs := cmd.Flags()
@@ -83,22 +86,15 @@ func imageListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
-			if kind != "" {
-				q.Set("kind", kind)
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
 			}
-			if cf.project != "" {
-				q.Set("project", cf.project)
-			}
-			var l apitypes.ImageList
-			if err := c.Do(cmd.Context(), "GET", "/v1/images", q, nil, &l); err != nil {
+			l, err := c.ListImages(cmd.Context(), cf.project, kind)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
-			}
-			imageTable(stdout, l.Items)
-			return nil
+			return list(p, l.Items, imageColumns, imageID, imageName)
 		},
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "only kernel, initrd or rootfs images")
@@ -107,76 +103,77 @@ func imageListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 
 func imageGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get NAME|ID",
-		Short: "Show one image",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get NAME|ID",
+		Short:             "Show one image",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeImages,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			var it apitypes.ImageItem
-			if err := c.Do(cmd.Context(), "GET", "/v1/images/"+url.PathEscape(args[0]), projectQuery(cf), nil, &it); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			img, err := c.GetImage(cmd.Context(), args[0], cf.project)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, it.Item)
-			}
-			img := it.Item
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			for _, kv := range [][2]string{
-				{"id", img.ID}, {"name", img.Name}, {"kind", img.Kind}, {"project", img.Project},
-				{"path", img.HostPath}, {"size", fmt.Sprintf("%s (%d bytes)", humanBytes(img.Size), img.Size)},
-				{"sha256", img.SHA256}, {"read-only", fmt.Sprint(img.ReadOnly)}, {"created", img.CreatedAt.Format(time.RFC3339)},
-			} {
-				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-			}
-			return tw.Flush()
+			return one(p, img, func(img apitypes.Image) [][2]string {
+				return [][2]string{
+					{"id", img.ID}, {"name", img.Name}, {"kind", img.Kind}, {"project", img.Project},
+					{"path", img.HostPath}, {"size", fmt.Sprintf("%s (%d bytes)", humanBytes(img.Size), img.Size)},
+					{"sha256", img.SHA256}, {"read-only", fmt.Sprint(img.ReadOnly)}, {"created", img.CreatedAt.Format(time.RFC3339)},
+				}
+			}, imageID, imageName)
 		},
 	}
 }
 
 func imageRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:     "rm NAME|ID…",
-		Aliases: []string{"delete"},
-		Short:   "Remove images from the registry (the files stay on the hosts)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "rm NAME|ID…",
+		Aliases:           []string{"delete"},
+		Short:             "Remove images from the registry (the files stay on the hosts)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: cf.completeImages,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			return eachRef(args, stdout, "removed", func(ref string) error {
-				return c.Do(cmd.Context(), "DELETE", "/v1/images/"+url.PathEscape(ref), projectQuery(cf), nil, nil)
+			return runEach(cmd, cf, stdout, args, "removed", func(ref string) (string, error) {
+				return ref, c.DeleteImage(cmd.Context(), ref, cf.project)
 			})
 		},
 	}
 }
 
-func projectQuery(cf *clientFlags) url.Values {
-	if cf.project == "" {
-		return nil
-	}
-	return url.Values{"project": {cf.project}}
+var imageColumns = []column[apitypes.Image]{
+	{head: "ID", val: func(i apitypes.Image) string { return i.ID }},
+	{head: "NAME", val: func(i apitypes.Image) string { return i.Name }},
+	{head: "KIND", val: func(i apitypes.Image) string { return i.Kind }},
+	{head: "PROJECT", val: func(i apitypes.Image) string { return i.Project }},
+	{head: "SIZE", val: func(i apitypes.Image) string { return humanBytes(i.Size) }},
+	{head: "SHA256", val: func(i apitypes.Image) string {
+		if len(i.SHA256) > 12 {
+			return i.SHA256[:12] + "…"
+		}
+		return i.SHA256
+	}},
+	{head: "RO", val: func(i apitypes.Image) string {
+		if i.ReadOnly {
+			return "ro"
+		}
+		return ""
+	}},
+	{head: "PATH", val: func(i apitypes.Image) string { return i.HostPath }},
+	{head: "AGE", wide: true, val: func(i apitypes.Image) string { return age(i.CreatedAt) }},
 }
 
-func imageTable(w io.Writer, imgs []apitypes.Image) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tKIND\tPROJECT\tSIZE\tSHA256\tRO\tPATH")
-	for _, i := range imgs {
-		sum := i.SHA256
-		if len(sum) > 12 {
-			sum = sum[:12] + "…"
-		}
-		ro := "-"
-		if i.ReadOnly {
-			ro = "ro"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.ID, i.Name, i.Kind, i.Project, humanBytes(i.Size), sum, ro, i.HostPath)
-	}
-	tw.Flush()
-}
+func imageID(i apitypes.Image) string   { return i.ID }
+func imageName(i apitypes.Image) string { return i.Name }
 
 // humanBytes renders a size: 1.0G, 16.0M, 512B.
 func humanBytes(n int64) string {

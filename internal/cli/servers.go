@@ -27,6 +27,14 @@ func strFlag(fs *pflag.FlagSet, p *string, name string, e env, key, def, usage s
 	fs.StringVar(p, name, e.or(key, def), usage)
 }
 
+// secretFlag is strFlag for secrets (tokens, database URLs with
+// passwords): the environment's value is used but never shown as the
+// flag's default in --help.
+func secretFlag(fs *pflag.FlagSet, p *string, name string, e env, key, def, usage string) {
+	fs.StringVar(p, name, def, usage+" (env "+key+")")
+	*p = e.or(key, def) // after the definition: the help keeps def
+}
+
 func durFlag(fs *pflag.FlagSet, p *time.Duration, name string, e env, key string, def time.Duration, usage string) error {
 	d := def
 	if v := e(key); v != "" {
@@ -189,8 +197,8 @@ set it registers there and sends heartbeats.`,
 	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>, https:// with --tls-cert)")
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
-	strFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
-	strFlag(fs, &o.MetricsToken, "metrics-token", e, "AGENT_METRICS_TOKEN", "", "a read-only token for GET /metrics (give Prometheus this, not the join token)")
+	secretFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
+	secretFlag(fs, &o.MetricsToken, "metrics-token", e, "AGENT_METRICS_TOKEN", "", "a read-only token for GET /metrics (give Prometheus this, not the join token)")
 	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}
@@ -247,11 +255,11 @@ Migrations are applied at start. Agents join with the shared join token
 		},
 	}
 	fs := cmd.PersistentFlags()
-	strFlag(fs, &o.DatabaseURL, "database-url", e, "DATABASE_URL", store.DefaultDSN, "sqlite://PATH or postgres://…")
+	secretFlag(fs, &o.DatabaseURL, "database-url", e, "DATABASE_URL", store.DefaultDSN, "sqlite://PATH or postgres://…")
 	lfs := cmd.Flags()
 	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
 	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths, needs TLS or loopback and a 32-byte join token)")
-	strFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent (prod: at least 32 bytes)")
+	secretFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent (prod: at least 32 bytes)")
 	tlsFlags(lfs, e, &o.TLS, "NEXUS_TLS_", "serve HTTPS; with --tls-ca agents must present a certificate of it")
 	if err := managerTuningFlags(lfs, e, &o); err != nil {
 		return errCmd("manager", err)

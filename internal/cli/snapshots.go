@@ -3,14 +3,12 @@ package cli
 import (
 	"fmt"
 	"io"
-	"net/url"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // newSnapshotCmd is `nexus snapshot`: create, list, show, delete and
@@ -33,10 +31,11 @@ the snapshot left it. Snapshots outlive their VM until deleted.`,
 func snapshotCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var noResume bool
 	cmd := &cobra.Command{
-		Use:     "create NAME|ID",
-		Short:   "Pause a VM, write its snapshot and resume it",
-		Example: "  nexus snapshot create web\n  nexus snapshot create web --no-resume   # leave it paused",
-		Args:    cobra.ExactArgs(1),
+		Use:               "create NAME|ID",
+		ValidArgsFunction: cf.completeVMs,
+		Short:             "Pause a VM, write its snapshot and resume it",
+		Example:           "  nexus snapshot create web\n  nexus snapshot create web --no-resume   # leave it paused",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
@@ -47,15 +46,18 @@ func snapshotCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				f := false
 				req.Resume = &f
 			}
-			var out apitypes.SnapshotCreated
-			if err := c.Do(cmd.Context(), "POST", "/v1/vms/"+url.PathEscape(id)+"/snapshots", nil, req, &out); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			out, err := c.CreateSnapshot(cmd.Context(), id, req.Resume)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, out)
+			if !p.machine() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "the guest was paused %d ms\n", out.PausedMs)
 			}
-			fmt.Fprintf(stdout, "%s\t%s (%s on disk)\tpaused %d ms\n", out.SnapshotID, snapSize(out.Size), snapSize(out.AllocatedBytes), out.PausedMs)
-			return nil
+			return created(p, out.Item, snapshotColumns, snapshotID, snapshotID)
 		},
 	}
 	cmd.Flags().BoolVar(&noResume, "no-resume", false, "leave the VM paused after the snapshot")
@@ -64,106 +66,116 @@ func snapshotCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 
 func snapshotListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:     "ls [NAME|ID]",
-		Aliases: []string{"list"},
-		Short:   "List snapshots (of one VM, also after it was deleted: give its id)",
-		Args:    cobra.MaximumNArgs(1),
+		Use:               "ls [NAME|ID]",
+		Aliases:           []string{"list"},
+		Short:             "List snapshots (of one VM, also after it was deleted: give its id)",
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			path, q := "/v1/snapshots", url.Values{}
-			if cf.project != "" {
-				q.Set("project", cf.project)
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
 			}
+			var l apitypes.SnapshotList
 			if len(args) == 1 {
 				id, err := resolve(cmd.Context(), c, cf.project, args[0])
 				if err != nil {
 					return err
 				}
-				path, q = "/v1/vms/"+url.PathEscape(id)+"/snapshots", nil
-			}
-			var l apitypes.SnapshotList
-			if err := c.Do(cmd.Context(), "GET", path, q, nil, &l); err != nil {
+				l, err = c.VMSnapshots(cmd.Context(), id)
+				if err != nil {
+					return describe(err)
+				}
+			} else if l, err = c.ListSnapshots(cmd.Context(), nexus.ListSnapshotsOptions{Project: cf.project}); err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tVM\tHOST\tMEM\tSIZE\tON DISK\tFIRECRACKER\tAGE")
-			for _, s := range l.Items {
-				mem := 0
-				if s.Config.MemMib != nil {
-					mem = *s.Config.MemMib
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%dM\t%s\t%s\t%s\t%s\n", s.ID, snapVM(s), s.HostID, mem,
-					snapSize(s.Size), snapSize(s.AllocatedBytes), s.FirecrackerVersion, age(s.CreatedAt))
-			}
-			return tw.Flush()
+			return list(p, l.Items, snapshotColumns, snapshotID, snapshotID)
 		},
 	}
 }
 
+var snapshotColumns = []column[apitypes.Snapshot]{
+	{head: "ID", val: func(s apitypes.Snapshot) string { return s.ID }},
+	{head: "VM", val: snapVM},
+	{head: "HOST", val: func(s apitypes.Snapshot) string { return s.HostID }},
+	{head: "MEM", val: func(s apitypes.Snapshot) string {
+		if s.Config.MemMib != nil {
+			return fmt.Sprintf("%dM", *s.Config.MemMib)
+		}
+		return ""
+	}},
+	{head: "SIZE", val: func(s apitypes.Snapshot) string { return snapSize(s.Size) }},
+	{head: "ON DISK", val: func(s apitypes.Snapshot) string { return snapSize(s.AllocatedBytes) }},
+	{head: "FIRECRACKER", val: func(s apitypes.Snapshot) string { return s.FirecrackerVersion }},
+	{head: "PROJECT", wide: true, val: func(s apitypes.Snapshot) string { return s.Project }},
+	{head: "DIR", wide: true, val: func(s apitypes.Snapshot) string { return s.Dir }},
+	{head: "AGE", val: func(s apitypes.Snapshot) string { return age(s.CreatedAt) }},
+}
+
+func snapshotID(s apitypes.Snapshot) string { return s.ID }
+
 func snapshotGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show one snapshot",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get ID",
+		Short:             "Show one snapshot",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeSnapshots,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			var it apitypes.SnapshotItem
-			if err := c.Do(cmd.Context(), "GET", "/v1/snapshots/"+url.PathEscape(args[0]), nil, nil, &it); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			sn, err := c.GetSnapshot(cmd.Context(), args[0])
+			if err != nil {
 				return describe(err)
 			}
-			s := it.Item
-			if cf.output == "json" {
-				return printJSON(stdout, s)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			rows := [][2]string{
-				{"id", s.ID}, {"vm", s.VMID + " " + s.VMName}, {"project", s.Project}, {"host", s.HostID},
-				{"dir", s.Dir}, {"size", snapSize(s.Size) + " (" + snapSize(s.AllocatedBytes) + " on disk)"},
-				{"firecracker", s.FirecrackerVersion + " (snapshot format " + s.SnapshotVersion + ")"},
-				{"mac", s.MAC}, {"paused", fmt.Sprintf("%d ms", s.PausedMs)}, {"created", s.CreatedAt.Format(time.RFC3339)},
-			}
-			for _, f := range s.Files {
-				rows = append(rows, [2]string{"file", fmt.Sprintf("%s  %s (%s on disk)", f.Path, snapSize(f.Size), snapSize(f.AllocatedBytes))})
-			}
-			for _, d := range s.Drives {
-				how := "shared read-only"
-				if d.Copy != "" {
-					how = "copy " + d.Copy
-				}
-				rows = append(rows, [2]string{"drive", fmt.Sprintf("%s  %s  %s", d.DriveID, d.Path, how)})
-			}
-			for _, kv := range rows {
-				if strings.TrimSpace(kv[1]) != "" {
-					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-				}
-			}
-			return tw.Flush()
+			return one(p, sn, snapshotDetail, snapshotID, snapshotID)
 		},
 	}
+}
+
+func snapshotDetail(s apitypes.Snapshot) [][2]string {
+	rows := [][2]string{
+		{"id", s.ID}, {"vm", s.VMID + " " + s.VMName}, {"project", s.Project}, {"host", s.HostID},
+		{"dir", s.Dir}, {"size", snapSize(s.Size) + " (" + snapSize(s.AllocatedBytes) + " on disk)"},
+		{"firecracker", s.FirecrackerVersion + " (snapshot format " + s.SnapshotVersion + ")"},
+		{"mac", s.MAC}, {"paused", fmt.Sprintf("%d ms", s.PausedMs)}, {"created", s.CreatedAt.Format(time.RFC3339)},
+	}
+	for _, f := range s.Files {
+		rows = append(rows, [2]string{"file", fmt.Sprintf("%s  %s (%s on disk)", f.Path, snapSize(f.Size), snapSize(f.AllocatedBytes))})
+	}
+	for _, d := range s.Drives {
+		how := "shared read-only"
+		if d.Copy != "" {
+			how = "copy " + d.Copy
+		}
+		rows = append(rows, [2]string{"drive", fmt.Sprintf("%s  %s  %s", d.DriveID, d.Path, how)})
+	}
+	return rows
 }
 
 func snapshotRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:     "rm ID…",
-		Aliases: []string{"delete"},
-		Short:   "Delete snapshots and their files (VMs restored from them keep running)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "rm ID…",
+		Aliases:           []string{"delete"},
+		Short:             "Delete snapshots and their files (VMs restored from them keep running)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: cf.completeSnapshots,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			return eachRef(args, stdout, "ok", func(id string) error {
-				return c.Do(cmd.Context(), "DELETE", "/v1/snapshots/"+url.PathEscape(id), nil, nil, nil)
+			return runEach(cmd, cf, stdout, args, "deleted", func(id string) (string, error) {
+				return id, c.DeleteSnapshot(cmd.Context(), id)
 			})
 		},
 	}
@@ -173,39 +185,39 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var name string
 	var tags []string
 	cmd := &cobra.Command{
-		Use:     "restore ID --name NAME",
-		Short:   "Start a new VM from a snapshot, on the snapshot's host",
-		Example: "  nexus snapshot restore 5d1c… --name web-clone",
-		Args:    cobra.ExactArgs(1),
+		Use:               "restore ID --name NAME",
+		ValidArgsFunction: cf.completeSnapshots,
+		Short:             "Start a new VM from a snapshot, on the snapshot's host",
+		Example:           "  nexus snapshot restore 5d1c… --name web-clone",
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
 			if name == "" {
-				return fmt.Errorf("--name is required")
+				return usageErrorf("--name is required")
+			}
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
 			}
 			req := apitypes.InstantiateSnapshotRequest{Name: name}
-			for _, t := range tags {
-				k, v, ok := strings.Cut(t, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("--tag %q: use key=value", t)
-				}
-				if req.Tags == nil {
-					req.Tags = map[string]string{}
-				}
-				req.Tags[k] = v
+			if req.Tags, err = parseTags(tags); err != nil {
+				return err
 			}
-			var out apitypes.RestoredVM
-			if err := c.Do(cmd.Context(), "POST", "/v1/snapshots/"+url.PathEscape(args[0])+"/instantiate", nil, req, &out); err != nil {
+			out, err := c.InstantiateSnapshot(cmd.Context(), args[0], req)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, out)
+			if p.format == "json" || p.format == "yaml" {
+				return one(p, out, nil, nil, nil) // with its notices
 			}
-			fmt.Fprintf(stdout, "%s\t%s\t%s\n", out.ID, out.Name, out.State)
+			if err := created(p, out.Item, vmColumns, vmID, vmName); err != nil {
+				return err
+			}
 			for _, n := range out.Notices {
-				fmt.Fprintf(stdout, "note: %s\n", n)
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s\n", n)
 			}
 			return nil
 		},

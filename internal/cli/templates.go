@@ -2,13 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -94,7 +93,7 @@ func templateCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if file != "" {
 				raw, err := os.ReadFile(file)
 				if err != nil {
-					return err
+					return fmt.Errorf("--config-file: %w", err)
 				}
 				dec := json.NewDecoder(bytes.NewReader(raw))
 				dec.DisallowUnknownFields()
@@ -104,15 +103,15 @@ func templateCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			}
 			cfl.apply(cmd.Flags(), &req.Config)
 			req.Project = cf.project
-			var t apitypes.Template
-			if err := c.Do(cmd.Context(), "POST", "/v1/templates", nil, req, &t); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			t, err := c.CreateTemplate(cmd.Context(), req)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, t)
-			}
-			templateTable(stdout, []apitypes.Template{t})
-			return nil
+			return created(p, t, templateColumns, templateID, templateName)
 		},
 	}
 	fs := cmd.Flags()
@@ -134,56 +133,64 @@ func templateListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var l apitypes.TemplateList
-			if err := c.Do(cmd.Context(), "GET", "/v1/templates", projectQuery(cf), nil, &l); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			l, err := c.ListTemplates(cmd.Context(), cf.project)
+			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
-			}
-			templateTable(stdout, l.Items)
-			return nil
+			return list(p, l.Items, templateColumns, templateID, templateName)
 		},
 	}
 }
 
 func templateGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get NAME|ID",
-		Short: "Show a template and its config",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get NAME|ID",
+		Short:             "Show a template and its config",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeTemplates,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			var it apitypes.TemplateItem
-			if err := c.Do(cmd.Context(), "GET", "/v1/templates/"+url.PathEscape(args[0]), projectQuery(cf), nil, &it); err != nil {
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			t, err := c.GetTemplate(cmd.Context(), args[0], cf.project)
+			if err != nil {
 				return describe(err)
 			}
-			return printJSON(stdout, it.Item)
+			return one(p, t, func(t apitypes.Template) [][2]string {
+				cfg, _ := json.Marshal(t.Config)
+				return [][2]string{
+					{"id", t.ID}, {"name", t.Name}, {"project", t.Project}, {"owner", t.Owner},
+					{"created", t.CreatedAt.Format(time.RFC3339)}, {"config", string(cfg)},
+				}
+			}, templateID, templateName)
 		},
 	}
 }
 
 func templateRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:     "rm NAME|ID…",
-		Aliases: []string{"delete"},
-		Short:   "Delete templates (VMs made from them keep running)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "rm NAME|ID…",
+		Aliases:           []string{"delete"},
+		Short:             "Delete templates (VMs made from them keep running)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: cf.completeTemplates,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			for _, ref := range args {
-				if err := c.Do(cmd.Context(), "DELETE", "/v1/templates/"+url.PathEscape(ref), projectQuery(cf), nil, nil); err != nil {
-					return describe(err)
-				}
-				fmt.Fprintf(stdout, "%s\tdeleted\n", ref)
-			}
-			return nil
+			return runEach(cmd, cf, stdout, args, "deleted", func(ref string) (string, error) {
+				return ref, c.DeleteTemplate(cmd.Context(), ref, cf.project)
+			})
 		},
 	}
 }
@@ -194,9 +201,10 @@ func templateInstantiateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var tags []string
 	var noWait bool
 	cmd := &cobra.Command{
-		Use:     "instantiate NAME|ID",
-		Aliases: []string{"run"},
-		Short:   "Create VMs from a template (flags given override its config)",
+		Use:               "instantiate NAME|ID",
+		Aliases:           []string{"run"},
+		ValidArgsFunction: cf.completeTemplates,
+		Short:             "Create VMs from a template (flags given override its config)",
 		Example: `  nexus template instantiate web --name web-a
   nexus template instantiate web --name worker --count 20 --mem 256 --tag team=ci`,
 		Args: cobra.ExactArgs(1),
@@ -226,30 +234,66 @@ func templateInstantiateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-// instantiate creates VMs from a template and prints one line per VM.
+// instantiate creates VMs from a template and prints them. With several
+// VMs and a terminal on stderr it shows how many run while it waits.
 func instantiate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, ref string, req apitypes.InstantiateRequest, wait bool, stdout io.Writer) error {
 	if req.Name == "" {
-		return fmt.Errorf("--name is required")
+		return usageErrorf("--name is required")
 	}
-	q := url.Values{"wait": {fmt.Sprint(wait)}}
-	if cf.project != "" {
-		q.Set("project", cf.project)
+	p, err := cf.printer(stdout)
+	if err != nil {
+		return err
 	}
 	start := time.Now()
-	var out apitypes.InstantiateResponse
-	if err := c.Do(cmd.Context(), "POST", "/v1/templates/"+url.PathEscape(ref)+"/instantiate", q, req, &out); err != nil {
+	stderr := cmd.ErrOrStderr()
+	if wait && req.Count > 1 && isTerminal(stderr) {
+		stop := showProgress(cmd.Context(), c, req, stderr)
+		defer stop()
+	}
+	out, err := c.InstantiateTemplate(cmd.Context(), ref, cf.project, req, wait)
+	if err != nil {
 		return describe(err)
 	}
-	if cf.output == "json" {
-		return printJSON(stdout, out)
+	if err := list(p, out.Items, vmColumns, vmID, vmName); err != nil {
+		return err
 	}
-	for _, vm := range out.Items {
-		fmt.Fprintf(stdout, "%s\t%s\t%s\n", vm.ID, vm.Name, vm.State)
-	}
-	if len(out.Items) > 1 {
-		fmt.Fprintf(cmd.ErrOrStderr(), "%d VMs from template %s in %s\n", len(out.Items), ref, time.Since(start).Round(time.Millisecond))
+	if len(out.Items) > 1 && !p.machine() {
+		fmt.Fprintf(stderr, "%s from template %s in %s\n", plural(len(out.Items), "VM"), ref, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// showProgress prints "k/N running" on one terminal line every half
+// second while an instantiation of N VMs (named NAME-1 … NAME-N) waits;
+// stop ends it and clears the line.
+func showProgress(ctx context.Context, c *nexus.Client, req apitypes.InstantiateRequest, w io.Writer) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		running := map[string]bool{}
+		for {
+			select {
+			case <-ctx.Done():
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-t.C:
+			}
+			for i := 1; i <= req.Count; i++ {
+				name := fmt.Sprintf("%s-%d", req.Name, i)
+				if running[name] {
+					continue
+				}
+				if vm, err := c.GetVM(ctx, name); err == nil && vm.State == "running" {
+					running[name] = true
+				}
+			}
+			fmt.Fprintf(w, "\r\033[K%d/%d running", len(running), req.Count)
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 func emptyConfig(c apitypes.TemplateConfig) bool {
@@ -262,9 +306,9 @@ func emptyConfig(c apitypes.TemplateConfig) bool {
 func createFromTemplate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, ref string, count int, req apitypes.CreateVMRequest, wait bool, stdout io.Writer) error {
 	switch {
 	case req.KernelPath != "" || req.InitrdPath != "" || req.RootfsPath != "":
-		return fmt.Errorf("--template takes registered images only: use --kernel-image-id / --initrd-image / --rootfs-image-id to override")
+		return usageErrorf("--template takes registered images only: use --kernel-image-id / --initrd-image / --rootfs-image-id to override")
 	case req.HostID != "" || req.Start != nil:
-		return fmt.Errorf("--host and --no-start do not apply to --template")
+		return usageErrorf("--host and --no-start do not apply to --template")
 	}
 	over := apitypes.TemplateConfig{
 		Vcpu: req.Vcpu, MemMib: req.MemMib, KernelImageID: req.KernelImageID, InitrdImageID: req.InitrdImageID, RootfsImageID: req.RootfsImageID,
@@ -282,7 +326,7 @@ func parseTags(tags []string) (map[string]string, error) {
 	for _, t := range tags {
 		k, v, ok := strings.Cut(t, "=")
 		if !ok || k == "" {
-			return nil, fmt.Errorf("--tag %q: use key=value", t)
+			return nil, usageErrorf("--tag %q: use key=value", t)
 		}
 		if m == nil {
 			m = map[string]string{}
@@ -292,25 +336,28 @@ func parseTags(tags []string) (map[string]string, error) {
 	return m, nil
 }
 
-func templateTable(w io.Writer, ts []apitypes.Template) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tPROJECT\tVCPU\tMEM\tKERNEL\tINITRD\tROOTFS\tAGE")
-	for _, t := range ts {
-		vcpu, mem := "1", "128M"
+var templateColumns = []column[apitypes.Template]{
+	{head: "ID", val: func(t apitypes.Template) string { return t.ID }},
+	{head: "NAME", val: func(t apitypes.Template) string { return t.Name }},
+	{head: "PROJECT", val: func(t apitypes.Template) string { return t.Project }},
+	{head: "VCPU", val: func(t apitypes.Template) string {
 		if t.Config.Vcpu != nil {
-			vcpu = fmt.Sprint(*t.Config.Vcpu)
+			return fmt.Sprint(*t.Config.Vcpu)
 		}
+		return "1"
+	}},
+	{head: "MEM", val: func(t apitypes.Template) string {
 		if t.Config.MemMib != nil {
-			mem = fmt.Sprintf("%dM", *t.Config.MemMib)
+			return fmt.Sprintf("%dM", *t.Config.MemMib)
 		}
-		rootfs, initrd := t.Config.RootfsImageID, t.Config.InitrdImageID
-		if rootfs == "" {
-			rootfs = "-"
-		}
-		if initrd == "" {
-			initrd = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Project, vcpu, mem, t.Config.KernelImageID, initrd, rootfs, age(t.CreatedAt))
-	}
-	tw.Flush()
+		return "128M"
+	}},
+	{head: "KERNEL", val: func(t apitypes.Template) string { return t.Config.KernelImageID }},
+	{head: "INITRD", val: func(t apitypes.Template) string { return t.Config.InitrdImageID }},
+	{head: "ROOTFS", val: func(t apitypes.Template) string { return t.Config.RootfsImageID }},
+	{head: "OWNER", wide: true, val: func(t apitypes.Template) string { return t.Owner }},
+	{head: "AGE", val: func(t apitypes.Template) string { return age(t.CreatedAt) }},
 }
+
+func templateID(t apitypes.Template) string   { return t.ID }
+func templateName(t apitypes.Template) string { return t.Name }

@@ -2,114 +2,26 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"regexp"
+	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/jsonhttp"
-	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
-// clientFlags are the flags every client command shares.
-type clientFlags struct {
-	addr, token, output, project, ca string
-}
-
-func (c *clientFlags) add(cmd *cobra.Command, e env) {
-	fs := cmd.PersistentFlags()
-	strFlag(fs, &c.addr, "addr", e, "NEXUS_ADDR", "http://127.0.0.1:8080", "manager URL")
-	strFlag(fs, &c.token, "token", e, "NEXUS_TOKEN", "", "API token")
-	strFlag(fs, &c.ca, "ca", e, "NEXUS_CA", "", "CA bundle to check an https manager against (default: the system's roots)")
-	fs.StringVarP(&c.output, "output", "o", "table", "output: table or json")
-	fs.StringVar(&c.project, "project", "", "project (default: the token's)")
-}
-
-func (c *clientFlags) client() (*nexus.Client, error) {
-	if c.output != "table" && c.output != "json" {
-		return nil, fmt.Errorf("--output %q: use table or json", c.output)
-	}
-	if c.token == "" {
-		return nil, errors.New("no API token: set NEXUS_TOKEN (nexus up wrote one to .nexus/admin.token) or pass --token")
-	}
-	if c.ca != "" {
-		r, err := pki.NewReloader(pki.Files{CA: c.ca}, nil)
-		if err != nil {
-			return nil, fmt.Errorf("--ca: %w", err)
-		}
-		tr := jsonhttp.NewTransport()
-		r.ConfigureTransport(tr)
-		return nexus.New(c.addr, c.token, nexus.WithHTTPClient(&http.Client{Transport: tr})), nil
-	}
-	return nexus.New(c.addr, c.token), nil
-}
-
-// vmRef returns a client and the id of the VM named (or identified) by ref.
-func (c *clientFlags) vmRef(ctx context.Context, ref string) (*nexus.Client, string, error) {
-	cl, err := c.client()
-	if err != nil {
-		return nil, "", err
-	}
-	id, err := resolve(ctx, cl, c.project, ref)
-	return cl, id, err
-}
-
-// describe renders an API error as one line with what to do.
-func describe(err error) error {
-	var e *apierr.Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	msg := e.Message
-	if msg == "" {
-		msg = e.Code
-	}
-	if e.FaultMessage != "" {
-		msg += ": " + e.FaultMessage
-	}
-	if e.Suggestion != "" {
-		msg += " (" + e.Suggestion + ")"
-	}
-	return fmt.Errorf("%s", msg)
-}
-
-var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-
-// resolve turns a VM name or id into an id.
-func resolve(ctx context.Context, c *nexus.Client, project, ref string) (string, error) {
-	if uuidRE.MatchString(ref) {
-		return ref, nil
-	}
-	l, err := c.ListVMs(ctx, nexus.ListVMsOptions{Name: ref, Project: project})
-	if err != nil {
-		return "", describe(err)
-	}
-	if len(l.Items) == 0 {
-		return "", fmt.Errorf("no VM named %q (nexus vm ls lists them)", ref)
-	}
-	return l.Items[0].ID, nil
-}
-
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newVMCmd(e env, stdout io.Writer) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{Use: "vm", Short: "Create, list, start, stop and delete microVMs"}
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, list, start, stop and delete microVMs",
+		Long: `Create, list, start, stop and delete microVMs. A VM is named by its name (in
+your project) or its id everywhere.`,
+	}
 	cf.add(cmd, e)
 	cmd.AddCommand(vmCreateCmd(&cf, stdout), vmListCmd(&cf, stdout), vmGetCmd(&cf, stdout), vmLogsCmd(&cf, stdout), vmEventsCmd(&cf, stdout))
 	for _, a := range []struct{ verb, short string }{
@@ -143,7 +55,7 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				return err
 			}
 			if req.Name == "" {
-				return errors.New("--name is required")
+				return usageErrorf("--name is required")
 			}
 			if cmd.Flags().Changed("vcpu") {
 				req.Vcpu = &vcpu
@@ -155,7 +67,7 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			for _, t := range tags {
 				k, v, ok := strings.Cut(t, "=")
 				if !ok || k == "" {
-					return fmt.Errorf("--tag %q: use key=value", t)
+					return usageErrorf("--tag %q: use key=value", t)
 				}
 				if req.Tags == nil {
 					req.Tags = map[string]string{}
@@ -169,17 +81,17 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if template != "" {
 				return createFromTemplate(cmd, c, cf, template, count, req, !noWait, stdout)
 			} else if count != 0 {
-				return errors.New("--count needs --template")
+				return usageErrorf("--count needs --template")
+			}
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
 			}
 			vm, err := c.CreateVM(cmd.Context(), req, !noWait)
 			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, vm)
-			}
-			fmt.Fprintf(stdout, "%s\t%s\t%s\n", vm.ID, vm.Name, vm.State)
-			return nil
+			return created(p, vm, vmColumns, vmID, vmName)
 		},
 	}
 	fs := cmd.Flags()
@@ -203,17 +115,53 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-func vmTable(w io.Writer, vms []apitypes.VM) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tIP\tVCPU\tMEM\tPROJECT\tAGE")
-	for _, v := range vms {
-		ip := v.IP
-		if ip == "" {
-			ip = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dM\t%s\t%s\n", v.ID, v.Name, v.State, ip, v.Vcpu, v.MemMib, v.Project, age(v.CreatedAt))
+// vmColumns are the VM table's columns (-o wide adds the host's).
+var vmColumns = []column[apitypes.VM]{
+	{head: "ID", val: func(v apitypes.VM) string { return v.ID }},
+	{head: "NAME", val: func(v apitypes.VM) string { return v.Name }},
+	{head: "STATE", val: func(v apitypes.VM) string { return v.State }},
+	{head: "IP", val: func(v apitypes.VM) string { return v.IP }},
+	{head: "VCPU", val: func(v apitypes.VM) string { return fmt.Sprint(v.Vcpu) }},
+	{head: "MEM", val: func(v apitypes.VM) string { return fmt.Sprintf("%dM", v.MemMib) }},
+	{head: "PROJECT", val: func(v apitypes.VM) string { return v.Project }},
+	{head: "HOST", wide: true, val: func(v apitypes.VM) string { return v.HostID }},
+	{head: "TAP", wide: true, val: func(v apitypes.VM) string { return v.Tap }},
+	{head: "MAC", wide: true, val: func(v apitypes.VM) string { return v.MAC }},
+	{head: "TEMPLATE", wide: true, val: func(v apitypes.VM) string { return v.TemplateID }},
+	{head: "AGE", val: func(v apitypes.VM) string { return age(v.CreatedAt) }},
+	{head: "ERROR", wide: true, val: func(v apitypes.VM) string { return firstLine(v.LastError) }},
+}
+
+func vmID(v apitypes.VM) string   { return v.ID }
+func vmName(v apitypes.VM) string { return v.Name }
+
+func vmDetail(vm apitypes.VM) [][2]string {
+	return [][2]string{
+		{"id", vm.ID}, {"name", vm.Name}, {"project", vm.Project}, {"state", vm.State},
+		{"desired", vm.DesiredState}, {"host", vm.HostID + " " + vm.HostAddr},
+		{"vcpu / mem", fmt.Sprintf("%d / %d MiB", vm.Vcpu, vm.MemMib)},
+		{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"guest", guestText(vm)},
+		{"socket", vm.APISock}, {"log", vm.LogPath},
+		{"console", vm.ConsolePath}, {"template", vm.TemplateID}, {"tags", tagsText(vm.Tags)},
+		{"created", vm.CreatedAt.Format(time.RFC3339)}, {"error", vm.LastError},
 	}
-	tw.Flush()
+}
+
+func tagsText(tags map[string]string) string {
+	var kv []string
+	for k, v := range tags {
+		kv = append(kv, k+"="+v)
+	}
+	slices.Sort(kv)
+	return strings.Join(kv, ",")
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 60 {
+		s = s[:59] + "…"
+	}
+	return s
 }
 
 func age(t time.Time) string {
@@ -232,82 +180,186 @@ func age(t time.Time) string {
 func vmListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var state, host string
 	var tags []string
-	var all bool
+	var watch bool
+	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
-		Short:   "List VMs",
-		Args:    cobra.NoArgs,
+		Short:   "List VMs (-w: then print each change as it happens)",
+		Example: `  nexus vm ls
+  nexus vm ls --state running -o wide
+  nexus vm ls --tag team=ci -q | xargs nexus vm stop
+  nexus vm ls -w                 # watch: one line per change, until Ctrl-C
+  nexus vm ls --format '{{.name}} {{.ip}}'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			o := nexus.ListVMsOptions{Project: cf.project, State: state, HostID: host, Tags: map[string]string{}}
-			for _, t := range tags {
-				k, v, ok := strings.Cut(t, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("--tag %q: use key=value", t)
-				}
-				o.Tags[k] = v
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
 			}
-			var vms []apitypes.VM
-			for {
-				l, err := c.ListVMs(cmd.Context(), o)
-				if err != nil {
-					return describe(err)
-				}
-				vms = append(vms, l.Items...)
-				if !all || l.NextCursor == "" {
-					break
-				}
-				o.Cursor = l.NextCursor
+			o := nexus.ListVMsOptions{Project: cf.project, State: state, HostID: host, Limit: 1000}
+			if o.Tags, err = parseTags(tags); err != nil {
+				return err
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, vms)
+			vms, err := allVMs(cmd.Context(), c, o)
+			if err != nil {
+				return err
 			}
-			vmTable(stdout, vms)
-			return nil
+			if !watch {
+				return list(p, vms, vmColumns, vmID, vmName)
+			}
+			if interval < 100*time.Millisecond {
+				return usageErrorf("--interval %s: at least 100ms", interval)
+			}
+			return watchVMs(cmd.Context(), c, o, p, vms, interval)
 		},
 	}
 	cmd.Flags().StringVar(&state, "state", "", "only VMs in this state")
 	cmd.Flags().StringVar(&host, "host", "", "only VMs on this host id")
 	cmd.Flags().StringSliceVar(&tags, "tag", nil, "key=value (repeatable)")
-	cmd.Flags().BoolVar(&all, "all", true, "follow pages to the end")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "after the list, print each VM that changes (and DELETED ones) until interrupted")
+	cmd.Flags().DurationVar(&interval, "interval", time.Second, "with --watch: how often to look")
 	return cmd
+}
+
+func allVMs(ctx context.Context, c *nexus.Client, o nexus.ListVMsOptions) ([]apitypes.VM, error) {
+	var vms []apitypes.VM
+	for vm, err := range c.VMs(ctx, o) {
+		if err != nil {
+			return nil, describe(err)
+		}
+		vms = append(vms, vm)
+	}
+	return vms, nil
+}
+
+// vmChange is one line of `vm ls -w -o json`: what happened to a VM.
+type vmChange struct {
+	Type string      `json:"type" enum:"ADDED,MODIFIED,DELETED"`
+	Item apitypes.VM `json:"item"`
+}
+
+// watchVMs prints the list, then every VM that was added, changed or
+// deleted since the last look, until ctx ends. Tables print the changed
+// rows (with a header once); json and yaml print one change per line.
+func watchVMs(ctx context.Context, c *nexus.Client, o nexus.ListVMsOptions, p *printer, vms []apitypes.VM, every time.Duration) error {
+	seen := map[string]apitypes.VM{}
+	var first []vmChange
+	for _, vm := range vms {
+		seen[vm.ID] = vm
+		first = append(first, vmChange{"ADDED", vm})
+	}
+	emit := func(ch []vmChange, header bool) error {
+		switch {
+		case p.format == "json" && !p.quiet && p.tmpl == nil:
+			for _, x := range ch {
+				if err := writeJSONLine(p.out, x); err != nil {
+					return err
+				}
+			}
+			return nil
+		case p.format == "yaml" && !p.quiet && p.tmpl == nil:
+			for _, x := range ch {
+				fmt.Fprintln(p.out, "---")
+				if err := writeYAML(p.out, x); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		var items []apitypes.VM
+		for _, x := range ch {
+			vm := x.Item
+			if x.Type == "DELETED" {
+				vm.State = "deleted"
+			}
+			items = append(items, vm)
+		}
+		if len(items) == 0 && !header {
+			return nil
+		}
+		return list(p, items, vmColumns, vmID, vmName)
+	}
+	if err := emit(first, true); err != nil {
+		return err
+	}
+	if p.format == "table" || p.format == "wide" {
+		// Later rows come without a header: one table that grows.
+		p = &printer{format: p.format, out: p.out, noHeader: true}
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		now, err := allVMs(ctx, c, o)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		var ch []vmChange
+		live := map[string]bool{}
+		for _, vm := range now {
+			live[vm.ID] = true
+			old, ok := seen[vm.ID]
+			switch {
+			case !ok:
+				ch = append(ch, vmChange{"ADDED", vm})
+			case !old.UpdatedAt.Equal(vm.UpdatedAt) || old.State != vm.State:
+				ch = append(ch, vmChange{"MODIFIED", vm})
+			}
+			seen[vm.ID] = vm
+		}
+		for id, vm := range seen {
+			if !live[id] {
+				ch = append(ch, vmChange{"DELETED", vm})
+				delete(seen, id)
+			}
+		}
+		if err := emit(ch, false); err != nil {
+			return err
+		}
+	}
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := toJSON(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, b)
+	return err
 }
 
 func vmGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get NAME|ID",
-		Short: "Show one VM",
-		Args:  cobra.ExactArgs(1),
+		Use:               "get NAME|ID",
+		Short:             "Show one VM",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, id, err := cf.vmRef(cmd.Context(), args[0])
+			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			vm, err := c.GetVM(cmd.Context(), id)
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			vm, err := c.GetVM(cmd.Context(), args[0])
 			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, vm)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			for _, kv := range [][2]string{
-				{"id", vm.ID}, {"name", vm.Name}, {"project", vm.Project}, {"state", vm.State},
-				{"desired", vm.DesiredState}, {"host", vm.HostID + " " + vm.HostAddr},
-				{"vcpu / mem", fmt.Sprintf("%d / %d MiB", vm.Vcpu, vm.MemMib)},
-				{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"guest", guestText(vm)},
-				{"socket", vm.APISock}, {"log", vm.LogPath},
-				{"console", vm.ConsolePath}, {"created", vm.CreatedAt.Format(time.RFC3339)}, {"error", vm.LastError},
-			} {
-				if strings.TrimSpace(kv[1]) != "" {
-					fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-				}
-			}
-			return tw.Flush()
+			return one(p, vm, vmDetail, vmID, vmName)
 		},
 	}
 }
@@ -341,17 +393,23 @@ func guestText(vm apitypes.VM) string {
 }
 
 func vmActionCmd(cf *clientFlags, stdout io.Writer, verb, short string) *cobra.Command {
+	done := map[string]string{"start": "started", "stop": "stopped", "pause": "paused", "resume": "resumed"}[verb]
 	return &cobra.Command{
-		Use:   verb + " NAME|ID…",
-		Short: short,
-		Args:  cobra.MinimumNArgs(1),
+		Use:               verb + " NAME|ID…",
+		Short:             short,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			return forEach(cmd.Context(), c, cf.project, args, stdout, func(id string) error {
-				return c.VMAction(cmd.Context(), id, verb)
+			return runEach(cmd, cf, stdout, args, done, func(ref string) (string, error) {
+				id, err := resolve(cmd.Context(), c, cf.project, ref)
+				if err != nil {
+					return "", err
+				}
+				return id, c.VMAction(cmd.Context(), id, verb)
 			})
 		},
 	}
@@ -360,20 +418,25 @@ func vmActionCmd(cf *clientFlags, stdout io.Writer, verb, short string) *cobra.C
 func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
-		Use:     "rm NAME|ID…",
-		Aliases: []string{"delete"},
-		Short:   "Delete VMs (process, TAP, socket and run dir go too)",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "rm NAME|ID…",
+		Aliases:           []string{"delete"},
+		Short:             "Delete VMs (process, TAP, socket and run dir go too)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			return forEach(cmd.Context(), c, cf.project, args, stdout, func(id string) error {
-				if force {
-					return c.Do(cmd.Context(), "DELETE", "/v1/vms/"+url.PathEscape(id), url.Values{"force": {"true"}}, nil, nil)
+			return runEach(cmd, cf, stdout, args, "deleted", func(ref string) (string, error) {
+				id, err := resolve(cmd.Context(), c, cf.project, ref)
+				if err != nil {
+					return "", err
 				}
-				return c.DeleteVM(cmd.Context(), id)
+				if force {
+					return id, c.ForceDeleteVM(cmd.Context(), id)
+				}
+				return id, c.DeleteVM(cmd.Context(), id)
 			})
 		},
 	}
@@ -381,85 +444,82 @@ func vmRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-// forEach runs op for each VM reference, printing each outcome; it fails
-// if any failed.
-func forEach(ctx context.Context, c *nexus.Client, project string, refs []string, stdout io.Writer, op func(id string) error) error {
-	return eachRef(refs, stdout, "ok", func(ref string) error {
-		id, err := resolve(ctx, c, project, ref)
-		if err != nil {
-			return err
-		}
-		return op(id)
-	})
-}
-
-// eachRef runs op for each argument, printing "<ref>\t<done>" or the
-// error, and fails if any failed: one bad name does not stop the rest.
-func eachRef(refs []string, stdout io.Writer, done string, op func(ref string) error) error {
-	failed := 0
-	for _, ref := range refs {
-		if err := op(ref); err != nil {
-			failed++
-			fmt.Fprintf(stdout, "%s\terror: %v\n", ref, describe(err))
-			continue
-		}
-		fmt.Fprintf(stdout, "%s\t%s\n", ref, done)
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d failed", failed, len(refs))
-	}
-	return nil
-}
-
 func vmLogsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var tail int
 	var source string
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "logs NAME|ID",
-		Short: "Print a VM's firecracker log (or --source console for the guest console)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "logs NAME|ID",
+		Short:             "Print a VM's firecracker log (or --source console for the guest console)",
+		Example:           "  nexus vm logs web\n  nexus vm logs web --source console -f",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if source != "fc" && source != "console" {
+				return usageErrorf("--source %q: use fc or console", source)
+			}
 			c, id, err := cf.vmRef(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			p, err := cf.printer(stdout)
+			if err != nil {
+				return err
+			}
+			if follow {
+				// The stream starts with the last lines and resumes after
+				// the last line printed if the connection breaks.
+				s, err := c.StreamLogs(cmd.Context(), id, nexus.StreamOptions{Source: source, Tail: tail})
+				if err != nil {
+					return describe(err)
+				}
+				defer s.Close()
+				for s.Next() {
+					fmt.Fprintln(stdout, s.Line().Text)
+				}
+				return describe(s.Err())
 			}
 			l, err := c.Logs(cmd.Context(), id, source, tail)
 			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" && !follow {
-				return printJSON(stdout, l)
+			if p.format == "json" || p.format == "yaml" {
+				return one(p, l, nil, nil, nil)
 			}
 			for _, line := range l.Lines {
 				fmt.Fprintln(stdout, line)
 			}
-			if !follow {
-				return nil
-			}
-			return describeNil(c.FollowLogs(cmd.Context(), id, source, func(line string) { fmt.Fprintln(stdout, line) }))
+			return nil
 		},
 	}
-	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines to show")
+	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines to show (with -f: the last lines first)")
 	cmd.Flags().StringVar(&source, "source", "fc", "fc (firecracker's log) or console (guest serial console)")
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
 	return cmd
 }
 
-func describeNil(err error) error {
-	if err == nil {
-		return nil
-	}
-	return describe(err)
+var eventColumns = []column[apitypes.Event]{
+	{head: "ID", wide: true, val: func(e apitypes.Event) string { return fmt.Sprint(e.ID) }},
+	{head: "TIME", val: func(e apitypes.Event) string { return e.At.Local().Format("15:04:05.000") }},
+	{head: "LEVEL", val: func(e apitypes.Event) string { return e.Level }},
+	{head: "MESSAGE", val: func(e apitypes.Event) string { return e.Message }},
 }
 
 func vmEventsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
-		Use:   "events NAME|ID",
-		Short: "Show a VM's history",
-		Args:  cobra.ExactArgs(1),
+	var follow bool
+	var interval time.Duration
+	cmd := &cobra.Command{
+		Use:               "events NAME|ID",
+		Short:             "Show a VM's history (-f: then follow it)",
+		Example:           "  nexus vm events web\n  nexus vm events web -f -o json   # one JSON event per line",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, id, err := cf.vmRef(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			p, err := cf.printer(stdout)
 			if err != nil {
 				return err
 			}
@@ -467,92 +527,71 @@ func vmEventsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return describe(err)
 			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
+			if !follow {
+				return list(p, l.Items, eventColumns, eventID, eventID)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			for _, ev := range l.Items {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", ev.At.Local().Format("15:04:05.000"), ev.Level, ev.Message)
+			if interval < 100*time.Millisecond {
+				return usageErrorf("--interval %s: at least 100ms", interval)
 			}
-			return tw.Flush()
+			return followEvents(cmd, c, id, p, l.Items, interval)
 		},
 	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events until interrupted or the VM is deleted")
+	cmd.Flags().DurationVar(&interval, "interval", 500*time.Millisecond, "with --follow: how often to look")
+	return cmd
 }
 
-func newHostCmd(e env, stdout io.Writer) *cobra.Command {
-	var cf clientFlags
-	cmd := &cobra.Command{Use: "host", Short: "Inspect the fleet's hosts"}
-	cf.add(cmd, e)
-	cmd.AddCommand(&cobra.Command{
-		Use:     "ls",
-		Aliases: []string{"list"},
-		Short:   "List hosts with capacity and allocation",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			l, err := c.Hosts(cmd.Context())
-			if err != nil {
-				return describe(err)
-			}
-			if cf.output == "json" {
-				return printJSON(stdout, l.Items)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVMS\tVCPU (ALLOC/TOTAL)\tMEM MiB (ALLOC/TOTAL)\tVMM\tADDR\tLAST SEEN")
-			sim := false
-			for _, h := range l.Items {
-				vmmName := h.VMM
-				if h.Simulated {
-					vmmName += " (simulated)"
-					sim = true
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%d/%d\t%s\t%s\t%s ago\n", h.ID, h.Name, h.State, h.VMs,
-					h.Allocated.Vcpu, h.Capacity.Vcpu, h.Allocated.MemMib, h.Capacity.MemMib, vmmName, h.Addr, age(h.LastSeenAt))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if sim {
-				fmt.Fprintln(cmd.ErrOrStderr(), "note: simulated hosts report 64× their real vCPUs and memory (a firecracker-sim VM costs about 1 MiB)")
-			}
-			return nil
-		},
-	})
-	cmd.AddCommand(&cobra.Command{
-		Use:   "rm HOST…",
-		Short: "Forget hosts that hold no VMs",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			return eachRef(args, stdout, "removed", func(h string) error {
-				return c.Do(cmd.Context(), "DELETE", "/v1/hosts/"+url.PathEscape(h), nil, nil, nil)
-			})
-		},
-	})
-	for _, a := range []struct{ verb, short string }{
-		{"drain", "Stop placing new VMs on hosts (their VMs keep running)"},
-		{"undrain", "Place new VMs on hosts again"},
-	} {
-		cmd.AddCommand(&cobra.Command{
-			Use:   a.verb + " HOST…",
-			Short: a.short,
-			Args:  cobra.MinimumNArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				c, err := cf.client()
-				if err != nil {
+func eventID(e apitypes.Event) string { return fmt.Sprint(e.ID) }
+
+// followEvents prints events as they are recorded: tables grow by rows,
+// json prints one event per line.
+func followEvents(cmd *cobra.Command, c *nexus.Client, id string, p *printer, seen []apitypes.Event, every time.Duration) error {
+	ctx := cmd.Context()
+	print := func(evs []apitypes.Event) error {
+		if p.format == "json" && !p.quiet && p.tmpl == nil {
+			for _, e := range evs {
+				if err := writeJSONLine(p.out, e); err != nil {
 					return err
 				}
-				return eachRef(args, stdout, a.verb+"ed", func(h string) error {
-					return c.Do(cmd.Context(), "POST", "/v1/hosts/"+url.PathEscape(h)+"/"+a.verb, nil, nil, nil)
-				})
-			},
-		})
+			}
+			return nil
+		}
+		return list(p, evs, eventColumns, eventID, eventID)
 	}
-	return cmd
+	if err := print(seen); err != nil {
+		return err
+	}
+	if p.format == "table" || p.format == "wide" {
+		p = &printer{format: p.format, out: p.out, noHeader: true}
+	}
+	var last int64
+	if len(seen) > 0 {
+		last = seen[len(seen)-1].ID
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		l, err := c.EventsAfter(ctx, id, last, 1000)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case nexus.IsNotFound(err):
+			fmt.Fprintln(cmd.ErrOrStderr(), "the VM was deleted")
+			return nil
+		case err != nil:
+			return describe(err)
+		}
+		if len(l.Items) == 0 {
+			continue
+		}
+		last = l.Items[len(l.Items)-1].ID
+		if err := print(l.Items); err != nil {
+			return err
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -658,8 +659,8 @@ func TestSnapshotCLI(t *testing.T) {
 		}
 		return string(out)
 	}
-	out := nexus("snapshot", "create", "web", "--no-resume")
-	sid := strings.Fields(out)[0]
+	out := nexus("snapshot", "create", "web", "--no-resume", "-q")
+	sid := strings.TrimSpace(out)
 	if v, _ := c.client.GetVM(context.Background(), src.ID); v.State != "paused" {
 		t.Fatalf("after --no-resume the VM is %s", v.State)
 	}
@@ -673,11 +674,11 @@ func TestSnapshotCLI(t *testing.T) {
 		t.Fatalf("snapshot get:\n%s", get)
 	}
 	out = nexus("snapshot", "restore", sid, "--name", "web-2")
-	if !strings.Contains(out, "web-2\trunning") || !strings.Contains(out, "note: the guest MAC") {
+	if !regexp.MustCompile(`web-2\s+running`).MatchString(out) || !strings.Contains(out, "note: the guest MAC") {
 		t.Fatalf("snapshot restore:\n%s", out)
 	}
-	clone := strings.Fields(out)[0]
-	if rm := nexus("snapshot", "rm", sid); !strings.Contains(rm, sid+"\tok") {
+	clone := strings.Fields(strings.Split(out, "\n")[1])[0] // the row under the header
+	if rm := nexus("snapshot", "rm", sid); !strings.Contains(rm, sid+"\tdeleted") {
 		t.Fatalf("snapshot rm:\n%s", rm)
 	}
 	nexus("vm", "rm", "web", "web-2")
