@@ -18,9 +18,9 @@ help: ## list targets
 deps: ## install what is missing (Go, build tools)
 	@scripts/setup.sh
 
-build: deps ## build nexus and firecracker-sim into bin/
+build: deps ## build nexus, nexus-jail and firecracker-sim into bin/ (static: a jailed VMM has no libc)
 	@mkdir -p $(BIN)
-	$(shell scripts/find-go.sh) build -trimpath -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(shell scripts/find-go.sh) build -trimpath -o $(BIN)/ ./cmd/...
 
 up: build ## install what is missing, build, and run manager + agent + SQLite (needs root)
 	@if [ "$$(id -u)" -ne 0 ]; then echo "nexus up creates TAP devices: running it with sudo"; fi

@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -35,6 +36,9 @@ type Network interface {
 	EnsureBridge(ctx context.Context) (network.Bridge, error)
 	EnsureTap(ctx context.Context, name, vmID string) error
 	DeleteTap(ctx context.Context, name string) error
+	// SetTapOwner lets a jailed VMM (uid, gid, no capabilities) attach to
+	// its VM's TAP; network.ErrNoTap when the VM has none.
+	SetTapOwner(ctx context.Context, name, vmID string, uid, gid int) error
 	ListTaps(ctx context.Context, prefix string) ([]network.Tap, error)
 	BridgeName() string
 	Backend() network.NATBackend
@@ -69,6 +73,10 @@ type Config struct {
 	DevMode bool
 	// Owner is the agent's instance id (the ownership mark).
 	Owner string
+	// Jail, TLS and MutualTLS are reported by health: how VMMs are
+	// confined, and how the agent serves.
+	Jail           string
+	TLS, MutualTLS bool
 	// Bridge is the VM bridge as the agent set it up: its subnet and
 	// gateway are reported at registration, for the manager to give each
 	// VM an address. The zero value reports none.
@@ -117,6 +125,12 @@ func New(cfg Config, sup VMMs, nw Network, log *slog.Logger) (*Agent, error) {
 	a.proxy = newProxy(cfg.Layout, cfg.ProxyTimeout, log)
 	a.proxy.readRoots = cfg.ReadRoots
 	a.proxy.imagesDir = cfg.ImagesDir
+	a.proxy.jailOf = func(id string) *vmm.JailInfo {
+		if h, ok := sup.Get(id); ok {
+			return h.Jail
+		}
+		return nil
+	}
 	return a, nil
 }
 
@@ -223,6 +237,7 @@ func (a *Agent) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, agentapi.Health{
 		OK: true, Name: a.cfg.Name, Version: a.cfg.Version, VMMVersion: a.cfg.VMMVersion,
 		Simulated: a.cfg.Simulated, NAT: string(a.net.Backend()),
+		Jail: cmp.Or(a.cfg.Jail, "off"), TLS: a.cfg.TLS, MutualTLS: a.cfg.MutualTLS,
 	})
 }
 
@@ -304,6 +319,15 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "spawn_failed", "%v", err).
 			WithSuggestion("check the VMM binary (FC_BIN) and the console log in the VM's run dir").WithCause(err))
 		return
+	}
+	if h.Jail != nil {
+		// The VMM opens its TAP as its own uid, without CAP_NET_ADMIN.
+		err := a.net.SetTapOwner(r.Context(), hostlayout.TapName(id), id, h.Jail.UID, h.Jail.GID)
+		if err != nil && !errors.Is(err, network.ErrNoTap) {
+			_ = a.sup.Stop(context.WithoutCancel(r.Context()), id, 0)
+			a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "hand the tap to the jailed vmm: %v", err).WithCause(err))
+			return
+		}
 	}
 	if !already {
 		a.guests.watch(id, h.PID)

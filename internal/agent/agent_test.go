@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
+	"github.com/nexus-microvm/nexus/internal/agent/jail"
 	"github.com/nexus-microvm/nexus/internal/agent/network"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
@@ -33,6 +34,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	jail.RunIfHelper() // jail-mode tests re-execute this binary as the helper
 	testutil.IsolateNetwork()
 	simtest.Main(m)
 }
@@ -56,7 +58,10 @@ type env struct {
 	dir    string
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvJail(t, nil) }
+
+// newEnvJail is newEnv with VMMs confined by jc (nil: not jailed).
+func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	bin := simtest.Binary(t)
@@ -64,7 +69,7 @@ func newEnv(t testing.TB) *env {
 	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
 	log := slog.New(slog.DiscardHandler)
 	owner := fmt.Sprintf("agenttest%06d", rand.IntN(1_000_000))
-	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner})
+	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner, Jail: jc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +135,15 @@ func eachHost(t *testing.T, f func(t *testing.T, e *env)) {
 			}
 		})
 	}
+}
+
+// eachHostJailedToo is eachHost plus a real agent in jail mode: what the
+// agent refuses it refuses alike whether its VMMs are jailed or not.
+func eachHostJailedToo(t *testing.T, f func(t *testing.T, e *env)) {
+	eachHost(t, f)
+	t.Run("jailed", func(t *testing.T) {
+		f(t, newEnvJail(t, &vmm.JailConfig{UIDBase: 2_125_000_000 + rand.IntN(100_000)*10, UIDCount: 10}))
+	})
 }
 
 // newVM returns a fresh VM id with a kernel and rootfs in the test dir.
@@ -345,7 +359,7 @@ func TestSpawnProxyAndStop(t *testing.T) {
 }
 
 func TestProxyRefusals(t *testing.T) {
-	eachHost(t, func(t *testing.T, e *env) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		id, _, _ := e.newVM()
 		other := uuid.NewString()
@@ -601,7 +615,7 @@ func TestForeignTapsUntouched(t *testing.T) {
 // A proxy batch runs each call through the proxy's own checks, in order,
 // and stops at the first refusal; malformed batches are refused whole.
 func TestProxyBatch(t *testing.T) {
-	eachHost(t, func(t *testing.T, e *env) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		id, kernel, _ := e.newVM()
 		if _, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {

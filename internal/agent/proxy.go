@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
@@ -39,6 +40,10 @@ const maxProxyBody = 1 << 20
 
 type ctxSockKey struct{}
 
+// ctxAfterKey carries what to do once firecracker answered a relayed call
+// with success (link a jailed VMM's new socket out).
+type ctxAfterKey struct{}
+
 // proxy relays allow-listed firecracker calls to a VM's API socket. One
 // transport serves every VM: the URL host is a key for the socket path, so
 // each socket gets its own small keep-alive pool.
@@ -54,13 +59,16 @@ type proxy struct {
 	// (dev mode: the manager lets only admins name raw paths).
 	readRoots []string
 	imagesDir string
+	// jailOf returns how the VM's VMM is confined (nil: not jailed).
+	jailOf func(vmID string) *vmm.JailInfo
 
 	mu    sync.Mutex
 	socks map[string]string // host key → socket path
 }
 
 func newProxy(layout hostlayout.Layout, timeout time.Duration, log *slog.Logger) *proxy {
-	p := &proxy{layout: layout, timeout: timeout, log: log, socks: map[string]string{}}
+	p := &proxy{layout: layout, timeout: timeout, log: log, socks: map[string]string{},
+		jailOf: func(string) *vmm.JailInfo { return nil }}
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, _ := net.SplitHostPort(addr)
@@ -83,6 +91,13 @@ func newProxy(layout hostlayout.Layout, timeout time.Duration, log *slog.Logger)
 		ErrorHandler: p.errorHandler,
 		ModifyResponse: func(resp *http.Response) error {
 			httpmw.SetUpstreamStatus(resp.Request.Context(), resp.StatusCode)
+			if after, _ := resp.Request.Context().Value(ctxAfterKey{}).([]func() error); resp.StatusCode/100 == 2 {
+				for _, f := range after {
+					if err := f(); err != nil {
+						return err
+					}
+				}
+			}
 			return nil
 		},
 	}
@@ -152,9 +167,20 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		}
 	}
-	if err := p.checkBody(id, ep, pathID, body); err != nil {
+	files, err := p.checkBody(id, ep, pathID, body)
+	if err != nil {
 		fail(err)
 		return
+	}
+	// A jailed VMM sees only its chroot: the files the body names are
+	// linked in at the same paths, and sockets it makes are linked out
+	// once firecracker has answered.
+	var after []func() error
+	if jl := p.jailOf(id); jl != nil && len(files) > 0 {
+		if after, err = p.expose(r.Context(), id, jl, files); err != nil {
+			fail(err)
+			return
+		}
 	}
 
 	timeout := p.timeout
@@ -164,6 +190,9 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, ctxSockKey{}, sock)
+	if len(after) > 0 {
+		ctx = context.WithValue(ctx, ctxAfterKey{}, after)
+	}
 
 	out := r.Clone(ctx)
 	out.URL.Scheme = "http"
@@ -253,38 +282,62 @@ func (p *proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 type pathRule struct {
 	field []string // JSON path, e.g. {"mem_backend","backend_path"}
 	write bool
+	// kind says how a jailed VMM gets the file (jailfs.go).
+	kind fileKind
 }
+
+// fileKind is how a file named in a body reaches a jailed VMM.
+type fileKind int
+
+const (
+	fileRead      fileKind = iota // a file it opens: linked into the jail
+	fileWrite                     // a file it writes: created if missing, its own, linked in
+	fileSnapshot                  // a snapshot file it writes, that other VMs read to restore
+	socketIn                      // a socket it connects to: linked in
+	socketOut                     // a socket it creates: linked out to the host path
+	fileReadWrite                 // a writable drive: must be its own file
+)
 
 var bodyPaths = map[string][]pathRule{
 	"PUT /boot-source":             {{field: []string{"kernel_image_path"}}, {field: []string{"initrd_path"}}},
-	"PUT /drives/{id}":             {{field: []string{"path_on_host"}}, {field: []string{"socket"}, write: true}},
+	"PUT /drives/{id}":             {{field: []string{"path_on_host"}}, {field: []string{"socket"}, write: true, kind: socketIn}},
 	"PATCH /drives/{id}":           {{field: []string{"path_on_host"}}},
 	"PUT /pmem/{id}":               {{field: []string{"path_on_host"}}},
-	"PUT /logger":                  {{field: []string{"log_path"}, write: true}},
-	"PUT /metrics":                 {{field: []string{"metrics_path"}, write: true}},
-	"PUT /snapshot/create":         {{field: []string{"snapshot_path"}, write: true}, {field: []string{"mem_file_path"}, write: true}},
-	"PUT /snapshot/load":           {{field: []string{"snapshot_path"}}, {field: []string{"mem_file_path"}}, {field: []string{"mem_backend", "backend_path"}}, {field: []string{"vsock_override", "uds_path"}, write: true}},
-	"PUT /vsock":                   {{field: []string{"uds_path"}, write: true}},
-	"PUT /serial":                  {{field: []string{"serial_out_path"}, write: true}},
+	"PUT /logger":                  {{field: []string{"log_path"}, write: true, kind: fileWrite}},
+	"PUT /metrics":                 {{field: []string{"metrics_path"}, write: true, kind: fileWrite}},
+	"PUT /snapshot/create":         {{field: []string{"snapshot_path"}, write: true, kind: fileSnapshot}, {field: []string{"mem_file_path"}, write: true, kind: fileSnapshot}},
+	"PUT /snapshot/load":           {{field: []string{"snapshot_path"}}, {field: []string{"mem_file_path"}}, {field: []string{"mem_backend", "backend_path"}}, {field: []string{"vsock_override", "uds_path"}, write: true, kind: socketOut}},
+	"PUT /vsock":                   {{field: []string{"uds_path"}, write: true, kind: socketOut}},
+	"PUT /serial":                  {{field: []string{"serial_out_path"}, write: true, kind: fileWrite}},
 	"PUT /network-interfaces/{id}": nil,
+}
+
+// bodyFile is a host file a relayed body names, once checked.
+type bodyFile struct {
+	field string // JSON field, for errors
+	given string // as the body says it
+	host  string // canonical host path
+	kind  fileKind
 }
 
 // checkBody enforces the host-path rules on a relayed body: no request may
 // make a root-owned VMM write outside its VM's run dir, read outside the
 // allowed roots, or take another VM's TAP. Bodies firecracker would reject
-// as malformed are passed through for firecracker to answer.
-func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []byte) error {
+// as malformed are passed through for firecracker to answer. It returns
+// the files the body names.
+func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []byte) ([]bodyFile, error) {
 	key := ep.Method + " " + ep.Path
 	rules, hasRules := bodyPaths[key]
 	taps := key == "PUT /network-interfaces/{id}" || key == "PUT /snapshot/load"
 	if (!hasRules && !taps) || len(body) == 0 {
-		return nil
+		return nil, nil
 	}
 	var doc map[string]any
 	if json.Unmarshal(body, &doc) != nil {
-		return nil // firecracker answers bad JSON itself
+		return nil, nil // firecracker answers bad JSON itself
 	}
 	vmDir := p.layout.VMDir(id)
+	var files []bodyFile
 	for _, rule := range rules {
 		v, ok := lookupString(doc, rule.field)
 		if !ok || v == "" {
@@ -296,14 +349,15 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 		}
 		abs = canonical(filepath.Clean(abs))
 		name := strings.Join(rule.field, ".")
+		files = append(files, bodyFile{field: name, given: v, host: abs, kind: rule.kind})
 		if rule.write {
 			if err := p.checkWrite(id, name, v, abs); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		}
 		if err := p.checkRead(id, name, v, abs); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if taps {
@@ -323,12 +377,20 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 		}
 		for _, d := range devs {
 			if d != want {
-				return apierr.Forbidden("host_dev_name %q is not this VM's TAP (%s)", d, want).
+				return nil, apierr.Forbidden("host_dev_name %q is not this VM's TAP (%s)", d, want).
 					WithSuggestion("create the VM's TAP with POST " + agentapi.Prefix + "/vms/" + id + "/tap and use its name")
 			}
 		}
 	}
-	return nil
+	// A drive is writable unless it says otherwise (firecracker's default).
+	if ro, _ := doc["is_read_only"].(bool); !ro && key == "PUT /drives/{id}" {
+		for i := range files {
+			if files[i].field == "path_on_host" {
+				files[i].kind = fileReadWrite
+			}
+		}
+	}
+	return files, nil
 }
 
 // writeDirs are the only places in a VM's run dir firecracker may write

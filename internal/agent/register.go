@@ -13,6 +13,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
@@ -39,13 +40,19 @@ func (r *registrar) id() string {
 	return s
 }
 
-func newRegistrar(o Options, url string, a *Agent, log *slog.Logger) *registrar {
+func newRegistrar(o Options, url string, a *Agent, tlsFiles *pki.Reloader, log *slog.Logger) *registrar {
 	iv := o.Heartbeat
 	if iv <= 0 {
 		iv = 5 * time.Second
 	}
 	var ms []*jsonhttp.Caller
-	hc := &http.Client{Transport: jsonhttp.NewTransport()}
+	tr := jsonhttp.NewTransport()
+	if tlsFiles != nil {
+		// The agent's certificate authenticates it to the manager; the CA
+		// checks the manager's. Both reload when rotated.
+		tlsFiles.ConfigureTransport(tr)
+	}
+	hc := &http.Client{Transport: tr}
 	for _, m := range strings.Split(o.Manager, ",") {
 		if m = strings.TrimSuffix(strings.TrimSpace(m), "/"); m != "" {
 			ms = append(ms, &jsonhttp.Caller{Base: m, Token: o.Token, HC: hc, Timeout: 10 * time.Second})

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/lifecycle"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/secretfile"
 )
 
@@ -29,7 +33,7 @@ import (
 type Options struct {
 	Name       string // AGENT_NAME
 	Bind       string // AGENT_BIND
-	Advertise  string // URL the manager uses to reach this agent (default http://<bind>)
+	Advertise  string // URL the manager uses to reach this agent (default http(s)://<bind>)
 	Manager    string // AGENT_MANAGER: register and heartbeat there when set
 	Token      string // AGENT_TOKEN: the fleet's join token
 	RunDir     string // FC_RUN_DIR
@@ -54,6 +58,38 @@ type Options struct {
 	Heartbeat time.Duration
 	// MetricsToken (AGENT_METRICS_TOKEN) opens GET /metrics only.
 	MetricsToken string
+
+	// Jail is FC_JAIL: "on" confines every VMM (docs/security.md), "off"
+	// does not, "" means on in prod mode and off in dev mode.
+	Jail string
+	// Jailer is FC_JAILER: firecracker's jailer binary; unset, the agent
+	// confines VMMs itself with the nexus-jail helper.
+	Jailer string
+	// JailUIDBase and JailUIDCount are the uid/gid range of jailed VMMs
+	// (FC_JAIL_UID_BASE, FC_JAIL_UID_COUNT; zero: the defaults).
+	JailUIDBase, JailUIDCount int
+	// JailHelper is the nexus-jail binary (default: next to nexus, else
+	// nexus itself).
+	JailHelper string
+
+	// TLS is --tls-cert, --tls-key and --tls-ca (AGENT_TLS_*): with a
+	// certificate the agent serves HTTPS; with a CA it accepts only
+	// clients (the manager) with a certificate of that CA, and checks the
+	// manager's certificate against it when it registers.
+	TLS pki.Files
+}
+
+// jailed says whether VMMs are confined, from FC_JAIL and the mode.
+func (o Options) jailed() (bool, error) {
+	switch o.Jail {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	case "":
+		return o.Mode == "prod", nil
+	}
+	return false, fmt.Errorf("agent: FC_JAIL must be on or off (default: on in prod mode), not %q", o.Jail)
 }
 
 // Running is a started agent.
@@ -93,6 +129,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Mode != "dev" && o.Mode != "prod" {
 		return nil, fmt.Errorf("agent: NEXUS_MODE must be dev or prod, not %q", o.Mode)
 	}
+	if _, err := o.jailed(); err != nil {
+		return nil, err
+	}
 	if o.ImagesDir == "" {
 		o.ImagesDir = layout.ImagesDir()
 	}
@@ -105,6 +144,22 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Token == "" {
 		if o.Token, err = secretfile.LoadOrCreate(filepath.Join(runDir, "agent.token")); err != nil {
 			return nil, err
+		}
+	}
+	if o.Mode == "prod" && len(o.Token) < pki.MinJoinTokenBytes {
+		return nil, fmt.Errorf("agent: prod mode needs a join token of at least %d bytes (AGENT_TOKEN is %d): it alone guards an API that starts processes as root; make one with `head -c 32 /dev/urandom | base64`",
+			pki.MinJoinTokenBytes, len(o.Token))
+	}
+	if err := o.TLS.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if o.Mode == "prod" && !o.TLS.Enabled() && !pki.LoopbackOnly(o.Bind) {
+		return nil, fmt.Errorf("agent: prod mode serves plain HTTP on loopback only, and %s is not: the agent API starts processes as root; set --tls-cert and --tls-key (and --tls-ca, so only the manager's certificate gets in)", o.Bind)
+	}
+	var tlsFiles *pki.Reloader
+	if o.TLS.Enabled() || o.TLS.CA != "" {
+		if tlsFiles, err = pki.NewReloader(o.TLS, log); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
 	unlockRunDir, err := LockRunDir(runDir)
@@ -125,6 +180,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Hollow {
 		h = startHollow(o, layout)
 		log.Warn("hollow agent: VMMs are firecracker-sim inside this process and TAPs exist only in memory; for tests and benchmarks only")
+		if jailed, _ := o.jailed(); jailed {
+			log.Info("hollow agent: jail mode does not apply (there are no VMM processes to confine)")
+		}
 	} else if h, err = startReal(ctx, o, layout, owner, log); err != nil {
 		return nil, err
 	}
@@ -134,6 +192,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 		Owner: owner, Bridge: h.bridge, MetricsToken: o.MetricsToken,
+		Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",
 	}
 	if o.Hollow {
 		cfg.Capacity = o.HollowCapacity
@@ -154,18 +213,29 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 		return nil, fmt.Errorf("agent: listen on %s: %w", o.Bind, err)
 	}
 	r := &Running{Agent: a, Addr: ln.Addr().String(), Token: o.Token, Owner: owner}
+	scheme := "http"
+	if o.TLS.Enabled() {
+		// Only the manager may call: with a CA, a client certificate of it
+		// is required before any request is read.
+		ln = tls.NewListener(ln, tlsFiles.ServerConfig(o.TLS.CA != ""))
+		scheme = "https"
+		if o.TLS.CA == "" {
+			log.Warn("TLS without --tls-ca: the agent checks no client certificate; only the join token keeps others out")
+		}
+	}
 	r.URL = o.Advertise
 	if r.URL == "" {
-		r.URL = "http://" + r.Addr
+		r.URL = scheme + "://" + r.Addr
 	}
-	log.Info("agent listening", "addr", r.Addr, "name", o.Name, "vmm_version", version, "simulated", simulated, "hollow", o.Hollow, "run_dir", runDir)
+	log.Info("agent listening", "addr", r.Addr, "url", r.URL, "name", o.Name, "vmm_version", version, "simulated", simulated, "hollow", o.Hollow, "run_dir", runDir,
+		"tls", o.TLS.Enabled(), "mutual_tls", o.TLS.Enabled() && o.TLS.CA != "", "jail", cmp.Or(h.jail, "off"))
 
 	var bg lifecycle.Group
 	bg.Go(func() { h.run(ctx) })
 	if o.Manager != "" {
 		a.guests.enable()
 		bg.Go(func() { a.guests.run(ctx) })
-		bg.Go(func() { newRegistrar(o, r.URL, a, log).run(ctx) })
+		bg.Go(func() { newRegistrar(o, r.URL, a, tlsFiles, log).run(ctx) })
 	}
 	// Streams end and in-flight requests (a spawn writing its handle, say)
 	// drain; the watchers are joined; only then are networking, cgroups and
@@ -188,6 +258,7 @@ type host struct {
 	net       Network
 	version   string // the VMM's
 	simulated bool
+	jail      string         // how VMMs are confined (vmm.Supervisor.JailMode)
 	bridge    network.Bridge // as set up at start
 	// run watches the VMMs and keeps the network until ctx ends.
 	run func(ctx context.Context)
@@ -199,11 +270,35 @@ type host struct {
 // a previous agent process), the bridge and NAT.
 func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner string, log *slog.Logger) (host, error) {
 	var err error
-	if os.Geteuid() != 0 {
-		log.Warn("the agent is not root: creating TAP devices and NAT will fail", "uid", os.Geteuid())
+	jailed, _ := o.jailed()
+	missing, err := missingCapabilities(baseCaps)
+	if err != nil {
+		return host{}, fmt.Errorf("agent: %w", err)
+	}
+	if len(missing) > 0 {
+		log.Warn("the agent lacks capabilities: creating TAP devices and NAT will fail", "uid", os.Geteuid(), "missing", describeCaps(missing))
+	}
+	if jailed {
+		// Without these a VMM cannot be confined: refuse rather than run it
+		// unconfined.
+		if missing, err = missingCapabilities(jailCaps); err != nil || len(missing) > 0 {
+			return host{}, fmt.Errorf("agent: jail mode needs capabilities this process lacks: %s (run the agent as root with them, see docs/security.md, or set FC_JAIL=off)", describeCaps(missing))
+		}
 	}
 
 	vcfg := vmm.Config{Bin: o.Bin, Layout: layout, Logger: log, Env: o.VMMEnv, Owner: owner}
+	if jailed {
+		vcfg.Jail = &vmm.JailConfig{UIDBase: o.JailUIDBase, UIDCount: o.JailUIDCount, Jailer: o.Jailer, Helper: o.JailHelper}
+		if vcfg.Jail.UIDBase == 0 {
+			vcfg.Jail.UIDBase = vmm.DefaultJailUIDBase
+		}
+		if vcfg.Jail.UIDCount == 0 {
+			vcfg.Jail.UIDCount = vmm.DefaultJailUIDCount
+		}
+		if clash := uidRangeClash(vcfg.Jail.UIDBase, vcfg.Jail.UIDCount); clash != "" {
+			log.Warn("the jail uid range overlaps accounts of this host: choose another FC_JAIL_UID_BASE", "clash", clash)
+		}
+	}
 	if vmm.SystemdAvailable() {
 		// Each VMM in its own transient scope, so that restarting the
 		// agent's unit (KillMode=control-group) does not kill the VMs.
@@ -220,6 +315,14 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 		return host{}, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
 	}
 	version, simulated := vmmVersion(ctx, sup.Bin())
+	if jailed {
+		log.Info("jail mode: every VMM runs as its own uid in a chroot, new mount and PID namespaces, no capabilities",
+			"confined_by", sup.JailMode(), "helper", sup.JailHelper(), "uids", fmt.Sprintf("%d+%d", vcfg.Jail.UIDBase, vcfg.Jail.UIDCount),
+			"chroot_base", filepath.Join(layout.RunDir, "jail"))
+		if m := sup.MissingLimits(); len(m) > 0 {
+			log.Warn("jail mode: no cgroup hierarchy takes these VMM limits; VMMs run without them", "limits", strings.Join(m, ","))
+		}
+	}
 	adopted, err := sup.Recover()
 	if err != nil {
 		return host{}, fmt.Errorf("agent: %w", err)
@@ -264,7 +367,7 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 	}
 
 	return host{
-		vmms: sup, net: nw, version: version, simulated: simulated, bridge: br,
+		vmms: sup, net: nw, version: version, simulated: simulated, jail: sup.JailMode(), bridge: br,
 		run: func(ctx context.Context) {
 			var wg sync.WaitGroup
 			wg.Go(func() { sup.Run(ctx, time.Second) })
@@ -276,6 +379,28 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 			sup.ReleaseCgroups()
 		},
 	}, nil
+}
+
+// uidRangeClash names an account of /etc/passwd or /etc/group whose id
+// lies in the jail range, "" when none does: a jailed VMM must not share
+// an identity with anything else on the host.
+func uidRangeClash(base, count int) string {
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fields := strings.Split(line, ":")
+			if len(fields) < 3 {
+				continue
+			}
+			if id, err := strconv.Atoi(fields[2]); err == nil && id >= base && id < base+count {
+				return fmt.Sprintf("%s %s (id %d)", filepath.Base(f), fields[0], id)
+			}
+		}
+	}
+	return ""
 }
 
 // startHollow prepares a hollow host: in-process simulated VMMs and an

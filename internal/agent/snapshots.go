@@ -310,6 +310,16 @@ func (a *Agent) restoreDrives(w http.ResponseWriter, r *http.Request, id string)
 			return
 		}
 	}
+	// Firecracker reopens the drives at the relative paths the state file
+	// recorded: a jailed VMM finds them in its chroot under those names.
+	names, ro := make([]string, len(req.Files)), make([]bool, len(req.Files))
+	for i, f := range req.Files {
+		names[i], ro[i] = f.Name, f.ReadOnly
+	}
+	if err := a.exposeOwnFiles(r.Context(), id, names, ro); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})
 }
 

@@ -118,6 +118,13 @@ type Health struct {
 	VMMVersion string `json:"vmm_version,omitempty"`
 	Simulated  bool   `json:"simulated"`
 	NAT        string `json:"nat"`
+	// Jail is how VMMs are confined: "off", "helper" (the agent's own
+	// confinement) or "jailer" (firecracker's jailer).
+	Jail string `json:"jail"`
+	// TLS says whether the agent serves TLS, and MutualTLS whether it
+	// requires client certificates of its CA.
+	TLS       bool `json:"tls"`
+	MutualTLS bool `json:"mutual_tls"`
 }
 
 // LogLines is the answer of GET /agent/v1/vms/{id}/logs and /files/tail.

@@ -29,18 +29,22 @@ import (
 // Deps are what the HTTP layer needs: one service per resource, each
 // through the interface its routes define.
 type Deps struct {
-	VMs        VMService
-	Images     ImageService
-	Templates  TemplateService
-	Snapshots  SnapshotService
-	Hosts      HostService
-	Tokens     TokenService
-	Audit      AuditLog
-	Ping       func(context.Context) error // the store answers (readiness)
-	JoinToken  string                      // agents present it on their routes
-	Reconciler *manager.Reconciler         // nil: no reconciler status
-	Auth       Authenticator
-	Log        *slog.Logger
+	VMs       VMService
+	Images    ImageService
+	Templates TemplateService
+	Snapshots SnapshotService
+	Hosts     HostService
+	Tokens    TokenService
+	Audit     AuditLog
+	Ping      func(context.Context) error // the store answers (readiness)
+	JoinToken string                      // agents present it on their routes
+	// AgentCertRequired: agents' routes also need a client certificate of
+	// the manager's CA (mutual TLS), and a host registers only under a
+	// name its certificate carries, at an https address.
+	AgentCertRequired bool
+	Reconciler        *manager.Reconciler // nil: no reconciler status
+	Auth              Authenticator
+	Log               *slog.Logger
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string
@@ -60,6 +64,7 @@ type Server struct {
 	audit     AuditLog
 	ping      func(context.Context) error
 	joinToken string
+	agentCert bool
 	rec       *manager.Reconciler
 	auth      Authenticator
 	log       *slog.Logger
@@ -98,7 +103,7 @@ func New(d Deps) *Server {
 	}
 	s := &Server{
 		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
-		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken,
+		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
 		streams: make(chan struct{}, maxLogStreams),
 	}

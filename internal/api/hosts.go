@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
@@ -48,6 +50,18 @@ type registerHostOutput struct {
 }
 
 func (s *Server) registerHost(ctx context.Context, in *registerHostInput) (*registerHostOutput, error) {
+	if names, ok := ctx.Value(agentNamesKey{}).([]string); ok {
+		// A certificate names one host: it cannot register another.
+		if !slices.Contains(names, in.Body.Name) {
+			return nil, apierr.Newf(http.StatusForbidden, "agent_cert_mismatch", "host %q presented a certificate for %s", in.Body.Name, strings.Join(names, ", ")).
+				WithSuggestion("set AGENT_NAME to the name of its certificate, or issue one for this name (`nexus cert issue --host NAME`)")
+		}
+		// The manager sends the join token to that address: never in clear.
+		if !strings.HasPrefix(in.Body.Addr, "https://") {
+			return nil, apierr.BadRequest("host %q registers at %s: with mutual TLS, agents are reached over https only", in.Body.Name, in.Body.Addr).
+				WithSuggestion("give the agent --tls-cert and --tls-key (it then advertises https://)")
+		}
+	}
 	h, err := s.hosts.RegisterHost(ctx, in.Body)
 	if err != nil {
 		return nil, err

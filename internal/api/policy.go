@@ -17,6 +17,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/pki"
 )
 
 // Authenticator turns a bearer token into a principal (auth.Authenticator).
@@ -79,6 +80,10 @@ const policyKey = "nexus.policy"
 
 type principalKey struct{}
 
+// agentNamesKey carries the names an agent's verified client certificate
+// vouches for (mutual TLS).
+type agentNamesKey struct{}
+
 var roleRank = map[auth.Role]int{auth.RoleViewer: 1, auth.RoleOperator: 2, auth.RoleAdmin: 3}
 
 // principal returns the authenticated caller of a request.
@@ -130,7 +135,20 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 				WithSuggestion("agents register with the fleet's join token (AGENT_TOKEN = the manager's NEXUS_JOIN_TOKEN)"))
 			return
 		}
-		s.audited(ctx, pol, "agent", next)
+		actor := "agent"
+		if s.agentCert {
+			// The TLS handshake verified a certificate presented against
+			// the CA; here it must have been presented at all.
+			names := pki.PeerNames(ctx.TLS())
+			if len(names) == 0 {
+				s.deny(ctx, pol, "anonymous", apierr.Newf(http.StatusForbidden, "agent_cert_required", "agents must present a client certificate of the manager's CA").
+					WithSuggestion("give the agent --tls-cert and --tls-key issued by this CA (`nexus cert issue --host NAME`)"))
+				return
+			}
+			ctx = huma.WithValue(ctx, agentNamesKey{}, names)
+			actor = "agent " + names[0]
+		}
+		s.audited(ctx, pol, actor, next)
 		return
 	}
 	tok := bearer(ctx.Header("Authorization"))

@@ -6,10 +6,12 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -22,8 +24,10 @@ import (
 	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
+	"github.com/nexus-microvm/nexus/internal/jsonhttp"
 	"github.com/nexus-microvm/nexus/internal/lifecycle"
 	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -51,6 +55,11 @@ type ManagerOptions struct {
 	// `nexus up` starts it once its local agent has registered, so the
 	// first pass never judges the host by the previous run's address.
 	HoldReconciler bool
+	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
+	// certificate the manager serves HTTPS and presents it to agents; with
+	// a CA it requires agents to present a certificate of it (and checks
+	// theirs when it calls them). API users need no client certificate.
+	TLS pki.Files
 }
 
 // Manager is a running manager.
@@ -64,6 +73,7 @@ type Manager struct {
 	done       <-chan struct{}
 	ctx        context.Context
 	recOnce    sync.Once
+	scheme     string          // http or https
 	bg         lifecycle.Group // long-lived goroutines, joined before the store closes
 }
 
@@ -74,7 +84,7 @@ func (m *Manager) StartReconciler() {
 }
 
 // URL is the manager's base URL.
-func (m *Manager) URL() string { return "http://" + m.Addr }
+func (m *Manager) URL() string { return m.scheme + "://" + m.Addr }
 
 // Wait blocks until the HTTP server has stopped and the store is closed.
 func (m *Manager) Wait() { <-m.done }
@@ -85,11 +95,31 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	if o.Mode != manager.ModeDev && o.Mode != manager.ModeProd {
 		return nil, fmt.Errorf("NEXUS_MODE must be dev or prod, not %q", o.Mode)
 	}
-	if o.Mode == manager.ModeProd && !isLoopback(o.Listen) {
-		return nil, fmt.Errorf("prod mode serves plain HTTP only on loopback; %s is not (put a TLS proxy in front and listen on 127.0.0.1)", o.Listen)
+	if err := o.TLS.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Mode == manager.ModeProd && !o.TLS.Enabled() && !pki.LoopbackOnly(o.Listen) {
+		return nil, fmt.Errorf("prod mode serves plain HTTP only on loopback, and %s is not: set --tls-cert and --tls-key (and --tls-ca for agents' certificates), or listen on 127.0.0.1 behind a TLS proxy", o.Listen)
 	}
 	if o.JoinToken == "" {
 		return nil, errors.New("a join token is required (NEXUS_JOIN_TOKEN): agents and manager must share it")
+	}
+	if o.Mode == manager.ModeProd && len(o.JoinToken) < pki.MinJoinTokenBytes {
+		return nil, fmt.Errorf("prod mode needs a join token of at least %d bytes (NEXUS_JOIN_TOKEN is %d): it is what lets an agent start processes as root; make one with `head -c 32 /dev/urandom | base64`",
+			pki.MinJoinTokenBytes, len(o.JoinToken))
+	}
+	var tlsFiles *pki.Reloader
+	var agentTransport http.RoundTripper
+	if o.TLS.Enabled() || o.TLS.CA != "" {
+		var err error
+		if tlsFiles, err = pki.NewReloader(o.TLS, log); err != nil {
+			return nil, err
+		}
+		// One transport to every agent: the manager's certificate as the
+		// client's, agents' certificates checked against the CA.
+		tr := jsonhttp.NewTransport()
+		tlsFiles.ConfigureTransport(tr)
+		agentTransport = tr
 	}
 	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log))
 	if err != nil {
@@ -104,7 +134,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mgr := manager.New(ctx, manager.Config{
 		Mode: o.Mode, JoinToken: o.JoinToken, VcpuOvercommit: o.VcpuOvercommit, MemOvercommit: o.MemOvercommit,
-		HeartbeatTimeout: o.HeartbeatTimeout, Metrics: reg,
+		HeartbeatTimeout: o.HeartbeatTimeout, Metrics: reg, AgentTransport: agentTransport,
 	}, st, log)
 	mgr.Tokens.OnChange = authn.Invalidate
 	host, _ := os.Hostname()
@@ -114,7 +144,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	})
 	srv := api.New(api.Deps{
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
-		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st,
+		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})
 
@@ -123,7 +153,14 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	m := &Manager{Store: st, Manager: mgr, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx}
+	m := &Manager{Store: st, Manager: mgr, Reconciler: rec, Auth: authn, API: srv, Addr: ln.Addr().String(), ctx: ctx, scheme: "http"}
+	if o.TLS.Enabled() {
+		ln = tls.NewListener(ln, tlsFiles.ServerConfig(false))
+		m.scheme = "https"
+		if o.TLS.CA == "" {
+			log.Warn("TLS without --tls-ca: agents are not asked for certificates; only the join token authenticates them")
+		}
+	}
 	m.bg.Go(func() { authn.Run(ctx, 10*time.Second) })
 	if !o.HoldReconciler {
 		m.StartReconciler()
@@ -145,20 +182,9 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		mgr.Close()
 		st.Close()
 	})
-	log.Info("manager listening", "addr", m.Addr, "store", st.Engine(), "mode", o.Mode)
+	log.Info("manager listening", "addr", m.Addr, "url", m.URL(), "store", st.Engine(), "mode", o.Mode,
+		"tls", o.TLS.Enabled(), "agent_certs", o.TLS.Enabled() && o.TLS.CA != "")
 	return m, nil
-}
-
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Bootstrap creates an admin token for owner and returns its secret. It is

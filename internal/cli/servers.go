@@ -14,8 +14,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nexus-microvm/nexus/internal/agent"
+	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/app"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -45,6 +47,18 @@ func durFlag(fs *pflag.FlagSet, p *time.Duration, name string, e env, key string
 		}
 	}
 	fs.DurationVar(p, name, d, usage+" (env "+key+")")
+	return nil
+}
+
+func intFlag(fs *pflag.FlagSet, p *int, name string, e env, key string, def int, usage string) error {
+	v := def
+	if s := e(key); s != "" {
+		var err error
+		if v, err = strconv.Atoi(s); err != nil || v < 0 {
+			return fmt.Errorf("%s=%q: want a non-negative integer", key, s)
+		}
+	}
+	fs.IntVar(p, name, v, usage+" (env "+key+")")
 	return nil
 }
 
@@ -101,7 +115,23 @@ func agentHostFlags(fs *pflag.FlagSet, e env, o *agent.Options, runDirDefault, r
 	strFlag(fs, &o.RunDir, "run-dir", e, "FC_RUN_DIR", runDirDefault, runDirHelp)
 	strFlag(fs, &o.ImagesDir, "images-dir", e, "FC_IMAGES_DIR", "", "allow-listed root for kernel and rootfs images (default $FC_RUN_DIR/images)")
 	netFlags(fs, e, &o.Bridge, &o.BridgeCIDR, &o.Uplink)
+	strFlag(fs, &o.Jail, "jail", e, "FC_JAIL", "", "on: confine every VMM (own uid, chroot, namespaces, cgroup limits, no capabilities); off: do not (default: on in prod mode)")
+	strFlag(fs, &o.Jailer, "jailer", e, "FC_JAILER", "", "firecracker's jailer binary to confine VMMs with (default: the agent confines them itself)")
+	if err := intFlag(fs, &o.JailUIDBase, "jail-uid-base", e, "FC_JAIL_UID_BASE", vmm.DefaultJailUIDBase, "first uid/gid of jailed VMMs (agents sharing a host need distinct ranges)"); err != nil {
+		return err
+	}
+	if err := intFlag(fs, &o.JailUIDCount, "jail-uid-count", e, "FC_JAIL_UID_COUNT", vmm.DefaultJailUIDCount, "how many uids jailed VMMs may use (at most that many VMs at once)"); err != nil {
+		return err
+	}
 	return durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop")
+}
+
+// tlsFlags defines --tls-cert, --tls-key and --tls-ca with environment
+// variables prefix+CERT, KEY, CA.
+func tlsFlags(fs *pflag.FlagSet, e env, f *pki.Files, prefix, what string) {
+	strFlag(fs, &f.Cert, "tls-cert", e, prefix+"CERT", "", "TLS certificate (PEM): "+what+"; reloaded when the file changes")
+	strFlag(fs, &f.Key, "tls-key", e, prefix+"KEY", "", "TLS private key (PEM) of --tls-cert")
+	strFlag(fs, &f.CA, "tls-ca", e, prefix+"CA", "", "CA bundle (PEM) that peers' certificates must chain to (mutual TLS); reloaded when the file changes")
 }
 
 // newLogger returns the JSON (or text) structured logger servers log with.
@@ -133,14 +163,20 @@ func newAgentCmd(e env, stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (root): TAPs, firecracker processes, socket proxy, inventory",
-		Long: `Run the host agent. It needs root: it creates a bridge, TAP devices and NAT
-rules, and starts firecracker processes, which keep running when the agent
-stops and are adopted again when it restarts.
+		Long: `Run the host agent. It runs as root, with the capabilities docs/security.md
+lists (CAP_NET_ADMIN, and in jail mode the jail's): it creates a bridge, TAP
+devices and NAT rules, and starts firecracker processes, which keep running
+when the agent stops and are adopted again when it restarts. In jail mode
+(FC_JAIL, the default in prod) every VMM runs as a uid of its own in a
+chroot under $FC_RUN_DIR/jail, in new mount and PID namespaces, with cgroup
+limits and no capabilities; the VMM binary must be static.
 
 Every request must carry the fleet's join token (AGENT_TOKEN, which must
-equal the manager's NEXUS_JOIN_TOKEN). Without one, the agent creates a token
-in $FC_RUN_DIR/agent.token. With AGENT_MANAGER set it registers there and
-sends heartbeats.`,
+equal the manager's NEXUS_JOIN_TOKEN; prod: at least 32 bytes). Without one,
+the agent creates a token in $FC_RUN_DIR/agent.token. With --tls-cert and
+--tls-key it serves HTTPS, and with --tls-ca only the manager's certificate
+gets in; prod mode serves plain HTTP on loopback only. With AGENT_MANAGER
+set it registers there and sends heartbeats.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(stderr, lf.format, lf.level)
@@ -161,7 +197,7 @@ sends heartbeats.`,
 	fs := cmd.Flags()
 	host, _ := os.Hostname()
 	strFlag(fs, &o.Bind, "bind", e, "AGENT_BIND", "127.0.0.1:9090", "listen address")
-	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>)")
+	strFlag(fs, &o.Advertise, "advertise", e, "AGENT_ADVERTISE", "", "URL the manager reaches this agent at (default http://<bind>, https:// with --tls-cert)")
 	strFlag(fs, &o.Manager, "manager", e, "AGENT_MANAGER", "", "manager URL to register with")
 	strFlag(fs, &o.Name, "name", e, "AGENT_NAME", host, "host name in the fleet")
 	secretFlag(fs, &o.Token, "token", e, "AGENT_TOKEN", "", "the fleet's join token")
@@ -169,8 +205,9 @@ sends heartbeats.`,
 	if err := agentHostFlags(fs, e, &o, "/srv/fc", "directory for everything the agent creates"); err != nil {
 		return errCmd("agent", err)
 	}
+	tlsFlags(fs, e, &o.TLS, "AGENT_TLS_", "serve the agent API over TLS; with --tls-ca only the manager's certificate gets in")
 	strFlag(fs, &o.Bin, "fc-bin", e, "FC_BIN", "firecracker", "VMM binary (firecracker or firecracker-sim)")
-	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs)")
+	strFlag(fs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod confines the files VMs may read to the run and images dirs, jails VMMs, serves plain HTTP on loopback only, wants a 32-byte join token)")
 	fs.BoolVar(&o.Hollow, "hollow", false, "simulated host for tests and benchmarks: firecracker-sim in-process, TAPs in memory, no root; labelled hollow in nexus host ls")
 	fs.IntVar(&o.HollowCapacity.Vcpu, "hollow-vcpus", 0, "with --hollow: the vCPUs the host reports (default: the machine's, scaled)")
 	fs.IntVar(&o.HollowCapacity.MemMib, "hollow-mem-mib", 0, "with --hollow: the memory in MiB the host reports (default: the machine's, scaled)")
@@ -224,8 +261,9 @@ Migrations are applied at start. Agents join with the shared join token
 	secretFlag(fs, &o.DatabaseURL, "database-url", e, "DATABASE_URL", store.DefaultDSN, "sqlite://PATH or postgres://…")
 	lfs := cmd.Flags()
 	strFlag(lfs, &o.Listen, "listen", e, "NEXUS_LISTEN", "127.0.0.1:8080", "listen address")
-	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths and needs TLS or loopback)")
-	secretFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent")
+	strFlag(lfs, &o.Mode, "mode", e, "NEXUS_MODE", "dev", "dev or prod (prod refuses raw host paths, needs TLS or loopback and a 32-byte join token)")
+	secretFlag(lfs, &o.JoinToken, "join-token", e, "NEXUS_JOIN_TOKEN", "", "the fleet's join token, shared with every agent (prod: at least 32 bytes)")
+	tlsFlags(lfs, e, &o.TLS, "NEXUS_TLS_", "serve HTTPS; with --tls-ca agents must present a certificate of it")
 	if err := managerTuningFlags(lfs, e, &o); err != nil {
 		return errCmd("manager", err)
 	}
@@ -277,12 +315,24 @@ Migrations are applied at start. Agents join with the shared join token
 	spec.Flags().StringVar(&specVersion, "openapi", "3.1", "OpenAPI version: 3.1 (as served) or 3.0 (downgraded, for older tools)")
 	cmd.AddCommand(spec)
 
-	var owner string
+	var owner, caDir string
+	var tlsHosts []string
 	boot := &cobra.Command{
 		Use:   "bootstrap",
-		Short: "Create an admin API token and print it (shown once)",
-		Args:  cobra.NoArgs,
+		Short: "Create an admin API token and print it (shown once); with --ca-dir, the fleet's CA and the manager's certificate",
+		Long: `Create the first admin API token and print it on stdout (shown once).
+
+With --ca-dir it also creates the fleet's CA there (if there is none) and
+issues the manager's certificate (manager.crt, manager.key) for the names
+in --tls-host, the ones agents reach it at; agents then get theirs from
+` + "`nexus cert issue --host NAME`" + `. What it did is said on stderr.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if caDir != "" {
+				if err := bootstrapCA(caDir, tlsHosts, stderr); err != nil {
+					return err
+				}
+			}
 			st, err := store.Open(cmd.Context(), o.DatabaseURL)
 			if err != nil {
 				return err
@@ -298,6 +348,8 @@ Migrations are applied at start. Agents join with the shared join token
 		},
 	}
 	boot.Flags().StringVar(&owner, "owner", "admin", "who the token belongs to")
+	boot.Flags().StringVar(&caDir, "ca-dir", "", "create the fleet's CA here (if missing) and issue the manager's certificate")
+	boot.Flags().StringSliceVar(&tlsHosts, "tls-host", nil, "names and addresses agents reach the manager at, for its certificate (default: the hostname)")
 	cmd.AddCommand(boot)
 	return cmd
 }

@@ -46,6 +46,9 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logge
 		BaseContext: func(net.Listener) context.Context {
 			return context.WithValue(context.Background(), closingKey{}, closing)
 		},
+		// The server's own complaints (refused TLS handshakes: a plain
+		// HTTP client, a certificate of another CA) in the structured log.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	srv.RegisterOnShutdown(func() { close(closing) })
 	served := make(chan struct{})

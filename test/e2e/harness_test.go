@@ -26,6 +26,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/api"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/jsonhttp"
+	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/testutil"
 	"github.com/nexus-microvm/nexus/internal/testutil/apicontract"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
@@ -33,7 +34,7 @@ import (
 )
 
 var bins struct {
-	dir, nexus, sim string
+	dir, nexus, sim, jail string
 }
 
 func TestMain(m *testing.M) {
@@ -47,8 +48,11 @@ func TestMain(m *testing.M) {
 	bins.dir = dir
 	bins.nexus = filepath.Join(dir, "nexus")
 	bins.sim = filepath.Join(dir, "firecracker-sim")
-	for _, b := range [][2]string{{bins.nexus, "./cmd/nexus"}, {bins.sim, "./cmd/firecracker-sim"}} {
+	bins.jail = filepath.Join(dir, "nexus-jail") // next to nexus: the agent's jail helper
+	for _, b := range [][2]string{{bins.nexus, "./cmd/nexus"}, {bins.sim, "./cmd/firecracker-sim"}, {bins.jail, "./cmd/nexus-jail"}} {
 		cmd := exec.Command("go", "build", "-o", b[0], "github.com/nexus-microvm/nexus/"+strings.TrimPrefix(b[1], "./"))
+		// Static, as `make build` makes them: a jailed VMM has no libc.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b[1], err, out)
 			os.RemoveAll(dir)
@@ -161,6 +165,24 @@ type cluster struct {
 	agents  []*agentProc
 	client  *nexus.Client
 	restore func()
+	// tls, when set, runs the fleet with mutual TLS: certificates of a CA
+	// made with `nexus manager bootstrap --ca-dir` and `nexus cert issue`.
+	tls *fleetTLS
+}
+
+// fleetTLS is the cluster's CA directory and the manager's certificate.
+type fleetTLS struct {
+	caDir string
+	mgr   pki.Files
+}
+
+// clusterOpts configure newClusterWith.
+type clusterOpts struct {
+	engine  string
+	agents  int
+	mgrArgs []string
+	tls     bool     // mutual TLS between manager and agents
+	env     []string // added to every agent's environment (FC_JAIL=on …)
 }
 
 type agentProc struct {
@@ -176,6 +198,9 @@ func (a *agentProc) layout() hostlayout.Layout { return hostlayout.Layout{RunDir
 
 // client returns an agent API client (what the manager uses).
 func (c *cluster) agentClient(a *agentProc) *agentapi.Client {
+	if c.tls != nil {
+		return agentapi.NewClient(a.url, c.join, &http.Client{Transport: c.transport(c.tls.mgr)})
+	}
 	return agentapi.NewClient(a.url, c.join, nil)
 }
 
@@ -199,38 +224,86 @@ func engineDSN(t testing.TB, engine, dir string) string {
 // newCluster starts a manager (with extra flags mgrArgs) on a fresh
 // database of engine, and n agents.
 func newCluster(t testing.TB, engine string, n int, mgrArgs ...string) *cluster {
+	return newClusterWith(t, clusterOpts{engine: engine, agents: n, mgrArgs: mgrArgs})
+}
+
+// newClusterWith starts a manager and o.agents agents as o says.
+func newClusterWith(t testing.TB, o clusterOpts) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t)
 	dir := shortTempDir(t)
-	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%d", rand.Int64()), port: freePort(t), mgrArgs: mgrArgs}
-	c.dsn = engineDSN(t, engine, dir)
+	// 37 bytes: long enough for prod mode.
+	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%016x%016x", rand.Uint64(), rand.Uint64()), port: freePort(t), mgrArgs: o.mgrArgs}
+	c.dsn = engineDSN(t, o.engine, dir)
 
-	out, err := exec.Command(bins.nexus, "manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e").Output()
+	args := []string{"manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e"}
+	if o.tls {
+		// The manager is reached at 127.0.0.1 from here and at each test
+		// host's side of its veth (10.201.N.1) from the agents.
+		hosts := []string{"127.0.0.1"}
+		for i := 1; i <= 250; i++ {
+			hosts = append(hosts, fmt.Sprintf("10.201.%d.1", i))
+		}
+		c.tls = &fleetTLS{caDir: filepath.Join(dir, "pki")}
+		args = append(args, "--ca-dir", c.tls.caDir, "--tls-host", strings.Join(hosts, ","))
+		c.tls.mgr = pki.Files{Cert: filepath.Join(c.tls.caDir, "manager.crt"), Key: filepath.Join(c.tls.caDir, "manager.key"),
+			CA: filepath.Join(c.tls.caDir, pki.CACertFile)}
+		c.mgrArgs = append(c.mgrArgs, "--tls-cert", c.tls.mgr.Cert, "--tls-key", c.tls.mgr.Key, "--tls-ca", c.tls.mgr.CA)
+	}
+	out, err := exec.Command(bins.nexus, args...).Output()
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
 	c.admin = strings.TrimSpace(string(out))
 	c.startManager()
-	c.client = newClient(c.url(), c.admin)
-	for i := range n {
-		c.startAgent(fmt.Sprintf("host-%d", i))
+	c.client = c.newClient(c.admin)
+	for i := range o.agents {
+		c.startAgent(fmt.Sprintf("host-%d", i), o.env...)
 	}
-	c.waitHosts(n)
+	c.waitHosts(o.agents)
 	t.Cleanup(c.cleanup)
 	return c
+}
+
+// newClient is an API client of the manager with token (checking the
+// manager's certificate against the fleet's CA under TLS).
+func (c *cluster) newClient(token string) *nexus.Client {
+	if c.tls == nil {
+		return newClient(c.url(), token)
+	}
+	return nexus.New(c.url(), token, nexus.WithHTTPClient(&http.Client{Transport: c.transport(pki.Files{CA: c.tls.mgr.CA})}))
+}
+
+// transport is an HTTP transport presenting f's certificate and checking
+// servers against its CA.
+func (c *cluster) transport(f pki.Files) *http.Transport {
+	r, err := pki.NewReloader(f, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tr := jsonhttp.NewTransport()
+	r.ConfigureTransport(tr)
+	return tr
+}
+
+func (c *cluster) scheme() string {
+	if c.tls != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // managerURLs is the AGENT_MANAGER list for agent a: every manager, as
 // reached from a's host.
 func (c *cluster) managerURLs(a *agentProc) string {
-	urls := []string{fmt.Sprintf("http://%s:%d", a.net.hostIP, c.port)}
+	urls := []string{fmt.Sprintf("%s://%s:%d", c.scheme(), a.net.hostIP, c.port)}
 	for _, p := range c.ports2 {
-		urls = append(urls, fmt.Sprintf("http://%s:%d", a.net.hostIP, p))
+		urls = append(urls, fmt.Sprintf("%s://%s:%d", c.scheme(), a.net.hostIP, p))
 	}
 	return strings.Join(urls, ",")
 }
 
-func (c *cluster) url() string { return fmt.Sprintf("http://127.0.0.1:%d", c.port) }
+func (c *cluster) url() string { return fmt.Sprintf("%s://127.0.0.1:%d", c.scheme(), c.port) }
 
 func (c *cluster) start(name string, env []string, args ...string) *proc {
 	c.t.Helper()
@@ -282,10 +355,15 @@ func (c *cluster) launchAgent(a *agentProc) {
 	defer lf.Close()
 	// The test binary re-executes itself as a launcher that enters the
 	// host's namespace and execs nexus there.
-	cmd := exec.Command("/proc/self/exe", "agent",
-		"--bind", a.net.agentIP+":9090", "--manager", c.managerURLs(a),
+	args := []string{"agent",
+		"--bind", a.net.agentIP + ":9090", "--manager", c.managerURLs(a),
 		"--token", c.join, "--name", a.name, "--run-dir", a.runDir, "--fc-bin", bins.sim,
-		"--stop-grace", "200ms")
+		"--stop-grace", "200ms"}
+	if c.tls != nil {
+		f := a.tlsFiles(c)
+		args = append(args, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
+	}
+	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Env = append(append(os.Environ(), execEnv+"="+bins.nexus), a.env...)
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Stdout, cmd.Stderr = lf, lf
@@ -294,7 +372,22 @@ func (c *cluster) launchAgent(a *agentProc) {
 	}
 	a.proc = &proc{name: "agent-" + a.name, cmd: cmd, log: logPath}
 	m := a.waitLog(c.t, "agent listening", 20*time.Second)
-	a.url = "http://" + m["addr"].(string)
+	a.url = m["url"].(string)
+}
+
+// tlsFiles issues the agent's certificate (once) with `nexus cert issue`,
+// for its name and its address.
+func (a *agentProc) tlsFiles(c *cluster) pki.Files {
+	c.t.Helper()
+	f := pki.Files{Cert: filepath.Join(c.tls.caDir, a.name+".crt"), Key: filepath.Join(c.tls.caDir, a.name+".key"), CA: c.tls.mgr.CA}
+	if _, err := os.Stat(f.Cert); err == nil {
+		return f
+	}
+	out, err := exec.Command(bins.nexus, "cert", "issue", "--ca-dir", c.tls.caDir, "--host", a.name, "--san", a.net.agentIP).CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("nexus cert issue: %v\n%s", err, out)
+	}
+	return f
 }
 
 // restartAgent SIGKILLs an agent and starts it again on the same run dir.
@@ -345,7 +438,8 @@ func (c *cluster) cleanup() {
 		ids := vmIDsOf(a.runDir)
 		killVMMs(a.runDir)
 		removeCgroups(a.runDir, ids)
-		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup.
+		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup; its
+		// chroots (in the run dir) with the test's temp dir.
 	}
 	if c.t.Failed() {
 		for _, p := range append([]string{filepath.Join(c.dir, "manager.log")}, agentLogs(c)...) {
@@ -424,15 +518,13 @@ func removeCgroups(runDir string, ids []string) {
 		return
 	}
 	for _, id := range ids {
-		dir := vmm.CgroupDir(owner, id)
-		if dir == "" {
-			continue
-		}
-		for range 50 { // the killed process leaves its group as it exits
-			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
-				break
+		for _, dir := range vmm.CgroupDirs(owner, id) {
+			for range 50 { // the killed process leaves its group as it exits
+				if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	_ = vmm.RemoveCgroupRoot(owner)
@@ -463,15 +555,32 @@ func (c *cluster) assertHostsEmpty() {
 			}
 		}
 		if owner, err := agent.ReadInstanceID(a.runDir); err == nil {
-			if dir := vmm.CgroupDir(owner, "x"); dir != "" {
-				entries, _ := os.ReadDir(filepath.Dir(dir))
+			for _, root := range vmm.CgroupRoots(owner) {
+				entries, _ := os.ReadDir(root)
 				for _, e := range entries {
 					if e.IsDir() {
-						c.t.Errorf("host %s: cgroup %s left", a.name, e.Name())
+						c.t.Errorf("host %s: cgroup %s left", a.name, filepath.Join(root, e.Name()))
 					}
 				}
 			}
 		}
+		c.assertNoJailLeft(a)
+	}
+}
+
+// assertNoJailLeft checks that an agent left no chroot in its run dir and
+// no mount under it in the host's mount table (a jail's mounts live in its
+// VMM's own namespace and must go with it).
+func (c *cluster) assertNoJailLeft(a *agentProc) {
+	c.t.Helper()
+	execs, _ := os.ReadDir(filepath.Join(a.runDir, "jail"))
+	for _, e := range execs {
+		if vms, _ := os.ReadDir(filepath.Join(a.runDir, "jail", e.Name())); len(vms) != 0 {
+			c.t.Errorf("host %s: chroots left in %s: %v", a.name, filepath.Join(a.runDir, "jail", e.Name()), vms)
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(b), a.runDir) {
+		c.t.Errorf("host %s: mounts under its run dir in the host's mount table:\n%s", a.name, b)
 	}
 }
 
@@ -497,12 +606,13 @@ func (c *cluster) assertNoLeaks(ids ...string) {
 			continue
 		}
 		for _, id := range ids {
-			if dir := vmm.CgroupDir(owner, id); dir != "" {
+			for _, dir := range vmm.CgroupDirs(owner, id) {
 				if _, err := os.Stat(dir); err == nil {
 					c.t.Errorf("cgroup %s of vm %s left", dir, id)
 				}
 			}
 		}
+		c.assertNoJailLeft(a)
 	}
 	for _, a := range c.agents {
 		for _, id := range ids {

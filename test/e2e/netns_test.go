@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -37,9 +39,15 @@ func runLauncher() {
 		os.Exit(2)
 	}
 	_ = unix.Close(3)
+	if keep := os.Getenv(capsEnv); keep != "" {
+		if err := keepOnlyCaps(keep); err != nil {
+			fmt.Fprintln(os.Stderr, "launcher: capabilities:", err)
+			os.Exit(2)
+		}
+	}
 	env := []string{}
 	for _, kv := range os.Environ() {
-		if len(kv) > len(execEnv) && kv[:len(execEnv)+1] == execEnv+"=" {
+		if strings.HasPrefix(kv, execEnv+"=") || strings.HasPrefix(kv, capsEnv+"=") {
 			continue
 		}
 		env = append(env, kv)
@@ -47,6 +55,40 @@ func runLauncher() {
 	err := syscall.Exec(bin, append([]string{bin}, os.Args[1:]...), env)
 	fmt.Fprintln(os.Stderr, "launcher: exec:", err)
 	os.Exit(2)
+}
+
+// capsEnv, for the launcher, lists the capabilities (numbers, comma
+// separated) the program may have: every other one leaves the bounding
+// set before the exec, so a root program runs with exactly those.
+const capsEnv = "NEXUS_E2E_CAPS"
+
+// keepOnlyCaps drops from this thread's bounding set every capability not
+// in the comma-separated list keep.
+func keepOnlyCaps(keep string) error {
+	want := map[int]bool{}
+	for _, f := range strings.Split(keep, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("%s=%q: %w", capsEnv, keep, err)
+		}
+		want[n] = true
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return err
+	}
+	last, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	for c := 0; c <= last; c++ {
+		if !want[c] {
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+				return fmt.Errorf("drop %d: %w", c, err)
+			}
+		}
+	}
+	return nil
 }
 
 var hostSeq atomic.Int32

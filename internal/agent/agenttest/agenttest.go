@@ -14,11 +14,13 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/hollow"
+	"github.com/nexus-microvm/nexus/internal/pki"
 )
 
 // Agent is a running hollow agent.
 type Agent struct {
 	URL    string
+	Addr   string // host:port it listens on
 	Token  string
 	RunDir string
 	VMMs   *hollow.VMMs // to kill a VMM behind the agent's back
@@ -31,6 +33,11 @@ type Options struct {
 	Manager string // register and heartbeat there when set
 	Name    string
 	Env     []string // firecracker-sim tuning (FC_SIM_…)
+	// TLS serves the agent API over TLS and, with a CA, requires the
+	// manager's certificate (and checks the manager's when registering).
+	TLS pki.Files
+	// Mode is dev (default) or prod.
+	Mode string
 }
 
 // Start runs a hollow agent until the test ends; its run dir is removed
@@ -52,6 +59,7 @@ func Start(t testing.TB, o Options) *Agent {
 	r, err := agent.Start(ctx, agent.Options{
 		Name: o.Name, Bind: "127.0.0.1:0", Manager: o.Manager, Token: o.Token, RunDir: filepath.Join(dir, "run"),
 		Hollow: true, StopGrace: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond, VMMEnv: o.Env,
+		TLS: o.TLS, Mode: o.Mode,
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
@@ -64,5 +72,5 @@ func Start(t testing.TB, o Options) *Agent {
 		os.RemoveAll(dir)
 	})
 	vmms, _ := r.VMMs().(*hollow.VMMs)
-	return &Agent{URL: r.URL, Token: o.Token, RunDir: filepath.Join(dir, "run"), VMMs: vmms, run: r}
+	return &Agent{URL: r.URL, Addr: r.Addr, Token: o.Token, RunDir: filepath.Join(dir, "run"), VMMs: vmms, run: r}
 }

@@ -68,6 +68,17 @@ func (n *Network) EnsureTap(_ context.Context, name, vmID string) error {
 	return nil
 }
 
+// SetTapOwner checks that vmID's TAP is recorded: hollow VMMs are never
+// jailed, and an in-memory TAP has no owner to change.
+func (n *Network) SetTapOwner(_ context.Context, name, vmID string, _, _ int) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if owner, ok := n.taps[name]; !ok || owner != vmID {
+		return fmt.Errorf("set owner of tap %s: %w", name, network.ErrNoTap)
+	}
+	return nil
+}
+
 // DeleteTap forgets a TAP; a missing one is success.
 func (n *Network) DeleteTap(_ context.Context, name string) error {
 	n.mu.Lock()

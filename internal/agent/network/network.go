@@ -78,6 +78,8 @@ var (
 	ErrSubnetInUse = errors.New("subnet in use")
 	// ErrNoNATBackend: NAT is wanted but neither nf_tables nor iptables works.
 	ErrNoNATBackend = errors.New("no NAT backend")
+	// ErrNoTap: the TAP does not exist.
+	ErrNoTap = errors.New("no such tap")
 )
 
 // Config is the host networking configuration; zero fields take defaults.

@@ -343,3 +343,67 @@ func validTapName(name string) error {
 	}
 	return nil
 }
+
+// SetTapOwner makes vmID's TAP name openable by uid and gid without
+// CAP_NET_ADMIN: a jailed VMM, which runs as a uid of its own with no
+// capabilities, attaches to it as its owner. The TAP must carry our mark
+// for vmID; a missing TAP is ErrNoTap (a VM without a network interface).
+// The agent attaches to the TAP for the two ioctls and detaches at once,
+// so nobody holds it afterwards.
+func (n *Network) SetTapOwner(ctx context.Context, name, vmID string, uid, gid int) error {
+	wrap := func(step string, err error) error {
+		return fmt.Errorf("set owner of tap %s: %s: %w", name, step, err)
+	}
+	if err := validTapName(name); err != nil {
+		return wrap("validate name", err)
+	}
+	if uid < 0 || gid < 0 {
+		return wrap("validate", fmt.Errorf("%w: uid %d gid %d", ErrInvalidName, uid, gid))
+	}
+	unlock := n.taps.Lock(name)
+	defer unlock()
+	if err := ctxErr(ctx); err != nil {
+		return wrap("start", err)
+	}
+	link, err := n.h.LinkByName(name)
+	if isNotFound(err) {
+		return wrap("look up", ErrNoTap)
+	}
+	if err != nil {
+		return wrap("look up", err)
+	}
+	if err := checkTap(link); err != nil {
+		return wrap("check", err)
+	}
+	if err := n.checkOurs(link); err != nil {
+		return wrap("check", err)
+	}
+	if link.Attrs().Alias != n.tapMark(vmID) {
+		return wrap("check", fmt.Errorf("%w: %s is not the tap of vm %s", ErrNotOurs, name, vmID))
+	}
+	if t, ok := link.(*netlink.Tuntap); ok && t.Owner == uint32(uid) && t.Group == uint32(gid) {
+		return nil
+	}
+	return n.inNS(func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return wrap("open /dev/net/tun", err)
+		}
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return wrap("ifreq", err)
+		}
+		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			return wrap("attach", err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
+			return wrap("TUNSETOWNER", err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
+			return wrap("TUNSETGROUP", err)
+		}
+		return nil
+	})
+}

@@ -295,3 +295,35 @@ func countPrefixed(t testing.TB, tns *testNS) int {
 	}
 	return n
 }
+
+// TestSetTapOwner: the TAP of a jailed VMM belongs to its uid and gid, the
+// agent holds no queue afterwards, and only our TAP of that VM changes.
+func TestSetTapOwner(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	id := "3f2a9c1e-77b0-4d1e-9a53-0f6c2a1b9e45"
+	name := tapName(id)
+	if err := nw.EnsureTap(ctx, name, id); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := nw.SetTapOwner(ctx, name, id, 2_130_000_001, 2_130_000_002); err != nil {
+			t.Fatalf("SetTapOwner: %v", err)
+		}
+	}
+	tt, ok := mustLink(t, tns, name).(*netlink.Tuntap)
+	if !ok || tt.Owner != 2_130_000_001 || tt.Group != 2_130_000_002 {
+		t.Fatalf("tap after SetTapOwner: %+v", mustLink(t, tns, name))
+	}
+	fd, err := tns.openTapLikeFirecracker(t, name)
+	if err != nil {
+		t.Fatalf("the agent still holds the tap: %v", err)
+	}
+	unix.Close(fd)
+	if err := nw.SetTapOwner(ctx, tapName("0000aaaa-0000-0000-0000-000000000000"), "0000aaaa-0000-0000-0000-000000000000", 1, 1); !errors.Is(err, ErrNoTap) {
+		t.Errorf("SetTapOwner of a missing tap: %v; want ErrNoTap", err)
+	}
+	if err := nw.SetTapOwner(ctx, name, "3f2a9c1e-77b0-4d1e-9a53-000000000000", 1, 1); !errors.Is(err, ErrNotOurs) {
+		t.Errorf("SetTapOwner for another vm: %v; want ErrNotOurs", err)
+	}
+}

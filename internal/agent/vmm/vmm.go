@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/agent/jail"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/keyed"
@@ -52,6 +53,8 @@ type Handle struct {
 	MemMib     int       `json:"mem_mib"`
 	Scope      string    `json:"scope,omitempty"`
 	Cgroup     string    `json:"cgroup,omitempty"`
+	// Jail says how the VMM is confined; nil: it runs as the agent does.
+	Jail *JailInfo `json:"jail,omitempty"`
 }
 
 // Exit reports that a VMM process ended.
@@ -64,9 +67,10 @@ type Exit struct {
 	Expected bool
 }
 
-// Scoper places a process in a systemd transient scope.
+// Scoper places a process in a systemd transient scope, with limits when
+// lim is not nil.
 type Scoper interface {
-	Attach(ctx context.Context, unit string, pid int) error
+	Attach(ctx context.Context, unit string, pid int, lim *Limits) error
 }
 
 // Config configures a Supervisor.
@@ -81,6 +85,8 @@ type Config struct {
 	// Owner is the agent's instance id: cgroups live under a directory of
 	// that name, so agents sharing a host never touch each other's.
 	Owner string
+	// Jail, when set, confines every VMM (jail.go).
+	Jail *JailConfig
 }
 
 // MaxSocketPath is the longest path a unix socket can be bound at
@@ -109,6 +115,8 @@ type Supervisor struct {
 	locks keyed.Mutex      // serialises operations on one VM
 
 	cgroups string // cgroup2 dir for per-VMM groups ("" when unavailable)
+
+	jail *jailState // nil: VMMs run as the agent does
 }
 
 // New returns a Supervisor. Call Recover to adopt VMMs of a previous agent
@@ -138,6 +146,11 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if cfg.Scoper == nil {
 		sup.cgroups = cgroupRoot(cfg.Owner)
+	}
+	if cfg.Jail != nil {
+		if err := sup.initJail(*cfg.Jail); err != nil {
+			return nil, err
+		}
 	}
 	return sup, nil
 }
@@ -207,11 +220,52 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	}
 	defer console.Close()
 
-	cmd := s.command(l, sock, vmID, console)
+	var info *JailInfo
+	if s.jail != nil {
+		uid, release, err := s.allocUID(vmID)
+		if err != nil {
+			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+		}
+		defer release() // the handle holds the uid once tracked
+		if info, err = s.prepareJail(l, vmID, uid); err != nil {
+			_ = s.removeJail(vmID)
+			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+		}
+	}
 	// Without systemd, the VMM is born in a cgroup of its own (clone3 with
 	// CLONE_INTO_CGROUP): moving it there afterwards would take the
 	// cgroup write lock, milliseconds per VMM and serialised across spawns.
 	cg, cgfd := s.cgroupFor(vmID)
+	var v1 []string
+	lim := LimitsFor(opts.Vcpu, opts.MemMib)
+	if info != nil && s.cfg.Scoper == nil {
+		var missing []string
+		v1, missing, err = applyLimits(cg, s.jail.v2, s.cfg.Owner, vmID, lim)
+		if err == nil && len(missing) > 0 {
+			s.log.Debug("jailed vmm without some cgroup limits: no hierarchy takes them", "vm_id", vmID, "limits", missing)
+		}
+		if err != nil {
+			if cgfd != nil {
+				cgfd.Close()
+			}
+			s.cleanupJail(vmID)
+			return Handle{}, false, fmt.Errorf("spawn vm %s: cgroup limits: %w", vmID, err)
+		}
+	}
+	newCmd := func() (*exec.Cmd, error) {
+		if info != nil {
+			return s.jailCommand(sock, vmID, info, v1, lim, console)
+		}
+		return s.command(l, sock, vmID, console), nil
+	}
+	cmd, err := newCmd()
+	if err != nil {
+		if cgfd != nil {
+			cgfd.Close()
+		}
+		s.cleanupJail(vmID)
+		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+	}
 	if cgfd != nil {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgfd.Fd())
@@ -219,16 +273,22 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	err = cmd.Start()
 	if cgfd != nil {
 		cgfd.Close()
-		if err != nil {
+		// A jailed VMM never starts outside a group that limits it.
+		v2Limits := info != nil && (s.jail.v2["memory"] || s.jail.v2["cpu"])
+		if err != nil && !v2Limits {
 			// A kernel without CLONE_INTO_CGROUP: start it the plain way.
 			cgroupRemove(s.cgroups, vmID)
 			cg = ""
-			cmd = s.command(l, sock, vmID, console)
-			err = cmd.Start()
+			if cmd, err = newCmd(); err == nil {
+				err = cmd.Start()
+			}
 		}
 	}
 	if err != nil {
-		return Handle{}, false, fmt.Errorf("spawn vm %s: start %s: %w", vmID, s.cfg.Bin, err)
+		if info != nil {
+			s.cleanupJail(vmID)
+		}
+		return Handle{}, false, fmt.Errorf("spawn vm %s: start %s: %w", vmID, cmd.Path, err)
 	}
 	pid := cmd.Process.Pid
 	// We reap with wait4 in the watch loop, not with cmd.Wait, so that one
@@ -237,7 +297,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 
 	h := Handle{
 		Version: handleVersion, VMID: vmID, PID: pid, Bin: s.cfg.Bin, APISock: sock,
-		StartedAt: time.Now().UTC(), Vcpu: opts.Vcpu, MemMib: opts.MemMib, Cgroup: cg,
+		StartedAt: time.Now().UTC(), Vcpu: opts.Vcpu, MemMib: opts.MemMib, Cgroup: cg, Jail: info,
 	}
 	if pi, err := readProc(pid); err == nil {
 		h.StartTicks = pi.startTicks
@@ -250,6 +310,9 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		s.kill(p, 0)
 		_ = os.Remove(sock)
 		_ = os.Remove(filepath.Join(l.VMDir(vmID), handleFile))
+		if info != nil {
+			s.cleanupJail(vmID)
+		}
 		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 	}
 	// The scope and the handle come first, before the wait: an agent that
@@ -257,7 +320,11 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	// systemd must not count the VMM as the agent's.
 	if s.cfg.Scoper != nil {
 		unit := "fc-" + vmID + ".scope"
-		if err := s.cfg.Scoper.Attach(ctx, unit, pid); err != nil {
+		var scopeLim *Limits
+		if info != nil {
+			scopeLim = &lim
+		}
+		if err := s.cfg.Scoper.Attach(ctx, unit, pid, scopeLim); err != nil {
 			s.log.Warn("systemd scope not created; supervising directly", "vm_id", vmID, "err", err)
 		} else {
 			p.h.Scope = unit
@@ -269,8 +336,20 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if err := s.waitSocket(ctx, p); err != nil {
 		return fail(err)
 	}
-	s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock)
+	if info != nil {
+		s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock, "uid", info.UID, "chroot", info.Root)
+	} else {
+		s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock)
+	}
 	return p.h, false, nil
+}
+
+// cleanupJail removes what a jailed spawn made besides the process: its
+// chroot and its cgroup v1 groups (the v2 group goes with cgroupRemove).
+func (s *Supervisor) cleanupJail(vmID string) {
+	_ = s.removeJail(vmID)
+	removeV1(s.cfg.Owner, vmID)
+	cgroupRemove(s.cgroups, vmID)
 }
 
 // command is the VMM's command line, environment and stdio, in its own
@@ -322,6 +401,7 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 			return Handle{}, false
 		}
 		h.Bin = s.cfg.Bin
+		h.Jail = s.jailOfProcess(h.PID, vmID)
 		_ = writeHandle(dir, h)
 	}
 	s.mu.Lock()
@@ -340,10 +420,30 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
 	delay := 500 * time.Microsecond
+	// A jailed VMM binds its socket inside its chroot (at the same path
+	// there); a hard link brings it to its host path, where everyone
+	// reaches it. (The jail path itself may be too long for a unix socket
+	// address on the host.)
+	var jailSock string
+	if p.h.Jail != nil {
+		rel, err := jail.Rel(p.h.APISock, s.jailExecName())
+		if err != nil {
+			return err
+		}
+		jailSock = rel
+	}
 	for {
-		if c, err := net.DialTimeout("unix", p.h.APISock, time.Second); err == nil {
-			c.Close()
-			return nil
+		if jailSock != "" && p.h.Jail.Dir().Exists(jailSock) {
+			if err := p.h.Jail.Dir().LinkOut(jailSock, p.h.APISock); err != nil {
+				return err
+			}
+			jailSock = ""
+		}
+		if jailSock == "" {
+			if c, err := net.DialTimeout("unix", p.h.APISock, time.Second); err == nil {
+				c.Close()
+				return nil
+			}
 		}
 		if s.reap(p) {
 			return fmt.Errorf("vmm exited before its API socket was ready (%s): %s",
@@ -480,9 +580,19 @@ func (s *Supervisor) Stop(ctx context.Context, vmID string, grace time.Duration)
 		s.mu.Unlock()
 	}
 	cgroupRemove(s.cgroups, vmID)
+	removeV1(s.cfg.Owner, vmID)
 	if ok && p.h.Cgroup != "" && filepath.Dir(p.h.Cgroup) != s.cgroups && strings.HasPrefix(p.h.Cgroup, cgroupBase()+"/") {
 		// A group made by an agent version before per-instance groups.
 		cgroupRemoveDir(p.h.Cgroup)
+	}
+	if err := s.removeJail(vmID); err != nil {
+		return fmt.Errorf("stop vm %s: %w", vmID, err)
+	}
+	if ok && p.h.Jail != nil && s.jail == nil && strings.HasPrefix(p.h.Jail.Root, s.cfg.Layout.RunDir+"/") {
+		// Jailed by an earlier run of the agent with jail mode on.
+		if err := os.RemoveAll(filepath.Dir(p.h.Jail.Root)); err != nil {
+			return fmt.Errorf("stop vm %s: remove jail: %w", vmID, err)
+		}
 	}
 	l := s.cfg.Layout
 	for _, f := range []string{l.SockPath(vmID), filepath.Join(l.VMDir(vmID), handleFile)} {
@@ -502,7 +612,7 @@ func (s *Supervisor) kill(p *proc, grace time.Duration) error {
 	if s.reap(p) {
 		return nil
 	}
-	if grace > 0 {
+	if grace > 0 && (p.h.Jail == nil || catchesSignal(p.h.PID, syscall.SIGTERM)) {
 		_ = syscall.Kill(p.h.PID, syscall.SIGTERM)
 		if s.waitGone(p, grace) {
 			return nil
@@ -567,7 +677,8 @@ func (s *Supervisor) Recover() ([]Handle, error) {
 		for _, h := range s.List() {
 			live[h.VMID] = true
 		}
-		pruneCgroups(s.cgroups, live)
+		s.pruneAllCgroups(live)
+		s.pruneJails(live)
 	}()
 	// VMMs without a readable handle (an agent killed between start and
 	// writing it) are found by their command line.
@@ -576,6 +687,7 @@ func (s *Supervisor) Recover() ([]Handle, error) {
 		_, tracked := s.procs[h.VMID]
 		if !tracked {
 			h.Bin = s.cfg.Bin
+			h.Jail = s.jailOfProcess(h.PID, h.VMID)
 			s.procs[h.VMID] = &proc{h: h}
 		}
 		s.mu.Unlock()
@@ -611,7 +723,8 @@ func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
 			for _, h := range s.List() {
 				live[h.VMID] = true
 			}
-			pruneCgroups(s.cgroups, live)
+			s.pruneAllCgroups(live)
+			s.pruneJails(live)
 		}
 		s.sweep()
 	}
@@ -628,11 +741,24 @@ func (s *Supervisor) sweep() {
 	for _, p := range ps {
 		if s.reap(p) {
 			s.mu.Lock()
-			if s.procs[p.h.VMID] == p {
+			gone := s.procs[p.h.VMID] == p
+			if gone {
 				delete(s.procs, p.h.VMID)
 			}
 			s.mu.Unlock()
 			cgroupRemove(s.cgroups, p.h.VMID)
+			if gone && p.h.Jail != nil {
+				// Its chroot and limits go too, unless a spawn or stop of
+				// the VM holds it (they tidy up themselves; the prune
+				// catches the rest).
+				if unlock, ok := s.locks.TryLock(p.h.VMID); ok {
+					if _, alive := s.live(p.h.VMID); !alive {
+						_ = s.removeJail(p.h.VMID)
+						removeV1(s.cfg.Owner, p.h.VMID)
+					}
+					unlock()
+				}
+			}
 			s.log.Info("vmm exited", "vm_id", p.h.VMID, "pid", p.h.PID, "status", p.status)
 		}
 	}

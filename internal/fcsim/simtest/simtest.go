@@ -62,6 +62,9 @@ func Binary(tb testing.TB) string {
 		}
 		build.path = filepath.Join(build.dir, "firecracker-sim")
 		cmd := exec.Command("go", "build", "-o", build.path, "github.com/nexus-microvm/nexus/cmd/firecracker-sim")
+		// Static, as firecracker releases are: a jailed VMM finds no
+		// dynamic loader or libc in its chroot.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("simtest: go build firecracker-sim: %w\n%s", err, out)
 		}
