@@ -24,12 +24,19 @@ type tokenSecretOutput struct {
 	Body apitypes.TokenSecret
 }
 
-func (s *Server) createToken(ctx context.Context, in *createTokenInput) (*tokenSecretOutput, error) {
+func (s *Server) createToken(ctx context.Context, in *createTokenInput) (*tokenCreatedOutput, error) {
 	secret, rec, err := s.tokens.CreateToken(ctx, newID(ctx), in.Body.Owner, in.Body.Role, in.Body.Project)
 	if err != nil {
 		return nil, err
 	}
-	return &tokenSecretOutput{Body: apitypes.TokenSecret{ID: rec.ID, Token: secret}}, nil
+	return &tokenCreatedOutput{Location: "/v1/tokens/" + rec.ID, Body: apitypes.TokenSecret{ID: rec.ID, Token: secret}}, nil
+}
+
+// tokenCreatedOutput answers a create: the token's address (revoke and
+// rotate live under it; no route reads a token back).
+type tokenCreatedOutput struct {
+	Location string `header:"Location" doc:"the new token: /v1/tokens/{id}"`
+	Body     apitypes.TokenSecret
 }
 
 type listTokensInput struct {

@@ -160,8 +160,10 @@ func (r *Recorder) Check(c *Checker) (problems []string, checked int) {
 			continue
 		}
 		checked++
-		if err := c.CheckError(a.Method, a.Path, a.Status, a.ContentType, a.Body); err != nil && !seen[err.Error()] {
-			seen[err.Error()] = true
+		_, tmpl := c.operation(a.Method, a.Path)
+		key := fmt.Sprint(a.Method, tmpl, a.Status)
+		if err := c.CheckError(a.Method, a.Path, a.Status, a.ContentType, a.Body); err != nil && !seen[key] {
+			seen[key] = true // one report per operation and status
 			problems = append(problems, err.Error())
 		}
 	}
