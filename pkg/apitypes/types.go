@@ -42,22 +42,22 @@ type NIC struct {
 
 // VMConfig is what a VM is made of; templates store it too.
 type VMConfig struct {
-	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" doc:"vCPUs: 1 or an even number up to 32 (default 1)"`
-	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" doc:"guest memory in MiB (default 128); at most what a host can hold"`
-	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" doc:"a registered kernel image (id)"`
+	Vcpu          *int         `json:"vcpu,omitempty" minimum:"1" maximum:"32" example:"2" doc:"vCPUs: 1 or an even number up to 32 (default 1)"`
+	MemMib        *int         `json:"mem_mib,omitempty" minimum:"1" maximum:"1048576" example:"512" doc:"guest memory in MiB (default 128); at most what a host can hold"`
+	KernelImageID string       `json:"kernel_image_id,omitempty" maxLength:"64" example:"3f2a9c4e-8d1b-4b7a-9a43-1c2d3e4f5a6b" doc:"a registered kernel image (id)"`
 	KernelPath    string       `json:"kernel_path,omitempty" maxLength:"4096" doc:"host path of an uncompressed kernel (dev mode only, admins)"`
 	InitrdImageID string       `json:"initrd_image_id,omitempty" maxLength:"64" doc:"a registered initrd image (id), loaded with the kernel"`
 	InitrdPath    string       `json:"initrd_path,omitempty" maxLength:"4096" doc:"host path of an initrd (dev mode only, admins)"`
-	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" doc:"a registered rootfs image (id)"`
+	RootfsImageID string       `json:"rootfs_image_id,omitempty" maxLength:"64" example:"9c1b7e2d-4f3a-4c8b-8e21-7a6b5c4d3e2f" doc:"a registered rootfs image (id)"`
 	RootfsPath    string       `json:"rootfs_path,omitempty" maxLength:"4096" doc:"host path of a root filesystem image (dev mode only, admins)"`
-	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048" doc:"kernel arguments; Nexus adds its defaults, root= and ip= unless these set them, and the whole line must fit 2047 bytes"`
+	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048" example:"console=ttyS0 quiet" doc:"kernel arguments; Nexus adds its defaults, root= and ip= unless these set them, and the whole line must fit 2047 bytes"`
 	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16"`
 	NIC           *NIC         `json:"nic,omitempty"`
 }
 
 // CreateVMRequest is the body of POST /v1/vms.
 type CreateVMRequest struct {
-	Name string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"unique within the project"`
+	Name string `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" example:"web" doc:"unique within the project"`
 	VMConfig
 	Project string            `json:"project,omitempty" maxLength:"63" doc:"default: the token's project"`
 	Tags    map[string]string `json:"tags,omitempty" doc:"at most 32; keys 1-63 bytes, values up to 255, printable"`
