@@ -50,7 +50,7 @@ var (
 	placesVMs   = []int{http.StatusConflict, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout}
 	serviceErrs = map[string][]int{
 		"readyz":               {http.StatusServiceUnavailable},
-		"create-vm":            placesVMs,
+		"create-vm":            append(slices.Clone(placesVMs), http.StatusNotFound), // an image it names
 		"start-vm":             placesVMs,
 		"stop-vm":              onHost,
 		"pause-vm":             onHost,
@@ -67,7 +67,8 @@ var (
 		"rotate-token":         {http.StatusConflict},
 		"create-image":         onHost,
 		"delete-image":         {http.StatusConflict},
-		"create-template":      {http.StatusConflict},
+		"create-template":      {http.StatusConflict, http.StatusNotFound}, // an image it names
+		"list-audit":           {http.StatusNotFound},                      // the VM of vm_id
 		"instantiate-template": placesVMs,
 		"create-snapshot":      onHost,
 		"delete-snapshot":      onHost,
