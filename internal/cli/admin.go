@@ -48,11 +48,7 @@ func newTokenCmd(e env, stdout io.Writer) *cobra.Command {
 		Short:   "List tokens (never their secrets)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}
@@ -147,11 +143,7 @@ func newAuditCmd(e env, stdout io.Writer) *cobra.Command {
 		Example: "  nexus audit ls --vm web\n  nexus audit ls --actor alice --since 2026-11-01T00:00:00Z -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}

@@ -127,6 +127,16 @@ func (c *clientFlags) client() (*nexus.Client, error) {
 	return nexus.New(c.addr, c.token, opts...), nil
 }
 
+// setup is client and printer together, as most commands need both.
+func (c *clientFlags) setup(w io.Writer) (*nexus.Client, *printer, error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.printer(w)
+	return cl, p, err
+}
+
 // printer is the output the flags chose, writing to w.
 func (c *clientFlags) printer(w io.Writer) (*printer, error) {
 	return newPrinter(w, c.output, c.format, c.quiet)

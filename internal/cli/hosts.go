@@ -50,11 +50,7 @@ func newHostCmd(e env, stdout io.Writer) *cobra.Command {
 		Short:   "List hosts with capacity and allocation",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}

@@ -39,11 +39,7 @@ func imageAddCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
   nexus image add --kind rootfs --name base --path base.ext4 --project '*'   # shared (admin)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}
@@ -82,11 +78,7 @@ func imageListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Short:   "List the images you can use",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}
@@ -108,11 +100,7 @@ func imageGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: cf.completeImages,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}

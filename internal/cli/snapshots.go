@@ -72,11 +72,7 @@ func snapshotListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Args:              cobra.MaximumNArgs(1),
 		ValidArgsFunction: cf.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}
@@ -125,11 +121,7 @@ func snapshotGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: cf.completeSnapshots,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}

@@ -129,11 +129,7 @@ func templateListCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Short:   "List templates",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}
@@ -153,11 +149,7 @@ func templateGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: cf.completeTemplates,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client()
-			if err != nil {
-				return err
-			}
-			p, err := cf.printer(stdout)
+			c, p, err := cf.setup(stdout)
 			if err != nil {
 				return err
 			}

@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,6 +38,14 @@ func BenchmarkScale(b *testing.B) {
 	total := hosts * perHost
 	for range b.N {
 		args := []string{"--reconcile-interval", "5s", "--orphan-grace", "30s", "--heartbeat-timeout", "30s", "--lease-ttl", "6s"}
+		// NEXUS_BENCH_PROFILE=DIR: CPU profiles of the manager while it
+		// creates (create.prof) and across reconcile passes (reconcile.prof).
+		profDir := os.Getenv("NEXUS_BENCH_PROFILE")
+		var pprofAddr string
+		if profDir != "" {
+			pprofAddr = fmt.Sprintf("127.0.0.1:%d", freePort(b))
+			b.Setenv("NEXUS_PPROF", pprofAddr) // the manager starts first and takes it
+		}
 		c := newCluster(b, engine, 0, args...)
 		managers := c.url()
 		var second *nexus.Client
@@ -60,6 +71,10 @@ func BenchmarkScale(b *testing.B) {
 		rss0 := vmRSS(c.mgr.cmd.Process.Pid)
 
 		// Create every VM, 50 at a time.
+		var profiling sync.WaitGroup
+		if profDir != "" {
+			profiling.Go(func() { profileCPU(b, pprofAddr, filepath.Join(profDir, "create.prof"), 30*time.Second) })
+		}
 		start = time.Now()
 		var mu sync.Mutex
 		var createD []time.Duration
@@ -139,6 +154,10 @@ func BenchmarkScale(b *testing.B) {
 		readers.Wait()
 
 		// A reconcile pass over the whole fleet.
+		profiling.Wait()
+		if profDir != "" {
+			profileCPU(b, pprofAddr, filepath.Join(profDir, "reconcile.prof"), 15*time.Second)
+		}
 		waitPasses(b, c.client, 1)
 		var rs apitypes.ReconcilerStatus
 		_ = c.client.Do(ctx, "GET", "/v1/reconciler", nil, nil, &rs)
@@ -199,4 +218,24 @@ func BenchmarkScale(b *testing.B) {
 // vmRSS returns a process's resident set in KiB.
 func vmRSS(pid int) int {
 	return procStatusKiB(pid, "VmRSS:")
+}
+
+// profileCPU saves a CPU profile of the process serving pprof at addr.
+func profileCPU(b *testing.B, addr, path string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	if err != nil {
+		b.Logf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Logf("profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Logf("profile: %v", err)
+	}
+	b.Logf("CPU profile of the manager (%s) in %s", d, path)
 }
