@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -163,42 +165,52 @@ var freeStates = []store.VMState{store.VMStopped, store.VMFailed}
 // it, trying the next one when a host has filled up since it was read.
 // The fit is decided by the store, in one transaction with the insert
 // (store.CreateVMWithin), so managers sharing a store never overcommit a
-// host together; nothing is held in any manager's memory.
+// host together. The allocations that rank the hosts may be a moment old
+// (allocCache); a "no room anywhere" is only answered after a fresh read.
 func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (store.VM, store.Host, error) {
 	hosts, err := s.hosts.ListHosts(ctx)
 	if err != nil {
 		return store.VM{}, store.Host{}, err
 	}
-	alloc, err := s.st.AllocationsByHost(ctx, freeStates...)
-	if err != nil {
-		return store.VM{}, store.Host{}, fmt.Errorf("place vm: %w", err)
-	}
-	cands, err := s.pick(hosts, alloc, hostID, vm.VCPU, vm.MemMiB)
-	if err != nil {
-		return store.VM{}, store.Host{}, err
-	}
 	var full []string // hosts whose VM subnet has no free address
-	for _, h := range cands {
-		vm.HostID, vm.HostAddr = h.ID, h.Addr
-		// A VM with a network interface gets its address with its row,
-		// in the same transaction (guestnet.go).
-		vm.IP, vm.Subnet, vm.Gateway = "", "", ""
-		if subnet, gw, ok := hostNet(h); ok && vm.TAP != "" {
-			vm.Subnet, vm.Gateway = subnet.String(), gw.String()
+	for fresh := range 2 {
+		alloc, err := s.allocs.get(ctx, s.st, fresh == 1)
+		if err != nil {
+			return store.VM{}, store.Host{}, fmt.Errorf("place vm: %w", err)
 		}
-		limit := store.Resources{
-			VCPU:   int(float64(h.Capacity.VCPU) * s.cfg.VcpuOvercommit),
-			MemMiB: int(float64(h.Capacity.MemMiB) * s.cfg.MemOvercommit),
+		cands, err := s.pick(hosts, alloc, hostID, vm.VCPU, vm.MemMiB)
+		if err != nil {
+			if me, ok := AsError(err); ok && me.Kind == KindNoCapacity && fresh == 0 {
+				continue // perhaps freed since the cached read
+			}
+			return store.VM{}, store.Host{}, err
 		}
-		created, err := s.st.CreateVMWithin(ctx, vm, limit, freeStates...)
-		if errors.Is(err, store.ErrNoCapacity) {
-			continue // filled up since we read it: the next host
+		full = full[:0]
+		for _, h := range cands {
+			vm.HostID, vm.HostAddr = h.ID, h.Addr
+			// A VM with a network interface gets its address with its row,
+			// in the same transaction (guestnet.go).
+			vm.IP, vm.Subnet, vm.Gateway = "", "", ""
+			if subnet, gw, ok := hostNet(h); ok && vm.TAP != "" {
+				vm.Subnet, vm.Gateway = subnet.String(), gw.String()
+			}
+			limit := store.Resources{
+				VCPU:   int(float64(h.Capacity.VCPU) * s.cfg.VcpuOvercommit),
+				MemMiB: int(float64(h.Capacity.MemMiB) * s.cfg.MemOvercommit),
+			}
+			created, err := s.st.CreateVMWithin(ctx, vm, limit, freeStates...)
+			if errors.Is(err, store.ErrNoCapacity) {
+				continue // filled up since we read it: the next host
+			}
+			if errors.Is(err, store.ErrExhausted) {
+				full = append(full, h.Name+" ("+h.Subnet+")")
+				continue
+			}
+			if err == nil {
+				s.allocs.add(h.ID, vm.VCPU, vm.MemMiB)
+			}
+			return created, h, err
 		}
-		if errors.Is(err, store.ErrExhausted) {
-			full = append(full, h.Name+" ("+h.Subnet+")")
-			continue
-		}
-		return created, h, err
 	}
 	if len(full) > 0 {
 		return store.VM{}, store.Host{}, newErr(KindNoCapacity, "no_address", "no free address left in the VM subnet of host %s", strings.Join(full, ", ")).
@@ -210,6 +222,49 @@ func (s *Placement) create(ctx context.Context, vm store.VM, hostID string) (sto
 	}
 	return store.VM{}, store.Host{}, newErr(KindNoCapacity, "no_capacity", "no ready host has room for %d vCPU / %d MiB", vm.VCPU, vm.MemMiB).
 		suggest("stop or delete VMs, add a host, or ask for less (nexus host ls shows free capacity)")
+}
+
+// allocTTL is how old the allocations that rank hosts may be. Summing
+// every host's VMs is the one part of a create that grows with the fleet
+// (about a quarter of a create's CPU at 5,000 VMs); reading it at most a
+// few times a second keeps a create's cost flat.
+const allocTTL = 500 * time.Millisecond
+
+// allocCache is the hosts' allocations as last read from the store, plus
+// what this manager placed since. It only ranks hosts: the store decides
+// every fit (CreateVMWithin), so a stale entry can send a VM to its
+// second-best host, never overcommit one.
+type allocCache struct {
+	mu sync.Mutex
+	at time.Time
+	m  map[string]store.Allocation
+}
+
+func (c *allocCache) get(ctx context.Context, st store.Store, fresh bool) (map[string]store.Allocation, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fresh || c.m == nil || time.Since(c.at) > allocTTL {
+		m, err := st.AllocationsByHost(ctx, freeStates...)
+		if err != nil {
+			return nil, err
+		}
+		c.m, c.at = m, time.Now()
+	}
+	return maps.Clone(c.m), nil
+}
+
+// add counts a VM this manager just placed, until the next read.
+func (c *allocCache) add(hostID string, vcpu, mem int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		return
+	}
+	a := c.m[hostID]
+	a.VMs++
+	a.VCPU += vcpu
+	a.MemMiB += mem
+	c.m[hostID] = a
 }
 
 // pick returns the hosts that fit a VM, in order of preference, given

@@ -138,7 +138,8 @@ type Tokens struct {
 // Placement chooses hosts for new VMs; the store decides whether they fit.
 type Placement struct {
 	*core
-	hosts *Hosts
+	hosts  *Hosts
+	allocs allocCache
 }
 
 // New returns the services. ctx is their lifetime.
