@@ -38,7 +38,9 @@ type ReconcilerConfig struct {
 	RetryBase  time.Duration
 	RetryMax   time.Duration
 	// HostParallel bounds concurrent actions on one host; HostsParallel
-	// bounds hosts reconciled at once.
+	// bounds hosts reconciled at once (default 32: a host's pass mostly
+	// waits on its agent and the store, so a pass over 100 hosts is as
+	// long as a few host passes, not 13 rounds of 8).
 	HostParallel  int
 	HostsParallel int
 	Metrics       prometheus.Registerer
@@ -70,7 +72,7 @@ func (c *ReconcilerConfig) defaults() {
 		c.HostParallel = 4
 	}
 	if c.HostsParallel <= 0 {
-		c.HostsParallel = 8
+		c.HostsParallel = 32
 	}
 }
 
