@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -87,7 +88,7 @@ func (c *Caller) Do(ctx context.Context, method, path string, q url.Values, in, 
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.HC.Do(req)
+	resp, err := c.send(req, in != nil)
 	if err != nil {
 		return c.unreachable(err)
 	}
@@ -108,6 +109,37 @@ func (c *Caller) Do(ctx context.Context, method, path string, q url.Values, in, 
 		}
 	}
 	return nil
+}
+
+// send sends req, again (twice at most, 50 then 100 ms later) when the
+// connection was refused: nothing reached the server, so even a POST is
+// safe to repeat, and a busy host's full accept queue does not fail an
+// operation.
+func (c *Caller) send(req *http.Request, hasBody bool) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := c.HC.Do(req)
+		var op *net.OpError
+		if err == nil || attempt == 2 || !errors.As(err, &op) || op.Op != "dial" {
+			return resp, err
+		}
+		if hasBody {
+			if req.GetBody == nil {
+				return resp, err
+			}
+			b, gerr := req.GetBody()
+			if gerr != nil {
+				return resp, err
+			}
+			req.Body = b
+		}
+		t := time.NewTimer(time.Duration(50<<attempt) * time.Millisecond)
+		select {
+		case <-req.Context().Done():
+			t.Stop()
+			return resp, err
+		case <-t.C:
+		}
+	}
 }
 
 // Stream sends a GET for a long answer (an event stream) and returns the
