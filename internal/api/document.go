@@ -56,6 +56,7 @@ var (
 		"pause-vm":             onHost,
 		"resume-vm":            onHost,
 		"delete-vm":            onHost,
+		"extend-vm-ttl":        {http.StatusConflict},
 		"patch-drive":          onHost,
 		"vm-logs":              onHost,
 		"vm-logs-stream":       append(slices.Clone(onHost), http.StatusTooManyRequests),

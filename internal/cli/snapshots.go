@@ -176,11 +176,12 @@ func snapshotRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var name string
 	var tags []string
+	var expiry apitypes.Expiry
 	cmd := &cobra.Command{
 		Use:               "restore ID --name NAME",
 		ValidArgsFunction: cf.completeSnapshots,
 		Short:             "Start a new VM from a snapshot, on the snapshot's host",
-		Example:           "  nexus snapshot restore 5d1c… --name web-clone",
+		Example:           "  nexus snapshot restore 5d1c… --name web-clone\n  nexus snapshot restore 5d1c… --name try-1 --ttl 2h",
 		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
@@ -194,7 +195,7 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := apitypes.InstantiateSnapshotRequest{Name: name}
+			req := apitypes.InstantiateSnapshotRequest{Name: name, Expiry: expiry}
 			if req.Tags, err = parseTags(tags); err != nil {
 				return err
 			}
@@ -216,6 +217,7 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the new VM's name")
 	cmd.Flags().StringSliceVar(&tags, "tag", nil, "key=value tag (repeatable; default: the source VM's tags)")
+	addExpiryFlags(cmd.Flags(), &expiry)
 	return cmd
 }
 

@@ -43,7 +43,10 @@ type ReconcilerConfig struct {
 	// long as a few host passes, not 13 rounds of 8).
 	HostParallel  int
 	HostsParallel int
-	Metrics       prometheus.Registerer
+	// ExpiryInterval is how often the leader looks for VMs whose time to
+	// live is over (default 1s, at most Interval): one indexed query.
+	ExpiryInterval time.Duration
+	Metrics        prometheus.Registerer
 }
 
 func (c *ReconcilerConfig) defaults() {
@@ -74,6 +77,10 @@ func (c *ReconcilerConfig) defaults() {
 	if c.HostsParallel <= 0 {
 		c.HostsParallel = 32
 	}
+	if c.ExpiryInterval <= 0 {
+		c.ExpiryInterval = time.Second
+	}
+	c.ExpiryInterval = min(c.ExpiryInterval, c.Interval)
 }
 
 // Reconciler moves observed state toward desired state across the fleet
@@ -177,6 +184,7 @@ func (r *Reconciler) Run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { r.s.st.Listen(ctx, ReconcileChannel, r.Trigger) })
 	wg.Go(func() { r.keepLease(ctx) })
+	wg.Go(func() { r.expiryLoop(ctx) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -200,6 +208,23 @@ func (r *Reconciler) Run(ctx context.Context) {
 		}
 		for _, h := range hosts {
 			r.Pass(ctx, h)
+		}
+	}
+}
+
+// expiryLoop runs the expiry sweep every ExpiryInterval while this
+// manager leads: expiry must not wait for the (much longer) full pass.
+func (r *Reconciler) expiryLoop(ctx context.Context) {
+	t := time.NewTicker(r.cfg.ExpiryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if r.leader.Load() {
+			r.expireDue(ctx)
 		}
 	}
 }

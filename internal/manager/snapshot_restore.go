@@ -50,6 +50,10 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	} else if !hostlayout.ValidVMID(id) {
 		return Restored{}, invalid("invalid vm id %q", id)
 	}
+	expiresAt, onExpiry, err := parseTTL(s.now(), req.Expiry)
+	if err != nil {
+		return Restored{}, err
+	}
 	src := meta.Source
 	rootfs, rootfsImage, cfg := restoredConfig(meta)
 	specJSON, err := marshal(spec{VMConfig: cfg})
@@ -72,6 +76,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
 		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
 		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
+		ExpiresAt: expiresAt, OnExpiry: onExpiry,
 	}
 	if meta.Net != nil {
 		// The saved device state fixes the guest MAC: record the truth.

@@ -258,6 +258,9 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 	if count < 1 || count > MaxInstances {
 		return nil, invalid("count must be between 1 and %d", MaxInstances)
 	}
+	if _, _, err := parseTTL(s.now(), req.Expiry); err != nil {
+		return nil, err
+	}
 	names := []string{req.Name}
 	if count > 1 {
 		names = names[:0]
@@ -307,14 +310,14 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 		}
 		ids[0] = opt.FirstID
 	}
-	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, overJSON, opt.Wait)
+	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, req.Expiry, overJSON, opt.Wait)
 }
 
 // createAll makes the VMs a few at a time; after the first failure it
 // starts no more, waits for those under way, and deletes every VM of the
 // call.
 func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
-	tags map[string]string, overrides []byte, wait bool) ([]store.VM, error) {
+	tags map[string]string, expiry apitypes.Expiry, overrides []byte, wait bool) ([]store.VM, error) {
 	vms := make([]store.VM, len(names))
 	errs := make([]error, len(names))
 	var failed sync.Once
@@ -334,7 +337,7 @@ func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template
 		wg.Go(func() {
 			defer func() { <-sem }()
 			vms[i], errs[i] = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
-				Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags,
+				Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags, Expiry: expiry,
 			}, CreateOptions{ID: ids[i], Wait: wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides})
 			if errs[i] != nil {
 				failed.Do(func() { close(stop) })

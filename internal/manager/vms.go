@@ -64,6 +64,10 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		return store.VM{}, err
 	}
 	start := req.Start == nil || *req.Start
+	expiresAt, onExpiry, err := parseTTL(s.now(), req.Expiry)
+	if err != nil {
+		return store.VM{}, err
+	}
 
 	id := opt.ID
 	if id == "" {
@@ -88,6 +92,7 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID, InitrdImageID: cfg.InitrdImageID,
 		BootArgs: cfg.BootArgs, Spec: specJSON, Tags: req.Tags,
 		TemplateID: opt.TemplateID, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
+		ExpiresAt: expiresAt, OnExpiry: onExpiry,
 	}
 	if cfg.NIC != nil && cfg.NIC.Disabled {
 		vm.TAP, vm.MAC = "", ""

@@ -54,6 +54,9 @@ type VMStore interface {
 	// while paging do not shift later pages. nextCursor is "" on the last
 	// page. A malformed cursor is ErrInvalid.
 	ListVMs(ctx context.Context, f VMFilter) (items []VM, nextCursor string, err error)
+	// ListExpiredVMs returns up to limit VMs whose ExpiresAt is at or
+	// before at, earliest first (the reconciler's expiry sweep).
+	ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error)
 	// UpdateVM reads the VM, applies mutate to it and writes it back only if
 	// nobody else wrote in between (same Generation); on a concurrent change
 	// it re-reads and re-applies, a few times, then returns ErrStale. mutate

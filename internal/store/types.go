@@ -74,6 +74,12 @@ type VM struct {
 	BootedAt     *time.Time
 	GuestReadyAt *time.Time
 
+	// Time to live: at ExpiresAt (nil: never) the reconciler stops or
+	// deletes the VM, per OnExpiry ("stop" or "delete"; "" when there is no
+	// expiry).
+	ExpiresAt *time.Time
+	OnExpiry  string
+
 	// Reconciler bookkeeping: the last failure, how often it was retried and
 	// the earliest time of the next attempt (nil: no backoff pending).
 	LastError     string
@@ -97,6 +103,7 @@ func (v VM) clone() VM {
 	c.NextAttemptAt = copyTime(v.NextAttemptAt)
 	c.BootedAt = copyTime(v.BootedAt)
 	c.GuestReadyAt = copyTime(v.GuestReadyAt)
+	c.ExpiresAt = copyTime(v.ExpiresAt)
 	return c
 }
 
@@ -107,6 +114,12 @@ func copyTime(t *time.Time) *time.Time {
 	c := *t
 	return &c
 }
+
+// The actions of a VM's OnExpiry.
+const (
+	ExpiryStop   = "stop"
+	ExpiryDelete = "delete"
+)
 
 // VMFilter selects VMs for ListVMs. Zero fields match everything.
 type VMFilter struct {

@@ -78,6 +78,7 @@ type SnapshotList struct {
 type InstantiateSnapshotRequest struct {
 	Name string            `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"the new VM's name, unique within the snapshot's project"`
 	Tags map[string]string `json:"tags,omitempty" doc:"default: the source VM's tags"`
+	Expiry
 }
 
 // RestoredVM is the answer of POST /v1/snapshots/{id}/instantiate: the

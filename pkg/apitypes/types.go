@@ -63,6 +63,19 @@ type CreateVMRequest struct {
 	Tags    map[string]string `json:"tags,omitempty" doc:"at most 32; keys 1-63 bytes, values up to 255, printable"`
 	Start   *bool             `json:"start,omitempty" doc:"boot after creating (default true)"`
 	HostID  string            `json:"host_id,omitempty" maxLength:"253" doc:"pin to a host (id or name); default: the scheduler picks"`
+	Expiry
+}
+
+// Expiry is a time to live, given on create, instantiate and claim.
+type Expiry struct {
+	TTL      string `json:"ttl,omitempty" maxLength:"32" example:"2h" doc:"time to live from now, a Go duration (\"90s\", \"2h\"), 1s to 8760h; at the end the reconciler stops or deletes the VM (on_expiry). Default: no expiry"`
+	OnExpiry string `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at (default delete); only with ttl"`
+}
+
+// ExtendTTLRequest is the body of POST /v1/vms/{id}/ttl.
+type ExtendTTLRequest struct {
+	TTL      string `json:"ttl" minLength:"1" maxLength:"32" example:"1h" doc:"the VM now expires this long from now (a Go duration, 1s to 8760h)"`
+	OnExpiry string `json:"on_expiry,omitempty" enum:"stop,delete" doc:"change what happens at expiry (default: keep it; delete for a VM that had no expiry)"`
 }
 
 // VM is a microVM as the API shows it.
@@ -102,6 +115,8 @@ type VM struct {
 	CreatedAt      time.Time         `json:"created_at"`
 	UpdatedAt      time.Time         `json:"updated_at"`
 	LastError      string            `json:"last_error,omitempty"`
+	ExpiresAt      *time.Time        `json:"expires_at,omitempty" doc:"when the reconciler stops or deletes the VM (ttl); absent: never"`
+	OnExpiry       string            `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at"`
 }
 
 // VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}. Every answer about
