@@ -76,6 +76,7 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var noStart, noWait bool
 	var template string
 	var count int
+	var netMode string
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a VM and boot it",
@@ -114,6 +115,9 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				f := false
 				req.Start = &f
 			}
+			if netMode != "" {
+				req.Network = &apitypes.NetworkSpec{Mode: netMode}
+			}
 			if template != "" {
 				return createFromTemplate(cmd, c, cf, template, count, req, !noWait, stdout)
 			} else if count != 0 {
@@ -149,6 +153,7 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.StringVar(&template, "template", "", "create from this template (name or id); the config flags given override it")
 	fs.IntVar(&count, "count", 0, "with --template: create this many VMs, NAME-1 … NAME-N (1-100, all or none)")
 	addExpiryFlags(fs, &req.Expiry)
+	fs.StringVar(&netMode, "network", "", "network mode: bridge (default) or isolated (own namespace, fixed guest address 192.168.127.2)")
 	return cmd
 }
 
@@ -177,11 +182,20 @@ func vmDetail(vm apitypes.VM) [][2]string {
 		{"id", vm.ID}, {"name", vm.Name}, {"project", vm.Project}, {"state", vm.State},
 		{"desired", vm.DesiredState}, {"host", vm.HostID + " " + vm.HostAddr},
 		{"vcpu / mem", fmt.Sprintf("%d / %d MiB", vm.Vcpu, vm.MemMib)},
-		{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"guest", guestText(vm)},
+		{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"network", netText(vm)}, {"guest", guestText(vm)},
 		{"socket", vm.APISock}, {"log", vm.LogPath},
 		{"console", vm.ConsolePath}, {"template", vm.TemplateID}, {"tags", tagsText(vm.Tags)},
 		{"created", vm.CreatedAt.Format(time.RFC3339)}, {"expires", expiryText(vm)}, {"error", vm.LastError},
 	}
+}
+
+// netText is the VM's network mode and how it is reached.
+func netText(vm apitypes.VM) string {
+	n := vm.Network
+	if n == nil || n.Mode != "isolated" {
+		return ""
+	}
+	return fmt.Sprintf("isolated: reached at %s, guest %s, veth %s", n.Address, n.GuestAddr, n.Veth)
 }
 
 // expiryText says when and how a VM expires: "2026-12-04T13:00:00Z (delete, in 1h59m)".

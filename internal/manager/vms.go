@@ -68,6 +68,9 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 	if err != nil {
 		return store.VM{}, err
 	}
+	if err := checkNetwork(req.VMConfig); err != nil {
+		return store.VM{}, err
+	}
 
 	id := opt.ID
 	if id == "" {

@@ -3,11 +3,23 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/netnsutil"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
@@ -150,4 +162,243 @@ func hasEvent(evs apitypes.EventList, substr string) bool {
 		}
 	}
 	return false
+}
+
+// TestIsolatedClones: ten clones of one snapshot of an isolated VM run at
+// once on one host, each in its own namespace (made by the agent, its VMM
+// started inside) with the same guest MAC; real packets from the host
+// reach two clones' namespaces through their veths, and ARP on the bridge
+// sees a distinct MAC per clone, so nothing collides; deleting them leaves
+// no namespace, veth or TAP.
+func TestIsolatedClones(t *testing.T) {
+	c := newCluster(t, "sqlite", 1, "--reconcile-interval", "1s", "--orphan-grace", "1s")
+	ctx := context.Background()
+	a := c.agents[0]
+	l := a.layout()
+	kernel := simtest.WriteKernel(t, c.dir)
+	rootfs := simtest.WriteRootfs(t, c.dir, 16)
+
+	if _, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: "bad", VMConfig: apitypes.VMConfig{KernelPath: kernel,
+		Network: &apitypes.NetworkSpec{Mode: "isolated"}, NIC: &apitypes.NIC{Disabled: true}}}, true); !isStatus(err, 400) {
+		t.Fatalf("isolated without a NIC = %v; want 400", err)
+	}
+	src, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: "src", VMConfig: apitypes.VMConfig{
+		KernelPath: kernel, RootfsPath: rootfs, Network: &apitypes.NetworkSpec{Mode: "isolated"}}}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Network == nil || src.Network.Mode != "isolated" || src.Network.Address != src.IP || src.Network.GuestAddr != "192.168.127.2" {
+		t.Fatalf("isolated VM's network = %+v (ip %s)", src.Network, src.IP)
+	}
+	checkIsolated(t, a, src.ID)
+
+	snap, err := createSnapshot(c.client, src.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out apitypes.RestoredVM
+	if err := c.client.Do(ctx, "POST", "/v1/snapshots/"+snap.SnapshotID+"/instantiate", nil,
+		apitypes.InstantiateSnapshotRequest{Name: "clone", Count: 10}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Items) != 10 || len(out.IDs) != 10 {
+		t.Fatalf("instantiate count 10 made %d VMs", len(out.Items))
+	}
+	addrs := map[string]bool{}
+	for i, v := range out.Items {
+		if v.Name != fmt.Sprintf("clone-%d", i+1) || v.State != "running" || v.MAC != src.MAC {
+			t.Fatalf("clone %d: name %s, state %s, mac %s; want clone-%d, running, the source's %s", i, v.Name, v.State, v.MAC, i+1, src.MAC)
+		}
+		if v.Network == nil || v.Network.Mode != "isolated" || addrs[v.Network.Address] || v.Network.Address == src.IP {
+			t.Fatalf("clone %d: network %+v; want isolated with an address of its own", i, v.Network)
+		}
+		addrs[v.Network.Address] = true
+		checkIsolated(t, a, v.ID)
+	}
+	// A bridge-mode clone of an isolated guest would have the wrong
+	// network: refused, nothing made.
+	err = c.client.Do(ctx, "POST", "/v1/snapshots/"+snap.SnapshotID+"/instantiate", nil,
+		apitypes.InstantiateSnapshotRequest{Name: "br", Network: &apitypes.NetworkSpec{Mode: "bridge"}}, nil)
+	if !isStatus(err, 409) {
+		t.Fatalf("bridge-mode clone of an isolated snapshot = %v; want 409", err)
+	}
+
+	// Real packets: the host pings two clones' addresses; each answer comes
+	// from that clone's namespace over its veth, and the host's ARP table
+	// holds a different MAC for each (the veths'), none the guest MAC.
+	macs := map[string]string{}
+	for _, v := range out.Items[:2] {
+		pingFrom(t, a.net, v.Network.Address)
+		neighs, err := a.net.nl.NeighList(0, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range neighs {
+			if n.IP.String() == v.Network.Address && n.HardwareAddr != nil {
+				macs[v.Network.Address] = n.HardwareAddr.String()
+			}
+		}
+		if macs[v.Network.Address] == "" || macs[v.Network.Address] == src.MAC {
+			t.Fatalf("host ARP entry of %s = %q; want the clone's veth MAC", v.Network.Address, macs[v.Network.Address])
+		}
+	}
+	if m0, m1 := macs[out.Items[0].Network.Address], macs[out.Items[1].Network.Address]; m0 == m1 {
+		t.Fatalf("two clones answer ARP with one MAC %s", m0)
+	}
+
+	// An isolated VM no row claims (its manager died before recording it)
+	// is an orphan of ours: the sweep removes its VMM, namespace and veth.
+	// A veth with our prefix but no mark is not ours and stays.
+	ag := c.agentClient(a)
+	ghost := uuid.NewString()
+	if _, err := ag.Tap(ctx, ghost, agentapi.TapRequest{Isolated: &agentapi.IsolatedNet{
+		HostAddr: "172.20.255.200", GuestAddr: "192.168.127.2", GuestGateway: "192.168.127.1/30"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.Spawn(ctx, ghost, agentapi.SpawnRequest{NetNS: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(a.layout().NetNSPath(ghost)); err != nil || !a.net.hasLink(hostlayout.VethName(ghost)) {
+		t.Fatalf("ghost's namespace (%v) or veth missing", err)
+	}
+	decoy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vh-decoy000000"}, PeerName: "vhp-decoy"}
+	if err := a.net.nl.LinkAdd(decoy); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = a.net.nl.LinkDel(decoy) }()
+	eventually(t, 20*time.Second, "orphan isolated VM removed", func() error {
+		if _, err := os.Stat(a.layout().NetNSPath(ghost)); err == nil || a.net.hasLink(hostlayout.VethName(ghost)) {
+			return fmt.Errorf("namespace or veth of %s still there", ghost)
+		}
+		return nil
+	})
+	// The reconciler sees the isolated TAPs and veths as the VMs' own: no
+	// restart, no orphan removal.
+	waitPasses(t, c.client, 3)
+	if !a.net.hasLink("vh-decoy000000") {
+		t.Fatal("the reconciler removed a veth that is not ours")
+	}
+	ids := append([]string{src.ID}, out.IDs...)
+	for _, id := range ids {
+		evs, err := c.client.Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hasEvent(evs, "restarting") {
+			t.Fatalf("vm %s was restarted by the reconciler: %+v", id, evs.Items)
+		}
+		checkIsolated(t, a, id)
+	}
+	res, err := c.client.Bulk(ctx, "delete", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res.Results {
+		if !r.OK {
+			t.Fatalf("delete %s: %s", r.ID, r.Error)
+		}
+	}
+	if err := deleteSnapshot(c.client, snap.SnapshotID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if a.net.hasLink(hostlayout.VethName(id)) || a.net.hasLink(hostlayout.TapName(id)) {
+			t.Errorf("vm %s: veth or tap left on the host", id)
+		}
+		if _, err := os.Stat(l.NetNSPath(id)); err == nil {
+			t.Errorf("vm %s: namespace left", id)
+		}
+	}
+	if n := nsMounts(t, c.dir); n != 0 {
+		t.Errorf("%d namespace mounts left under %s", n, c.dir)
+	}
+	c.assertNoLeaks(ids...)
+	c.assertNoSnapshotLeaks()
+}
+
+// checkIsolated checks an isolated VM's host objects: its namespace is
+// mounted in its run dir, its TAP is inside (and held by the VMM, which
+// must run there too: firecracker-sim opens the TAP by name in its own
+// namespace), not on the host, and its marked veth is a bridge port.
+func checkIsolated(t *testing.T, a *agentProc, id string) {
+	t.Helper()
+	path := a.layout().NetNSPath(id)
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatalf("vm %s: no namespace at %s: %v", id, path, err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	tap, err := nh.LinkByName(hostlayout.TapName(id))
+	if err != nil {
+		t.Fatalf("vm %s: no tap in its namespace: %v", id, err)
+	}
+	if tap.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+		t.Fatalf("vm %s: nobody holds the tap in its namespace: the VMM runs elsewhere", id)
+	}
+	if !strings.HasSuffix(tap.Attrs().Alias, "/vm/"+id) {
+		t.Fatalf("vm %s: tap mark %q", id, tap.Attrs().Alias)
+	}
+	if a.net.hasLink(hostlayout.TapName(id)) {
+		t.Fatalf("vm %s: a tap of its name is on the host too", id)
+	}
+	veth, err := a.net.nl.LinkByName(hostlayout.VethName(id))
+	if err != nil || !strings.HasSuffix(veth.Attrs().Alias, "/veth/"+id) || veth.Attrs().MasterIndex == 0 {
+		t.Fatalf("vm %s: veth %v, %v; want a marked bridge port", id, veth, err)
+	}
+}
+
+// pingFrom sends ICMP echo requests to addr from inside the host h and
+// waits for a reply.
+func pingFrom(t *testing.T, h *hostNet, addr string) {
+	t.Helper()
+	var conn *icmp.PacketConn
+	err := netnsutil.Do(h.ns, func() (err error) {
+		conn, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dst := &net.IPAddr{IP: net.ParseIP(addr)}
+	for seq := 1; seq <= 20; seq++ {
+		msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: 0x4e58, Seq: seq, Data: []byte("nexus")}}
+		b, _ := msg.Marshal(nil)
+		if _, err := conn.WriteTo(b, dst); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				break // timed out: send again
+			}
+			m, err := icmp.ParseMessage(1, buf[:n])
+			if err == nil && m.Type == ipv4.ICMPTypeEchoReply && from.String() == addr {
+				return
+			}
+		}
+	}
+	t.Fatalf("no ICMP echo reply from %s", addr)
+}
+
+// nsMounts counts namespace mounts under dir.
+func nsMounts(t *testing.T, dir string) int {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			n++
+		}
+	}
+	return n
 }
