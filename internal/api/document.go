@@ -74,6 +74,9 @@ var (
 		"create-snapshot":      onHost,
 		"delete-snapshot":      onHost,
 		"instantiate-snapshot": placesVMs,
+		"create-pool":          {http.StatusConflict, http.StatusNotFound}, // the template or snapshot it names
+		"delete-pool":          onHost,
+		"claim-pool":           placesVMs,
 	}
 )
 

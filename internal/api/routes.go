@@ -62,6 +62,7 @@ func (s *Server) routes() {
 	s.imageRoutes()
 	s.templateRoutes()
 	s.snapshotRoutes()
+	s.poolRoutes()
 	s.observeRoutes()
 
 	// Audit.

@@ -86,10 +86,13 @@ func (c *ReconcilerConfig) defaults() {
 // Reconciler moves observed state toward desired state across the fleet
 // and removes what belongs to no VM. Only the lease holder acts.
 type Reconciler struct {
-	s      *VMs // the VM lifecycle the reconciler drives
-	hosts  *Hosts
-	cfg    ReconcilerConfig
-	leader atomic.Bool
+	s     *VMs // the VM lifecycle the reconciler drives
+	hosts *Hosts
+	pools *Pools
+	// poolKick asks for a refill pass now (a claim took a VM).
+	poolKick chan struct{}
+	cfg      ReconcilerConfig
+	leader   atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
 	// host (or one pass of everything), not one per report.
 	kick     chan struct{}
@@ -120,7 +123,13 @@ type PassStats struct {
 // NewReconciler returns the fleet's reconciler.
 func (m *Manager) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	cfg.defaults()
-	r := &Reconciler{s: m.VMs, hosts: m.Hosts, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	r := &Reconciler{s: m.VMs, hosts: m.Hosts, pools: m.Pools, poolKick: make(chan struct{}, 1), cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	m.Pools.Kick = func() {
+		select {
+		case r.poolKick <- struct{}{}:
+		default: // a pass is queued already
+		}
+	}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
 	}, []string{"action", "result"})
@@ -184,7 +193,8 @@ func (r *Reconciler) Run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { r.s.st.Listen(ctx, ReconcileChannel, r.Trigger) })
 	wg.Go(func() { r.keepLease(ctx) })
-	wg.Go(func() { r.expiryLoop(ctx) })
+	wg.Go(func() { r.leaderLoop(ctx, nil, func(ctx context.Context) { r.expireDue(ctx) }) })
+	wg.Go(func() { r.leaderLoop(ctx, r.poolKick, r.pools.RefillPools) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -212,9 +222,11 @@ func (r *Reconciler) Run(ctx context.Context) {
 	}
 }
 
-// expiryLoop runs the expiry sweep every ExpiryInterval while this
-// manager leads: expiry must not wait for the (much longer) full pass.
-func (r *Reconciler) expiryLoop(ctx context.Context) {
+// leaderLoop runs f every ExpiryInterval, and whenever kick fires (nil:
+// never), while this manager leads; one run at a time. The expiry sweep
+// and the pool refill use it: neither may wait for the (much longer)
+// full pass.
+func (r *Reconciler) leaderLoop(ctx context.Context, kick <-chan struct{}, f func(context.Context)) {
 	t := time.NewTicker(r.cfg.ExpiryInterval)
 	defer t.Stop()
 	for {
@@ -222,9 +234,10 @@ func (r *Reconciler) expiryLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
 		}
 		if r.leader.Load() {
-			r.expireDue(ctx)
+			f(ctx)
 		}
 	}
 }

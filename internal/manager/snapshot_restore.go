@@ -21,6 +21,8 @@ type InstantiateOptions struct {
 	// ID is the new VM's id; empty picks one. The API chooses it up front
 	// so the audit row of the instantiate names the VM.
 	ID string
+	// PoolID puts the VMs into a warm pool from their first moment.
+	PoolID string
 }
 
 // Restored is a VM made from a snapshot and what its user must know.
@@ -82,7 +84,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	}
 	out := Restored{VMs: make([]store.VM, count)}
 	errs := runBatch(count, func(i int) error {
-		r, err := s.instantiateOne(ctx, sn, meta, names[i], ids[i], req)
+		r, err := s.instantiateOne(ctx, sn, meta, names[i], ids[i], req, opt.PoolID)
 		out.VMs[i] = r.VM
 		if i == 0 {
 			out.Notices = r.Notices
@@ -100,7 +102,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 }
 
 // instantiateOne restores one VM; a failure leaves nothing of it.
-func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta snapshotMeta, name, id string, req apitypes.InstantiateSnapshotRequest) (Restored, error) {
+func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta snapshotMeta, name, id string, req apitypes.InstantiateSnapshotRequest, poolID string) (Restored, error) {
 	sid := sn.ID
 	expiresAt, onExpiry, err := parseTTL(s.now(), req.Expiry)
 	if err != nil {
@@ -128,7 +130,7 @@ func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta 
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
 		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
 		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
-		ExpiresAt: expiresAt, OnExpiry: onExpiry,
+		ExpiresAt: expiresAt, OnExpiry: onExpiry, PoolID: poolID,
 	}
 	if meta.Net != nil {
 		// The saved device state fixes the guest MAC: record the truth.

@@ -238,6 +238,8 @@ type TemplateInstanceOptions struct {
 	FirstID string
 	// Wait answers once every VM runs.
 	Wait bool
+	// PoolID puts the VMs into a warm pool (pools.go).
+	PoolID string
 }
 
 // Instantiate makes req.Count VMs (default 1) from a template, named
@@ -295,19 +297,19 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 		}
 		ids[0] = opt.FirstID
 	}
-	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, req.Expiry, overJSON, opt.Wait)
+	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, req.Expiry, overJSON, opt)
 }
 
 // createAll makes the VMs a few at a time; after the first failure it
 // starts no more, waits for those under way, and deletes every VM of the
 // call.
 func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
-	tags map[string]string, expiry apitypes.Expiry, overrides []byte, wait bool) ([]store.VM, error) {
+	tags map[string]string, expiry apitypes.Expiry, overrides []byte, opt TemplateInstanceOptions) ([]store.VM, error) {
 	vms := make([]store.VM, len(names))
 	errs := runBatch(len(names), func(i int) (err error) {
 		vms[i], err = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
 			Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags, Expiry: expiry,
-		}, CreateOptions{ID: ids[i], Wait: wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides})
+		}, CreateOptions{ID: ids[i], Wait: opt.Wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides, PoolID: opt.PoolID})
 		return err
 	})
 	if err := s.vms.batchFailed(ctx, errs, names, ids, "template "+t.Name); err != nil {

@@ -80,6 +80,10 @@ type VM struct {
 	ExpiresAt *time.Time
 	OnExpiry  string
 
+	// PoolID is the warm pool that holds the VM until it is claimed ("":
+	// none).
+	PoolID string
+
 	// Reconciler bookkeeping: the last failure, how often it was retried and
 	// the earliest time of the next attempt (nil: no backoff pending).
 	LastError     string
@@ -127,6 +131,7 @@ type VMFilter struct {
 	State        VMState
 	DesiredState VMState
 	HostID       string
+	PoolID       string
 	// Tags must all be present with exactly these values.
 	Tags map[string]string
 	// Limit caps the page size: 0 means DefaultLimit, more than MaxLimit
@@ -174,6 +179,24 @@ type Template struct {
 	Owner     string
 	Config    json.RawMessage
 	CreatedAt time.Time
+}
+
+// Pool keeps Size paused VMs of one template or snapshot ready to be
+// claimed; it refills when fewer than MinReady are.
+type Pool struct {
+	ID         string
+	Name       string
+	Project    string
+	TemplateID string
+	SnapshotID string
+	Size       int
+	MinReady   int
+	OnEmpty    string // "create" or "fail"
+	// ShortSince is when the pool last fell below Size ready VMs (nil:
+	// full), for its refill lag.
+	ShortSince *time.Time
+	Claims     int64
+	CreatedAt  time.Time
 }
 
 // TemplateFilter selects templates. Zero fields match everything.

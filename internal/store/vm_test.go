@@ -525,3 +525,48 @@ func init() {
 		}
 	}})
 }
+
+func init() {
+	vmBehaviours = append(vmBehaviours, behaviour{"pool/crud", func(t *testing.T, e *env) {
+		p := must(e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "default", SnapshotID: "snap-1", Size: 3, MinReady: 2, OnEmpty: "create"}))(t)
+		if d := diff(p, must(e.s.GetPool(ctx, p.ID))(t)); d != "" {
+			t.Fatalf("GetPool differs (-create +get):\n%s", d)
+		}
+		if d := diff(p, must(e.s.GetPoolByName(ctx, "default", "warm"))(t)); d != "" {
+			t.Fatalf("GetPoolByName differs (-create +get):\n%s", d)
+		}
+		_, err := e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "default", Size: 1, MinReady: 1, OnEmpty: "fail"})
+		wantErr(t, "same project and name", err, store.ErrConflict)
+
+		at := e.clock.Now()
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, &at))(t)
+		later := at.Add(time.Minute)
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, &later))(t) // stays short: the first time counts
+		must(struct{}{}, e.s.CountPoolClaim(ctx, p.ID))(t)
+		got := must(e.s.GetPool(ctx, p.ID))(t)
+		if got.ShortSince == nil || !got.ShortSince.Equal(at.Truncate(time.Microsecond)) || got.Claims != 1 {
+			t.Fatalf("pool = short since %v, claims %d; want %v, 1", got.ShortSince, got.Claims, at)
+		}
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, nil))(t)
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.ShortSince != nil {
+			t.Fatalf("full pool short since %v", got.ShortSince)
+		}
+
+		vm := newVM("warm-1")
+		vm.PoolID = p.ID
+		must(e.s.CreateVM(ctx, vm))(t)
+		must(e.s.CreateVM(ctx, newVM("other")))(t)
+		inPool, _ := must2(e.s.ListVMs(ctx, store.VMFilter{PoolID: p.ID}))(t)
+		if n := names(inPool); n != "warm-1" {
+			t.Fatalf("ListVMs(pool) = %s; want warm-1", n)
+		}
+		if ps := must(e.s.ListPools(ctx, "default"))(t); len(ps) != 1 {
+			t.Fatalf("ListPools = %d pools", len(ps))
+		}
+		if err := e.s.DeletePool(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		wantErr(t, "second DeletePool", e.s.DeletePool(ctx, p.ID), store.ErrNotFound)
+		wantErr(t, "SetPoolShort of a missing pool", e.s.SetPoolShort(ctx, p.ID, nil), store.ErrNotFound)
+	}})
+}

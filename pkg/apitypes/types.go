@@ -132,6 +132,7 @@ type VM struct {
 	LastError      string            `json:"last_error,omitempty"`
 	ExpiresAt      *time.Time        `json:"expires_at,omitempty" doc:"when the reconciler stops or deletes the VM (ttl); absent: never"`
 	Network        *VMNetwork        `json:"network,omitempty" doc:"mode and reachable address; absent without a network interface"`
+	PoolID         string            `json:"pool_id,omitempty" doc:"the warm pool holding the VM until it is claimed"`
 	OnExpiry       string            `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at"`
 }
 

@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -401,4 +403,208 @@ func nsMounts(t *testing.T, dir string) int {
 		}
 	}
 	return n
+}
+
+// TestPools: a pool of a snapshot fills to its size with paused VMs; a
+// claim returns a running VM at once and the pool refills; a killed
+// pooled VMM is healed (the VM replaced); an empty pool with on_empty fail
+// answers 503 pool_empty; deleting a pool deletes its unclaimed VMs.
+func TestPools(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			c := newCluster(t, engine, 1, "--reconcile-interval", "1s")
+			ctx := context.Background()
+			src, _ := snapVM(t, c, "src", 128, 0)
+			snap, err := createSnapshot(c.client, src.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, bad := range []apitypes.CreatePoolRequest{
+				{Name: "b", SnapshotID: snap.SnapshotID, Size: 0},
+				{Name: "b", SnapshotID: snap.SnapshotID, Size: 101},
+				{Name: "b", Size: 1},
+				{Name: "b", SnapshotID: snap.SnapshotID, TemplateID: "t", Size: 1},
+				{Name: "b", SnapshotID: snap.SnapshotID, Size: 2, MinReady: 3},
+				{Name: "b", SnapshotID: snap.SnapshotID, Size: 1, OnEmpty: "maybe"},
+				{Name: "-b", SnapshotID: snap.SnapshotID, Size: 1},
+			} {
+				if _, err := c.client.CreatePool(ctx, bad); !isStatus(err, 400) {
+					t.Fatalf("create pool %+v = %v; want 400", bad, err)
+				}
+			}
+			if _, err := c.client.CreatePool(ctx, apitypes.CreatePoolRequest{Name: "b", SnapshotID: "no-such", Size: 1}); !isStatus(err, 404) {
+				t.Fatalf("pool of a missing snapshot = %v; want 404", err)
+			}
+
+			pool, err := c.client.CreatePool(ctx, apitypes.CreatePoolRequest{Name: "warm", SnapshotID: snap.SnapshotID, Size: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReady := func(ref string, n int) apitypes.Pool {
+				t.Helper()
+				var p apitypes.Pool
+				eventually(t, 30*time.Second, fmt.Sprintf("pool %s has %d ready", ref, n), func() error {
+					var err error
+					if p, err = c.client.GetPool(ctx, ref, ""); err != nil {
+						return err
+					}
+					if p.Ready != n || p.Creating != 0 {
+						return fmt.Errorf("ready %d, creating %d", p.Ready, p.Creating)
+					}
+					return nil
+				})
+				return p
+			}
+			p := waitReady(pool.ID, 2)
+			if p.State != "ready" || p.RefillLagSeconds != 0 {
+				t.Fatalf("full pool: state %s, lag %v", p.State, p.RefillLagSeconds)
+			}
+			pooled := poolVMs(t, c, pool.ID)
+			for _, v := range pooled {
+				if v.State != "paused" {
+					t.Fatalf("pooled VM %s is %s; want paused", v.Name, v.State)
+				}
+			}
+
+			cl, err := c.client.ClaimPool(ctx, "warm", "", apitypes.ClaimRequest{Expiry: apitypes.Expiry{TTL: "1h"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cl.FromPool || cl.Item.State != "running" || cl.Item.PoolID != "" || cl.Item.ExpiresAt == nil {
+				t.Fatalf("claim = from pool %v, state %s, pool %q, expires %v; want a running warm VM with a ttl", cl.FromPool, cl.Item.State, cl.Item.PoolID, cl.Item.ExpiresAt)
+			}
+			if _, ok := pooled[cl.Item.ID]; !ok {
+				t.Fatalf("claimed VM %s was not one of the pool's", cl.Item.ID)
+			}
+			if p := waitReady("warm", 2); p.Claims != 1 {
+				t.Fatalf("claims = %d; want 1", p.Claims)
+			}
+
+			// A pooled VMM killed: the VM is replaced and the pool is full again.
+			victim := ""
+			for id := range poolVMs(t, c, pool.ID) {
+				victim = id
+			}
+			inv, err := c.agentClient(c.agents[0]).Inventory(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range inv.VMMs {
+				if m.VMID == victim {
+					if err := unix.Kill(m.PID, unix.SIGKILL); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			eventually(t, 30*time.Second, "killed pooled VM replaced", func() error {
+				vms := poolVMs(t, c, pool.ID)
+				if _, still := vms[victim]; still {
+					return fmt.Errorf("vm %s still in the pool", victim)
+				}
+				ready := 0
+				for _, v := range vms {
+					if v.State == "paused" {
+						ready++
+					}
+				}
+				if ready != 2 {
+					return fmt.Errorf("%d ready", ready)
+				}
+				return nil
+			})
+
+			// on_empty fail: once its snapshot is gone the pool cannot
+			// refill; the claim after its last VM is 503 pool_empty.
+			snap2, err := createSnapshot(c.client, src.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			strict, err := c.client.CreatePool(ctx, apitypes.CreatePoolRequest{Name: "strict", SnapshotID: snap2.SnapshotID, Size: 1, OnEmpty: "fail"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReady("strict", 1)
+			if err := deleteSnapshot(c.client, snap2.SnapshotID); err != nil {
+				t.Fatal(err)
+			}
+			last, err := c.client.ClaimPool(ctx, "strict", "", apitypes.ClaimRequest{})
+			if err != nil || !last.FromPool {
+				t.Fatalf("claim of the last VM = %+v, %v", last, err)
+			}
+			_, err = c.client.ClaimPool(ctx, "strict", "", apitypes.ClaimRequest{})
+			if e := apiErr(err); e == nil || e.Status != 503 || e.Code != "pool_empty" || e.Suggestion == "" {
+				t.Fatalf("claim of an empty pool = %v; want 503 pool_empty with a suggestion", err)
+			}
+
+			rows, err := c.client.Audit(ctx, nexus.AuditOptions{ResourceID: pool.ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			refills := 0
+			for _, r := range rows.Items {
+				if r.Action == "pool.refill" && r.Actor == "system (reconciler)" {
+					refills++
+				}
+			}
+			if refills < 2 {
+				t.Fatalf("%d pool.refill audit rows of the system; want at least 2: %+v", refills, rows.Items)
+			}
+			resp, err := http.Get(c.url() + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(body), `nexus_pool_claims_total{pool="warm",result="warm"} 1`) {
+				t.Fatalf("/metrics lacks the pool's claims")
+			}
+
+			// Deleting a pool deletes its VMs; claimed VMs stay.
+			inPool := poolVMs(t, c, pool.ID)
+			for _, ref := range []string{"warm", strict.ID} {
+				if err := c.client.DeletePool(ctx, ref, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := c.client.GetPool(ctx, "warm", ""); !isStatus(err, 404) {
+				t.Fatalf("deleted pool: %v", err)
+			}
+			var gone []string
+			for id := range inPool {
+				if _, err := c.client.GetVM(ctx, id); !isStatus(err, 404) {
+					t.Fatalf("pool VM %s after the pool's delete: %v", id, err)
+				}
+				gone = append(gone, id)
+			}
+			for _, id := range []string{cl.Item.ID, last.Item.ID} {
+				if v, err := c.client.GetVM(ctx, id); err != nil || v.State != "running" {
+					t.Fatalf("claimed VM %s after its pool's delete: %s, %v", id, v.State, err)
+				}
+			}
+			for _, id := range []string{cl.Item.ID, last.Item.ID, src.ID} {
+				if err := c.client.DeleteVM(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := deleteSnapshot(c.client, snap.SnapshotID); err != nil {
+				t.Fatal(err)
+			}
+			c.assertNoLeaks(append(gone, victim, cl.Item.ID, last.Item.ID, src.ID)...)
+		})
+	}
+}
+
+// poolVMs are the VMs the pool holds, by id.
+func poolVMs(t *testing.T, c *cluster, poolID string) map[string]apitypes.VM {
+	t.Helper()
+	out := map[string]apitypes.VM{}
+	for vm, err := range c.client.VMs(context.Background(), nexus.ListVMsOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vm.PoolID == poolID {
+			out[vm.ID] = vm
+		}
+	}
+	return out
 }
