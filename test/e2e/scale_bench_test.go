@@ -132,24 +132,7 @@ func BenchmarkScale(b *testing.B) {
 				listD = append(listD, time.Since(s))
 			}
 		})
-		churn := ids[:total/10]
-		var churnD []time.Duration
-		for off := 0; off < len(churn); off += 20 {
-			part := churn[off:min(off+20, len(churn))]
-			for _, action := range []string{"stop", "start"} {
-				s := time.Now()
-				res, err := c.client.Bulk(ctx, action, part)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, r := range res.Results {
-					if !r.OK {
-						b.Fatalf("%s %s: %s", action, r.ID, r.Error)
-					}
-				}
-				churnD = append(churnD, time.Since(s)/time.Duration(len(part)))
-			}
-		}
+		churnD := churnBulk(ctx, b, c.client, ids[:total/10])
 		close(stop)
 		readers.Wait()
 
