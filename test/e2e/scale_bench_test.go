@@ -203,9 +203,10 @@ func vmRSS(pid int) int {
 	return procStatusKiB(pid, "VmRSS:")
 }
 
-// profileCPU saves a CPU profile of the process serving pprof at addr.
+// profileCPU saves a CPU profile of the process serving pprof at addr
+// (seconds are whole: d is rounded down, at least 1).
 func profileCPU(b *testing.B, addr, path string, d time.Duration) {
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
 	if err != nil {
 		b.Logf("profile: %v", err)
 		return
@@ -220,5 +221,5 @@ func profileCPU(b *testing.B, addr, path string, d time.Duration) {
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		b.Logf("profile: %v", err)
 	}
-	b.Logf("CPU profile of the manager (%s) in %s", d, path)
+	b.Logf("CPU profile of %s (%s) in %s", addr, d, path)
 }
