@@ -167,10 +167,12 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 		return fail(err)
 	}
 	return &sqlStore{
-		d:     sqliteDialect{lockPath: path + ".lock"},
-		w:     w,
-		r:     r,
-		clock: o.clock,
-		log:   o.logger,
+		d:      sqliteDialect{lockPath: path + ".lock"},
+		w:      w,
+		r:      r,
+		clock:  o.clock,
+		log:    o.logger,
+		wStmts: newStmtCache(w),
+		rStmts: newStmtCache(r),
 	}, nil
 }
