@@ -20,10 +20,48 @@ type stmtCache struct {
 	db *sql.DB
 	mu sync.Mutex
 	m  map[string]*sql.Stmt
+	// noted are texts a transaction ran unprepared, to prepare once it
+	// ended (see cached).
+	noted map[string]bool
 }
 
 func newStmtCache(db *sql.DB) *stmtCache {
-	return &stmtCache{db: db, m: make(map[string]*sql.Stmt)}
+	return &stmtCache{db: db, m: make(map[string]*sql.Stmt), noted: make(map[string]bool)}
+}
+
+// cached returns q's statement when it is prepared already. Otherwise it
+// notes q for prepareNoted and returns nil: inside a transaction on
+// SQLite's single write connection, preparing on the pool would wait for
+// the connection the transaction holds.
+func (c *stmtCache) cached(q string) *sql.Stmt {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.m[q]
+	if !ok && len(c.m)+len(c.noted) < maxCachedStmts {
+		c.noted[q] = true
+	}
+	return st
+}
+
+// prepareNoted prepares what cached noted; run it when no transaction
+// holds the pool's connection.
+func (c *stmtCache) prepareNoted(ctx context.Context) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	var qs []string
+	for q := range c.noted {
+		qs = append(qs, q)
+	}
+	clear(c.noted)
+	c.mu.Unlock()
+	for _, q := range qs {
+		c.get(ctx, q)
+	}
 }
 
 // get returns the statement for q, prepared on first use, or nil when it
@@ -58,4 +96,30 @@ func (c *stmtCache) get(ctx context.Context, q string) *sql.Stmt {
 	}
 	c.m[q] = st
 	return st
+}
+
+// txQuery, txQueryRow and txExec run q in tx (a transaction of the write
+// pool, see inTx) with its cached statement when there is one.
+func (s *sqlStore) txQuery(ctx context.Context, tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
+	q = s.d.rebind(q)
+	if st := s.wStmts.cached(q); st != nil {
+		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, q, args...)
+}
+
+func (s *sqlStore) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) *sql.Row {
+	q = s.d.rebind(q)
+	if st := s.wStmts.cached(q); st != nil {
+		return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return tx.QueryRowContext(ctx, q, args...)
+}
+
+func (s *sqlStore) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	q = s.d.rebind(q)
+	if st := s.wStmts.cached(q); st != nil {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, q, args...)
 }
