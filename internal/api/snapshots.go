@@ -139,5 +139,8 @@ func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapsho
 		out.Body.IDs = append(out.Body.IDs, vm.ID)
 		out.Body.Items = append(out.Body.Items, s.vms.View(vm))
 	}
+	if len(r.VMs) > 1 {
+		s.auditSiblings(ctx, "snapshot.instantiate", r.VMs[1:])
+	}
 	return out, nil
 }

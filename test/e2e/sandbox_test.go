@@ -217,6 +217,11 @@ func TestIsolatedClones(t *testing.T) {
 		addrs[v.Network.Address] = true
 		checkIsolated(t, a, v.ID)
 	}
+	// Every clone's history starts with its instantiation.
+	rows, err := c.client.Audit(ctx, nexus.AuditOptions{VMID: out.IDs[5]})
+	if err != nil || len(rows.Items) == 0 || rows.Items[0].Action != "snapshot.instantiate" {
+		t.Fatalf("audit of clone 6 = %+v, %v; want its snapshot.instantiate row", rows.Items, err)
+	}
 	// A bridge-mode clone of an isolated guest would have the wrong
 	// network: refused, nothing made.
 	err = c.client.Do(ctx, "POST", "/v1/snapshots/"+snap.SnapshotID+"/instantiate", nil,

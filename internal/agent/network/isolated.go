@@ -286,6 +286,34 @@ func (n *Network) deleteIsolatedLocked(vmID, nsPath string, removeNS bool) error
 	return nil
 }
 
+// RemoveIsolated removes the namespace and veth of every isolated VM
+// with a run dir in l (nexus down); their VMMs must be stopped first. It
+// returns what it removed.
+func (n *Network) RemoveIsolated(ctx context.Context, l hostlayout.Layout) ([]string, error) {
+	entries, err := os.ReadDir(l.VMsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("remove isolated networks: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		id := e.Name()
+		path := l.NetNSPath(id)
+		if _, err := os.Lstat(path); err != nil || !hostlayout.ValidVMID(id) {
+			continue
+		}
+		if err := n.DeleteIsolated(ctx, id, path); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, "network namespace and veth of vm "+id)
+	}
+	return removed, errors.Join(errs...)
+}
+
 // ListVeths lists the host sides of isolated VMs' veths with this agent's
 // mark ("vh-…"), as Taps: Ours and VMID set, Attached to our bridge.
 func (n *Network) ListVeths(ctx context.Context) ([]Tap, error) {

@@ -120,3 +120,39 @@ func TestIsolated(t *testing.T) {
 	}
 	_ = tns.h.LinkDel(v)
 }
+
+// TestIsolatedTeardown: what nexus down does removes isolated VMs'
+// namespaces (from the run dirs) and veths.
+func TestIsolatedTeardown(t *testing.T) {
+	tns, nw := readyNet(t)
+	ctx := context.Background()
+	l := hostlayout.Layout{RunDir: t.TempDir()}
+	c := isoConfig(t, "0000beef-0000-4000-8000-000000000009", "172.20.0.19")
+	c.NSPath = l.NetNSPath(c.VMID)
+	if err := os.MkdirAll(l.VMDir(c.VMID), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := nw.EnsureIsolated(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := nw.RemoveIsolated(ctx, l)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("RemoveIsolated = %v, %v", removed, err)
+	}
+	if _, err := os.Stat(c.NSPath); !os.IsNotExist(err) {
+		t.Fatalf("namespace left: %v", err)
+	}
+	// A veth whose namespace is gone already goes with Teardown.
+	c2 := isoConfig(t, "0000beef-0000-4000-8000-000000000010", "172.20.0.20")
+	if err := nw.EnsureIsolated(ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nw.Teardown(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tns.h.LinkByName(hostlayout.VethName(c2.VMID)); err == nil {
+		t.Fatal("veth left after Teardown")
+	}
+	_ = removeNetNS(c2.NSPath)
+	tns.assertClean(t, nw)
+}
