@@ -143,7 +143,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
 	})
 	srv := api.New(api.Deps{
-		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
+		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Pools: mgr.Pools, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
 		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})
