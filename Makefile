@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean bench-sdk
+.PHONY: help deps build up images test check fmt-check tidy-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean bench-sdk
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,11 +33,14 @@ test: ## install what is missing (incl. a local Postgres), then gofmt, go vet an
 	@scripts/setup.sh --test
 	@$(MAKE) --no-print-directory check
 
-check: fmt-check vet unit ## gofmt, go vet and every test, without installing anything
+check: fmt-check tidy-check vet unit ## gofmt, go mod tidy, go vet and every test, without installing anything
 
 fmt-check: ## fail when gofmt would change a file
 	@out=$$($(dir $(GO))gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+tidy-check: ## fail when `go mod tidy` would change go.mod or go.sum (needs the module proxy or a warm module cache)
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result"; exit 1; }
 
 vet: ## go vet
 	$(GO) vet $(PKGS)

@@ -19,6 +19,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/app"
 	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/internal/version"
 )
 
 // strFlag defines a string flag whose default comes from an environment
@@ -183,7 +184,7 @@ set it registers there and sends heartbeats.`,
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			o.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
 			r, err := agent.Start(cmd.Context(), o, log)
@@ -247,7 +248,7 @@ Migrations are applied at start. Agents join with the shared join token
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			startPprof(e("NEXUS_PPROF"), log)
 			m, err := app.StartManager(cmd.Context(), o, log)
 			if err != nil {
@@ -289,7 +290,7 @@ Migrations are applied at start. Agents join with the shared join token
   nexus manager openapi --format yaml --openapi 3.0 > openapi-3.0.yaml   # for 3.0-only generators`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc := api.Document(Version)
+			doc := api.Document(version.Get().Version)
 			var out []byte
 			var err error
 			switch specFormat + "/" + specVersion {
@@ -380,7 +381,7 @@ simulated VM costs about 1 MiB), so hundreds of small VMs fit on a laptop.`,
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			o.Agent.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
 			return app.Up(cmd.Context(), o, log, stdout)
