@@ -270,18 +270,7 @@ Migrations are applied at start. Agents join with the shared join token
 	}
 	lf.add(lfs, e, "json")
 
-	cmd.AddCommand(&cobra.Command{
-		Use:   "migrate",
-		Short: "Apply the store's migrations and exit",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := store.Migrate(cmd.Context(), o.DatabaseURL); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout, "migrations applied")
-			return nil
-		},
-	})
+	cmd.AddCommand(newMigrateCmd(&o.DatabaseURL, stdout))
 	var specFormat, specVersion string
 	spec := &cobra.Command{
 		Use:   "openapi",
