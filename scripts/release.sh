@@ -63,9 +63,12 @@ for platform in $PLATFORMS; do
 		./cmd/nexus ./cmd/nexus-jail ./cmd/firecracker-sim
 
 	# What an install needs beside the binaries (scripts/install.sh reads it).
-	cp LICENSE README.md "$out/"
+	cp LICENSE README.md CHANGELOG.md scripts/install.sh "$out/"
+	mkdir -p "$out/docs" "$out/deploy"
+	cp docs/upgrading.md docs/runbook.md "$out/docs/"
+	cp -r deploy/systemd "$out/deploy/"
 	chmod -R u=rwX,go=rX "$out"
-	chmod 0755 "$out/nexus" "$out/nexus-jail" "$out/firecracker-sim"
+	chmod 0755 "$out/nexus" "$out/nexus-jail" "$out/firecracker-sim" "$out/install.sh"
 
 	tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
 		--format=gnu -C "$DIST" -cf - "$name" | gzip -n -9 >"$DIST/$name.tar.gz"

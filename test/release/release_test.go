@@ -72,7 +72,8 @@ func TestReproducible(t *testing.T) {
 	}
 
 	dir := filepath.Join(dists[0], "nexus_"+stampVersion+"_linux_"+runtime.GOARCH)
-	for _, want := range []string{"nexus", "nexus-jail", "firecracker-sim", "LICENSE"} {
+	for _, want := range []string{"nexus", "nexus-jail", "firecracker-sim", "LICENSE", "CHANGELOG.md", "install.sh",
+		"docs/upgrading.md", "deploy/systemd/nexus-agent.service", "deploy/systemd/nexus-manager.service", "deploy/systemd/agent.env.example"} {
 		if _, ok := a[filepath.Join(filepath.Base(dir), want)]; !ok {
 			t.Errorf("%s missing from the release", want)
 		}
