@@ -5,12 +5,12 @@ import (
 	"time"
 )
 
-const poolSelect = "SELECT id, name, project, template_id, snapshot_id, size, min_ready, on_empty, short_since, claims, created_at FROM pool"
+const poolSelect = "SELECT id, name, project, template_id, snapshot_id, size, min_ready, on_empty, short_since, claims, created_at, template_version FROM pool"
 
 func scanPool(sc scanner) (Pool, error) {
 	var p Pool
 	err := sc.Scan(&p.ID, &p.Name, &p.Project, &p.TemplateID, &p.SnapshotID, &p.Size, &p.MinReady, &p.OnEmpty,
-		nullTimeCol{&p.ShortSince}, &p.Claims, timeCol{&p.CreatedAt})
+		nullTimeCol{&p.ShortSince}, &p.Claims, timeCol{&p.CreatedAt}, &p.TemplateVersion)
 	return p, err
 }
 
@@ -22,8 +22,8 @@ func (s *sqlStore) CreatePool(ctx context.Context, p Pool) (Pool, error) {
 	p.CreatedAt = s.orNow(p.CreatedAt)
 	p.ShortSince = normTimePtr(p.ShortSince)
 	_, err := s.exec(ctx,
-		"INSERT INTO pool (id, name, project, template_id, snapshot_id, size, min_ready, on_empty, short_since, claims, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		p.ID, p.Name, p.Project, p.TemplateID, p.SnapshotID, p.Size, p.MinReady, p.OnEmpty, s.tsPtr(p.ShortSince), p.Claims, s.ts(p.CreatedAt))
+		"INSERT INTO pool (id, name, project, template_id, snapshot_id, size, min_ready, on_empty, short_since, claims, created_at, template_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		p.ID, p.Name, p.Project, p.TemplateID, p.SnapshotID, p.Size, p.MinReady, p.OnEmpty, s.tsPtr(p.ShortSince), p.Claims, s.ts(p.CreatedAt), p.TemplateVersion)
 	if err != nil {
 		return Pool{}, s.fail(op, err)
 	}

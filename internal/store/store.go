@@ -107,7 +107,15 @@ type TemplateStore interface {
 	GetTemplateByName(ctx context.Context, project, name string) (Template, error)
 	// ListTemplates returns the matching templates, oldest first.
 	ListTemplates(ctx context.Context, f TemplateFilter) ([]Template, error)
+	// DeleteTemplate removes the template and its versions.
 	DeleteTemplate(ctx context.Context, id string) error
+	// UpdateTemplate replaces the template's config: the new config
+	// becomes the next version, made by owner; the old ones stay.
+	UpdateTemplate(ctx context.Context, id, owner string, config json.RawMessage) (Template, error)
+	// ListTemplateVersions returns up to limit versions of a template,
+	// newest first, those below before when before > 0.
+	ListTemplateVersions(ctx context.Context, id string, before, limit int) ([]TemplateVersion, error)
+	GetTemplateVersion(ctx context.Context, id string, version int) (TemplateVersion, error)
 }
 
 // ImageStore keeps the image registry. (project, name) is unique.
