@@ -38,7 +38,7 @@ var poolColumns = []column[apitypes.Pool]{
 	{head: "CLAIMS", val: func(p apitypes.Pool) string { return fmt.Sprint(p.Claims) }},
 	{head: "SOURCE", val: func(p apitypes.Pool) string {
 		if p.TemplateID != "" {
-			return "template " + p.TemplateID
+			return fmt.Sprintf("template %s v%d", p.TemplateID, p.TemplateVersion)
 		}
 		return "snapshot " + p.SnapshotID
 	}},
@@ -52,7 +52,7 @@ func poolDetail(p apitypes.Pool) [][2]string {
 		{"id", p.ID}, {"name", p.Name}, {"project", p.Project}, {"state", p.State},
 		{"ready", fmt.Sprintf("%d of %d (refills below %d)", p.Ready, p.Size, p.MinReady)}, {"creating", fmt.Sprint(p.Creating)},
 		{"refill lag", fmt.Sprintf("%.3fs", p.RefillLagSeconds)}, {"on empty", p.OnEmpty}, {"claims", fmt.Sprint(p.Claims)},
-		{"template", p.TemplateID}, {"snapshot", p.SnapshotID}, {"created", p.CreatedAt.Format(time.RFC3339)},
+		{"template", p.TemplateID}, {"template version", fmt.Sprint(p.TemplateVersion)}, {"snapshot", p.SnapshotID}, {"created", p.CreatedAt.Format(time.RFC3339)},
 	}
 }
 

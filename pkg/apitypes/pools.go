@@ -19,6 +19,7 @@ type Pool struct {
 	Name             string     `json:"name"`
 	Project          string     `json:"project"`
 	TemplateID       string     `json:"template_id,omitempty"`
+	TemplateVersion  int        `json:"template_version,omitempty" doc:"the template version the pool makes its VMs of"`
 	SnapshotID       string     `json:"snapshot_id,omitempty"`
 	Size             int        `json:"size"`
 	MinReady         int        `json:"min_ready"`
