@@ -131,6 +131,49 @@ var catalogBehaviours = []behaviour{
 		}
 	}},
 
+	{"pool/rollouts", func(t *testing.T, e *env) {
+		p := must(e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "p1", TemplateID: "t1", TemplateVersion: 1, Size: 3, MinReady: 3, OnEmpty: "create"}))(t)
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.TemplateVersion != 1 {
+			t.Fatalf("pool template_version = %d; want 1", got.TemplateVersion)
+		}
+		if err := e.s.SetPoolTemplateVersion(ctx, p.ID, 2); err != nil {
+			t.Fatal(err)
+		}
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.TemplateVersion != 2 {
+			t.Fatalf("after SetPoolTemplateVersion: %d; want 2", got.TemplateVersion)
+		}
+		_, err := e.s.LatestRollout(ctx, p.ID)
+		wantErr(t, "LatestRollout of a pool without one", err, store.ErrNotFound)
+		r := store.Rollout{PoolID: p.ID, FromVersion: 2, ToVersion: 3, Canary: 1, MaxParallel: 2, MinHealthy: 1500 * time.Millisecond,
+			ProgressDeadline: time.Minute, AutoRevert: true, State: "running", Phase: "canary", Actor: "alice"}
+		r1 := must(e.s.CreateRollout(ctx, r))(t)
+		if d := diff(r1, must(e.s.GetRollout(ctx, r1.ID))(t)); d != "" {
+			t.Fatalf("GetRollout (-create +get):\n%s", d)
+		}
+		_, err = e.s.CreateRollout(ctx, r)
+		wantErr(t, "a second active rollout", err, store.ErrConflict)
+		e.clock.Advance(time.Second)
+		got := must(e.s.SetRolloutState(ctx, r1.ID, []string{"running"}, "paused", "canary", "paused by alice"))(t)
+		if got.State != "paused" || got.Message != "paused by alice" || !got.UpdatedAt.After(r1.UpdatedAt) {
+			t.Fatalf("SetRolloutState = %+v", got)
+		}
+		_, err = e.s.SetRolloutState(ctx, r1.ID, []string{"running"}, "aborted", "canary", "")
+		wantErr(t, "SetRolloutState from a state it is not in", err, store.ErrConflict)
+		_, err = e.s.SetRolloutState(ctx, "missing", []string{"running"}, "aborted", "canary", "")
+		wantErr(t, "SetRolloutState of a missing rollout", err, store.ErrNotFound)
+		must(e.s.SetRolloutState(ctx, r1.ID, []string{"paused"}, "succeeded", "rolling", ""))(t)
+		e.clock.Advance(time.Second)
+		r2 := must(e.s.CreateRollout(ctx, r))(t) // the first is over
+		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID {
+			t.Fatalf("LatestRollout = %s; want the second, %s", got.ID, r2.ID)
+		}
+		if err := e.s.DeletePool(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.s.GetRollout(ctx, r2.ID)
+		wantErr(t, "a rollout after its pool was deleted", err, store.ErrNotFound)
+	}},
+
 	{"image/crud", func(t *testing.T, e *env) {
 		kernel := must(e.s.CreateImage(ctx, store.Image{
 			Kind: store.ImageKernel, Name: "vmlinux-6.1", HostPath: "/srv/fc/images/vmlinux-6.1",

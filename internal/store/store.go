@@ -150,6 +150,18 @@ type PoolStore interface {
 	SetPoolShort(ctx context.Context, id string, since *time.Time) error
 	// CountPoolClaim adds one to the pool's claims.
 	CountPoolClaim(ctx context.Context, id string) error
+	// SetPoolTemplateVersion sets the template version the pool makes.
+	SetPoolTemplateVersion(ctx context.Context, id string, version int) error
+	// CreateRollout stores a rollout; ErrConflict while the pool has an
+	// active one (running, paused or reverting).
+	CreateRollout(ctx context.Context, r Rollout) (Rollout, error)
+	GetRollout(ctx context.Context, id string) (Rollout, error)
+	// LatestRollout returns the pool's newest rollout (ErrNotFound: none).
+	LatestRollout(ctx context.Context, poolID string) (Rollout, error)
+	// SetRolloutState moves a rollout from one of the states in from to
+	// state, with its phase and message; ErrConflict when it is in none of
+	// them (another writer was first).
+	SetRolloutState(ctx context.Context, id string, from []string, state, phase, message string) (Rollout, error)
 }
 
 // HostStore keeps the fleet's hosts.

@@ -215,6 +215,26 @@ type Pool struct {
 	CreatedAt  time.Time
 }
 
+// Rollout moves a pool from one template version to another, a few VMs at
+// a time (manager/rollout.go). The durations are whole milliseconds.
+type Rollout struct {
+	ID               string
+	PoolID           string
+	FromVersion      int
+	ToVersion        int
+	Canary           int
+	MaxParallel      int
+	MinHealthy       time.Duration
+	ProgressDeadline time.Duration
+	AutoRevert       bool
+	State            string // running, paused, reverting; then succeeded, failed, reverted, aborted
+	Phase            string // canary, rolling
+	Message          string
+	Actor            string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
 // TemplateFilter selects templates. Zero fields match everything.
 type TemplateFilter struct {
 	Project string
