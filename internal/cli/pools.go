@@ -22,7 +22,7 @@ background when fewer than MIN_READY are ready. An empty pool makes a VM
 the normal way (--on-empty create) or refuses (--on-empty fail: 503).`,
 	}
 	cf.add(cmd, e)
-	cmd.AddCommand(poolCreateCmd(&cf, stdout), poolListCmd(&cf, stdout), poolGetCmd(&cf, stdout), poolRmCmd(&cf, stdout), poolClaimCmd(&cf, stdout))
+	cmd.AddCommand(poolCreateCmd(&cf, stdout), poolListCmd(&cf, stdout), poolGetCmd(&cf, stdout), poolRmCmd(&cf, stdout), poolClaimCmd(&cf, stdout), poolRolloutCmd(&cf, stdout))
 	return cmd
 }
 

@@ -337,6 +337,11 @@ func (s *Pools) RefillPools(ctx context.Context) {
 		return
 	}
 	for _, p := range pools {
+		// A pool under a rollout is the rollout's to fill.
+		if r, ok := s.activeRollout(ctx, p); ok {
+			s.rolloutPass(ctx, p, r)
+			continue
+		}
 		s.refill(ctx, p)
 	}
 }
