@@ -200,6 +200,10 @@ type rolloutVMs struct {
 	newPending int        // of the new version, on the way to healthy
 	oldPending int        // of another version, being made (a revert)
 	broken     []store.VM // neither paused nor on the way (failed, stuck)
+	// abandoned: left half-made by a manager that died (no write for a
+	// boot timeout); not the version's fault, so it goes without failing
+	// the step.
+	abandoned []store.VM
 }
 
 func (s *Pools) sortRolloutVMs(vms []store.VM, r store.Rollout) rolloutVMs {
@@ -215,6 +219,8 @@ func (s *Pools) sortRolloutVMs(vms []store.VM, r store.Rollout) rolloutVMs {
 			out.newPending++
 		case vm.State == store.VMPaused:
 			out.old = append(out.old, vm)
+		case (vm.State == store.VMRequested || vm.State == store.VMConfigured) && now.Sub(vm.UpdatedAt) >= s.cfg.BootTimeout:
+			out.abandoned = append(out.abandoned, vm)
 		case (vm.State == store.VMRequested || vm.State == store.VMConfigured || vm.State == store.VMRunning) &&
 			now.Sub(vm.CreatedAt) < r.ProgressDeadline:
 			if isNew {
@@ -252,6 +258,10 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 				vm.Name, r.ToVersion, r.ProgressDeadline, vm.State, lastErrorText(vm))
 		}
 		s.event(ctx, vm.ID, store.LevelWarn, "rollout %s of pool %s: this VM is not paused and ready; deleting it", r.ID, p.Name)
+		_ = s.vms.DeleteVM(ctx, All, vm.ID)
+	}
+	for _, vm := range st.abandoned {
+		s.event(ctx, vm.ID, store.LevelWarn, "rollout %s of pool %s: this VM was left half-made (a manager stopped); deleting it", r.ID, p.Name)
 		_ = s.vms.DeleteVM(ctx, All, vm.ID)
 	}
 	if failure != nil && r.State == RolloutRunning {
