@@ -123,6 +123,12 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		s.writeHumaErr(ctx, apierr.Internal(errors.New("operation "+ctx.Operation().OperationID+" has no policy")))
 		return
 	}
+	// Before anything is looked up or written: a path value longer than
+	// its documented bound names nothing, and must not reach the audit.
+	if e := checkPathBounds(ctx); e != nil {
+		s.writeHumaErr(ctx, e)
+		return
+	}
 	switch pol.Auth {
 	case authNone:
 		next(ctx)
@@ -131,7 +137,7 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		want := s.joinToken
 		got := bearer(ctx.Header("Authorization"))
 		if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-			s.deny(ctx, pol, "anonymous", apierr.Unauthorized("missing or wrong join token").
+			s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing or wrong join token").
 				WithSuggestion("agents register with the fleet's join token (AGENT_TOKEN = the manager's NEXUS_JOIN_TOKEN)"))
 			return
 		}
@@ -141,7 +147,7 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 			// the CA; here it must have been presented at all.
 			names := pki.PeerNames(ctx.TLS())
 			if len(names) == 0 {
-				s.deny(ctx, pol, "anonymous", apierr.Newf(http.StatusForbidden, "agent_cert_required", "agents must present a client certificate of the manager's CA").
+				s.deny(ctx, pol, anonymous, apierr.Newf(http.StatusForbidden, "agent_cert_required", "agents must present a client certificate of the manager's CA").
 					WithSuggestion("give the agent --tls-cert and --tls-key issued by this CA (`nexus cert issue --host NAME`)"))
 				return
 			}
@@ -153,14 +159,14 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 	}
 	tok := bearer(ctx.Header("Authorization"))
 	if tok == "" {
-		s.deny(ctx, pol, "anonymous", apierr.Unauthorized("missing bearer token").
+		s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing bearer token").
 			WithSuggestion("send 'Authorization: Bearer <token>'; `nexus up` printed an admin token and wrote it to <data-dir>/admin.token"))
 		return
 	}
 	p, err := s.auth.Authenticate(ctx.Context(), tok)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
-			s.deny(ctx, pol, "anonymous", apierr.Unauthorized("invalid, revoked or rotated token"))
+			s.deny(ctx, pol, anonymous, apierr.Unauthorized("invalid, revoked or rotated token"))
 		} else {
 			s.writeHumaErr(ctx, s.toAPIError(ctx.Context(), err))
 		}
@@ -176,6 +182,23 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		s.vmByName(ctx)
 	}
 	s.audited(ctx, pol, p.Actor(), next)
+}
+
+// checkPathBounds refuses a path parameter longer than its schema's
+// maxLength (every path parameter has one: TestPathParametersBounded) with
+// the 400 huma's validation would give, but before authentication and
+// the audit see it.
+func checkPathBounds(ctx huma.Context) *apierr.Error {
+	for _, p := range ctx.Operation().Parameters {
+		if p.In != "path" || p.Schema == nil || p.Schema.MaxLength == nil {
+			continue
+		}
+		if v := ctx.Param(p.Name); len(v) > *p.Schema.MaxLength {
+			return apierr.Newf(http.StatusBadRequest, "invalid_request", "path.%s: %d bytes; at most %d", p.Name, len(v), *p.Schema.MaxLength).
+				WithSuggestion("see GET /openapi.json for the path's bounds")
+		}
+	}
+	return nil
 }
 
 // vmByName lets every /v1/vms/{id}… route take a VM's name as well as its

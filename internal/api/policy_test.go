@@ -40,9 +40,15 @@ func (ts *testServer) deps(authn Authenticator) Deps {
 
 func newTestServer(t testing.TB) *testServer {
 	t.Helper()
+	return newTestServerAt(t, filepath.Join(t.TempDir(), "nexus.db"))
+}
+
+// newTestServerAt is newTestServer with its SQLite file at path.
+func newTestServerAt(t testing.TB, path string) *testServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "nexus.db"))
+	st, err := store.Open(ctx, "sqlite://"+path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,9 @@ type ManagerOptions struct {
 	// `nexus up` starts it once its local agent has registered, so the
 	// first pass never judges the host by the previous run's address.
 	HoldReconciler bool
+	// AuditRetention is how long audit rows are kept (NEXUS_AUDIT_RETENTION);
+	// older ones are pruned hourly. Zero keeps them forever.
+	AuditRetention time.Duration
 	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
 	// certificate the manager serves HTTPS and presents it to agents; with
 	// a CA it requires agents to present a certificate of it (and checks
@@ -162,6 +165,9 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		}
 	}
 	m.bg.Go(func() { authn.Run(ctx, 10*time.Second) })
+	if o.AuditRetention > 0 {
+		m.bg.Go(func() { runAuditPrune(ctx, st, o.AuditRetention, time.Hour, log) })
+	}
 	if !o.HoldReconciler {
 		m.StartReconciler()
 	}
@@ -192,4 +198,36 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 // bootstrap`); there is no default password.
 func Bootstrap(ctx context.Context, st auth.TokenWriter, owner string) (string, store.APIToken, error) {
 	return auth.Issue(ctx, st, "", owner, auth.RoleAdmin, auth.AllProjects)
+}
+
+// auditPruner is the part of the store runAuditPrune uses.
+type auditPruner interface {
+	PruneAudit(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// runAuditPrune deletes audit rows older than retention at start and then
+// every interval, until ctx ends. Every manager runs it; deleting what
+// another manager deleted already is a no-op.
+func runAuditPrune(ctx context.Context, st auditPruner, retention, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		pruneAudit(ctx, st, retention, time.Now(), log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneAudit deletes the audit rows that started before now - retention.
+func pruneAudit(ctx context.Context, st auditPruner, retention time.Duration, now time.Time, log *slog.Logger) {
+	n, err := st.PruneAudit(ctx, now.Add(-retention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Error("audit: prune failed; it is tried again in an hour", "retention", retention, "err", err)
+	case n > 0:
+		log.Info("audit: pruned rows older than the retention", "rows", n, "retention", retention)
+	}
 }

@@ -183,7 +183,13 @@ var auditColumns = []column[apitypes.AuditEntry]{
 	{head: "ACTOR", val: func(a apitypes.AuditEntry) string { return a.Actor }},
 	{head: "ACTION", val: func(a apitypes.AuditEntry) string { return a.Action }},
 	{head: "RESOURCE", val: func(a apitypes.AuditEntry) string { return a.ResourceID }},
-	{head: "RESULT", val: func(a apitypes.AuditEntry) string { return a.Result }},
+	{head: "RESULT", val: func(a apitypes.AuditEntry) string {
+		if a.Count > 1 {
+			return fmt.Sprintf("%s ×%d", a.Result, a.Count) // aggregated anonymous denials
+		}
+		return a.Result
+	}},
+	{head: "SOURCE", wide: true, val: func(a apitypes.AuditEntry) string { return a.Source }},
 	{head: "REQUEST", val: func(a apitypes.AuditEntry) string { return a.RequestID }},
 	{head: "ERROR", wide: true, val: func(a apitypes.AuditEntry) string { return firstLine(a.Error) }},
 }

@@ -98,6 +98,7 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 		{&o.StuckGrace, "stuck-grace", "NEXUS_STUCK_GRACE", 20 * time.Second, "how long a boot may stay unfinished before the reconciler redoes it"},
 		{&o.HeartbeatTimeout, "heartbeat-timeout", "NEXUS_HEARTBEAT_TIMEOUT", 30 * time.Second, "missed-heartbeat time after which a host is unreachable"},
 		{&o.LeaseTTL, "lease-ttl", "NEXUS_LEASE_TTL", 0, "reconciler lease TTL among managers (default max(3×interval, 10s))"},
+		{&o.AuditRetention, "audit-retention", "NEXUS_AUDIT_RETENTION", 90 * 24 * time.Hour, "how long audit rows are kept (older ones are pruned hourly; 0 keeps them forever)"},
 	} {
 		if err := durFlag(fs, d.p, d.name, e, d.key, d.def, d.usage); err != nil {
 			return err

@@ -168,7 +168,8 @@ type TokenStore interface {
 	TouchTokens(ctx context.Context, used map[string]time.Time) error
 }
 
-// AuditStore keeps the audit trail. Entries are never deleted.
+// AuditStore keeps the audit trail. Entries are deleted only by
+// PruneAudit, older than the retention.
 type AuditStore interface {
 	// BeginAudit inserts the entry as pending (zero At means now) and
 	// returns its ID. Result, After, Error and CompletedAt are ignored.
@@ -179,6 +180,16 @@ type AuditStore interface {
 	GetAudit(ctx context.Context, id int64) (AuditEntry, error)
 	// ListAudit returns the matching entries ordered by ID.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+	// CountDenial records a denied call of an anonymous caller: one row per
+	// (Source, Action, minute of At), whose Count goes up by one for each
+	// further denial in that minute, so a flood of them adds rows at most
+	// once a minute per source and action. Fields are truncated as
+	// BeginAudit's are.
+	CountDenial(ctx context.Context, e AuditEntry) error
+	// PruneAudit deletes the entries that started before cutoff, in
+	// batches, and returns how many went; younger entries are never
+	// touched.
+	PruneAudit(ctx context.Context, cutoff time.Time) (int64, error)
 }
 
 // LeaseStore elects one holder per lease name among processes sharing the
