@@ -48,6 +48,9 @@ type Deps struct {
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string
+	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
+	// once (zero: DefaultMaxStreams, DefaultMaxStreamsPerToken).
+	MaxStreams, MaxStreamsPerToken int
 	// Fleet, when set, adds the fleet gauges (VMs, hosts, snapshots,
 	// store) to /metrics; they are read from it at scrape time.
 	Fleet fleetmetrics.FleetStore
@@ -77,8 +80,8 @@ type Server struct {
 	// walk them and a new route cannot forget its policy.
 	ops []*huma.Operation
 
-	// streams holds a slot per log stream being relayed (maxLogStreams).
-	streams chan struct{}
+	// streams counts the log streams being relayed, against their caps.
+	streams *streamLimiter
 }
 
 // huma builds its errors (validation, bad JSON, 404 …) through a
@@ -105,7 +108,7 @@ func New(d Deps) *Server {
 		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
 		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
-		streams: make(chan struct{}, maxLogStreams),
+		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),
 	}
 
 	mux := chi.NewMux()

@@ -259,7 +259,10 @@ func TestStreamInOpenAPI(t *testing.T) {
 // with Retry-After, before it asks any agent.
 func TestStreamCap(t *testing.T) {
 	ts := newTestServer(t)
-	ts.srv.streams = make(chan struct{}) // no free slot
+	ts.srv.streams = newStreamLimiter(nil, 1, 1)
+	if _, err := ts.srv.streams.acquire("another token"); err != nil { // the one slot taken
+		t.Fatal(err)
+	}
 	req, _ := http.NewRequest("GET", ts.http.URL+"/v1/vms/00000000-0000-4000-8000-000000000001/logs/stream", nil)
 	req.Header.Set("Authorization", "Bearer "+ts.tokens[auth.RoleViewer])
 	resp, err := http.DefaultClient.Do(req)

@@ -58,6 +58,11 @@ type ManagerOptions struct {
 	// AuditRetention is how long audit rows are kept (NEXUS_AUDIT_RETENTION);
 	// older ones are pruned hourly. Zero keeps them forever.
 	AuditRetention time.Duration
+	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
+	// once (NEXUS_MAX_STREAMS, NEXUS_MAX_STREAMS_PER_TOKEN; zero: the API's
+	// defaults). The global cap is lowered to what the open-file limit
+	// allows after a reserve for everything else (streamBudget).
+	MaxStreams, MaxStreamsPerToken int
 	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
 	// certificate the manager serves HTTPS and presents it to agents; with
 	// a CA it requires agents to present a certificate of it (and checks
@@ -145,7 +150,9 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),
 		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
 	})
+	maxStreams := streamBudget(o.MaxStreams, raiseNoFile(), log)
 	srv := api.New(api.Deps{
+		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken,
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
 		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,

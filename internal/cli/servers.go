@@ -104,6 +104,12 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 			return err
 		}
 	}
+	if err := intFlag(fs, &o.MaxStreams, "max-streams", e, "NEXUS_MAX_STREAMS", api.DefaultMaxStreams, "log streams relayed at once (lowered to fit the open-file limit)"); err != nil {
+		return err
+	}
+	if err := intFlag(fs, &o.MaxStreamsPerToken, "max-streams-per-token", e, "NEXUS_MAX_STREAMS_PER_TOKEN", api.DefaultMaxStreamsPerToken, "log streams one token may hold at once"); err != nil {
+		return err
+	}
 	if err := floatFlag(fs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU (simulated hosts are also scaled 64x)"); err != nil {
 		return err
 	}
