@@ -51,6 +51,9 @@ type Deps struct {
 	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
 	// once (zero: DefaultMaxStreams, DefaultMaxStreamsPerToken).
 	MaxStreams, MaxStreamsPerToken int
+	// RateLimits limit each token's calls by class and each source's calls
+	// without a valid token (zero: no limits).
+	RateLimits RateLimits
 	// Fleet, when set, adds the fleet gauges (VMs, hosts, snapshots,
 	// store) to /metrics; they are read from it at scrape time.
 	Fleet fleetmetrics.FleetStore
@@ -82,6 +85,8 @@ type Server struct {
 
 	// streams counts the log streams being relayed, against their caps.
 	streams *streamLimiter
+	// limits are the rate limits per token and per source.
+	limits *rateLimiter
 }
 
 // huma builds its errors (validation, bad JSON, 404 …) through a
@@ -109,6 +114,7 @@ func New(d Deps) *Server {
 		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
 		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),
+		limits:  newRateLimiter(d.Registry, d.RateLimits),
 	}
 
 	mux := chi.NewMux()

@@ -129,14 +129,24 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		s.writeHumaErr(ctx, e)
 		return
 	}
-	switch pol.Auth {
-	case authNone:
+	if pol.Auth == authNone {
 		next(ctx)
 		return
+	}
+	// A source whose calls without a valid token used up its bucket is
+	// refused before its token is looked up and hashed, and before the
+	// audit: guessing costs the guesser.
+	src := sourceKey(sourceOf(ctx))
+	if err := s.limits.blocked(classAuthFail, src, src); err != nil {
+		s.writeHumaErr(ctx, err)
+		return
+	}
+	switch pol.Auth {
 	case authJoin:
 		want := s.joinToken
 		got := bearer(ctx.Header("Authorization"))
 		if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			s.limits.spend(classAuthFail, src)
 			s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing or wrong join token").
 				WithSuggestion("agents register with the fleet's join token (AGENT_TOKEN = the manager's NEXUS_JOIN_TOKEN)"))
 			return
@@ -159,6 +169,7 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 	}
 	tok := bearer(ctx.Header("Authorization"))
 	if tok == "" {
+		s.limits.spend(classAuthFail, src)
 		s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing bearer token").
 			WithSuggestion("send 'Authorization: Bearer <token>'; `nexus up` printed an admin token and wrote it to <data-dir>/admin.token"))
 		return
@@ -166,6 +177,7 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 	p, err := s.auth.Authenticate(ctx.Context(), tok)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
+			s.limits.spend(classAuthFail, src)
 			s.deny(ctx, pol, anonymous, apierr.Unauthorized("invalid, revoked or rotated token"))
 		} else {
 			s.writeHumaErr(ctx, s.toAPIError(ctx.Context(), err))
@@ -173,6 +185,12 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		return
 	}
 	ctx = huma.WithValue(ctx, principalKey{}, p)
+	// Every token's calls, by class; a refused call changes nothing and
+	// is not audited (it never started).
+	if err := s.limits.take(classOf(ctx.Operation(), pol), p.TokenID, p.Actor()); err != nil {
+		s.writeHumaErr(ctx, err)
+		return
+	}
 	if roleRank[p.Role] < roleRank[pol.Role] {
 		s.deny(ctx, pol, p.Actor(), apierr.Forbidden("role %s may not %s; it needs %s", p.Role, describeAction(pol, ctx), pol.Role).
 			WithSuggestion("ask an admin for a token with that role"))
@@ -241,6 +259,14 @@ func describeAction(pol policy, ctx huma.Context) string {
 
 // writeHumaErr writes an error from middleware in the contract's shape.
 func (s *Server) writeHumaErr(ctx huma.Context, err error) {
+	var he huma.HeadersError
+	if errors.As(err, &he) {
+		for k, vs := range he.GetHeaders() {
+			for _, v := range vs {
+				ctx.AppendHeader(k, v)
+			}
+		}
+	}
 	e := *apierr.From(err)
 	e.RequestID = httpmw.RequestID(ctx.Context())
 	httpmw.SetErrorCode(ctx.Context(), e.Code)

@@ -43,8 +43,9 @@ func newTestServer(t testing.TB) *testServer {
 	return newTestServerAt(t, filepath.Join(t.TempDir(), "nexus.db"))
 }
 
-// newTestServerAt is newTestServer with its SQLite file at path.
-func newTestServerAt(t testing.TB, path string) *testServer {
+// newTestServerAt is newTestServer with its SQLite file at path, and its
+// Deps changed by opts.
+func newTestServerAt(t testing.TB, path string, opts ...func(*Deps)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -58,7 +59,11 @@ func newTestServerAt(t testing.TB, path string) *testServer {
 	mgr := manager.New(ctx, manager.Config{JoinToken: "join"}, st, log)
 	mgr.Tokens.OnChange = authn.Invalidate
 	ts := &testServer{st: st, mgr: mgr, tokens: map[auth.Role]string{}}
-	ts.srv = New(ts.deps(authn))
+	d := ts.deps(authn)
+	for _, o := range opts {
+		o(&d)
+	}
+	ts.srv = New(d)
 	ts.http = httptest.NewServer(ts.srv)
 	t.Cleanup(ts.http.Close)
 	for _, r := range []auth.Role{auth.RoleViewer, auth.RoleOperator, auth.RoleAdmin} {
@@ -73,6 +78,19 @@ func newTestServerAt(t testing.TB, path string) *testServer {
 
 func (ts *testServer) call(t testing.TB, method, path, token, body string) (int, apierr.Error) {
 	t.Helper()
+	resp, raw := ts.raw(t, method, path, token, body)
+	var e apierr.Error
+	if resp.StatusCode >= 400 {
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.Fatalf("%s %s: %d %q is not the error contract", method, path, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode, e
+}
+
+// raw sends a request and returns the answer with its body read.
+func (ts *testServer) raw(t testing.TB, method, path, token, body string) (*http.Response, []byte) {
+	t.Helper()
 	req, _ := http.NewRequest(method, ts.http.URL+path, strings.NewReader(body))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -84,13 +102,7 @@ func (ts *testServer) call(t testing.TB, method, path, token, body string) (int,
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var e apierr.Error
-	if resp.StatusCode >= 400 {
-		if err := json.Unmarshal(raw, &e); err != nil {
-			t.Fatalf("%s %s: %d %q is not the error contract", method, path, resp.StatusCode, raw)
-		}
-	}
-	return resp.StatusCode, e
+	return resp, raw
 }
 
 // fill replaces path parameters with sample values.

@@ -63,6 +63,11 @@ type ManagerOptions struct {
 	// defaults). The global cap is lowered to what the open-file limit
 	// allows after a reserve for everything else (streamBudget).
 	MaxStreams, MaxStreamsPerToken int
+	// Rates are the API's rate limits by class ("RATE[:BURST]", calls per
+	// second; "0" none; "" the mode's default: api.DefaultRateLimits in
+	// prod, none in dev): NEXUS_RATE_READ, NEXUS_RATE_MUTATION,
+	// NEXUS_RATE_CREATE per token, NEXUS_RATE_AUTH_FAILURE per source.
+	Rates RateOptions
 	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
 	// certificate the manager serves HTTPS and presents it to agents; with
 	// a CA it requires agents to present a certificate of it (and checks
@@ -109,6 +114,10 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	if o.Mode == manager.ModeProd && !o.TLS.Enabled() && !pki.LoopbackOnly(o.Listen) {
 		return nil, fmt.Errorf("prod mode serves plain HTTP only on loopback, and %s is not: set --tls-cert and --tls-key (and --tls-ca for agents' certificates), or listen on 127.0.0.1 behind a TLS proxy", o.Listen)
 	}
+	limits, err := o.Rates.limits(o.Mode)
+	if err != nil {
+		return nil, err
+	}
 	if o.JoinToken == "" {
 		return nil, errors.New("a join token is required (NEXUS_JOIN_TOKEN): agents and manager must share it")
 	}
@@ -152,7 +161,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	})
 	maxStreams := streamBudget(o.MaxStreams, raiseNoFile(), log)
 	srv := api.New(api.Deps{
-		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken,
+		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken, RateLimits: limits,
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
 		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
@@ -196,6 +205,8 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		st.Close()
 	})
 	log.Info("manager listening", "addr", m.Addr, "url", m.URL(), "store", st.Engine(), "mode", o.Mode,
+		"max_streams", maxStreams, "rate_read", limits.Read.String(), "rate_mutation", limits.Mutation.String(),
+		"rate_create", limits.Create.String(), "rate_auth_failure", limits.AuthFailure.String(),
 		"tls", o.TLS.Enabled(), "agent_certs", o.TLS.Enabled() && o.TLS.CA != "")
 	return m, nil
 }
@@ -237,4 +248,39 @@ func pruneAudit(ctx context.Context, st auditPruner, retention time.Duration, no
 	case n > 0:
 		log.Info("audit: pruned rows older than the retention", "rows", n, "retention", retention)
 	}
+}
+
+// RateOptions are the rate limit settings as given (ManagerOptions.Rates).
+type RateOptions struct {
+	Read, Mutation, Create, AuthFailure string
+}
+
+// limits parses the settings; an empty one takes mode's default.
+func (r RateOptions) limits(mode string) (api.RateLimits, error) {
+	var out api.RateLimits
+	def := api.RateLimits{}
+	if mode == manager.ModeProd {
+		def = api.DefaultRateLimits
+	}
+	for _, f := range []struct {
+		env, v string
+		def    api.Rate
+		dst    *api.Rate
+	}{
+		{"NEXUS_RATE_READ", r.Read, def.Read, &out.Read},
+		{"NEXUS_RATE_MUTATION", r.Mutation, def.Mutation, &out.Mutation},
+		{"NEXUS_RATE_CREATE", r.Create, def.Create, &out.Create},
+		{"NEXUS_RATE_AUTH_FAILURE", r.AuthFailure, def.AuthFailure, &out.AuthFailure},
+	} {
+		if f.v == "" {
+			*f.dst = f.def
+			continue
+		}
+		rt, err := api.ParseRate(f.v)
+		if err != nil {
+			return api.RateLimits{}, fmt.Errorf("%s: %w", f.env, err)
+		}
+		*f.dst = rt
+	}
+	return out, nil
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/nexus-microvm/nexus/internal/api"
@@ -27,5 +28,23 @@ func TestStreamBudget(t *testing.T) {
 	}
 	if n := raiseNoFile(); n == 0 {
 		t.Error("raiseNoFile read no limit")
+	}
+}
+
+func TestRateOptions(t *testing.T) {
+	prod, err := RateOptions{}.limits("prod")
+	if err != nil || prod.Read != api.DefaultRateLimits.Read || prod.AuthFailure != api.DefaultRateLimits.AuthFailure {
+		t.Errorf("prod defaults: %+v %v", prod, err)
+	}
+	dev, err := RateOptions{Create: "2:4"}.limits("dev")
+	if err != nil || dev.Read.On() || dev.Create != (api.Rate{PerSecond: 2, Burst: 4}) {
+		t.Errorf("dev with a create limit: %+v %v", dev, err)
+	}
+	off, err := RateOptions{Read: "0"}.limits("prod")
+	if err != nil || off.Read.On() || !off.Mutation.On() {
+		t.Errorf("prod with reads off: %+v %v", off, err)
+	}
+	if _, err := (RateOptions{Mutation: "fast"}).limits("prod"); err == nil || !strings.Contains(err.Error(), "NEXUS_RATE_MUTATION") {
+		t.Errorf("a bad rate: %v; want an error naming NEXUS_RATE_MUTATION", err)
 	}
 }

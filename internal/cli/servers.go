@@ -104,6 +104,18 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 			return err
 		}
 	}
+	for _, r := range []struct {
+		p          *string
+		name, key  string
+		def, usage string
+	}{
+		{&o.Rates.Read, "rate-read", "NEXUS_RATE_READ", api.DefaultRateLimits.Read.String(), "each token's reads (GET)"},
+		{&o.Rates.Mutation, "rate-mutation", "NEXUS_RATE_MUTATION", api.DefaultRateLimits.Mutation.String(), "each token's changes (start, stop, delete …)"},
+		{&o.Rates.Create, "rate-create", "NEXUS_RATE_CREATE", api.DefaultRateLimits.Create.String(), "each token's creates (VMs, images, templates, snapshots, tokens)"},
+		{&o.Rates.AuthFailure, "rate-auth-failure", "NEXUS_RATE_AUTH_FAILURE", api.DefaultRateLimits.AuthFailure.String(), "each source address's calls without a valid token"},
+	} {
+		strFlag(fs, r.p, r.name, e, r.key, "", "rate limit of "+r.usage+": RATE[:BURST] calls per second, 0 for none (default "+r.def+" in prod, none in dev)")
+	}
 	if err := intFlag(fs, &o.MaxStreams, "max-streams", e, "NEXUS_MAX_STREAMS", api.DefaultMaxStreams, "log streams relayed at once (lowered to fit the open-file limit)"); err != nil {
 		return err
 	}
