@@ -36,6 +36,7 @@ type Deps struct {
 	Hosts     HostService
 	Tokens    TokenService
 	Audit     AuditLog
+	Quotas    QuotaService
 	Ping      func(context.Context) error // the store answers (readiness)
 	JoinToken string                      // agents present it on their routes
 	// AgentCertRequired: agents' routes also need a client certificate of
@@ -68,6 +69,7 @@ type Server struct {
 	hosts     HostService
 	tokens    TokenService
 	audit     AuditLog
+	quotas    QuotaService
 	ping      func(context.Context) error
 	joinToken string
 	agentCert bool
@@ -111,7 +113,7 @@ func New(d Deps) *Server {
 	}
 	s := &Server{
 		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
-		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
+		audit: d.Audit, quotas: d.Quotas, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
 		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),
 		limits:  newRateLimiter(d.Registry, d.RateLimits),
@@ -259,6 +261,10 @@ func writeErr(w http.ResponseWriter, r *http.Request, err error) {
 func (s *Server) toAPIError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
+	}
+	// A project's quota, wherever in the chain the store's refusal is.
+	if qe, ok := quotaError(err); ok {
+		return qe
 	}
 	// A service error first: it may wrap an agent's *apierr.Error, whose
 	// status and words are the agent's, not the caller's.

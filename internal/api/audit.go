@@ -188,6 +188,12 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 			return nil
 		}
 		v = map[string]any{"id": sn.ID, "vm_id": sn.VMID, "project": sn.Project, "host_id": sn.HostID, "size": sn.Size}
+	case "project":
+		q, err := s.quotas.GetQuota(ctx, id)
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"project": q.Project, "quota": limitsOut(q.Limits)}
 	default:
 		return nil
 	}

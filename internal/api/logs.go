@@ -53,7 +53,15 @@ const (
 // to the caller until either side goes away, goes quiet or stops reading.
 func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.StreamResponse, error) {
 	p, _ := principal(ctx)
-	release, err := s.streams.acquire(p.TokenID)
+	vm, err := s.vms.GetVM(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	q, err := s.quotas.GetQuota(ctx, vm.Project)
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.streams.acquire(p.TokenID, vm.Project, q.Limits.Streams)
 	if err != nil {
 		return nil, err
 	}

@@ -260,10 +260,14 @@ func TestStreamInOpenAPI(t *testing.T) {
 func TestStreamCap(t *testing.T) {
 	ts := newTestServer(t)
 	ts.srv.streams = newStreamLimiter(nil, 1, 1)
-	if _, err := ts.srv.streams.acquire("another token"); err != nil { // the one slot taken
+	if _, err := ts.srv.streams.acquire("another token", "p", nil); err != nil { // the one slot taken
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", ts.http.URL+"/v1/vms/00000000-0000-4000-8000-000000000001/logs/stream", nil)
+	vm, err := ts.st.CreateVM(context.Background(), store.VM{Name: "streamed", Project: "team-a", State: store.VMRunning, DesiredState: store.VMRunning, VCPU: 1, MemMiB: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", ts.http.URL+"/v1/vms/"+vm.ID+"/logs/stream", nil)
 	req.Header.Set("Authorization", "Bearer "+ts.tokens[auth.RoleViewer])
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

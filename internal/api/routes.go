@@ -62,6 +62,7 @@ func (s *Server) routes() {
 	s.templateRoutes()
 	s.snapshotRoutes()
 	s.observeRoutes()
+	s.quotaRoutes()
 
 	// Audit.
 	register(s, "list-audit", http.MethodGet, "/v1/audit", "The audit trail, oldest first (admins: all; others: one VM's history)", viewer, s.listAudit)

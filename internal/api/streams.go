@@ -27,9 +27,10 @@ const streamRetryAfter = "5"
 type streamLimiter struct {
 	max, perToken int
 
-	mu      sync.Mutex
-	total   int
-	byToken map[string]int
+	mu        sync.Mutex
+	total     int
+	byToken   map[string]int
+	byProject map[string]int
 
 	open    prometheus.Gauge
 	refused *prometheus.CounterVec
@@ -43,14 +44,17 @@ func newStreamLimiter(reg prometheus.Registerer, max, perToken int) *streamLimit
 		perToken = DefaultMaxStreamsPerToken
 	}
 	l := &streamLimiter{
-		max: max, perToken: perToken, byToken: map[string]int{},
+		max: max, perToken: perToken, byToken: map[string]int{}, byProject: map[string]int{},
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nexus_api_streams", Help: "Log streams this manager relays now.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nexus_api_streams_refused_total", Help: "Log streams refused with 429, by the cap that was full (global, token).",
+			Name: "nexus_api_streams_refused_total", Help: "Log streams refused with 429, by the cap that was full (global, token, project quota).",
 		}, []string{"cap"}),
 	}
+	l.refused.WithLabelValues("global")
+	l.refused.WithLabelValues("token")
+	l.refused.WithLabelValues("project")
 	if reg != nil {
 		limit := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "nexus_api_streams_limit", Help: "The caps on relayed log streams (global, token).",
@@ -62,9 +66,10 @@ func newStreamLimiter(reg prometheus.Registerer, max, perToken int) *streamLimit
 	return l
 }
 
-// acquire takes a slot for token's stream, or answers 429
-// too_many_streams; release gives it back.
-func (l *streamLimiter) acquire(token string) (release func(), err error) {
+// acquire takes a slot for token's stream of a VM of project, or answers
+// 429 too_many_streams; projectLimit is the project's quota of streams
+// (nil: none). release gives the slot back.
+func (l *streamLimiter) acquire(token, project string, projectLimit *int64) (release func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var e *apierr.Error
@@ -77,12 +82,17 @@ func (l *streamLimiter) acquire(token string) (release func(), err error) {
 		l.refused.WithLabelValues("token").Inc()
 		e = apierr.Newf(http.StatusTooManyRequests, "too_many_streams", "this token already has %d log streams open, its limit", l.perToken).
 			WithSuggestion("close streams you no longer read")
+	case projectLimit != nil && int64(l.byProject[project]) >= *projectLimit:
+		l.refused.WithLabelValues("project").Inc()
+		e = apierr.Newf(http.StatusTooManyRequests, "too_many_streams", "project %s already has %d log streams open on this manager, its quota", project, *projectLimit).
+			WithSuggestion("close streams you no longer read, or ask an admin to raise the project's streams quota")
 	}
 	if e != nil {
 		return nil, huma.ErrorWithHeaders(e, http.Header{"Retry-After": {streamRetryAfter}})
 	}
 	l.total++
 	l.byToken[token]++
+	l.byProject[project]++
 	l.open.Inc()
 	var once sync.Once
 	return func() {
@@ -91,9 +101,19 @@ func (l *streamLimiter) acquire(token string) (release func(), err error) {
 			defer l.mu.Unlock()
 			l.total--
 			if l.byToken[token]--; l.byToken[token] <= 0 {
-				delete(l.byToken, token) // the map holds only tokens with open streams
+				delete(l.byToken, token) // the maps hold only keys with open streams
+			}
+			if l.byProject[project]--; l.byProject[project] <= 0 {
+				delete(l.byProject, project)
 			}
 			l.open.Dec()
 		})
 	}, nil
+}
+
+// ofProject is how many streams of project's VMs are open.
+func (l *streamLimiter) ofProject(project string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.byProject[project]
 }

@@ -19,6 +19,7 @@ type Store interface {
 	HostStore
 	TokenStore
 	AuditStore
+	QuotaStore
 	LeaseStore
 	Notifier
 	StatsStore
@@ -190,6 +191,22 @@ type AuditStore interface {
 	// batches, and returns how many went; younger entries are never
 	// touched.
 	PruneAudit(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// QuotaStore keeps project quotas. The creates of VMs (CreateVMWithin),
+// snapshots, images and templates check them in their own transaction and
+// fail with a *QuotaError (errors.Is ErrQuota) when the project would pass
+// a limit: managers sharing the store never pass one together.
+type QuotaStore interface {
+	// GetQuota returns the project's quota; one never set has no limits
+	// (nil Limits, zero UpdatedAt).
+	GetQuota(ctx context.Context, project string) (Quota, error)
+	// PutQuota replaces the project's quota (nil: no limit); negative
+	// limits are ErrInvalid. Usage over a new limit is allowed: only
+	// creates are refused.
+	PutQuota(ctx context.Context, q Quota) (Quota, error)
+	// ProjectUsage counts what the project holds.
+	ProjectUsage(ctx context.Context, project string) (Usage, error)
 }
 
 // LeaseStore elects one holder per lease name among processes sharing the

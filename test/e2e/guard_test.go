@@ -2,15 +2,18 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // TestStreamCapsKeepTheAPIAnswering: a viewer opening log streams past
@@ -103,3 +106,56 @@ func TestStreamCapsKeepTheAPIAnswering(t *testing.T) {
 		t.Fatalf("a read at the stream cap: %v", err)
 	}
 }
+
+// TestQuotaAcrossTwoManagers: two managers on one Postgres take creates
+// of one project at once; exactly its quota of VMs is admitted, the rest
+// answer 403 quota_exceeded, and the usage says so.
+func TestQuotaAcrossTwoManagers(t *testing.T) {
+	c := newCluster(t, "postgres", 1)
+	port2 := freePort(t)
+	m2 := c.start("manager-2", nil, "manager", "--listen", fmt.Sprintf("127.0.0.1:%d", port2), "--database-url", c.dsn, "--join-token", c.join)
+	t.Cleanup(m2.kill)
+	m2.waitLog(t, "manager listening", 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const quota = 3
+	if _, err := c.client.SetQuota(ctx, "race", apitypes.QuotaLimits{VMs: ptr(int64(quota))}); err != nil {
+		t.Fatal(err)
+	}
+	// Admin: raw kernel paths need it (dev mode); the quota binds admins too.
+	clients := []*nexus.Client{c.client, newClient(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)}
+	kernel := simtest.WriteKernel(t, c.dir)
+	const n = 10
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var created []apitypes.VM
+	refused := 0
+	for i := range n {
+		wg.Go(func() {
+			vm, err := clients[i%2].CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("q-%d", i), Project: "race", Start: ptr(false),
+				VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
+			mu.Lock()
+			defer mu.Unlock()
+			var ae *nexus.APIError
+			switch {
+			case err == nil:
+				created = append(created, vm)
+			case errors.As(err, &ae) && ae.Status == 403 && ae.Code == "quota_exceeded":
+				refused++
+			default:
+				t.Errorf("create %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	defer c.teardown(t, created)
+	if len(created) != quota || refused != n-quota {
+		t.Fatalf("%d created, %d refused; want %d and %d", len(created), refused, quota, n-quota)
+	}
+	u, err := clients[1].ProjectUsage(ctx, "race")
+	if err != nil || u.Usage.VMs != quota || u.Limits.VMs == nil || *u.Limits.VMs != quota {
+		t.Fatalf("usage: %+v %v", u, err)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

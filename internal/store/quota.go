@@ -1,0 +1,202 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrQuota: a create would take a project past its quota. The error is a
+// *QuotaError, which says which limit and by how much.
+var ErrQuota = errors.New("quota exceeded")
+
+// QuotaLimits are a project's limits; nil is no limit.
+type QuotaLimits struct {
+	VMs, VCPUs, MemMiB, Snapshots, SnapshotBytes, Images, Templates, Streams *int64
+}
+
+// Quota is a project's quota. A project without one has no limits.
+type Quota struct {
+	Project   string
+	Limits    QuotaLimits
+	UpdatedAt time.Time // zero: never set
+}
+
+// Usage is what a project holds: every VM whatever its state, snapshots
+// and their bytes, images and templates.
+type Usage struct {
+	VMs, VCPUs, MemMiB, Snapshots, SnapshotBytes, Images, Templates int64
+}
+
+// QuotaError says which limit a create would pass.
+type QuotaError struct {
+	Project  string
+	Resource string // vms, vcpus, mem_mib, snapshots, snapshot_bytes, images, templates
+	Limit    int64
+	Used     int64
+	Want     int64 // what the create adds
+}
+
+func (e *QuotaError) Error() string {
+	return fmt.Sprintf("project %s: %s would be %d, over its quota of %d (%d in use)", e.Project, e.Resource, e.Used+e.Want, e.Limit, e.Used)
+}
+
+// Is makes errors.Is(err, ErrQuota) hold.
+func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
+
+const quotaColumns = "max_vms, max_vcpus, max_mem_mib, max_snapshots, max_snapshot_bytes, max_images, max_templates, max_streams"
+
+func (l *QuotaLimits) fields() []**int64 {
+	return []**int64{&l.VMs, &l.VCPUs, &l.MemMiB, &l.Snapshots, &l.SnapshotBytes, &l.Images, &l.Templates, &l.Streams}
+}
+
+func (l QuotaLimits) args() []any {
+	var out []any
+	for _, f := range l.fields() {
+		if *f == nil {
+			out = append(out, nil)
+		} else {
+			out = append(out, **f)
+		}
+	}
+	return out
+}
+
+// scanLimits reads the quota columns (in quotaColumns' order) and then
+// rest.
+func scanLimits(sc scanner, l *QuotaLimits, rest ...any) error {
+	ns := make([]sql.NullInt64, 8)
+	dst := make([]any, 0, 8+len(rest))
+	for i := range ns {
+		dst = append(dst, &ns[i])
+	}
+	if err := sc.Scan(append(dst, rest...)...); err != nil {
+		return err
+	}
+	for i, f := range l.fields() {
+		*f = nil
+		if ns[i].Valid {
+			v := ns[i].Int64
+			*f = &v
+		}
+	}
+	return nil
+}
+
+func (s *sqlStore) GetQuota(ctx context.Context, project string) (Quota, error) {
+	q := Quota{Project: project}
+	err := scanLimits(s.queryRow(ctx, "SELECT "+quotaColumns+", updated_at FROM project_quota WHERE project = ?", project),
+		&q.Limits, timeCol{&q.UpdatedAt})
+	if errors.Is(err, sql.ErrNoRows) {
+		return Quota{Project: project}, nil
+	}
+	if err != nil {
+		return Quota{}, s.fail("get quota of project "+project, err)
+	}
+	return q, nil
+}
+
+func (s *sqlStore) PutQuota(ctx context.Context, q Quota) (Quota, error) {
+	op := "put quota of project " + q.Project
+	if q.Project == "" {
+		return Quota{}, s.fail(op, invalidf("a quota needs a project"))
+	}
+	for _, f := range q.Limits.fields() {
+		if *f != nil && **f < 0 {
+			return Quota{}, s.fail(op, invalidf("limits must not be negative"))
+		}
+	}
+	q.UpdatedAt = s.now()
+	args := append([]any{q.Project}, q.Limits.args()...)
+	args = append(args, s.ts(q.UpdatedAt))
+	_, err := s.exec(ctx, "INSERT INTO project_quota (project, "+quotaColumns+", updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"+
+		" ON CONFLICT (project) DO UPDATE SET max_vms = excluded.max_vms, max_vcpus = excluded.max_vcpus, max_mem_mib = excluded.max_mem_mib,"+
+		" max_snapshots = excluded.max_snapshots, max_snapshot_bytes = excluded.max_snapshot_bytes, max_images = excluded.max_images,"+
+		" max_templates = excluded.max_templates, max_streams = excluded.max_streams, updated_at = excluded.updated_at", args...)
+	if err != nil {
+		return Quota{}, s.fail(op, err)
+	}
+	return q, nil
+}
+
+// usageQuery sums a project's holdings in one statement (seven arguments,
+// all the project).
+const usageQuery = "SELECT" +
+	" (SELECT COUNT(*) FROM vm WHERE project = ?)," +
+	" (SELECT CAST(COALESCE(SUM(vcpu), 0) AS bigint) FROM vm WHERE project = ?)," +
+	" (SELECT CAST(COALESCE(SUM(mem_mib), 0) AS bigint) FROM vm WHERE project = ?)," +
+	" (SELECT COUNT(*) FROM snapshot WHERE project = ?)," +
+	" (SELECT CAST(COALESCE(SUM(size), 0) AS bigint) FROM snapshot WHERE project = ?)," +
+	" (SELECT COUNT(*) FROM image WHERE project = ?)," +
+	" (SELECT COUNT(*) FROM template WHERE project = ?)"
+
+func scanUsage(row *sql.Row) (Usage, error) {
+	var u Usage
+	err := row.Scan(&u.VMs, &u.VCPUs, &u.MemMiB, &u.Snapshots, &u.SnapshotBytes, &u.Images, &u.Templates)
+	return u, err
+}
+
+func usageArgs(project string) []any {
+	return []any{project, project, project, project, project, project, project}
+}
+
+func (s *sqlStore) ProjectUsage(ctx context.Context, project string) (Usage, error) {
+	u, err := scanUsage(s.queryRow(ctx, usageQuery, usageArgs(project)...))
+	if err != nil {
+		return Usage{}, s.fail("usage of project "+project, err)
+	}
+	return u, nil
+}
+
+// withinQuota checks, inside tx, that adding add to project's usage stays
+// within its quota. It locks the quota's row first (FOR UPDATE on
+// Postgres; SQLite's write transactions are exclusive already), so two
+// creates of one project, on any managers, count one after the other: the
+// second sees the first's row. A project without a quota (or "", the
+// global one) costs one primary-key read.
+func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, add Usage) error {
+	if project == "" {
+		return nil
+	}
+	var l QuotaLimits
+	row := tx.QueryRowContext(ctx, s.d.rebind("SELECT "+quotaColumns+" FROM project_quota WHERE project = ?"+s.d.forUpdate()), project)
+	if err := scanLimits(row, &l); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		return err
+	}
+	checks := []struct {
+		name  string
+		limit *int64
+		add   int64
+		used  func(Usage) int64
+	}{
+		{"vms", l.VMs, add.VMs, func(u Usage) int64 { return u.VMs }},
+		{"vcpus", l.VCPUs, add.VCPUs, func(u Usage) int64 { return u.VCPUs }},
+		{"mem_mib", l.MemMiB, add.MemMiB, func(u Usage) int64 { return u.MemMiB }},
+		{"snapshots", l.Snapshots, add.Snapshots, func(u Usage) int64 { return u.Snapshots }},
+		{"snapshot_bytes", l.SnapshotBytes, add.SnapshotBytes, func(u Usage) int64 { return u.SnapshotBytes }},
+		{"images", l.Images, add.Images, func(u Usage) int64 { return u.Images }},
+		{"templates", l.Templates, add.Templates, func(u Usage) int64 { return u.Templates }},
+	}
+	var used *Usage
+	for _, c := range checks {
+		if c.limit == nil || c.add == 0 {
+			continue
+		}
+		if used == nil {
+			u, err := scanUsage(tx.QueryRowContext(ctx, s.d.rebind(usageQuery), usageArgs(project)...))
+			if err != nil {
+				return err
+			}
+			used = &u
+		}
+		if n := c.used(*used); n+c.add > *c.limit {
+			return &QuotaError{Project: project, Resource: c.name, Limit: *c.limit, Used: n, Want: c.add}
+		}
+	}
+	return nil
+}
