@@ -121,29 +121,44 @@ func (s *sqlStore) PutQuota(ctx context.Context, q Quota) (Quota, error) {
 	return q, nil
 }
 
-// usageQuery sums a project's holdings in one statement (seven arguments,
-// all the project).
-const usageQuery = "SELECT" +
-	" (SELECT COUNT(*) FROM vm WHERE project = ?)," +
-	" (SELECT CAST(COALESCE(SUM(vcpu), 0) AS bigint) FROM vm WHERE project = ?)," +
-	" (SELECT CAST(COALESCE(SUM(mem_mib), 0) AS bigint) FROM vm WHERE project = ?)," +
-	" (SELECT COUNT(*) FROM snapshot WHERE project = ?)," +
-	" (SELECT CAST(COALESCE(SUM(size), 0) AS bigint) FROM snapshot WHERE project = ?)," +
-	" (SELECT COUNT(*) FROM image WHERE project = ?)," +
-	" (SELECT COUNT(*) FROM template WHERE project = ?)"
+// The usage queries, one per table a create may add to; each takes the
+// project. vm's count and sums read the index (project, vcpu, mem_mib)
+// alone.
+const (
+	vmUsageQuery       = "SELECT COUNT(*), CAST(COALESCE(SUM(vcpu), 0) AS bigint), CAST(COALESCE(SUM(mem_mib), 0) AS bigint) FROM vm WHERE project = ?"
+	snapshotUsageQuery = "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS bigint) FROM snapshot WHERE project = ?"
+	imageUsageQuery    = "SELECT COUNT(*) FROM image WHERE project = ?"
+	templateUsageQuery = "SELECT COUNT(*) FROM template WHERE project = ?"
+)
 
-func scanUsage(row *sql.Row) (Usage, error) {
+// rowQuerier is a *sql.Tx or the store's reader, rebound.
+type rowQuerier func(ctx context.Context, q string, args ...any) *sql.Row
+
+// usageOf counts what project holds in the tables want names (vm,
+// snapshot, image, template); the others stay zero.
+func usageOf(ctx context.Context, query rowQuerier, project string, want Usage) (Usage, error) {
 	var u Usage
-	err := row.Scan(&u.VMs, &u.VCPUs, &u.MemMiB, &u.Snapshots, &u.SnapshotBytes, &u.Images, &u.Templates)
+	var err error
+	if want.VMs != 0 || want.VCPUs != 0 || want.MemMiB != 0 {
+		err = errors.Join(err, query(ctx, vmUsageQuery, project).Scan(&u.VMs, &u.VCPUs, &u.MemMiB))
+	}
+	if want.Snapshots != 0 || want.SnapshotBytes != 0 {
+		err = errors.Join(err, query(ctx, snapshotUsageQuery, project).Scan(&u.Snapshots, &u.SnapshotBytes))
+	}
+	if want.Images != 0 {
+		err = errors.Join(err, query(ctx, imageUsageQuery, project).Scan(&u.Images))
+	}
+	if want.Templates != 0 {
+		err = errors.Join(err, query(ctx, templateUsageQuery, project).Scan(&u.Templates))
+	}
 	return u, err
 }
 
-func usageArgs(project string) []any {
-	return []any{project, project, project, project, project, project, project}
-}
+// everything asks usageOf for every table.
+var everything = Usage{VMs: 1, Snapshots: 1, Images: 1, Templates: 1}
 
 func (s *sqlStore) ProjectUsage(ctx context.Context, project string) (Usage, error) {
-	u, err := scanUsage(s.queryRow(ctx, usageQuery, usageArgs(project)...))
+	u, err := usageOf(ctx, func(ctx context.Context, q string, args ...any) *sql.Row { return s.queryRow(ctx, q, args...) }, project, everything)
 	if err != nil {
 		return Usage{}, s.fail("usage of project "+project, err)
 	}
@@ -182,19 +197,28 @@ func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, 
 		{"images", l.Images, add.Images, func(u Usage) int64 { return u.Images }},
 		{"templates", l.Templates, add.Templates, func(u Usage) int64 { return u.Templates }},
 	}
-	var used *Usage
+	// Count only the tables whose limits this create touches.
+	var need Usage
+	for _, c := range checks {
+		if c.limit != nil && c.add != 0 {
+			need = Usage{VMs: need.VMs + add.VMs + add.VCPUs + add.MemMiB, Snapshots: need.Snapshots + add.Snapshots + add.SnapshotBytes,
+				Images: need.Images + add.Images, Templates: need.Templates + add.Templates}
+		}
+	}
+	if need == (Usage{}) {
+		return nil
+	}
+	used, err := usageOf(ctx, func(ctx context.Context, q string, args ...any) *sql.Row {
+		return tx.QueryRowContext(ctx, s.d.rebind(q), args...)
+	}, project, need)
+	if err != nil {
+		return err
+	}
 	for _, c := range checks {
 		if c.limit == nil || c.add == 0 {
 			continue
 		}
-		if used == nil {
-			u, err := scanUsage(tx.QueryRowContext(ctx, s.d.rebind(usageQuery), usageArgs(project)...))
-			if err != nil {
-				return err
-			}
-			used = &u
-		}
-		if n := c.used(*used); n+c.add > *c.limit {
+		if n := c.used(used); n+c.add > *c.limit {
 			return &QuotaError{Project: project, Resource: c.name, Limit: *c.limit, Used: n, Want: c.add}
 		}
 	}

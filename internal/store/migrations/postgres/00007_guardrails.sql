@@ -10,7 +10,8 @@
 -- limit, and a project without a row has none. Creates lock the row (FOR
 -- UPDATE on Postgres) while they count the project's usage and insert, so
 -- managers sharing the database never pass a limit together. The usage
--- counts find a project's rows by the indexes that start with project.
+-- counts find a project's rows by the indexes that start with project;
+-- vm_project_alloc_idx answers a project's VM count and sums alone.
 
 -- +goose Up
 ALTER TABLE audit ADD COLUMN source text NOT NULL DEFAULT '';
@@ -29,8 +30,10 @@ CREATE TABLE project_quota (
     max_streams        bigint,
     updated_at         timestamptz NOT NULL
 );
+CREATE INDEX vm_project_alloc_idx ON vm (project, vcpu, mem_mib);
 
 -- +goose Down
+DROP INDEX vm_project_alloc_idx;
 DROP TABLE project_quota;
 DROP INDEX audit_window_idx;
 ALTER TABLE audit DROP COLUMN window_start;
