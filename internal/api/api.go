@@ -52,6 +52,10 @@ type Deps struct {
 	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
 	// once (zero: DefaultMaxStreams, DefaultMaxStreamsPerToken).
 	MaxStreams, MaxStreamsPerToken int
+	// CORSOrigins are the exact origins (scheme://host[:port]) whose
+	// browsers may call the API cross-origin (NEXUS_CORS_ORIGINS); empty:
+	// none, no CORS headers at all. ParseCORSOrigins checks them.
+	CORSOrigins []string
 	// RateLimits limit each token's calls by class and each source's calls
 	// without a valid token (zero: no limits).
 	RateLimits RateLimits
@@ -120,6 +124,9 @@ func New(d Deps) *Server {
 	}
 
 	mux := chi.NewMux()
+	if len(d.CORSOrigins) > 0 {
+		mux.Use(corsMiddleware(d.CORSOrigins))
+	}
 	mux.Use(httpmw.Middleware(d.Log, "/healthz", "/readyz", "/metrics"))
 	mux.Use(s.m.middleware)
 	mux.Use(jsonByDefault)

@@ -68,6 +68,9 @@ type ManagerOptions struct {
 	// prod, none in dev): NEXUS_RATE_READ, NEXUS_RATE_MUTATION,
 	// NEXUS_RATE_CREATE per token, NEXUS_RATE_AUTH_FAILURE per source.
 	Rates RateOptions
+	// CORSOrigins is NEXUS_CORS_ORIGINS: the exact origins whose pages may
+	// call the API (comma-separated; empty: none).
+	CORSOrigins string
 	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
 	// certificate the manager serves HTTPS and presents it to agents; with
 	// a CA it requires agents to present a certificate of it (and checks
@@ -118,6 +121,10 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	if err != nil {
 		return nil, err
 	}
+	origins, err := api.ParseCORSOrigins(o.CORSOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("NEXUS_CORS_ORIGINS: %w", err)
+	}
 	if o.JoinToken == "" {
 		return nil, errors.New("a join token is required (NEXUS_JOIN_TOKEN): agents and manager must share it")
 	}
@@ -161,7 +168,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	})
 	maxStreams := streamBudget(o.MaxStreams, raiseNoFile(), log)
 	srv := api.New(api.Deps{
-		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken, RateLimits: limits,
+		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken, RateLimits: limits, CORSOrigins: origins,
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
 		Audit: st, Quotas: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
