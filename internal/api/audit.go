@@ -11,7 +11,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -222,9 +221,9 @@ func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, e
 		rid = in.VMID
 	}
 	p, _ := principal(ctx)
-	if p.Role != auth.RoleAdmin {
+	if !globalAdmin(p) {
 		if in.VMID == "" {
-			return nil, apierr.Forbidden("only admins list the whole audit trail").
+			return nil, apierr.Forbidden("only admins of every project list the whole audit trail").
 				WithSuggestion("pass vm_id for the history of one of your VMs")
 		}
 		if _, err := s.vms.GetVM(ctx, scope(ctx), in.VMID); err != nil {

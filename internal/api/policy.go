@@ -44,6 +44,10 @@ type policy struct {
 	// NoAudit exempts a mutating call from the audit trail; only for
 	// machine chatter (agent heartbeats), and it must say why.
 	NoAudit string
+	// ProjectAdmin lets an admin token of one project call an admin
+	// operation, within that project (its handler keeps it there); every
+	// other admin operation needs an admin of every project ("*").
+	ProjectAdmin bool
 }
 
 // Policy constructors for routes.go and the per-resource route files.
@@ -67,6 +71,16 @@ func join(action string) policy { return policy{Auth: authJoin, Action: action, 
 
 // creates marks an operation that makes a new resource (see Creates).
 func creates(p policy) policy { p.Creates = true; return p }
+
+// projectAdmin lets a project's admins call p within their project.
+func projectAdmin(p policy) policy { p.ProjectAdmin = true; return p }
+
+// globalAdmin reports whether p administers every project: an admin
+// token of project "*". An admin token of one project administers that
+// project only: its VMs, images, templates, snapshots and tokens.
+func globalAdmin(p auth.Principal) bool {
+	return p.Role == auth.RoleAdmin && p.Project == auth.AllProjects
+}
 
 type authKind int
 
@@ -92,14 +106,15 @@ func principal(ctx context.Context) (auth.Principal, bool) {
 	return p, ok
 }
 
-// scope is what the caller may see: an admin sees every project, anyone
-// else only the project of their token.
+// scope is what the caller may see: an admin of every project sees
+// every project, anyone else (a project's admin too) only the project of
+// their token.
 func scope(ctx context.Context) manager.Scope {
 	p, ok := principal(ctx)
 	if !ok {
 		return manager.Scope{} // sees nothing
 	}
-	if p.Role == auth.RoleAdmin {
+	if globalAdmin(p) {
 		return manager.All
 	}
 	// A token of project "*" reads (or, as operator, acts on) every project.
@@ -194,6 +209,11 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 	if roleRank[p.Role] < roleRank[pol.Role] {
 		s.deny(ctx, pol, p.Actor(), apierr.Forbidden("role %s may not %s; it needs %s", p.Role, describeAction(pol, ctx), pol.Role).
 			WithSuggestion("ask an admin for a token with that role"))
+		return
+	}
+	if pol.Role == auth.RoleAdmin && !pol.ProjectAdmin && !globalAdmin(p) {
+		s.deny(ctx, pol, p.Actor(), apierr.Forbidden("an admin token of project %s administers that project only; %s needs an admin of every project", p.Project, describeAction(pol, ctx)).
+			WithSuggestion("ask for an admin token of project \"*\""))
 		return
 	}
 	if strings.HasPrefix(ctx.Operation().Path, "/v1/vms/{id}") {

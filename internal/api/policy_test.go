@@ -67,7 +67,11 @@ func newTestServerAt(t testing.TB, path string, opts ...func(*Deps)) *testServer
 	ts.http = httptest.NewServer(ts.srv)
 	t.Cleanup(ts.http.Close)
 	for _, r := range []auth.Role{auth.RoleViewer, auth.RoleOperator, auth.RoleAdmin} {
-		secret, _, err := auth.Issue(ctx, st, "", string(r)+"-user", r, "team-a")
+		project := "team-a"
+		if r == auth.RoleAdmin {
+			project = auth.AllProjects // an admin of every project (an admin of team-a administers team-a only)
+		}
+		secret, _, err := auth.Issue(ctx, st, "", string(r)+"-user", r, project)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -42,11 +42,12 @@ type usageOutput struct {
 	Body apitypes.ProjectUsageItem
 }
 
-// canSeeProject: admins and tokens of every project see every project;
-// others only their own (another answers 404, as other projects' VMs do).
+// canSeeProject: tokens of every project see every project; others (a
+// project's admins too) only their own (another answers 404, as other
+// projects' VMs do).
 func canSeeProject(ctx context.Context, project string) error {
 	p, _ := principal(ctx)
-	if p.Role == auth.RoleAdmin || p.Project == auth.AllProjects || p.Project == project {
+	if p.Project == auth.AllProjects || p.Project == project {
 		return nil
 	}
 	return apierr.Newf(http.StatusNotFound, "not_found", "project %q not found", project)

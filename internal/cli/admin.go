@@ -100,6 +100,12 @@ var tokenColumns = []column[apitypes.Token]{
 	{head: "OWNER", val: func(t apitypes.Token) string { return t.Owner }},
 	{head: "ROLE", val: func(t apitypes.Token) string { return t.Role }},
 	{head: "PROJECT", val: func(t apitypes.Token) string { return t.Project }},
+	{head: "SCOPE", val: func(t apitypes.Token) string {
+		if t.Project == "*" {
+			return "all projects"
+		}
+		return "project " + t.Project // an admin of one project administers it only
+	}},
 	{head: "CREATED", val: func(t apitypes.Token) string { return t.CreatedAt.Local().Format(time.DateTime) }},
 	{head: "LAST USED", val: func(t apitypes.Token) string { return when(t.LastUsedAt) }},
 	{head: "REVOKED", val: func(t apitypes.Token) string { return when(t.RevokedAt) }},
