@@ -74,8 +74,8 @@ func (s *sqlStore) usedAddresses(ctx context.Context, hostID, except string) (ma
 }
 
 // usedAddressesTx is usedAddresses inside a transaction.
-func usedAddressesTx(ctx context.Context, tx *sql.Tx, d dialect, hostID string) (map[netip.Addr]bool, error) {
-	rows, err := tx.QueryContext(ctx, d.rebind("SELECT ip FROM vm WHERE host_id = ? AND ip <> ''"), hostID)
+func (s *sqlStore) usedAddressesTx(ctx context.Context, tx *sql.Tx, hostID string) (map[netip.Addr]bool, error) {
+	rows, err := s.txQuery(ctx, tx, "SELECT ip FROM vm WHERE host_id = ? AND ip <> ''", hostID)
 	if err != nil {
 		return nil, err
 	}

@@ -137,6 +137,15 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
+	// Opening processes take turns: the switch to WAL (and a WAL's recovery)
+	// can answer SQLITE_BUSY at once, without waiting out busy_timeout, when
+	// another process opens the same new file at that moment.
+	opening := &fileLocker{path: path + ".lock"}
+	if err := opening.Lock(ctx, nil); err != nil {
+		w.Close()
+		return fail(err)
+	}
+	defer opening.Unlock(ctx, nil)
 	if err := w.PingContext(ctx); err != nil { // the first connection switches the file to WAL
 		w.Close()
 		return fail(err)
@@ -158,10 +167,12 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 		return fail(err)
 	}
 	return &sqlStore{
-		d:     sqliteDialect{lockPath: path + ".lock"},
-		w:     w,
-		r:     r,
-		clock: o.clock,
-		log:   o.logger,
+		d:      sqliteDialect{lockPath: path + ".lock"},
+		w:      w,
+		r:      r,
+		clock:  o.clock,
+		log:    o.logger,
+		wStmts: newStmtCache(w),
+		rStmts: newStmtCache(r),
 	}, nil
 }

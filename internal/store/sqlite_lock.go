@@ -12,8 +12,9 @@ import (
 	"github.com/pressly/goose/v3/lock"
 )
 
-// fileLocker is goose's migration lock for SQLite: an exclusive flock on a
-// file beside the database. (Postgres uses an advisory lock instead.) A
+// fileLocker is an exclusive flock on a file beside the database: goose's
+// migration lock for SQLite (Postgres uses an advisory lock instead), and
+// the turn of a process opening the database. A
 // separate file, because closing any descriptor of the database file itself
 // would drop SQLite's own POSIX locks.
 type fileLocker struct {
@@ -26,7 +27,7 @@ var _ lock.Locker = (*fileLocker)(nil)
 func (l *fileLocker) Lock(ctx context.Context, _ *sql.DB) error {
 	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return fmt.Errorf("migration lock: %w", err)
+		return fmt.Errorf("lock: %w", err)
 	}
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -36,11 +37,11 @@ func (l *fileLocker) Lock(ctx context.Context, _ *sql.DB) error {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return fmt.Errorf("migration lock %s: %w", l.path, err)
+			return fmt.Errorf("lock %s: %w", l.path, err)
 		}
 		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
 			f.Close()
-			return fmt.Errorf("migration lock %s: %w", l.path, err)
+			return fmt.Errorf("lock %s: %w", l.path, err)
 		}
 	}
 }

@@ -27,6 +27,9 @@ type sqlStore struct {
 	clock func() time.Time
 	log   *slog.Logger
 	bus   localBus // Notify/Listen when the engine has no LISTEN/NOTIFY
+	// wStmts and rStmts keep prepared statements of w and r (SQLite only;
+	// nil on Postgres).
+	wStmts, rStmts *stmtCache
 }
 
 var _ Store = (*sqlStore)(nil)
@@ -107,20 +110,36 @@ func newID() string { return uuid.NewString() }
 // The query helpers rebind "?" placeholders for the engine. Reads go to the
 // read pool, writes (and reads that must see them) to the write pool.
 func (s *sqlStore) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return s.w.ExecContext(ctx, s.d.rebind(q), args...)
+	q = s.d.rebind(q)
+	if st := s.wStmts.get(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return s.w.ExecContext(ctx, q, args...)
 }
 
 func (s *sqlStore) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	return s.r.QueryContext(ctx, s.d.rebind(q), args...)
+	q = s.d.rebind(q)
+	if st := s.rStmts.get(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return s.r.QueryContext(ctx, q, args...)
 }
 
 func (s *sqlStore) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return s.r.QueryRowContext(ctx, s.d.rebind(q), args...)
+	q = s.d.rebind(q)
+	if st := s.rStmts.get(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return s.r.QueryRowContext(ctx, q, args...)
 }
 
 // writeRow runs a write that returns a row (INSERT … RETURNING).
 func (s *sqlStore) writeRow(ctx context.Context, q string, args ...any) *sql.Row {
-	return s.w.QueryRowContext(ctx, s.d.rebind(q), args...)
+	q = s.d.rebind(q)
+	if st := s.wStmts.get(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return s.w.QueryRowContext(ctx, q, args...)
 }
 
 // inTx runs fn in a write transaction (BEGIN IMMEDIATE on SQLite).
@@ -129,6 +148,7 @@ func (s *sqlStore) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if err != nil {
 		return err
 	}
+	defer s.wStmts.prepareNoted(ctx) // after the commit or rollback frees the connection
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback() // the error that matters is fn's
 		return err

@@ -131,7 +131,7 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 			return err
 		}
 		var id string
-		if err := tx.QueryRowContext(ctx, s.d.rebind("SELECT id FROM host WHERE id = ?"+s.d.forUpdate()), vm.HostID).Scan(&id); err != nil {
+		if err := s.txQueryRow(ctx, tx, "SELECT id FROM host WHERE id = ?"+s.d.forUpdate(), vm.HostID).Scan(&id); err != nil {
 			return fmt.Errorf("host %s: %w", vm.HostID, err)
 		}
 		q := "SELECT COALESCE(SUM(vcpu), 0), COALESCE(SUM(mem_mib), 0) FROM vm WHERE host_id = ?"
@@ -143,7 +143,7 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 			}
 		}
 		var used Resources
-		if err := tx.QueryRowContext(ctx, s.d.rebind(q), qargs...).Scan(&used.VCPU, &used.MemMiB); err != nil {
+		if err := s.txQueryRow(ctx, tx, q, qargs...).Scan(&used.VCPU, &used.MemMiB); err != nil {
 			return err
 		}
 		if used.VCPU+vm.VCPU > limit.VCPU || used.MemMiB+vm.MemMiB > limit.MemMiB {
@@ -152,7 +152,7 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		if wantAddr {
 			// The host's row is locked: nobody else picks on this host
 			// until the insert commits (the unique index backs it up).
-			taken, err := usedAddressesTx(ctx, tx, s.d, vm.HostID)
+			taken, err := s.usedAddressesTx(ctx, tx, vm.HostID)
 			if err != nil {
 				return err
 			}
@@ -166,7 +166,7 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.d.rebind(vmInsert), args...)
+		_, err = s.txExec(ctx, tx, vmInsert, args...)
 		return err
 	})
 	if err != nil {

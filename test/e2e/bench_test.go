@@ -337,24 +337,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 
 		// Churn: stop and start a fifth of the fleet, 20 at a time.
-		var churnD []time.Duration
-		churn := ids[:total/5]
-		for off := 0; off < len(churn); off += 20 {
-			part := churn[off:min(off+20, len(churn))]
-			for _, action := range []string{"stop", "start"} {
-				s := time.Now()
-				res, err := c.client.Bulk(ctx, action, part)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, r := range res.Results {
-					if !r.OK {
-						b.Fatalf("%s %s: %s", action, r.ID, r.Error)
-					}
-				}
-				churnD = append(churnD, time.Since(s)/time.Duration(len(part)))
-			}
-		}
+		churnD := churnBulk(ctx, b, c.client, ids[:total/5])
 
 		// Kill 10% of the VMMs at once and time the convergence.
 		waitPasses(b, c.client, 2)
@@ -416,4 +399,27 @@ func envInt(key string, def int) int {
 		return v
 	}
 	return def
+}
+
+// churnBulk stops and starts the VMs, 20 at a time, and returns the time
+// per VM of each bulk call.
+func churnBulk(ctx context.Context, b *testing.B, client *nexus.Client, ids []string) []time.Duration {
+	var d []time.Duration
+	for off := 0; off < len(ids); off += 20 {
+		part := ids[off:min(off+20, len(ids))]
+		for _, action := range []string{"stop", "start"} {
+			s := time.Now()
+			res, err := client.Bulk(ctx, action, part)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range res.Results {
+				if !r.OK {
+					b.Fatalf("%s %s: %s", action, r.ID, r.Error)
+				}
+			}
+			d = append(d, time.Since(s)/time.Duration(len(part)))
+		}
+	}
+	return d
 }

@@ -32,12 +32,30 @@ import (
 // the control plane's CPU per create (manager and agent processes).
 func BenchmarkFloor(b *testing.B) {
 	seq, conc := envInt("NEXUS_BENCH_FLOOR_N", 30), 10
+	// NEXUS_BENCH_PROFILE=DIR: CPU profiles of the manager and the agent
+	// during the sequential creates (raise NEXUS_BENCH_FLOOR_N to fill them).
+	profDir, pprofPort := os.Getenv("NEXUS_BENCH_PROFILE"), 0
+	if profDir != "" {
+		pprofPort = freePort(b)
+		// The manager listens in the host's namespace, the agent in its own.
+		b.Setenv("NEXUS_PPROF", fmt.Sprintf("0.0.0.0:%d", pprofPort))
+	}
 	for range b.N {
 		c := newCluster(b, "sqlite", 1)
 		ctx := context.Background()
 		kernel := simtest.WriteKernel(b, c.dir)
 		f := newFloor(b, filepath.Join(c.dir, "floor"), kernel)
 
+		var profiling sync.WaitGroup
+		if profDir != "" {
+			d := time.Duration(seq) * 30 * time.Millisecond
+			profiling.Go(func() {
+				profileCPU(b, fmt.Sprintf("127.0.0.1:%d", pprofPort), filepath.Join(profDir, "manager-seq.prof"), d)
+			})
+			profiling.Go(func() {
+				profileCPU(b, fmt.Sprintf("%s:%d", c.agents[0].net.agentIP, pprofPort), filepath.Join(profDir, "agent-seq.prof"), d)
+			})
+		}
 		var floorSeq, nexusSeq []time.Duration
 		var ids []string
 		cpu0 := cpuTicks(c.mgr.cmd.Process.Pid) + cpuTicks(c.agents[0].cmd.Process.Pid)
@@ -52,6 +70,7 @@ func BenchmarkFloor(b *testing.B) {
 			ids = append(ids, vm.ID)
 		}
 		cpu1 := cpuTicks(c.mgr.cmd.Process.Pid) + cpuTicks(c.agents[0].cmd.Process.Pid)
+		profiling.Wait()
 
 		var floorConc, nexusConc []time.Duration
 		var mu sync.Mutex

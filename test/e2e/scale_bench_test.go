@@ -132,24 +132,7 @@ func BenchmarkScale(b *testing.B) {
 				listD = append(listD, time.Since(s))
 			}
 		})
-		churn := ids[:total/10]
-		var churnD []time.Duration
-		for off := 0; off < len(churn); off += 20 {
-			part := churn[off:min(off+20, len(churn))]
-			for _, action := range []string{"stop", "start"} {
-				s := time.Now()
-				res, err := c.client.Bulk(ctx, action, part)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, r := range res.Results {
-					if !r.OK {
-						b.Fatalf("%s %s: %s", action, r.ID, r.Error)
-					}
-				}
-				churnD = append(churnD, time.Since(s)/time.Duration(len(part)))
-			}
-		}
+		churnD := churnBulk(ctx, b, c.client, ids[:total/10])
 		close(stop)
 		readers.Wait()
 
@@ -220,9 +203,10 @@ func vmRSS(pid int) int {
 	return procStatusKiB(pid, "VmRSS:")
 }
 
-// profileCPU saves a CPU profile of the process serving pprof at addr.
+// profileCPU saves a CPU profile of the process serving pprof at addr
+// (seconds are whole: d is rounded down, at least 1).
 func profileCPU(b *testing.B, addr, path string, d time.Duration) {
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds()))))
 	if err != nil {
 		b.Logf("profile: %v", err)
 		return
@@ -237,5 +221,5 @@ func profileCPU(b *testing.B, addr, path string, d time.Duration) {
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		b.Logf("profile: %v", err)
 	}
-	b.Logf("CPU profile of the manager (%s) in %s", d, path)
+	b.Logf("CPU profile of %s (%s) in %s", addr, d, path)
 }
