@@ -22,8 +22,7 @@ func (s *sqlStore) CreateImage(ctx context.Context, img Image) (Image, error) {
 		if err := s.withinQuota(ctx, tx, img.Project, Usage{Images: 1}); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, s.d.rebind(
-			"INSERT INTO image (id, project, kind, name, host_path, sha256, size, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+		_, err := s.txExec(ctx, tx, "INSERT INTO image (id, project, kind, name, host_path, sha256, size, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
 			img.ID, img.Project, string(img.Kind), img.Name, img.HostPath, img.SHA256, img.Size, img.ReadOnly, s.ts(img.CreatedAt))
 		return err
 	})

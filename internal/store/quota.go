@@ -176,7 +176,7 @@ func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, 
 		return nil
 	}
 	var l QuotaLimits
-	row := tx.QueryRowContext(ctx, s.d.rebind("SELECT "+quotaColumns+" FROM project_quota WHERE project = ?"+s.d.forUpdate()), project)
+	row := s.txQueryRow(ctx, tx, "SELECT "+quotaColumns+" FROM project_quota WHERE project = ?"+s.d.forUpdate(), project)
 	if err := scanLimits(row, &l); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
@@ -209,7 +209,7 @@ func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, 
 		return nil
 	}
 	used, err := usageOf(ctx, func(ctx context.Context, q string, args ...any) *sql.Row {
-		return tx.QueryRowContext(ctx, s.d.rebind(q), args...)
+		return s.txQueryRow(ctx, tx, q, args...)
 	}, project, need)
 	if err != nil {
 		return err

@@ -41,9 +41,8 @@ func (s *sqlStore) CreateSnapshot(ctx context.Context, sn Snapshot) (Snapshot, e
 		if err := s.withinQuota(ctx, tx, sn.Project, Usage{Snapshots: 1, SnapshotBytes: sn.Size}); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, s.d.rebind(
-			"INSERT INTO snapshot (id, vm_id, project, host_id, dir, state_path, mem_path, size, files, meta, created_at)"+
-				" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+		_, err := s.txExec(ctx, tx, "INSERT INTO snapshot (id, vm_id, project, host_id, dir, state_path, mem_path, size, files, meta, created_at)"+
+			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 			sn.ID, sn.VMID, sn.Project, sn.HostID, sn.Dir, sn.StatePath, sn.MemPath, sn.Size, files, meta, s.ts(sn.CreatedAt))
 		return err
 	})

@@ -30,7 +30,7 @@ func (s *sqlStore) CreateTemplate(ctx context.Context, t Template) (Template, er
 		if err := s.withinQuota(ctx, tx, t.Project, Usage{Templates: 1}); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, s.d.rebind("INSERT INTO template (id, name, project, owner, config, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
+		_, err := s.txExec(ctx, tx, "INSERT INTO template (id, name, project, owner, config, created_at) VALUES (?, ?, ?, ?, ?, ?)",
 			t.ID, t.Name, t.Project, t.Owner, cfg, s.ts(t.CreatedAt))
 		return err
 	})
