@@ -21,7 +21,7 @@ type QuotaService interface {
 
 func (s *Server) quotaRoutes() {
 	register(s, "get-quota", http.MethodGet, "/v1/projects/{id}/quota", "A project's quota (no limit where a field is absent)", viewer, s.getQuota)
-	register(s, "put-quota", http.MethodPut, "/v1/projects/{id}/quota", "Set a project's quota (replaces every limit; absent: no limit)", admin("quota.set", "project"), s.putQuota)
+	register(s, "put-quota", http.MethodPut, "/v1/projects/{id}/quota", "Set a project's own quota (replaces every limit and the default; absent: no limit)", admin("quota.set", "project"), s.putQuota)
 	register(s, "project-usage", http.MethodGet, "/v1/projects/{id}/usage", "What a project holds, against its quota", viewer, s.projectUsage)
 }
 
@@ -59,8 +59,8 @@ func limitsOut(l store.QuotaLimits) apitypes.QuotaLimits {
 }
 
 func quotaView(q store.Quota) apitypes.Quota {
-	out := apitypes.Quota{Project: q.Project, Limits: limitsOut(q.Limits)}
-	if !q.UpdatedAt.IsZero() {
+	out := apitypes.Quota{Project: q.Project, Limits: limitsOut(q.Limits), Default: q.Default}
+	if !q.UpdatedAt.IsZero() && !q.Default {
 		out.UpdatedAt = &q.UpdatedAt
 	}
 	return out
@@ -100,7 +100,7 @@ func (s *Server) projectUsage(ctx context.Context, in *projectPath) (*usageOutpu
 		return nil, err
 	}
 	return &usageOutput{Body: apitypes.ProjectUsageItem{Item: apitypes.ProjectUsage{
-		Project: in.ID, Limits: limitsOut(q.Limits),
+		Project: in.ID, Limits: limitsOut(q.Limits), Default: q.Default,
 		Usage: apitypes.UsageCounts{VMs: u.VMs, VCPUs: u.VCPUs, MemMiB: u.MemMiB, Snapshots: u.Snapshots,
 			SnapshotBytes: u.SnapshotBytes, Images: u.Images, Templates: u.Templates, Streams: int64(s.streams.ofProject(in.ID))},
 	}}}, nil

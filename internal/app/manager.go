@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,6 +70,9 @@ type ManagerOptions struct {
 	// prod, none in dev): NEXUS_RATE_READ, NEXUS_RATE_MUTATION,
 	// NEXUS_RATE_CREATE per token, NEXUS_RATE_AUTH_FAILURE per source.
 	Rates RateOptions
+	// DefaultQuota is NEXUS_DEFAULT_QUOTA: the limits of projects without
+	// a quota of their own, "vms=20,vcpus=40,mem_mib=16384,…" (empty: none).
+	DefaultQuota string
 	// CORSOrigins is NEXUS_CORS_ORIGINS: the exact origins whose pages may
 	// call the API (comma-separated; empty: none).
 	CORSOrigins string
@@ -145,7 +150,11 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		tlsFiles.ConfigureTransport(tr)
 		agentTransport = tr
 	}
-	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log))
+	defQuota, err := ParseQuota(o.DefaultQuota)
+	if err != nil {
+		return nil, fmt.Errorf("NEXUS_DEFAULT_QUOTA: %w", err)
+	}
+	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log), store.WithDefaultQuota(defQuota))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -290,4 +299,35 @@ func (r RateOptions) limits(mode string) (api.RateLimits, error) {
 		*f.dst = rt
 	}
 	return out, nil
+}
+
+// ParseQuota reads a quota as "name=N,…" with the names of the API's
+// limits (vms, vcpus, mem_mib, snapshots, snapshot_bytes, images,
+// templates, streams); a name not given is no limit.
+func ParseQuota(s string) (store.QuotaLimits, error) {
+	var l store.QuotaLimits
+	fields := map[string]**int64{
+		"vms": &l.VMs, "vcpus": &l.VCPUs, "mem_mib": &l.MemMiB, "snapshots": &l.Snapshots,
+		"snapshot_bytes": &l.SnapshotBytes, "images": &l.Images, "templates": &l.Templates, "streams": &l.Streams,
+	}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		dst, known := fields[strings.TrimSpace(k)]
+		if !ok || !known {
+			return store.QuotaLimits{}, fmt.Errorf("%q: want name=N with a name of vms, vcpus, mem_mib, snapshots, snapshot_bytes, images, templates, streams", kv)
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n < 0 {
+			return store.QuotaLimits{}, fmt.Errorf("%q: the limit must be a non-negative integer", kv)
+		}
+		if *dst != nil {
+			return store.QuotaLimits{}, fmt.Errorf("%q: %s is given twice", kv, k)
+		}
+		*dst = &n
+	}
+	return l, nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nexus-microvm/nexus/internal/api"
+	"github.com/nexus-microvm/nexus/internal/store"
 )
 
 func TestStreamBudget(t *testing.T) {
@@ -46,5 +47,20 @@ func TestRateOptions(t *testing.T) {
 	}
 	if _, err := (RateOptions{Mutation: "fast"}).limits("prod"); err == nil || !strings.Contains(err.Error(), "NEXUS_RATE_MUTATION") {
 		t.Errorf("a bad rate: %v; want an error naming NEXUS_RATE_MUTATION", err)
+	}
+}
+
+func TestParseQuota(t *testing.T) {
+	l, err := ParseQuota(" vms=20, mem_mib=0 ,streams=3")
+	if err != nil || l.VMs == nil || *l.VMs != 20 || l.MemMiB == nil || *l.MemMiB != 0 || *l.Streams != 3 || l.VCPUs != nil {
+		t.Errorf("ParseQuota = %+v, %v", l, err)
+	}
+	if l, err := ParseQuota(""); err != nil || l != (store.QuotaLimits{}) {
+		t.Errorf("empty: %+v, %v", l, err)
+	}
+	for _, bad := range []string{"vms", "cpus=2", "vms=-1", "vms=x", "vms=1,vms=2", "vms=1.5"} {
+		if _, err := ParseQuota(bad); err == nil {
+			t.Errorf("ParseQuota(%q) accepted", bad)
+		}
 	}
 }

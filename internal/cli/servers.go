@@ -116,6 +116,7 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 	} {
 		strFlag(fs, r.p, r.name, e, r.key, "", "rate limit of "+r.usage+": RATE[:BURST] calls per second, 0 for none (default "+r.def+" in prod, none in dev)")
 	}
+	strFlag(fs, &o.DefaultQuota, "default-quota", e, "NEXUS_DEFAULT_QUOTA", "", "quota of every project without its own, e.g. vms=20,vcpus=40,mem_mib=16384 (none by default; set the same on every manager)")
 	strFlag(fs, &o.CORSOrigins, "cors-origins", e, "NEXUS_CORS_ORIGINS", "", "exact origins (scheme://host[:port], comma-separated) whose web pages may call the API; none by default")
 	if err := intFlag(fs, &o.MaxStreams, "max-streams", e, "NEXUS_MAX_STREAMS", api.DefaultMaxStreams, "log streams relayed at once (lowered to fit the open-file limit)"); err != nil {
 		return err

@@ -17,11 +17,14 @@ type QuotaLimits struct {
 	VMs, VCPUs, MemMiB, Snapshots, SnapshotBytes, Images, Templates, Streams *int64
 }
 
-// Quota is a project's quota. A project without one has no limits.
+// Quota is a project's quota. A project without one has the store's
+// default quota (WithDefaultQuota; none unless set).
 type Quota struct {
 	Project   string
 	Limits    QuotaLimits
 	UpdatedAt time.Time // zero: never set
+	// Default: the limits are the default quota, not the project's own.
+	Default bool
 }
 
 // Usage is what a project holds: every VM whatever its state, snapshots
@@ -87,13 +90,16 @@ func scanLimits(sc scanner, l *QuotaLimits, rest ...any) error {
 
 func (s *sqlStore) GetQuota(ctx context.Context, project string) (Quota, error) {
 	q := Quota{Project: project}
-	err := scanLimits(s.queryRow(ctx, "SELECT "+quotaColumns+", updated_at FROM project_quota WHERE project = ?", project),
-		&q.Limits, timeCol{&q.UpdatedAt})
+	err := scanLimits(s.queryRow(ctx, "SELECT "+quotaColumns+", uses_default, updated_at FROM project_quota WHERE project = ?", project),
+		&q.Limits, &q.Default, timeCol{&q.UpdatedAt})
 	if errors.Is(err, sql.ErrNoRows) {
-		return Quota{Project: project}, nil
+		return Quota{Project: project, Limits: s.defaultQuota, Default: true}, nil
 	}
 	if err != nil {
 		return Quota{}, s.fail("get quota of project "+project, err)
+	}
+	if q.Default {
+		return Quota{Project: project, Limits: s.defaultQuota, Default: true}, nil
 	}
 	return q, nil
 }
@@ -108,13 +114,13 @@ func (s *sqlStore) PutQuota(ctx context.Context, q Quota) (Quota, error) {
 			return Quota{}, s.fail(op, invalidf("limits must not be negative"))
 		}
 	}
-	q.UpdatedAt = s.now()
+	q.UpdatedAt, q.Default = s.now(), false
 	args := append([]any{q.Project}, q.Limits.args()...)
-	args = append(args, s.ts(q.UpdatedAt))
-	_, err := s.exec(ctx, "INSERT INTO project_quota (project, "+quotaColumns+", updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"+
+	args = append(args, false, s.ts(q.UpdatedAt))
+	_, err := s.exec(ctx, "INSERT INTO project_quota (project, "+quotaColumns+", uses_default, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"+
 		" ON CONFLICT (project) DO UPDATE SET max_vms = excluded.max_vms, max_vcpus = excluded.max_vcpus, max_mem_mib = excluded.max_mem_mib,"+
 		" max_snapshots = excluded.max_snapshots, max_snapshot_bytes = excluded.max_snapshot_bytes, max_images = excluded.max_images,"+
-		" max_templates = excluded.max_templates, max_streams = excluded.max_streams, updated_at = excluded.updated_at", args...)
+		" max_templates = excluded.max_templates, max_streams = excluded.max_streams, uses_default = excluded.uses_default, updated_at = excluded.updated_at", args...)
 	if err != nil {
 		return Quota{}, s.fail(op, err)
 	}
@@ -176,12 +182,28 @@ func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, 
 		return nil
 	}
 	var l QuotaLimits
-	row := s.txQueryRow(ctx, tx, "SELECT "+quotaColumns+" FROM project_quota WHERE project = ?"+s.d.forUpdate(), project)
-	if err := scanLimits(row, &l); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
+	var usesDefault bool
+	lock := func() error {
+		return scanLimits(s.txQueryRow(ctx, tx, "SELECT "+quotaColumns+", uses_default FROM project_quota WHERE project = ?"+s.d.forUpdate(), project), &l, &usesDefault)
+	}
+	err := lock()
+	if errors.Is(err, sql.ErrNoRows) {
+		if s.defaultQuota == (QuotaLimits{}) {
+			return nil // no quota, no default: nothing to order
 		}
+		// The default binds this project: a row standing for it gives
+		// the project's creates a lock to queue on, on every manager.
+		if _, err := s.txExec(ctx, tx, "INSERT INTO project_quota (project, uses_default, updated_at) VALUES (?, ?, ?) ON CONFLICT (project) DO NOTHING",
+			project, true, s.ts(s.now())); err != nil {
+			return err
+		}
+		err = lock()
+	}
+	if err != nil {
 		return err
+	}
+	if usesDefault {
+		l = s.defaultQuota
 	}
 	checks := []struct {
 		name  string

@@ -127,4 +127,57 @@ var quotaBehaviours = []behaviour{
 			t.Fatalf("usage %d VMs; want %d", u.VMs, quota)
 		}
 	}},
+	// A default quota binds every project without its own, also between
+	// two stores creating at once; a quota of its own replaces it.
+	{"quota/default_quota", func(t *testing.T, e *env) {
+		def := store.QuotaLimits{VMs: ptr(4)}
+		a := openStore(t, e.dsn, store.WithDefaultQuota(def))
+		b := openStore(t, e.dsn, store.WithDefaultQuota(def))
+		h := must(a.UpsertHost(ctx, store.HostRegistration{Name: "h", Addr: "http://h"}))(t)
+		room := store.Resources{VCPU: 1000, MemMiB: 1 << 30}
+		if q := must(a.GetQuota(ctx, "dflt"))(t); !q.Default || q.Limits.VMs == nil || *q.Limits.VMs != 4 {
+			t.Fatalf("quota of a project without one = %+v; want the default", q)
+		}
+		var ok, refused atomic.Int32
+		var wg sync.WaitGroup
+		for i := range 12 {
+			s := a
+			if i%2 == 1 {
+				s = b
+			}
+			wg.Go(func() {
+				vm := newVM(fmt.Sprintf("d-%d", i))
+				vm.Project, vm.HostID = "dflt", h.ID
+				_, err := s.CreateVMWithin(ctx, vm, room)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, store.ErrQuota):
+					refused.Add(1)
+				default:
+					t.Errorf("create %d: %v", i, err)
+				}
+			})
+		}
+		wg.Wait()
+		if ok.Load() != 4 || refused.Load() != 8 {
+			t.Fatalf("%d created, %d refused under a default of 4", ok.Load(), refused.Load())
+		}
+		// Still the default after the anchor row was written.
+		if q := must(b.GetQuota(ctx, "dflt"))(t); !q.Default || *q.Limits.VMs != 4 {
+			t.Fatalf("quota after creates = %+v; want the default", q)
+		}
+		// Its own quota (no limits) lifts the default.
+		must(a.PutQuota(ctx, store.Quota{Project: "dflt"}))(t)
+		if q := must(b.GetQuota(ctx, "dflt"))(t); q.Default || q.Limits.VMs != nil {
+			t.Fatalf("quota after a put = %+v; want its own, unlimited", q)
+		}
+		vm := newVM("d-more")
+		vm.Project, vm.HostID = "dflt", h.ID
+		must(b.CreateVMWithin(ctx, vm, room))(t)
+		// A store without a default limits nothing.
+		vm = newVM("free")
+		vm.Project, vm.HostID = "other", h.ID
+		must(e.s.CreateVMWithin(ctx, vm, room))(t)
+	}},
 }

@@ -20,7 +20,8 @@ type QuotaLimits struct {
 type Quota struct {
 	Project   string      `json:"project"`
 	Limits    QuotaLimits `json:"limits"`
-	UpdatedAt *time.Time  `json:"updated_at,omitempty" doc:"absent: never set (no limits)"`
+	UpdatedAt *time.Time  `json:"updated_at,omitempty" doc:"absent: never set"`
+	Default   bool        `json:"default" doc:"true: the project has no quota of its own, and these are the manager's defaults (NEXUS_DEFAULT_QUOTA; none unless set)"`
 }
 
 // QuotaItem is GET and PUT /v1/projects/{p}/quota.
@@ -45,6 +46,7 @@ type ProjectUsage struct {
 	Project string      `json:"project"`
 	Usage   UsageCounts `json:"usage"`
 	Limits  QuotaLimits `json:"limits"`
+	Default bool        `json:"default" doc:"the limits are the manager's defaults"`
 }
 
 // ProjectUsageItem is GET /v1/projects/{p}/usage.

@@ -7,7 +7,10 @@
 -- limit. Rows of other calls have count 1 and no window.
 --
 -- Project quotas: one row per project with a quota; a NULL column is no
--- limit, and a project without a row has none. Creates lock the row (FOR
+-- limit, and a project without a row has the manager's default quota
+-- (none unless configured). A row with uses_default stands for the
+-- default: written by the first create of a project under a default
+-- quota, so that its lock orders that project's creates too. Creates lock the row (FOR
 -- UPDATE on Postgres) while they count the project's usage and insert, so
 -- managers sharing the database never pass a limit together. The usage
 -- counts find a project's rows by the indexes that start with project;
@@ -28,6 +31,7 @@ CREATE TABLE project_quota (
     max_images         bigint,
     max_templates      bigint,
     max_streams        bigint,
+    uses_default       boolean NOT NULL DEFAULT false,
     updated_at         timestamptz NOT NULL
 );
 CREATE INDEX vm_project_alloc_idx ON vm (project, vcpu, mem_mib);
