@@ -246,3 +246,11 @@ func (s *sqlStore) withinQuota(ctx context.Context, tx *sql.Tx, project string, 
 	}
 	return nil
 }
+
+func (s *sqlStore) CheckQuota(ctx context.Context, project string, add Usage) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error { return s.withinQuota(ctx, tx, project, add) })
+	if err != nil {
+		return s.fail("check quota of project "+project, err)
+	}
+	return nil
+}

@@ -207,6 +207,10 @@ type QuotaStore interface {
 	PutQuota(ctx context.Context, q Quota) (Quota, error)
 	// ProjectUsage counts what the project holds.
 	ProjectUsage(ctx context.Context, project string) (Usage, error)
+	// CheckQuota answers the *QuotaError a create adding add would get
+	// now, without creating anything: an early refusal before costly
+	// work (a snapshot's files). The create's own check still decides.
+	CheckQuota(ctx context.Context, project string, add Usage) error
 }
 
 // LeaseStore elects one holder per lease name among processes sharing the
