@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +43,15 @@ type Network interface {
 	ListTaps(ctx context.Context, prefix string) ([]network.Tap, error)
 	BridgeName() string
 	Backend() network.NATBackend
+}
+
+// Isolator makes and removes isolated VMs' namespaces (network.Network);
+// a host whose Network lacks it (a hollow host) refuses isolated VMs.
+type Isolator interface {
+	EnsureIsolated(ctx context.Context, c network.Isolated) error
+	DeleteIsolated(ctx context.Context, vmID, nsPath string) error
+	ListVeths(ctx context.Context) ([]network.Tap, error)
+	IsolatedTap(nsPath, tap, vmID string) (network.Tap, bool)
 }
 
 // VMMs runs the VMs' VMM processes (vmm.Supervisor; hollow.VMMs on a
@@ -276,19 +286,40 @@ func (a *Agent) Capacity() agentapi.Capacity {
 }
 
 func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
-	if err := decode(r, &struct{}{}); err != nil {
+	var req agentapi.TapRequest
+	if err := decode(r, &req); err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	name := hostlayout.TapName(id)
-	err := a.net.EnsureTap(r.Context(), name, id)
+	ensure := func() error { return a.net.EnsureTap(r.Context(), name, id) }
+	if req.Isolated != nil {
+		iso, c, err := a.isolated(id, req.Isolated)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		ensure = func() error {
+			// The namespace is mounted in the run dir, which the tap
+			// step precedes.
+			if err := os.MkdirAll(a.cfg.Layout.VMDir(id), 0o750); err != nil {
+				return err
+			}
+			return iso.EnsureIsolated(r.Context(), c)
+		}
+	}
+	err := ensure()
 	if errors.Is(err, network.ErrNoBridge) {
 		// Someone removed the bridge: bring it (and NAT) back, then retry.
 		if _, err := a.net.EnsureBridge(r.Context()); err != nil {
 			a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
 			return
 		}
-		err = a.net.EnsureTap(r.Context(), name, id)
+		err = ensure()
+	}
+	if errors.Is(err, network.ErrInvalidName) {
+		a.fail(w, r, apierr.BadRequest("%v", err))
+		return
 	}
 	if errors.Is(err, network.ErrLinkConflict) {
 		a.fail(w, r, apierr.Newf(http.StatusConflict, "tap_conflict", "create tap %s: %v", name, err).WithCause(err).
@@ -314,7 +345,16 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	// The VMM must live on the agent's lifetime, not the request's: Spawn
 	// uses ctx only to bound the wait for the socket.
-	h, already, err := a.sup.Spawn(r.Context(), id, vmm.SpawnOptions{Vcpu: req.Vcpu, MemMib: req.MemMib})
+	opts := vmm.SpawnOptions{Vcpu: req.Vcpu, MemMib: req.MemMib}
+	if req.NetNS {
+		opts.NetNS = a.cfg.Layout.NetNSPath(id)
+		if _, ok := a.net.(Isolator); !ok || a.cfg.Jail != "" && a.cfg.Jail != "off" {
+			a.fail(w, r, apierr.Newf(http.StatusConflict, "isolated_unsupported", "this host cannot run isolated VMs (hollow or jail mode)").
+				WithSuggestion("use network mode bridge on this host"))
+			return
+		}
+	}
+	h, already, err := a.sup.Spawn(r.Context(), id, opts)
 	if err != nil {
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "spawn_failed", "%v", err).
 			WithSuggestion("check the VMM binary (FC_BIN) and the console log in the VM's run dir").WithCause(err))
@@ -369,7 +409,31 @@ func (a *Agent) stopVM(ctx context.Context, id string, grace time.Duration) erro
 	if err := a.net.DeleteTap(ctx, hostlayout.TapName(id)); err != nil {
 		return apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap: %v", err).WithCause(err)
 	}
+	// An isolated VM's namespace and veth go with its VMM (its TAP lives
+	// in the namespace).
+	if iso, ok := a.net.(Isolator); ok {
+		if err := iso.DeleteIsolated(ctx, id, a.cfg.Layout.NetNSPath(id)); err != nil {
+			return apierr.Newf(http.StatusInternalServerError, "network_failed", "%v", err).WithCause(err)
+		}
+	}
 	return nil
+}
+
+// isolated checks an isolated tap request.
+func (a *Agent) isolated(id string, in *agentapi.IsolatedNet) (Isolator, network.Isolated, error) {
+	iso, ok := a.net.(Isolator)
+	if !ok {
+		return nil, network.Isolated{}, apierr.Newf(http.StatusConflict, "isolated_unsupported", "this host cannot make network namespaces (a hollow host)").
+			WithSuggestion("use network mode bridge on this host")
+	}
+	host, err1 := netip.ParseAddr(in.HostAddr)
+	guest, err2 := netip.ParseAddr(in.GuestAddr)
+	gw, err3 := netip.ParsePrefix(in.GuestGateway)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, network.Isolated{}, apierr.BadRequest("isolated: %v", err)
+	}
+	return iso, network.Isolated{VMID: id, NSPath: a.cfg.Layout.NetNSPath(id), Tap: hostlayout.TapName(id),
+		HostAddr: host, Guest: guest, GuestGateway: gw}, nil
 }
 
 func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {

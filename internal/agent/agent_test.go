@@ -182,7 +182,7 @@ type rawBody string
 // boot runs the whole sequence through the agent as the manager would.
 func (e *env) boot(ctx context.Context, id, kernel, rootfs string) {
 	e.t.Helper()
-	tap, err := e.client.Tap(ctx, id)
+	tap, err := e.client.Tap(ctx, id, agentapi.TapRequest{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestTapLifecycle(t *testing.T) {
 	ctx := context.Background()
 	id := uuid.NewString()
 	for i := range 2 { // twice: idempotent
-		tr, err := e.client.Tap(ctx, id)
+		tr, err := e.client.Tap(ctx, id, agentapi.TapRequest{})
 		if err != nil {
 			t.Fatalf("tap call %d: %v", i+1, err)
 		}
@@ -285,7 +285,7 @@ func TestSpawnProxyAndStop(t *testing.T) {
 	eachHost(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		id, kernel, rootfs := e.newVM()
-		if _, err := e.client.Tap(ctx, id); err != nil {
+		if _, err := e.client.Tap(ctx, id, agentapi.TapRequest{}); err != nil {
 			t.Fatal(err)
 		}
 		sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 2, MemMib: 256})

@@ -22,7 +22,7 @@ func BenchmarkTapCreateDelete(b *testing.B) {
 	for range b.N {
 		id := uuid.NewString()
 		start := time.Now()
-		if _, err := e.client.Tap(ctx, id); err != nil {
+		if _, err := e.client.Tap(ctx, id, agentapi.TapRequest{}); err != nil {
 			b.Fatal(err)
 		}
 		if err := e.client.Stop(ctx, id, agentapi.StopRequest{}); err != nil {

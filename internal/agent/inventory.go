@@ -63,6 +63,22 @@ func (a *Agent) Inventory(r *http.Request) (agentapi.Inventory, error) {
 		}
 		inv.Taps = append(inv.Taps, agentapi.Tap{Name: t.Name, VMID: t.VMID, Attached: t.Attached, Up: t.Up})
 	}
+	if iso, ok := a.net.(Isolator); ok {
+		// Isolated VMs: the TAP inside each namespace of a run dir, and
+		// the host sides of the veths with our mark.
+		for _, d := range inv.RunDirs {
+			if t, ok := iso.IsolatedTap(l.NetNSPath(d.VMID), hostlayout.TapName(d.VMID), d.VMID); ok {
+				inv.Taps = append(inv.Taps, agentapi.Tap{Name: t.Name, VMID: d.VMID, Attached: true, Up: t.Up, Kind: "isolated"})
+			}
+		}
+		veths, err := iso.ListVeths(r.Context())
+		if err != nil {
+			return inv, fmt.Errorf("inventory: %w", err)
+		}
+		for _, v := range veths {
+			inv.Taps = append(inv.Taps, agentapi.Tap{Name: v.Name, VMID: v.VMID, Attached: v.Attached, Up: v.Up, Kind: "veth"})
+		}
+	}
 	sort.Slice(inv.Taps, func(i, j int) bool { return inv.Taps[i].Name < inv.Taps[j].Name })
 	return inv, nil
 }

@@ -30,7 +30,7 @@ func newJailEnv(t *testing.T) *env {
 // configuration through the proxy with host paths.
 func (e *env) bootJailed(ctx context.Context, id, kernel, rootfs string) agentapi.SpawnResponse {
 	e.t.Helper()
-	tap, err := e.client.Tap(ctx, id)
+	tap, err := e.client.Tap(ctx, id, agentapi.TapRequest{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestJailedLifecycle(t *testing.T) {
 
 	// Restore into a second jailed VMM, with its own uid and chroot.
 	dst := uuid.NewString()
-	tap, err := e.client.Tap(ctx, dst)
+	tap, err := e.client.Tap(ctx, dst, agentapi.TapRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,7 +104,7 @@ func TestSnapshotSwapRestore(t *testing.T) {
 	writeAt(t, rootfs, 0, "gone") // the source keeps writing its disk
 
 	dst := uuid.NewString()
-	tap, err := e.client.Tap(ctx, dst)
+	tap, err := e.client.Tap(ctx, dst, agentapi.TapRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,9 +62,9 @@ func (e *UnreachableError) Unwrap() error { return e.Err }
 func vmPath(id, rest string) string { return "/vms/" + url.PathEscape(id) + rest }
 
 // Tap ensures the bridge and the VM's TAP (idempotent).
-func (c *Client) Tap(ctx context.Context, vmID string) (TapResponse, error) {
+func (c *Client) Tap(ctx context.Context, vmID string, req TapRequest) (TapResponse, error) {
 	var r TapResponse
-	return r, c.do(ctx, http.MethodPost, vmPath(vmID, "/tap"), struct{}{}, &r)
+	return r, c.do(ctx, http.MethodPost, vmPath(vmID, "/tap"), req, &r)
 }
 
 // Spawn starts the VM's VMM process and waits for its socket (idempotent).

@@ -19,6 +19,21 @@ type OK struct {
 }
 
 // TapResponse is the answer of POST /agent/v1/vms/{id}/tap.
+// TapRequest is the optional body of POST /agent/v1/vms/{id}/tap. With
+// Isolated, the TAP goes into a network namespace of the VM's own
+// (docs/networking.md#isolated-mode).
+type TapRequest struct {
+	Isolated *IsolatedNet `json:"isolated,omitempty"`
+}
+
+// IsolatedNet is an isolated VM's addressing: its unique address on the
+// bridge, and the guest's address and gateway (the same in every clone).
+type IsolatedNet struct {
+	HostAddr     string `json:"host_addr"`     // 172.20.0.7
+	GuestAddr    string `json:"guest_addr"`    // 192.168.127.2
+	GuestGateway string `json:"guest_gateway"` // 192.168.127.1/30
+}
+
 type TapResponse struct {
 	Tap    string `json:"tap"`
 	MAC    string `json:"mac"` // the guest MAC the manager gives firecracker
@@ -30,6 +45,9 @@ type TapResponse struct {
 type SpawnRequest struct {
 	Vcpu   int `json:"vcpu,omitempty"`
 	MemMib int `json:"mem_mib,omitempty"`
+	// NetNS starts the VMM inside the VM's own network namespace (made by
+	// the tap call with isolated).
+	NetNS bool `json:"netns,omitempty"`
 }
 
 // SpawnResponse describes the VMM process and its files.
@@ -67,6 +85,9 @@ type Tap struct {
 	VMID     string `json:"vm_id,omitempty"`
 	Attached bool   `json:"attached"`
 	Up       bool   `json:"up"`
+	// Kind is "" for a TAP on the bridge, "isolated" for a TAP inside a
+	// VM's namespace, "veth" for the host side of an isolated VM's veth.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Socket is one API socket file under the run dir.

@@ -33,6 +33,7 @@ type Deps struct {
 	Images    ImageService
 	Templates TemplateService
 	Snapshots SnapshotService
+	Pools     PoolService
 	Hosts     HostService
 	Tokens    TokenService
 	Audit     AuditLog
@@ -69,6 +70,7 @@ type Server struct {
 	vms       VMService
 	images    ImageService
 	templates TemplateService
+	pools     PoolService
 	snapshots SnapshotService
 	hosts     HostService
 	tokens    TokenService
@@ -116,7 +118,7 @@ func New(d Deps) *Server {
 		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s := &Server{
-		vms: d.VMs, images: d.Images, templates: d.Templates, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
+		vms: d.VMs, images: d.Images, templates: d.Templates, pools: d.Pools, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
 		audit: d.Audit, quotas: d.Quotas, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
 		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),

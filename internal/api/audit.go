@@ -181,6 +181,15 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 			return nil
 		}
 		v = map[string]any{"id": t.ID, "name": t.Name, "project": t.Project}
+	case "pool":
+		if s.pools == nil {
+			return nil
+		}
+		p, err := s.pools.GetPool(ctx, manager.All, id, "")
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"id": p.ID, "name": p.Name, "project": p.Project, "size": p.Size, "claims": p.Claims}
 	case "snapshot":
 		sn, err := s.snapshots.GetSnapshot(ctx, manager.All, id)
 		if err != nil {

@@ -56,6 +56,7 @@ var (
 		"pause-vm":             onHost,
 		"resume-vm":            onHost,
 		"delete-vm":            onHost,
+		"extend-vm-ttl":        {http.StatusConflict},
 		"patch-drive":          onHost,
 		"vm-logs":              onHost,
 		"vm-logs-stream":       append(slices.Clone(onHost), http.StatusTooManyRequests),
@@ -73,6 +74,9 @@ var (
 		"create-snapshot":      onHost,
 		"delete-snapshot":      onHost,
 		"instantiate-snapshot": placesVMs,
+		"create-pool":          {http.StatusConflict, http.StatusNotFound}, // the template or snapshot it names
+		"delete-pool":          onHost,
+		"claim-pool":           placesVMs,
 	}
 )
 

@@ -26,6 +26,7 @@ func (s *Server) routes() {
 	register(s, "stop-vm", http.MethodPost, "/v1/vms/{id}/stop", "Stop a VM", op("vm.stop", "vm"), s.stopVM)
 	register(s, "pause-vm", http.MethodPost, "/v1/vms/{id}/pause", "Pause a running VM", op("vm.pause", "vm"), s.pauseVM)
 	register(s, "resume-vm", http.MethodPost, "/v1/vms/{id}/resume", "Resume a paused VM", op("vm.resume", "vm"), s.resumeVM)
+	register(s, "extend-vm-ttl", http.MethodPost, "/v1/vms/{id}/ttl", "Set a VM to expire a time to live from now (stop or delete, per on_expiry)", op("vm.ttl", "vm"), s.extendTTL)
 	register(s, "delete-vm", http.MethodDelete, "/v1/vms/{id}", "Delete a VM and everything it has on its host", op("vm.delete", "vm"), s.deleteVM)
 	register(s, "patch-drive", http.MethodPatch, "/v1/vms/{id}/drives/{drive_id}", "Change a running VM's drive rate limiter", op("vm.patch_drive", "vm"), s.patchDrive)
 	register(s, "vm-events", http.MethodGet, "/v1/vms/{id}/events", "A VM's history", viewer, s.vmEvents)
@@ -61,6 +62,7 @@ func (s *Server) routes() {
 	s.imageRoutes()
 	s.templateRoutes()
 	s.snapshotRoutes()
+	s.poolRoutes()
 	s.observeRoutes()
 	s.quotaRoutes()
 

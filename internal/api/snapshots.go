@@ -132,7 +132,15 @@ func (s *Server) instantiateSnapshot(ctx context.Context, in *instantiateSnapsho
 		return nil, err
 	}
 	v := s.vms.View(r.VM)
-	return &instantiateSnapshotOutput{Location: "/v1/vms/" + v.ID, Body: apitypes.RestoredVM{
-		VM: v, Item: v, SnapshotID: in.ID, Notices: r.Notices,
-	}}, nil
+	out := &instantiateSnapshotOutput{Location: "/v1/vms/" + v.ID, Body: apitypes.RestoredVM{
+		VM: v, Item: v, SnapshotID: in.ID, Notices: r.Notices, IDs: []string{}, Items: []apitypes.VM{},
+	}}
+	for _, vm := range r.VMs {
+		out.Body.IDs = append(out.Body.IDs, vm.ID)
+		out.Body.Items = append(out.Body.Items, s.vms.View(vm))
+	}
+	if len(r.VMs) > 1 {
+		s.auditSiblings(ctx, "snapshot.instantiate", r.VMs[1:])
+	}
+	return out, nil
 }

@@ -118,18 +118,18 @@ func (s *Server) instantiateTemplate(ctx context.Context, in *instantiateInput) 
 	}
 	out.Body.ID = out.Body.IDs[0]
 	out.Location = "/v1/vms/" + out.Body.ID
-	s.auditSiblings(ctx, vms[1:])
+	s.auditSiblings(ctx, "template.instantiate", vms[1:])
 	return out, nil
 }
 
 // auditSiblings gives every VM after the first of an instantiation its own
 // completed audit row (the guard's row names the first), so each VM's
 // history starts with its creation.
-func (s *Server) auditSiblings(ctx context.Context, vms []store.VM) {
+func (s *Server) auditSiblings(ctx context.Context, action string, vms []store.VM) {
 	p, _ := principal(ctx)
 	for _, vm := range vms {
 		id := s.beginAuditRow(ctx, store.AuditEntry{
-			Actor: p.Actor(), Action: "template.instantiate", Resource: "vm", ResourceID: vm.ID,
+			Actor: p.Actor(), Action: action, Resource: "vm", ResourceID: vm.ID,
 			RequestID: httpmw.RequestID(ctx),
 		})
 		s.completeAudit(ctx, id, store.AuditSuccess, s.summarize(ctx, "vm", vm.ID), "")

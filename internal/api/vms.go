@@ -24,6 +24,7 @@ type VMService interface {
 	ResumeVM(ctx context.Context, scope manager.Scope, id string) (store.VM, error)
 	DeleteVM(ctx context.Context, scope manager.Scope, id string) error
 	ForceDeleteVM(ctx context.Context, scope manager.Scope, id string) error
+	ExtendTTL(ctx context.Context, scope manager.Scope, id string, req apitypes.ExtendTTLRequest) (store.VM, error)
 	Bulk(ctx context.Context, scope manager.Scope, action string, ids []string) ([]apitypes.BulkResult, error)
 	PatchDrive(ctx context.Context, scope manager.Scope, id, driveID string, rl *apitypes.RateLimiter) error
 	Events(ctx context.Context, scope manager.Scope, id string, afterID int64, limit int) ([]store.VMEvent, error)
@@ -148,6 +149,19 @@ func (s *Server) pauseVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
 func (s *Server) resumeVM(ctx context.Context, in *vmIDPath) (*okOutput, error) {
 	_, err := s.vms.ResumeVM(ctx, scope(ctx), in.ID)
 	return ok(), err
+}
+
+type extendTTLInput struct {
+	ID   string `path:"id" maxLength:"64" doc:"VM id"`
+	Body apitypes.ExtendTTLRequest
+}
+
+func (s *Server) extendTTL(ctx context.Context, in *extendTTLInput) (*vmItemOutput, error) {
+	vm, err := s.vms.ExtendTTL(ctx, scope(ctx), in.ID, in.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &vmItemOutput{Body: apitypes.VMItem{Item: s.vms.View(vm)}}, nil
 }
 
 type deleteVMInput struct {

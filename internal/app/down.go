@@ -112,7 +112,12 @@ func Down(ctx context.Context, o DownOptions, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		removed, err := nw.Teardown(ctx, true)
+		removed, err := nw.RemoveIsolated(ctx, hostlayout.Layout{RunDir: st.RunDir})
+		if err != nil {
+			errs = append(errs, err)
+		}
+		more, err := nw.Teardown(ctx, true)
+		removed = append(removed, more...)
 		nw.Close()
 		for _, r := range removed {
 			say("removed %s", r)

@@ -117,7 +117,7 @@ found, 4 conflict, 5 not allowed (token), 6 manager unavailable.`,
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr), newDownCmd(e, stdout, stderr),
 		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout), newQuotaCmd(e, stdout),
-		newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout), newContextCmd(e, os.Stdin, stdout), newCertCmd(e, stdout))
+		newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout), newPoolCmd(e, stdout), newContextCmd(e, os.Stdin, stdout), newCertCmd(e, stdout))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: exitUsage, err: err} })
 	root.InitDefaultCompletionCmd()
 	strictGroups(root)

@@ -176,11 +176,13 @@ func snapshotRmCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var name string
 	var tags []string
+	var expiry apitypes.Expiry
+	var count int
 	cmd := &cobra.Command{
 		Use:               "restore ID --name NAME",
 		ValidArgsFunction: cf.completeSnapshots,
 		Short:             "Start a new VM from a snapshot, on the snapshot's host",
-		Example:           "  nexus snapshot restore 5d1c… --name web-clone",
+		Example:           "  nexus snapshot restore 5d1c… --name web-clone\n  nexus snapshot restore 5d1c… --name try-1 --ttl 2h\n  nexus snapshot restore 5d1c… --name box --count 10",
 		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client()
@@ -194,7 +196,7 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := apitypes.InstantiateSnapshotRequest{Name: name}
+			req := apitypes.InstantiateSnapshotRequest{Name: name, Expiry: expiry, Count: count}
 			if req.Tags, err = parseTags(tags); err != nil {
 				return err
 			}
@@ -205,7 +207,11 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if p.format == "json" || p.format == "yaml" {
 				return one(p, out, nil, nil, nil) // with its notices
 			}
-			if err := created(p, out.Item, vmColumns, vmID, vmName); err != nil {
+			if len(out.Items) > 1 {
+				if err := list(p, out.Items, vmColumns, vmID, vmName); err != nil {
+					return err
+				}
+			} else if err := created(p, out.Item, vmColumns, vmID, vmName); err != nil {
 				return err
 			}
 			for _, n := range out.Notices {
@@ -216,6 +222,8 @@ func snapshotRestoreCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the new VM's name")
 	cmd.Flags().StringSliceVar(&tags, "tag", nil, "key=value tag (repeatable; default: the source VM's tags)")
+	addExpiryFlags(cmd.Flags(), &expiry)
+	cmd.Flags().IntVar(&count, "count", 0, "how many clones, NAME-1 … NAME-N (1-100, all or none)")
 	return cmd
 }
 

@@ -222,6 +222,7 @@ func templateInstantiateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	cfl.add(fs, "kernel-image", "rootfs-image")
 	fs.StringSliceVar(&tags, "tag", nil, "key=value tag (repeatable)")
 	fs.BoolVar(&noWait, "no-wait", false, "return once the VMs are stored instead of waiting until they run")
+	addExpiryFlags(fs, &req.Expiry)
 	_ = cmd.MarkFlagRequired("name")
 	return cmd
 }
@@ -306,7 +307,7 @@ func createFromTemplate(cmd *cobra.Command, c *nexus.Client, cf *clientFlags, re
 		Vcpu: req.Vcpu, MemMib: req.MemMib, KernelImageID: req.KernelImageID, InitrdImageID: req.InitrdImageID, RootfsImageID: req.RootfsImageID,
 		BootArgs: req.BootArgs,
 	}
-	in := apitypes.InstantiateRequest{Name: req.Name, Tags: req.Tags, Count: count}
+	in := apitypes.InstantiateRequest{Name: req.Name, Tags: req.Tags, Count: count, Expiry: req.Expiry}
 	if !emptyConfig(over) {
 		in.Overrides = &over
 	}

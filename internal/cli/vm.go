@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 	"github.com/nexus-microvm/nexus/pkg/nexus"
@@ -30,7 +31,41 @@ your project) or its id everywhere.`,
 	} {
 		cmd.AddCommand(vmActionCmd(&cf, stdout, a.verb, a.short))
 	}
-	cmd.AddCommand(vmRmCmd(&cf, stdout))
+	cmd.AddCommand(vmRmCmd(&cf, stdout), vmTTLCmd(&cf, stdout))
+	return cmd
+}
+
+// addExpiryFlags adds --ttl and --on-expiry (create, instantiate, restore, claim).
+func addExpiryFlags(fs *pflag.FlagSet, e *apitypes.Expiry) {
+	fs.StringVar(&e.TTL, "ttl", "", `time to live ("90s", "2h"; 1s-8760h): then the VM is stopped or deleted`)
+	fs.StringVar(&e.OnExpiry, "on-expiry", "", "with --ttl: stop or delete (default delete)")
+}
+
+func vmTTLCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
+	var onExpiry string
+	cmd := &cobra.Command{
+		Use:               "ttl NAME|ID DURATION",
+		Short:             "Make a VM expire DURATION from now (extend or shorten its time to live)",
+		Example:           "  nexus vm ttl scratch 4h\n  nexus vm ttl scratch 30m --on-expiry stop",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: cf.completeVMs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, p, err := cf.setup(stdout)
+			if err != nil {
+				return err
+			}
+			id, err := resolve(cmd.Context(), c, cf.project, args[0])
+			if err != nil {
+				return describe(err)
+			}
+			vm, err := c.ExtendTTL(cmd.Context(), id, args[1], onExpiry)
+			if err != nil {
+				return describe(err)
+			}
+			return one(p, vm, vmDetail, vmID, vmName)
+		},
+	}
+	cmd.Flags().StringVar(&onExpiry, "on-expiry", "", "also change what happens then: stop or delete")
 	return cmd
 }
 
@@ -41,13 +76,15 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var noStart, noWait bool
 	var template string
 	var count int
+	var netMode string
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a VM and boot it",
 		Example: `  nexus vm create --name web --kernel-path /srv/fc/images/vmlinux --rootfs-path /srv/fc/images/rootfs.ext4
   nexus vm create --name guest --kernel-image-id 3f2a… --initrd-image 77c0… --rootfs-image-id 9c1b…
   nexus vm create --name job-1 --kernel-image-id 3f2a… --rootfs-image-id 9c1b… --vcpu 2 --mem 512 --tag team=ci
-  nexus vm create --name worker --template web --count 20`,
+  nexus vm create --name worker --template web --count 20
+  nexus vm create --name scratch --template web --ttl 2h --on-expiry stop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.client()
@@ -77,6 +114,9 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			if noStart {
 				f := false
 				req.Start = &f
+			}
+			if netMode != "" {
+				req.Network = &apitypes.NetworkSpec{Mode: netMode}
 			}
 			if template != "" {
 				return createFromTemplate(cmd, c, cf, template, count, req, !noWait, stdout)
@@ -112,6 +152,8 @@ func vmCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.BoolVar(&noWait, "no-wait", false, "return at once instead of waiting until the VM runs")
 	fs.StringVar(&template, "template", "", "create from this template (name or id); the config flags given override it")
 	fs.IntVar(&count, "count", 0, "with --template: create this many VMs, NAME-1 … NAME-N (1-100, all or none)")
+	addExpiryFlags(fs, &req.Expiry)
+	fs.StringVar(&netMode, "network", "", "network mode: bridge (default) or isolated (own namespace, fixed guest address 192.168.127.2)")
 	return cmd
 }
 
@@ -140,11 +182,28 @@ func vmDetail(vm apitypes.VM) [][2]string {
 		{"id", vm.ID}, {"name", vm.Name}, {"project", vm.Project}, {"state", vm.State},
 		{"desired", vm.DesiredState}, {"host", vm.HostID + " " + vm.HostAddr},
 		{"vcpu / mem", fmt.Sprintf("%d / %d MiB", vm.Vcpu, vm.MemMib)},
-		{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"guest", guestText(vm)},
+		{"tap / mac", vm.Tap + " " + vm.MAC}, {"ip", ipText(vm)}, {"network", netText(vm)}, {"guest", guestText(vm)},
 		{"socket", vm.APISock}, {"log", vm.LogPath},
 		{"console", vm.ConsolePath}, {"template", vm.TemplateID}, {"tags", tagsText(vm.Tags)},
-		{"created", vm.CreatedAt.Format(time.RFC3339)}, {"error", vm.LastError},
+		{"created", vm.CreatedAt.Format(time.RFC3339)}, {"expires", expiryText(vm)}, {"error", vm.LastError},
 	}
+}
+
+// netText is the VM's network mode and how it is reached.
+func netText(vm apitypes.VM) string {
+	n := vm.Network
+	if n == nil || n.Mode != "isolated" {
+		return ""
+	}
+	return fmt.Sprintf("isolated: reached at %s, guest %s, veth %s", n.Address, n.GuestAddr, n.Veth)
+}
+
+// expiryText says when and how a VM expires: "2026-12-04T13:00:00Z (delete, in 1h59m)".
+func expiryText(vm apitypes.VM) string {
+	if vm.ExpiresAt == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s (%s, in %s)", vm.ExpiresAt.UTC().Format(time.RFC3339), vm.OnExpiry, time.Until(*vm.ExpiresAt).Round(time.Second))
 }
 
 func tagsText(tags map[string]string) string {

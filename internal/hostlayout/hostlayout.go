@@ -55,6 +55,17 @@ func (l Layout) SnapshotDir(id, snapID string) string {
 // ImagesDir is the default FC_IMAGES_DIR.
 func (l Layout) ImagesDir() string { return filepath.Join(l.RunDir, "images") }
 
+// NetNSPath is where an isolated VM's network namespace is bind-mounted:
+// inside its run dir, so it is the agent's by location and goes with it.
+func (l Layout) NetNSPath(id string) string { return filepath.Join(l.VMDir(id), "netns") }
+
+// VethPrefix starts the host side of an isolated VM's veth pair.
+const VethPrefix = "vh-"
+
+// VethName is the host side of an isolated VM's veth pair: "vh-" + the
+// first 11 hex characters of the VM id, like its TAP's name.
+func VethName(vmID string) string { return VethPrefix + strings.TrimPrefix(TapName(vmID), TapPrefix) }
+
 // TapName is "tap-" + the first 11 hex characters of the VM id (Linux
 // interface names are at most 15 bytes). Dashes of a UUID are skipped.
 func TapName(vmID string) string {

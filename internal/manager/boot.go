@@ -32,7 +32,7 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
 	nic := sp.NIC == nil || !sp.NIC.Disabled
-	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID)}
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID), isolated: netMode(sp) == ModeIsolated}
 	var drives []firecracker.Drive // from prepareDrives (images.go)
 	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
 	var gw netip.Addr
@@ -64,6 +64,10 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 				s.event(ctx, cur.ID, store.LevelWarn, "address moved from %s to %s: host %s's bridge is now %s via %s", before, now, h.Name, h.Subnet, h.Gateway)
 			}
 			addr, gw = guestAddr(cur)
+			if r.isolated {
+				// The guest sees its namespace, not the bridge.
+				addr, gw = netip.PrefixFrom(IsolatedGuest, IsolatedGateway.Bits()), IsolatedGateway.Addr()
+			}
 			return nil
 		}},
 		r.tapStep(nic),

@@ -60,6 +60,7 @@ type Manager struct {
 	Images    *Images
 	Templates *Templates
 	Snapshots *Snapshots
+	Pools     *Pools
 	Hosts     *Hosts
 	Tokens    *Tokens
 	Placement *Placement
@@ -181,6 +182,7 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	m.VMs = &VMs{core: c, placement: m.Placement, images: m.Images}
 	m.Templates = &Templates{core: c, images: m.Images, vms: m.VMs}
 	m.Snapshots = &Snapshots{core: c, vms: m.VMs, placement: m.Placement}
+	m.Pools = newPools(c, m.VMs, m.Templates, m.Snapshots)
 	return m
 }
 

@@ -43,7 +43,10 @@ type ReconcilerConfig struct {
 	// long as a few host passes, not 13 rounds of 8).
 	HostParallel  int
 	HostsParallel int
-	Metrics       prometheus.Registerer
+	// ExpiryInterval is how often the leader looks for VMs whose time to
+	// live is over (default 1s, at most Interval): one indexed query.
+	ExpiryInterval time.Duration
+	Metrics        prometheus.Registerer
 }
 
 func (c *ReconcilerConfig) defaults() {
@@ -74,15 +77,22 @@ func (c *ReconcilerConfig) defaults() {
 	if c.HostsParallel <= 0 {
 		c.HostsParallel = 32
 	}
+	if c.ExpiryInterval <= 0 {
+		c.ExpiryInterval = time.Second
+	}
+	c.ExpiryInterval = min(c.ExpiryInterval, c.Interval)
 }
 
 // Reconciler moves observed state toward desired state across the fleet
 // and removes what belongs to no VM. Only the lease holder acts.
 type Reconciler struct {
-	s      *VMs // the VM lifecycle the reconciler drives
-	hosts  *Hosts
-	cfg    ReconcilerConfig
-	leader atomic.Bool
+	s     *VMs // the VM lifecycle the reconciler drives
+	hosts *Hosts
+	pools *Pools
+	// poolKick asks for a refill pass now (a claim took a VM).
+	poolKick chan struct{}
+	cfg      ReconcilerConfig
+	leader   atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
 	// host (or one pass of everything), not one per report.
 	kick     chan struct{}
@@ -113,7 +123,13 @@ type PassStats struct {
 // NewReconciler returns the fleet's reconciler.
 func (m *Manager) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	cfg.defaults()
-	r := &Reconciler{s: m.VMs, hosts: m.Hosts, cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	r := &Reconciler{s: m.VMs, hosts: m.Hosts, pools: m.Pools, poolKick: make(chan struct{}, 1), cfg: cfg, kick: make(chan struct{}, 1), pendHost: map[string]bool{}, orphans: map[string]time.Time{}}
+	m.Pools.Kick = func() {
+		select {
+		case r.poolKick <- struct{}{}:
+		default: // a pass is queued already
+		}
+	}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nexus_reconciler_actions_total", Help: "Reconciler actions by kind and result.",
 	}, []string{"action", "result"})
@@ -177,6 +193,8 @@ func (r *Reconciler) Run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { r.s.st.Listen(ctx, ReconcileChannel, r.Trigger) })
 	wg.Go(func() { r.keepLease(ctx) })
+	wg.Go(func() { r.leaderLoop(ctx, nil, func(ctx context.Context) { r.expireDue(ctx) }) })
+	wg.Go(func() { r.leaderLoop(ctx, r.poolKick, r.pools.RefillPools) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -200,6 +218,26 @@ func (r *Reconciler) Run(ctx context.Context) {
 		}
 		for _, h := range hosts {
 			r.Pass(ctx, h)
+		}
+	}
+}
+
+// leaderLoop runs f every ExpiryInterval, and whenever kick fires (nil:
+// never), while this manager leads; one run at a time. The expiry sweep
+// and the pool refill use it: neither may wait for the (much longer)
+// full pass.
+func (r *Reconciler) leaderLoop(ctx context.Context, kick <-chan struct{}, f func(context.Context)) {
+	t := time.NewTicker(r.cfg.ExpiryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-kick:
+		}
+		if r.leader.Load() {
+			f(ctx)
 		}
 	}
 }

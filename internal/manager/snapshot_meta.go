@@ -175,7 +175,10 @@ func restoredConfig(m snapshotMeta) (rootfsPath, rootfsImageID string, cfg apity
 // restoreNotices are the constraints a restored VM's user must know.
 func restoreNotices(sn store.Snapshot, m snapshotMeta) []string {
 	var out []string
-	if m.Net != nil {
+	if m.Net != nil && netMode(spec{VMConfig: m.Source.Spec}) == ModeIsolated {
+		out = append(out, fmt.Sprintf("the guest MAC %s and address %s are the snapshot's (vm %s) in every clone; each clone runs in a network namespace of its own "+
+			"and is reached at its own address (network.address), so clones do not collide", m.Net.GuestMAC, IsolatedGuest, sn.VMID))
+	} else if m.Net != nil {
 		addr := "guest network configuration"
 		if m.Source.IP != "" {
 			addr = "guest address " + m.Source.IP

@@ -21,20 +21,26 @@ type InstantiateOptions struct {
 	// ID is the new VM's id; empty picks one. The API chooses it up front
 	// so the audit row of the instantiate names the VM.
 	ID string
+	// PoolID puts the VMs into a warm pool from their first moment.
+	PoolID string
 }
 
 // Restored is a VM made from a snapshot and what its user must know.
 type Restored struct {
-	VM      store.VM
+	VM      store.VM   // the first (or only) VM
+	VMs     []store.VM // every VM of the call, in name order
 	Notices []string
 }
 
-// InstantiateSnapshot makes a new VM, on the snapshot's host, running from
-// the snapshot: its own row, id, name and TAP; a fresh VMM that loads the
-// snapshot's state and maps its memory file (privately, so many VMs share
-// one file); its own copies of the snapshot's drives. The guest continues
-// where the snapshot left it. The guest MAC is the snapshot's (see
-// restoreNotices). A failed restore rolls back like a failed boot.
+// InstantiateSnapshot makes req.Count new VMs (default 1; named req.Name,
+// or req.Name-1 … req.Name-N), on the snapshot's host, running from the
+// snapshot: each with its own row, id, name and TAP; a fresh VMM that loads
+// the snapshot's state and maps its memory file (privately, so all share
+// one file); its own copies of the snapshot's drives. The guests continue
+// where the snapshot left them, with the snapshot's MAC (see
+// restoreNotices); a snapshot of an isolated VM gives isolated VMs, each in
+// a namespace of its own, so the clones never collide. It is all or
+// nothing: if one restore fails, the VMs of the call are deleted again.
 func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid string, req apitypes.InstantiateSnapshotRequest, opt InstantiateOptions) (Restored, error) {
 	sn, err := s.GetSnapshot(ctx, scope, sid)
 	if err != nil {
@@ -44,11 +50,63 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 	if err != nil {
 		return Restored{}, err
 	}
-	id := opt.ID
-	if id == "" {
-		id = uuid.NewString()
-	} else if !hostlayout.ValidVMID(id) {
-		return Restored{}, invalid("invalid vm id %q", id)
+	names, err := batchNames(req.Name, req.Count)
+	if err != nil {
+		return Restored{}, err
+	}
+	count := len(names)
+	for _, n := range names {
+		if _, err := s.st.GetVMByName(ctx, sn.Project, n); err == nil {
+			return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", n, sn.Project).
+				suggest("pick another name, or delete the existing VM; nothing was created")
+		}
+	}
+	srcMode := netMode(spec{VMConfig: meta.Source.Spec})
+	if meta.Net == nil {
+		srcMode = ""
+	}
+	if req.Network != nil && req.Network.Mode != srcMode {
+		return Restored{}, conflict("network_mode_fixed", "snapshot %s is of a VM in network mode %q; its clones run in that mode (the guest's network is part of the saved state), not %q", sid, firstNonEmpty(srcMode, "none"), req.Network.Mode).
+			suggest("omit network, or snapshot a VM created with network.mode " + req.Network.Mode)
+	}
+	if _, _, err := parseTTL(s.now(), req.Expiry); err != nil {
+		return Restored{}, err
+	}
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	if opt.ID != "" {
+		if !hostlayout.ValidVMID(opt.ID) {
+			return Restored{}, invalid("invalid vm id %q", opt.ID)
+		}
+		ids[0] = opt.ID
+	}
+	out := Restored{VMs: make([]store.VM, count)}
+	errs := runBatch(count, func(i int) error {
+		r, err := s.instantiateOne(ctx, sn, meta, names[i], ids[i], req, opt.PoolID)
+		out.VMs[i] = r.VM
+		if i == 0 {
+			out.Notices = r.Notices
+		}
+		return err
+	})
+	if count == 1 && errs[0] != nil {
+		return Restored{}, errs[0] // it left nothing: no rollback to tell
+	}
+	if err := s.vms.batchFailed(ctx, errs, names, ids, "snapshot "+sid); err != nil {
+		return Restored{}, err
+	}
+	out.VM = out.VMs[0]
+	return out, nil
+}
+
+// instantiateOne restores one VM; a failure leaves nothing of it.
+func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta snapshotMeta, name, id string, req apitypes.InstantiateSnapshotRequest, poolID string) (Restored, error) {
+	sid := sn.ID
+	expiresAt, onExpiry, err := parseTTL(s.now(), req.Expiry)
+	if err != nil {
+		return Restored{}, err
 	}
 	src := meta.Source
 	rootfs, rootfsImage, cfg := restoredConfig(meta)
@@ -64,7 +122,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		return Restored{}, err
 	}
 	vm := store.VM{
-		ID: id, Name: req.Name, Project: sn.Project,
+		ID: id, Name: name, Project: sn.Project,
 		State: store.VMRequested, DesiredState: store.VMRunning,
 		VCPU: src.Vcpu, MemMiB: src.MemMib,
 		KernelPath: src.KernelPath, KernelImageID: src.KernelImageID,
@@ -72,6 +130,7 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		RootfsPath: rootfs, RootfsImageID: rootfsImage,
 		BootArgs: src.BootArgs, Spec: specJSON, Tags: tags,
 		TemplateID: src.TemplateID, TemplateConfig: src.TemplateConfig, Overrides: src.Overrides,
+		ExpiresAt: expiresAt, OnExpiry: onExpiry, PoolID: poolID,
 	}
 	if meta.Net != nil {
 		// The saved device state fixes the guest MAC: record the truth.
@@ -92,11 +151,11 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 		return Restored{}, e
 	}
 	if errors.Is(err, store.ErrConflict) {
-		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", req.Name, sn.Project).
+		return Restored{}, conflict("name_taken", "a VM named %q already exists in project %q", name, sn.Project).
 			suggest("pick another name or delete the existing VM")
 	}
 	if err != nil {
-		return Restored{}, fmt.Errorf("restore snapshot %s as vm %s: %w", sid, req.Name, err)
+		return Restored{}, fmt.Errorf("restore snapshot %s as vm %s: %w", sid, name, err)
 	}
 	lineage := fmt.Sprintf("restoring from snapshot %s of vm %s (%s), taken %s on host %s",
 		sn.ID, sn.VMID, meta.VMName, sn.CreatedAt.UTC().Format(time.RFC3339), host.Name)
@@ -122,7 +181,8 @@ func (s *Snapshots) InstantiateSnapshot(ctx context.Context, scope Scope, sid st
 // The caller holds the VM's lock.
 func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
-	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB))}
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB)),
+		isolated: meta.Net != nil && netMode(decodeSpec(vm)) == ModeIsolated}
 	var swaps []snapshotDrive
 	files := []agentapi.RestoreFile{}
 	for _, d := range meta.Drives {

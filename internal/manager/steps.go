@@ -249,6 +249,8 @@ type hostRun struct {
 	tap     agentapi.TapResponse
 	spawned agentapi.SpawnResponse
 	keepMAC bool // the row's MAC stays (a restored guest keeps the snapshot's)
+	// isolated: the TAP and the VMM go into a namespace of the VM's own.
+	isolated bool
 }
 
 func (r *hostRun) record() (*firecracker.Client, *firecracker.Recorder) { return r.fc.Record() }
@@ -271,7 +273,15 @@ func (r *hostRun) tapStep(wanted bool) step {
 			if !wanted {
 				return nil
 			}
-			r.tap, err = r.ag.Tap(ctx, r.vm.ID)
+			req := agentapi.TapRequest{}
+			if r.isolated {
+				if r.vm.IP == "" {
+					return conflict("no_address", "vm %s: isolated network mode needs an address of its host's bridge, and host %s reports no subnet", r.vm.ID, r.vm.HostID).
+						suggest("use network mode bridge, or a host whose agent reports its bridge subnet")
+				}
+				req = isolatedTap(r.vm)
+			}
+			r.tap, err = r.ag.Tap(ctx, r.vm.ID, req)
 			return err
 		},
 		undo: func(ctx context.Context) error {
@@ -290,7 +300,7 @@ func (r *hostRun) tapStep(wanted bool) step {
 func (r *hostRun) spawnStep(keepMAC bool) step {
 	return step{name: "spawn vmm",
 		do: func(ctx context.Context) (err error) {
-			r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB})
+			r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB, NetNS: r.isolated})
 			if err != nil {
 				// The agent may have started it before the call failed (a
 				// timeout on the way back): make sure it is gone.

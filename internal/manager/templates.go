@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/google/uuid"
 
@@ -239,6 +238,8 @@ type TemplateInstanceOptions struct {
 	FirstID string
 	// Wait answers once every VM runs.
 	Wait bool
+	// PoolID puts the VMs into a warm pool (pools.go).
+	PoolID string
 }
 
 // Instantiate makes req.Count VMs (default 1) from a template, named
@@ -251,25 +252,14 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 	if err != nil {
 		return nil, err
 	}
-	count := req.Count
-	if count == 0 {
-		count = 1
+	if _, _, err := parseTTL(s.now(), req.Expiry); err != nil {
+		return nil, err
 	}
-	if count < 1 || count > MaxInstances {
-		return nil, invalid("count must be between 1 and %d", MaxInstances)
+	names, err := batchNames(req.Name, req.Count)
+	if err != nil {
+		return nil, err
 	}
-	names := []string{req.Name}
-	if count > 1 {
-		names = names[:0]
-		for i := 1; i <= count; i++ {
-			names = append(names, fmt.Sprintf("%s-%d", req.Name, i))
-		}
-	}
-	for _, n := range names {
-		if !nameRE.MatchString(n) {
-			return nil, invalid("VM name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", n)
-		}
-	}
+	count := len(names)
 	base, err := decodeTemplateConfig(t)
 	if err != nil {
 		return nil, err
@@ -307,79 +297,23 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 		}
 		ids[0] = opt.FirstID
 	}
-	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, overJSON, opt.Wait)
+	return s.createAll(ctx, scope, t, names, ids, merged, req.Tags, req.Expiry, overJSON, opt)
 }
 
 // createAll makes the VMs a few at a time; after the first failure it
 // starts no more, waits for those under way, and deletes every VM of the
 // call.
 func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template, names, ids []string, cfg apitypes.TemplateConfig,
-	tags map[string]string, overrides []byte, wait bool) ([]store.VM, error) {
+	tags map[string]string, expiry apitypes.Expiry, overrides []byte, opt TemplateInstanceOptions) ([]store.VM, error) {
 	vms := make([]store.VM, len(names))
-	errs := make([]error, len(names))
-	var failed sync.Once
-	stop := make(chan struct{})
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for i := range names {
-		select {
-		case <-stop:
-		case sem <- struct{}{}:
-		}
-		select {
-		case <-stop:
-			continue
-		default:
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			vms[i], errs[i] = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
-				Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags,
-			}, CreateOptions{ID: ids[i], Wait: wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides})
-			if errs[i] != nil {
-				failed.Do(func() { close(stop) })
-			}
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err == nil {
-			continue
-		}
-		rolled := s.rollbackBatch(ctx, ids)
-		what := fmt.Sprintf("vm %s", names[i])
-		if len(names) > 1 {
-			what = fmt.Sprintf("vm %s (%d of %d)", names[i], i+1, len(names))
-		}
-		if e, ok := AsError(err); ok {
-			c := *e
-			c.Message = fmt.Sprintf("%s from template %s: %s; %s", what, t.Name, e.Message, rolled)
-			return nil, &c
-		}
-		return nil, fmt.Errorf("%s from template %s: %w; %s", what, t.Name, err, rolled)
+	errs := runBatch(len(names), func(i int) (err error) {
+		vms[i], err = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
+			Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags, Expiry: expiry,
+		}, CreateOptions{ID: ids[i], Wait: opt.Wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides, PoolID: opt.PoolID})
+		return err
+	})
+	if err := s.vms.batchFailed(ctx, errs, names, ids, "template "+t.Name); err != nil {
+		return nil, err
 	}
 	return vms, nil
-}
-
-// rollbackBatch deletes the VMs of a failed instantiation and says how it
-// went.
-func (s *Templates) rollbackBatch(ctx context.Context, ids []string) string {
-	ctx = context.WithoutCancel(ctx)
-	var left []string
-	for _, id := range ids {
-		if err := s.vms.DeleteVM(ctx, All, id); err != nil {
-			if e, ok := AsError(err); ok && e.Kind == KindNotFound {
-				continue
-			}
-			left = append(left, id)
-			s.log.Error("instantiate rollback: could not delete vm; the reconciler retries", "vm_id", id, "err", err)
-		}
-	}
-	if len(left) > 0 {
-		return fmt.Sprintf("%d VM(s) of this call could not be deleted yet and are being deleted: %v", len(left), left)
-	}
-	if len(ids) == 1 {
-		return "nothing was left behind"
-	}
-	return fmt.Sprintf("the %d VMs of this call were deleted again", len(ids))
 }

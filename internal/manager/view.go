@@ -70,6 +70,7 @@ func View(vm store.VM) apitypes.VM {
 		IP: vm.IP, Subnet: vm.Subnet, Gateway: vm.Gateway, BootedAt: vm.BootedAt, GuestReadyAt: vm.GuestReadyAt,
 		TemplateID: vm.TemplateID, TemplateConfig: vm.TemplateConfig, Overrides: vm.Overrides,
 		Tags: vm.Tags, CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, LastError: vm.LastError,
+		ExpiresAt: vm.ExpiresAt, OnExpiry: vm.OnExpiry, Network: networkView(vm, sp), PoolID: vm.PoolID,
 	}
 	if v.Tags == nil {
 		v.Tags = map[string]string{}

@@ -36,18 +36,14 @@ type CreateOptions struct {
 	TemplateID     string
 	TemplateConfig []byte
 	Overrides      []byte
+	// PoolID puts the VM into a warm pool from its first moment.
+	PoolID string
 }
 
 // CreateVM validates req, places the VM on a host, stores it as requested
 // and, unless start is false, boots it: requested → configured → running.
 func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRequest, opt CreateOptions) (store.VM, error) {
-	project := req.Project
-	if project == "" {
-		project = scope.Project
-		if project == "" || project == "*" {
-			project = s.cfg.DefaultProject
-		}
-	}
+	project := s.projectOf(scope, req.Project)
 	if !scope.Sees(project) {
 		return store.VM{}, newErr(KindForbidden, "forbidden", "this token cannot create VMs in project %q", project).
 			suggest("omit project, or use a token of that project")
@@ -64,6 +60,13 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		return store.VM{}, err
 	}
 	start := req.Start == nil || *req.Start
+	expiresAt, onExpiry, err := parseTTL(s.now(), req.Expiry)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if err := checkNetwork(req.VMConfig); err != nil {
+		return store.VM{}, err
+	}
 
 	id := opt.ID
 	if id == "" {
@@ -88,6 +91,7 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID, InitrdImageID: cfg.InitrdImageID,
 		BootArgs: cfg.BootArgs, Spec: specJSON, Tags: req.Tags,
 		TemplateID: opt.TemplateID, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
+		ExpiresAt: expiresAt, OnExpiry: onExpiry, PoolID: opt.PoolID,
 	}
 	if cfg.NIC != nil && cfg.NIC.Disabled {
 		vm.TAP, vm.MAC = "", ""
@@ -138,6 +142,18 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		return store.VM{}, s.discardFailed(booted, err)
 	}
 	return booted, nil
+}
+
+// projectOf is the project a new resource goes to: the requested one, or
+// the scope's own, or the default project.
+func (s *core) projectOf(scope Scope, requested string) string {
+	if requested != "" {
+		return requested
+	}
+	if scope.Project == "" || scope.Project == "*" {
+		return s.cfg.DefaultProject
+	}
+	return scope.Project
 }
 
 // discardFailed removes every trace of a VM whose create the caller is

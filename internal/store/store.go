@@ -16,6 +16,7 @@ type Store interface {
 	TemplateStore
 	ImageStore
 	SnapshotStore
+	PoolStore
 	HostStore
 	TokenStore
 	AuditStore
@@ -55,6 +56,9 @@ type VMStore interface {
 	// while paging do not shift later pages. nextCursor is "" on the last
 	// page. A malformed cursor is ErrInvalid.
 	ListVMs(ctx context.Context, f VMFilter) (items []VM, nextCursor string, err error)
+	// ListExpiredVMs returns up to limit VMs whose ExpiresAt is at or
+	// before at, earliest first (the reconciler's expiry sweep).
+	ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error)
 	// UpdateVM reads the VM, applies mutate to it and writes it back only if
 	// nobody else wrote in between (same Generation); on a concurrent change
 	// it re-reads and re-applies, a few times, then returns ErrStale. mutate
@@ -124,6 +128,21 @@ type SnapshotStore interface {
 	// ListSnapshots returns the matching snapshots, oldest first.
 	ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapshot, error)
 	DeleteSnapshot(ctx context.Context, id string) error
+}
+
+// PoolStore keeps warm pools. (project, name) is unique.
+type PoolStore interface {
+	CreatePool(ctx context.Context, p Pool) (Pool, error)
+	GetPool(ctx context.Context, id string) (Pool, error)
+	GetPoolByName(ctx context.Context, project, name string) (Pool, error)
+	// ListPools returns the pools of project ("" every project), oldest first.
+	ListPools(ctx context.Context, project string) ([]Pool, error)
+	DeletePool(ctx context.Context, id string) error
+	// SetPoolShort records when the pool fell short of its size (nil: it
+	// is full again); an earlier time is kept while it stays short.
+	SetPoolShort(ctx context.Context, id string, since *time.Time) error
+	// CountPoolClaim adds one to the pool's claims.
+	CountPoolClaim(ctx context.Context, id string) error
 }
 
 // HostStore keeps the fleet's hosts.

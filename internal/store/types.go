@@ -74,6 +74,16 @@ type VM struct {
 	BootedAt     *time.Time
 	GuestReadyAt *time.Time
 
+	// Time to live: at ExpiresAt (nil: never) the reconciler stops or
+	// deletes the VM, per OnExpiry ("stop" or "delete"; "" when there is no
+	// expiry).
+	ExpiresAt *time.Time
+	OnExpiry  string
+
+	// PoolID is the warm pool that holds the VM until it is claimed ("":
+	// none).
+	PoolID string
+
 	// Reconciler bookkeeping: the last failure, how often it was retried and
 	// the earliest time of the next attempt (nil: no backoff pending).
 	LastError     string
@@ -97,6 +107,7 @@ func (v VM) clone() VM {
 	c.NextAttemptAt = copyTime(v.NextAttemptAt)
 	c.BootedAt = copyTime(v.BootedAt)
 	c.GuestReadyAt = copyTime(v.GuestReadyAt)
+	c.ExpiresAt = copyTime(v.ExpiresAt)
 	return c
 }
 
@@ -108,12 +119,19 @@ func copyTime(t *time.Time) *time.Time {
 	return &c
 }
 
+// The actions of a VM's OnExpiry.
+const (
+	ExpiryStop   = "stop"
+	ExpiryDelete = "delete"
+)
+
 // VMFilter selects VMs for ListVMs. Zero fields match everything.
 type VMFilter struct {
 	Project      string
 	State        VMState
 	DesiredState VMState
 	HostID       string
+	PoolID       string
 	// Tags must all be present with exactly these values.
 	Tags map[string]string
 	// Limit caps the page size: 0 means DefaultLimit, more than MaxLimit
@@ -161,6 +179,24 @@ type Template struct {
 	Owner     string
 	Config    json.RawMessage
 	CreatedAt time.Time
+}
+
+// Pool keeps Size paused VMs of one template or snapshot ready to be
+// claimed; it refills when fewer than MinReady are.
+type Pool struct {
+	ID         string
+	Name       string
+	Project    string
+	TemplateID string
+	SnapshotID string
+	Size       int
+	MinReady   int
+	OnEmpty    string // "create" or "fail"
+	// ShortSince is when the pool last fell below Size ready VMs (nil:
+	// full), for its refill lag.
+	ShortSince *time.Time
+	Claims     int64
+	CreatedAt  time.Time
 }
 
 // TemplateFilter selects templates. Zero fields match everything.

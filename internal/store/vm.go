@@ -22,6 +22,7 @@ var vmColumns = []string{
 	"template_id", "template_config", "overrides", "tags",
 	"last_error", "retries", "next_attempt_at",
 	"initrd_path", "initrd_image_id", "ip", "subnet", "gateway", "vmm_pid", "booted_at", "guest_ready_at",
+	"expires_at", "on_expiry", "pool_id",
 	"generation", "created_at", "updated_at",
 }
 
@@ -62,6 +63,7 @@ func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
 		vm.TemplateID, tcfg, over, tagsJSON,
 		vm.LastError, vm.Retries, s.tsPtr(vm.NextAttemptAt),
 		vm.InitrdPath, vm.InitrdImageID, vm.IP, vm.Subnet, vm.Gateway, vm.VMMPID, s.tsPtr(vm.BootedAt), s.tsPtr(vm.GuestReadyAt),
+		s.tsPtr(vm.ExpiresAt), vm.OnExpiry, vm.PoolID,
 		vm.Generation, s.ts(vm.CreatedAt), s.ts(vm.UpdatedAt),
 	}, nil
 }
@@ -75,6 +77,7 @@ func scanVM(sc scanner) (VM, error) {
 		&vm.TemplateID, rawCol{&vm.TemplateConfig}, rawCol{&vm.Overrides}, jsonCol{&vm.Tags},
 		&vm.LastError, &vm.Retries, nullTimeCol{&vm.NextAttemptAt},
 		&vm.InitrdPath, &vm.InitrdImageID, &vm.IP, &vm.Subnet, &vm.Gateway, &vm.VMMPID, nullTimeCol{&vm.BootedAt}, nullTimeCol{&vm.GuestReadyAt},
+		nullTimeCol{&vm.ExpiresAt}, &vm.OnExpiry, &vm.PoolID,
 		&vm.Generation, timeCol{&vm.CreatedAt}, timeCol{&vm.UpdatedAt},
 	)
 	if vm.Tags == nil {
@@ -187,6 +190,7 @@ func normVM(vm *VM) {
 	vm.NextAttemptAt = normTimePtr(vm.NextAttemptAt)
 	vm.BootedAt = normTimePtr(vm.BootedAt)
 	vm.GuestReadyAt = normTimePtr(vm.GuestReadyAt)
+	vm.ExpiresAt = normTimePtr(vm.ExpiresAt)
 }
 
 func (s *sqlStore) GetVM(ctx context.Context, id string) (VM, error) {
@@ -224,6 +228,9 @@ func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error
 	if f.HostID != "" {
 		add("host_id = ?", f.HostID)
 	}
+	if f.PoolID != "" {
+		add("pool_id = ?", f.PoolID)
+	}
 	if len(f.Tags) > 0 {
 		frag, a := s.d.tagsFilter(f.Tags)
 		add(frag, a...)
@@ -250,6 +257,15 @@ func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error
 		next = cursor{at: last.CreatedAt, id: last.ID}.String()
 	}
 	return vms, next, nil
+}
+
+func (s *sqlStore) ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error) {
+	vms, err := queryAll(ctx, s, scanVM, vmSelect+" WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at, id LIMIT ?",
+		s.ts(at), clampLimit(limit))
+	if err != nil {
+		return nil, s.fail("list expired vms", err)
+	}
+	return vms, nil
 }
 
 // UpdateVM retries: enough attempts, with jittered backoff, that a handful

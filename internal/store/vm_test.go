@@ -46,6 +46,8 @@ var vmBehaviours = []behaviour{
 			vm.VMMPID = 4242
 			booted, ready := e.clock.Now().Add(time.Millisecond+time.Nanosecond), e.clock.Now().Add(2*time.Second)
 			vm.BootedAt, vm.GuestReadyAt = &booted, &ready
+			expires := e.clock.Now().Add(time.Hour)
+			vm.ExpiresAt, vm.OnExpiry = &expires, store.ExpiryStop
 			return nil
 		}))(t)
 		if updated.Generation != 2 || !updated.UpdatedAt.Equal(wantAt.Add(time.Second)) || !updated.CreatedAt.Equal(wantAt) {
@@ -62,6 +64,37 @@ var vmBehaviours = []behaviour{
 		_, err := e.s.GetVM(ctx, created.ID)
 		wantErr(t, "GetVM after delete", err, store.ErrNotFound)
 		wantErr(t, "second DeleteVM", e.s.DeleteVM(ctx, created.ID), store.ErrNotFound)
+	}},
+
+	{"vm/expired", func(t *testing.T, e *env) {
+		now := e.clock.Now()
+		at := func(d time.Duration) *time.Time { t := now.Add(d); return &t }
+		for _, c := range []struct {
+			name string
+			exp  *time.Time
+		}{{"late", at(-time.Second)}, {"early", at(-time.Minute)}, {"now", at(0)}, {"future", at(time.Second)}, {"never", nil}} {
+			vm := newVM(c.name)
+			vm.ExpiresAt, vm.OnExpiry = c.exp, store.ExpiryDelete
+			if c.exp == nil {
+				vm.OnExpiry = ""
+			}
+			must(e.s.CreateVM(ctx, vm))(t)
+		}
+		got := must(e.s.ListExpiredVMs(ctx, now, 10))(t)
+		if n := names(got); n != "early late now" {
+			t.Fatalf("ListExpiredVMs(now) = %s; want early late now (earliest first)", n)
+		}
+		if n := names(must(e.s.ListExpiredVMs(ctx, now, 1))(t)); n != "early" {
+			t.Fatalf("ListExpiredVMs(now, limit 1) = %s; want early", n)
+		}
+		if got[0].OnExpiry != store.ExpiryDelete || got[0].ExpiresAt == nil || !got[0].ExpiresAt.Equal(now.Add(-time.Minute).Truncate(time.Microsecond)) {
+			t.Fatalf("expired VM = expires %v, on_expiry %q; want %v, delete", got[0].ExpiresAt, got[0].OnExpiry, now.Add(-time.Minute))
+		}
+		// Clearing the expiry takes the VM out of the sweep.
+		must(e.s.UpdateVM(ctx, got[0].ID, func(vm *store.VM) error { vm.ExpiresAt, vm.OnExpiry = nil, ""; return nil }))(t)
+		if n := names(must(e.s.ListExpiredVMs(ctx, now.Add(time.Hour), 10))(t)); n != "late now future" {
+			t.Fatalf("ListExpiredVMs(+1h) = %s; want late,now,future", n)
+		}
 	}},
 
 	{"vm/conflict", func(t *testing.T, e *env) {
@@ -490,5 +523,50 @@ func init() {
 		if placed != 8 {
 			t.Fatalf("%d VMs placed onto room for 8", placed)
 		}
+	}})
+}
+
+func init() {
+	vmBehaviours = append(vmBehaviours, behaviour{"pool/crud", func(t *testing.T, e *env) {
+		p := must(e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "default", SnapshotID: "snap-1", Size: 3, MinReady: 2, OnEmpty: "create"}))(t)
+		if d := diff(p, must(e.s.GetPool(ctx, p.ID))(t)); d != "" {
+			t.Fatalf("GetPool differs (-create +get):\n%s", d)
+		}
+		if d := diff(p, must(e.s.GetPoolByName(ctx, "default", "warm"))(t)); d != "" {
+			t.Fatalf("GetPoolByName differs (-create +get):\n%s", d)
+		}
+		_, err := e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "default", Size: 1, MinReady: 1, OnEmpty: "fail"})
+		wantErr(t, "same project and name", err, store.ErrConflict)
+
+		at := e.clock.Now()
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, &at))(t)
+		later := at.Add(time.Minute)
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, &later))(t) // stays short: the first time counts
+		must(struct{}{}, e.s.CountPoolClaim(ctx, p.ID))(t)
+		got := must(e.s.GetPool(ctx, p.ID))(t)
+		if got.ShortSince == nil || !got.ShortSince.Equal(at.Truncate(time.Microsecond)) || got.Claims != 1 {
+			t.Fatalf("pool = short since %v, claims %d; want %v, 1", got.ShortSince, got.Claims, at)
+		}
+		must(struct{}{}, e.s.SetPoolShort(ctx, p.ID, nil))(t)
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.ShortSince != nil {
+			t.Fatalf("full pool short since %v", got.ShortSince)
+		}
+
+		vm := newVM("warm-1")
+		vm.PoolID = p.ID
+		must(e.s.CreateVM(ctx, vm))(t)
+		must(e.s.CreateVM(ctx, newVM("other")))(t)
+		inPool, _ := must2(e.s.ListVMs(ctx, store.VMFilter{PoolID: p.ID}))(t)
+		if n := names(inPool); n != "warm-1" {
+			t.Fatalf("ListVMs(pool) = %s; want warm-1", n)
+		}
+		if ps := must(e.s.ListPools(ctx, "default"))(t); len(ps) != 1 {
+			t.Fatalf("ListPools = %d pools", len(ps))
+		}
+		if err := e.s.DeletePool(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		wantErr(t, "second DeletePool", e.s.DeletePool(ctx, p.ID), store.ErrNotFound)
+		wantErr(t, "SetPoolShort of a missing pool", e.s.SetPoolShort(ctx, p.ID, nil), store.ErrNotFound)
 	}})
 }

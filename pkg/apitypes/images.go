@@ -101,6 +101,7 @@ type InstantiateRequest struct {
 	Tags      map[string]string `json:"tags,omitempty"`
 	Overrides *TemplateConfig   `json:"overrides,omitempty" doc:"fields of the template's config to replace for these VMs"`
 	Count     int               `json:"count,omitempty" minimum:"1" maximum:"100" doc:"how many VMs (default 1); all are made or none: on a failure the others of the call are deleted"`
+	Expiry
 }
 
 // InstantiateResponse is the answer of POST /v1/templates/{id}/instantiate.

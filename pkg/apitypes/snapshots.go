@@ -76,8 +76,11 @@ type SnapshotList struct {
 // InstantiateSnapshotRequest is the body of POST
 // /v1/snapshots/{id}/instantiate.
 type InstantiateSnapshotRequest struct {
-	Name string            `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"the new VM's name, unique within the snapshot's project"`
-	Tags map[string]string `json:"tags,omitempty" doc:"default: the source VM's tags"`
+	Name    string            `json:"name" minLength:"1" maxLength:"63" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"the new VM's name, unique within the snapshot's project"`
+	Tags    map[string]string `json:"tags,omitempty" doc:"default: the source VM's tags"`
+	Count   int               `json:"count,omitempty" minimum:"1" maximum:"100" doc:"how many clones (default 1), named name-1 … name-N; all are made or none"`
+	Network *NetworkSpec      `json:"network,omitempty" doc:"the clones' network mode is the source's (a snapshot of an isolated VM gives isolated clones, each in its own namespace); another is 409"`
+	Expiry
 }
 
 // RestoredVM is the answer of POST /v1/snapshots/{id}/instantiate: the
@@ -87,5 +90,7 @@ type RestoredVM struct {
 	VM
 	Item       VM       `json:"item"`
 	SnapshotID string   `json:"snapshot_id"`
+	IDs        []string `json:"ids" doc:"every VM made (count), in name order"`
+	Items      []VM     `json:"items" doc:"every VM made (count), in name order"`
 	Notices    []string `json:"notices" doc:"constraints of a restored VM (its guest MAC is the snapshot's)"`
 }

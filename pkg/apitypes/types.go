@@ -53,6 +53,21 @@ type VMConfig struct {
 	BootArgs      string       `json:"boot_args,omitempty" maxLength:"2048" example:"console=ttyS0 quiet" doc:"kernel arguments; Nexus adds its defaults, root= and ip= unless these set them, and the whole line must fit 2047 bytes"`
 	ExtraDrives   []ExtraDrive `json:"extra_drives,omitempty" maxItems:"16"`
 	NIC           *NIC         `json:"nic,omitempty"`
+	Network       *NetworkSpec `json:"network,omitempty" doc:"how the VM's interface reaches the bridge (default mode bridge; isolated for VMs restored from a snapshot of an isolated VM)"`
+}
+
+// NetworkSpec chooses the network mode (docs/networking.md#isolated-mode).
+type NetworkSpec struct {
+	Mode string `json:"mode" enum:"bridge,isolated" doc:"bridge: the TAP is a bridge port and the guest has the VM's address; isolated: the TAP and the VMM live in a network namespace of the VM's own, joined to the bridge by a veth with the VM's address, and the guest has the fixed address 192.168.127.2/30 (the same in every clone)"`
+}
+
+// VMNetwork is how a VM is reached (GET /v1/vms/{id}).
+type VMNetwork struct {
+	Mode         string `json:"mode" enum:"bridge,isolated"`
+	Address      string `json:"address,omitempty" doc:"where the VM is reached from its host's bridge (isolated: the namespace's address, translated to the guest for TCP and UDP)"`
+	GuestAddr    string `json:"guest_addr,omitempty" doc:"the guest's own address (isolated: 192.168.127.2 in every VM)"`
+	GuestGateway string `json:"guest_gateway,omitempty"`
+	Veth         string `json:"veth,omitempty" doc:"isolated: the host side of the VM's veth pair"`
 }
 
 // CreateVMRequest is the body of POST /v1/vms.
@@ -63,6 +78,19 @@ type CreateVMRequest struct {
 	Tags    map[string]string `json:"tags,omitempty" doc:"at most 32; keys 1-63 bytes, values up to 255, printable"`
 	Start   *bool             `json:"start,omitempty" doc:"boot after creating (default true)"`
 	HostID  string            `json:"host_id,omitempty" maxLength:"253" doc:"pin to a host (id or name); default: the scheduler picks"`
+	Expiry
+}
+
+// Expiry is a time to live, given on create, instantiate and claim.
+type Expiry struct {
+	TTL      string `json:"ttl,omitempty" maxLength:"32" example:"2h" doc:"time to live from now, a Go duration (\"90s\", \"2h\"), 1s to 8760h; at the end the reconciler stops or deletes the VM (on_expiry). Default: no expiry"`
+	OnExpiry string `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at (default delete); only with ttl"`
+}
+
+// ExtendTTLRequest is the body of POST /v1/vms/{id}/ttl.
+type ExtendTTLRequest struct {
+	TTL      string `json:"ttl" minLength:"1" maxLength:"32" example:"1h" doc:"the VM now expires this long from now (a Go duration, 1s to 8760h)"`
+	OnExpiry string `json:"on_expiry,omitempty" enum:"stop,delete" doc:"change what happens at expiry (default: keep it; delete for a VM that had no expiry)"`
 }
 
 // VM is a microVM as the API shows it.
@@ -102,6 +130,10 @@ type VM struct {
 	CreatedAt      time.Time         `json:"created_at"`
 	UpdatedAt      time.Time         `json:"updated_at"`
 	LastError      string            `json:"last_error,omitempty"`
+	ExpiresAt      *time.Time        `json:"expires_at,omitempty" doc:"when the reconciler stops or deletes the VM (ttl); absent: never"`
+	Network        *VMNetwork        `json:"network,omitempty" doc:"mode and reachable address; absent without a network interface"`
+	PoolID         string            `json:"pool_id,omitempty" doc:"the warm pool holding the VM until it is claimed"`
+	OnExpiry       string            `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at"`
 }
 
 // VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}. Every answer about

@@ -116,6 +116,14 @@ func (c *Client) ForceDeleteVM(ctx context.Context, ref string) error {
 	return c.Do(ctx, http.MethodDelete, path("/v1/vms/", ref), url.Values{"force": {"true"}}, nil, nil)
 }
 
+// ExtendTTL makes a VM expire ttl (a Go duration, "2h") from now; a
+// non-empty onExpiry ("stop" or "delete") also changes what happens then.
+func (c *Client) ExtendTTL(ctx context.Context, ref, ttl, onExpiry string) (apitypes.VM, error) {
+	var it apitypes.VMItem
+	err := c.Do(ctx, http.MethodPost, path("/v1/vms/", ref, "/ttl"), nil, apitypes.ExtendTTLRequest{TTL: ttl, OnExpiry: onExpiry}, &it)
+	return it.Item, err
+}
+
 // Bulk runs "start", "stop" or "delete" on many VMs (ids) and reports each
 // outcome.
 func (c *Client) Bulk(ctx context.Context, action string, ids []string) (apitypes.BulkResponse, error) {

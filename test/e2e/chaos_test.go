@@ -283,7 +283,7 @@ func TestChaosOrphans(t *testing.T) {
 	if _, err := ag.Spawn(ctx, ghost, agentapi.SpawnRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ag.Tap(ctx, ghost); err != nil {
+	if _, err := ag.Tap(ctx, ghost, agentapi.TapRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	strayTap := "tap-0123456789a"

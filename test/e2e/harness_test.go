@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nexus-microvm/nexus/internal/agent"
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
@@ -438,6 +440,11 @@ func (c *cluster) cleanup() {
 		ids := vmIDsOf(a.runDir)
 		killVMMs(a.runDir)
 		removeCgroups(a.runDir, ids)
+		// Isolated VMs' namespaces are bind-mounted in their run dirs: a
+		// failed test may leave them mounted.
+		for _, id := range ids {
+			_ = unix.Unmount(a.layout().NetNSPath(id), unix.MNT_DETACH)
+		}
 		// Its namespace (bridge, TAPs, NAT) goes with a.net's cleanup; its
 		// chroots (in the run dir) with the test's temp dir.
 	}

@@ -36,6 +36,7 @@ var rules = []rule{
 	{pkg: "internal/hostlayout", allow: []string{}, why: "the host layout is a leaf"},
 	{pkg: "internal/guest", allow: []string{}, why: "the guest contract is a leaf"},
 	{pkg: "internal/keyed", allow: []string{}, why: "a leaf utility"},
+	{pkg: "internal/netnsutil", allow: []string{}, why: "a leaf utility"},
 	{pkg: "internal/lifecycle", allow: []string{}, why: "a leaf utility"},
 	{pkg: "internal/pki", allow: []string{"internal/pki"},
 		why: "the fleet's CA and TLS configs are a leaf: manager, agent and CLI share them"},

@@ -369,6 +369,19 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, er
 		}
 		note("tap " + t.Name)
 	}
+	// Isolated VMs' veths (their namespaces are in the run dirs:
+	// RemoveIsolated).
+	veths, err := n.ListVeths(ctx)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("teardown: %w", err))
+	}
+	for _, v := range veths {
+		if err := n.deleteIsolatedLocked(v.VMID, "", false); err != nil {
+			errs = append(errs, fmt.Errorf("teardown: %w", err))
+			continue
+		}
+		note("veth " + v.Name)
+	}
 	if err := n.removeNATLocked(ctx, note); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}

@@ -15,11 +15,12 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
-	"github.com/nexus-microvm/nexus/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
 // testNS is a fresh, unnamed network namespace and a netlink handle bound

@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -35,6 +34,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/nexus-microvm/nexus/internal/keyed"
+	"github.com/nexus-microvm/nexus/internal/netnsutil"
 )
 
 // Defaults for the fields of Config left zero.
@@ -238,38 +238,8 @@ func (n *Network) inNS(fn func() error) error {
 	return runInNS(n.cfg.NetNS, fn)
 }
 
-// runInNS runs fn on a fresh goroutine locked to its thread and switched to
-// ns, then switches the thread back to where it was. Exiting still locked
-// is not enough: Go discards such a thread, except the main thread, which
-// it parks instead — still in ns, keeping that namespace alive for the
-// life of the process. Only when the way back fails does the goroutine
-// exit locked, so the thread is never reused in a foreign namespace.
-func runInNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))
-			return // still locked: the thread goes away with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// runInNS runs fn on a thread inside ns (netnsutil.Do).
+func runInNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(ns, fn) }
 
 // validLinkName: Linux accepts 1-15 bytes without '/', ':', whitespace, and
 // not "." or "..".

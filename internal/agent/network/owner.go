@@ -12,6 +12,7 @@ import (
 //
 //	bridge   nexus/<owner>/bridge
 //	TAP      nexus/<owner>/vm/<vm-id>
+//	veth     nexus/<owner>/veth/<vm-id>   (host side of an isolated VM's pair)
 //
 // The owner is the agent's instance id (Config.Owner), so two agents on one
 // host — two `nexus up` in different data dirs, say — each see only their
@@ -45,7 +46,7 @@ func (n *Network) tapMark(vmID string) string { return markPrefix + n.cfg.Owner 
 // mark is a parsed ownership alias.
 type mark struct {
 	owner string
-	kind  string // "bridge" or "vm"
+	kind  string // "bridge", "vm" or "veth"
 	vmID  string
 }
 
@@ -60,8 +61,8 @@ func parseMark(alias string) (mark, bool) {
 	switch {
 	case len(parts) == 2 && parts[1] == "bridge" && validOwner(parts[0]) == nil:
 		return mark{owner: parts[0], kind: "bridge"}, true
-	case len(parts) == 3 && parts[1] == "vm" && validOwner(parts[0]) == nil && parts[2] != "":
-		return mark{owner: parts[0], kind: "vm", vmID: parts[2]}, true
+	case len(parts) == 3 && (parts[1] == "vm" || parts[1] == "veth") && validOwner(parts[0]) == nil && parts[2] != "":
+		return mark{owner: parts[0], kind: parts[1], vmID: parts[2]}, true
 	}
 	return mark{}, false
 }

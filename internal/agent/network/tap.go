@@ -7,9 +7,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // tapFlags are the flags firecracker opens its TAP with. Creating the device

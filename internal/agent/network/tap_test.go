@@ -10,9 +10,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // readyNet is a namespace with an uplink and a Network whose bridge exists.

@@ -166,6 +166,9 @@ func (s *Supervisor) Exits() <-chan Exit { return s.exits }
 type SpawnOptions struct {
 	Vcpu   int
 	MemMib int
+	// NetNS, when set, is a mounted network namespace the VMM is started
+	// in (isolated network mode): its TAP lives there.
+	NetNS string
 }
 
 // Spawn starts the VMM for vmID and waits until its API socket accepts
@@ -270,7 +273,13 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgfd.Fd())
 	}
-	err = cmd.Start()
+	start := func(cmd *exec.Cmd) error {
+		if opts.NetNS == "" {
+			return cmd.Start()
+		}
+		return startInNetNS(opts.NetNS, cmd)
+	}
+	err = start(cmd)
 	if cgfd != nil {
 		cgfd.Close()
 		// A jailed VMM never starts outside a group that limits it.
@@ -280,7 +289,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 			cgroupRemove(s.cgroups, vmID)
 			cg = ""
 			if cmd, err = newCmd(); err == nil {
-				err = cmd.Start()
+				err = start(cmd)
 			}
 		}
 	}

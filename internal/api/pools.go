@@ -1,0 +1,110 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/nexus-microvm/nexus/internal/manager"
+	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+)
+
+// PoolService is what the pool routes use (manager.Pools).
+type PoolService interface {
+	CreatePool(ctx context.Context, scope manager.Scope, id string, req apitypes.CreatePoolRequest) (store.Pool, error)
+	GetPool(ctx context.Context, scope manager.Scope, ref, project string) (store.Pool, error)
+	ListPools(ctx context.Context, scope manager.Scope, project string) ([]store.Pool, error)
+	DeletePool(ctx context.Context, scope manager.Scope, ref, project string) (store.Pool, error)
+	Claim(ctx context.Context, scope manager.Scope, ref, project string, req apitypes.ClaimRequest) (store.VM, bool, error)
+	View(ctx context.Context, p store.Pool) apitypes.Pool
+}
+
+// poolRoutes registers the warm pools' routes (docs/sandboxes.md).
+func (s *Server) poolRoutes() {
+	register(s, "create-pool", http.MethodPost, "/v1/pools", "Create a warm pool of paused VMs of a template or snapshot", creates(op("pool.create", "pool")), s.createPool, http.StatusCreated)
+	register(s, "list-pools", http.MethodGet, "/v1/pools", "List warm pools with their state and refill lag", viewer, s.listPools)
+	register(s, "get-pool", http.MethodGet, "/v1/pools/{id}", "Get a warm pool by id or name", viewer, s.getPool)
+	register(s, "delete-pool", http.MethodDelete, "/v1/pools/{id}", "Delete a warm pool and its unclaimed VMs", op("pool.delete", "pool"), s.deletePool)
+	register(s, "claim-pool", http.MethodPost, "/v1/pools/{id}/claim", "Take one running VM from a pool (a warm VM resumed; an empty pool creates one or answers 503, per on_empty)", op("pool.claim", "pool"), s.claimPool)
+}
+
+type createPoolInput struct {
+	Body apitypes.CreatePoolRequest
+}
+
+type poolItemOutput struct {
+	Body apitypes.PoolItem
+}
+
+type poolCreatedOutput struct {
+	Location string `header:"Location" doc:"the new pool: /v1/pools/{id}"`
+	Body     apitypes.PoolItem
+}
+
+func (s *Server) createPool(ctx context.Context, in *createPoolInput) (*poolCreatedOutput, error) {
+	p, err := s.pools.CreatePool(ctx, scope(ctx), newID(ctx), in.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &poolCreatedOutput{Location: "/v1/pools/" + p.ID, Body: apitypes.PoolItem{Item: s.pools.View(ctx, p)}}, nil
+}
+
+type listPoolsInput struct {
+	Project string `query:"project" maxLength:"63"`
+}
+
+type poolListOutput struct {
+	Body apitypes.PoolList
+}
+
+func (s *Server) listPools(ctx context.Context, in *listPoolsInput) (*poolListOutput, error) {
+	ps, err := s.pools.ListPools(ctx, scope(ctx), in.Project)
+	if err != nil {
+		return nil, err
+	}
+	out := &poolListOutput{Body: apitypes.PoolList{Items: make([]apitypes.Pool, 0, len(ps))}}
+	for _, p := range ps {
+		out.Body.Items = append(out.Body.Items, s.pools.View(ctx, p))
+	}
+	return out, nil
+}
+
+type poolRefInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"pool id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+}
+
+func (s *Server) getPool(ctx context.Context, in *poolRefInput) (*poolItemOutput, error) {
+	p, err := s.pools.GetPool(ctx, scope(ctx), in.ID, in.Project)
+	if err != nil {
+		return nil, err
+	}
+	return &poolItemOutput{Body: apitypes.PoolItem{Item: s.pools.View(ctx, p)}}, nil
+}
+
+func (s *Server) deletePool(ctx context.Context, in *poolRefInput) (*okOutput, error) {
+	_, err := s.pools.DeletePool(ctx, scope(ctx), in.ID, in.Project)
+	return ok(), err
+}
+
+type claimInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"pool id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+	Body    *apitypes.ClaimRequest
+}
+
+type claimOutput struct {
+	Body apitypes.Claimed
+}
+
+func (s *Server) claimPool(ctx context.Context, in *claimInput) (*claimOutput, error) {
+	var req apitypes.ClaimRequest
+	if in.Body != nil {
+		req = *in.Body
+	}
+	vm, warm, err := s.pools.Claim(ctx, scope(ctx), in.ID, in.Project, req)
+	if err != nil {
+		return nil, err
+	}
+	return &claimOutput{Body: apitypes.Claimed{Item: s.vms.View(vm), FromPool: warm}}, nil
+}
