@@ -10,7 +10,7 @@ export NEXUS_TEST_DATABASE_URL
 # Where `make up` keeps its state.
 DATA_DIR ?= ./.nexus
 
-.PHONY: help deps build up images test check fmt-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean bench-sdk
+.PHONY: help deps build up images test check fmt-check tidy-check vet unit bench bench-fleet bench-guest bench-floor bench-scale bench-ui web-vendor clean bench-sdk release
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,11 +33,14 @@ test: ## install what is missing (incl. a local Postgres), then gofmt, go vet an
 	@scripts/setup.sh --test
 	@$(MAKE) --no-print-directory check
 
-check: fmt-check vet unit ## gofmt, go vet and every test, without installing anything
+check: fmt-check tidy-check vet unit ## gofmt, go mod tidy, go vet and every test, without installing anything
 
 fmt-check: ## fail when gofmt would change a file
 	@out=$$($(dir $(GO))gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+tidy-check: ## fail when `go mod tidy` would change go.mod or go.sum (needs the module proxy or a warm module cache)
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result"; exit 1; }
 
 vet: ## go vet
 	$(GO) vet $(PKGS)
@@ -68,8 +71,11 @@ bench-ui: ## /metrics scrape with 1,000 VMs (manager, agent) and the console's V
 web-vendor: ## fetch the console's vendored uPlot again from the npm registry (only to change its version)
 	@scripts/vendor-web.sh
 
+release: ## reproducible static builds for linux/amd64 and arm64 in dist/ with tarballs and SHA256SUMS (scripts/release.sh; VERSION=v1.2.3)
+	@GO=$(GO) scripts/release.sh
+
 clean: ## remove build output
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
 
 bench-sdk: ## what the Go SDK adds per call over plain net/http (p50/p95)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkOverhead -benchtime 5000x ./pkg/nexus/

@@ -13,10 +13,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-)
 
-// Version is set at build time with -ldflags "-X …/cli.Version=…".
-var Version = "0.1.0-dev"
+	"github.com/nexus-microvm/nexus/internal/version"
+)
 
 // env reads configuration variables; tests pass their own.
 type env func(string) string
@@ -111,13 +110,15 @@ Quick start on one host (as root):
 Client commands print tables; -o json|yaml|wide|name, --format TEMPLATE and
 -q (ids only) choose otherwise. Exit codes: 0 ok, 1 error, 2 usage, 3 not
 found, 4 conflict, 5 not allowed (token), 6 manager unavailable.`,
-		Version:       Version,
+		Version:       version.Get().Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr), newDownCmd(e, stdout, stderr),
 		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout), newQuotaCmd(e, stdout),
-		newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout), newPoolCmd(e, stdout), newContextCmd(e, os.Stdin, stdout), newCertCmd(e, stdout))
+		newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout), newPoolCmd(e, stdout), newContextCmd(e, os.Stdin, stdout), newCertCmd(e, stdout),
+		newVersionCmd(stdout))
+	root.SetVersionTemplate(versionTemplate())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: exitUsage, err: err} })
 	root.InitDefaultCompletionCmd()
 	strictGroups(root)

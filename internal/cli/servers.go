@@ -19,6 +19,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/app"
 	"github.com/nexus-microvm/nexus/internal/pki"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/internal/version"
 )
 
 // strFlag defines a string flag whose default comes from an environment
@@ -204,7 +205,7 @@ set it registers there and sends heartbeats.`,
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			o.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
 			r, err := agent.Start(cmd.Context(), o, log)
@@ -268,7 +269,7 @@ Migrations are applied at start. Agents join with the shared join token
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			startPprof(e("NEXUS_PPROF"), log)
 			m, err := app.StartManager(cmd.Context(), o, log)
 			if err != nil {
@@ -290,18 +291,7 @@ Migrations are applied at start. Agents join with the shared join token
 	}
 	lf.add(lfs, e, "json")
 
-	cmd.AddCommand(&cobra.Command{
-		Use:   "migrate",
-		Short: "Apply the store's migrations and exit",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := store.Migrate(cmd.Context(), o.DatabaseURL); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout, "migrations applied")
-			return nil
-		},
-	})
+	cmd.AddCommand(newMigrateCmd(&o.DatabaseURL, stdout))
 	var specFormat, specVersion string
 	spec := &cobra.Command{
 		Use:   "openapi",
@@ -310,7 +300,7 @@ Migrations are applied at start. Agents join with the shared join token
   nexus manager openapi --format yaml --openapi 3.0 > openapi-3.0.yaml   # for 3.0-only generators`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc := api.Document(Version)
+			doc := api.Document(version.Get().Version)
 			var out []byte
 			var err error
 			switch specFormat + "/" + specVersion {
@@ -401,7 +391,7 @@ simulated VM costs about 1 MiB), so hundreds of small VMs fit on a laptop.`,
 			if err != nil {
 				return err
 			}
-			o.Version = Version
+			o.Version = version.Get().Version
 			o.Agent.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
 			return app.Up(cmd.Context(), o, log, stdout)

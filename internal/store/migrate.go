@@ -1,11 +1,16 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
+	"slices"
+	"strings"
 
 	"github.com/pressly/goose/v3"
 )
@@ -46,4 +51,114 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 			"version", r.Source.Version, "file", path.Base(r.Source.Path), "duration", r.Duration)
 	}
 	return nil
+}
+
+// Migration is one of the store's migrations, as `nexus manager migrate
+// --dry-run` shows it.
+type Migration struct {
+	Version int64  `json:"version"`
+	File    string `json:"file"`
+	Applied bool   `json:"applied"`
+	// Up is the SQL the migration runs (its "-- +goose Up" section).
+	Up string `json:"up,omitempty"`
+}
+
+// Migrations lists the migrations this build knows for the database the
+// DSN names, each marked applied or not, without changing anything: no
+// version table is created, no lock taken, and a SQLite file that does
+// not exist yet is not created (everything is pending there).
+func Migrations(ctx context.Context, dsn string, opts ...Option) ([]Migration, error) {
+	if dsn == "" {
+		dsn = DefaultDSN
+	}
+	applied := map[int64]bool{}
+	engine := "postgres"
+	if path, ok := strings.CutPrefix(dsn, "sqlite://"); ok {
+		engine = "sqlite"
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return migrationList(engine, applied)
+		}
+	}
+	s, err := open(ctx, dsn, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if applied, err = s.appliedVersions(ctx); err != nil {
+		return nil, fmt.Errorf("migrations %s: %w", s.d.engine(), err)
+	}
+	return migrationList(s.d.engine(), applied)
+}
+
+// appliedVersions reads goose's version table (none yet: nothing applied).
+// goose records a down migration as a later row with is_applied false, so
+// the last row of each version decides.
+func (s *sqlStore) appliedVersions(ctx context.Context) (map[int64]bool, error) {
+	exists := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?`
+	if s.d.engine() == "postgres" {
+		exists = `SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = ?`
+	}
+	var n int
+	if err := s.r.QueryRowContext(ctx, s.d.rebind(exists), migrationTable).Scan(&n); err != nil {
+		return nil, err
+	}
+	out := map[int64]bool{}
+	if n == 0 {
+		return out, nil
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT version_id, is_applied FROM `+migrationTable+` ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var v int64
+		var ok bool
+		if err := rows.Scan(&v, &ok); err != nil {
+			return nil, err
+		}
+		out[v] = ok
+	}
+	return out, rows.Err()
+}
+
+// migrationList is the engine's migration files in version order, marked
+// with applied.
+func migrationList(engine string, applied map[int64]bool) ([]Migration, error) {
+	fsys, err := migrationFS(engine)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, err
+	}
+	var out []Migration
+	for _, e := range entries {
+		v, err := goose.NumericComponent(e.Name())
+		if err != nil {
+			continue // not a migration
+		}
+		b, err := fs.ReadFile(fsys, e.Name())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Migration{Version: v, File: e.Name(), Applied: applied[v], Up: upSection(string(b))})
+	}
+	slices.SortFunc(out, func(a, b Migration) int { return cmp.Compare(a.Version, b.Version) })
+	return out, nil
+}
+
+// upSection is the SQL between "-- +goose Up" and "-- +goose Down",
+// without comment lines.
+func upSection(src string) string {
+	_, up, _ := strings.Cut(src, "-- +goose Up")
+	up, _, _ = strings.Cut(up, "-- +goose Down")
+	var lines []string
+	for _, l := range strings.Split(up, "\n") {
+		if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "--") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
 }

@@ -39,6 +39,12 @@ var bins struct {
 	dir, nexus, sim, jail string
 }
 
+// binSet is the nexus and firecracker-sim binaries a process runs: this
+// tree's (bins) unless a test starts an older build (TestRollingUpgrade).
+type binSet struct{ nexus, sim string }
+
+func currentBins() binSet { return binSet{nexus: bins.nexus, sim: bins.sim} }
+
 func TestMain(m *testing.M) {
 	runLauncher()
 	testutil.IsolateNetwork()
@@ -170,6 +176,8 @@ type cluster struct {
 	// tls, when set, runs the fleet with mutual TLS: certificates of a CA
 	// made with `nexus manager bootstrap --ca-dir` and `nexus cert issue`.
 	tls *fleetTLS
+	// bin runs the manager and the agents started from now on.
+	bin binSet
 }
 
 // fleetTLS is the cluster's CA directory and the manager's certificate.
@@ -185,6 +193,8 @@ type clusterOpts struct {
 	mgrArgs []string
 	tls     bool     // mutual TLS between manager and agents
 	env     []string // added to every agent's environment (FC_JAIL=on …)
+	bin     binSet   // default: this tree's binaries
+	ports2  []int    // further managers the agents may fail over to
 }
 
 type agentProc struct {
@@ -194,6 +204,7 @@ type agentProc struct {
 	net    *hostNet
 	url    string
 	env    []string // extra environment (firecracker-sim knobs)
+	bin    binSet   // what it runs (launchAgent)
 }
 
 func (a *agentProc) layout() hostlayout.Layout { return hostlayout.Layout{RunDir: a.runDir} }
@@ -235,7 +246,11 @@ func newClusterWith(t testing.TB, o clusterOpts) *cluster {
 	testutil.RequireRoot(t)
 	dir := shortTempDir(t)
 	// 37 bytes: long enough for prod mode.
-	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%016x%016x", rand.Uint64(), rand.Uint64()), port: freePort(t), mgrArgs: o.mgrArgs}
+	c := &cluster{t: t, dir: dir, join: fmt.Sprintf("join-%016x%016x", rand.Uint64(), rand.Uint64()), port: freePort(t), mgrArgs: o.mgrArgs,
+		bin: o.bin, ports2: o.ports2}
+	if c.bin == (binSet{}) {
+		c.bin = currentBins()
+	}
 	c.dsn = engineDSN(t, o.engine, dir)
 
 	args := []string{"manager", "bootstrap", "--database-url", c.dsn, "--owner", "e2e"}
@@ -252,7 +267,7 @@ func newClusterWith(t testing.TB, o clusterOpts) *cluster {
 			CA: filepath.Join(c.tls.caDir, pki.CACertFile)}
 		c.mgrArgs = append(c.mgrArgs, "--tls-cert", c.tls.mgr.Cert, "--tls-key", c.tls.mgr.Key, "--tls-ca", c.tls.mgr.CA)
 	}
-	out, err := exec.Command(bins.nexus, args...).Output()
+	out, err := exec.Command(c.bin.nexus, args...).Output()
 	if err != nil {
 		t.Fatalf("bootstrap: %v", err)
 	}
@@ -309,13 +324,19 @@ func (c *cluster) url() string { return fmt.Sprintf("%s://127.0.0.1:%d", c.schem
 
 func (c *cluster) start(name string, env []string, args ...string) *proc {
 	c.t.Helper()
+	return c.startBin(c.bin.nexus, name, env, args...)
+}
+
+// startBin starts the nexus binary bin.
+func (c *cluster) startBin(bin, name string, env []string, args ...string) *proc {
+	c.t.Helper()
 	logPath := filepath.Join(c.dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command(bins.nexus, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -336,7 +357,7 @@ func (c *cluster) startManager() {
 // with env added to its environment.
 func (c *cluster) startAgent(name string, env ...string) *agentProc {
 	c.t.Helper()
-	a := &agentProc{name: name, runDir: filepath.Join(c.dir, name, "run"), net: newHostNet(c.t), env: env}
+	a := &agentProc{name: name, runDir: filepath.Join(c.dir, name, "run"), net: newHostNet(c.t), env: env, bin: c.bin}
 	c.launchAgent(a)
 	c.agents = append(c.agents, a)
 	return a
@@ -359,14 +380,14 @@ func (c *cluster) launchAgent(a *agentProc) {
 	// host's namespace and execs nexus there.
 	args := []string{"agent",
 		"--bind", a.net.agentIP + ":9090", "--manager", c.managerURLs(a),
-		"--token", c.join, "--name", a.name, "--run-dir", a.runDir, "--fc-bin", bins.sim,
+		"--token", c.join, "--name", a.name, "--run-dir", a.runDir, "--fc-bin", a.bin.sim,
 		"--stop-grace", "200ms"}
 	if c.tls != nil {
 		f := a.tlsFiles(c)
 		args = append(args, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA)
 	}
 	cmd := exec.Command("/proc/self/exe", args...)
-	cmd.Env = append(append(os.Environ(), execEnv+"="+bins.nexus), a.env...)
+	cmd.Env = append(append(os.Environ(), execEnv+"="+a.bin.nexus), a.env...)
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {

@@ -38,6 +38,7 @@ var rules = []rule{
 	{pkg: "internal/keyed", allow: []string{}, why: "a leaf utility"},
 	{pkg: "internal/netnsutil", allow: []string{}, why: "a leaf utility"},
 	{pkg: "internal/lifecycle", allow: []string{}, why: "a leaf utility"},
+	{pkg: "internal/version", allow: []string{}, why: "build information is a leaf: every binary may print it"},
 	{pkg: "internal/pki", allow: []string{"internal/pki"},
 		why: "the fleet's CA and TLS configs are a leaf: manager, agent and CLI share them"},
 	{pkg: "internal/agent/jail", allow: []string{},
