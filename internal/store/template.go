@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 )
 
 const templateSelect = "SELECT id, name, project, owner, config, created_at FROM template"
@@ -25,9 +26,14 @@ func (s *sqlStore) CreateTemplate(ctx context.Context, t Template) (Template, er
 	if len(t.Config) == 0 {
 		t.Config = []byte("{}")
 	}
-	_, err = s.exec(ctx,
-		"INSERT INTO template (id, name, project, owner, config, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-		t.ID, t.Name, t.Project, t.Owner, cfg, s.ts(t.CreatedAt))
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.withinQuota(ctx, tx, t.Project, Usage{Templates: 1}); err != nil {
+			return err
+		}
+		_, err := s.txExec(ctx, tx, "INSERT INTO template (id, name, project, owner, config, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+			t.ID, t.Name, t.Project, t.Owner, cfg, s.ts(t.CreatedAt))
+		return err
+	})
 	if err != nil {
 		return Template{}, s.fail(op, err)
 	}
