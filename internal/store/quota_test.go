@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -98,30 +99,9 @@ var quotaBehaviours = []behaviour{
 		const quota = 7
 		must(e.s.PutQuota(ctx, store.Quota{Project: "race", Limits: store.QuotaLimits{VMs: ptr(quota)}}))(t)
 		second := openStore(t, e.dsn)
-		var ok, refused atomic.Int32
-		var wg sync.WaitGroup
-		for i := range 24 {
-			s := e.s
-			if i%2 == 1 {
-				s = second
-			}
-			wg.Go(func() {
-				vm := newVM(fmt.Sprintf("r-%d", i))
-				vm.Project, vm.HostID = "race", h.ID
-				_, err := s.CreateVMWithin(ctx, vm, room)
-				switch {
-				case err == nil:
-					ok.Add(1)
-				case errors.Is(err, store.ErrQuota):
-					refused.Add(1)
-				default:
-					t.Errorf("create %d: %v", i, err)
-				}
-			})
-		}
-		wg.Wait()
-		if ok.Load() != quota || refused.Load() != 24-quota {
-			t.Fatalf("%d created, %d refused; want %d and %d", ok.Load(), refused.Load(), quota, 24-quota)
+		ok, refused := raceCreates(t, []store.Store{e.s, second}, 24, "race", h.ID, room)
+		if ok != quota || refused != 24-quota {
+			t.Fatalf("%d created, %d refused; want %d and %d", ok, refused, quota, 24-quota)
 		}
 		if u := must(e.s.ProjectUsage(ctx, "race"))(t); u.VMs != quota {
 			t.Fatalf("usage %d VMs; want %d", u.VMs, quota)
@@ -138,30 +118,8 @@ var quotaBehaviours = []behaviour{
 		if q := must(a.GetQuota(ctx, "dflt"))(t); !q.Default || q.Limits.VMs == nil || *q.Limits.VMs != 4 {
 			t.Fatalf("quota of a project without one = %+v; want the default", q)
 		}
-		var ok, refused atomic.Int32
-		var wg sync.WaitGroup
-		for i := range 12 {
-			s := a
-			if i%2 == 1 {
-				s = b
-			}
-			wg.Go(func() {
-				vm := newVM(fmt.Sprintf("d-%d", i))
-				vm.Project, vm.HostID = "dflt", h.ID
-				_, err := s.CreateVMWithin(ctx, vm, room)
-				switch {
-				case err == nil:
-					ok.Add(1)
-				case errors.Is(err, store.ErrQuota):
-					refused.Add(1)
-				default:
-					t.Errorf("create %d: %v", i, err)
-				}
-			})
-		}
-		wg.Wait()
-		if ok.Load() != 4 || refused.Load() != 8 {
-			t.Fatalf("%d created, %d refused under a default of 4", ok.Load(), refused.Load())
+		if ok, refused := raceCreates(t, []store.Store{a, b}, 12, "dflt", h.ID, room); ok != 4 || refused != 8 {
+			t.Fatalf("%d created, %d refused under a default of 4", ok, refused)
 		}
 		// Still the default after the anchor row was written.
 		if q := must(b.GetQuota(ctx, "dflt"))(t); !q.Default || *q.Limits.VMs != 4 {
@@ -180,4 +138,30 @@ var quotaBehaviours = []behaviour{
 		vm.Project, vm.HostID = "other", h.ID
 		must(e.s.CreateVMWithin(ctx, vm, room))(t)
 	}},
+}
+
+// raceCreates creates n VMs of project on host at once, taking turns
+// among stores, and counts those created and those refused by a quota.
+func raceCreates(t *testing.T, stores []store.Store, n int, project, hostID string, room store.Resources) (ok, refused int) {
+	t.Helper()
+	var created, quota atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		s := stores[i%len(stores)]
+		wg.Go(func() {
+			vm := newVM(fmt.Sprintf("%s-%d", project, i))
+			vm.Project, vm.HostID = project, hostID
+			_, err := s.CreateVMWithin(context.Background(), vm, room)
+			switch {
+			case err == nil:
+				created.Add(1)
+			case errors.Is(err, store.ErrQuota):
+				quota.Add(1)
+			default:
+				t.Errorf("create %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	return int(created.Load()), int(quota.Load())
 }
