@@ -155,9 +155,13 @@ func (e *env) newVM() (id, kernel, rootfs string) {
 func (e *env) do(method, path, token string, body any) (*http.Response, []byte) {
 	e.t.Helper()
 	var r io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		r = bytes.NewReader(b)
+	switch b := body.(type) {
+	case nil:
+	case rawBody:
+		r = strings.NewReader(string(b)) // sent as it is, valid JSON or not
+	default:
+		raw, _ := json.Marshal(body)
+		r = bytes.NewReader(raw)
 	}
 	req, _ := http.NewRequest(method, e.srv.URL+path, r)
 	if token != "" {
@@ -171,6 +175,9 @@ func (e *env) do(method, path, token string, body any) (*http.Response, []byte) 
 	raw, _ := io.ReadAll(resp.Body)
 	return resp, raw
 }
+
+// rawBody is a request body do sends byte for byte.
+type rawBody string
 
 // boot runs the whole sequence through the agent as the manager would.
 func (e *env) boot(ctx context.Context, id, kernel, rootfs string) {
@@ -403,6 +410,23 @@ func TestProxyRefusals(t *testing.T) {
 			{"agent token as a kernel", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": filepath.Join(e.layout.RunDir, "agent.token")}, 403, "forbidden"},
 			{"another vm's disk", "PUT", base + "/drives/rootfs", map[string]any{"drive_id": "rootfs", "is_root_device": true, "path_on_host": e.layout.VMDir(other) + "/drives/rootfs.ext4"}, 403, "forbidden"},
 			{"directory as initrd", "PUT", base + "/boot-source", map[string]any{"kernel_image_path": "/bin/true", "initrd_path": "/etc"}, 403, "forbidden"},
+			// Fail closed: a body the agent cannot read as one JSON object
+			// never reaches firecracker.
+			{"array to logger", "PUT", base + "/logger", rawBody(`[{"log_path":"/etc/cron.d/x"}]`), 400, "invalid_request"},
+			{"array to network-interfaces", "PUT", base + "/network-interfaces/eth0", rawBody(`[{"iface_id":"eth0","host_dev_name":"tap-x"}]`), 400, "invalid_request"},
+			{"array to snapshot/create", "PUT", base + "/snapshot/create", rawBody(`[]`), 400, "invalid_request"},
+			{"string body", "PUT", base + "/logger", rawBody(`"logs/fc.log"`), 400, "invalid_request"},
+			{"path of the wrong type", "PUT", base + "/logger", rawBody(`{"log_path":["/etc/cron.d/x"]}`), 400, "invalid_request"},
+			{"nested object of the wrong type", "PUT", base + "/snapshot/load", rawBody(`{"snapshot_path":"snapshots/s","mem_backend":"/etc/shadow"}`), 400, "invalid_request"},
+			{"tap of the wrong type", "PUT", base + "/network-interfaces/eth0", rawBody(`{"iface_id":"eth0","host_dev_name":7}`), 400, "invalid_request"},
+			{"overrides of the wrong type", "PUT", base + "/snapshot/load", rawBody(`{"snapshot_path":"snapshots/s","network_overrides":{"host_dev_name":"tap-x"}}`), 400, "invalid_request"},
+			{"trailing data", "PUT", base + "/logger", rawBody(`{"log_path":"logs/fc.log"} {"log_path":"/etc/cron.d/x"}`), 400, "invalid_request"},
+			{"trailing garbage", "PUT", base + "/logger", rawBody(`{"log_path":"logs/fc.log"}x`), 400, "invalid_request"},
+			{"duplicate key", "PUT", base + "/logger", rawBody(`{"log_path":"logs/fc.log","log_path":"/etc/cron.d/x"}`), 400, "invalid_request"},
+			{"duplicate key by escape", "PUT", base + "/logger", rawBody(`{"log_path":"logs/fc.log","log\u005fpath":"/etc/cron.d/x"}`), 400, "invalid_request"},
+			{"nested duplicate key", "PUT", base + "/snapshot/load", rawBody(`{"snapshot_path":"snapshots/s","mem_backend":{"backend_type":"File","backend_path":"snapshots/m","backend_path":"/etc/shadow"}}`), 400, "invalid_request"},
+			{"escaped path outside", "PUT", base + "/logger", rawBody(`{"log\u005fpath":"\/etc\/cron.d\/x"}`), 403, "forbidden"},
+			{"not JSON", "PUT", base + "/logger", rawBody(`{log_path: "/etc/cron.d/x"}`), 400, "invalid_request"},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {

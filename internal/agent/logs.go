@@ -62,9 +62,9 @@ func (a *Agent) logs(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, apierr.NotFound("vm run dir", id))
 		return
 	}
-	lines, err := tailFile(path, n)
+	lines, err := tailFile(a.openInVMs, path, n)
 	if err != nil {
-		a.fail(w, r, apierr.Internal(err))
+		a.fail(w, r, readErr(err, path))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.LogLines{Source: src, Path: path, Lines: lines})
@@ -102,9 +102,9 @@ func (a *Agent) tailFiles(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, apierr.BadRequest("path %q is not a regular file", p))
 		return
 	}
-	lines, err := tailFile(real, n)
+	lines, err := tailFile(a.openInVMs, real, n)
 	if err != nil {
-		a.fail(w, r, apierr.Internal(err))
+		a.fail(w, r, readErr(err, p))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.LogLines{Source: "file", Path: p, Lines: lines})
@@ -115,9 +115,9 @@ func (a *Agent) metrics(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, apierr.NotFound("vm run dir", id))
 		return
 	}
-	lines, err := tailFile(a.cfg.Layout.MetricsPath(id), 1)
+	lines, err := tailFile(a.openInVMs, a.cfg.Layout.MetricsPath(id), 1)
 	if err != nil {
-		a.fail(w, r, apierr.Internal(err))
+		a.fail(w, r, readErr(err, a.cfg.Layout.MetricsPath(id)))
 		return
 	}
 	var rec agentapi.MetricsRecord
@@ -142,14 +142,27 @@ const maxTailBytes = 4 << 20
 // maxLineBytes cuts longer lines in tails and streams.
 const maxLineBytes = 64 << 10
 
+// readErr is the answer to a log or metrics file that could not be read:
+// 403 for one reached through a symbolic link (or not a regular file),
+// 500 otherwise.
+func readErr(err error, path string) error {
+	if errors.Is(err, errSymlink) {
+		return apierr.Forbidden("%s is a symbolic link, lies behind one, or is not a regular file: the agent does not follow links in VM run dirs", path)
+	}
+	return apierr.Internal(err)
+}
+
+// opener opens a file for reading (Agent.openInVMs: no symbolic links).
+type opener func(path string) (*os.File, error)
+
 // tailFile returns the last n lines of path, reading backwards in blocks
 // and counting newlines only in each new block. A missing file has no lines.
-func tailFile(path string, n int) ([]string, error) {
+func tailFile(open opener, path string, n int) ([]string, error) {
 	lines := []string{}
 	if n == 0 {
 		return lines, nil
 	}
-	f, err := os.Open(path)
+	f, err := open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return lines, nil
 	}
@@ -254,7 +267,7 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 			off = 0 // the file was replaced since: all of the new one is new
 		}
 	case n > 0:
-		off = tailOffset(path, n)
+		off = tailOffset(a.openInVMs, path, n)
 	default:
 		if fi, err := os.Stat(path); err == nil {
 			off = fi.Size()
@@ -277,7 +290,7 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 	defer tick.Stop()
 	for {
 		sent := false
-		if f, err := os.Open(path); err == nil {
+		if f, err := a.openInVMs(path); err == nil {
 			if fi, err := f.Stat(); err == nil && fi.Size() < off {
 				off, partial = 0, nil // truncated or replaced: start over
 			}
@@ -322,8 +335,8 @@ func (a *Agent) streamLogs(w http.ResponseWriter, r *http.Request, id string) {
 // tailOffset returns where the last n lines of path start (0 for a short
 // or missing file). It reads backwards at most maxTailBytes; a longer
 // stretch starts at the first line boundary inside it.
-func tailOffset(path string, n int) int64 {
-	f, err := os.Open(path)
+func tailOffset(open opener, path string, n int) int64 {
+	f, err := open(path)
 	if err != nil {
 		return 0
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -322,9 +323,13 @@ type bodyFile struct {
 
 // checkBody enforces the host-path rules on a relayed body: no request may
 // make a root-owned VMM write outside its VM's run dir, read outside the
-// allowed roots, or take another VM's TAP. Bodies firecracker would reject
-// as malformed are passed through for firecracker to answer. It returns
-// the files the body names.
+// allowed roots, or take another VM's TAP. It fails closed: a body of
+// these endpoints that is not exactly one JSON object (an array, trailing
+// data, a duplicate key at any depth) or whose path and TAP fields have
+// another type than firecracker's (strings, an object, an array of
+// objects) is refused with 400 before firecracker sees it, so what the
+// agent judged is what firecracker reads. It returns the files the body
+// names.
 func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []byte) ([]bodyFile, error) {
 	key := ep.Method + " " + ep.Path
 	rules, hasRules := bodyPaths[key]
@@ -332,9 +337,13 @@ func (p *proxy) checkBody(id string, ep firecracker.Endpoint, _ string, body []b
 	if (!hasRules && !taps) || len(body) == 0 {
 		return nil, nil
 	}
-	var doc map[string]any
-	if json.Unmarshal(body, &doc) != nil {
-		return nil, nil // firecracker answers bad JSON itself
+	doc, err := strictObject(body)
+	if err != nil {
+		return nil, apierr.BadRequest("body of %s: %v", key, err).
+			WithSuggestion("send one JSON object, each key once, as firecracker's API describes")
+	}
+	if err := checkFieldTypes(doc, rules, taps); err != nil {
+		return nil, apierr.BadRequest("body of %s: %v", key, err)
 	}
 	vmDir := p.layout.VMDir(id)
 	var files []bodyFile
@@ -452,6 +461,136 @@ func isSnapshotFile(vmsDir, abs string) bool {
 	}
 	parts := strings.Split(rel, string(filepath.Separator))
 	return len(parts) >= 4 && hostlayout.ValidVMID(parts[0]) && parts[1] == "snapshots"
+}
+
+// maxBodyDepth bounds the nesting of a relayed body (firecracker's are
+// three deep at most).
+const maxBodyDepth = 32
+
+// strictObject decodes body as exactly one JSON object: no trailing data,
+// no key twice in any object (after unescaping, as firecracker's parser
+// sees it), at most maxBodyDepth deep.
+func strictObject(body []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	v, err := strictValue(dec, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	doc, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("a JSON object is expected, not %s", jsonKind(v))
+	}
+	return doc, nil
+}
+
+func strictValue(dec *json.Decoder, depth int) (any, error) {
+	if depth > maxBodyDepth {
+		return nil, fmt.Errorf("nested deeper than %d", maxBodyDepth)
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	switch tok {
+	case json.Delim('{'):
+		m := map[string]any{}
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return nil, fmt.Errorf("not valid JSON: %w", err)
+			}
+			k, _ := kt.(string)
+			if _, dup := m[k]; dup {
+				return nil, fmt.Errorf("key %q appears twice", k)
+			}
+			if m[k], err = strictValue(dec, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		_, err := dec.Token() // '}'
+		return m, err
+	case json.Delim('['):
+		a := []any{}
+		for dec.More() {
+			v, err := strictValue(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			a = append(a, v)
+		}
+		_, err := dec.Token() // ']'
+		return a, err
+	}
+	return tok, nil
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "an object"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return "null"
+}
+
+// checkFieldTypes refuses a body whose path or TAP fields are there with
+// another type than firecracker's: the agent would not see them, and a
+// parser that reads them differently must not get the chance.
+func checkFieldTypes(doc map[string]any, rules []pathRule, taps bool) error {
+	for _, r := range rules {
+		var cur any = doc
+		for i, f := range r.field {
+			m, ok := cur.(map[string]any)
+			if !ok {
+				return fmt.Errorf("%s must be an object, not %s", strings.Join(r.field[:i], "."), jsonKind(cur))
+			}
+			if cur, ok = m[f]; !ok || cur == nil {
+				break
+			}
+			if i == len(r.field)-1 {
+				if _, ok := cur.(string); !ok {
+					return fmt.Errorf("%s must be a string, not %s", strings.Join(r.field, "."), jsonKind(cur))
+				}
+			}
+		}
+	}
+	if !taps {
+		return nil
+	}
+	if v, ok := doc["host_dev_name"]; ok && v != nil {
+		if _, ok := v.(string); !ok {
+			return fmt.Errorf("host_dev_name must be a string, not %s", jsonKind(v))
+		}
+	}
+	if v, ok := doc["network_overrides"]; ok && v != nil {
+		ovs, ok := v.([]any)
+		if !ok {
+			return fmt.Errorf("network_overrides must be an array, not %s", jsonKind(v))
+		}
+		for i, o := range ovs {
+			m, ok := o.(map[string]any)
+			if !ok {
+				return fmt.Errorf("network_overrides[%d] must be an object, not %s", i, jsonKind(o))
+			}
+			if d, ok := m["host_dev_name"]; ok && d != nil {
+				if _, ok := d.(string); !ok {
+					return fmt.Errorf("network_overrides[%d].host_dev_name must be a string, not %s", i, jsonKind(d))
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func lookupString(doc map[string]any, field []string) (string, bool) {

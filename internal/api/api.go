@@ -37,6 +37,7 @@ type Deps struct {
 	Hosts     HostService
 	Tokens    TokenService
 	Audit     AuditLog
+	Quotas    QuotaService
 	Ping      func(context.Context) error // the store answers (readiness)
 	JoinToken string                      // agents present it on their routes
 	// AgentCertRequired: agents' routes also need a client certificate of
@@ -49,6 +50,16 @@ type Deps struct {
 	// Registry receives the API's metrics; /metrics serves it.
 	Registry *prometheus.Registry
 	Version  string
+	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
+	// once (zero: DefaultMaxStreams, DefaultMaxStreamsPerToken).
+	MaxStreams, MaxStreamsPerToken int
+	// CORSOrigins are the exact origins (scheme://host[:port]) whose
+	// browsers may call the API cross-origin (NEXUS_CORS_ORIGINS); empty:
+	// none, no CORS headers at all. ParseCORSOrigins checks them.
+	CORSOrigins []string
+	// RateLimits limit each token's calls by class and each source's calls
+	// without a valid token (zero: no limits).
+	RateLimits RateLimits
 	// Fleet, when set, adds the fleet gauges (VMs, hosts, snapshots,
 	// store) to /metrics; they are read from it at scrape time.
 	Fleet fleetmetrics.FleetStore
@@ -64,6 +75,7 @@ type Server struct {
 	hosts     HostService
 	tokens    TokenService
 	audit     AuditLog
+	quotas    QuotaService
 	ping      func(context.Context) error
 	joinToken string
 	agentCert bool
@@ -79,8 +91,10 @@ type Server struct {
 	// walk them and a new route cannot forget its policy.
 	ops []*huma.Operation
 
-	// streams holds a slot per log stream being relayed (maxLogStreams).
-	streams chan struct{}
+	// streams counts the log streams being relayed, against their caps.
+	streams *streamLimiter
+	// limits are the rate limits per token and per source.
+	limits *rateLimiter
 }
 
 // huma builds its errors (validation, bad JSON, 404 …) through a
@@ -105,12 +119,16 @@ func New(d Deps) *Server {
 	}
 	s := &Server{
 		vms: d.VMs, images: d.Images, templates: d.Templates, pools: d.Pools, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
-		audit: d.Audit, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
+		audit: d.Audit, quotas: d.Quotas, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
-		streams: make(chan struct{}, maxLogStreams),
+		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),
+		limits:  newRateLimiter(d.Registry, d.RateLimits),
 	}
 
 	mux := chi.NewMux()
+	if len(d.CORSOrigins) > 0 {
+		mux.Use(corsMiddleware(d.CORSOrigins))
+	}
 	mux.Use(httpmw.Middleware(d.Log, "/healthz", "/readyz", "/metrics"))
 	mux.Use(s.m.middleware)
 	mux.Use(jsonByDefault)
@@ -252,6 +270,10 @@ func writeErr(w http.ResponseWriter, r *http.Request, err error) {
 func (s *Server) toAPIError(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
+	}
+	// A project's quota, wherever in the chain the store's refusal is.
+	if qe, ok := quotaError(err); ok {
+		return qe
 	}
 	// A service error first: it may wrap an agent's *apierr.Error, whose
 	// status and words are the agent's, not the caller's.

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"time"
 
@@ -10,7 +11,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/nexus-microvm/nexus/internal/apierr"
-	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/httpmw"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -22,6 +22,7 @@ type AuditLog interface {
 	BeginAudit(ctx context.Context, e store.AuditEntry) (int64, error)
 	CompleteAudit(ctx context.Context, id int64, result store.AuditResult, after json.RawMessage, errText string) error
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEntry, error)
+	CountDenial(ctx context.Context, e store.AuditEntry) error
 }
 
 type newIDKey struct{}
@@ -37,14 +38,41 @@ func mutating(pol policy, op *huma.Operation) bool {
 	return op.Method != http.MethodGet && op.Method != http.MethodHead && pol.NoAudit == ""
 }
 
+// anonymous is the actor of a call without valid credentials.
+const anonymous = "anonymous"
+
 // deny answers a refused call and, for a mutating one, leaves an audit row
-// with result denied.
+// with result denied. An anonymous caller's denials are counted, not
+// listed: one row per source address, action and minute (CountDenial), so
+// a flood of them costs the database a row a minute. The guard has
+// already refused ids longer than their bound (checkPathBounds), and the
+// store truncates every field.
 func (s *Server) deny(ctx huma.Context, pol policy, actor string, e *apierr.Error) {
 	if mutating(pol, ctx.Operation()) {
-		id := s.beginAudit(ctx, pol, actor, ctx.Param("id"))
-		s.completeAudit(ctx.Context(), id, store.AuditDenied, nil, e.Message)
+		if actor == anonymous {
+			err := s.audit.CountDenial(context.WithoutCancel(ctx.Context()), store.AuditEntry{
+				Actor: actor, Action: pol.Action, Resource: pol.Resource, ResourceID: ctx.Param("id"),
+				RequestID: httpmw.RequestID(ctx.Context()), Error: e.Message, Source: sourceOf(ctx),
+			})
+			if err != nil {
+				s.log.Error("audit: could not count denial", "request_id", httpmw.RequestID(ctx.Context()), "action", pol.Action, "err", err)
+			}
+		} else {
+			id := s.beginAudit(ctx, pol, actor, ctx.Param("id"))
+			s.completeAudit(ctx.Context(), id, store.AuditDenied, nil, e.Message)
+		}
 	}
 	s.writeHumaErr(ctx, e)
+}
+
+// sourceOf is the caller's IP address (the connection's peer: a header
+// such as X-Forwarded-For is the caller's to forge).
+func sourceOf(ctx huma.Context) string {
+	host, _, err := net.SplitHostPort(ctx.RemoteAddr())
+	if err != nil {
+		return ctx.RemoteAddr()
+	}
+	return host
 }
 
 // audited runs next, wrapped in a pending audit row that is completed with
@@ -78,7 +106,7 @@ func (s *Server) beginAudit(ctx huma.Context, pol policy, actor, resourceID stri
 	c := ctx.Context()
 	id, err := s.audit.BeginAudit(context.WithoutCancel(c), store.AuditEntry{
 		Actor: actor, Action: pol.Action, Resource: pol.Resource, ResourceID: resourceID,
-		RequestID: httpmw.RequestID(c), Before: s.summarize(c, pol.Resource, resourceID),
+		RequestID: httpmw.RequestID(c), Before: s.summarize(c, pol.Resource, resourceID), Source: sourceOf(ctx),
 	})
 	if err != nil {
 		// The call still runs: refusing every mutation while the audit
@@ -168,6 +196,12 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 			return nil
 		}
 		v = map[string]any{"id": sn.ID, "vm_id": sn.VMID, "project": sn.Project, "host_id": sn.HostID, "size": sn.Size}
+	case "project":
+		q, err := s.quotas.GetQuota(ctx, id)
+		if err != nil {
+			return nil
+		}
+		v = map[string]any{"project": q.Project, "quota": limitsOut(q.Limits)}
 	default:
 		return nil
 	}
@@ -196,9 +230,9 @@ func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, e
 		rid = in.VMID
 	}
 	p, _ := principal(ctx)
-	if p.Role != auth.RoleAdmin {
+	if !globalAdmin(p) {
 		if in.VMID == "" {
-			return nil, apierr.Forbidden("only admins list the whole audit trail").
+			return nil, apierr.Forbidden("only admins of every project list the whole audit trail").
 				WithSuggestion("pass vm_id for the history of one of your VMs")
 		}
 		if _, err := s.vms.GetVM(ctx, scope(ctx), in.VMID); err != nil {
@@ -220,7 +254,7 @@ func (s *Server) listAudit(ctx context.Context, in *auditInput) (*auditOutput, e
 		out.Body.Items = append(out.Body.Items, apitypes.AuditEntry{
 			ID: r.ID, At: r.At, Actor: r.Actor, Action: r.Action, Resource: r.Resource, ResourceID: r.ResourceID,
 			RequestID: r.RequestID, Result: string(r.Result), Before: r.Before, After: r.After, Error: r.Error,
-			CompletedAt: r.CompletedAt,
+			CompletedAt: r.CompletedAt, Source: r.Source, Count: r.Count,
 		})
 	}
 	return out, nil

@@ -28,7 +28,7 @@ var errorText = map[int]string{
 	http.StatusForbidden:           "The token's role or project may not do this, or dev-only input in prod (error: forbidden, raw_path_refused, path_not_allowed …)",
 	http.StatusNotFound:            "No such resource, or one this token may not see (error: not_found)",
 	http.StatusConflict:            "The resource's state or a name in use forbids this (error: name_taken, vm_paused, vm_not_running, image_in_use, host_not_empty …)",
-	http.StatusTooManyRequests:     "Too many requests or streams for this caller; retry after the Retry-After header's seconds (error: too_many_requests)",
+	http.StatusTooManyRequests:     "Too many calls or streams: this token's rate limit for the call's class, its source's calls without a valid token, or a stream cap; retry after the Retry-After header's seconds (error: rate_limited, too_many_streams)",
 	http.StatusInternalServerError: "A fault of the server; the log has the cause under request_id (error: internal)",
 	http.StatusBadGateway:          "The VM's host or firecracker failed; fault_message and log_tail carry their words (error: agent_unavailable, firecracker_error …)",
 	http.StatusServiceUnavailable:  "No host can take the VM now, or the manager is not ready (error: no_capacity, no_hosts, host_full, host_not_ready, not_ready)",
@@ -85,18 +85,19 @@ var (
 )
 
 // errorStatuses lists the error statuses of an operation: 400 when it
-// takes input, 401/403 from authentication and roles, 404 for a resource
+// takes input, 401/403 from authentication and roles, 429 from rate limits, 404 for a resource
 // in its path, 500 always, and its service's own (serviceErrs).
 func errorStatuses(op *huma.Operation, pol policy) []int {
 	st := []int{http.StatusInternalServerError}
 	if len(op.Parameters) > 0 || op.RequestBody != nil {
 		st = append(st, http.StatusBadRequest)
 	}
+	// 429: rate limits per token and per source (ratelimit.go).
 	switch pol.Auth {
 	case authToken:
-		st = append(st, http.StatusUnauthorized, http.StatusForbidden)
+		st = append(st, http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests)
 	case authJoin:
-		st = append(st, http.StatusUnauthorized)
+		st = append(st, http.StatusUnauthorized, http.StatusTooManyRequests)
 	}
 	if strings.Contains(op.Path, "{") {
 		st = append(st, http.StatusNotFound)

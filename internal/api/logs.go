@@ -4,8 +4,10 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
+	"github.com/danielgtaylor/huma/v2/adapters/humachi"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
@@ -38,37 +40,53 @@ type streamInput struct {
 	LastEventID string `header:"Last-Event-ID" maxLength:"32" doc:"resume after this event id (what a reconnecting EventSource sends); wins over tail"`
 }
 
-// maxLogStreams bounds the log streams one manager relays at once: each
-// holds a connection to an agent and a goroutine for as long as the
-// client stays.
-const maxLogStreams = 256
+// How long a relayed stream may stay silent or blocked: the agent writes a
+// keep-alive comment every 15 s, so an upstream quiet for longer than
+// streamIdle is gone; a caller that takes longer than streamWriteTimeout
+// to accept a write stopped reading.
+const (
+	streamIdle         = 45 * time.Second
+	streamWriteTimeout = 30 * time.Second
+)
 
 // vmLogsStream relays the agent's event stream (ids, keep-alives and all)
-// to the caller until either side goes away.
+// to the caller until either side goes away, goes quiet or stops reading.
 func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.StreamResponse, error) {
-	select {
-	case s.streams <- struct{}{}:
-	default:
-		return nil, huma.ErrorWithHeaders(apierr.Newf(http.StatusTooManyRequests, "too_many_streams", "this manager already relays %d log streams", maxLogStreams).
-			WithSuggestion("close streams you no longer read, or retry later"), http.Header{"Retry-After": {"5"}})
+	p, _ := principal(ctx)
+	vm, err := s.vms.GetVM(ctx, scope(ctx), in.ID)
+	if err != nil {
+		return nil, err
+	}
+	q, err := s.quotas.GetQuota(ctx, vm.Project)
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.streams.acquire(p.TokenID, vm.Project, q.Limits.Streams)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := s.vms.StreamLogsFrom(ctx, scope(ctx), in.ID, agentapi.StreamOptions{Source: in.Source, Tail: in.Tail, LastEventID: in.LastEventID})
 	if err != nil {
-		<-s.streams
+		release()
 		return nil, err
 	}
 	return &huma.StreamResponse{Body: func(hctx huma.Context) {
-		defer func() { <-s.streams }()
+		defer release()
 		defer resp.Body.Close()
-		// The relay ends when the caller goes, or at once when the manager
-		// shuts down: a stream must never hold a shutdown.
+		// The relay ends when the caller goes, when the agent is quiet for
+		// streamIdle, or at once when the manager shuts down: a stream must
+		// never hold a shutdown.
 		done := make(chan struct{})
 		defer close(done)
+		idle := time.NewTimer(streamIdle)
+		defer idle.Stop()
 		go func() {
 			select {
 			case <-done:
 			case <-hctx.Context().Done():
 			case <-httpmw.Closing(hctx.Context()):
+			case <-idle.C:
+				s.log.Debug("log stream idle; ending it", "vm_id", in.ID, "idle", streamIdle)
 			}
 			resp.Body.Close()
 		}()
@@ -78,6 +96,11 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 		hctx.SetHeader("X-Accel-Buffering", "no")
 		hctx.SetStatus(http.StatusOK)
 		w := hctx.BodyWriter()
+		_, rw := humachi.Unwrap(hctx)
+		rc := http.NewResponseController(rw)
+		// The connection may serve another request after the stream: it
+		// must not inherit a deadline.
+		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 		flusher, _ := w.(http.Flusher)
 		if flusher != nil {
 			flusher.Flush() // headers now: the client knows the stream is open before the first line
@@ -86,6 +109,10 @@ func (s *Server) vmLogsStream(ctx context.Context, in *streamInput) (*huma.Strea
 		for {
 			n, err := resp.Body.Read(buf)
 			if n > 0 {
+				idle.Reset(streamIdle)
+				// A caller that stops reading must not hold its slot, its
+				// descriptors and this goroutine forever.
+				_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
 				}

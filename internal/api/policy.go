@@ -44,6 +44,10 @@ type policy struct {
 	// NoAudit exempts a mutating call from the audit trail; only for
 	// machine chatter (agent heartbeats), and it must say why.
 	NoAudit string
+	// ProjectAdmin lets an admin token of one project call an admin
+	// operation, within that project (its handler keeps it there); every
+	// other admin operation needs an admin of every project ("*").
+	ProjectAdmin bool
 }
 
 // Policy constructors for routes.go and the per-resource route files.
@@ -67,6 +71,16 @@ func join(action string) policy { return policy{Auth: authJoin, Action: action, 
 
 // creates marks an operation that makes a new resource (see Creates).
 func creates(p policy) policy { p.Creates = true; return p }
+
+// projectAdmin lets a project's admins call p within their project.
+func projectAdmin(p policy) policy { p.ProjectAdmin = true; return p }
+
+// globalAdmin reports whether p administers every project: an admin
+// token of project "*". An admin token of one project administers that
+// project only: its VMs, images, templates, snapshots and tokens.
+func globalAdmin(p auth.Principal) bool {
+	return p.Role == auth.RoleAdmin && p.Project == auth.AllProjects
+}
 
 type authKind int
 
@@ -92,14 +106,15 @@ func principal(ctx context.Context) (auth.Principal, bool) {
 	return p, ok
 }
 
-// scope is what the caller may see: an admin sees every project, anyone
-// else only the project of their token.
+// scope is what the caller may see: an admin of every project sees
+// every project, anyone else (a project's admin too) only the project of
+// their token.
 func scope(ctx context.Context) manager.Scope {
 	p, ok := principal(ctx)
 	if !ok {
 		return manager.Scope{} // sees nothing
 	}
-	if p.Role == auth.RoleAdmin {
+	if globalAdmin(p) {
 		return manager.All
 	}
 	// A token of project "*" reads (or, as operator, acts on) every project.
@@ -123,15 +138,31 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 		s.writeHumaErr(ctx, apierr.Internal(errors.New("operation "+ctx.Operation().OperationID+" has no policy")))
 		return
 	}
-	switch pol.Auth {
-	case authNone:
+	// Before anything is looked up or written: a path value longer than
+	// its documented bound names nothing, and must not reach the audit.
+	if e := checkPathBounds(ctx); e != nil {
+		s.writeHumaErr(ctx, e)
+		return
+	}
+	if pol.Auth == authNone {
 		next(ctx)
 		return
+	}
+	// A source whose calls without a valid token used up its bucket is
+	// refused before its token is looked up and hashed, and before the
+	// audit: guessing costs the guesser.
+	src := sourceKey(sourceOf(ctx))
+	if err := s.limits.blocked(classAuthFail, src, src); err != nil {
+		s.writeHumaErr(ctx, err)
+		return
+	}
+	switch pol.Auth {
 	case authJoin:
 		want := s.joinToken
 		got := bearer(ctx.Header("Authorization"))
 		if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-			s.deny(ctx, pol, "anonymous", apierr.Unauthorized("missing or wrong join token").
+			s.limits.spend(classAuthFail, src)
+			s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing or wrong join token").
 				WithSuggestion("agents register with the fleet's join token (AGENT_TOKEN = the manager's NEXUS_JOIN_TOKEN)"))
 			return
 		}
@@ -141,7 +172,7 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 			// the CA; here it must have been presented at all.
 			names := pki.PeerNames(ctx.TLS())
 			if len(names) == 0 {
-				s.deny(ctx, pol, "anonymous", apierr.Newf(http.StatusForbidden, "agent_cert_required", "agents must present a client certificate of the manager's CA").
+				s.deny(ctx, pol, anonymous, apierr.Newf(http.StatusForbidden, "agent_cert_required", "agents must present a client certificate of the manager's CA").
 					WithSuggestion("give the agent --tls-cert and --tls-key issued by this CA (`nexus cert issue --host NAME`)"))
 				return
 			}
@@ -153,29 +184,59 @@ func (s *Server) guard(ctx huma.Context, next func(huma.Context)) {
 	}
 	tok := bearer(ctx.Header("Authorization"))
 	if tok == "" {
-		s.deny(ctx, pol, "anonymous", apierr.Unauthorized("missing bearer token").
+		s.limits.spend(classAuthFail, src)
+		s.deny(ctx, pol, anonymous, apierr.Unauthorized("missing bearer token").
 			WithSuggestion("send 'Authorization: Bearer <token>'; `nexus up` printed an admin token and wrote it to <data-dir>/admin.token"))
 		return
 	}
 	p, err := s.auth.Authenticate(ctx.Context(), tok)
 	if err != nil {
 		if errors.Is(err, auth.ErrUnauthenticated) {
-			s.deny(ctx, pol, "anonymous", apierr.Unauthorized("invalid, revoked or rotated token"))
+			s.limits.spend(classAuthFail, src)
+			s.deny(ctx, pol, anonymous, apierr.Unauthorized("invalid, revoked or rotated token"))
 		} else {
 			s.writeHumaErr(ctx, s.toAPIError(ctx.Context(), err))
 		}
 		return
 	}
 	ctx = huma.WithValue(ctx, principalKey{}, p)
+	// Every token's calls, by class; a refused call changes nothing and
+	// is not audited (it never started).
+	if err := s.limits.take(classOf(ctx.Operation(), pol), p.TokenID, p.Actor()); err != nil {
+		s.writeHumaErr(ctx, err)
+		return
+	}
 	if roleRank[p.Role] < roleRank[pol.Role] {
 		s.deny(ctx, pol, p.Actor(), apierr.Forbidden("role %s may not %s; it needs %s", p.Role, describeAction(pol, ctx), pol.Role).
 			WithSuggestion("ask an admin for a token with that role"))
+		return
+	}
+	if pol.Role == auth.RoleAdmin && !pol.ProjectAdmin && !globalAdmin(p) {
+		s.deny(ctx, pol, p.Actor(), apierr.Forbidden("an admin token of project %s administers that project only; %s needs an admin of every project", p.Project, describeAction(pol, ctx)).
+			WithSuggestion("ask for an admin token of project \"*\""))
 		return
 	}
 	if strings.HasPrefix(ctx.Operation().Path, "/v1/vms/{id}") {
 		s.vmByName(ctx)
 	}
 	s.audited(ctx, pol, p.Actor(), next)
+}
+
+// checkPathBounds refuses a path parameter longer than its schema's
+// maxLength (every path parameter has one: TestPathParametersBounded) with
+// the 400 huma's validation would give, but before authentication and
+// the audit see it.
+func checkPathBounds(ctx huma.Context) *apierr.Error {
+	for _, p := range ctx.Operation().Parameters {
+		if p.In != "path" || p.Schema == nil || p.Schema.MaxLength == nil {
+			continue
+		}
+		if v := ctx.Param(p.Name); len(v) > *p.Schema.MaxLength {
+			return apierr.Newf(http.StatusBadRequest, "invalid_request", "path.%s: %d bytes; at most %d", p.Name, len(v), *p.Schema.MaxLength).
+				WithSuggestion("see GET /openapi.json for the path's bounds")
+		}
+	}
+	return nil
 }
 
 // vmByName lets every /v1/vms/{id}… route take a VM's name as well as its
@@ -218,6 +279,14 @@ func describeAction(pol policy, ctx huma.Context) string {
 
 // writeHumaErr writes an error from middleware in the contract's shape.
 func (s *Server) writeHumaErr(ctx huma.Context, err error) {
+	var he huma.HeadersError
+	if errors.As(err, &he) {
+		for k, vs := range he.GetHeaders() {
+			for _, v := range vs {
+				ctx.AppendHeader(k, v)
+			}
+		}
+	}
 	e := *apierr.From(err)
 	e.RequestID = httpmw.RequestID(ctx.Context())
 	httpmw.SetErrorCode(ctx.Context(), e.Code)

@@ -33,16 +33,23 @@ func (ts *testServer) deps(authn Authenticator) Deps {
 	m := ts.mgr
 	return Deps{
 		VMs: m.VMs, Images: m.Images, Templates: m.Templates, Snapshots: m.Snapshots, Pools: m.Pools, Hosts: m.Hosts, Tokens: m.Tokens,
-		Audit: ts.st, Ping: ts.st.Ping, JoinToken: "join", Fleet: ts.st,
+		Audit: ts.st, Quotas: ts.st, Ping: ts.st.Ping, JoinToken: "join", Fleet: ts.st,
 		Auth: authn, Log: slog.New(slog.DiscardHandler), Version: "test",
 	}
 }
 
 func newTestServer(t testing.TB) *testServer {
 	t.Helper()
+	return newTestServerAt(t, filepath.Join(t.TempDir(), "nexus.db"))
+}
+
+// newTestServerAt is newTestServer with its SQLite file at path, and its
+// Deps changed by opts.
+func newTestServerAt(t testing.TB, path string, opts ...func(*Deps)) *testServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "nexus.db"))
+	st, err := store.Open(ctx, "sqlite://"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +59,19 @@ func newTestServer(t testing.TB) *testServer {
 	mgr := manager.New(ctx, manager.Config{JoinToken: "join"}, st, log)
 	mgr.Tokens.OnChange = authn.Invalidate
 	ts := &testServer{st: st, mgr: mgr, tokens: map[auth.Role]string{}}
-	ts.srv = New(ts.deps(authn))
+	d := ts.deps(authn)
+	for _, o := range opts {
+		o(&d)
+	}
+	ts.srv = New(d)
 	ts.http = httptest.NewServer(ts.srv)
 	t.Cleanup(ts.http.Close)
 	for _, r := range []auth.Role{auth.RoleViewer, auth.RoleOperator, auth.RoleAdmin} {
-		secret, _, err := auth.Issue(ctx, st, "", string(r)+"-user", r, "team-a")
+		project := "team-a"
+		if r == auth.RoleAdmin {
+			project = auth.AllProjects // an admin of every project (an admin of team-a administers team-a only)
+		}
+		secret, _, err := auth.Issue(ctx, st, "", string(r)+"-user", r, project)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,6 +81,19 @@ func newTestServer(t testing.TB) *testServer {
 }
 
 func (ts *testServer) call(t testing.TB, method, path, token, body string) (int, apierr.Error) {
+	t.Helper()
+	resp, raw := ts.raw(t, method, path, token, body)
+	var e apierr.Error
+	if resp.StatusCode >= 400 {
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.Fatalf("%s %s: %d %q is not the error contract", method, path, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode, e
+}
+
+// raw sends a request and returns the answer with its body read.
+func (ts *testServer) raw(t testing.TB, method, path, token, body string) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, ts.http.URL+path, strings.NewReader(body))
 	if token != "" {
@@ -78,13 +106,7 @@ func (ts *testServer) call(t testing.TB, method, path, token, body string) (int,
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var e apierr.Error
-	if resp.StatusCode >= 400 {
-		if err := json.Unmarshal(raw, &e); err != nil {
-			t.Fatalf("%s %s: %d %q is not the error contract", method, path, resp.StatusCode, raw)
-		}
-	}
-	return resp.StatusCode, e
+	return resp, raw
 }
 
 // fill replaces path parameters with sample values.

@@ -53,10 +53,10 @@ func (s *Server) routes() {
 	register(s, "reconciler", http.MethodGet, "/v1/reconciler", "Whether this manager reconciles, and its last pass", viewer, s.reconcilerStatus)
 
 	// Tokens (admin).
-	register(s, "create-token", http.MethodPost, "/v1/tokens", "Create an API token (the secret is shown once)", creates(admin("token.create", "token")), s.createToken, http.StatusCreated)
-	register(s, "list-tokens", http.MethodGet, "/v1/tokens", "List tokens (never secrets)", policy{Role: auth.RoleAdmin}, s.listTokens)
-	register(s, "revoke-token", http.MethodDelete, "/v1/tokens/{id}", "Revoke a token, effective at once", admin("token.revoke", "token"), s.revokeToken)
-	register(s, "rotate-token", http.MethodPost, "/v1/tokens/{id}/rotate", "Give a token a new secret; the old one stops working", admin("token.rotate", "token"), s.rotateToken)
+	register(s, "create-token", http.MethodPost, "/v1/tokens", "Create an API token (the secret is shown once)", creates(projectAdmin(admin("token.create", "token"))), s.createToken, http.StatusCreated)
+	register(s, "list-tokens", http.MethodGet, "/v1/tokens", "List tokens (never secrets)", policy{Role: auth.RoleAdmin, ProjectAdmin: true}, s.listTokens)
+	register(s, "revoke-token", http.MethodDelete, "/v1/tokens/{id}", "Revoke a token, effective at once", projectAdmin(admin("token.revoke", "token")), s.revokeToken)
+	register(s, "rotate-token", http.MethodPost, "/v1/tokens/{id}/rotate", "Give a token a new secret; the old one stops working", projectAdmin(admin("token.rotate", "token")), s.rotateToken)
 
 	// Images, templates and snapshots live in their own files.
 	s.imageRoutes()
@@ -64,6 +64,7 @@ func (s *Server) routes() {
 	s.snapshotRoutes()
 	s.poolRoutes()
 	s.observeRoutes()
+	s.quotaRoutes()
 
 	// Audit.
 	register(s, "list-audit", http.MethodGet, "/v1/audit", "The audit trail, oldest first (admins: all; others: one VM's history)", viewer, s.listAudit)

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +57,25 @@ type ManagerOptions struct {
 	// `nexus up` starts it once its local agent has registered, so the
 	// first pass never judges the host by the previous run's address.
 	HoldReconciler bool
+	// AuditRetention is how long audit rows are kept (NEXUS_AUDIT_RETENTION);
+	// older ones are pruned hourly. Zero keeps them forever.
+	AuditRetention time.Duration
+	// MaxStreams and MaxStreamsPerToken cap the log streams relayed at
+	// once (NEXUS_MAX_STREAMS, NEXUS_MAX_STREAMS_PER_TOKEN; zero: the API's
+	// defaults). The global cap is lowered to what the open-file limit
+	// allows after a reserve for everything else (streamBudget).
+	MaxStreams, MaxStreamsPerToken int
+	// Rates are the API's rate limits by class ("RATE[:BURST]", calls per
+	// second; "0" none; "" the mode's default: api.DefaultRateLimits in
+	// prod, none in dev): NEXUS_RATE_READ, NEXUS_RATE_MUTATION,
+	// NEXUS_RATE_CREATE per token, NEXUS_RATE_AUTH_FAILURE per source.
+	Rates RateOptions
+	// DefaultQuota is NEXUS_DEFAULT_QUOTA: the limits of projects without
+	// a quota of their own, "vms=20,vcpus=40,mem_mib=16384,…" (empty: none).
+	DefaultQuota string
+	// CORSOrigins is NEXUS_CORS_ORIGINS: the exact origins whose pages may
+	// call the API (comma-separated; empty: none).
+	CORSOrigins string
 	// TLS is --tls-cert, --tls-key and --tls-ca (NEXUS_TLS_*): with a
 	// certificate the manager serves HTTPS and presents it to agents; with
 	// a CA it requires agents to present a certificate of it (and checks
@@ -101,6 +122,14 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	if o.Mode == manager.ModeProd && !o.TLS.Enabled() && !pki.LoopbackOnly(o.Listen) {
 		return nil, fmt.Errorf("prod mode serves plain HTTP only on loopback, and %s is not: set --tls-cert and --tls-key (and --tls-ca for agents' certificates), or listen on 127.0.0.1 behind a TLS proxy", o.Listen)
 	}
+	limits, err := o.Rates.limits(o.Mode)
+	if err != nil {
+		return nil, err
+	}
+	origins, err := api.ParseCORSOrigins(o.CORSOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("NEXUS_CORS_ORIGINS: %w", err)
+	}
 	if o.JoinToken == "" {
 		return nil, errors.New("a join token is required (NEXUS_JOIN_TOKEN): agents and manager must share it")
 	}
@@ -121,7 +150,11 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		tlsFiles.ConfigureTransport(tr)
 		agentTransport = tr
 	}
-	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log))
+	defQuota, err := ParseQuota(o.DefaultQuota)
+	if err != nil {
+		return nil, fmt.Errorf("NEXUS_DEFAULT_QUOTA: %w", err)
+	}
+	st, err := store.Open(ctx, o.DatabaseURL, store.WithLogger(log), store.WithDefaultQuota(defQuota))
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -142,9 +175,11 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		Interval: o.ReconcileInterval, Holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]),
 		LeaseTTL: o.LeaseTTL, OrphanGrace: o.OrphanGrace, StuckGrace: o.StuckGrace, Metrics: reg,
 	})
+	maxStreams := streamBudget(o.MaxStreams, raiseNoFile(), log)
 	srv := api.New(api.Deps{
+		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken, RateLimits: limits, CORSOrigins: origins,
 		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Pools: mgr.Pools, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
-		Audit: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
+		Audit: st, Quotas: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})
 
@@ -162,6 +197,9 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		}
 	}
 	m.bg.Go(func() { authn.Run(ctx, 10*time.Second) })
+	if o.AuditRetention > 0 {
+		m.bg.Go(func() { runAuditPrune(ctx, st, o.AuditRetention, time.Hour, log) })
+	}
 	if !o.HoldReconciler {
 		m.StartReconciler()
 	}
@@ -183,6 +221,8 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 		st.Close()
 	})
 	log.Info("manager listening", "addr", m.Addr, "url", m.URL(), "store", st.Engine(), "mode", o.Mode,
+		"max_streams", maxStreams, "rate_read", limits.Read.String(), "rate_mutation", limits.Mutation.String(),
+		"rate_create", limits.Create.String(), "rate_auth_failure", limits.AuthFailure.String(),
 		"tls", o.TLS.Enabled(), "agent_certs", o.TLS.Enabled() && o.TLS.CA != "")
 	return m, nil
 }
@@ -192,4 +232,102 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 // bootstrap`); there is no default password.
 func Bootstrap(ctx context.Context, st auth.TokenWriter, owner string) (string, store.APIToken, error) {
 	return auth.Issue(ctx, st, "", owner, auth.RoleAdmin, auth.AllProjects)
+}
+
+// auditPruner is the part of the store runAuditPrune uses.
+type auditPruner interface {
+	PruneAudit(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// runAuditPrune deletes audit rows older than retention at start and then
+// every interval, until ctx ends. Every manager runs it; deleting what
+// another manager deleted already is a no-op.
+func runAuditPrune(ctx context.Context, st auditPruner, retention, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		pruneAudit(ctx, st, retention, time.Now(), log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneAudit deletes the audit rows that started before now - retention.
+func pruneAudit(ctx context.Context, st auditPruner, retention time.Duration, now time.Time, log *slog.Logger) {
+	n, err := st.PruneAudit(ctx, now.Add(-retention))
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Error("audit: prune failed; it is tried again in an hour", "retention", retention, "err", err)
+	case n > 0:
+		log.Info("audit: pruned rows older than the retention", "rows", n, "retention", retention)
+	}
+}
+
+// RateOptions are the rate limit settings as given (ManagerOptions.Rates).
+type RateOptions struct {
+	Read, Mutation, Create, AuthFailure string
+}
+
+// limits parses the settings; an empty one takes mode's default.
+func (r RateOptions) limits(mode string) (api.RateLimits, error) {
+	var out api.RateLimits
+	def := api.RateLimits{}
+	if mode == manager.ModeProd {
+		def = api.DefaultRateLimits
+	}
+	for _, f := range []struct {
+		env, v string
+		def    api.Rate
+		dst    *api.Rate
+	}{
+		{"NEXUS_RATE_READ", r.Read, def.Read, &out.Read},
+		{"NEXUS_RATE_MUTATION", r.Mutation, def.Mutation, &out.Mutation},
+		{"NEXUS_RATE_CREATE", r.Create, def.Create, &out.Create},
+		{"NEXUS_RATE_AUTH_FAILURE", r.AuthFailure, def.AuthFailure, &out.AuthFailure},
+	} {
+		if f.v == "" {
+			*f.dst = f.def
+			continue
+		}
+		rt, err := api.ParseRate(f.v)
+		if err != nil {
+			return api.RateLimits{}, fmt.Errorf("%s: %w", f.env, err)
+		}
+		*f.dst = rt
+	}
+	return out, nil
+}
+
+// ParseQuota reads a quota as "name=N,…" with the names of the API's
+// limits (vms, vcpus, mem_mib, snapshots, snapshot_bytes, images,
+// templates, streams); a name not given is no limit.
+func ParseQuota(s string) (store.QuotaLimits, error) {
+	var l store.QuotaLimits
+	fields := map[string]**int64{
+		"vms": &l.VMs, "vcpus": &l.VCPUs, "mem_mib": &l.MemMiB, "snapshots": &l.Snapshots,
+		"snapshot_bytes": &l.SnapshotBytes, "images": &l.Images, "templates": &l.Templates, "streams": &l.Streams,
+	}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		dst, known := fields[strings.TrimSpace(k)]
+		if !ok || !known {
+			return store.QuotaLimits{}, fmt.Errorf("%q: want name=N with a name of vms, vcpus, mem_mib, snapshots, snapshot_bytes, images, templates, streams", kv)
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n < 0 {
+			return store.QuotaLimits{}, fmt.Errorf("%q: the limit must be a non-negative integer", kv)
+		}
+		if *dst != nil {
+			return store.QuotaLimits{}, fmt.Errorf("%q: %s is given twice", kv, k)
+		}
+		*dst = &n
+	}
+	return l, nil
 }

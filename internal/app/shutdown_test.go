@@ -41,7 +41,7 @@ func TestShutdownWithStreamsAndBoots(t *testing.T) {
 	dsn := "sqlite://" + filepath.Join(dir, "nexus.db")
 	join := strings.Repeat("j", 32)
 	m, err := StartManager(ctx, ManagerOptions{Listen: "127.0.0.1:0", DatabaseURL: dsn, Mode: "dev", JoinToken: join,
-		ReconcileInterval: 100 * time.Millisecond}, log)
+		ReconcileInterval: 100 * time.Millisecond, AuditRetention: time.Hour, MaxStreamsPerToken: 64}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

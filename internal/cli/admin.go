@@ -100,6 +100,12 @@ var tokenColumns = []column[apitypes.Token]{
 	{head: "OWNER", val: func(t apitypes.Token) string { return t.Owner }},
 	{head: "ROLE", val: func(t apitypes.Token) string { return t.Role }},
 	{head: "PROJECT", val: func(t apitypes.Token) string { return t.Project }},
+	{head: "SCOPE", val: func(t apitypes.Token) string {
+		if t.Project == "*" {
+			return "all projects"
+		}
+		return "project " + t.Project // an admin of one project administers it only
+	}},
 	{head: "CREATED", val: func(t apitypes.Token) string { return t.CreatedAt.Local().Format(time.DateTime) }},
 	{head: "LAST USED", val: func(t apitypes.Token) string { return when(t.LastUsedAt) }},
 	{head: "REVOKED", val: func(t apitypes.Token) string { return when(t.RevokedAt) }},
@@ -183,7 +189,13 @@ var auditColumns = []column[apitypes.AuditEntry]{
 	{head: "ACTOR", val: func(a apitypes.AuditEntry) string { return a.Actor }},
 	{head: "ACTION", val: func(a apitypes.AuditEntry) string { return a.Action }},
 	{head: "RESOURCE", val: func(a apitypes.AuditEntry) string { return a.ResourceID }},
-	{head: "RESULT", val: func(a apitypes.AuditEntry) string { return a.Result }},
+	{head: "RESULT", val: func(a apitypes.AuditEntry) string {
+		if a.Count > 1 {
+			return fmt.Sprintf("%s ×%d", a.Result, a.Count) // aggregated anonymous denials
+		}
+		return a.Result
+	}},
+	{head: "SOURCE", wide: true, val: func(a apitypes.AuditEntry) string { return a.Source }},
 	{head: "REQUEST", val: func(a apitypes.AuditEntry) string { return a.RequestID }},
 	{head: "ERROR", wide: true, val: func(a apitypes.AuditEntry) string { return firstLine(a.Error) }},
 }

@@ -115,7 +115,7 @@ found, 4 conflict, 5 not allowed (token), 6 manager unavailable.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newAgentCmd(e, stdout, stderr), newManagerCmd(e, stdout, stderr), newUpCmd(e, stdout, stderr), newDownCmd(e, stdout, stderr),
-		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout),
+		newVMCmd(e, stdout), newHostCmd(e, stdout), newTokenCmd(e, stdout), newAuditCmd(e, stdout), newQuotaCmd(e, stdout),
 		newImageCmd(e, stdout), newTemplateCmd(e, stdout), newSnapshotCmd(e, stdout), newPoolCmd(e, stdout), newContextCmd(e, os.Stdin, stdout), newCertCmd(e, stdout),
 		newVersionCmd(stdout))
 	root.SetVersionTemplate(versionTemplate())

@@ -99,10 +99,31 @@ func managerTuningFlags(fs *pflag.FlagSet, e env, o *app.ManagerOptions) error {
 		{&o.StuckGrace, "stuck-grace", "NEXUS_STUCK_GRACE", 20 * time.Second, "how long a boot may stay unfinished before the reconciler redoes it"},
 		{&o.HeartbeatTimeout, "heartbeat-timeout", "NEXUS_HEARTBEAT_TIMEOUT", 30 * time.Second, "missed-heartbeat time after which a host is unreachable"},
 		{&o.LeaseTTL, "lease-ttl", "NEXUS_LEASE_TTL", 0, "reconciler lease TTL among managers (default max(3×interval, 10s))"},
+		{&o.AuditRetention, "audit-retention", "NEXUS_AUDIT_RETENTION", 90 * 24 * time.Hour, "how long audit rows are kept (older ones are pruned hourly; 0 keeps them forever)"},
 	} {
 		if err := durFlag(fs, d.p, d.name, e, d.key, d.def, d.usage); err != nil {
 			return err
 		}
+	}
+	for _, r := range []struct {
+		p          *string
+		name, key  string
+		def, usage string
+	}{
+		{&o.Rates.Read, "rate-read", "NEXUS_RATE_READ", api.DefaultRateLimits.Read.String(), "each token's reads (GET)"},
+		{&o.Rates.Mutation, "rate-mutation", "NEXUS_RATE_MUTATION", api.DefaultRateLimits.Mutation.String(), "each token's changes (start, stop, delete …)"},
+		{&o.Rates.Create, "rate-create", "NEXUS_RATE_CREATE", api.DefaultRateLimits.Create.String(), "each token's creates (VMs, images, templates, snapshots, tokens)"},
+		{&o.Rates.AuthFailure, "rate-auth-failure", "NEXUS_RATE_AUTH_FAILURE", api.DefaultRateLimits.AuthFailure.String(), "each source address's calls without a valid token"},
+	} {
+		strFlag(fs, r.p, r.name, e, r.key, "", "rate limit of "+r.usage+": RATE[:BURST] calls per second, 0 for none (default "+r.def+" in prod, none in dev)")
+	}
+	strFlag(fs, &o.DefaultQuota, "default-quota", e, "NEXUS_DEFAULT_QUOTA", "", "quota of every project without its own, e.g. vms=20,vcpus=40,mem_mib=16384 (none by default; set the same on every manager)")
+	strFlag(fs, &o.CORSOrigins, "cors-origins", e, "NEXUS_CORS_ORIGINS", "", "exact origins (scheme://host[:port], comma-separated) whose web pages may call the API; none by default")
+	if err := intFlag(fs, &o.MaxStreams, "max-streams", e, "NEXUS_MAX_STREAMS", api.DefaultMaxStreams, "log streams relayed at once (lowered to fit the open-file limit)"); err != nil {
+		return err
+	}
+	if err := intFlag(fs, &o.MaxStreamsPerToken, "max-streams-per-token", e, "NEXUS_MAX_STREAMS_PER_TOKEN", api.DefaultMaxStreamsPerToken, "log streams one token may hold at once"); err != nil {
+		return err
 	}
 	if err := floatFlag(fs, &o.VcpuOvercommit, "vcpu-overcommit", e, "NEXUS_VCPU_OVERCOMMIT", 8, "vCPUs placed per host CPU (simulated hosts are also scaled 64x)"); err != nil {
 		return err

@@ -54,6 +54,12 @@ func (s *Snapshots) CreateSnapshot(ctx context.Context, scope Scope, vmID string
 		return store.Snapshot{}, conflict("vm_not_running", "cannot snapshot vm %s (%s): it is %s; only a running or paused VM has a state to save", vm.ID, vm.Name, vm.State).
 			suggest("start it first (nexus vm start " + vm.ID + "); a stopped VM's disks are all its state")
 	}
+	// The project's quota, before the guest is paused and gigabytes are
+	// written: its memory alone goes into the snapshot. The catalog's
+	// insert checks again, with the real size.
+	if err := s.st.CheckQuota(ctx, vm.Project, store.Usage{Snapshots: 1, SnapshotBytes: int64(vm.MemMiB) << 20}); err != nil {
+		return store.Snapshot{}, err
+	}
 	// Past this point the guest may be paused: finish, resume and clean up
 	// even if the caller goes away.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), snapshotTimeout(vm.MemMiB))

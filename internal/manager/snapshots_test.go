@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -90,6 +91,32 @@ func TestSnapshotFailuresAreUndone(t *testing.T) {
 	}
 	if err := e.m.Snapshots.DeleteSnapshot(e.ctx, All, sn.ID); err != nil {
 		t.Fatal(err)
+	}
+	if err := e.m.VMs.DeleteVM(e.ctx, All, src.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertHostEmpty()
+}
+
+// A snapshot past the project's quota is refused before the guest is
+// paused or a file is written.
+func TestSnapshotQuotaRefusedEarly(t *testing.T) {
+	e := newEnv(t)
+	src := e.mustCreate("quota-src")
+	one := int64(1)
+	if _, err := e.st.PutQuota(e.ctx, store.Quota{Project: src.Project, Limits: store.QuotaLimits{SnapshotBytes: &one}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.m.Snapshots.CreateSnapshot(e.ctx, All, src.ID, SnapshotOptions{})
+	var qe *store.QuotaError
+	if !errors.As(err, &qe) || qe.Resource != "snapshot_bytes" {
+		t.Fatalf("snapshot over the bytes quota: %v; want a quota error", err)
+	}
+	if strings.Contains(e.events(src.ID), "pause") {
+		t.Errorf("the guest was paused for a refused snapshot:\n%s", e.events(src.ID))
+	}
+	if v, _ := e.st.GetVM(e.ctx, src.ID); v.State != store.VMRunning {
+		t.Errorf("source after a refused snapshot: %s; want running", v.State)
 	}
 	if err := e.m.VMs.DeleteVM(e.ctx, All, src.ID); err != nil {
 		t.Fatal(err)

@@ -2,13 +2,101 @@ package store_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
 var auditBehaviours = []behaviour{
+	{"audit/fields_are_truncated", func(t *testing.T, e *env) {
+		huge := strings.Repeat("é", 450_000) // 900 KB
+		id := must(e.s.BeginAudit(ctx, store.AuditEntry{
+			Actor: huge, Action: huge, Resource: huge, ResourceID: huge, RequestID: huge, Source: huge,
+		}))(t)
+		if err := e.s.CompleteAudit(ctx, id, store.AuditDenied, nil, huge); err != nil {
+			t.Fatal(err)
+		}
+		got := must(e.s.GetAudit(ctx, id))(t)
+		for _, f := range []struct {
+			name string
+			v    string
+			max  int
+		}{
+			{"actor", got.Actor, store.MaxAuditActor}, {"action", got.Action, store.MaxAuditAction},
+			{"resource", got.Resource, store.MaxAuditResource}, {"resource_id", got.ResourceID, store.MaxAuditResourceID},
+			{"request_id", got.RequestID, store.MaxAuditRequestID}, {"source", got.Source, store.MaxAuditSource},
+			{"error", got.Error, store.MaxAuditError},
+		} {
+			if len(f.v) > f.max || len(f.v) < f.max-1 || !utf8.ValidString(f.v) {
+				t.Errorf("%s: %d bytes (valid UTF-8 %v); want %d or one less, cut on a rune", f.name, len(f.v), utf8.ValidString(f.v), f.max)
+			}
+		}
+	}},
+	{"audit/denials_aggregate_per_source_action_minute", func(t *testing.T, e *env) {
+		deny := func(source, action string) {
+			t.Helper()
+			if err := e.s.CountDenial(ctx, store.AuditEntry{Actor: "anonymous", Action: action, Resource: "vm",
+				ResourceID: "x", Source: source, Error: "missing bearer token"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Start at a minute's beginning so that 50 s stays in it.
+		now := e.clock.Now()
+		e.clock.Advance(now.Truncate(time.Minute).Add(time.Minute).Sub(now))
+		for range 50 {
+			deny("10.0.0.1", "vm.stop")
+			e.clock.Advance(time.Second)
+		}
+		deny("10.0.0.2", "vm.stop")
+		deny("10.0.0.1", "vm.start")
+		e.clock.Advance(time.Minute)
+		deny("10.0.0.1", "vm.stop")
+		rows := must(e.s.ListAudit(ctx, store.AuditFilter{}))(t)
+		type key struct {
+			source, action string
+			count          int64
+		}
+		var got []key
+		for _, r := range rows {
+			if r.Result != store.AuditDenied || r.Actor != "anonymous" || r.CompletedAt == nil {
+				t.Errorf("row %+v: want a completed anonymous denial", r)
+			}
+			got = append(got, key{r.Source, r.Action, r.Count})
+		}
+		want := []key{{"10.0.0.1", "vm.stop", 50}, {"10.0.0.2", "vm.stop", 1}, {"10.0.0.1", "vm.start", 1}, {"10.0.0.1", "vm.stop", 1}}
+		if d := cmp.Diff(want, got, cmp.AllowUnexported(key{})); d != "" {
+			t.Errorf("rows (-want +got):\n%s", d)
+		}
+	}},
+	{"audit/prune_keeps_younger_rows", func(t *testing.T, e *env) {
+		var ids []int64
+		for range 7 {
+			ids = append(ids, must(e.s.BeginAudit(ctx, store.AuditEntry{Actor: "a", Action: "vm.stop", Resource: "vm"}))(t))
+			e.clock.Advance(time.Hour)
+		}
+		// Rows at t0 … t0+6h; the cutoff t0+3h drops the three before it.
+		cutoff := e.clock.Now().Add(-4 * time.Hour).Truncate(time.Microsecond) // as stored
+		if n := must(e.s.PruneAudit(ctx, cutoff))(t); n != 3 {
+			t.Errorf("pruned %d rows; want 3", n)
+		}
+		rows := must(e.s.ListAudit(ctx, store.AuditFilter{}))(t)
+		if len(rows) != 4 || rows[0].ID != ids[3] {
+			t.Fatalf("%d rows left, first %v; want 4 from id %d", len(rows), rows, ids[3])
+		}
+		for _, r := range rows {
+			if r.At.Before(cutoff) {
+				t.Errorf("row %d at %v is older than the cutoff %v", r.ID, r.At, cutoff)
+			}
+		}
+		if n := must(e.s.PruneAudit(ctx, cutoff))(t); n != 0 {
+			t.Errorf("a second prune removed %d rows; want 0", n)
+		}
+	}},
 	{"audit/actor_filter_matches_owner_part", func(t *testing.T, e *env) {
 		for _, a := range []string{"alice (token 1)", "alice_b (token 2)", "al%ce (token 3)", "alice"} {
 			if _, err := e.s.BeginAudit(ctx, store.AuditEntry{Actor: a, Action: "vm.stop", Resource: "vm"}); err != nil {

@@ -43,7 +43,7 @@ func (s *sqlStore) translate(err error) error {
 		return ErrNotFound
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict),
 		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrNoCapacity),
-		errors.Is(err, ErrExhausted):
+		errors.Is(err, ErrExhausted), errors.Is(err, ErrQuota):
 		return err
 	}
 	if kind, detail, ok := s.d.classify(err); ok {

@@ -91,7 +91,7 @@ func TestConformance(t *testing.T) {
 	for _, group := range [][]behaviour{
 		vmBehaviours, eventBehaviours, catalogBehaviours, hostBehaviours,
 		tokenBehaviours, auditBehaviours, leaseBehaviours, lifecycleBehaviours, notifyBehaviours, statsBehaviours,
-		addressBehaviours, createWithinBehaviours,
+		addressBehaviours, createWithinBehaviours, quotaBehaviours,
 	} {
 		all = append(all, group...)
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 )
 
 const imageSelect = "SELECT id, project, kind, name, host_path, sha256, size, read_only, created_at FROM image"
@@ -17,9 +18,14 @@ func (s *sqlStore) CreateImage(ctx context.Context, img Image) (Image, error) {
 		img.ID = newID()
 	}
 	img.CreatedAt = s.orNow(img.CreatedAt)
-	_, err := s.exec(ctx,
-		"INSERT INTO image (id, project, kind, name, host_path, sha256, size, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		img.ID, img.Project, string(img.Kind), img.Name, img.HostPath, img.SHA256, img.Size, img.ReadOnly, s.ts(img.CreatedAt))
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.withinQuota(ctx, tx, img.Project, Usage{Images: 1}); err != nil {
+			return err
+		}
+		_, err := s.txExec(ctx, tx, "INSERT INTO image (id, project, kind, name, host_path, sha256, size, read_only, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			img.ID, img.Project, string(img.Kind), img.Name, img.HostPath, img.SHA256, img.Size, img.ReadOnly, s.ts(img.CreatedAt))
+		return err
+	})
 	if err != nil {
 		return Image{}, s.fail("create image "+qualified(img.Project, img.Name), err)
 	}

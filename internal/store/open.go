@@ -19,6 +19,8 @@ type options struct {
 	clock    func() time.Time
 	logger   *slog.Logger
 	maxConns int
+	// defaultQuota limits projects without a quota of their own.
+	defaultQuota QuotaLimits
 }
 
 // WithClock sets the clock the store stamps rows with (created_at,
@@ -32,6 +34,13 @@ func WithClock(now func() time.Time) Option {
 // discards.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
+}
+
+// WithDefaultQuota sets the limits of every project that has no quota of
+// its own (PutQuota gives one; a quota without limits lifts them). The
+// default is none. Managers sharing a database should set the same.
+func WithDefaultQuota(l QuotaLimits) Option {
+	return func(o *options) { o.defaultQuota = l }
 }
 
 // WithMaxConns caps the connections to Postgres (default 16), or the

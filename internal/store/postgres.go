@@ -142,5 +142,7 @@ func openPostgres(ctx context.Context, dsn string, o options) (*sqlStore, error)
 		r:     db,
 		clock: o.clock,
 		log:   o.logger,
+
+		defaultQuota: o.defaultQuota,
 	}, nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 )
 
 const snapshotSelect = "SELECT id, vm_id, project, host_id, dir, state_path, mem_path, size, files, meta, created_at FROM snapshot"
@@ -36,10 +37,15 @@ func (s *sqlStore) CreateSnapshot(ctx context.Context, sn Snapshot) (Snapshot, e
 	if len(sn.Meta) == 0 {
 		sn.Meta = []byte("{}")
 	}
-	_, err = s.exec(ctx,
-		"INSERT INTO snapshot (id, vm_id, project, host_id, dir, state_path, mem_path, size, files, meta, created_at)"+
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.withinQuota(ctx, tx, sn.Project, Usage{Snapshots: 1, SnapshotBytes: sn.Size}); err != nil {
+			return err
+		}
+		_, err := s.txExec(ctx, tx, "INSERT INTO snapshot (id, vm_id, project, host_id, dir, state_path, mem_path, size, files, meta, created_at)"+
 			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		sn.ID, sn.VMID, sn.Project, sn.HostID, sn.Dir, sn.StatePath, sn.MemPath, sn.Size, files, meta, s.ts(sn.CreatedAt))
+			sn.ID, sn.VMID, sn.Project, sn.HostID, sn.Dir, sn.StatePath, sn.MemPath, sn.Size, files, meta, s.ts(sn.CreatedAt))
+		return err
+	})
 	if err != nil {
 		return Snapshot{}, s.fail(op, err)
 	}

@@ -174,5 +174,7 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 		log:    o.logger,
 		wStmts: newStmtCache(w),
 		rStmts: newStmtCache(r),
+
+		defaultQuota: o.defaultQuota,
 	}, nil
 }

@@ -30,6 +30,8 @@ type sqlStore struct {
 	// wStmts and rStmts keep prepared statements of w and r (SQLite only;
 	// nil on Postgres).
 	wStmts, rStmts *stmtCache
+	// defaultQuota limits projects without a quota of their own.
+	defaultQuota QuotaLimits
 }
 
 var _ Store = (*sqlStore)(nil)

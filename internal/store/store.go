@@ -20,6 +20,7 @@ type Store interface {
 	HostStore
 	TokenStore
 	AuditStore
+	QuotaStore
 	LeaseStore
 	Notifier
 	StatsStore
@@ -207,7 +208,8 @@ type TokenStore interface {
 	TouchTokens(ctx context.Context, used map[string]time.Time) error
 }
 
-// AuditStore keeps the audit trail. Entries are never deleted.
+// AuditStore keeps the audit trail. Entries are deleted only by
+// PruneAudit, older than the retention.
 type AuditStore interface {
 	// BeginAudit inserts the entry as pending (zero At means now) and
 	// returns its ID. Result, After, Error and CompletedAt are ignored.
@@ -218,6 +220,36 @@ type AuditStore interface {
 	GetAudit(ctx context.Context, id int64) (AuditEntry, error)
 	// ListAudit returns the matching entries ordered by ID.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+	// CountDenial records a denied call of an anonymous caller: one row per
+	// (Source, Action, minute of At), whose Count goes up by one for each
+	// further denial in that minute, so a flood of them adds rows at most
+	// once a minute per source and action. Fields are truncated as
+	// BeginAudit's are.
+	CountDenial(ctx context.Context, e AuditEntry) error
+	// PruneAudit deletes the entries that started before cutoff, in
+	// batches, and returns how many went; younger entries are never
+	// touched.
+	PruneAudit(ctx context.Context, cutoff time.Time) (int64, error)
+}
+
+// QuotaStore keeps project quotas. The creates of VMs (CreateVMWithin),
+// snapshots, images and templates check them in their own transaction and
+// fail with a *QuotaError (errors.Is ErrQuota) when the project would pass
+// a limit: managers sharing the store never pass one together.
+type QuotaStore interface {
+	// GetQuota returns the project's quota; one never set has no limits
+	// (nil Limits, zero UpdatedAt).
+	GetQuota(ctx context.Context, project string) (Quota, error)
+	// PutQuota replaces the project's quota (nil: no limit); negative
+	// limits are ErrInvalid. Usage over a new limit is allowed: only
+	// creates are refused.
+	PutQuota(ctx context.Context, q Quota) (Quota, error)
+	// ProjectUsage counts what the project holds.
+	ProjectUsage(ctx context.Context, project string) (Usage, error)
+	// CheckQuota answers the *QuotaError a create adding add would get
+	// now, without creating anything: an early refusal before costly
+	// work (a snapshot's files). The create's own check still decides.
+	CheckQuota(ctx context.Context, project string, add Usage) error
 }
 
 // LeaseStore elects one holder per lease name among processes sharing the

@@ -38,6 +38,9 @@ func (s *sqlStore) CreateTemplate(ctx context.Context, t Template) (Template, er
 		t.Config = []byte("{}")
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.withinQuota(ctx, tx, t.Project, Usage{Templates: 1}); err != nil {
+			return err
+		}
 		if _, err := s.txExec(ctx, tx,
 			"INSERT INTO template (id, name, project, owner, config, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
 			t.ID, t.Name, t.Project, t.Owner, cfg, s.ts(t.CreatedAt), t.Version); err != nil {

@@ -408,7 +408,25 @@ type AuditEntry struct {
 	After       json.RawMessage // nil when not recorded
 	Error       string
 	CompletedAt *time.Time
+	// Source is the caller's address (its IP, without the port).
+	Source string
+	// Count is how many calls the entry stands for: 1, or more for an
+	// aggregated denial (CountDenial).
+	Count int64
 }
+
+// The audit's field bounds: the store truncates longer values (at a UTF-8
+// boundary), so no caller can make a row larger than about 6 KB plus its
+// before/after summaries, which the manager writes itself.
+const (
+	MaxAuditActor      = 256
+	MaxAuditAction     = 64
+	MaxAuditResource   = 64
+	MaxAuditResourceID = 256
+	MaxAuditRequestID  = 128
+	MaxAuditSource     = 64
+	MaxAuditError      = 4096
+)
 
 // AuditFilter selects audit entries, oldest first. Zero fields match
 // everything; AfterID pages (pass the last ID seen).

@@ -128,6 +128,11 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		}
 	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		// The project's quota first (its row, then the host's: every
+		// transaction that takes both takes them in this order).
+		if err := s.withinQuota(ctx, tx, vm.Project, Usage{VMs: 1, VCPUs: int64(vm.VCPU), MemMiB: int64(vm.MemMiB)}); err != nil {
+			return err
+		}
 		var id string
 		if err := s.txQueryRow(ctx, tx, "SELECT id FROM host WHERE id = ?"+s.d.forUpdate(), vm.HostID).Scan(&id); err != nil {
 			return fmt.Errorf("host %s: %w", vm.HostID, err)

@@ -290,6 +290,8 @@ type AuditEntry struct {
 	After       json.RawMessage `json:"after,omitempty"`
 	Error       string          `json:"error,omitempty"`
 	CompletedAt *time.Time      `json:"completed_at,omitempty"`
+	Source      string          `json:"source,omitempty" doc:"the caller's IP address"`
+	Count       int64           `json:"count" doc:"how many calls the row stands for: 1, or more for an anonymous caller's denials of one action in one minute (aggregated)"`
 }
 
 // AuditList is GET /v1/audit.

@@ -146,3 +146,22 @@ func (c *Client) AuditEntries(ctx context.Context, o AuditOptions) iter.Seq2[api
 		}
 	}
 }
+
+// Quota returns a project's quota (admins, or tokens of that project).
+func (c *Client) Quota(ctx context.Context, project string) (apitypes.Quota, error) {
+	var q apitypes.QuotaItem
+	return q.Item, c.Do(ctx, http.MethodGet, "/v1/projects/"+url.PathEscape(project)+"/quota", nil, nil, &q)
+}
+
+// SetQuota replaces a project's quota (admins): every limit left nil is
+// no limit.
+func (c *Client) SetQuota(ctx context.Context, project string, limits apitypes.QuotaLimits) (apitypes.Quota, error) {
+	var q apitypes.QuotaItem
+	return q.Item, c.Do(ctx, http.MethodPut, "/v1/projects/"+url.PathEscape(project)+"/quota", nil, limits, &q)
+}
+
+// ProjectUsage returns what a project holds, with its limits.
+func (c *Client) ProjectUsage(ctx context.Context, project string) (apitypes.ProjectUsage, error) {
+	var u apitypes.ProjectUsageItem
+	return u.Item, c.Do(ctx, http.MethodGet, "/v1/projects/"+url.PathEscape(project)+"/usage", nil, nil, &u)
+}
