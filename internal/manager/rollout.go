@@ -200,9 +200,9 @@ type rolloutVMs struct {
 	newPending int        // of the new version, on the way to healthy
 	oldPending int        // of another version, being made (a revert)
 	broken     []store.VM // neither paused nor on the way (failed, stuck)
-	// abandoned: left half-made by a manager that died (no write for a
-	// boot timeout); not the version's fault, so it goes without failing
-	// the step.
+	// abandoned: left half-made by a manager that died; not the
+	// version's fault, so it goes without failing the step (a version
+	// whose VMs do not boot fails in the make itself).
 	abandoned []store.VM
 }
 
@@ -219,13 +219,17 @@ func (s *Pools) sortRolloutVMs(vms []store.VM, r store.Rollout) rolloutVMs {
 			out.newPending++
 		case vm.State == store.VMPaused:
 			out.old = append(out.old, vm)
-		case (vm.State == store.VMRequested || vm.State == store.VMConfigured) && now.Sub(vm.UpdatedAt) >= s.cfg.BootTimeout:
-			out.abandoned = append(out.abandoned, vm)
-		case (vm.State == store.VMRequested || vm.State == store.VMConfigured || vm.State == store.VMRunning) &&
-			now.Sub(vm.CreatedAt) < r.ProgressDeadline:
-			if isNew {
+		case vm.State == store.VMRequested || vm.State == store.VMConfigured || vm.State == store.VMRunning:
+			// A pass makes its VMs to the end (paused) before it returns,
+			// so one still on the way at the start of a pass was left by a
+			// manager that died, or is another manager's in flight: wait
+			// for it as long as a make may take, then clean it up.
+			switch {
+			case now.Sub(vm.CreatedAt) >= min(r.ProgressDeadline, s.cfg.BootTimeout):
+				out.abandoned = append(out.abandoned, vm)
+			case isNew:
 				out.newPending++
-			} else {
+			default:
 				out.oldPending++
 			}
 		default:
@@ -254,8 +258,7 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 	var failure error
 	for _, vm := range st.broken {
 		if vm.TemplateVersion == r.ToVersion && failure == nil {
-			failure = fmt.Errorf("VM %s of version %d did not become paused-ready within %s (state %s%s)",
-				vm.Name, r.ToVersion, r.ProgressDeadline, vm.State, lastErrorText(vm))
+			failure = fmt.Errorf("VM %s of version %d is %s, not paused-ready%s", vm.Name, r.ToVersion, vm.State, lastErrorText(vm))
 		}
 		s.event(ctx, vm.ID, store.LevelWarn, "rollout %s of pool %s: this VM is not paused and ready; deleting it", r.ID, p.Name)
 		_ = s.vms.DeleteVM(ctx, All, vm.ID)

@@ -141,7 +141,7 @@ func testPoolRollout(t *testing.T, engine string) {
 	// The real thing: canary 1, then 3 at a time, with a manager restart
 	// in the middle.
 	r, err = cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2, Canary: intp(1), MaxParallel: maxParallel,
-		MinHealthyTime: "1s", ProgressDeadline: "1m", AutoRevert: true})
+		MinHealthyTime: "1s", ProgressDeadline: "30s", AutoRevert: true})
 	if err != nil {
 		t.Fatal(err)
 	}
