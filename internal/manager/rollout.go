@@ -409,6 +409,13 @@ func (s *Pools) makeVersion(ctx context.Context, p store.Pool, r store.Rollout, 
 			ids = append(ids, id)
 		}
 	}
+	// A pool deleted meanwhile: what this step made goes too.
+	if _, err := s.st.GetPool(ctx, p.ID); errors.Is(err, store.ErrNotFound) {
+		for _, id := range ids {
+			_ = s.vms.DeleteVM(context.WithoutCancel(ctx), All, id)
+		}
+		return nil, nil
+	}
 	return ids, errors.Join(errs...)
 }
 
