@@ -77,6 +77,10 @@ var (
 		"create-pool":          {http.StatusConflict, http.StatusNotFound}, // the template or snapshot it names
 		"delete-pool":          onHost,
 		"claim-pool":           placesVMs,
+		"start-rollout":        {http.StatusConflict}, // one under way; the version is a 404
+		"pause-rollout":        {http.StatusConflict}, // not in a state that allows it
+		"resume-rollout":       {http.StatusConflict},
+		"abort-rollout":        {http.StatusConflict},
 	}
 )
 

@@ -17,6 +17,10 @@ type TemplateService interface {
 	ListTemplates(ctx context.Context, scope manager.Scope, project string) ([]store.Template, error)
 	DeleteTemplate(ctx context.Context, scope manager.Scope, ref, project string) (store.Template, error)
 	Instantiate(ctx context.Context, scope manager.Scope, ref, project string, req apitypes.InstantiateRequest, opt manager.TemplateInstanceOptions) ([]store.VM, error)
+	UpdateTemplate(ctx context.Context, scope manager.Scope, ref, project, owner string, req apitypes.UpdateTemplateRequest) (store.Template, error)
+	ListTemplateVersions(ctx context.Context, scope manager.Scope, ref, project string, before, limit int) ([]store.TemplateVersion, int, error)
+	GetTemplateVersion(ctx context.Context, scope manager.Scope, ref, project string, version int) (store.TemplateVersion, error)
+	DiffTemplate(ctx context.Context, scope manager.Scope, ref, project string, from, to int) (apitypes.TemplateDiff, error)
 }
 
 // templateRoutes registers the templates' routes. Instantiation is a VM
@@ -27,6 +31,10 @@ func (s *Server) templateRoutes() {
 	register(s, "list-templates", http.MethodGet, "/v1/templates", "List templates", viewer, s.listTemplates)
 	register(s, "get-template", http.MethodGet, "/v1/templates/{id}", "Get a template by id or name", viewer, s.getTemplate)
 	register(s, "delete-template", http.MethodDelete, "/v1/templates/{id}", "Delete a template (its VMs keep their configuration)", op("template.delete", "template"), s.deleteTemplate)
+	register(s, "update-template", http.MethodPut, "/v1/templates/{id}", "Replace a template's config: it becomes the template's next version (VMs and pools keep theirs)", op("template.update", "template"), s.updateTemplate)
+	register(s, "list-template-versions", http.MethodGet, "/v1/templates/{id}/versions", "List a template's versions, newest first", viewer, s.listTemplateVersions)
+	register(s, "get-template-version", http.MethodGet, "/v1/templates/{id}/versions/{version}", "Get one version of a template", viewer, s.getTemplateVersion)
+	register(s, "diff-template", http.MethodGet, "/v1/templates/{id}/diff", "Compare two versions of a template field by field", viewer, s.diffTemplate)
 	register(s, "instantiate-template", http.MethodPost, "/v1/templates/{id}/instantiate", "Create one or more VMs from a template, with optional overrides (all or none)", creates(op("template.instantiate", "vm")), s.instantiateTemplate, http.StatusCreated)
 }
 
@@ -143,4 +151,79 @@ func (s *Server) beginAuditRow(ctx context.Context, e store.AuditEntry) int64 {
 		return 0
 	}
 	return id
+}
+
+type updateTemplateInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+	Body    apitypes.UpdateTemplateRequest
+}
+
+func (s *Server) updateTemplate(ctx context.Context, in *updateTemplateInput) (*templateItemOutput, error) {
+	p, _ := principal(ctx)
+	t, err := s.templates.UpdateTemplate(ctx, scope(ctx), in.ID, in.Project, p.Owner, in.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &templateItemOutput{Body: apitypes.TemplateItem{Item: manager.TemplateView(t)}}, nil
+}
+
+type listTemplateVersionsInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+	Before  int    `query:"before" minimum:"0" doc:"only versions below this one (next_before of the previous page); 0: from the newest"`
+	Limit   int    `query:"limit" minimum:"1" maximum:"1000" default:"100" doc:"the most versions to answer"`
+}
+
+type templateVersionListOutput struct {
+	Body apitypes.TemplateVersionList
+}
+
+func (s *Server) listTemplateVersions(ctx context.Context, in *listTemplateVersionsInput) (*templateVersionListOutput, error) {
+	vs, next, err := s.templates.ListTemplateVersions(ctx, scope(ctx), in.ID, in.Project, in.Before, in.Limit)
+	if err != nil {
+		return nil, err
+	}
+	out := &templateVersionListOutput{Body: apitypes.TemplateVersionList{Items: make([]apitypes.TemplateVersion, 0, len(vs)), NextBefore: next}}
+	for _, v := range vs {
+		out.Body.Items = append(out.Body.Items, manager.TemplateVersionView(v))
+	}
+	return out, nil
+}
+
+type templateVersionInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Version int    `path:"version" minimum:"1" doc:"the version number"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+}
+
+type templateVersionOutput struct {
+	Body apitypes.TemplateVersionItem
+}
+
+func (s *Server) getTemplateVersion(ctx context.Context, in *templateVersionInput) (*templateVersionOutput, error) {
+	v, err := s.templates.GetTemplateVersion(ctx, scope(ctx), in.ID, in.Project, in.Version)
+	if err != nil {
+		return nil, err
+	}
+	return &templateVersionOutput{Body: apitypes.TemplateVersionItem{Item: manager.TemplateVersionView(v)}}, nil
+}
+
+type diffTemplateInput struct {
+	ID      string `path:"id" maxLength:"64" doc:"template id or name"`
+	Project string `query:"project" maxLength:"63" doc:"where to look a name up (default: the token's project)"`
+	From    int    `query:"from" required:"true" minimum:"1" doc:"the older version"`
+	To      int    `query:"to" required:"true" minimum:"1" doc:"the newer version"`
+}
+
+type templateDiffOutput struct {
+	Body apitypes.TemplateDiff
+}
+
+func (s *Server) diffTemplate(ctx context.Context, in *diffTemplateInput) (*templateDiffOutput, error) {
+	d, err := s.templates.DiffTemplate(ctx, scope(ctx), in.ID, in.Project, in.From, in.To)
+	if err != nil {
+		return nil, err
+	}
+	return &templateDiffOutput{Body: d}, nil
 }

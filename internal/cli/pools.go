@@ -22,7 +22,7 @@ background when fewer than MIN_READY are ready. An empty pool makes a VM
 the normal way (--on-empty create) or refuses (--on-empty fail: 503).`,
 	}
 	cf.add(cmd, e)
-	cmd.AddCommand(poolCreateCmd(&cf, stdout), poolListCmd(&cf, stdout), poolGetCmd(&cf, stdout), poolRmCmd(&cf, stdout), poolClaimCmd(&cf, stdout))
+	cmd.AddCommand(poolCreateCmd(&cf, stdout), poolListCmd(&cf, stdout), poolGetCmd(&cf, stdout), poolRmCmd(&cf, stdout), poolClaimCmd(&cf, stdout), poolRolloutCmd(&cf, stdout))
 	return cmd
 }
 
@@ -38,7 +38,7 @@ var poolColumns = []column[apitypes.Pool]{
 	{head: "CLAIMS", val: func(p apitypes.Pool) string { return fmt.Sprint(p.Claims) }},
 	{head: "SOURCE", val: func(p apitypes.Pool) string {
 		if p.TemplateID != "" {
-			return "template " + p.TemplateID
+			return fmt.Sprintf("template %s v%d", p.TemplateID, p.TemplateVersion)
 		}
 		return "snapshot " + p.SnapshotID
 	}},
@@ -52,7 +52,7 @@ func poolDetail(p apitypes.Pool) [][2]string {
 		{"id", p.ID}, {"name", p.Name}, {"project", p.Project}, {"state", p.State},
 		{"ready", fmt.Sprintf("%d of %d (refills below %d)", p.Ready, p.Size, p.MinReady)}, {"creating", fmt.Sprint(p.Creating)},
 		{"refill lag", fmt.Sprintf("%.3fs", p.RefillLagSeconds)}, {"on empty", p.OnEmpty}, {"claims", fmt.Sprint(p.Claims)},
-		{"template", p.TemplateID}, {"snapshot", p.SnapshotID}, {"created", p.CreatedAt.Format(time.RFC3339)},
+		{"template", p.TemplateID}, {"template version", fmt.Sprint(p.TemplateVersion)}, {"snapshot", p.SnapshotID}, {"created", p.CreatedAt.Format(time.RFC3339)},
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,12 +26,14 @@ func newTemplateCmd(e env, stdout io.Writer) *cobra.Command {
 		Short: "Save VM configurations under a name and create VMs from them",
 		Long: `A template is a VM configuration (vCPUs, memory, registered kernel and
 rootfs images, boot args, extra drives, NIC) saved under a name. A VM made
-from it records the template and the overrides it was given; deleting the
-template leaves its VMs as they are.`,
+from it records the template, its version and the overrides it was given;
+deleting the template leaves its VMs as they are. Every update stores the
+whole config as the template's next version; versions never change.`,
 	}
 	cf.add(cmd, e)
 	cmd.AddCommand(templateCreateCmd(&cf, stdout), templateListCmd(&cf, stdout), templateGetCmd(&cf, stdout),
-		templateRmCmd(&cf, stdout), templateInstantiateCmd(&cf, stdout))
+		templateRmCmd(&cf, stdout), templateInstantiateCmd(&cf, stdout), templateUpdateCmd(&cf, stdout),
+		templateVersionsCmd(&cf, stdout), templateDiffCmd(&cf, stdout))
 	return cmd
 }
 
@@ -91,14 +94,8 @@ func templateCreateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				return err
 			}
 			if file != "" {
-				raw, err := os.ReadFile(file)
-				if err != nil {
-					return fmt.Errorf("--config-file: %w", err)
-				}
-				dec := json.NewDecoder(bytes.NewReader(raw))
-				dec.DisallowUnknownFields()
-				if err := dec.Decode(&req.Config); err != nil {
-					return fmt.Errorf("--config-file %s: %w", file, err)
+				if err := readConfigFile(file, &req.Config); err != nil {
+					return err
 				}
 			}
 			cfl.apply(cmd.Flags(), &req.Config)
@@ -161,7 +158,7 @@ func templateGetCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 				cfg, _ := json.Marshal(t.Config)
 				return [][2]string{
 					{"id", t.ID}, {"name", t.Name}, {"project", t.Project}, {"owner", t.Owner},
-					{"created", t.CreatedAt.Format(time.RFC3339)}, {"config", string(cfg)},
+					{"version", fmt.Sprint(t.Version)}, {"created", t.CreatedAt.Format(time.RFC3339)}, {"config", string(cfg)},
 				}
 			}, templateID, templateName)
 		},
@@ -333,24 +330,163 @@ var templateColumns = []column[apitypes.Template]{
 	{head: "ID", val: func(t apitypes.Template) string { return t.ID }},
 	{head: "NAME", val: func(t apitypes.Template) string { return t.Name }},
 	{head: "PROJECT", val: func(t apitypes.Template) string { return t.Project }},
-	{head: "VCPU", val: func(t apitypes.Template) string {
-		if t.Config.Vcpu != nil {
-			return fmt.Sprint(*t.Config.Vcpu)
-		}
-		return "1"
-	}},
-	{head: "MEM", val: func(t apitypes.Template) string {
-		if t.Config.MemMib != nil {
-			return fmt.Sprintf("%dM", *t.Config.MemMib)
-		}
-		return "128M"
-	}},
+	{head: "VCPU", val: func(t apitypes.Template) string { return configVcpu(t.Config) }},
+	{head: "MEM", val: func(t apitypes.Template) string { return configMem(t.Config) }},
 	{head: "KERNEL", val: func(t apitypes.Template) string { return t.Config.KernelImageID }},
 	{head: "INITRD", val: func(t apitypes.Template) string { return t.Config.InitrdImageID }},
 	{head: "ROOTFS", val: func(t apitypes.Template) string { return t.Config.RootfsImageID }},
+	{head: "VERSION", val: func(t apitypes.Template) string { return fmt.Sprint(t.Version) }},
 	{head: "OWNER", wide: true, val: func(t apitypes.Template) string { return t.Owner }},
 	{head: "AGE", val: func(t apitypes.Template) string { return age(t.CreatedAt) }},
 }
 
 func templateID(t apitypes.Template) string   { return t.ID }
 func templateName(t apitypes.Template) string { return t.Name }
+
+// readConfigFile decodes a JSON config object, refusing unknown fields.
+func readConfigFile(file string, c *apitypes.TemplateConfig) error {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("--config-file: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	*c = apitypes.TemplateConfig{}
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("--config-file %s: %w", file, err)
+	}
+	return nil
+}
+
+func templateUpdateCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
+	var cfl configFlags
+	var file string
+	cmd := &cobra.Command{
+		Use:   "update NAME|ID",
+		Short: "Change a template: its new config becomes the next version",
+		Long: `update starts from the template's current config (or the whole config
+of --config-file), applies the flags given and stores the result as the
+template's next version. VMs and pools keep the version they were made of.`,
+		Example: `  nexus template update web --kernel-image vmlinux-6.6
+  nexus template update db --config-file db.json`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeTemplates,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, p, err := cf.setup(stdout)
+			if err != nil {
+				return err
+			}
+			var req apitypes.UpdateTemplateRequest
+			if file != "" {
+				if err := readConfigFile(file, &req.Config); err != nil {
+					return err
+				}
+			} else {
+				t, err := c.GetTemplate(cmd.Context(), args[0], cf.project)
+				if err != nil {
+					return describe(err)
+				}
+				req.Config = t.Config
+			}
+			cfl.apply(cmd.Flags(), &req.Config)
+			t, err := c.UpdateTemplate(cmd.Context(), args[0], cf.project, req)
+			if err != nil {
+				return describe(err)
+			}
+			return created(p, t, templateColumns, templateID, templateName)
+		},
+	}
+	fs := cmd.Flags()
+	cfl.add(fs, "kernel-image", "rootfs-image")
+	fs.StringVarP(&file, "config-file", "f", "", "JSON file with the whole new config object (flags given override its fields)")
+	return cmd
+}
+
+func templateVersionsCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
+	var before, limit int
+	cmd := &cobra.Command{
+		Use:               "versions NAME|ID",
+		Short:             "List a template's versions, newest first",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: cf.completeTemplates,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, p, err := cf.setup(stdout)
+			if err != nil {
+				return err
+			}
+			l, err := c.ListTemplateVersions(cmd.Context(), args[0], cf.project, before, limit)
+			if err != nil {
+				return describe(err)
+			}
+			return list(p, l.Items, templateVersionColumns, versionNumber, versionNumber)
+		},
+	}
+	cmd.Flags().IntVar(&before, "before", 0, "only versions below this one")
+	cmd.Flags().IntVar(&limit, "limit", 100, "the most versions to list (at most 1000)")
+	return cmd
+}
+
+func templateDiffCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:               "diff NAME|ID FROM TO",
+		Short:             "Show the config fields that differ between two versions",
+		Example:           `  nexus template diff web 1 2`,
+		Args:              cobra.ExactArgs(3),
+		ValidArgsFunction: cf.completeTemplates,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			from, err1 := strconv.Atoi(args[1])
+			to, err2 := strconv.Atoi(args[2])
+			if err1 != nil || err2 != nil || from < 1 || to < 1 {
+				return usageErrorf("FROM and TO are version numbers (1 or more), got %q and %q", args[1], args[2])
+			}
+			c, p, err := cf.setup(stdout)
+			if err != nil {
+				return err
+			}
+			d, err := c.DiffTemplate(cmd.Context(), args[0], cf.project, from, to)
+			if err != nil {
+				return describe(err)
+			}
+			if p.machine() {
+				return one(p, d, nil, func(apitypes.TemplateDiff) string { return d.TemplateID }, func(apitypes.TemplateDiff) string { return d.TemplateID })
+			}
+			return list(p, d.Changes, templateChangeColumns, changeField, changeField)
+		},
+	}
+}
+
+var templateVersionColumns = []column[apitypes.TemplateVersion]{
+	{head: "VERSION", val: versionNumber},
+	{head: "VCPU", val: func(v apitypes.TemplateVersion) string { return configVcpu(v.Config) }},
+	{head: "MEM", val: func(v apitypes.TemplateVersion) string { return configMem(v.Config) }},
+	{head: "KERNEL", val: func(v apitypes.TemplateVersion) string { return v.Config.KernelImageID }},
+	{head: "ROOTFS", val: func(v apitypes.TemplateVersion) string { return v.Config.RootfsImageID }},
+	{head: "OWNER", val: func(v apitypes.TemplateVersion) string { return v.Owner }},
+	{head: "AGE", val: func(v apitypes.TemplateVersion) string { return age(v.CreatedAt) }},
+}
+
+func versionNumber(v apitypes.TemplateVersion) string { return fmt.Sprint(v.Version) }
+
+var templateChangeColumns = []column[apitypes.TemplateChange]{
+	{head: "FIELD", val: changeField},
+	{head: "FROM", val: func(c apitypes.TemplateChange) string { return orDash(string(c.From)) }},
+	{head: "TO", val: func(c apitypes.TemplateChange) string { return orDash(string(c.To)) }},
+}
+
+func changeField(c apitypes.TemplateChange) string { return c.Field }
+
+// configVcpu and configMem show a config's vCPUs and memory, defaults
+// included.
+func configVcpu(c apitypes.TemplateConfig) string {
+	if c.Vcpu != nil {
+		return fmt.Sprint(*c.Vcpu)
+	}
+	return "1"
+}
+
+func configMem(c apitypes.TemplateConfig) string {
+	if c.MemMib != nil {
+		return fmt.Sprintf("%dM", *c.MemMib)
+	}
+	return "128M"
+}

@@ -87,7 +87,7 @@ func (s *Pools) CreatePool(ctx context.Context, scope Scope, id string, req apit
 		if err != nil {
 			return store.Pool{}, err
 		}
-		p.TemplateID = t.ID
+		p.TemplateID, p.TemplateVersion = t.ID, t.Version
 	} else {
 		sn, err := s.snapshots.GetSnapshot(ctx, scope, req.SnapshotID)
 		if err != nil {
@@ -191,7 +191,7 @@ func (s *core) poolVMs(ctx context.Context, poolID string) ([]store.VM, error) {
 
 // View renders a pool with its current counts.
 func (s *Pools) View(ctx context.Context, p store.Pool) apitypes.Pool {
-	v := apitypes.Pool{ID: p.ID, Name: p.Name, Project: p.Project, TemplateID: p.TemplateID, SnapshotID: p.SnapshotID,
+	v := apitypes.Pool{ID: p.ID, Name: p.Name, Project: p.Project, TemplateID: p.TemplateID, TemplateVersion: p.TemplateVersion, SnapshotID: p.SnapshotID,
 		Size: p.Size, MinReady: p.MinReady, OnEmpty: p.OnEmpty, ShortSince: p.ShortSince, Claims: p.Claims, CreatedAt: p.CreatedAt}
 	if vms, err := s.poolVMs(ctx, p.ID); err == nil {
 		for _, vm := range vms {
@@ -306,7 +306,7 @@ func (s *Pools) make(ctx context.Context, p store.Pool, poolID string, expiry ap
 	var vm store.VM
 	if p.TemplateID != "" {
 		vms, err := s.templates.Instantiate(ctx, All, p.TemplateID, p.Project, apitypes.InstantiateRequest{Name: name, Expiry: expiry},
-			TemplateInstanceOptions{Wait: true, PoolID: poolID})
+			TemplateInstanceOptions{Wait: true, PoolID: poolID, Version: p.TemplateVersion})
 		if err != nil {
 			return store.VM{}, err
 		}
@@ -337,6 +337,11 @@ func (s *Pools) RefillPools(ctx context.Context) {
 		return
 	}
 	for _, p := range pools {
+		// A pool under a rollout is the rollout's to fill.
+		if r, ok := s.activeRollout(ctx, p); ok {
+			s.rolloutPass(ctx, p, r)
+			continue
+		}
 		s.refill(ctx, p)
 	}
 }

@@ -6,10 +6,13 @@ package manager
 // keeps working when its template is deleted.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/google/uuid"
 
@@ -35,7 +38,7 @@ func decodeTemplateConfig(t store.Template) (apitypes.TemplateConfig, error) {
 // TemplateView renders a template for the API.
 func TemplateView(t store.Template) apitypes.Template {
 	c, _ := decodeTemplateConfig(t)
-	return apitypes.Template{ID: t.ID, Name: t.Name, Project: t.Project, Owner: t.Owner, Config: c, CreatedAt: t.CreatedAt}
+	return apitypes.Template{ID: t.ID, Name: t.Name, Project: t.Project, Owner: t.Owner, Config: c, Version: t.Version, CreatedAt: t.CreatedAt}
 }
 
 // CreateTemplate validates and stores a template. Image references may be
@@ -240,6 +243,9 @@ type TemplateInstanceOptions struct {
 	Wait bool
 	// PoolID puts the VMs into a warm pool (pools.go).
 	PoolID string
+	// Version is the template version to make the VMs of (0: the
+	// current one). A pool makes its VMs of the version it records.
+	Version int
 }
 
 // Instantiate makes req.Count VMs (default 1) from a template, named
@@ -251,6 +257,16 @@ func (s *Templates) Instantiate(ctx context.Context, scope Scope, ref, project s
 	t, err := s.GetTemplate(ctx, scope, ref, project)
 	if err != nil {
 		return nil, err
+	}
+	if opt.Version != 0 && opt.Version != t.Version {
+		v, err := s.st.GetTemplateVersion(ctx, t.ID, opt.Version)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, notFound("template version", fmt.Sprintf("%s@%d", t.Name, opt.Version))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("template %s version %d: %w", t.ID, opt.Version, err)
+		}
+		t.Config, t.Version = v.Config, v.Version
 	}
 	if _, _, err := parseTTL(s.now(), req.Expiry); err != nil {
 		return nil, err
@@ -309,11 +325,154 @@ func (s *Templates) createAll(ctx context.Context, scope Scope, t store.Template
 	errs := runBatch(len(names), func(i int) (err error) {
 		vms[i], err = s.vms.CreateVM(ctx, scope, apitypes.CreateVMRequest{
 			Name: names[i], VMConfig: vmConfig(cfg), Project: t.Project, Tags: tags, Expiry: expiry,
-		}, CreateOptions{ID: ids[i], Wait: opt.Wait, TemplateID: t.ID, TemplateConfig: t.Config, Overrides: overrides, PoolID: opt.PoolID})
+		}, CreateOptions{ID: ids[i], Wait: opt.Wait, TemplateID: t.ID, TemplateVersion: t.Version, TemplateConfig: t.Config, Overrides: overrides, PoolID: opt.PoolID})
 		return err
 	})
 	if err := s.vms.batchFailed(ctx, errs, names, ids, "template "+t.Name); err != nil {
 		return nil, err
 	}
 	return vms, nil
+}
+
+// MaxTemplateVersions is the most versions one list answers.
+const MaxTemplateVersions = 1000
+
+// UpdateTemplate replaces a template's config, validated like a create's;
+// the new config becomes the template's next version and the old versions
+// stay. VMs and pools keep the version they were made of.
+func (s *Templates) UpdateTemplate(ctx context.Context, scope Scope, ref, project, owner string, req apitypes.UpdateTemplateRequest) (store.Template, error) {
+	t, err := s.GetTemplate(ctx, scope, ref, project)
+	if err != nil {
+		return t, err
+	}
+	if req.Config.KernelImageID == "" {
+		return store.Template{}, invalid("config.kernel_image_id is required: templates boot from registered images").
+			suggest("give the whole new config: an update replaces it")
+	}
+	cfg, err := s.checkTemplateConfig(ctx, t.Project, "config", req.Config)
+	if err != nil {
+		return store.Template{}, err
+	}
+	raw, err := marshal(cfg)
+	if err != nil {
+		return store.Template{}, err
+	}
+	t, err = s.st.UpdateTemplate(ctx, t.ID, owner, raw)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Template{}, notFound("template", ref)
+	}
+	if err != nil {
+		return store.Template{}, fmt.Errorf("update template %s: %w", ref, err)
+	}
+	return t, nil
+}
+
+// TemplateVersionView renders a template version for the API.
+func TemplateVersionView(v store.TemplateVersion) apitypes.TemplateVersion {
+	c, _ := decodeTemplateConfig(store.Template{ID: v.TemplateID, Config: v.Config})
+	return apitypes.TemplateVersion{TemplateID: v.TemplateID, Version: v.Version, Config: c, Owner: v.Owner, CreatedAt: v.CreatedAt}
+}
+
+// ListTemplateVersions returns up to limit (1-MaxTemplateVersions)
+// versions of a template, newest first, those below before when before > 0,
+// and the before of the next page (0: none).
+func (s *Templates) ListTemplateVersions(ctx context.Context, scope Scope, ref, project string, before, limit int) ([]store.TemplateVersion, int, error) {
+	if limit < 1 || limit > MaxTemplateVersions {
+		return nil, 0, invalid("limit must be between 1 and %d", MaxTemplateVersions)
+	}
+	if before < 0 {
+		return nil, 0, invalid("before must be a version number (1 or more), or 0 for the newest")
+	}
+	t, err := s.GetTemplate(ctx, scope, ref, project)
+	if err != nil {
+		return nil, 0, err
+	}
+	vs, err := s.st.ListTemplateVersions(ctx, t.ID, before, limit+1)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list versions of template %s: %w", t.ID, err)
+	}
+	next := 0
+	if len(vs) > limit {
+		vs = vs[:limit]
+		next = vs[limit-1].Version
+	}
+	return vs, next, nil
+}
+
+// GetTemplateVersion returns one version of a template.
+func (s *Templates) GetTemplateVersion(ctx context.Context, scope Scope, ref, project string, version int) (store.TemplateVersion, error) {
+	t, err := s.GetTemplate(ctx, scope, ref, project)
+	if err != nil {
+		return store.TemplateVersion{}, err
+	}
+	if version < 1 {
+		return store.TemplateVersion{}, invalid("version must be 1 or more")
+	}
+	v, err := s.st.GetTemplateVersion(ctx, t.ID, version)
+	if errors.Is(err, store.ErrNotFound) && version == t.Version {
+		// A manager from before versions made this template: its config
+		// is its one version.
+		return store.TemplateVersion{TemplateID: t.ID, Version: t.Version, Config: t.Config, Owner: t.Owner, CreatedAt: t.CreatedAt}, nil
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return v, notFound("template version", fmt.Sprintf("%s@%d", t.Name, version)).
+			suggest(fmt.Sprintf("template %s has versions 1 to %d: nexus template versions %s", t.Name, t.Version, t.Name))
+	}
+	if err != nil {
+		return v, fmt.Errorf("get version %d of template %s: %w", version, t.ID, err)
+	}
+	return v, nil
+}
+
+// DiffTemplate compares two versions of a template field by field.
+func (s *Templates) DiffTemplate(ctx context.Context, scope Scope, ref, project string, from, to int) (apitypes.TemplateDiff, error) {
+	a, err := s.GetTemplateVersion(ctx, scope, ref, project, from)
+	if err != nil {
+		return apitypes.TemplateDiff{}, err
+	}
+	b, err := s.GetTemplateVersion(ctx, scope, ref, project, to)
+	if err != nil {
+		return apitypes.TemplateDiff{}, err
+	}
+	changes, err := diffConfigs(TemplateVersionView(a).Config, TemplateVersionView(b).Config)
+	if err != nil {
+		return apitypes.TemplateDiff{}, err
+	}
+	return apitypes.TemplateDiff{TemplateID: a.TemplateID, From: from, To: to, Changes: changes}, nil
+}
+
+// diffConfigs lists the top-level fields of two configs that differ, by
+// name. Both are re-encoded from the typed config, so equal values compare
+// equal byte for byte.
+func diffConfigs(a, b apitypes.TemplateConfig) ([]apitypes.TemplateChange, error) {
+	fields := func(c apitypes.TemplateConfig) (map[string]json.RawMessage, error) {
+		raw, err := json.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("encode template config: %w", err)
+		}
+		m := map[string]json.RawMessage{}
+		return m, json.Unmarshal(raw, &m)
+	}
+	am, err := fields(a)
+	if err != nil {
+		return nil, err
+	}
+	bm, err := fields(b)
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]bool{}
+	for k := range am {
+		keys[k] = true
+	}
+	for k := range bm {
+		keys[k] = true
+	}
+	out := []apitypes.TemplateChange{}
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		if !bytes.Equal(am[k], bm[k]) {
+			out = append(out, apitypes.TemplateChange{Field: k, From: am[k], To: bm[k]})
+		}
+	}
+	return out, nil
 }

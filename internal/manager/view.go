@@ -68,7 +68,7 @@ func View(vm store.VM) apitypes.VM {
 		RootfsImageID: vm.RootfsImageID, RootfsPath: vm.RootfsPath,
 		BootArgs: vm.BootArgs, ExtraDrives: sp.ExtraDrives, NIC: sp.NIC,
 		IP: vm.IP, Subnet: vm.Subnet, Gateway: vm.Gateway, BootedAt: vm.BootedAt, GuestReadyAt: vm.GuestReadyAt,
-		TemplateID: vm.TemplateID, TemplateConfig: vm.TemplateConfig, Overrides: vm.Overrides,
+		TemplateID: vm.TemplateID, TemplateVersion: vm.TemplateVersion, TemplateConfig: vm.TemplateConfig, Overrides: vm.Overrides,
 		Tags: vm.Tags, CreatedAt: vm.CreatedAt, UpdatedAt: vm.UpdatedAt, LastError: vm.LastError,
 		ExpiresAt: vm.ExpiresAt, OnExpiry: vm.OnExpiry, Network: networkView(vm, sp), PoolID: vm.PoolID,
 	}

@@ -33,9 +33,10 @@ type CreateOptions struct {
 	Wait bool
 	// TemplateID, TemplateConfig and Overrides are recorded on the VM when
 	// it comes from a template.
-	TemplateID     string
-	TemplateConfig []byte
-	Overrides      []byte
+	TemplateID      string
+	TemplateVersion int
+	TemplateConfig  []byte
+	Overrides       []byte
 	// PoolID puts the VM into a warm pool from its first moment.
 	PoolID string
 }
@@ -90,7 +91,7 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		KernelPath: cfg.kernelPath, RootfsPath: cfg.rootfsPath, InitrdPath: cfg.initrdPath,
 		KernelImageID: cfg.KernelImageID, RootfsImageID: cfg.RootfsImageID, InitrdImageID: cfg.InitrdImageID,
 		BootArgs: cfg.BootArgs, Spec: specJSON, Tags: req.Tags,
-		TemplateID: opt.TemplateID, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
+		TemplateID: opt.TemplateID, TemplateVersion: opt.TemplateVersion, TemplateConfig: opt.TemplateConfig, Overrides: opt.Overrides,
 		ExpiresAt: expiresAt, OnExpiry: onExpiry, PoolID: opt.PoolID,
 	}
 	if cfg.NIC != nil && cfg.NIC.Disabled {

@@ -88,6 +88,92 @@ var catalogBehaviours = []behaviour{
 		wantErr(t, "GetTemplateByName after delete", err, store.ErrNotFound)
 	}},
 
+	{"template/versions", func(t *testing.T, e *env) {
+		tpl := must(e.s.CreateTemplate(ctx, store.Template{Name: "web", Project: "p1", Owner: "alice", Config: json.RawMessage(`{"vcpu":1}`)}))(t)
+		if tpl.Version != 1 {
+			t.Fatalf("CreateTemplate version = %d; want 1", tpl.Version)
+		}
+		e.clock.Advance(time.Second)
+		up := must(e.s.UpdateTemplate(ctx, tpl.ID, "bob", json.RawMessage(`{"vcpu":2}`)))(t)
+		if up.Version != 2 || string(up.Config) != `{"vcpu": 2}` && string(up.Config) != `{"vcpu":2}` {
+			t.Fatalf("UpdateTemplate = version %d config %s; want 2 and vcpu 2", up.Version, up.Config)
+		}
+		must(e.s.UpdateTemplate(ctx, tpl.ID, "bob", json.RawMessage(`{"vcpu":3}`)))(t)
+		if got := must(e.s.GetTemplate(ctx, tpl.ID))(t); got.Version != 3 || got.Name != "web" || got.Owner != "alice" {
+			t.Fatalf("GetTemplate after two updates = %+v; want version 3, name and owner kept", got)
+		}
+		vs := must(e.s.ListTemplateVersions(ctx, tpl.ID, 0, 10))(t)
+		if len(vs) != 3 || vs[0].Version != 3 || vs[2].Version != 1 || vs[2].Owner != "alice" || vs[0].Owner != "bob" {
+			t.Fatalf("ListTemplateVersions = %+v; want 3, 2, 1 (alice made 1, bob 3)", vs)
+		}
+		if page := must(e.s.ListTemplateVersions(ctx, tpl.ID, 3, 1))(t); len(page) != 1 || page[0].Version != 2 {
+			t.Fatalf("ListTemplateVersions(before 3, limit 1) = %+v; want version 2", page)
+		}
+		v1 := must(e.s.GetTemplateVersion(ctx, tpl.ID, 1))(t)
+		var c struct{ Vcpu int }
+		if err := json.Unmarshal(v1.Config, &c); err != nil || c.Vcpu != 1 || !v1.CreatedAt.Equal(tpl.CreatedAt) {
+			t.Fatalf("version 1 = %+v (%v); want the created config and time", v1, err)
+		}
+		_, err := e.s.GetTemplateVersion(ctx, tpl.ID, 4)
+		wantErr(t, "GetTemplateVersion of a version not made", err, store.ErrNotFound)
+		_, err = e.s.UpdateTemplate(ctx, "missing", "bob", json.RawMessage(`{}`))
+		wantErr(t, "UpdateTemplate of a missing template", err, store.ErrNotFound)
+		_, err = e.s.UpdateTemplate(ctx, tpl.ID, "bob", json.RawMessage(`{`))
+		wantErr(t, "UpdateTemplate with bad JSON", err, store.ErrInvalid)
+		if got := must(e.s.GetTemplate(ctx, tpl.ID))(t); got.Version != 3 {
+			t.Fatalf("a refused update changed the version to %d", got.Version)
+		}
+		if err := e.s.DeleteTemplate(ctx, tpl.ID); err != nil {
+			t.Fatal(err)
+		}
+		if vs := must(e.s.ListTemplateVersions(ctx, tpl.ID, 0, 10))(t); len(vs) != 0 {
+			t.Fatalf("versions outlived their template: %+v", vs)
+		}
+	}},
+
+	{"pool/rollouts", func(t *testing.T, e *env) {
+		p := must(e.s.CreatePool(ctx, store.Pool{Name: "warm", Project: "p1", TemplateID: "t1", TemplateVersion: 1, Size: 3, MinReady: 3, OnEmpty: "create"}))(t)
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.TemplateVersion != 1 {
+			t.Fatalf("pool template_version = %d; want 1", got.TemplateVersion)
+		}
+		if err := e.s.SetPoolTemplateVersion(ctx, p.ID, 2); err != nil {
+			t.Fatal(err)
+		}
+		if got := must(e.s.GetPool(ctx, p.ID))(t); got.TemplateVersion != 2 {
+			t.Fatalf("after SetPoolTemplateVersion: %d; want 2", got.TemplateVersion)
+		}
+		_, err := e.s.LatestRollout(ctx, p.ID)
+		wantErr(t, "LatestRollout of a pool without one", err, store.ErrNotFound)
+		r := store.Rollout{PoolID: p.ID, FromVersion: 2, ToVersion: 3, Canary: 1, MaxParallel: 2, MinHealthy: 1500 * time.Millisecond,
+			ProgressDeadline: time.Minute, AutoRevert: true, State: "running", Phase: "canary", Actor: "alice"}
+		r1 := must(e.s.CreateRollout(ctx, r))(t)
+		if d := diff(r1, must(e.s.GetRollout(ctx, r1.ID))(t)); d != "" {
+			t.Fatalf("GetRollout (-create +get):\n%s", d)
+		}
+		_, err = e.s.CreateRollout(ctx, r)
+		wantErr(t, "a second active rollout", err, store.ErrConflict)
+		e.clock.Advance(time.Second)
+		got := must(e.s.SetRolloutState(ctx, r1.ID, []string{"running"}, "paused", "canary", "paused by alice"))(t)
+		if got.State != "paused" || got.Message != "paused by alice" || !got.UpdatedAt.After(r1.UpdatedAt) {
+			t.Fatalf("SetRolloutState = %+v", got)
+		}
+		_, err = e.s.SetRolloutState(ctx, r1.ID, []string{"running"}, "aborted", "canary", "")
+		wantErr(t, "SetRolloutState from a state it is not in", err, store.ErrConflict)
+		_, err = e.s.SetRolloutState(ctx, "missing", []string{"running"}, "aborted", "canary", "")
+		wantErr(t, "SetRolloutState of a missing rollout", err, store.ErrNotFound)
+		must(e.s.SetRolloutState(ctx, r1.ID, []string{"paused"}, "succeeded", "rolling", ""))(t)
+		e.clock.Advance(time.Second)
+		r2 := must(e.s.CreateRollout(ctx, r))(t) // the first is over
+		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID {
+			t.Fatalf("LatestRollout = %s; want the second, %s", got.ID, r2.ID)
+		}
+		if err := e.s.DeletePool(ctx, p.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.s.GetRollout(ctx, r2.ID)
+		wantErr(t, "a rollout after its pool was deleted", err, store.ErrNotFound)
+	}},
+
 	{"image/crud", func(t *testing.T, e *env) {
 		kernel := must(e.s.CreateImage(ctx, store.Image{
 			Kind: store.ImageKernel, Name: "vmlinux-6.1", HostPath: "/srv/fc/images/vmlinux-6.1",

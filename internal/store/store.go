@@ -108,7 +108,15 @@ type TemplateStore interface {
 	GetTemplateByName(ctx context.Context, project, name string) (Template, error)
 	// ListTemplates returns the matching templates, oldest first.
 	ListTemplates(ctx context.Context, f TemplateFilter) ([]Template, error)
+	// DeleteTemplate removes the template and its versions.
 	DeleteTemplate(ctx context.Context, id string) error
+	// UpdateTemplate replaces the template's config: the new config
+	// becomes the next version, made by owner; the old ones stay.
+	UpdateTemplate(ctx context.Context, id, owner string, config json.RawMessage) (Template, error)
+	// ListTemplateVersions returns up to limit versions of a template,
+	// newest first, those below before when before > 0.
+	ListTemplateVersions(ctx context.Context, id string, before, limit int) ([]TemplateVersion, error)
+	GetTemplateVersion(ctx context.Context, id string, version int) (TemplateVersion, error)
 }
 
 // ImageStore keeps the image registry. (project, name) is unique.
@@ -143,6 +151,18 @@ type PoolStore interface {
 	SetPoolShort(ctx context.Context, id string, since *time.Time) error
 	// CountPoolClaim adds one to the pool's claims.
 	CountPoolClaim(ctx context.Context, id string) error
+	// SetPoolTemplateVersion sets the template version the pool makes.
+	SetPoolTemplateVersion(ctx context.Context, id string, version int) error
+	// CreateRollout stores a rollout; ErrConflict while the pool has an
+	// active one (running, paused or reverting).
+	CreateRollout(ctx context.Context, r Rollout) (Rollout, error)
+	GetRollout(ctx context.Context, id string) (Rollout, error)
+	// LatestRollout returns the pool's newest rollout (ErrNotFound: none).
+	LatestRollout(ctx context.Context, poolID string) (Rollout, error)
+	// SetRolloutState moves a rollout from one of the states in from to
+	// state, with its phase and message; ErrConflict when it is in none of
+	// them (another writer was first).
+	SetRolloutState(ctx context.Context, id string, from []string, state, phase, message string) (Rollout, error)
 }
 
 // HostStore keeps the fleet's hosts.

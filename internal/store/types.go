@@ -54,10 +54,11 @@ type VM struct {
 	// as the API received it; the store does not interpret it.
 	Spec json.RawMessage
 
-	TemplateID     string
-	TemplateConfig json.RawMessage // nil unless created from a template
-	Overrides      json.RawMessage // nil unless created from a template
-	Tags           map[string]string
+	TemplateID      string
+	TemplateVersion int             // 0 unless created from a template
+	TemplateConfig  json.RawMessage // nil unless created from a template
+	Overrides       json.RawMessage // nil unless created from a template
+	Tags            map[string]string
 
 	// The VM's address on its host's bridge (AssignAddress): IP is unique
 	// among the host's VMs; Subnet ("172.20.0.0/16") and Gateway are the
@@ -173,12 +174,24 @@ type VMEvent struct {
 
 // Template is a named, reusable VM configuration.
 type Template struct {
-	ID        string
-	Name      string
-	Project   string
-	Owner     string
-	Config    json.RawMessage
+	ID      string
+	Name    string
+	Project string
+	Owner   string
+	Config  json.RawMessage
+	// Version is the current version: 1 on create, bumped by every
+	// UpdateTemplate, which keeps the old config as a TemplateVersion.
+	Version   int
 	CreatedAt time.Time
+}
+
+// TemplateVersion is one immutable config a template had.
+type TemplateVersion struct {
+	TemplateID string
+	Version    int
+	Config     json.RawMessage
+	Owner      string // who made this version
+	CreatedAt  time.Time
 }
 
 // Pool keeps Size paused VMs of one template or snapshot ready to be
@@ -188,15 +201,38 @@ type Pool struct {
 	Name       string
 	Project    string
 	TemplateID string
-	SnapshotID string
-	Size       int
-	MinReady   int
-	OnEmpty    string // "create" or "fail"
+	// TemplateVersion is the version its new VMs are made from (0: a
+	// snapshot pool).
+	TemplateVersion int
+	SnapshotID      string
+	Size            int
+	MinReady        int
+	OnEmpty         string // "create" or "fail"
 	// ShortSince is when the pool last fell below Size ready VMs (nil:
 	// full), for its refill lag.
 	ShortSince *time.Time
 	Claims     int64
 	CreatedAt  time.Time
+}
+
+// Rollout moves a pool from one template version to another, a few VMs at
+// a time (manager/rollout.go). The durations are whole milliseconds.
+type Rollout struct {
+	ID               string
+	PoolID           string
+	FromVersion      int
+	ToVersion        int
+	Canary           int
+	MaxParallel      int
+	MinHealthy       time.Duration
+	ProgressDeadline time.Duration
+	AutoRevert       bool
+	State            string // running, paused, reverting; then succeeded, failed, reverted, aborted
+	Phase            string // canary, rolling
+	Message          string
+	Actor            string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
 }
 
 // TemplateFilter selects templates. Zero fields match everything.

@@ -22,7 +22,7 @@ var vmColumns = []string{
 	"template_id", "template_config", "overrides", "tags",
 	"last_error", "retries", "next_attempt_at",
 	"initrd_path", "initrd_image_id", "ip", "subnet", "gateway", "vmm_pid", "booted_at", "guest_ready_at",
-	"expires_at", "on_expiry", "pool_id",
+	"expires_at", "on_expiry", "pool_id", "template_version",
 	"generation", "created_at", "updated_at",
 }
 
@@ -63,7 +63,7 @@ func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
 		vm.TemplateID, tcfg, over, tagsJSON,
 		vm.LastError, vm.Retries, s.tsPtr(vm.NextAttemptAt),
 		vm.InitrdPath, vm.InitrdImageID, vm.IP, vm.Subnet, vm.Gateway, vm.VMMPID, s.tsPtr(vm.BootedAt), s.tsPtr(vm.GuestReadyAt),
-		s.tsPtr(vm.ExpiresAt), vm.OnExpiry, vm.PoolID,
+		s.tsPtr(vm.ExpiresAt), vm.OnExpiry, vm.PoolID, vm.TemplateVersion,
 		vm.Generation, s.ts(vm.CreatedAt), s.ts(vm.UpdatedAt),
 	}, nil
 }
@@ -77,7 +77,7 @@ func scanVM(sc scanner) (VM, error) {
 		&vm.TemplateID, rawCol{&vm.TemplateConfig}, rawCol{&vm.Overrides}, jsonCol{&vm.Tags},
 		&vm.LastError, &vm.Retries, nullTimeCol{&vm.NextAttemptAt},
 		&vm.InitrdPath, &vm.InitrdImageID, &vm.IP, &vm.Subnet, &vm.Gateway, &vm.VMMPID, nullTimeCol{&vm.BootedAt}, nullTimeCol{&vm.GuestReadyAt},
-		nullTimeCol{&vm.ExpiresAt}, &vm.OnExpiry, &vm.PoolID,
+		nullTimeCol{&vm.ExpiresAt}, &vm.OnExpiry, &vm.PoolID, &vm.TemplateVersion,
 		&vm.Generation, timeCol{&vm.CreatedAt}, timeCol{&vm.UpdatedAt},
 	)
 	if vm.Tags == nil {

@@ -1,6 +1,9 @@
 package apitypes
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // SharedProject is the project of images every project may use. Only
 // admins register (and delete) them.
@@ -75,7 +78,52 @@ type Template struct {
 	Project   string         `json:"project"`
 	Owner     string         `json:"owner,omitempty"`
 	Config    TemplateConfig `json:"config"`
+	Version   int            `json:"version" doc:"the current version: 1 on create, one more on every update"`
 	CreatedAt time.Time      `json:"created_at"`
+}
+
+// UpdateTemplateRequest is the body of PUT /v1/templates/{id}: the whole
+// new config, which becomes the template's next version.
+type UpdateTemplateRequest struct {
+	Config TemplateConfig `json:"config"`
+}
+
+// TemplateVersion is one immutable config a template had.
+type TemplateVersion struct {
+	TemplateID string         `json:"template_id"`
+	Version    int            `json:"version"`
+	Config     TemplateConfig `json:"config"`
+	Owner      string         `json:"owner,omitempty" doc:"who made this version"`
+	CreatedAt  time.Time      `json:"created_at"`
+}
+
+// TemplateVersionItem is GET /v1/templates/{id}/versions/{version}.
+type TemplateVersionItem struct {
+	Item TemplateVersion `json:"item"`
+}
+
+// TemplateVersionList is GET /v1/templates/{id}/versions: newest first.
+type TemplateVersionList struct {
+	Items []TemplateVersion `json:"items"`
+	// NextBefore pages on: pass it as before (0: no more).
+	NextBefore int `json:"next_before,omitempty" doc:"pass as before for the next page; absent on the last"`
+}
+
+// TemplateChange is one config field that differs between two versions
+// (a field absent from one side has no from or to).
+type TemplateChange struct {
+	Field string          `json:"field" doc:"the config field, e.g. kernel_image_id"`
+	From  json.RawMessage `json:"from,omitempty"`
+	To    json.RawMessage `json:"to,omitempty"`
+}
+
+// TemplateDiff is GET /v1/templates/{id}/diff: the fields that differ,
+// sorted by name (empty when the versions are the same).
+type TemplateDiff struct {
+	TemplateID string           `json:"template_id"`
+	From       int              `json:"from"`
+	To         int              `json:"to"`
+	Changes    []TemplateChange `json:"changes"`
 }
 
 // TemplateItem is GET /v1/templates/{id}.

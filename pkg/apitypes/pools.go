@@ -19,6 +19,7 @@ type Pool struct {
 	Name             string     `json:"name"`
 	Project          string     `json:"project"`
 	TemplateID       string     `json:"template_id,omitempty"`
+	TemplateVersion  int        `json:"template_version,omitempty" doc:"the template version the pool makes its VMs of"`
 	SnapshotID       string     `json:"snapshot_id,omitempty"`
 	Size             int        `json:"size"`
 	MinReady         int        `json:"min_ready"`
@@ -52,4 +53,40 @@ type Claimed struct {
 	Item     VM    `json:"item"`
 	FromPool bool  `json:"from_pool" doc:"true: a warm VM was resumed; false: the pool was empty and the VM was made the normal way (on_empty create)"`
 	WaitedMs int64 `json:"waited_ms" doc:"how long the claim took in the manager"`
+}
+
+// RolloutRequest is the body of POST /v1/pools/{id}/rollout.
+type RolloutRequest struct {
+	TemplateVersion  int    `json:"template_version" minimum:"1" doc:"the version of the pool's template to move to"`
+	Canary           *int   `json:"canary,omitempty" minimum:"0" maximum:"100" doc:"VMs of the new version made first; the rest waits until they are healthy (default 1, at most size)"`
+	MaxParallel      int    `json:"max_parallel,omitempty" minimum:"0" maximum:"100" doc:"new VMs under way at once after the canaries (default 1, at most size)"`
+	MinHealthyTime   string `json:"min_healthy_time,omitempty" maxLength:"16" doc:"how long a new VM stays paused-ready before it counts as healthy and replaces an old one (Go duration, default 0s, at most 1h)"`
+	ProgressDeadline string `json:"progress_deadline,omitempty" maxLength:"16" doc:"how long a new VM may take to become paused-ready before the step fails (Go duration, default 5m, 1s to 1h)"`
+	AutoRevert       bool   `json:"auto_revert,omitempty" doc:"on a failed step, return the pool to its old version at full size"`
+}
+
+// Rollout is a pool's move to another template version.
+type Rollout struct {
+	ID               string    `json:"id"`
+	PoolID           string    `json:"pool_id"`
+	FromVersion      int       `json:"from_version"`
+	ToVersion        int       `json:"to_version"`
+	Canary           int       `json:"canary"`
+	MaxParallel      int       `json:"max_parallel"`
+	MinHealthyTime   string    `json:"min_healthy_time"`
+	ProgressDeadline string    `json:"progress_deadline"`
+	AutoRevert       bool      `json:"auto_revert"`
+	State            string    `json:"state" enum:"running,paused,reverting,succeeded,failed,reverted,aborted"`
+	Phase            string    `json:"phase" enum:"canary,rolling,revert,abort" doc:"canary: making the canaries; rolling: the rest; revert or abort: going back to from_version"`
+	Message          string    `json:"message,omitempty" doc:"what the last step did, or why it failed"`
+	Old              int       `json:"old" doc:"VMs of the pool not of to_version"`
+	New              int       `json:"new" doc:"paused-ready VMs of to_version"`
+	Actor            string    `json:"actor,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+}
+
+// RolloutItem is the answer of the rollout routes.
+type RolloutItem struct {
+	Item Rollout `json:"item"`
 }

@@ -95,45 +95,46 @@ type ExtendTTLRequest struct {
 
 // VM is a microVM as the API shows it.
 type VM struct {
-	ID             string            `json:"id"`
-	Name           string            `json:"name"`
-	Project        string            `json:"project"`
-	State          string            `json:"state" enum:"requested,configured,running,paused,stopping,stopped,failed,deleting"`
-	DesiredState   string            `json:"desired_state"`
-	HostID         string            `json:"host_id,omitempty"`
-	HostAddr       string            `json:"host_addr,omitempty"`
-	APISock        string            `json:"api_sock,omitempty"`
-	Tap            string            `json:"tap,omitempty"`
-	MAC            string            `json:"mac,omitempty"`
-	LogPath        string            `json:"log_path,omitempty"`
-	ConsolePath    string            `json:"console_path,omitempty"`
-	Vcpu           int               `json:"vcpu"`
-	MemMib         int               `json:"mem_mib"`
-	KernelImageID  string            `json:"kernel_image_id,omitempty"`
-	KernelPath     string            `json:"kernel_path,omitempty"`
-	InitrdImageID  string            `json:"initrd_image_id,omitempty"`
-	InitrdPath     string            `json:"initrd_path,omitempty"`
-	RootfsImageID  string            `json:"rootfs_image_id,omitempty"`
-	RootfsPath     string            `json:"rootfs_path,omitempty"`
-	BootArgs       string            `json:"boot_args,omitempty" doc:"the VM's own boot_args; the guest boots with Nexus's defaults, root= and ip= added (docs/images.md)"`
-	IP             string            `json:"ip,omitempty" doc:"the guest's address on its host's bridge, kept for the VM's life; none without a network interface"`
-	Subnet         string            `json:"subnet,omitempty" doc:"the bridge's subnet, e.g. 172.20.0.0/16"`
-	Gateway        string            `json:"gateway,omitempty" doc:"the bridge's address: the guest's default route and name server"`
-	BootedAt       *time.Time        `json:"booted_at,omitempty" doc:"when the current run's guest was started (InstanceStart or snapshot load)"`
-	GuestReadyAt   *time.Time        `json:"guest_ready_at,omitempty" doc:"when the guest printed its readiness line in this run; absent until then"`
-	ExtraDrives    []ExtraDrive      `json:"extra_drives,omitempty"`
-	NIC            *NIC              `json:"nic,omitempty"`
-	TemplateID     string            `json:"template_id,omitempty"`
-	TemplateConfig json.RawMessage   `json:"template_config,omitempty"`
-	Overrides      json.RawMessage   `json:"overrides,omitempty"`
-	Tags           map[string]string `json:"tags"`
-	CreatedAt      time.Time         `json:"created_at"`
-	UpdatedAt      time.Time         `json:"updated_at"`
-	LastError      string            `json:"last_error,omitempty"`
-	ExpiresAt      *time.Time        `json:"expires_at,omitempty" doc:"when the reconciler stops or deletes the VM (ttl); absent: never"`
-	Network        *VMNetwork        `json:"network,omitempty" doc:"mode and reachable address; absent without a network interface"`
-	PoolID         string            `json:"pool_id,omitempty" doc:"the warm pool holding the VM until it is claimed"`
-	OnExpiry       string            `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at"`
+	ID              string            `json:"id"`
+	Name            string            `json:"name"`
+	Project         string            `json:"project"`
+	State           string            `json:"state" enum:"requested,configured,running,paused,stopping,stopped,failed,deleting"`
+	DesiredState    string            `json:"desired_state"`
+	HostID          string            `json:"host_id,omitempty"`
+	HostAddr        string            `json:"host_addr,omitempty"`
+	APISock         string            `json:"api_sock,omitempty"`
+	Tap             string            `json:"tap,omitempty"`
+	MAC             string            `json:"mac,omitempty"`
+	LogPath         string            `json:"log_path,omitempty"`
+	ConsolePath     string            `json:"console_path,omitempty"`
+	Vcpu            int               `json:"vcpu"`
+	MemMib          int               `json:"mem_mib"`
+	KernelImageID   string            `json:"kernel_image_id,omitempty"`
+	KernelPath      string            `json:"kernel_path,omitempty"`
+	InitrdImageID   string            `json:"initrd_image_id,omitempty"`
+	InitrdPath      string            `json:"initrd_path,omitempty"`
+	RootfsImageID   string            `json:"rootfs_image_id,omitempty"`
+	RootfsPath      string            `json:"rootfs_path,omitempty"`
+	BootArgs        string            `json:"boot_args,omitempty" doc:"the VM's own boot_args; the guest boots with Nexus's defaults, root= and ip= added (docs/images.md)"`
+	IP              string            `json:"ip,omitempty" doc:"the guest's address on its host's bridge, kept for the VM's life; none without a network interface"`
+	Subnet          string            `json:"subnet,omitempty" doc:"the bridge's subnet, e.g. 172.20.0.0/16"`
+	Gateway         string            `json:"gateway,omitempty" doc:"the bridge's address: the guest's default route and name server"`
+	BootedAt        *time.Time        `json:"booted_at,omitempty" doc:"when the current run's guest was started (InstanceStart or snapshot load)"`
+	GuestReadyAt    *time.Time        `json:"guest_ready_at,omitempty" doc:"when the guest printed its readiness line in this run; absent until then"`
+	ExtraDrives     []ExtraDrive      `json:"extra_drives,omitempty"`
+	NIC             *NIC              `json:"nic,omitempty"`
+	TemplateID      string            `json:"template_id,omitempty"`
+	TemplateVersion int               `json:"template_version,omitempty" doc:"the template version the VM was made from"`
+	TemplateConfig  json.RawMessage   `json:"template_config,omitempty"`
+	Overrides       json.RawMessage   `json:"overrides,omitempty"`
+	Tags            map[string]string `json:"tags"`
+	CreatedAt       time.Time         `json:"created_at"`
+	UpdatedAt       time.Time         `json:"updated_at"`
+	LastError       string            `json:"last_error,omitempty"`
+	ExpiresAt       *time.Time        `json:"expires_at,omitempty" doc:"when the reconciler stops or deletes the VM (ttl); absent: never"`
+	Network         *VMNetwork        `json:"network,omitempty" doc:"mode and reachable address; absent without a network interface"`
+	PoolID          string            `json:"pool_id,omitempty" doc:"the warm pool holding the VM until it is claimed"`
+	OnExpiry        string            `json:"on_expiry,omitempty" enum:"stop,delete" doc:"what happens at expires_at"`
 }
 
 // VMItem wraps one VM: GET /v1/vms/{id} → {item:{…}}. Every answer about

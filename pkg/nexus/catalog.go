@@ -75,6 +75,47 @@ func (c *Client) DeleteTemplate(ctx context.Context, ref, projectName string) er
 	return c.Do(ctx, http.MethodDelete, path("/v1/templates/", ref), project(projectName), nil, nil)
 }
 
+// UpdateTemplate replaces a template's config; it becomes the template's
+// next version (the answer carries its number).
+func (c *Client) UpdateTemplate(ctx context.Context, ref, projectName string, req apitypes.UpdateTemplateRequest) (apitypes.Template, error) {
+	var it apitypes.TemplateItem
+	return it.Item, c.Do(ctx, http.MethodPut, path("/v1/templates/", ref), project(projectName), req, &it)
+}
+
+// ListTemplateVersions lists up to limit versions of a template (0: the
+// server's default of 100), newest first, those below before when before
+// > 0; NextBefore of the answer pages on.
+func (c *Client) ListTemplateVersions(ctx context.Context, ref, projectName string, before, limit int) (apitypes.TemplateVersionList, error) {
+	q := url.Values{}
+	if projectName != "" {
+		q.Set("project", projectName)
+	}
+	if before > 0 {
+		q.Set("before", strconv.Itoa(before))
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out apitypes.TemplateVersionList
+	return out, c.Do(ctx, http.MethodGet, path("/v1/templates/", ref, "/versions"), q, nil, &out)
+}
+
+// GetTemplateVersion gets one version of a template.
+func (c *Client) GetTemplateVersion(ctx context.Context, ref, projectName string, version int) (apitypes.TemplateVersion, error) {
+	var it apitypes.TemplateVersionItem
+	return it.Item, c.Do(ctx, http.MethodGet, path("/v1/templates/", ref, "/versions/", strconv.Itoa(version)), project(projectName), nil, &it)
+}
+
+// DiffTemplate compares two versions of a template field by field.
+func (c *Client) DiffTemplate(ctx context.Context, ref, projectName string, from, to int) (apitypes.TemplateDiff, error) {
+	q := url.Values{"from": {strconv.Itoa(from)}, "to": {strconv.Itoa(to)}}
+	if projectName != "" {
+		q.Set("project", projectName)
+	}
+	var out apitypes.TemplateDiff
+	return out, c.Do(ctx, http.MethodGet, path("/v1/templates/", ref, "/diff"), q, nil, &out)
+}
+
 // InstantiateTemplate creates req.Count VMs (default 1) from a template,
 // all or none. With wait it answers once every VM runs.
 func (c *Client) InstantiateTemplate(ctx context.Context, ref, projectName string, req apitypes.InstantiateRequest, wait bool) (apitypes.InstantiateResponse, error) {

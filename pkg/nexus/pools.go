@@ -36,3 +36,38 @@ func (c *Client) ClaimPool(ctx context.Context, ref, projectName string, req api
 	var out apitypes.Claimed
 	return out, c.Do(ctx, http.MethodPost, path("/v1/pools/", ref, "/claim"), project(projectName), req, &out)
 }
+
+// StartRollout moves a template pool to another version of its template
+// (canaries first, then max_parallel at a time); the manager carries it
+// out in the background: poll GetRollout.
+func (c *Client) StartRollout(ctx context.Context, ref, projectName string, req apitypes.RolloutRequest) (apitypes.Rollout, error) {
+	var it apitypes.RolloutItem
+	return it.Item, c.Do(ctx, http.MethodPost, path("/v1/pools/", ref, "/rollout"), project(projectName), req, &it)
+}
+
+// GetRollout returns the pool's newest rollout with its progress.
+func (c *Client) GetRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
+	var it apitypes.RolloutItem
+	return it.Item, c.Do(ctx, http.MethodGet, path("/v1/pools/", ref, "/rollout"), project(projectName), nil, &it)
+}
+
+// PauseRollout, ResumeRollout and AbortRollout control the pool's
+// rollout; an aborted one returns the pool to its old version.
+func (c *Client) PauseRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
+	return c.controlRollout(ctx, ref, projectName, "pause")
+}
+
+// ResumeRollout resumes a paused rollout.
+func (c *Client) ResumeRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
+	return c.controlRollout(ctx, ref, projectName, "resume")
+}
+
+// AbortRollout returns the pool to the version it had before the rollout.
+func (c *Client) AbortRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
+	return c.controlRollout(ctx, ref, projectName, "abort")
+}
+
+func (c *Client) controlRollout(ctx context.Context, ref, projectName, action string) (apitypes.Rollout, error) {
+	var it apitypes.RolloutItem
+	return it.Item, c.Do(ctx, http.MethodPost, path("/v1/pools/", ref, "/rollout/"+action), project(projectName), nil, &it)
+}

@@ -24,7 +24,7 @@ import (
 )
 
 // imagesDir is the agent's FC_IMAGES_DIR (its default, under the run dir).
-func (a *agentProc) imagesDir(t *testing.T) string {
+func (a *agentProc) imagesDir(t testing.TB) string {
 	t.Helper()
 	d := filepath.Join(a.runDir, "images")
 	if err := os.MkdirAll(d, 0o755); err != nil {

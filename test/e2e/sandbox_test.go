@@ -600,7 +600,7 @@ func TestPools(t *testing.T) {
 }
 
 // poolVMs are the VMs the pool holds, by id.
-func poolVMs(t *testing.T, c *cluster, poolID string) map[string]apitypes.VM {
+func poolVMs(t testing.TB, c *cluster, poolID string) map[string]apitypes.VM {
 	t.Helper()
 	out := map[string]apitypes.VM{}
 	for vm, err := range c.client.VMs(context.Background(), nexus.ListVMsOptions{}) {

@@ -1,0 +1,233 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
+)
+
+// TestPoolRollout: a 10-VM pool moves to a new template version, canary
+// first, never with fewer than size - max_parallel ready VMs; a version
+// whose VMs cannot boot stops at the canary and reverts; a rollout
+// survives a manager restart; abort returns the pool to its old version.
+func TestPoolRollout(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) { testPoolRollout(t, engine) })
+	}
+}
+
+func testPoolRollout(t *testing.T, engine string) {
+	const size, maxParallel = 10, 3
+	c := newCluster(t, engine, 1, "--reconcile-interval", "1s", "--vcpu-overcommit", "32")
+	ctx := context.Background()
+	dir := c.agents[0].imagesDir(t)
+	os.WriteFile(filepath.Join(dir, "vmlinux"), simtest.KernelELF(), 0o644)
+	// Not an ELF: the simulator refuses to boot it, as firecracker would.
+	os.WriteFile(filepath.Join(dir, "broken"), []byte("this is not a kernel"), 0o644)
+	mustImage(t, c.client, apitypes.CreateImageRequest{Kind: "kernel", Name: "vmlinux", HostPath: "vmlinux", Project: "*"})
+	mustImage(t, c.client, apitypes.CreateImageRequest{Kind: "kernel", Name: "broken", HostPath: "broken", Project: "*"})
+	cl := c.client
+	cfg := func(mem int, kernel string) apitypes.TemplateConfig {
+		return apitypes.TemplateConfig{Vcpu: intp(1), MemMib: intp(mem), KernelImageID: kernel}
+	}
+	if _, err := cl.CreateTemplate(ctx, apitypes.CreateTemplateRequest{Name: "web", Config: cfg(64, "vmlinux")}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := cl.CreatePool(ctx, apitypes.CreatePoolRequest{Name: "warm", TemplateID: "web", Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPool := func(version int) {
+		t.Helper()
+		eventually(t, 120*time.Second, fmt.Sprintf("pool has %d ready VMs of version %d", size, version), func() error {
+			vms := poolVMs(t, c, pool.ID)
+			ready := 0
+			for _, vm := range vms {
+				if vm.State == "paused" && vm.TemplateVersion == version {
+					ready++
+				}
+			}
+			if ready != size || len(vms) != size {
+				return fmt.Errorf("%d VMs, %d of them paused of version %d", len(vms), ready, version)
+			}
+			return nil
+		})
+	}
+	waitPool(1)
+	if _, err := cl.UpdateTemplate(ctx, "web", "", apitypes.UpdateTemplateRequest{Config: cfg(96, "vmlinux")}); err != nil { // version 2
+		t.Fatal(err)
+	}
+	if _, err := cl.UpdateTemplate(ctx, "web", "", apitypes.UpdateTemplateRequest{Config: cfg(96, "broken")}); err != nil { // version 3
+		t.Fatal(err)
+	}
+
+	// Bad requests change nothing.
+	for _, bad := range []apitypes.RolloutRequest{
+		{TemplateVersion: 0},
+		{TemplateVersion: 1}, // the pool's own
+		{TemplateVersion: 2, Canary: intp(11)},
+		{TemplateVersion: 2, MaxParallel: 11},
+		{TemplateVersion: 2, MinHealthyTime: "soon"},
+		{TemplateVersion: 2, ProgressDeadline: "0s"},
+		{TemplateVersion: 2, ProgressDeadline: "2h"},
+	} {
+		if _, err := cl.StartRollout(ctx, "warm", "", bad); !isStatus(err, 400) {
+			t.Fatalf("rollout %+v = %v; want 400", bad, err)
+		}
+	}
+	if _, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 9}); !isStatus(err, 404) {
+		t.Fatalf("rollout to a version never made = %v; want 404", err)
+	}
+	if _, err := cl.GetRollout(ctx, "warm", ""); !isStatus(err, 404) {
+		t.Fatalf("rollout of a pool without one = %v; want 404", err)
+	}
+	if _, err := cl.PauseRollout(ctx, "warm", ""); !isStatus(err, 404) {
+		t.Fatalf("pause without a rollout = %v; want 404", err)
+	}
+
+	// watch samples the pool's ready VMs until the rollout ends.
+	watch := func(wantState string) (apitypes.Rollout, int) {
+		t.Helper()
+		low := size
+		var r apitypes.Rollout
+		eventually(t, 180*time.Second, "rollout "+wantState, func() error {
+			ready := 0
+			for _, vm := range poolVMs(t, c, pool.ID) {
+				if vm.State == "paused" {
+					ready++
+				}
+			}
+			low = min(low, ready)
+			var err error
+			if r, err = cl.GetRollout(ctx, "warm", ""); err != nil {
+				return err
+			}
+			if r.State != wantState {
+				return fmt.Errorf("state %s (%s), %d ready", r.State, r.Message, ready)
+			}
+			return nil
+		})
+		return r, low
+	}
+
+	// A version that cannot boot: the canary fails and the pool reverts.
+	r, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 3, Canary: intp(1), MaxParallel: maxParallel, AutoRevert: true})
+	if err != nil || r.State != "running" || r.Phase != "canary" || r.FromVersion != 1 {
+		t.Fatalf("start rollout: %+v, %v", r, err)
+	}
+	if _, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2}); !isStatus(err, 409) {
+		t.Fatalf("a second rollout = %v; want 409", err)
+	}
+	r, low := watch("reverted")
+	if r.Phase != "revert" || !strings.Contains(r.Message, "canary step failed") {
+		t.Fatalf("reverted rollout: %+v; want it failed at the canary", r)
+	}
+	if low < size-maxParallel {
+		t.Fatalf("ready fell to %d during the failed rollout; want at least %d", low, size-maxParallel)
+	}
+	waitPool(1)
+	if p, _ := cl.GetPool(ctx, pool.ID, ""); p.TemplateVersion != 1 {
+		t.Fatalf("pool after the revert: version %d; want 1", p.TemplateVersion)
+	}
+
+	// The real thing: canary 1, then 3 at a time, with a manager restart
+	// in the middle.
+	r, err = cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2, Canary: intp(1), MaxParallel: maxParallel,
+		MinHealthyTime: "1s", ProgressDeadline: "30s", AutoRevert: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the canary is healthy", func() error {
+		r, err := cl.GetRollout(ctx, "warm", "")
+		if err != nil || r.Phase != "rolling" {
+			return fmt.Errorf("%+v, %v", r, err)
+		}
+		return nil
+	})
+	c.restartManager()
+	r, low = watch("succeeded")
+	if low < size-maxParallel {
+		t.Fatalf("ready fell to %d during the rollout; want at least %d", low, size-maxParallel)
+	}
+	waitPool(2)
+	if p, _ := cl.GetPool(ctx, pool.ID, ""); p.TemplateVersion != 2 || r.New != size || r.Old != 0 {
+		t.Fatalf("after the rollout: pool version %d, rollout %+v; want version 2, %d new and no old", p.TemplateVersion, r, size)
+	}
+	for _, vm := range poolVMs(t, c, pool.ID) {
+		if vm.MemMib != 96 {
+			t.Fatalf("VM %s has %d MiB; want version 2's 96", vm.Name, vm.MemMib)
+		}
+	}
+	actions := map[string]int{}
+	for e, err := range cl.AuditEntries(ctx, nexus.AuditOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.ResourceID == pool.ID || e.ResourceID == "warm" { // the caller's rows name the pool as called
+			actions[e.Action]++
+		}
+	}
+	for _, a := range []string{"pool.rollout", "pool.rollout.failed", "pool.rollout.reverted", "pool.rollout.promote", "pool.rollout.step", "pool.rollout.succeeded"} {
+		if actions[a] == 0 {
+			t.Errorf("no audit row %s for the pool; have %v", a, actions)
+		}
+	}
+
+	// Pause, resume and abort: the pool ends on version 2 at full size.
+	if _, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 1, Canary: intp(2), MinHealthyTime: "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := cl.PauseRollout(ctx, "warm", ""); err != nil || r.State != "paused" {
+		t.Fatalf("pause: %+v, %v", r, err)
+	}
+	if _, err := cl.PauseRollout(ctx, "warm", ""); !isStatus(err, 409) {
+		t.Fatalf("pause a paused rollout = %v; want 409", err)
+	}
+	if r, err := cl.ResumeRollout(ctx, "warm", ""); err != nil || r.State != "running" {
+		t.Fatalf("resume: %+v, %v", r, err)
+	}
+	eventually(t, 60*time.Second, "canaries of version 1 made", func() error {
+		r, err := cl.GetRollout(ctx, "warm", "")
+		if err != nil || r.Old != size || r.Phase != "canary" {
+			return fmt.Errorf("%+v, %v", r, err)
+		}
+		n := 0
+		for _, vm := range poolVMs(t, c, pool.ID) {
+			if vm.TemplateVersion == 1 && vm.State == "paused" {
+				n++
+			}
+		}
+		if n != 2 {
+			return fmt.Errorf("%d canaries", n)
+		}
+		return nil
+	})
+	if r, err := cl.AbortRollout(ctx, "warm", ""); err != nil || r.State != "reverting" {
+		t.Fatalf("abort: %+v, %v", r, err)
+	}
+	watch("aborted")
+	waitPool(2)
+	if _, err := cl.ResumeRollout(ctx, "warm", ""); !isStatus(err, 409) {
+		t.Fatalf("resume an aborted rollout = %v; want 409", err)
+	}
+
+	// The CLI.
+	e := newCLIEnv(t, c)
+	if r := e.run(nil, "pool", "rollout", "status", "warm"); r.code != 0 || !strings.Contains(r.stdout, "aborted") || !strings.Contains(r.stdout, "2 → 1") {
+		t.Fatalf("nexus pool rollout status: %+v", r)
+	}
+	if r := e.run(nil, "pool", "rollout", "start", "warm", "--version", "2"); r.code == 0 {
+		t.Fatalf("nexus pool rollout start to the pool's own version: %+v", r)
+	}
+	if err := cl.DeletePool(ctx, pool.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+}
