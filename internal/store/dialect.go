@@ -28,6 +28,10 @@ type dialect interface {
 	forUpdate() string
 	// classify recognises the engine's constraint errors.
 	classify(err error) (kind error, detail string, ok bool)
+	// lockConflict reports an error that only lost a race for locks with
+	// other sessions (a deadlock, a lock timeout): the transaction rolled
+	// back and running it again may succeed.
+	lockConflict(err error) bool
 	// migrations returns the engine's migration files and goose options
 	// (dialect, locking).
 	migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error)

@@ -11,6 +11,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/pressly/goose/v3"
 )
@@ -42,16 +43,41 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("migrate %s: %w", s.d.engine(), err)
 	}
-	results, err := p.Up(ctx)
-	if err != nil {
-		return fmt.Errorf("migrate %s: %w", s.d.engine(), err)
+	// A migration runs beside managers of the previous release (a rolling
+	// upgrade): one that takes two locks on a table their transactions
+	// also lock can deadlock with them, and Postgres may pick the
+	// migration as the victim. Its transaction rolled back whole, so it
+	// runs again after a pause.
+	backoff := migrateRetryBase
+	for attempt := 1; ; attempt++ {
+		results, err := p.Up(ctx)
+		for _, r := range results {
+			s.log.InfoContext(ctx, "store migration applied", "engine", s.d.engine(),
+				"version", r.Source.Version, "file", path.Base(r.Source.Path), "duration", r.Duration)
+		}
+		if err == nil {
+			return nil
+		}
+		if !s.d.lockConflict(err) || attempt == migrateAttempts {
+			return fmt.Errorf("migrate %s: %w", s.d.engine(), err)
+		}
+		s.log.WarnContext(ctx, "store migration lost a lock race with running managers; retrying",
+			"engine", s.d.engine(), "attempt", attempt, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migrate %s: %w", s.d.engine(), errors.Join(err, ctx.Err()))
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
-	for _, r := range results {
-		s.log.InfoContext(ctx, "store migration applied", "engine", s.d.engine(),
-			"version", r.Source.Version, "file", path.Base(r.Source.Path), "duration", r.Duration)
-	}
-	return nil
 }
+
+// migrateAttempts bounds the runs of a migration that keeps losing lock
+// races (about a minute with migrateRetryBase's doubling pauses).
+const (
+	migrateAttempts  = 15
+	migrateRetryBase = 250 * time.Millisecond
+)
 
 // Migration is one of the store's migrations, as `nexus manager migrate
 // --dry-run` shows it.

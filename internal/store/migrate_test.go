@@ -1,14 +1,18 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/pressly/goose/v3"
 
@@ -191,4 +195,95 @@ func TestMigrationsOnlyExpand(t *testing.T) {
 			t.Errorf("%q is not recognised as contracting", bad)
 		}
 	}
+}
+
+// TestMigrationRetriesLockConflict: a migration that deadlocks with a
+// running manager's transaction is run again instead of stopping the new
+// manager, the way a rolling upgrade starts it beside the old release.
+// Migration 7 alters audit, then indexes vm; the old manager's transaction
+// has written vm and then reads audit.
+func TestMigrationRetriesLockConflict(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn := testutil.FreshPostgres(t)
+	s := openRaw(t, dsn)
+	dialect, fsys, opts, err := s.d.migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(dialect, s.w, fsys, append(opts, goose.WithTableName(migrationTable), goose.WithDisableGlobalRegistry(true))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `UPDATE vm SET name = name`); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- Migrate(ctx, dsn, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	}()
+	// The migration holds audit and waits for SHARE on vm (its index)
+	// behind the transaction.
+	waitingQ := `SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = current_schema() AND c.relname = 'vm' AND NOT l.granted`
+	for {
+		var n int
+		if err := s.r.QueryRowContext(ctx, waitingQ).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the migration finished (%v) without waiting for the open transaction", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// Reading audit closes the cycle. The migration waited first, so its
+	// deadlock check (after deadlock_timeout) runs first and Postgres
+	// aborts it; the read goes on.
+	if _, err := tx.ExecContext(ctx, `SELECT count(*) FROM audit`); err != nil {
+		t.Fatalf("the old manager's read: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Migrate: %v\n%s", err, logs.String())
+	}
+	if got := pendingOf(t, dsn); len(got) != 0 {
+		t.Fatalf("after Migrate: pending %v", got)
+	}
+	if !strings.Contains(logs.String(), "retrying") || !strings.Contains(logs.String(), "deadlock") {
+		t.Fatalf("no retry of the deadlocked migration in the log:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -93,6 +93,12 @@ func (postgresDialect) classify(err error) (error, string, bool) {
 	return nil, "", false
 }
 
+func (postgresDialect) lockConflict(err error) bool {
+	var e *pgconn.PgError
+	// deadlock_detected, lock_not_available
+	return errors.As(err, &e) && (e.Code == "40P01" || e.Code == "55P03")
+}
+
 func (d postgresDialect) migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error) {
 	fsys, err := migrationFS("postgres")
 	if err != nil {

@@ -88,6 +88,10 @@ func sqliteDetail(e *sqlite.Error) string {
 	return strings.TrimPrefix(msg, "constraint failed: ")
 }
 
+// Migrations run under an exclusive file lock and BEGIN IMMEDIATE
+// transactions wait out the busy timeout: nothing to retry.
+func (sqliteDialect) lockConflict(error) bool { return false }
+
 func (d sqliteDialect) migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error) {
 	fsys, err := migrationFS("sqlite")
 	if err != nil {
