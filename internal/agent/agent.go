@@ -291,13 +291,24 @@ func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, err)
 		return
 	}
+	resp, err := a.ensureTap(r.Context(), id, req)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// ensureTap makes the VM's TAP (and the bridge, when someone removed it),
+// or its namespace with the TAP inside for an isolated VM; idempotent.
+// Errors are the API's.
+func (a *Agent) ensureTap(ctx context.Context, id string, req agentapi.TapRequest) (agentapi.TapResponse, error) {
 	name := hostlayout.TapName(id)
-	ensure := func() error { return a.net.EnsureTap(r.Context(), name, id) }
+	ensure := func() error { return a.net.EnsureTap(ctx, name, id) }
 	if req.Isolated != nil {
 		iso, c, err := a.isolated(id, req.Isolated)
 		if err != nil {
-			a.fail(w, r, err)
-			return
+			return agentapi.TapResponse{}, err
 		}
 		ensure = func() error {
 			// The namespace is mounted in the run dir, which the tap
@@ -305,32 +316,27 @@ func (a *Agent) tap(w http.ResponseWriter, r *http.Request, id string) {
 			if err := os.MkdirAll(a.cfg.Layout.VMDir(id), 0o750); err != nil {
 				return err
 			}
-			return iso.EnsureIsolated(r.Context(), c)
+			return iso.EnsureIsolated(ctx, c)
 		}
 	}
 	err := ensure()
 	if errors.Is(err, network.ErrNoBridge) {
 		// Someone removed the bridge: bring it (and NAT) back, then retry.
-		if _, err := a.net.EnsureBridge(r.Context()); err != nil {
-			a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err))
-			return
+		if _, err := a.net.EnsureBridge(ctx); err != nil {
+			return agentapi.TapResponse{}, apierr.Newf(http.StatusInternalServerError, "network_failed", "ensure bridge: %v", err).WithCause(err)
 		}
 		err = ensure()
 	}
-	if errors.Is(err, network.ErrInvalidName) {
-		a.fail(w, r, apierr.BadRequest("%v", err))
-		return
+	switch {
+	case errors.Is(err, network.ErrInvalidName):
+		return agentapi.TapResponse{}, apierr.BadRequest("%v", err)
+	case errors.Is(err, network.ErrLinkConflict):
+		return agentapi.TapResponse{}, apierr.Newf(http.StatusConflict, "tap_conflict", "create tap %s: %v", name, err).WithCause(err).
+			WithSuggestion("a link with this VM's TAP name exists and is not this agent's; remove or rename it, then start the VM again")
+	case err != nil:
+		return agentapi.TapResponse{}, apierr.Newf(http.StatusInternalServerError, "network_failed", "create tap %s: %v", name, err).WithCause(err)
 	}
-	if errors.Is(err, network.ErrLinkConflict) {
-		a.fail(w, r, apierr.Newf(http.StatusConflict, "tap_conflict", "create tap %s: %v", name, err).WithCause(err).
-			WithSuggestion("a link with this VM's TAP name exists and is not this agent's; remove or rename it, then start the VM again"))
-		return
-	}
-	if err != nil {
-		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "network_failed", "create tap %s: %v", name, err).WithCause(err))
-		return
-	}
-	writeJSON(w, http.StatusOK, agentapi.TapResponse{Tap: name, MAC: hostlayout.GuestMAC(id).String(), Bridge: a.net.BridgeName()})
+	return agentapi.TapResponse{Tap: name, MAC: hostlayout.GuestMAC(id).String(), Bridge: a.net.BridgeName()}, nil
 }
 
 func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
@@ -347,6 +353,10 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 	// uses ctx only to bound the wait for the socket.
 	opts := vmm.SpawnOptions{Vcpu: req.Vcpu, MemMib: req.MemMib}
 	if req.NetNS {
+		if req.Tap {
+			a.fail(w, r, apierr.BadRequest("tap and netns exclude each other: an isolated VM's TAP is made in its namespace by POST /tap first"))
+			return
+		}
 		opts.NetNS = a.cfg.Layout.NetNSPath(id)
 		if _, ok := a.net.(Isolator); !ok || a.cfg.Jail != "" && a.cfg.Jail != "off" {
 			a.fail(w, r, apierr.Newf(http.StatusConflict, "isolated_unsupported", "this host cannot run isolated VMs (hollow or jail mode)").
@@ -354,10 +364,34 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		}
 	}
+	// The TAP is made while the VMM starts: firecracker opens it only when
+	// its network interface is configured, after the socket is up.
+	var tap agentapi.TapResponse
+	var tapErr error
+	tapDone := make(chan struct{})
+	if req.Tap {
+		go func() {
+			defer close(tapDone)
+			tap, tapErr = a.ensureTap(r.Context(), id, agentapi.TapRequest{})
+		}()
+	} else {
+		close(tapDone)
+	}
 	h, already, err := a.sup.Spawn(r.Context(), id, opts)
+	<-tapDone
 	if err != nil {
+		if req.Tap && tapErr == nil {
+			_ = a.net.DeleteTap(context.WithoutCancel(r.Context()), tap.Tap)
+		}
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "spawn_failed", "%v", err).
 			WithSuggestion("check the VMM binary (FC_BIN) and the console log in the VM's run dir").WithCause(err))
+		return
+	}
+	if tapErr != nil {
+		if !already {
+			_ = a.sup.Stop(context.WithoutCancel(r.Context()), id, 0)
+		}
+		a.fail(w, r, tapErr)
 		return
 	}
 	if h.Jail != nil {
@@ -373,10 +407,14 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		a.guests.watch(id, h.PID)
 	}
 	l := a.cfg.Layout
-	writeJSON(w, http.StatusOK, agentapi.SpawnResponse{
+	resp := agentapi.SpawnResponse{
 		PID: h.PID, APISock: h.APISock, LogPath: l.LogPath(id), ConsolePath: l.ConsolePath(id),
 		MetricsPath: l.MetricsPath(id), AlreadyRunning: already,
-	})
+	}
+	if req.Tap {
+		resp.Tap = &tap
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (a *Agent) stop(w http.ResponseWriter, r *http.Request, id string) {
@@ -406,7 +444,9 @@ func (a *Agent) stopVM(ctx context.Context, id string, grace time.Duration) erro
 		return apierr.Newf(http.StatusInternalServerError, "stop_failed", "%v", err).WithCause(err)
 	}
 	a.proxy.forget(id)
-	if err := a.net.DeleteTap(ctx, hostlayout.TapName(id)); err != nil {
+	// A link of someone else's by the TAP's name means the VM's own TAP
+	// was never made: nothing of ours to delete, and theirs stays.
+	if err := a.net.DeleteTap(ctx, hostlayout.TapName(id)); err != nil && !errors.Is(err, network.ErrNotOurs) {
 		return apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap: %v", err).WithCause(err)
 	}
 	// An isolated VM's namespace and veth go with its VMM (its TAP lives

@@ -681,3 +681,92 @@ func TestProxyBatch(t *testing.T) {
 		}
 	})
 }
+
+// Spawn with tap makes the VM's TAP in the same call, as POST /tap would:
+// the VMM then configures its network interface with it and starts (a
+// jailed VMM opens it as its own uid). A TAP that cannot be made leaves
+// no VMM behind, and a foreign link in its way is not touched.
+func TestSpawnWithTap(t *testing.T) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, kernel, _ := e.newVM()
+		sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Tap: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := agentapi.TapResponse{Tap: hostlayout.TapName(id), MAC: hostlayout.GuestMAC(id).String(), Bridge: e.bridge}
+		if sp.Tap == nil || *sp.Tap != want {
+			t.Fatalf("spawn answered tap %+v; want %+v", sp.Tap, want)
+		}
+		again, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Tap: true})
+		if err != nil || !again.AlreadyRunning || again.PID != sp.PID || again.Tap == nil || *again.Tap != want {
+			t.Fatalf("second spawn = %+v, %v; want the same VMM and TAP", again, err)
+		}
+		inv, err := e.client.Inventory(ctx)
+		if err != nil || len(inv.Taps) != 1 || inv.Taps[0].VMID != id || len(inv.VMMs) != 1 {
+			t.Fatalf("inventory = %+v, %v; want the VM's VMM and TAP", inv, err)
+		}
+		if e.net != nil {
+			link, err := netlink.LinkByName(want.Tap)
+			if err != nil || link.Attrs().Flags&net.FlagUp == 0 {
+				t.Fatalf("tap %s: %v; want it up on the bridge", want.Tap, err)
+			}
+		}
+		fc := e.client.Firecracker(id)
+		for i, call := range []func() error{
+			func() error { return fc.PutBootSource(ctx, firecracker.BootSource{KernelImagePath: kernel}) },
+			func() error {
+				return fc.PutNetworkInterface(ctx, firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: want.Tap, GuestMAC: want.MAC})
+			},
+			func() error { return fc.InstanceStart(ctx) },
+		} {
+			if err := call(); err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+		}
+		if err := e.client.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if inv, err := e.client.Inventory(ctx); err != nil || len(inv.Taps) != 0 || len(inv.VMMs) != 0 {
+			t.Fatalf("inventory after delete = %+v, %v; want empty", inv, err)
+		}
+
+		// tap with netns is refused before anything is made.
+		id2 := uuid.NewString()
+		_, err = e.client.Spawn(ctx, id2, agentapi.SpawnRequest{Tap: true, NetNS: true})
+		var ae *apierr.Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+			t.Fatalf("spawn with tap and netns = %v; want 400", err)
+		}
+		if _, err := os.Stat(e.layout.VMDir(id2)); !os.IsNotExist(err) {
+			t.Fatalf("a refused spawn made the run dir: %v", err)
+		}
+		if e.net == nil {
+			return
+		}
+		// A link of someone else's with the VM's TAP name.
+		id3 := uuid.NewString()
+		foreign := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: hostlayout.TapName(id3)}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI}
+		if err := netlink.LinkAdd(foreign); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(foreign.Name); err == nil {
+				_ = netlink.LinkDel(l)
+			}
+		})
+		_, err = e.client.Spawn(ctx, id3, agentapi.SpawnRequest{Tap: true})
+		if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Code != "tap_conflict" {
+			t.Fatalf("spawn over a foreign link = %v; want 409 tap_conflict", err)
+		}
+		if inv, err := e.client.Inventory(ctx); err != nil || len(inv.VMMs) != 0 {
+			t.Fatalf("inventory after the refused spawn = %+v, %v; want no VMM", inv, err)
+		}
+		if _, err := netlink.LinkByName(foreign.Name); err != nil {
+			t.Fatalf("the foreign link after the refused spawn: %v", err)
+		}
+		if err := e.client.Delete(ctx, id3); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

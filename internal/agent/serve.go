@@ -315,6 +315,9 @@ func startReal(ctx context.Context, o Options, layout hostlayout.Layout, owner s
 		return host{}, fmt.Errorf("agent: %w (set FC_BIN to firecracker or firecracker-sim)", err)
 	}
 	version, simulated := vmmVersion(ctx, sup.Bin())
+	if v, ok := firecracker.ParseVersion(version); ok {
+		sup.SetCreatesLogFiles(firecracker.FeaturesOf(v).CreatesLogFiles)
+	}
 	if jailed {
 		log.Info("jail mode: every VMM runs as its own uid in a chroot, new mount and PID namespaces, no capabilities",
 			"confined_by", sup.JailMode(), "helper", sup.JailHelper(), "uids", fmt.Sprintf("%d+%d", vcfg.Jail.UIDBase, vcfg.Jail.UIDCount),

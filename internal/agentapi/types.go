@@ -48,6 +48,12 @@ type SpawnRequest struct {
 	// NetNS starts the VMM inside the VM's own network namespace (made by
 	// the tap call with isolated).
 	NetNS bool `json:"netns,omitempty"`
+	// Tap also makes the VM's TAP on the bridge, as the tap call without
+	// isolated does, while the VMM starts: one call instead of two, and
+	// the TAP's netlink work overlaps the VMM's start. Agents before it
+	// ignore the field and answer without tap; the caller then makes the
+	// TAP with the tap call.
+	Tap bool `json:"tap,omitempty"`
 }
 
 // SpawnResponse describes the VMM process and its files.
@@ -60,6 +66,8 @@ type SpawnResponse struct {
 	// AlreadyRunning is true when a live VMM for the VM existed and was
 	// returned instead of starting another (spawn is idempotent).
 	AlreadyRunning bool `json:"already_running"`
+	// Tap is the TAP made for a request with tap.
+	Tap *TapResponse `json:"tap,omitempty"`
 }
 
 // StopRequest is the optional body of POST /agent/v1/vms/{id}/stop.

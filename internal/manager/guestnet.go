@@ -136,22 +136,30 @@ var errSkipReport = errors.New("report of another run")
 // it runs) look at that host now; a guest's readiness or failure is
 // recorded on the VM when it is about the VMM the VM runs now.
 func (s *Hosts) HostEvent(ctx context.Context, hostID string, ev apitypes.HostEvent) error {
-	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
-		return notFound("host", hostID)
-	} else if err != nil {
-		return fmt.Errorf("host %s: %w", hostID, err)
-	}
 	if ev.Kind != apitypes.EventVMMExit && !hostlayout.ValidVMID(ev.VMID) {
 		return invalid("vm_id %q is not a VM id", ev.VMID)
 	}
+	var err error
 	switch ev.Kind {
 	case apitypes.EventGuestReady:
-		return s.guestReady(ctx, hostID, ev)
+		err = s.guestReady(ctx, hostID, ev)
 	case apitypes.EventGuestFailed:
-		return s.guestFailed(ctx, hostID, ev)
+		err = s.guestFailed(ctx, hostID, ev)
 	case apitypes.EventVMMExit:
+		err = s.hostExists(ctx, hostID)
 	default:
 		return invalid("unknown event kind %q", ev.Kind)
+	}
+	if ev.Kind != apitypes.EventVMMExit {
+		// A report about a VM of this host's proves the host; one about
+		// no VM of it is answered as before, 404 for an unknown host.
+		if errors.Is(err, errSkipReport) {
+			return s.hostExists(ctx, hostID)
+		}
+		return err
+	}
+	if err != nil {
+		return err
 	}
 	if hostlayout.ValidVMID(ev.VMID) {
 		if vm, err := s.st.GetVM(ctx, ev.VMID); err == nil && vm.HostID == hostID {
@@ -192,14 +200,24 @@ func (s *Hosts) guestReady(ctx context.Context, hostID string, ev apitypes.HostE
 		v.GuestReadyAt = &at
 		return nil
 	})
-	if errors.Is(err, errSkipReport) || isKind(err, KindNotFound) {
-		return nil // a run that is over, or a VM that is gone: nothing to record
+	if isKind(err, KindNotFound) {
+		err = errSkipReport // a VM that is gone: nothing to record
 	}
 	if err != nil {
-		return err
+		return err // errSkipReport too: a run that is over
 	}
 	if measured {
 		s.readyObserved(ctx, ev.VMID, took)
+	}
+	return nil
+}
+
+// hostExists answers not found for a host that is not registered.
+func (s *Hosts) hostExists(ctx context.Context, hostID string) error {
+	if _, err := s.st.GetHost(ctx, hostID); errors.Is(err, store.ErrNotFound) {
+		return notFound("host", hostID)
+	} else if err != nil {
+		return fmt.Errorf("host %s: %w", hostID, err)
 	}
 	return nil
 }
@@ -224,11 +242,11 @@ func (s *Hosts) guestFailed(ctx context.Context, hostID string, ev apitypes.Host
 		v.LastError = msg
 		return nil
 	})
-	if errors.Is(err, errSkipReport) || isKind(err, KindNotFound) {
-		return nil
+	if isKind(err, KindNotFound) {
+		err = errSkipReport
 	}
 	if err != nil {
-		return err
+		return err // errSkipReport too: a run that is over
 	}
 	s.event(ctx, ev.VMID, store.LevelError, "%s (see the console: nexus vm logs --source console %s)", msg, ev.VMID)
 	return nil

@@ -181,7 +181,7 @@ func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta 
 // The caller holds the VM's lock.
 func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
-	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB)),
+	r := &hostRun{c: s.core, id: vm.ID, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB)),
 		isolated: meta.Net != nil && netMode(decodeSpec(vm)) == ModeIsolated}
 	var swaps []snapshotDrive
 	files := []agentapi.RestoreFile{}
@@ -196,7 +196,7 @@ func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot,
 
 	steps := []step{
 		r.tapStep(meta.Net != nil),
-		r.spawnStep(true), // the MAC stays the snapshot's
+		r.spawnStep(true, meta.Net != nil), // the MAC stays the snapshot's
 		{name: "check firecracker version", do: func(ctx context.Context) error {
 			return checkRestoreVersion(ctx, r.fc, r.vm, sn, meta)
 		}},

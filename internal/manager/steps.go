@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nexus-microvm/nexus/internal/agentapi"
+	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
@@ -35,6 +38,11 @@ type step struct {
 	// (the agent's proxy-batch) and each is still reported on its own;
 	// they have no undo: what they set dies with the VMM.
 	fc func(ctx context.Context, c *firecracker.Client) error
+	// alongside: a do step right after a run of fc steps runs while their
+	// batch is on its way (a state write that needs only what earlier
+	// steps learnt), instead of after it. It is reported after them, and
+	// a failure of theirs comes first.
+	alongside bool
 }
 
 // stepFailure is what runSteps returns when a step fails: which step, and
@@ -88,6 +96,8 @@ type outcome struct {
 // runWith runs steps; a run of firecracker-call steps (step.fc) goes to
 // the host through b in one request.
 func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b batcher, eventOnSuccess bool) error {
+	// A step without a name is one this operation leaves out.
+	steps = slices.DeleteFunc(slices.Clone(steps), func(st step) bool { return st.name == "" })
 	var done []int
 	var report []string
 	observe := func(name, result string, d time.Duration) {
@@ -110,7 +120,19 @@ func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b bat
 				j++
 			}
 			group = steps[i:j]
-			outs = c.runCalls(ctx, group, b)
+			var side func() outcome
+			if j < len(steps) && steps[j].alongside && steps[j].do != nil {
+				next := steps[j]
+				side = func() outcome {
+					start := time.Now()
+					err := next.do(ctx)
+					return outcome{err: err, d: time.Since(start)}
+				}
+			}
+			outs = c.runCalls(ctx, group, b, side)
+			if side != nil && len(outs) == len(group)+1 {
+				group = steps[i : j+1]
+			}
 		} else {
 			// Durations are measurements, on the monotonic clock;
 			// decisions (retries, graces) use c.now.
@@ -169,11 +191,40 @@ func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b bat
 // recorded in order, sent in one batch, and each step's outcome is read
 // from its calls' results (the first refusal stops the rest). It returns
 // an outcome for each step up to and including the first that failed.
-func (c *core) runCalls(ctx context.Context, group []step, b batcher) []outcome {
+//
+// side, when set, runs while the batch is sent; its outcome is appended
+// after the group's when every step of the group succeeded (a failed
+// side step after a failed group is not reported: the group's failure
+// stands for the operation).
+func (c *core) runCalls(ctx context.Context, group []step, b batcher, side func() outcome) []outcome {
 	if b == nil {
 		err := errors.New("firecracker-call steps need a host to send them to")
 		return []outcome{{err: err}}
 	}
+	var sideOut outcome
+	var sideDone chan struct{}
+	startSide := func() {
+		if side != nil && sideDone == nil {
+			sideDone = make(chan struct{})
+			go func() {
+				defer close(sideDone)
+				sideOut = side()
+			}()
+		}
+	}
+	outs := c.runCallsWith(ctx, group, b, startSide)
+	if sideDone == nil {
+		return outs // nothing was sent: the group failed before
+	}
+	<-sideDone
+	if len(outs) == len(group) && outs[len(outs)-1].err == nil {
+		return append(outs, sideOut)
+	}
+	return outs
+}
+
+// runCallsWith is runCalls; sending calls beforeSend first.
+func (c *core) runCallsWith(ctx context.Context, group []step, b batcher, beforeSend func()) []outcome {
 	rc, rec := b.record()
 	var calls []firecracker.Call
 	owner := []int{} // call index → step index in group
@@ -191,6 +242,7 @@ func (c *core) runCalls(ctx context.Context, group []step, b batcher) []outcome 
 	}
 	outs := make([]outcome, 0, len(group))
 	if len(calls) > 0 {
+		beforeSend()
 		start := time.Now()
 		results, err := b.send(ctx, calls)
 		if err != nil {
@@ -243,6 +295,7 @@ func ms(d time.Duration) string {
 // VM as the row last said, its agent, and what the agent answered.
 type hostRun struct {
 	c       *core
+	id      string // the VM's (r.vm may be rewritten while a batch is sent)
 	vm      store.VM
 	ag      *agentapi.Client
 	fc      *firecracker.Client
@@ -256,7 +309,9 @@ type hostRun struct {
 func (r *hostRun) record() (*firecracker.Client, *firecracker.Recorder) { return r.fc.Record() }
 
 func (r *hostRun) send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
-	res, err := r.ag.ProxyBatch(ctx, r.vm.ID, calls)
+	// The VM's id as fc knows it: r.vm may be rewritten by a step running
+	// alongside the batch.
+	res, err := r.ag.ProxyBatch(ctx, r.id, calls)
 	return res.Results, err
 }
 
@@ -265,23 +320,21 @@ func (r *hostRun) run(ctx context.Context, op string, steps []step) error {
 	return r.c.runWith(ctx, r.vm.ID, op, steps, r, true)
 }
 
-// tapStep creates the VM's TAP unless it has no network interface; undone
-// by deleting it.
+// tapStep creates an isolated VM's namespace with its TAP inside, which
+// its VMM is started in; undone by deleting it. A VM on the bridge gets
+// its TAP with its VMM (spawnStep), and a VM without a network interface
+// none: for them the step is left out.
 func (r *hostRun) tapStep(wanted bool) step {
+	if !wanted || !r.isolated {
+		return step{}
+	}
 	return step{name: "create tap",
 		do: func(ctx context.Context) (err error) {
-			if !wanted {
-				return nil
+			if r.vm.IP == "" {
+				return conflict("no_address", "vm %s: isolated network mode needs an address of its host's bridge, and host %s reports no subnet", r.vm.ID, r.vm.HostID).
+					suggest("use network mode bridge, or a host whose agent reports its bridge subnet")
 			}
-			req := agentapi.TapRequest{}
-			if r.isolated {
-				if r.vm.IP == "" {
-					return conflict("no_address", "vm %s: isolated network mode needs an address of its host's bridge, and host %s reports no subnet", r.vm.ID, r.vm.HostID).
-						suggest("use network mode bridge, or a host whose agent reports its bridge subnet")
-				}
-				req = isolatedTap(r.vm)
-			}
-			r.tap, err = r.ag.Tap(ctx, r.vm.ID, req)
+			r.tap, err = r.ag.Tap(ctx, r.vm.ID, isolatedTap(r.vm))
 			return err
 		},
 		undo: func(ctx context.Context) error {
@@ -293,14 +346,27 @@ func (r *hostRun) tapStep(wanted bool) step {
 	}
 }
 
-// spawnStep starts the VMM and records its socket and log (and TAP) on the
-// row; keepMAC leaves the row's MAC as it is (a restored guest keeps the
-// snapshot's). Undone by stopping the VMM (which also removes its socket
-// and TAP).
-func (r *hostRun) spawnStep(keepMAC bool) step {
+// spawnStep starts the VMM — and, for a VM with a network interface on
+// the bridge (tap), makes its TAP in the same call — and records its
+// socket and log (and TAP) on the row; keepMAC leaves the row's MAC as it
+// is (a restored guest keeps the snapshot's). Undone by stopping the VMM
+// (which also removes its socket and TAP).
+func (r *hostRun) spawnStep(keepMAC, tap bool) step {
+	withTap := tap && !r.isolated
 	return step{name: "spawn vmm",
 		do: func(ctx context.Context) (err error) {
-			r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB, NetNS: r.isolated})
+			req := agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB, NetNS: r.isolated, Tap: withTap}
+			r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, req)
+			if withTap && unknownField(err, "tap") {
+				// An agent of the release before (a rolling upgrade does
+				// managers first): the TAP takes its own call, first.
+				if r.tap, err = r.ag.Tap(ctx, r.vm.ID, agentapi.TapRequest{}); err == nil {
+					req.Tap = false
+					r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, req)
+				}
+			} else if err == nil && withTap && r.spawned.Tap != nil {
+				r.tap = *r.spawned.Tap
+			}
 			if err != nil {
 				// The agent may have started it before the call failed (a
 				// timeout on the way back): make sure it is gone.
@@ -310,11 +376,23 @@ func (r *hostRun) spawnStep(keepMAC bool) step {
 			r.keepMAC = keepMAC // recorded with the next state (recordStep)
 			return nil
 		},
-		detail: func() string { return fmt.Sprintf("pid %d", r.spawned.PID) },
+		detail: func() string {
+			if withTap {
+				return fmt.Sprintf("pid %d, %s", r.spawned.PID, r.tap.Tap)
+			}
+			return fmt.Sprintf("pid %d", r.spawned.PID)
+		},
 		undo: func(ctx context.Context) error {
 			return r.ag.Stop(ctx, r.vm.ID, agentapi.StopRequest{})
 		},
 	}
+}
+
+// unknownField reports an agent's refusal of a request field it does not
+// know (an agent older than the manager).
+func unknownField(err error, field string) bool {
+	var ae *apierr.Error
+	return errors.As(err, &ae) && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, fmt.Sprintf("unknown field %q", field))
 }
 
 // loggerStep points firecracker's logger at the VM's fc.log.
@@ -339,6 +417,14 @@ func (r *hostRun) recordStep(state store.VMState) step {
 	return step{name: "record " + string(state), do: func(ctx context.Context) error {
 		return r.writeState(ctx, state, nil)
 	}}
+}
+
+// recordAlongside is recordStep written while the firecracker calls
+// before it are sent.
+func (r *hostRun) recordAlongside(state store.VMState) step {
+	st := r.recordStep(state)
+	st.alongside = true
+	return st
 }
 
 // writeState writes state and what the host answered so far, and what more

@@ -22,7 +22,8 @@ func TestLifecycleOnHollowHost(t *testing.T) {
 		t.Fatalf("inventory %+v; want the VM's VMM and TAP", inv)
 	}
 	ev := e.events(vm.ID)
-	for _, want := range []string{"boot: assign address", "create tap", "spawn vmm", "configure boot source", "start instance", "running"} {
+	// The TAP comes with the VMM: one agent call.
+	for _, want := range []string{"boot: assign address", "spawn vmm", vm.TAP, "configure boot source", "start instance", "running"} {
 		if !strings.Contains(ev, want) {
 			t.Errorf("events do not mention %q:\n%s", want, ev)
 		}
@@ -75,7 +76,9 @@ func TestBootFailureAtEveryStepLeavesNothing(t *testing.T) {
 		resp                 func() (int, string)
 		kind                 Kind
 	}{
-		{"create tap", "POST", "/tap", agentFails, KindInternal},
+		{"spawn vmm (tap refused)", "POST", "/spawn", func() (int, string) {
+			return 409, `{"error":"tap_conflict","status":409,"message":"create tap: link exists and is not the expected kind"}`
+		}, KindInternal},
 		{"spawn vmm", "POST", "/spawn", agentFails, KindInternal},
 		{"configure logger", "PUT", "/proxy/logger", func() (int, string) { return refuse("Invalid logger path") }, KindRejected},
 		{"configure metrics", "PUT", "/proxy/metrics", func() (int, string) { return refuse("Invalid metrics path") }, KindRejected},
@@ -93,7 +96,7 @@ func TestBootFailureAtEveryStepLeavesNothing(t *testing.T) {
 			e.faults.add(t, f)
 			_, err := e.create("boom")
 			var se *Error
-			if !errors.As(err, &se) || se.Kind != tc.kind || !strings.Contains(se.Message, strings.TrimSuffix(tc.step, " (agent gone)")) {
+			if !errors.As(err, &se) || se.Kind != tc.kind || !strings.Contains(se.Message, strings.Split(tc.step, " (")[0]) {
 				t.Fatalf("create = %#v; want a %v error naming %q", err, tc.kind, tc.step)
 			}
 			if f.hits != 1 {
@@ -218,4 +221,29 @@ func TestScopes(t *testing.T) {
 	if err := e.m.VMs.DeleteVM(e.ctx, All, vm.ID); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// An agent of the release before refuses spawn's tap field (it decodes
+// strictly): the boot makes the TAP with its own call and spawns again,
+// as that release's manager did.
+func TestBootOnAnOlderAgent(t *testing.T) {
+	e := newEnv(t)
+	refused := e.faults.add(t, &fault{method: "POST", suffix: "/spawn", nth: 1, status: 400,
+		body: `{"error":"bad_request","status":400,"message":"invalid JSON body: json: unknown field \"tap\""}`})
+	tapCall := e.faults.add(t, &fault{method: "POST", suffix: "/tap", nth: 2}) // counts the calls, answers none
+	vm := e.mustCreate("old-agent")
+	if refused.hits != 1 || tapCall.seen != 1 {
+		t.Fatalf("spawn refused %d times, tap called %d times; want 1 and 1", refused.hits, tapCall.seen)
+	}
+	if vm.State != store.VMRunning || vm.TAP != hostlayout.TapName(vm.ID) {
+		t.Fatalf("created %+v; want running with its TAP", vm)
+	}
+	inv := e.inventory()
+	if len(inv.Taps) != 1 || inv.Taps[0].VMID != vm.ID || len(inv.VMMs) != 1 {
+		t.Fatalf("inventory %+v; want the VM's VMM and TAP", inv)
+	}
+	if err := e.m.VMs.DeleteVM(e.ctx, All, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertHostEmpty()
 }

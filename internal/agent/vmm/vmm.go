@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -116,6 +118,10 @@ type Supervisor struct {
 
 	cgroups string // cgroup2 dir for per-VMM groups ("" when unavailable)
 
+	// createsLogFiles: the VMM creates its logger and metrics files when
+	// they are missing (firecracker 1.14 and later).
+	createsLogFiles atomic.Bool
+
 	jail *jailState // nil: VMMs run as the agent does
 }
 
@@ -192,8 +198,14 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		return h, true, nil
 	}
 	l := s.cfg.Layout
-	for _, d := range []string{l.VMDir(vmID), l.SockDir(vmID), l.LogsDir(vmID)} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
+	// A first spawn makes the VM's directory: nothing of an earlier VMM
+	// can be in it.
+	fresh, err := mkdirFresh(l.VMDir(vmID))
+	if err != nil {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
+	}
+	for _, d := range []string{l.SockDir(vmID), l.LogsDir(vmID)} {
+		if err := os.Mkdir(d, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
 			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 		}
 	}
@@ -209,13 +221,26 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	// O_CREAT, so they must exist; every release writes them from offset 0
 	// without truncating, so what an earlier VMM of this VM wrote is
 	// emptied first: its lines would otherwise trail the new ones, and the
-	// last metrics line would be a stale record.
-	for _, f := range []string{l.LogPath(vmID), l.MetricsPath(vmID)} {
-		fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-		if err != nil {
+	// last metrics line would be a stale record. Firecracker opens them
+	// when it is configured, after its socket is up, so for a VMM outside
+	// a jail this is done while it starts; a jail links them in first.
+	prepareFiles := func() error {
+		if fresh && s.jail == nil && s.createsLogFiles.Load() {
+			return nil // a jail links them in: they must exist
+		}
+		for _, f := range []string{l.LogPath(vmID), l.MetricsPath(vmID)} {
+			fh, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+			if err != nil {
+				return err
+			}
+			fh.Close()
+		}
+		return nil
+	}
+	if s.jail != nil {
+		if err := prepareFiles(); err != nil {
 			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 		}
-		fh.Close()
 	}
 	console, err := os.OpenFile(l.ConsolePath(vmID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
@@ -342,6 +367,11 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
 		return fail(err)
 	}
+	if s.jail == nil {
+		if err := prepareFiles(); err != nil {
+			return fail(err)
+		}
+	}
 	if err := s.waitSocket(ctx, p); err != nil {
 		return fail(err)
 	}
@@ -351,6 +381,27 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock)
 	}
 	return p.h, false, nil
+}
+
+// SetCreatesLogFiles tells the supervisor that its VMM binary creates its
+// logger and metrics files itself (firecracker.Features.CreatesLogFiles):
+// a first spawn then leaves them to it.
+func (s *Supervisor) SetCreatesLogFiles(v bool) { s.createsLogFiles.Store(v) }
+
+// mkdirFresh makes dir (and its parents) and reports whether this call
+// made dir itself.
+func mkdirFresh(dir string) (bool, error) {
+	err := os.Mkdir(dir, 0o750)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o750); err != nil {
+			return false, err
+		}
+		err = os.Mkdir(dir, 0o750)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // cleanupJail removes what a jailed spawn made besides the process: its
@@ -428,7 +479,10 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
-	delay := 500 * time.Microsecond
+	// Polls every 200 µs while a VMM usually gets ready (a few ms), then
+	// back off: a long first step would add its length to every spawn.
+	const fast = 20 * time.Millisecond
+	begin, delay := time.Now(), 200*time.Microsecond
 	// A jailed VMM binds its socket inside its chroot (at the same path
 	// there); a hard link brings it to its host path, where everyone
 	// reaches it. (The jail path itself may be too long for a unix socket
@@ -463,9 +517,7 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
 		case <-time.After(delay):
 		}
-		// Short polls: a VMM is usually ready within ~10 ms, and a long
-		// backoff step would add its length to every spawn.
-		if delay < 2*time.Millisecond {
+		if delay < 2*time.Millisecond && time.Since(begin) > fast {
 			delay *= 2
 		}
 	}
