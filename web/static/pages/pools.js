@@ -55,13 +55,14 @@ async function claim(p, msg, after) {
 }
 
 export function poolsPage(main) {
-  const msg = h("div", { id: "pools-msg" });
+  const msg = h("div", { id: "pools-msg" }); // what the user's actions did
+  const err = h("div", { id: "pools-err" }); // why the list could not be read
   const count = h("span", { class: "muted", id: "pool-count", "aria-live": "polite" });
   const tbody = h("tbody");
   const table = h("table", { id: "pool-table" }, h("thead", {}, h("tr", {},
     ["Name", "Project", "Source", "Ready", "Min ready", "State", "Rollout", "Claims", ""].map((c, i) =>
       h("th", { scope: "col", class: [1, 4, 7].includes(i) ? "hide-narrow" : null }, c)))), tbody);
-  clear(main, h("div", { class: "row" }, h("h1", {}, "Warm pools"), count), msg,
+  clear(main, h("div", { class: "row" }, h("h1", {}, "Warm pools"), count), err, msg,
     can.operate() ? createForm(msg, () => load()) : null,
     h("div", { class: "table-wrap" }, table));
 
@@ -125,9 +126,10 @@ export function poolsPage(main) {
         tbody.replaceChildren(...(trs.length ? trs : [h("tr", {}, h("td", { colspan: 9 }, h("span", { class: "muted" }, "No pools yet.")))]));
       }
       count.textContent = `${pools.items.length} pool${pools.items.length === 1 ? "" : "s"}`;
+      clear(err);
       table.dataset.loaded = "true";
     } catch (e) {
-      if (mine === seq) clear(msg, errorBox(e));
+      if (mine === seq) clear(err, errorBox(e));
     }
   }
   return poller(load, 2000);
@@ -200,7 +202,8 @@ export function poolPage(main, id) {
   const base = poolPath(id);
   const title = h("h1", {}, "Pool");
   const badge = h("span", { id: "pool-state" });
-  const msg = h("div", { id: "pool-msg" });
+  const msg = h("div", { id: "pool-msg" }); // what the user's actions did
+  const err = h("div", { id: "pool-err" }); // why the pool could not be read
   const details = h("div", { class: "card", id: "pool-details" });
   const poolActions = h("div", { class: "row", id: "pool-actions" });
   const rolloutBox = h("div", { class: "card", id: "rollout", "aria-live": "polite" });
@@ -211,7 +214,7 @@ export function poolPage(main, id) {
   const vmsNote = h("p", { class: "muted", id: "pool-vms-note" });
   clear(main,
     h("p", {}, h("a", { href: "#/pools" }, "← Pools")),
-    h("div", { class: "row title-row" }, title, badge), poolActions, msg,
+    h("div", { class: "row title-row" }, title, badge), poolActions, err, msg,
     h("div", { class: "grid two" },
       h("div", {}, h("h2", {}, "Pool"), details),
       h("div", {}, h("h2", {}, "Rollout"), rolloutMsg, rolloutBox, buttons)),
@@ -344,9 +347,9 @@ export function poolPage(main, id) {
       // pool is full and no rollout runs, every 10 s.
       const moving = pool.state !== "ready" || pool.creating > 0 || (rollout && ACTIVE.includes(rollout.state));
       if (moving || Date.now() - vmsAt > 10000) await loadVMs();
-      clear(msg);
+      clear(err);
     } catch (e) {
-      clear(msg, errorBox(e));
+      clear(err, errorBox(e));
       if (e.status === 404) stop(); // the pool is gone
     }
   }
