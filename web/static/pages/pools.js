@@ -229,6 +229,8 @@ export function poolPage(main, id) {
   let stopped = false;
   let vmsAt = 0;
   let templateName = "";
+  let rolloutSig = "";
+  let vmsSig = "";
 
   // The rollout buttons are made once and only enabled or disabled, so a
   // keyboard user's focus stays where it is across refreshes.
@@ -286,11 +288,17 @@ export function poolPage(main, id) {
       return;
     }
     if (!rollout) {
+      rolloutSig = "";
       clear(rolloutBox, h("p", { class: "muted", id: "rollout-none" }, "No rollout yet."));
       rolloutBox.dataset.state = "";
       return;
     }
     const r = rollout;
+    // Redrawn only when something changed: the box is a live region, read
+    // out on each change, and a keyboard user's place is kept.
+    const sig = JSON.stringify([r, pool.size]);
+    if (sig === rolloutSig) return;
+    rolloutSig = sig;
     const strategy = [`canary ${r.canary}`, `max parallel ${r.max_parallel}`, `min healthy ${r.min_healthy_time}`, `deadline ${r.progress_deadline}`,
       r.auto_revert ? "auto revert" : "no auto revert", r.auto_promote === undefined ? null : r.auto_promote ? "auto promote" : "promote by hand"].filter(Boolean).join(" · ");
     rolloutBox.dataset.state = r.state;
@@ -302,8 +310,8 @@ export function poolPage(main, id) {
       r.message ? h("p", { id: "rollout-message" }, r.message) : null,
       h("dl", { class: "kv" },
         h("dt", {}, "strategy"), h("dd", { id: "rollout-strategy", class: "text" }, strategy),
-        h("dt", {}, "started"), h("dd", { class: "text" }, `${ago(r.created_at)}${r.actor ? " by " + r.actor : ""}`),
-        h("dt", {}, "last change"), h("dd", { class: "text" }, ago(r.updated_at))));
+        h("dt", {}, "started"), h("dd", { class: "text" }, `${new Date(r.created_at).toLocaleString()}${r.actor ? " by " + r.actor : ""}`),
+        h("dt", {}, "last change"), h("dd", { class: "text" }, new Date(r.updated_at).toLocaleString())));
   }
 
   async function loadVMs() {
@@ -317,13 +325,16 @@ export function poolPage(main, id) {
       if (page === MAX_VM_PAGES - 1) vmsNote.textContent = `Only the first ${MAX_VM_PAGES * 1000} VMs of project ${pool.project} were searched.`;
     }
     items.sort((a, b) => a.name.localeCompare(b.name));
+    vmsAt = Date.now();
+    const sig = JSON.stringify(items.map((vm) => [vm.id, vm.name, vm.state, vm.template_version, vm.host_id]));
+    if (sig === vmsSig) return; // unchanged: the rows (and focus on a link) stay
+    vmsSig = sig;
     clear(vmsBody, items.length ? items.map((vm) => h("tr", { dataset: { vmId: vm.id, state: vm.state, version: vm.template_version || "" } },
       h("td", {}, h("a", { href: "#/vms/" + encodeURIComponent(vm.id) }, vm.name)),
       h("td", {}, stateBadge(vm.state)),
       h("td", {}, vm.template_version ? "v" + vm.template_version : "–"),
       h("td", { class: "hide-narrow mono" }, vm.host_id ? vm.host_id.slice(0, 8) : "–"),
-      h("td", { class: "hide-narrow" }, ago(vm.created_at)))) : h("tr", {}, h("td", { colspan: 5 }, h("span", { class: "muted" }, "No VMs yet."))));
-    vmsAt = Date.now();
+      h("td", { class: "hide-narrow" }, new Date(vm.created_at).toLocaleTimeString()))) : h("tr", {}, h("td", { colspan: 5 }, h("span", { class: "muted" }, "No VMs yet."))));
   }
 
   async function load() {
