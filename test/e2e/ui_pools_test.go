@@ -191,11 +191,20 @@ func TestConsolePools(t *testing.T) {
 		t.Fatalf("a viewer sees %d buttons or forms on the pool page", n)
 	}
 
-	// A phone's width: nothing wider than the screen but the scrolling tables.
+	b.noErrors("/rollout:")
+
+	// Back as the operator. A phone's width, with the operator's forms and buttons: nothing wider
+	// than the screen but the scrolling tables.
 	b.run(30*time.Second, chromedp.EmulateViewport(390, 844))
-	for _, hash := range []string{"pools/" + poolID, "pools"} {
+	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#who button")))
+	b.signIn(c.url(), op)
+	for _, p := range []struct{ hash, ready string }{
+		{"pools/" + poolID, `document.querySelector("#pool-vms tr[data-vm-id]") && document.querySelector("#r-diff-table") && document.querySelector("#rollout-abort")`},
+		{"pools", `document.querySelector("#pool-table[data-loaded=true] button.claim") && document.querySelector("#p-source option")`},
+	} {
+		hash := p.hash
 		b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/"+hash))
-		b.waitJS(hash+" on a phone", `document.querySelector("#pool-vms tr[data-vm-id], #pool-table[data-loaded=true]")`, 20*time.Second)
+		b.waitJS(hash+" on a phone", p.ready, 20*time.Second)
 		if w := eval[int](b, `document.documentElement.scrollWidth`); w > 390 {
 			t.Errorf("#/%s is %d px wide on a 390 px screen", hash, w)
 		}
@@ -205,13 +214,9 @@ func TestConsolePools(t *testing.T) {
 		}
 		b.shot(name)
 	}
-	b.run(30*time.Second, chromedp.EmulateViewport(1280, 900))
-	b.noErrors("/rollout:")
 
 	// The operator deletes the pool from the list, after a confirmation.
-	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#who button")))
-	b.signIn(c.url(), op)
-	b.run(30*time.Second, chromedp.Navigate(c.url()+"/ui/#/pools"))
+	b.run(30*time.Second, chromedp.EmulateViewport(1280, 900))
 	b.waitJS("pool list", row, 20*time.Second)
 	left := poolVMs(t, c, poolID)
 	b.confirm("#pool-table tr[data-pool-id] button.delete")
