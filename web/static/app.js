@@ -11,6 +11,7 @@ import { templatesPage, imagesPage, snapshotsPage } from "./pages/catalog.js";
 import { hostsPage } from "./pages/hosts.js";
 import { auditPage } from "./pages/audit.js";
 import { tokensPage } from "./pages/tokens.js";
+import { poolsPage, poolPage } from "./pages/pools.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -18,7 +19,7 @@ const who = document.getElementById("who");
 
 
 const sections = [
-  ["vms", "VMs"], ["create", "Create"], ["templates", "Templates"], ["images", "Images"],
+  ["vms", "VMs"], ["create", "Create"], ["pools", "Pools"], ["templates", "Templates"], ["images", "Images"],
   ["snapshots", "Snapshots"], ["hosts", "Hosts"], ["audit", "Audit"], ["tokens", "Tokens", () => can.admin()],
 ];
 
@@ -69,6 +70,7 @@ function signInPage(reason) {
 const routes = {
   vms: () => vmsPage(main),
   create: () => createPage(main),
+  pools: () => poolsPage(main),
   templates: () => templatesPage(main),
   images: () => imagesPage(main),
   snapshots: () => snapshotsPage(main),
@@ -96,6 +98,7 @@ async function route() {
   renderChrome(section);
   let page = routes[section];
   if (section === "vms" && rest[0]) page = () => vmPage(main, decodeURIComponent(rest[0]));
+  if (section === "pools" && rest[0]) page = () => poolPage(main, decodeURIComponent(rest[0]));
   if (!page) {
     clear(main, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/vms" }, "Back to the VMs")));
     return;

@@ -44,12 +44,23 @@ export function stateBadge(s) {
 }
 
 // confirmAction asks in a modal dialog; it resolves to true on Confirm.
+// The dialog's close event comes in a later task: one of a question just
+// cancelled (Escape) may arrive after the next question opened, so each
+// question waits for a close that leaves the dialog closed, and only the
+// newest question can be confirmed.
+let asked = 0;
 export function confirmAction(text, okLabel = "Confirm") {
   const d = document.getElementById("confirm");
+  const mine = ++asked;
   document.getElementById("confirm-text").textContent = text;
   document.getElementById("confirm-ok").textContent = okLabel;
   return new Promise((resolve) => {
-    d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true });
+    const onClose = () => {
+      if (d.open) return; // an earlier question's late event
+      d.removeEventListener("close", onClose);
+      resolve(mine === asked && d.returnValue === "ok");
+    };
+    d.addEventListener("close", onClose);
     d.returnValue = "";
     d.showModal();
     document.getElementById("confirm-cancel").focus();
