@@ -382,6 +382,14 @@ func (s *failingStore) ListVMs(ctx context.Context, f store.VMFilter) ([]store.V
 	return items, next, err
 }
 
+func (s *failingStore) ListHostVMStates(ctx context.Context, hostID string) ([]store.VM, error) {
+	items, err := s.Store.ListHostVMStates(ctx, hostID)
+	s.mu.Lock()
+	s.rowsRead += len(items)
+	s.mu.Unlock()
+	return items, err
+}
+
 func (s *failingStore) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]store.Snapshot, error) {
 	items, err := s.Store.ListSnapshots(ctx, f)
 	s.mu.Lock()

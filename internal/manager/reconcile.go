@@ -334,19 +334,10 @@ func (r *Reconciler) Pass(ctx context.Context, hostID string) PassStats {
 // hostVMs loads the VMs the store places on one host: a pass over one
 // host reads that host's rows only, however large the fleet.
 func (r *Reconciler) hostVMs(ctx context.Context, hostID string) ([]store.VM, error) {
-	var out []store.VM
-	f := store.VMFilter{HostID: hostID, Limit: store.MaxLimit}
-	for {
-		items, next, err := r.s.st.ListVMs(ctx, f)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, items...)
-		if next == "" {
-			return out, nil
-		}
-		f.Cursor = next
-	}
+	// What planning needs of each row, not the rows: at thousands of VMs
+	// reading and decoding whole rows (spec, tags, template config) was
+	// most of a pass. act reads the row whole before it does anything.
+	return r.s.st.ListHostVMStates(ctx, hostID)
 }
 
 // drainingLost marks the VMs of draining hosts that went silent: the store

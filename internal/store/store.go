@@ -56,6 +56,12 @@ type VMStore interface {
 	// while paging do not shift later pages. nextCursor is "" on the last
 	// page. A malformed cursor is ErrInvalid.
 	ListVMs(ctx context.Context, f VMFilter) (items []VM, nextCursor string, err error)
+	// ListHostVMStates returns every VM placed on hostID with only what a
+	// reconcile pass plans from filled in: ID, HostID, State,
+	// DesiredState, TAP, LastError, Retries, NextAttemptAt, Generation
+	// and UpdatedAt. Whoever acts on one reads the whole row again. Not
+	// paged: a host's VMs are bounded by its capacity.
+	ListHostVMStates(ctx context.Context, hostID string) ([]VM, error)
 	// ListExpiredVMs returns up to limit VMs whose ExpiresAt is at or
 	// before at, earliest first (the reconciler's expiry sweep).
 	ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error)

@@ -209,6 +209,23 @@ func (s *sqlStore) GetVMByName(ctx context.Context, project, name string) (VM, e
 	return vm, nil
 }
 
+// vmStateSelect reads the columns ListHostVMStates fills, from the host's
+// rows only (its index starts with host_id).
+const vmStateSelect = "SELECT id, host_id, state, desired_state, tap, last_error, retries, next_attempt_at, generation, updated_at FROM vm WHERE host_id = ?"
+
+func (s *sqlStore) ListHostVMStates(ctx context.Context, hostID string) ([]VM, error) {
+	vms, err := queryAll(ctx, s, func(sc scanner) (VM, error) {
+		var vm VM
+		err := sc.Scan(&vm.ID, &vm.HostID, &vm.State, &vm.DesiredState, &vm.TAP, &vm.LastError,
+			&vm.Retries, nullTimeCol{&vm.NextAttemptAt}, &vm.Generation, timeCol{&vm.UpdatedAt})
+		return vm, err
+	}, vmStateSelect, hostID)
+	if err != nil {
+		return nil, s.fail("list vm states of host "+hostID, err)
+	}
+	return vms, nil
+}
+
 func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error) {
 	var conds []string
 	var args []any

@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -170,6 +171,50 @@ var vmBehaviours = []behaviour{
 			if got := names(items); got != tc.want || next != "" {
 				t.Errorf("ListVMs(%+v) = %q, next %q; want %q, no next", tc.f, got, next, tc.want)
 			}
+		}
+	}},
+
+	{"vm/list_host_states", func(t *testing.T, e *env) {
+		// The reconciler's view of one host: its VMs, with the fields a
+		// pass plans from equal to the whole row's, and nothing else.
+		next := e.clock.Now().Add(time.Minute)
+		var want []store.VM
+		for i, host := range []string{"h1", "h2", "h1", ""} {
+			vm := newVM(fmt.Sprintf("v%d", i))
+			vm.HostID, vm.TAP, vm.Tags = host, fmt.Sprintf("tap-%d", i), map[string]string{"k": "v"}
+			vm = must(e.s.CreateVM(ctx, vm))(t)
+			if i == 2 {
+				vm = must(e.s.UpdateVM(ctx, vm.ID, func(v *store.VM) error {
+					v.State, v.DesiredState, v.LastError, v.Retries, v.NextAttemptAt = store.VMFailed, store.VMRunning, "vmm gone", 2, &next
+					return nil
+				}))(t)
+			}
+			if host == "h1" {
+				want = append(want, vm)
+			}
+		}
+		got := must(e.s.ListHostVMStates(ctx, "h1"))(t)
+		slices.SortFunc(got, func(a, b store.VM) int { return strings.Compare(a.ID, b.ID) })
+		slices.SortFunc(want, func(a, b store.VM) int { return strings.Compare(a.ID, b.ID) })
+		if len(got) != len(want) {
+			t.Fatalf("ListHostVMStates(h1) = %d VMs; want %d", len(got), len(want))
+		}
+		for i, w := range want {
+			brief := store.VM{ID: w.ID, HostID: w.HostID, State: w.State, DesiredState: w.DesiredState, TAP: w.TAP,
+				LastError: w.LastError, Retries: w.Retries, NextAttemptAt: w.NextAttemptAt, Generation: w.Generation, UpdatedAt: w.UpdatedAt}
+			g := got[i]
+			if g.ID != brief.ID || g.HostID != brief.HostID || g.State != brief.State || g.DesiredState != brief.DesiredState ||
+				g.TAP != brief.TAP || g.LastError != brief.LastError || g.Retries != brief.Retries || g.Generation != brief.Generation ||
+				!g.UpdatedAt.Equal(brief.UpdatedAt) || (g.NextAttemptAt == nil) != (brief.NextAttemptAt == nil) ||
+				(g.NextAttemptAt != nil && !g.NextAttemptAt.Equal(*brief.NextAttemptAt)) {
+				t.Errorf("VM %d: %+v; want %+v", i, g, brief)
+			}
+			if g.Name != "" || g.Tags != nil || len(g.Spec) != 0 {
+				t.Errorf("VM %d carries more than planning needs: name %q, tags %v", i, g.Name, g.Tags)
+			}
+		}
+		if got := must(e.s.ListHostVMStates(ctx, "h9"))(t); len(got) != 0 {
+			t.Errorf("a host without VMs: %d", len(got))
 		}
 	}},
 
