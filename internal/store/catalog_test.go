@@ -163,10 +163,15 @@ var catalogBehaviours = []behaviour{
 		wantErr(t, "SetRolloutState of a missing rollout", err, store.ErrNotFound)
 		must(e.s.SetRolloutState(ctx, r1.ID, []string{"paused"}, "succeeded", "rolling", ""))(t)
 		e.clock.Advance(time.Second)
+		r.AutoPromote = true
 		r2 := must(e.s.CreateRollout(ctx, r))(t) // the first is over
-		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID {
-			t.Fatalf("LatestRollout = %s; want the second, %s", got.ID, r2.ID)
+		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID || !got.AutoPromote {
+			t.Fatalf("LatestRollout = %+v; want the second, %s, auto_promote", got, r2.ID)
 		}
+		// A rollout awaiting its promotion is active too.
+		must(e.s.SetRolloutState(ctx, r2.ID, []string{"running"}, "awaiting_promotion", "canary", ""))(t)
+		_, err = e.s.CreateRollout(ctx, r)
+		wantErr(t, "a rollout while another awaits promotion", err, store.ErrConflict)
 		if err := e.s.DeletePool(ctx, p.ID); err != nil {
 			t.Fatal(err)
 		}
