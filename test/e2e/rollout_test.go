@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,7 +18,9 @@ import (
 // TestPoolRollout: a 10-VM pool moves to a new template version, canary
 // first, never with fewer than size - max_parallel ready VMs; a version
 // whose VMs cannot boot stops at the canary and reverts; a rollout
-// survives a manager restart; abort returns the pool to its old version.
+// survives a manager restart; abort returns the pool to its old version;
+// with auto_promote false it waits at its healthy canaries (across a
+// restart) until promoted, and abort works from there too.
 func TestPoolRollout(t *testing.T) {
 	for _, engine := range engines {
 		t.Run(engine, func(t *testing.T) { testPoolRollout(t, engine) })
@@ -226,6 +229,85 @@ func testPoolRollout(t *testing.T, engine string) {
 	}
 	if r := e.run(nil, "pool", "rollout", "start", "warm", "--version", "2"); r.code == 0 {
 		t.Fatalf("nexus pool rollout start to the pool's own version: %+v", r)
+	}
+	if _, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 1, Canary: intp(0), AutoPromote: boolp(false)}); !isStatus(err, 400) {
+		t.Fatalf("auto_promote false without canaries = %v; want 400", err)
+	}
+
+	// Manual promote: the rollout stops at its healthy canaries, across a
+	// manager restart, until promoted; the pool keeps its size meanwhile.
+	const canaries = 2
+	if r := e.run(nil, "pool", "rollout", "start", "warm", "--version", "1", "--canary", "2", "--max-parallel", "3", "--auto-promote=false"); r.code != 0 ||
+		!strings.Contains(r.stdout, "auto_promote false") {
+		t.Fatalf("nexus pool rollout start --auto-promote=false: %+v", r)
+	}
+	var apiErr *nexus.APIError
+	if _, err := cl.PromoteRollout(ctx, "warm", ""); !errors.As(err, &apiErr) || apiErr.Status != 409 || apiErr.Code != "rollout_state" ||
+		!strings.Contains(apiErr.Message, "awaiting_promotion") || apiErr.Suggestion == "" {
+		t.Fatalf("promote before the canaries are healthy = %v; want 409 rollout_state naming awaiting_promotion, with a suggestion", err)
+	}
+	awaiting := func() {
+		t.Helper()
+		eventually(t, 60*time.Second, "the rollout awaits promotion", func() error {
+			r, err := cl.GetRollout(ctx, "warm", "")
+			if err != nil || r.State != "awaiting_promotion" || r.Phase != "canary" || r.New != canaries || r.Old != size-canaries {
+				return fmt.Errorf("%+v, %v", r, err)
+			}
+			return nil
+		})
+	}
+	awaiting()
+	c.restartManager()
+	eventually(t, 60*time.Second, "the restarted manager leads the reconciler", func() error {
+		var st apitypes.ReconcilerStatus
+		if err := cl.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st); err != nil || !st.Leader {
+			return fmt.Errorf("leader %v, %v", st.Leader, err)
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // passes of its pool loop (every second): the rollout must not move on
+	awaiting()
+	if ready := len(poolVMs(t, c, pool.ID)); ready != size {
+		t.Fatalf("%d VMs in the pool awaiting promotion; want %d", ready, size)
+	}
+	if r := e.run(nil, "pool", "rollout", "promote", "warm"); r.code != 0 || !strings.Contains(r.stdout, "running") || !strings.Contains(r.stdout, "rolling") {
+		t.Fatalf("nexus pool rollout promote: %+v", r)
+	}
+	if r := e.run(nil, "pool", "rollout", "promote", "warm"); r.code != 4 || !strings.Contains(r.stderr, "awaiting_promotion") {
+		t.Fatalf("nexus pool rollout promote twice: %+v; want exit code 4 (conflict)", r)
+	}
+	r, low = watch("succeeded")
+	if low < size-maxParallel {
+		t.Fatalf("ready fell to %d during the promoted rollout; want at least %d", low, size-maxParallel)
+	}
+	waitPool(1)
+	if _, err := cl.PromoteRollout(ctx, "warm", ""); !isStatus(err, 409) {
+		t.Fatalf("promote a finished rollout = %v; want 409", err)
+	}
+	// Abort from awaiting_promotion: back to the old version.
+	if _, err := cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2, Canary: intp(canaries), AutoPromote: boolp(false)}); err != nil {
+		t.Fatal(err)
+	}
+	awaiting()
+	if r, err := cl.AbortRollout(ctx, "warm", ""); err != nil || r.State != "reverting" {
+		t.Fatalf("abort awaiting promotion: %+v, %v", r, err)
+	}
+	watch("aborted")
+	waitPool(1)
+	if p, _ := cl.GetPool(ctx, pool.ID, ""); p.TemplateVersion != 1 {
+		t.Fatalf("pool after the abort: version %d; want 1", p.TemplateVersion)
+	}
+	actions = map[string]int{}
+	for e, err := range cl.AuditEntries(ctx, nexus.AuditOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.ResourceID == pool.ID || e.ResourceID == "warm" {
+			actions[e.Action]++
+		}
+	}
+	if actions["pool.rollout.awaiting_promotion"] != 2 || actions["pool.rollout_promote"] == 0 {
+		t.Errorf("audit rows of the manual promotes: %v; want 2 pool.rollout.awaiting_promotion and pool.rollout_promote", actions)
 	}
 	if err := cl.DeletePool(ctx, pool.ID, ""); err != nil {
 		t.Fatal(err)
