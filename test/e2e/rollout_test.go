@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -310,6 +311,144 @@ func testPoolRollout(t *testing.T, engine string) {
 		t.Errorf("audit rows of the manual promotes: %v; want 2 pool.rollout.awaiting_promotion and pool.rollout_promote", actions)
 	}
 	if err := cl.DeletePool(ctx, pool.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPoolRolloutLeaderChange: two managers share Postgres; the one
+// holding the reconciler lease (which drives rollouts) is SIGKILLed in the
+// middle of a rollout, and the other takes the lease and finishes it:
+// every VM of the pool on the new version, the pool at full size.
+func TestPoolRolloutLeaderChange(t *testing.T) {
+	const size, maxParallel = 8, 2
+	ctx := context.Background()
+	args := append(slices.Clone(fastReconcile), "--vcpu-overcommit", "32")
+	port2 := freePort(t)
+	c := newClusterWith(t, clusterOpts{engine: "postgres", agents: 1, mgrArgs: args, ports2: []int{port2}})
+	m2 := c.start("manager-2", nil, append([]string{"manager", "--listen", fmt.Sprintf("0.0.0.0:%d", port2),
+		"--database-url", c.dsn, "--join-token", c.join}, args...)...)
+	t.Cleanup(func() {
+		m2.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(m2.log)
+			t.Logf("--- manager-2.log ---\n%s", tail(string(b), 40))
+		}
+	})
+	m2.waitLog(t, "manager listening", 20*time.Second)
+	c2 := newClient(fmt.Sprintf("http://127.0.0.1:%d", port2), c.admin)
+	leader := func(cl *nexus.Client) bool {
+		var st apitypes.ReconcilerStatus
+		return cl.Do(ctx, "GET", "/v1/reconciler", nil, nil, &st) == nil && st.Leader
+	}
+
+	dir := c.agents[0].imagesDir(t)
+	os.WriteFile(filepath.Join(dir, "vmlinux"), simtest.KernelELF(), 0o644)
+	mustImage(t, c.client, apitypes.CreateImageRequest{Kind: "kernel", Name: "vmlinux", HostPath: "vmlinux", Project: "*"})
+	cfg := func(mem int) apitypes.TemplateConfig {
+		return apitypes.TemplateConfig{Vcpu: intp(1), MemMib: intp(mem), KernelImageID: "vmlinux"}
+	}
+	if _, err := c.client.CreateTemplate(ctx, apitypes.CreateTemplateRequest{Name: "web", Config: cfg(64)}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := c.client.CreatePool(ctx, apitypes.CreatePoolRequest{Name: "warm", TemplateID: "web", Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.UpdateTemplate(ctx, "web", "", apitypes.UpdateTemplateRequest{Config: cfg(96)}); err != nil { // version 2
+		t.Fatal(err)
+	}
+	eventually(t, 120*time.Second, "the pool full of version 1", func() error {
+		n := 0
+		for _, vm := range poolVMs(t, c, pool.ID) {
+			if vm.State == "paused" && vm.TemplateVersion == 1 {
+				n++
+			}
+		}
+		if n != size {
+			return fmt.Errorf("%d paused VMs of version 1", n)
+		}
+		return nil
+	})
+
+	// The leader is whichever took the free lease first.
+	var lead, survivor *proc
+	var sc *nexus.Client
+	eventually(t, converge, "exactly one leader", func() error {
+		l1, l2 := leader(c.client), leader(c2)
+		switch {
+		case l1 && !l2:
+			lead, survivor, sc = c.mgr, m2, c2
+		case l2 && !l1:
+			lead, survivor, sc = m2, c.mgr, c.client
+		default:
+			return fmt.Errorf("leaders: manager-1 %v, manager-2 %v", l1, l2)
+		}
+		return nil
+	})
+
+	if _, err := sc.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2, Canary: intp(1), MaxParallel: maxParallel,
+		MinHealthyTime: "2s", ProgressDeadline: "20s", AutoRevert: true}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the rollout under way past its canary", func() error {
+		r, err := sc.GetRollout(ctx, "warm", "")
+		if err != nil || r.State != "running" || r.Phase != "rolling" || r.New < 2 || r.Old == 0 {
+			return fmt.Errorf("%+v, %v", r, err)
+		}
+		return nil
+	})
+	lead.kill() // SIGKILL: the lease is not released
+	killedAt := time.Now()
+	eventually(t, converge, "the other manager takes the lease", func() error {
+		if !leader(sc) {
+			return errors.New("not leader yet")
+		}
+		return nil
+	})
+	t.Logf("lease taken over %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+
+	var r apitypes.Rollout
+	eventually(t, 120*time.Second, "the new leader finishes the rollout", func() error {
+		if r, err = sc.GetRollout(ctx, "warm", ""); err != nil {
+			return err
+		}
+		if r.State != "succeeded" {
+			return fmt.Errorf("state %s, phase %s, %d new, %d old: %s", r.State, r.Phase, r.New, r.Old, r.Message)
+		}
+		return nil
+	})
+	t.Logf("rollout finished %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	eventually(t, 60*time.Second, "every VM of the pool paused, of version 2", func() error {
+		var vms []apitypes.VM
+		for vm, err := range sc.VMs(ctx, nexus.ListVMsOptions{}) {
+			if err != nil {
+				return err
+			}
+			if vm.PoolID == pool.ID {
+				vms = append(vms, vm)
+			}
+		}
+		if len(vms) != size {
+			return fmt.Errorf("%d VMs in the pool; want %d", len(vms), size)
+		}
+		for _, vm := range vms {
+			if vm.State != "paused" || vm.TemplateVersion != 2 || vm.MemMib != 96 {
+				return fmt.Errorf("VM %s: %s, version %d, %d MiB", vm.Name, vm.State, vm.TemplateVersion, vm.MemMib)
+			}
+		}
+		return nil
+	})
+	if p, err := sc.GetPool(ctx, pool.ID, ""); err != nil || p.TemplateVersion != 2 || p.Ready != size {
+		t.Fatalf("pool after the rollout: %+v, %v; want version 2, %d ready", p, err, size)
+	}
+	if r.New != size || r.Old != 0 {
+		t.Fatalf("rollout %+v; want %d new, no old", r, size)
+	}
+	c.client = sc
+	if lead == c.mgr {
+		c.mgr = survivor // the cluster's cleanup stops it
+	}
+	if err := sc.DeletePool(ctx, pool.ID, ""); err != nil {
 		t.Fatal(err)
 	}
 }
