@@ -23,8 +23,9 @@ its template: the canaries first, then max_parallel at a time once they
 have stayed paused-ready for min_healthy_time. Old VMs go only when new
 ones stand in for them, so the pool keeps its size (it needs room for
 size + max_parallel VMs). A new VM that fails, or takes longer than the
-progress deadline, fails the step; with --auto-revert the pool goes back
-to its old version at full size. With --auto-promote=false the rollout
+progress deadline (or, with --ready-line, does not show that line on its
+console before then), fails the step; with --auto-revert the pool goes
+back to its old version at full size. With --auto-promote=false the rollout
 stops once its canaries are healthy (state awaiting_promotion) until
 'nexus pool rollout promote POOL'.`,
 	}
@@ -71,6 +72,7 @@ func rolloutStartCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.StringVar(&req.MinHealthyTime, "min-healthy-time", "", "how long a new VM stays paused-ready before it counts (default 0s)")
 	fs.StringVar(&req.ProgressDeadline, "progress-deadline", "", "how long a new VM may take to become paused-ready (default 5m)")
 	fs.BoolVar(&req.AutoRevert, "auto-revert", false, "on a failed step, go back to the old version at full size")
+	fs.StringVar(&req.ReadyLine, "ready-line", "", "a new VM counts healthy only once its console shows this text, e.g. 'nexus-guest: ready'")
 	fs.BoolVar(&autoPromote, "auto-promote", true, "go on once the canaries are healthy; false: wait for 'nexus pool rollout promote'")
 	_ = cmd.MarkFlagRequired("version")
 	return cmd
@@ -117,6 +119,7 @@ func rolloutDetail(r apitypes.Rollout) [][2]string {
 		{"state", r.State}, {"phase", r.Phase}, {"progress", fmt.Sprintf("%d new ready, %d old", r.New, r.Old)},
 		{"strategy", fmt.Sprintf("canary %d, max_parallel %d, min_healthy_time %s, progress_deadline %s, auto_revert %t, auto_promote %t",
 			r.Canary, r.MaxParallel, r.MinHealthyTime, r.ProgressDeadline, r.AutoRevert, r.AutoPromote)},
+		{"ready line", r.ReadyLine},
 		{"message", r.Message}, {"started", r.CreatedAt.Format(time.RFC3339)}, {"updated", r.UpdatedAt.Format(time.RFC3339)},
 	}
 }

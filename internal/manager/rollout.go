@@ -51,6 +51,15 @@ const (
 // MaxRolloutWait bounds min_healthy_time and progress_deadline.
 const MaxRolloutWait = time.Hour
 
+// MaxReadyLine bounds a rollout's ready_line; readyLineTail is how many
+// of a new VM's last console lines are searched for it, and
+// readyLinePoll how often while it boots.
+const (
+	MaxReadyLine  = 256
+	readyLineTail = 1000
+	readyLinePoll = 100 * time.Millisecond
+)
+
 func rolloutDuration(field, v string, def, lo time.Duration) (time.Duration, error) {
 	if v == "" {
 		return def, nil
@@ -102,6 +111,9 @@ func (s *Pools) StartRollout(ctx context.Context, scope Scope, ref, project, act
 	if _, err := s.templates.GetTemplateVersion(ctx, All, p.TemplateID, p.Project, req.TemplateVersion); err != nil {
 		return store.Rollout{}, err
 	}
+	if len(req.ReadyLine) > MaxReadyLine || strings.ContainsAny(req.ReadyLine, "\r\n") {
+		return store.Rollout{}, invalid("ready_line: want at most %d bytes of one console line", MaxReadyLine)
+	}
 	autoPromote := req.AutoPromote == nil || *req.AutoPromote
 	if !autoPromote && canary == 0 {
 		return store.Rollout{}, invalid("auto_promote false needs canaries to promote: canary must be 1 or more")
@@ -113,7 +125,7 @@ func (s *Pools) StartRollout(ctx context.Context, scope Scope, ref, project, act
 	r, err := s.st.CreateRollout(ctx, store.Rollout{
 		PoolID: p.ID, FromVersion: p.TemplateVersion, ToVersion: req.TemplateVersion, Canary: canary, MaxParallel: req.MaxParallel,
 		MinHealthy: minHealthy, ProgressDeadline: deadline, AutoRevert: req.AutoRevert, AutoPromote: autoPromote,
-		State: RolloutRunning, Phase: phase, Actor: actor,
+		ReadyLine: req.ReadyLine, State: RolloutRunning, Phase: phase, Actor: actor,
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return store.Rollout{}, conflict("rollout_active", "pool %s already has a rollout under way", p.Name).
@@ -218,7 +230,7 @@ func (s *Pools) newVMs(ctx context.Context, poolID string, version int) []string
 func (s *Pools) RolloutView(ctx context.Context, r store.Rollout) apitypes.Rollout {
 	v := apitypes.Rollout{ID: r.ID, PoolID: r.PoolID, FromVersion: r.FromVersion, ToVersion: r.ToVersion, Canary: r.Canary,
 		MaxParallel: r.MaxParallel, MinHealthyTime: r.MinHealthy.String(), ProgressDeadline: r.ProgressDeadline.String(),
-		AutoRevert: r.AutoRevert, AutoPromote: r.AutoPromote, State: r.State, Phase: r.Phase, Message: r.Message, Actor: r.Actor, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+		AutoRevert: r.AutoRevert, AutoPromote: r.AutoPromote, ReadyLine: r.ReadyLine, State: r.State, Phase: r.Phase, Message: r.Message, Actor: r.Actor, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 	if vms, err := s.poolVMs(ctx, r.PoolID); err == nil {
 		for _, vm := range vms {
 			switch {
@@ -298,9 +310,14 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 		return
 	}
 	// A manager that died between booting a VM and pausing it (or the
-	// reconciler finishing its boot) leaves it running: pause it here.
+	// reconciler finishing its boot) leaves it running: pause it here,
+	// a new one only once its console shows the ready line (else it is
+	// cleaned up as abandoned after the progress deadline).
 	for i, vm := range vms {
 		if vm.State == store.VMRunning && s.now().Sub(vm.CreatedAt) < r.ProgressDeadline {
+			if vm.TemplateVersion == r.ToVersion && r.ReadyLine != "" && !s.consoleShows(ctx, vm, r.ReadyLine) {
+				continue
+			}
 			if paused, err := s.vms.PauseVM(ctx, All, vm.ID); err == nil {
 				vms[i] = paused
 			}
@@ -469,6 +486,14 @@ func (s *Pools) makeVersion(ctx context.Context, p store.Pool, r store.Rollout, 
 		if err != nil {
 			return fmt.Errorf("a VM of version %d: %w", version, err)
 		}
+		// The health check on the console runs while the guest does: a
+		// paused guest prints nothing.
+		if version == r.ToVersion && r.ReadyLine != "" {
+			if err := s.waitReadyLine(ctx, vm, r.ReadyLine, start.Add(r.ProgressDeadline)); err != nil {
+				_ = s.vms.DeleteVM(context.WithoutCancel(ctx), All, vm.ID)
+				return fmt.Errorf("VM %s of version %d: %w", vm.Name, version, err)
+			}
+		}
 		if _, err := s.vms.PauseVM(ctx, All, vm.ID); err != nil {
 			_ = s.vms.DeleteVM(context.WithoutCancel(ctx), All, vm.ID)
 			return fmt.Errorf("pause VM %s of version %d: %w", vm.Name, version, err)
@@ -496,6 +521,39 @@ func (s *Pools) makeVersion(ctx context.Context, p store.Pool, r store.Rollout, 
 		return nil, nil
 	}
 	return ids, errors.Join(errs...)
+}
+
+// consoleShows reports whether the VM's console (its last readyLineTail
+// lines, read through its agent) contains line.
+func (s *Pools) consoleShows(ctx context.Context, vm store.VM, line string) bool {
+	ll, err := s.agentFor(ctx, vm).Logs(ctx, vm.ID, "console", readyLineTail)
+	if err != nil {
+		return false
+	}
+	for _, l := range ll.Lines {
+		if strings.Contains(l, line) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitReadyLine waits until the VM's console shows line, or fails at
+// deadline (the step's progress deadline).
+func (s *Pools) waitReadyLine(ctx context.Context, vm store.VM, line string, deadline time.Time) error {
+	t := time.NewTicker(readyLinePoll)
+	defer t.Stop()
+	for !s.consoleShows(ctx, vm, line) {
+		if !s.now().Before(deadline) {
+			return fmt.Errorf("its console did not show the ready line %q within the progress deadline", line)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the ready line: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 func lastErrorText(vm store.VM) string {

@@ -365,3 +365,51 @@ func TestRolloutAbortAwaitingPromotion(t *testing.T) {
 		t.Fatalf("the aborted pool: %+v; want %d VMs of version 1", c, size)
 	}
 }
+
+// ready_line: a new VM counts only once its console shows the line (read
+// through the agent's logs while it runs, before it is paused): the
+// simulator's guest prints "nexus-guest: ready" once per boot, so a
+// rollout checking for it succeeds, and one checking for a line no guest
+// prints fails its canary at the progress deadline and reverts.
+func TestRolloutReadyLine(t *testing.T) {
+	const size = 2
+	e, p := rolloutEnv(t, size)
+	for _, bad := range []string{strings.Repeat("x", MaxReadyLine+1), "two\nlines"} {
+		if _, err := e.m.Pools.StartRollout(e.ctx, All, "warm", "", "alice", apitypes.RolloutRequest{TemplateVersion: 2, ReadyLine: bad}); !isKind(err, KindInvalid) {
+			t.Errorf("ready_line %q = %v; want invalid", bad, err)
+		}
+	}
+	if _, err := e.m.Pools.StartRollout(e.ctx, All, "warm", "", "alice", apitypes.RolloutRequest{TemplateVersion: 2,
+		ReadyLine: "never printed by any guest", ProgressDeadline: "1s", AutoRevert: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.m.Pools.RefillPools(e.ctx)
+	r := e.rollout(p.ID)
+	if r.State != RolloutReverting || !strings.Contains(r.Message, "ready line") {
+		t.Fatalf("a canary without the ready line: %+v; want reverting, the ready line named", r)
+	}
+	e.m.Pools.RefillPools(e.ctx)
+	if r := e.rollout(p.ID); r.State != RolloutReverted {
+		t.Fatalf("%+v; want reverted", r)
+	}
+	if c := e.poolCounts(p.ID); c.paused[1] != size || c.total != size {
+		t.Fatalf("the reverted pool: %+v; want %d VMs of version 1", c, size)
+	}
+
+	if _, err := e.m.Pools.StartRollout(e.ctx, All, "warm", "", "alice", apitypes.RolloutRequest{TemplateVersion: 2,
+		ReadyLine: "nexus-guest: ready", ProgressDeadline: "30s"}); err != nil {
+		t.Fatal(err)
+	}
+	for pass := 0; e.rollout(p.ID).State == RolloutRunning; pass++ {
+		if pass == 10 {
+			t.Fatalf("not done after %d passes: %+v", pass, e.rollout(p.ID))
+		}
+		e.m.Pools.RefillPools(e.ctx)
+	}
+	if r := e.rollout(p.ID); r.State != RolloutSucceeded || r.ReadyLine != "nexus-guest: ready" {
+		t.Fatalf("with the simulator's ready line: %+v; want succeeded", r)
+	}
+	if c := e.poolCounts(p.ID); c.paused[2] != size || c.total != size {
+		t.Fatalf("the pool: %+v; want %d VMs of version 2", c, size)
+	}
+}

@@ -145,7 +145,7 @@ var catalogBehaviours = []behaviour{
 		_, err := e.s.LatestRollout(ctx, p.ID)
 		wantErr(t, "LatestRollout of a pool without one", err, store.ErrNotFound)
 		r := store.Rollout{PoolID: p.ID, FromVersion: 2, ToVersion: 3, Canary: 1, MaxParallel: 2, MinHealthy: 1500 * time.Millisecond,
-			ProgressDeadline: time.Minute, AutoRevert: true, State: "running", Phase: "canary", Actor: "alice"}
+			ProgressDeadline: time.Minute, AutoRevert: true, ReadyLine: "nexus-guest: ready", State: "running", Phase: "canary", Actor: "alice"}
 		r1 := must(e.s.CreateRollout(ctx, r))(t)
 		if d := diff(r1, must(e.s.GetRollout(ctx, r1.ID))(t)); d != "" {
 			t.Fatalf("GetRollout (-create +get):\n%s", d)

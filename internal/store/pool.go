@@ -105,14 +105,14 @@ func (s *sqlStore) SetPoolTemplateVersion(ctx context.Context, id string, versio
 }
 
 const rolloutSelect = "SELECT id, pool_id, from_version, to_version, canary, max_parallel, min_healthy_ms, progress_deadline_ms," +
-	" auto_revert, auto_promote, state, phase, message, actor, created_at, updated_at FROM pool_rollout"
+	" auto_revert, auto_promote, ready_line, state, phase, message, actor, created_at, updated_at FROM pool_rollout"
 
 func scanRollout(sc scanner) (Rollout, error) {
 	var r Rollout
 	var minMS, deadlineMS int64
 	var auto, promote int
 	err := sc.Scan(&r.ID, &r.PoolID, &r.FromVersion, &r.ToVersion, &r.Canary, &r.MaxParallel, &minMS, &deadlineMS,
-		&auto, &promote, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
+		&auto, &promote, &r.ReadyLine, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
 	r.MinHealthy, r.ProgressDeadline = time.Duration(minMS)*time.Millisecond, time.Duration(deadlineMS)*time.Millisecond
 	r.AutoRevert, r.AutoPromote = auto != 0, promote != 0
 	return r, err
@@ -125,10 +125,10 @@ func (s *sqlStore) CreateRollout(ctx context.Context, r Rollout) (Rollout, error
 	r.CreatedAt = s.orNow(r.CreatedAt)
 	r.UpdatedAt = r.CreatedAt
 	_, err := s.exec(ctx, "INSERT INTO pool_rollout (id, pool_id, from_version, to_version, canary, max_parallel, min_healthy_ms,"+
-		" progress_deadline_ms, auto_revert, auto_promote, state, phase, message, actor, created_at, updated_at)"+
-		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		" progress_deadline_ms, auto_revert, auto_promote, ready_line, state, phase, message, actor, created_at, updated_at)"+
+		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 		r.ID, r.PoolID, r.FromVersion, r.ToVersion, r.Canary, r.MaxParallel, r.MinHealthy.Milliseconds(), r.ProgressDeadline.Milliseconds(),
-		boolInt(r.AutoRevert), boolInt(r.AutoPromote), r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt))
+		boolInt(r.AutoRevert), boolInt(r.AutoPromote), r.ReadyLine, r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt))
 	if err != nil {
 		return Rollout{}, s.fail("create rollout of pool "+r.PoolID, err)
 	}

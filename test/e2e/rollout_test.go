@@ -82,6 +82,7 @@ func testPoolRollout(t *testing.T, engine string) {
 		{TemplateVersion: 2, MinHealthyTime: "soon"},
 		{TemplateVersion: 2, ProgressDeadline: "0s"},
 		{TemplateVersion: 2, ProgressDeadline: "2h"},
+		{TemplateVersion: 2, ReadyLine: strings.Repeat("x", 257)},
 	} {
 		if _, err := cl.StartRollout(ctx, "warm", "", bad); !isStatus(err, 400) {
 			t.Fatalf("rollout %+v = %v; want 400", bad, err)
@@ -142,10 +143,11 @@ func testPoolRollout(t *testing.T, engine string) {
 		t.Fatalf("pool after the revert: version %d; want 1", p.TemplateVersion)
 	}
 
-	// The real thing: canary 1, then 3 at a time, with a manager restart
-	// in the middle.
+	// The real thing: canary 1, then 3 at a time, each new VM healthy once
+	// its console shows the guest's ready line, with a manager restart in
+	// the middle.
 	r, err = cl.StartRollout(ctx, "warm", "", apitypes.RolloutRequest{TemplateVersion: 2, Canary: intp(1), MaxParallel: maxParallel,
-		MinHealthyTime: "1s", ProgressDeadline: "30s", AutoRevert: true})
+		MinHealthyTime: "1s", ProgressDeadline: "30s", AutoRevert: true, ReadyLine: simtest.ReadyLine})
 	if err != nil {
 		t.Fatal(err)
 	}
