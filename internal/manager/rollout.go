@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -345,15 +346,9 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 		return
 	}
 	// Old VMs go once healthy new ones can stand in for them.
-	var deleted []string
-	for len(st.newHealthy)+len(st.old) > p.Size && len(st.old) > 0 {
-		vm := st.old[0]
-		st.old = st.old[1:]
-		s.event(ctx, vm.ID, store.LevelInfo, "rollout %s of pool %s: replaced by a VM of version %d; deleting it", r.ID, p.Name, r.ToVersion)
-		if err := s.vms.DeleteVM(ctx, All, vm.ID); err == nil {
-			deleted = append(deleted, vm.ID)
-		}
-	}
+	n := max(0, min(len(st.old), len(st.newHealthy)+len(st.old)-p.Size))
+	deleted := s.deleteVMs(ctx, st.old[:n], "rollout %s of pool %s: replaced by a VM of version %d; deleting it", r.ID, p.Name, r.ToVersion)
+	st.old = st.old[n:]
 	if r.State == RolloutRunning && r.Phase == phaseCanary && len(st.newHealthy) >= r.Canary {
 		if !r.AutoPromote {
 			msg := fmt.Sprintf("%d canary VM(s) of version %d healthy; awaiting promotion (nexus pool rollout promote %s)", r.Canary, r.ToVersion, p.Name)
@@ -391,7 +386,7 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 	if r.Phase == phaseCanary {
 		limit, target = r.Canary, r.Canary
 	}
-	n := min(limit-st.newPending, target-len(st.newHealthy)-st.newPending)
+	n = min(limit-st.newPending, target-len(st.newHealthy)-st.newPending)
 	made, err := s.makeVersion(ctx, p, r, r.ToVersion, max(n, 0))
 	if len(made) > 0 || len(deleted) > 0 || err != nil {
 		s.auditRollout(ctx, p, r, "pool.rollout.step", made, deleted, err)
@@ -451,15 +446,13 @@ func (s *Pools) revertPass(ctx context.Context, p store.Pool, r store.Rollout, v
 		}
 		return
 	}
-	var deleted []string
+	var gone []store.VM
 	for _, vm := range vms {
 		if vm.TemplateVersion == r.ToVersion && vm.State != store.VMDeleting {
-			s.event(ctx, vm.ID, store.LevelInfo, "rollout %s of pool %s: going back to version %d; deleting this VM", r.ID, p.Name, r.FromVersion)
-			if err := s.vms.DeleteVM(ctx, All, vm.ID); err == nil {
-				deleted = append(deleted, vm.ID)
-			}
+			gone = append(gone, vm)
 		}
 	}
+	deleted := s.deleteVMs(ctx, gone, "rollout %s of pool %s: going back to version %d; deleting this VM", r.ID, p.Name, r.FromVersion)
 	state, action := RolloutReverted, "pool.rollout.reverted"
 	if r.Phase == phaseAbort {
 		state, action = RolloutAborted, "pool.rollout.aborted"
@@ -554,6 +547,31 @@ func (s *Pools) waitReadyLine(ctx context.Context, vm store.VM, line string, dea
 		}
 	}
 	return nil
+}
+
+// deleteVMs deletes vms, batchParallel at a time (one by one, the
+// deletes of a step were most of its time), each with an event; the ids
+// deleted.
+func (s *Pools) deleteVMs(ctx context.Context, vms []store.VM, format string, args ...any) []string {
+	ok := make([]bool, len(vms))
+	sem := make(chan struct{}, batchParallel)
+	var wg sync.WaitGroup
+	for i, vm := range vms {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.event(ctx, vm.ID, store.LevelInfo, format, args...)
+			ok[i] = s.vms.DeleteVM(ctx, All, vm.ID) == nil
+		})
+	}
+	wg.Wait()
+	var ids []string
+	for i, vm := range vms {
+		if ok[i] {
+			ids = append(ids, vm.ID)
+		}
+	}
+	return ids
 }
 
 func lastErrorText(vm store.VM) string {
