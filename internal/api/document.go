@@ -80,6 +80,7 @@ var (
 		"start-rollout":        {http.StatusConflict}, // one under way; the version is a 404
 		"pause-rollout":        {http.StatusConflict}, // not in a state that allows it
 		"resume-rollout":       {http.StatusConflict},
+		"promote-rollout":      {http.StatusConflict},
 		"abort-rollout":        {http.StatusConflict},
 	}
 )

@@ -31,7 +31,7 @@ func (s *Server) poolRoutes() {
 	register(s, "delete-pool", http.MethodDelete, "/v1/pools/{id}", "Delete a warm pool and its unclaimed VMs", op("pool.delete", "pool"), s.deletePool)
 	register(s, "start-rollout", http.MethodPost, "/v1/pools/{id}/rollout", "Move a template pool to another version of its template: canaries first, then max_parallel at a time", op("pool.rollout", "pool"), s.startRollout, http.StatusCreated)
 	register(s, "get-rollout", http.MethodGet, "/v1/pools/{id}/rollout", "The pool's newest rollout with its progress", viewer, s.getRollout)
-	for _, action := range []string{"pause", "resume", "abort"} {
+	for _, action := range []string{"pause", "resume", "promote", "abort"} {
 		register(s, action+"-rollout", http.MethodPost, "/v1/pools/{id}/rollout/"+action, rolloutActionDoc[action], op("pool.rollout_"+action, "pool"),
 			func(ctx context.Context, in *poolRefInput) (*rolloutOutput, error) {
 				return s.controlRollout(ctx, in, action)
@@ -122,9 +122,10 @@ func (s *Server) claimPool(ctx context.Context, in *claimInput) (*claimOutput, e
 }
 
 var rolloutActionDoc = map[string]string{
-	"pause":  "Pause the pool's rollout after the step under way (the pool refills with its current version meanwhile)",
-	"resume": "Resume a paused rollout",
-	"abort":  "Abort the pool's rollout: it returns to the version it had before, at full size",
+	"pause":   "Pause the pool's rollout after the step under way (the pool refills with its current version meanwhile)",
+	"resume":  "Resume a paused rollout",
+	"promote": "Promote the canaries of a rollout awaiting promotion (auto_promote false): it goes on with the rest of the pool; 409 in any other state",
+	"abort":   "Abort the pool's rollout: it returns to the version it had before, at full size",
 }
 
 type startRolloutInput struct {

@@ -11,7 +11,8 @@ package manager
 // min_healthy_time, so the pool never has fewer than size ready VMs
 // because of a rollout (it needs room for size + max_parallel VMs). The
 // canaries come first; the rest, max_parallel at a time, once they are
-// healthy. A new VM that fails to boot, fails later, or takes longer than
+// healthy (with auto_promote false, once a promote says so). A new VM
+// that fails to boot, fails later, or takes longer than
 // progress_deadline to become paused-ready fails the step: with
 // auto_revert the new VMs go and the pool is back on its old version at
 // full size; without, the rollout stops (failed) where it is.
@@ -21,6 +22,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -36,6 +39,9 @@ const (
 	RolloutFailed    = "failed"
 	RolloutReverted  = "reverted"
 	RolloutAborted   = "aborted"
+	// RolloutAwaitingPromotion: the canaries are healthy and the rollout
+	// (auto_promote false) waits for a promote; phase stays canary.
+	RolloutAwaitingPromotion = "awaiting_promotion"
 
 	phaseCanary  = "canary"
 	phaseRolling = "rolling"
@@ -45,6 +51,15 @@ const (
 
 // MaxRolloutWait bounds min_healthy_time and progress_deadline.
 const MaxRolloutWait = time.Hour
+
+// MaxReadyLine bounds a rollout's ready_line; readyLineTail is how many
+// of a new VM's last console lines are searched for it, and
+// readyLinePoll how often while it boots.
+const (
+	MaxReadyLine  = 256
+	readyLineTail = 1000
+	readyLinePoll = 100 * time.Millisecond
+)
 
 func rolloutDuration(field, v string, def, lo time.Duration) (time.Duration, error) {
 	if v == "" {
@@ -97,13 +112,21 @@ func (s *Pools) StartRollout(ctx context.Context, scope Scope, ref, project, act
 	if _, err := s.templates.GetTemplateVersion(ctx, All, p.TemplateID, p.Project, req.TemplateVersion); err != nil {
 		return store.Rollout{}, err
 	}
+	if len(req.ReadyLine) > MaxReadyLine || strings.ContainsAny(req.ReadyLine, "\r\n") {
+		return store.Rollout{}, invalid("ready_line: want at most %d bytes of one console line", MaxReadyLine)
+	}
+	autoPromote := req.AutoPromote == nil || *req.AutoPromote
+	if !autoPromote && canary == 0 {
+		return store.Rollout{}, invalid("auto_promote false needs canaries to promote: canary must be 1 or more")
+	}
 	phase := phaseCanary
 	if canary == 0 {
 		phase = phaseRolling
 	}
 	r, err := s.st.CreateRollout(ctx, store.Rollout{
 		PoolID: p.ID, FromVersion: p.TemplateVersion, ToVersion: req.TemplateVersion, Canary: canary, MaxParallel: req.MaxParallel,
-		MinHealthy: minHealthy, ProgressDeadline: deadline, AutoRevert: req.AutoRevert, State: RolloutRunning, Phase: phase, Actor: actor,
+		MinHealthy: minHealthy, ProgressDeadline: deadline, AutoRevert: req.AutoRevert, AutoPromote: autoPromote,
+		ReadyLine: req.ReadyLine, State: RolloutRunning, Phase: phase, Actor: actor,
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return store.Rollout{}, conflict("rollout_active", "pool %s already has a rollout under way", p.Name).
@@ -132,10 +155,11 @@ func (s *Pools) GetRollout(ctx context.Context, scope Scope, ref, project string
 	return p, r, nil
 }
 
-// ControlRollout pauses, resumes or aborts the pool's rollout. Abort
-// returns the pool to the version it had before the rollout.
+// ControlRollout pauses, resumes, promotes or aborts the pool's rollout.
+// Promote moves a rollout awaiting promotion on to the rest of the pool;
+// abort returns the pool to the version it had before the rollout.
 func (s *Pools) ControlRollout(ctx context.Context, scope Scope, ref, project, action string) (store.Rollout, error) {
-	_, r, err := s.GetRollout(ctx, scope, ref, project)
+	p, r, err := s.GetRollout(ctx, scope, ref, project)
 	if err != nil {
 		return r, err
 	}
@@ -146,27 +170,68 @@ func (s *Pools) ControlRollout(ctx context.Context, scope Scope, ref, project, a
 		from, state = []string{RolloutRunning}, RolloutPaused
 	case "resume":
 		from, state = []string{RolloutPaused}, RolloutRunning
+	case "promote":
+		from, state, phase = []string{RolloutAwaitingPromotion}, RolloutRunning, phaseRolling
 	case "abort":
-		from, state, phase = []string{RolloutRunning, RolloutPaused}, RolloutReverting, phaseAbort
+		from, state, phase = []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, RolloutReverting, phaseAbort
 	default:
 		return r, invalid("unknown rollout action %q", action)
 	}
 	n, err := s.st.SetRolloutState(ctx, r.ID, from, state, phase, action+" requested")
 	if errors.Is(err, store.ErrConflict) {
-		return r, conflict("rollout_state", "the rollout is %s; %s needs it %v", r.State, action, from)
+		if cur, gerr := s.st.GetRollout(ctx, r.ID); gerr == nil {
+			r = cur // the state that refused, not the one read before
+		}
+		e := conflict("rollout_state", "the rollout is %s; %s needs it %s", r.State, action, strings.Join(from, " or "))
+		if action == "promote" {
+			return r, e.suggest(promoteHint(p, r))
+		}
+		return r, e.suggest("see where it is: nexus pool rollout status " + p.Name)
 	}
 	if err != nil {
 		return r, fmt.Errorf("%s rollout %s: %w", action, r.ID, err)
 	}
+	if action == "promote" {
+		for _, vm := range s.newVMs(ctx, p.ID, n.ToVersion) {
+			s.event(ctx, vm, store.LevelInfo, "rollout %s of pool %s: canaries promoted; rolling out the rest, %d at a time", n.ID, p.Name, n.MaxParallel)
+		}
+	}
 	s.kick()
 	return n, nil
+}
+
+// promoteHint says what a refused promote needs.
+func promoteHint(p store.Pool, r store.Rollout) string {
+	switch {
+	case r.AutoPromote:
+		return "this rollout promotes its canaries by itself; to promote by hand, start a rollout with --auto-promote=false (auto_promote false)"
+	case r.State == RolloutRunning && r.Phase == phaseCanary:
+		return "wait until its canaries are healthy (state awaiting_promotion): nexus pool rollout status " + p.Name
+	default:
+		return "only a rollout awaiting promotion can be promoted: nexus pool rollout status " + p.Name
+	}
+}
+
+// newVMs are the ids of the pool's VMs of version, for their events.
+func (s *Pools) newVMs(ctx context.Context, poolID string, version int) []string {
+	vms, err := s.poolVMs(ctx, poolID)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, vm := range vms {
+		if vm.TemplateVersion == version && vm.State != store.VMDeleting {
+			ids = append(ids, vm.ID)
+		}
+	}
+	return ids
 }
 
 // RolloutView renders a rollout with the pool's current counts.
 func (s *Pools) RolloutView(ctx context.Context, r store.Rollout) apitypes.Rollout {
 	v := apitypes.Rollout{ID: r.ID, PoolID: r.PoolID, FromVersion: r.FromVersion, ToVersion: r.ToVersion, Canary: r.Canary,
 		MaxParallel: r.MaxParallel, MinHealthyTime: r.MinHealthy.String(), ProgressDeadline: r.ProgressDeadline.String(),
-		AutoRevert: r.AutoRevert, State: r.State, Phase: r.Phase, Message: r.Message, Actor: r.Actor, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+		AutoRevert: r.AutoRevert, AutoPromote: r.AutoPromote, ReadyLine: r.ReadyLine, State: r.State, Phase: r.Phase, Message: r.Message, Actor: r.Actor, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
 	if vms, err := s.poolVMs(ctx, r.PoolID); err == nil {
 		for _, vm := range vms {
 			switch {
@@ -180,8 +245,8 @@ func (s *Pools) RolloutView(ctx context.Context, r store.Rollout) apitypes.Rollo
 	return v
 }
 
-// activeRollout is the pool's rollout the loop drives (running or
-// reverting); ok false for none.
+// activeRollout is the pool's rollout the loop drives (running,
+// awaiting promotion or reverting); ok false for none.
 func (s *Pools) activeRollout(ctx context.Context, p store.Pool) (store.Rollout, bool) {
 	if p.TemplateID == "" {
 		return store.Rollout{}, false
@@ -190,7 +255,7 @@ func (s *Pools) activeRollout(ctx context.Context, p store.Pool) (store.Rollout,
 	if err != nil {
 		return r, false
 	}
-	return r, r.State == RolloutRunning || r.State == RolloutReverting
+	return r, r.State == RolloutRunning || r.State == RolloutAwaitingPromotion || r.State == RolloutReverting
 }
 
 // rolloutVMs sorts a pool's VMs for a rollout pass.
@@ -246,9 +311,14 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 		return
 	}
 	// A manager that died between booting a VM and pausing it (or the
-	// reconciler finishing its boot) leaves it running: pause it here.
+	// reconciler finishing its boot) leaves it running: pause it here,
+	// a new one only once its console shows the ready line (else it is
+	// cleaned up as abandoned after the progress deadline).
 	for i, vm := range vms {
 		if vm.State == store.VMRunning && s.now().Sub(vm.CreatedAt) < r.ProgressDeadline {
+			if vm.TemplateVersion == r.ToVersion && r.ReadyLine != "" && !s.consoleShows(ctx, vm, r.ReadyLine) {
+				continue
+			}
 			if paused, err := s.vms.PauseVM(ctx, All, vm.ID); err == nil {
 				vms[i] = paused
 			}
@@ -267,7 +337,7 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 		s.event(ctx, vm.ID, store.LevelWarn, "rollout %s of pool %s: this VM was left half-made (a manager stopped); deleting it", r.ID, p.Name)
 		_ = s.vms.DeleteVM(ctx, All, vm.ID)
 	}
-	if failure != nil && r.State == RolloutRunning {
+	if failure != nil && (r.State == RolloutRunning || r.State == RolloutAwaitingPromotion) {
 		s.failRollout(ctx, p, r, failure)
 		return
 	}
@@ -276,22 +346,31 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 		return
 	}
 	// Old VMs go once healthy new ones can stand in for them.
-	var deleted []string
-	for len(st.newHealthy)+len(st.old) > p.Size && len(st.old) > 0 {
-		vm := st.old[0]
-		st.old = st.old[1:]
-		s.event(ctx, vm.ID, store.LevelInfo, "rollout %s of pool %s: replaced by a VM of version %d; deleting it", r.ID, p.Name, r.ToVersion)
-		if err := s.vms.DeleteVM(ctx, All, vm.ID); err == nil {
-			deleted = append(deleted, vm.ID)
+	n := max(0, min(len(st.old), len(st.newHealthy)+len(st.old)-p.Size))
+	deleted := s.deleteVMs(ctx, st.old[:n], "rollout %s of pool %s: replaced by a VM of version %d; deleting it", r.ID, p.Name, r.ToVersion)
+	st.old = st.old[n:]
+	if r.State == RolloutRunning && r.Phase == phaseCanary && len(st.newHealthy) >= r.Canary {
+		if !r.AutoPromote {
+			msg := fmt.Sprintf("%d canary VM(s) of version %d healthy; awaiting promotion (nexus pool rollout promote %s)", r.Canary, r.ToVersion, p.Name)
+			if r, err = s.st.SetRolloutState(ctx, r.ID, []string{RolloutRunning}, RolloutAwaitingPromotion, phaseCanary, msg); err != nil {
+				return // paused or aborted meanwhile: the next pass sees it
+			}
+			for _, vm := range st.newHealthy {
+				s.event(ctx, vm.ID, store.LevelInfo, "rollout %s of pool %s: this canary is healthy; the rollout awaits promotion", r.ID, p.Name)
+			}
+			s.auditRollout(ctx, p, r, "pool.rollout.awaiting_promotion", nil, deleted, nil)
+			return
 		}
-	}
-	if r.Phase == phaseCanary && len(st.newHealthy) >= r.Canary {
 		msg := fmt.Sprintf("%d canary VM(s) of version %d healthy; rolling out the rest, %d at a time", r.Canary, r.ToVersion, r.MaxParallel)
 		if r, err = s.st.SetRolloutState(ctx, r.ID, []string{RolloutRunning}, RolloutRunning, phaseRolling, msg); err != nil {
 			return // paused or aborted meanwhile: the next pass sees it
 		}
 		s.auditRollout(ctx, p, r, "pool.rollout.promote", nil, deleted, nil)
 		deleted = nil
+	}
+	if r.State == RolloutAwaitingPromotion {
+		s.awaitPass(ctx, p, r, st, deleted)
+		return
 	}
 	if len(st.old) == 0 && st.newPending == 0 && len(st.newHealthy) >= p.Size {
 		if err := s.st.SetPoolTemplateVersion(ctx, p.ID, r.ToVersion); err != nil {
@@ -307,7 +386,7 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 	if r.Phase == phaseCanary {
 		limit, target = r.Canary, r.Canary
 	}
-	n := min(limit-st.newPending, target-len(st.newHealthy)-st.newPending)
+	n = min(limit-st.newPending, target-len(st.newHealthy)-st.newPending)
 	made, err := s.makeVersion(ctx, p, r, r.ToVersion, max(n, 0))
 	if len(made) > 0 || len(deleted) > 0 || err != nil {
 		s.auditRollout(ctx, p, r, "pool.rollout.step", made, deleted, err)
@@ -322,15 +401,27 @@ func (s *Pools) rolloutPass(ctx context.Context, p store.Pool, r store.Rollout) 
 	}
 }
 
-// failRollout stops a running rollout: reverting with auto_revert,
-// failed without.
+// awaitPass keeps a pool whose canaries await promotion at its size:
+// VMs claimed meanwhile are made again of the old version, max_parallel
+// at a time (the new version has not been promoted past its canaries).
+func (s *Pools) awaitPass(ctx context.Context, p store.Pool, r store.Rollout, st rolloutVMs, deleted []string) {
+	have := len(st.old) + st.oldPending + len(st.newHealthy) + st.newPending
+	n := min(r.MaxParallel-st.oldPending, p.Size-have)
+	made, err := s.makeVersion(ctx, p, r, r.FromVersion, max(n, 0))
+	if len(made) > 0 || len(deleted) > 0 || err != nil {
+		s.auditRollout(ctx, p, r, "pool.rollout.step", made, deleted, err) // a failure is retried on the next pass
+	}
+}
+
+// failRollout stops a running rollout (or one awaiting promotion):
+// reverting with auto_revert, failed without.
 func (s *Pools) failRollout(ctx context.Context, p store.Pool, r store.Rollout, cause error) {
 	state, phase := RolloutFailed, r.Phase
 	if r.AutoRevert {
 		state, phase = RolloutReverting, phaseRevert
 	}
 	msg := fmt.Sprintf("%s step failed: %v", r.Phase, cause)
-	n, err := s.st.SetRolloutState(ctx, r.ID, []string{RolloutRunning}, state, phase, msg)
+	n, err := s.st.SetRolloutState(ctx, r.ID, []string{RolloutRunning, RolloutAwaitingPromotion}, state, phase, msg)
 	if err != nil {
 		return
 	}
@@ -355,15 +446,13 @@ func (s *Pools) revertPass(ctx context.Context, p store.Pool, r store.Rollout, v
 		}
 		return
 	}
-	var deleted []string
+	var gone []store.VM
 	for _, vm := range vms {
 		if vm.TemplateVersion == r.ToVersion && vm.State != store.VMDeleting {
-			s.event(ctx, vm.ID, store.LevelInfo, "rollout %s of pool %s: going back to version %d; deleting this VM", r.ID, p.Name, r.FromVersion)
-			if err := s.vms.DeleteVM(ctx, All, vm.ID); err == nil {
-				deleted = append(deleted, vm.ID)
-			}
+			gone = append(gone, vm)
 		}
 	}
+	deleted := s.deleteVMs(ctx, gone, "rollout %s of pool %s: going back to version %d; deleting this VM", r.ID, p.Name, r.FromVersion)
 	state, action := RolloutReverted, "pool.rollout.reverted"
 	if r.Phase == phaseAbort {
 		state, action = RolloutAborted, "pool.rollout.aborted"
@@ -389,6 +478,14 @@ func (s *Pools) makeVersion(ctx context.Context, p store.Pool, r store.Rollout, 
 		vm, err := s.make(ctx, q, p.ID, apitypes.Expiry{}, true)
 		if err != nil {
 			return fmt.Errorf("a VM of version %d: %w", version, err)
+		}
+		// The health check on the console runs while the guest does: a
+		// paused guest prints nothing.
+		if version == r.ToVersion && r.ReadyLine != "" {
+			if err := s.waitReadyLine(ctx, vm, r.ReadyLine, start.Add(r.ProgressDeadline)); err != nil {
+				_ = s.vms.DeleteVM(context.WithoutCancel(ctx), All, vm.ID)
+				return fmt.Errorf("VM %s of version %d: %w", vm.Name, version, err)
+			}
 		}
 		if _, err := s.vms.PauseVM(ctx, All, vm.ID); err != nil {
 			_ = s.vms.DeleteVM(context.WithoutCancel(ctx), All, vm.ID)
@@ -417,6 +514,64 @@ func (s *Pools) makeVersion(ctx context.Context, p store.Pool, r store.Rollout, 
 		return nil, nil
 	}
 	return ids, errors.Join(errs...)
+}
+
+// consoleShows reports whether the VM's console (its last readyLineTail
+// lines, read through its agent) contains line.
+func (s *Pools) consoleShows(ctx context.Context, vm store.VM, line string) bool {
+	ll, err := s.agentFor(ctx, vm).Logs(ctx, vm.ID, "console", readyLineTail)
+	if err != nil {
+		return false
+	}
+	for _, l := range ll.Lines {
+		if strings.Contains(l, line) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitReadyLine waits until the VM's console shows line, or fails at
+// deadline (the step's progress deadline).
+func (s *Pools) waitReadyLine(ctx context.Context, vm store.VM, line string, deadline time.Time) error {
+	t := time.NewTicker(readyLinePoll)
+	defer t.Stop()
+	for !s.consoleShows(ctx, vm, line) {
+		if !s.now().Before(deadline) {
+			return fmt.Errorf("its console did not show the ready line %q within the progress deadline", line)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the ready line: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// deleteVMs deletes vms, batchParallel at a time (one by one, the
+// deletes of a step were most of its time), each with an event; the ids
+// deleted.
+func (s *Pools) deleteVMs(ctx context.Context, vms []store.VM, format string, args ...any) []string {
+	ok := make([]bool, len(vms))
+	sem := make(chan struct{}, batchParallel)
+	var wg sync.WaitGroup
+	for i, vm := range vms {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.event(ctx, vm.ID, store.LevelInfo, format, args...)
+			ok[i] = s.vms.DeleteVM(ctx, All, vm.ID) == nil
+		})
+	}
+	wg.Wait()
+	var ids []string
+	for i, vm := range vms {
+		if ok[i] {
+			ids = append(ids, vm.ID)
+		}
+	}
+	return ids
 }
 
 func lastErrorText(vm store.VM) string {

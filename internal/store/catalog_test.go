@@ -145,7 +145,7 @@ var catalogBehaviours = []behaviour{
 		_, err := e.s.LatestRollout(ctx, p.ID)
 		wantErr(t, "LatestRollout of a pool without one", err, store.ErrNotFound)
 		r := store.Rollout{PoolID: p.ID, FromVersion: 2, ToVersion: 3, Canary: 1, MaxParallel: 2, MinHealthy: 1500 * time.Millisecond,
-			ProgressDeadline: time.Minute, AutoRevert: true, State: "running", Phase: "canary", Actor: "alice"}
+			ProgressDeadline: time.Minute, AutoRevert: true, ReadyLine: "nexus-guest: ready", State: "running", Phase: "canary", Actor: "alice"}
 		r1 := must(e.s.CreateRollout(ctx, r))(t)
 		if d := diff(r1, must(e.s.GetRollout(ctx, r1.ID))(t)); d != "" {
 			t.Fatalf("GetRollout (-create +get):\n%s", d)
@@ -163,10 +163,15 @@ var catalogBehaviours = []behaviour{
 		wantErr(t, "SetRolloutState of a missing rollout", err, store.ErrNotFound)
 		must(e.s.SetRolloutState(ctx, r1.ID, []string{"paused"}, "succeeded", "rolling", ""))(t)
 		e.clock.Advance(time.Second)
+		r.AutoPromote = true
 		r2 := must(e.s.CreateRollout(ctx, r))(t) // the first is over
-		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID {
-			t.Fatalf("LatestRollout = %s; want the second, %s", got.ID, r2.ID)
+		if got := must(e.s.LatestRollout(ctx, p.ID))(t); got.ID != r2.ID || !got.AutoPromote {
+			t.Fatalf("LatestRollout = %+v; want the second, %s, auto_promote", got, r2.ID)
 		}
+		// A rollout awaiting its promotion is active too.
+		must(e.s.SetRolloutState(ctx, r2.ID, []string{"running"}, "awaiting_promotion", "canary", ""))(t)
+		_, err = e.s.CreateRollout(ctx, r)
+		wantErr(t, "a rollout while another awaits promotion", err, store.ErrConflict)
 		if err := e.s.DeletePool(ctx, p.ID); err != nil {
 			t.Fatal(err)
 		}

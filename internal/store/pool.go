@@ -105,16 +105,16 @@ func (s *sqlStore) SetPoolTemplateVersion(ctx context.Context, id string, versio
 }
 
 const rolloutSelect = "SELECT id, pool_id, from_version, to_version, canary, max_parallel, min_healthy_ms, progress_deadline_ms," +
-	" auto_revert, state, phase, message, actor, created_at, updated_at FROM pool_rollout"
+	" auto_revert, auto_promote, ready_line, state, phase, message, actor, created_at, updated_at FROM pool_rollout"
 
 func scanRollout(sc scanner) (Rollout, error) {
 	var r Rollout
 	var minMS, deadlineMS int64
-	var auto int
+	var auto, promote int
 	err := sc.Scan(&r.ID, &r.PoolID, &r.FromVersion, &r.ToVersion, &r.Canary, &r.MaxParallel, &minMS, &deadlineMS,
-		&auto, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
+		&auto, &promote, &r.ReadyLine, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
 	r.MinHealthy, r.ProgressDeadline = time.Duration(minMS)*time.Millisecond, time.Duration(deadlineMS)*time.Millisecond
-	r.AutoRevert = auto != 0
+	r.AutoRevert, r.AutoPromote = auto != 0, promote != 0
 	return r, err
 }
 
@@ -124,14 +124,11 @@ func (s *sqlStore) CreateRollout(ctx context.Context, r Rollout) (Rollout, error
 	}
 	r.CreatedAt = s.orNow(r.CreatedAt)
 	r.UpdatedAt = r.CreatedAt
-	auto := 0
-	if r.AutoRevert {
-		auto = 1
-	}
 	_, err := s.exec(ctx, "INSERT INTO pool_rollout (id, pool_id, from_version, to_version, canary, max_parallel, min_healthy_ms,"+
-		" progress_deadline_ms, auto_revert, state, phase, message, actor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		" progress_deadline_ms, auto_revert, auto_promote, ready_line, state, phase, message, actor, created_at, updated_at)"+
+		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 		r.ID, r.PoolID, r.FromVersion, r.ToVersion, r.Canary, r.MaxParallel, r.MinHealthy.Milliseconds(), r.ProgressDeadline.Milliseconds(),
-		auto, r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt))
+		boolInt(r.AutoRevert), boolInt(r.AutoPromote), r.ReadyLine, r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt))
 	if err != nil {
 		return Rollout{}, s.fail("create rollout of pool "+r.PoolID, err)
 	}
@@ -169,4 +166,11 @@ func (s *sqlStore) SetRolloutState(ctx context.Context, id string, from []string
 		return Rollout{}, s.fail(op, err)
 	}
 	return s.GetRollout(ctx, id)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

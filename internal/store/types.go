@@ -227,12 +227,17 @@ type Rollout struct {
 	MinHealthy       time.Duration
 	ProgressDeadline time.Duration
 	AutoRevert       bool
-	State            string // running, paused, reverting; then succeeded, failed, reverted, aborted
-	Phase            string // canary, rolling
-	Message          string
-	Actor            string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// AutoPromote false: the rollout waits in awaiting_promotion once its
+	// canaries are healthy.
+	AutoPromote bool
+	// ReadyLine: a new VM counts healthy only once its console shows it.
+	ReadyLine string
+	State     string // running, paused, awaiting_promotion, reverting; then succeeded, failed, reverted, aborted
+	Phase     string // canary, rolling, revert, abort
+	Message   string
+	Actor     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // TemplateFilter selects templates. Zero fields match everything.

@@ -63,6 +63,8 @@ type RolloutRequest struct {
 	MinHealthyTime   string `json:"min_healthy_time,omitempty" maxLength:"16" doc:"how long a new VM stays paused-ready before it counts as healthy and replaces an old one (Go duration, default 0s, at most 1h)"`
 	ProgressDeadline string `json:"progress_deadline,omitempty" maxLength:"16" doc:"how long a new VM may take to become paused-ready before the step fails (Go duration, default 5m, 1s to 1h)"`
 	AutoRevert       bool   `json:"auto_revert,omitempty" doc:"on a failed step, return the pool to its old version at full size"`
+	ReadyLine        string `json:"ready_line,omitempty" maxLength:"256" doc:"a new VM counts healthy only once its console shows this text (a substring of one line, searched in its last 1000 lines while it boots, before it is paused; default: no console check)"`
+	AutoPromote      *bool  `json:"auto_promote,omitempty" doc:"once the canaries are healthy, go on with the rest (default true); false: the rollout waits in state awaiting_promotion for POST /v1/pools/{id}/rollout/promote (needs canary 1 or more)"`
 }
 
 // Rollout is a pool's move to another template version.
@@ -76,7 +78,9 @@ type Rollout struct {
 	MinHealthyTime   string    `json:"min_healthy_time"`
 	ProgressDeadline string    `json:"progress_deadline"`
 	AutoRevert       bool      `json:"auto_revert"`
-	State            string    `json:"state" enum:"running,paused,reverting,succeeded,failed,reverted,aborted"`
+	ReadyLine        string    `json:"ready_line,omitempty" doc:"the console line a new VM must show to count healthy"`
+	AutoPromote      bool      `json:"auto_promote" doc:"false: the rollout waits in awaiting_promotion once its canaries are healthy"`
+	State            string    `json:"state" enum:"running,paused,awaiting_promotion,reverting,succeeded,failed,reverted,aborted" doc:"awaiting_promotion: the canaries are healthy and the rollout (auto_promote false) waits for a promote"`
 	Phase            string    `json:"phase" enum:"canary,rolling,revert,abort" doc:"canary: making the canaries; rolling: the rest; revert or abort: going back to from_version"`
 	Message          string    `json:"message,omitempty" doc:"what the last step did, or why it failed"`
 	Old              int       `json:"old" doc:"VMs of the pool not of to_version"`

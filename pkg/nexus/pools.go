@@ -62,6 +62,12 @@ func (c *Client) ResumeRollout(ctx context.Context, ref, projectName string) (ap
 	return c.controlRollout(ctx, ref, projectName, "resume")
 }
 
+// PromoteRollout moves a rollout awaiting promotion (started with
+// auto_promote false, its canaries healthy) on to the rest of the pool.
+func (c *Client) PromoteRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
+	return c.controlRollout(ctx, ref, projectName, "promote")
+}
+
 // AbortRollout returns the pool to the version it had before the rollout.
 func (c *Client) AbortRollout(ctx context.Context, ref, projectName string) (apitypes.Rollout, error) {
 	return c.controlRollout(ctx, ref, projectName, "abort")

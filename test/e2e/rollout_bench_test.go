@@ -2,15 +2,18 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
+	"github.com/nexus-microvm/nexus/pkg/nexus"
 )
 
 // BenchmarkPoolRollout measures the time to roll a warm pool of
@@ -72,6 +75,7 @@ func BenchmarkPoolRollout(b *testing.B) {
 		})
 		took := time.Since(start)
 		mgrRSS := vmHWM(c.mgr.cmd.Process.Pid)
+		steps := rolloutSteps(b, c, pool.ID, start)
 		if err := c.client.DeletePool(ctx, pool.ID, ""); err != nil {
 			b.Fatal(err)
 		}
@@ -85,5 +89,33 @@ func BenchmarkPoolRollout(b *testing.B) {
 		b.ReportMetric(took.Seconds(), "rollout-s")
 		b.ReportMetric(float64(low), "min-ready")
 		b.ReportMetric(float64(mgrRSS)/1024, "manager-peak-rss-MiB")
+		if len(steps) > 0 {
+			b.ReportMetric(pct(steps, 50), "step-p50-ms")
+			b.ReportMetric(pct(steps, 95), "step-p95-ms")
+		}
 	}
+}
+
+// rolloutSteps reads the rollout's audit rows of the system (each written
+// as a step, promote or the end completes) and returns the time between
+// one and the next, from the start: how long each step took. Each is
+// logged with what it made and deleted.
+func rolloutSteps(b *testing.B, c *cluster, poolID string, start time.Time) []time.Duration {
+	var out []time.Duration
+	last := start
+	for e, err := range c.client.AuditEntries(context.Background(), nexus.AuditOptions{ResourceID: poolID}) {
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !strings.HasPrefix(e.Action, "pool.rollout.") || e.At.Before(start) {
+			continue
+		}
+		var after struct{ Made, Deleted []string }
+		_ = json.Unmarshal(e.After, &after)
+		d := e.At.Sub(last)
+		last = e.At
+		out = append(out, d)
+		b.Logf("%-26s +%8.1f ms  made %2d  deleted %2d", e.Action, float64(d.Microseconds())/1000, len(after.Made), len(after.Deleted))
+	}
+	return out
 }
