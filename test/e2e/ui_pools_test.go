@@ -149,19 +149,37 @@ func TestConsolePools(t *testing.T) {
 	b.waitJS("back on the pool", `document.querySelector("#rollout")?.dataset.state === "succeeded"`, 20*time.Second)
 	b.shot("pool")
 
-	// Abort asks first (Escape cancels), then takes the pool back.
-	b.typeInto("#r-min-healthy", "1h")
+	// Promote by hand: without auto promote the rollout waits at its
+	// healthy canary, Promote shows, and a confirmed Promote finishes it.
+	b.typeInto("#r-min-healthy", "0s")
 	b.run(10*time.Second, chromedp.SetValue(chromedp.CSS("#r-version"), "1"))
+	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#r-auto-promote")))
 	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#r-submit")))
-	b.waitJS("rollout back to v1 running", `document.querySelector("#rollout")?.dataset.state === "running" && document.querySelector("#rollout")?.dataset.toVersion === "1" && !document.querySelector("#rollout-abort").disabled`, 20*time.Second)
+	b.waitJS("awaiting promotion", `document.querySelector("#rollout")?.dataset.state === "awaiting_promotion" && !document.querySelector("#rollout-promote").hidden && !document.querySelector("#rollout-promote").disabled`, 60*time.Second)
+	if got := eval[string](b, `document.querySelector("#rollout-strategy").textContent`); !strings.HasSuffix(got, " · promote by hand") {
+		t.Fatalf("strategy of a rollout promoted by hand shows %q", got)
+	}
+	if r, err := c.client.GetRollout(ctx, poolID, ""); err != nil || r.State != "awaiting_promotion" || r.ToVersion != 1 {
+		t.Fatalf("the API says %+v, %v; want awaiting_promotion to v1", r, err)
+	}
+	b.confirm("#rollout-promote")
+	b.waitJS("promoted and done", `document.querySelector("#rollout")?.dataset.state === "succeeded" && document.querySelector("#rollout-promote").hidden &&
+		document.querySelector("#pool-state").dataset.version === "1" && document.querySelectorAll("#pool-vms tr[data-version='1'][data-state=paused]").length === 3`, 90*time.Second)
+
+	// Abort asks first (Escape cancels), then takes the pool back.
+	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#r-auto-promote")))
+	b.typeInto("#r-min-healthy", "1h")
+	b.run(10*time.Second, chromedp.SetValue(chromedp.CSS("#r-version"), "2"))
+	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#r-submit")))
+	b.waitJS("rollout to v2 running", `document.querySelector("#rollout")?.dataset.state === "running" && document.querySelector("#rollout")?.dataset.toVersion === "2" && !document.querySelector("#rollout-abort").disabled`, 20*time.Second)
 	b.run(10*time.Second, chromedp.Click(chromedp.CSS("#rollout-abort")), chromedp.WaitVisible(chromedp.CSS("#confirm-ok")), chromedp.KeyEvent(kb.Escape))
 	b.waitJS("dialog closed", `!document.querySelector("#confirm").open`, 10*time.Second)
 	if r, err := c.client.GetRollout(ctx, poolID, ""); err != nil || r.State != "running" {
 		t.Fatalf("after a cancelled Abort the API says %+v, %v; want running", r, err)
 	}
 	b.confirm("#rollout-abort")
-	b.waitJS("aborted", `document.querySelector("#rollout")?.dataset.state === "aborted" && document.querySelector("#pool-state").dataset.version === "2" &&
-		document.querySelectorAll("#pool-vms tr[data-version='2'][data-state=paused]").length === 3 && document.querySelectorAll("#pool-vms tr[data-vm-id]").length === 3`, 60*time.Second)
+	b.waitJS("aborted", `document.querySelector("#rollout")?.dataset.state === "aborted" && document.querySelector("#pool-state").dataset.version === "1" &&
+		document.querySelectorAll("#pool-vms tr[data-version='1'][data-state=paused]").length === 3 && document.querySelectorAll("#pool-vms tr[data-vm-id]").length === 3`, 60*time.Second)
 
 	// Claim a VM from the pool's page.
 	b.confirm("#pool-claim")
