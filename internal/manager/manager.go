@@ -125,6 +125,10 @@ type Snapshots struct {
 // Hosts is the host registry: registration, heartbeats, drain, removal.
 type Hosts struct {
 	*core
+	// changed is called when a host registers, is drained, undrained or
+	// removed, here or (through HostChannel) by another manager: the
+	// placement's list of hosts is read again.
+	changed func()
 }
 
 // Tokens manages API tokens.
@@ -139,8 +143,9 @@ type Tokens struct {
 // Placement chooses hosts for new VMs; the store decides whether they fit.
 type Placement struct {
 	*core
-	hosts  *Hosts
-	allocs allocCache
+	hosts    *Hosts
+	allocs   allocCache
+	hostList hostCache
 }
 
 // New returns the services. ctx is their lifetime.
@@ -178,6 +183,7 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	}
 	m := &Manager{core: c, Hosts: &Hosts{core: c}, Tokens: &Tokens{core: c}}
 	m.Placement = &Placement{core: c, hosts: m.Hosts}
+	m.Hosts.changed = m.Placement.hostList.drop
 	m.Images = &Images{core: c, hosts: m.Hosts}
 	m.VMs = &VMs{core: c, placement: m.Placement, images: m.Images}
 	m.Templates = &Templates{core: c, images: m.Images, vms: m.VMs}

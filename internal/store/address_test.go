@@ -193,4 +193,29 @@ var createWithinBehaviours = []behaviour{
 		_, err = e.s.CreateVMWithin(ctx, bad, limit)
 		wantErr(t, "an unusable subnet", err, store.ErrInvalid)
 	}},
+
+	// A host that is not ready takes no VM, whatever its placer read
+	// before its drain; undrained, it takes them again.
+	{"address/create_within_not_ready", func(t *testing.T, e *env) {
+		h := must(e.s.UpsertHost(ctx, store.HostRegistration{Name: "h", Addr: "http://h"}))(t)
+		limit := store.Resources{VCPU: 1000, MemMiB: 1 << 30}
+		for _, st := range []store.HostState{store.HostDraining, store.HostUnreachable} {
+			if err := e.s.SetHostState(ctx, h.ID, st); err != nil {
+				t.Fatal(err)
+			}
+			vm := newVM("on-" + string(st))
+			vm.HostID = h.ID
+			_, err := e.s.CreateVMWithin(ctx, vm, limit)
+			wantErr(t, "a "+string(st)+" host", err, store.ErrHostNotReady)
+			if _, err := e.s.GetVMByName(ctx, "default", vm.Name); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("a refused create stored its VM: %v", err)
+			}
+		}
+		if err := e.s.SetHostState(ctx, h.ID, store.HostReady); err != nil {
+			t.Fatal(err)
+		}
+		vm := newVM("undrained")
+		vm.HostID = h.ID
+		must(e.s.CreateVMWithin(ctx, vm, limit))(t)
+	}},
 }

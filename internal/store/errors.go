@@ -24,6 +24,9 @@ var (
 	ErrInvalid = errors.New("invalid")
 	// ErrNoCapacity: CreateVMWithin found the host too full for the VM.
 	ErrNoCapacity = errors.New("no capacity")
+	// ErrHostNotReady: CreateVMWithin found the host not ready (draining,
+	// unreachable): it takes no new VMs.
+	ErrHostNotReady = errors.New("host not ready")
 	// ErrExhausted: nothing is left to hand out (every address of a host's
 	// VM subnet is taken).
 	ErrExhausted = errors.New("exhausted")
@@ -43,7 +46,7 @@ func (s *sqlStore) translate(err error) error {
 		return ErrNotFound
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict),
 		errors.Is(err, ErrStale), errors.Is(err, ErrInvalid), errors.Is(err, ErrNoCapacity),
-		errors.Is(err, ErrExhausted), errors.Is(err, ErrQuota):
+		errors.Is(err, ErrExhausted), errors.Is(err, ErrQuota), errors.Is(err, ErrHostNotReady):
 		return err
 	}
 	if kind, detail, ok := s.d.classify(err); ok {

@@ -44,7 +44,10 @@ type VMStore interface {
 	// may hold at most limit, or nothing is stored and the answer is
 	// ErrNoCapacity. The check and the insert are one transaction that
 	// locks the host's row, so managers sharing the store never place past
-	// a host's limit together. A host that does not exist is ErrNotFound.
+	// a host's limit together. A host that does not exist is ErrNotFound,
+	// one that is not ready (draining, unreachable) ErrHostNotReady: the
+	// host's state is decided here too, so a VM is never placed on a host
+	// whose drain has been stored, whatever its manager last read.
 	// A VM with Subnet and Gateway set and no IP gets the lowest free
 	// address of that subnet on the host in the same transaction (as
 	// AssignAddress would); a full subnet is ErrExhausted.

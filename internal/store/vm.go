@@ -133,9 +133,12 @@ func (s *sqlStore) CreateVMWithin(ctx context.Context, vm VM, limit Resources, f
 		if err := s.withinQuota(ctx, tx, vm.Project, Usage{VMs: 1, VCPUs: int64(vm.VCPU), MemMiB: int64(vm.MemMiB)}); err != nil {
 			return err
 		}
-		var id string
-		if err := s.txQueryRow(ctx, tx, "SELECT id FROM host WHERE id = ?"+s.d.forUpdate(), vm.HostID).Scan(&id); err != nil {
+		var state HostState
+		if err := s.txQueryRow(ctx, tx, "SELECT state FROM host WHERE id = ?"+s.d.forUpdate(), vm.HostID).Scan(&state); err != nil {
 			return fmt.Errorf("host %s: %w", vm.HostID, err)
+		}
+		if state != HostReady {
+			return fmt.Errorf("%w: host %s is %s", ErrHostNotReady, vm.HostID, state)
 		}
 		q := "SELECT COALESCE(SUM(vcpu), 0), COALESCE(SUM(mem_mib), 0) FROM vm WHERE host_id = ?"
 		qargs := []any{vm.HostID}
