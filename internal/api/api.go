@@ -34,6 +34,7 @@ type Deps struct {
 	Templates TemplateService
 	Snapshots SnapshotService
 	Pools     PoolService
+	Groups    GroupService
 	Hosts     HostService
 	Tokens    TokenService
 	Audit     AuditLog
@@ -71,6 +72,7 @@ type Server struct {
 	images    ImageService
 	templates TemplateService
 	pools     PoolService
+	groups    GroupService
 	snapshots SnapshotService
 	hosts     HostService
 	tokens    TokenService
@@ -118,7 +120,7 @@ func New(d Deps) *Server {
 		d.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s := &Server{
-		vms: d.VMs, images: d.Images, templates: d.Templates, pools: d.Pools, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
+		vms: d.VMs, images: d.Images, templates: d.Templates, pools: d.Pools, groups: d.Groups, snapshots: d.Snapshots, hosts: d.Hosts, tokens: d.Tokens,
 		audit: d.Audit, quotas: d.Quotas, ping: d.Ping, joinToken: d.JoinToken, agentCert: d.AgentCertRequired,
 		rec: d.Reconciler, auth: d.Auth, log: d.Log, reg: d.Registry, m: newMetrics(d.Registry),
 		streams: newStreamLimiter(d.Registry, d.MaxStreams, d.MaxStreamsPerToken),

@@ -71,6 +71,12 @@ var (
 		"create-template":      {http.StatusConflict, http.StatusNotFound}, // an image it names
 		"list-audit":           {http.StatusNotFound},                      // the VM of vm_id
 		"instantiate-template": placesVMs,
+		// Group rollouts (groups.go): one under way, or a state that does
+		// not allow the action.
+		"start-group-rollout":  {http.StatusConflict},
+		"pause-group-rollout":  {http.StatusConflict},
+		"resume-group-rollout": {http.StatusConflict},
+		"abort-group-rollout":  {http.StatusConflict},
 		"create-snapshot":      onHost,
 		"delete-snapshot":      onHost,
 		"instantiate-snapshot": placesVMs,

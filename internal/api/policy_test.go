@@ -32,7 +32,7 @@ type testServer struct {
 func (ts *testServer) deps(authn Authenticator) Deps {
 	m := ts.mgr
 	return Deps{
-		VMs: m.VMs, Images: m.Images, Templates: m.Templates, Snapshots: m.Snapshots, Pools: m.Pools, Hosts: m.Hosts, Tokens: m.Tokens,
+		VMs: m.VMs, Images: m.Images, Templates: m.Templates, Snapshots: m.Snapshots, Pools: m.Pools, Groups: m.Groups, Hosts: m.Hosts, Tokens: m.Tokens,
 		Audit: ts.st, Quotas: ts.st, Ping: ts.st.Ping, JoinToken: "join", Fleet: ts.st,
 		Auth: authn, Log: slog.New(slog.DiscardHandler), Version: "test",
 	}

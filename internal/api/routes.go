@@ -63,6 +63,7 @@ func (s *Server) routes() {
 	s.templateRoutes()
 	s.snapshotRoutes()
 	s.poolRoutes()
+	s.groupRoutes()
 	s.observeRoutes()
 	s.quotaRoutes()
 

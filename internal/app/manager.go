@@ -178,7 +178,7 @@ func StartManager(ctx context.Context, o ManagerOptions, log *slog.Logger) (*Man
 	maxStreams := streamBudget(o.MaxStreams, raiseNoFile(), log)
 	srv := api.New(api.Deps{
 		MaxStreams: maxStreams, MaxStreamsPerToken: o.MaxStreamsPerToken, RateLimits: limits, CORSOrigins: origins,
-		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Pools: mgr.Pools, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
+		VMs: mgr.VMs, Images: mgr.Images, Templates: mgr.Templates, Snapshots: mgr.Snapshots, Pools: mgr.Pools, Groups: mgr.Groups, Hosts: mgr.Hosts, Tokens: mgr.Tokens,
 		Audit: st, Quotas: st, Ping: st.Ping, JoinToken: o.JoinToken, Fleet: st, AgentCertRequired: o.TLS.Enabled() && o.TLS.CA != "",
 		Reconciler: rec, Auth: authn, Log: log, Registry: reg, Version: o.Version,
 	})

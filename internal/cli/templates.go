@@ -33,7 +33,7 @@ whole config as the template's next version; versions never change.`,
 	cf.add(cmd, e)
 	cmd.AddCommand(templateCreateCmd(&cf, stdout), templateListCmd(&cf, stdout), templateGetCmd(&cf, stdout),
 		templateRmCmd(&cf, stdout), templateInstantiateCmd(&cf, stdout), templateUpdateCmd(&cf, stdout),
-		templateVersionsCmd(&cf, stdout), templateDiffCmd(&cf, stdout))
+		templateVersionsCmd(&cf, stdout), templateDiffCmd(&cf, stdout), templateRolloutCmd(&cf, stdout))
 	return cmd
 }
 

@@ -61,6 +61,7 @@ type Manager struct {
 	Templates *Templates
 	Snapshots *Snapshots
 	Pools     *Pools
+	Groups    *Groups
 	Hosts     *Hosts
 	Tokens    *Tokens
 	Placement *Placement
@@ -189,6 +190,7 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	m.Templates = &Templates{core: c, images: m.Images, vms: m.VMs}
 	m.Snapshots = &Snapshots{core: c, vms: m.VMs, placement: m.Placement}
 	m.Pools = newPools(c, m.VMs, m.Templates, m.Snapshots)
+	m.Groups = &Groups{core: c, vms: m.VMs, templates: m.Templates}
 	return m
 }
 

@@ -91,8 +91,11 @@ type Reconciler struct {
 	pools *Pools
 	// poolKick asks for a refill pass now (a claim took a VM).
 	poolKick chan struct{}
-	cfg      ReconcilerConfig
-	leader   atomic.Bool
+	// groups and groupKick drive group rollouts (groups.go).
+	groups    *Groups
+	groupKick chan struct{}
+	cfg       ReconcilerConfig
+	leader    atomic.Bool
 	// Triggers are merged: a burst of exit reports becomes one pass per
 	// host (or one pass of everything), not one per report.
 	kick     chan struct{}
@@ -128,6 +131,13 @@ func (m *Manager) NewReconciler(cfg ReconcilerConfig) *Reconciler {
 		select {
 		case r.poolKick <- struct{}{}:
 		default: // a pass is queued already
+		}
+	}
+	r.groups, r.groupKick = m.Groups, make(chan struct{}, 1)
+	m.Groups.Kick = func() {
+		select {
+		case r.groupKick <- struct{}{}:
+		default:
 		}
 	}
 	r.mActions = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -195,6 +205,7 @@ func (r *Reconciler) Run(ctx context.Context) {
 	wg.Go(func() { r.keepLease(ctx) })
 	wg.Go(func() { r.leaderLoop(ctx, nil, func(ctx context.Context) { r.expireDue(ctx) }) })
 	wg.Go(func() { r.leaderLoop(ctx, r.poolKick, r.pools.RefillPools) })
+	wg.Go(func() { r.leaderLoop(ctx, r.groupKick, r.groups.RolloutGroups) })
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {

@@ -342,7 +342,14 @@ func (s *VMs) StartVM(ctx context.Context, scope Scope, id string) (store.VM, er
 		return vm, err
 	}
 	defer unlock()
-	ctx = context.WithoutCancel(ctx) // a started start must finish
+	return s.startLocked(context.WithoutCancel(ctx), vm) // a started start must finish
+}
+
+// startLocked starts vm; the caller holds its lock. The boot runs on ctx
+// (its deadline bounds the boot too).
+func (s *VMs) startLocked(ctx context.Context, vm store.VM) (store.VM, error) {
+	id := vm.ID
+	var err error
 	switch vm.State {
 	case store.VMRunning:
 		return s.setDesired(ctx, id, store.VMRunning)
@@ -367,7 +374,7 @@ func (s *VMs) StartVM(ctx context.Context, scope Scope, id string) (store.VM, er
 	if err := s.agentFor(ctx, vm).Stop(ctx, id, agentapi.StopRequest{}); err != nil {
 		return vm, agentError("vm "+id+": clean up before start", vm, err)
 	}
-	return s.boot(context.WithoutCancel(ctx), vm)
+	return s.boot(ctx, vm)
 }
 
 // StopVM ends the VM's VMM: stopping → stopped. The TAP and socket go; the

@@ -17,6 +17,7 @@ type Store interface {
 	ImageStore
 	SnapshotStore
 	PoolStore
+	GroupRolloutStore
 	HostStore
 	TokenStore
 	AuditStore
@@ -172,6 +173,27 @@ type PoolStore interface {
 	// state, with its phase and message; ErrConflict when it is in none of
 	// them (another writer was first).
 	SetRolloutState(ctx context.Context, id string, from []string, state, phase, message string) (Rollout, error)
+}
+
+// GroupRolloutStore keeps rollouts of VM groups (store/group.go).
+type GroupRolloutStore interface {
+	// CreateGroupRollout stores a rollout with its VMs in one transaction;
+	// ErrConflict while the group has an active one (running, paused or
+	// reverting).
+	CreateGroupRollout(ctx context.Context, r GroupRollout, vms []GroupRolloutVM) (GroupRollout, error)
+	GetGroupRollout(ctx context.Context, id string) (GroupRollout, error)
+	// LatestGroupRollout returns the group's newest rollout (ErrNotFound: none).
+	LatestGroupRollout(ctx context.Context, templateID, group string) (GroupRollout, error)
+	// ListActiveGroupRollouts returns the running and reverting rollouts,
+	// oldest first (at most MaxLimit).
+	ListActiveGroupRollouts(ctx context.Context) ([]GroupRollout, error)
+	// SetGroupRolloutState moves a rollout from one of the states in from
+	// to state; ErrConflict when it is in none of them.
+	SetGroupRolloutState(ctx context.Context, id string, from []string, state, phase, message string) (GroupRollout, error)
+	// ListGroupRolloutVMs returns the rollout's VMs in their order.
+	ListGroupRolloutVMs(ctx context.Context, rolloutID string) ([]GroupRolloutVM, error)
+	// SetGroupRolloutVM records how far one VM of the rollout got.
+	SetGroupRolloutVM(ctx context.Context, rolloutID, vmID, state, message string) error
 }
 
 // HostStore keeps the fleet's hosts.

@@ -451,3 +451,39 @@ type Lease struct {
 	Holder    string
 	ExpiresAt time.Time
 }
+
+// GroupRollout moves a group of VMs (the VMs of TemplateID in Project
+// tagged group=Group) to ToVersion of the template, in place.
+type GroupRollout struct {
+	ID               string
+	Project          string
+	TemplateID       string
+	Group            string
+	ToVersion        int
+	Canary           int
+	MaxParallel      int
+	MinHealthy       time.Duration
+	ProgressDeadline time.Duration
+	AutoRevert       bool
+	State            string // running, paused, reverting; then succeeded, failed, reverted, aborted
+	Phase            string // canary, rolling, revert, abort
+	Message          string
+	Actor            string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// GroupRolloutVM is one VM of a group rollout: its place in the order,
+// the version and config it had before (what a revert restores) and how
+// far it got (pending, moving, moved, failed, reverting, reverted, gone).
+type GroupRolloutVM struct {
+	RolloutID   string
+	VMID        string
+	Position    int
+	FromVersion int
+	Restart     bool // it ran (or was meant to) when the rollout began: started again after each rewrite
+	OldConfig   json.RawMessage
+	State       string
+	Message     string
+	UpdatedAt   time.Time
+}
