@@ -205,12 +205,28 @@ func testGroupRollout(t *testing.T, engine string) {
 	}
 	onVersion(1, 64)
 
-	// The real thing: canary 1, then 2 at a time.
+	// Without auto_revert the rollout stops where it failed: the canary
+	// stays failed on version 3, the rest untouched.
+	if _, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 3, ProgressDeadline: "20s"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ = watch("failed"); r.Phase != "canary" || !strings.Contains(r.Message, "canary step failed") || r.New != 1 || r.Old != size-1 {
+		t.Fatalf("failed rollout: %+v; want it stopped at the canary, one VM on version 3", r)
+	}
+	for _, vm := range group() {
+		if vm.TemplateVersion == 3 && vm.State != "failed" || vm.TemplateVersion != 3 && (vm.TemplateVersion != 1 || vm.State != "running") {
+			t.Fatalf("after a failed rollout without auto_revert: VM %s is %s on version %d", vm.Name, vm.State, vm.TemplateVersion)
+		}
+	}
+
+	// The real thing: canary 1, then 2 at a time (the failed canary too).
+	began := time.Now()
 	if _, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 2, Canary: intp(1), MaxParallel: maxParallel,
 		ProgressDeadline: "20s", AutoRevert: true}); err != nil {
 		t.Fatal(err)
 	}
 	r, worst = watch("succeeded")
+	t.Logf("%d VMs moved in place, canary 1 then %d at a time, in %s; at most %d down at once", size, maxParallel, time.Since(began).Round(time.Millisecond), worst)
 	if worst > maxParallel {
 		t.Fatalf("%d VMs of the group were down at once; want at most max_parallel (%d)", worst, maxParallel)
 	}
