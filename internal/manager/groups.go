@@ -448,13 +448,16 @@ func (s *Groups) moveVM(ctx context.Context, r store.GroupRollout, row store.Gro
 		return fmt.Errorf("VM %s: %w", row.VMID, err)
 	}
 	cfg, err := s.targetConfig(ctx, vm, target)
-	if err == nil {
-		if err = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvMoving, ""); err != nil {
-			return fmt.Errorf("VM %s: %w", vm.Name, err)
-		}
-		note := fmt.Sprintf("rollout %s of group %s (%s): moving to template version %d", r.ID, r.Group, r.Phase, r.ToVersion)
-		err = s.replace(ctx, vm.ID, cfg, row.Restart, r.ProgressDeadline, note)
+	if err != nil {
+		// Nothing was done to the VM (an image gone meanwhile): it stays
+		// pending, and a revert leaves it alone.
+		return fmt.Errorf("VM %s: version %d: %w", vm.Name, r.ToVersion, err)
 	}
+	if err = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvMoving, ""); err != nil {
+		return fmt.Errorf("VM %s: %w", vm.Name, err)
+	}
+	note := fmt.Sprintf("rollout %s of group %s (%s): moving to template version %d", r.ID, r.Group, r.Phase, r.ToVersion)
+	err = s.replace(ctx, vm.ID, cfg, row.Restart, r.ProgressDeadline, note)
 	if e, ok := AsError(err); ok && e.Kind == KindNotFound && e.Code == "not_found" {
 		return s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvGone, "deleted during the rollout")
 	}
