@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -461,6 +462,9 @@ func (s *Groups) moveVM(ctx context.Context, r store.GroupRollout, row store.Gro
 	if e, ok := AsError(err); ok && e.Kind == KindNotFound && e.Code == "not_found" {
 		return s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvGone, "deleted during the rollout")
 	}
+	if busy(err) {
+		return nil // not the version's fault: the row stays moving, and the next pass tries again
+	}
 	if err != nil {
 		err = fmt.Errorf("VM %s did not run on version %d: %w", vm.Name, r.ToVersion, err)
 		_ = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvFailed, PublicMessage(err))
@@ -472,6 +476,14 @@ func (s *Groups) moveVM(ctx context.Context, r store.GroupRollout, row store.Gro
 	}
 	s.auditVM(ctx, r, vm.ID, "template.group_rollout.step", nil)
 	return nil
+}
+
+// busy reports an operation of another manager holding the VM (one that
+// died holds it until its lease runs out): worth another try, not a
+// failure of the version.
+func busy(err error) bool {
+	e, ok := AsError(err)
+	return ok && e.Kind == KindConflict && e.Code == "vm_busy"
 }
 
 // replace stops the VM, writes cfg into it and, with restart, starts it
@@ -546,7 +558,7 @@ func (s *Groups) revertPass(ctx context.Context, r store.GroupRollout, rows []st
 		case gvMoving, gvMoved, gvFailed, gvReverting:
 			todo = append(todo, row)
 		case gvRevertFailed:
-			failed = append(failed, row.VMID)
+			failed = append(failed, fmt.Sprintf("%s (%s)", row.VMID, row.Message))
 		}
 	}
 	if len(todo) > 0 {
@@ -562,7 +574,7 @@ func (s *Groups) revertPass(ctx context.Context, r store.GroupRollout, rows []st
 	var cause error
 	if len(failed) > 0 {
 		state, action = RolloutFailed, "template.group_rollout.failed"
-		cause = fmt.Errorf("%d VM(s) did not run again on their old config: %v", len(failed), failed)
+		cause = fmt.Errorf("%d VM(s) did not run again on their old config: %s", len(failed), strings.Join(failed, "; "))
 		msg = fmt.Sprintf("revert incomplete: %v (%s)", cause, r.Message)
 	}
 	if n, err := s.st.SetGroupRolloutState(ctx, r.ID, []string{RolloutReverting}, state, r.Phase, msg); err == nil {
@@ -584,6 +596,9 @@ func (s *Groups) revertVM(ctx context.Context, r store.GroupRollout, row store.G
 	if e, ok := AsError(err); ok && e.Kind == KindNotFound && e.Code == "not_found" {
 		_ = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvGone, "deleted during the rollout")
 		return
+	}
+	if busy(err) {
+		return // the row stays reverting: the next pass tries again
 	}
 	if err != nil {
 		_ = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvRevertFailed, PublicMessage(err))
