@@ -371,9 +371,10 @@ func (s *Groups) rolloutPass(ctx context.Context, r store.GroupRollout, rows []s
 			if err != nil {
 				return
 			}
-			if row.Restart && vm.State != store.VMRunning && vm.State != store.VMPaused {
-				// A moved VM that stopped running (it crashed) fails the
-				// rollout as its boot would have.
+			if row.Restart && vm.DesiredState != store.VMStopped && vm.State != store.VMRunning && vm.State != store.VMPaused {
+				// A moved VM that stopped running (it crashed; a stop of
+				// its user's is no failure) fails the rollout as its boot
+				// would have.
 				_ = s.st.SetGroupRolloutVM(ctx, r.ID, row.VMID, gvFailed, fmt.Sprintf("%s after the move%s", vm.State, lastErrorText(vm)))
 				s.failRollout(ctx, r, fmt.Errorf("VM %s of version %d is %s, not running%s", vm.Name, r.ToVersion, vm.State, lastErrorText(vm)))
 				return
@@ -409,7 +410,7 @@ func (s *Groups) rolloutPass(ctx context.Context, r store.GroupRollout, rows []s
 		limit = min(limit, r.Canary-moved)
 	}
 	batch := todo[:min(limit, len(todo))]
-	target, err := s.st.GetTemplateVersion(ctx, r.TemplateID, r.ToVersion)
+	target, err := s.templates.GetTemplateVersion(ctx, All, r.TemplateID, r.Project, r.ToVersion)
 	if err != nil {
 		s.failRollout(ctx, r, fmt.Errorf("template version %d: %w", r.ToVersion, err))
 		return
