@@ -73,21 +73,22 @@ var (
 		"instantiate-template": placesVMs,
 		// Group rollouts (groups.go): one under way, or a state that does
 		// not allow the action.
-		"start-group-rollout":  {http.StatusConflict},
-		"pause-group-rollout":  {http.StatusConflict},
-		"resume-group-rollout": {http.StatusConflict},
-		"abort-group-rollout":  {http.StatusConflict},
-		"create-snapshot":      onHost,
-		"delete-snapshot":      onHost,
-		"instantiate-snapshot": placesVMs,
-		"create-pool":          {http.StatusConflict, http.StatusNotFound}, // the template or snapshot it names
-		"delete-pool":          onHost,
-		"claim-pool":           placesVMs,
-		"start-rollout":        {http.StatusConflict}, // one under way; the version is a 404
-		"pause-rollout":        {http.StatusConflict}, // not in a state that allows it
-		"resume-rollout":       {http.StatusConflict},
-		"promote-rollout":      {http.StatusConflict},
-		"abort-rollout":        {http.StatusConflict},
+		"start-group-rollout":   {http.StatusConflict},
+		"pause-group-rollout":   {http.StatusConflict},
+		"resume-group-rollout":  {http.StatusConflict},
+		"promote-group-rollout": {http.StatusConflict},
+		"abort-group-rollout":   {http.StatusConflict},
+		"create-snapshot":       onHost,
+		"delete-snapshot":       onHost,
+		"instantiate-snapshot":  placesVMs,
+		"create-pool":           {http.StatusConflict, http.StatusNotFound}, // the template or snapshot it names
+		"delete-pool":           onHost,
+		"claim-pool":            placesVMs,
+		"start-rollout":         {http.StatusConflict}, // one under way; the version is a 404
+		"pause-rollout":         {http.StatusConflict}, // not in a state that allows it
+		"resume-rollout":        {http.StatusConflict},
+		"promote-rollout":       {http.StatusConflict},
+		"abort-rollout":         {http.StatusConflict},
 	}
 )
 

@@ -24,7 +24,7 @@ func (s *Server) groupRoutes() {
 	register(s, "start-group-rollout", http.MethodPost, base, "Move a group of VMs of a template (tag group=<name>) to another template version in place: canaries first, then max_parallel at a time",
 		op("template.group_rollout", "template"), s.startGroupRollout, http.StatusCreated)
 	register(s, "get-group-rollout", http.MethodGet, base, "The group's newest rollout with its progress", viewer, s.getGroupRollout)
-	for _, action := range []string{"pause", "resume", "abort"} {
+	for _, action := range []string{"pause", "resume", "promote", "abort"} {
 		register(s, action+"-group-rollout", http.MethodPost, base+"/"+action, groupRolloutActionDoc[action], op("template.group_rollout_"+action, "template"),
 			func(ctx context.Context, in *groupRefInput) (*groupRolloutOutput, error) {
 				return s.controlGroupRollout(ctx, in, action)
@@ -33,9 +33,10 @@ func (s *Server) groupRoutes() {
 }
 
 var groupRolloutActionDoc = map[string]string{
-	"pause":  "Pause the group's rollout after the step under way",
-	"resume": "Resume a paused group rollout",
-	"abort":  "Abort the group's rollout: every VM it moved goes back to its old config and is restarted",
+	"pause":   "Pause the group's rollout after the step under way",
+	"resume":  "Resume a paused group rollout",
+	"promote": "Promote the canaries of a group rollout awaiting promotion (auto_promote false): it goes on with the rest of the group; 409 in any other state",
+	"abort":   "Abort the group's rollout: every VM it moved goes back to its old config and is restarted",
 }
 
 type groupRefInput struct {

@@ -26,11 +26,14 @@ overrides on top) and started again, keeping its id, name, address and
 disks. The canaries go first; once they run (for --min-healthy-time), the
 rest, --max-parallel at a time: no more VMs than that are down at once. A
 VM that does not run again within --progress-deadline fails the step; with
---auto-revert every VM already moved goes back to its old config.`,
+--auto-revert every VM already moved goes back to its old config. With
+--auto-promote=false the rollout stops once its canaries run (state
+awaiting_promotion) until 'nexus template rollout promote TEMPLATE GROUP'.`,
 	}
 	cmd.AddCommand(groupRolloutStartCmd(cf, stdout), groupRolloutStatusCmd(cf, stdout),
 		groupRolloutActionCmd(cf, stdout, "pause", "Pause the rollout after the step under way", (*nexus.Client).PauseGroupRollout),
 		groupRolloutActionCmd(cf, stdout, "resume", "Resume a paused rollout", (*nexus.Client).ResumeGroupRollout),
+		groupRolloutActionCmd(cf, stdout, "promote", "Promote the running canaries of a rollout awaiting promotion: it goes on with the rest", (*nexus.Client).PromoteGroupRollout),
 		groupRolloutActionCmd(cf, stdout, "abort", "Abort the rollout: every VM it moved goes back to its old config", (*nexus.Client).AbortGroupRollout))
 	return cmd
 }
@@ -38,11 +41,13 @@ VM that does not run again within --progress-deadline fails the step; with
 func groupRolloutStartCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	var req apitypes.GroupRolloutRequest
 	var canary int
+	var autoPromote bool
 	cmd := &cobra.Command{
-		Use:     "start TEMPLATE GROUP --version N",
-		Short:   "Start a rollout of a group",
-		Example: `  nexus template rollout start web ci --version 3 --canary 1 --max-parallel 2 --progress-deadline 1m --auto-revert`,
-		Args:    cobra.ExactArgs(2),
+		Use:   "start TEMPLATE GROUP --version N",
+		Short: "Start a rollout of a group",
+		Example: `  nexus template rollout start web ci --version 3 --canary 1 --max-parallel 2 --progress-deadline 1m --auto-revert
+  nexus template rollout start web ci --version 3 --canary 2 --auto-promote=false   # then: nexus template rollout promote web ci`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, p, err := cf.setup(stdout)
 			if err != nil {
@@ -50,6 +55,9 @@ func groupRolloutStartCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 			}
 			if cmd.Flags().Changed("canary") {
 				req.Canary = &canary
+			}
+			if cmd.Flags().Changed("auto-promote") {
+				req.AutoPromote = &autoPromote
 			}
 			r, err := c.StartGroupRollout(cmd.Context(), args[0], args[1], cf.project, req)
 			if err != nil {
@@ -65,6 +73,7 @@ func groupRolloutStartCmd(cf *clientFlags, stdout io.Writer) *cobra.Command {
 	fs.StringVar(&req.MinHealthyTime, "min-healthy-time", "", "how long a step's VMs must stay running before the next step (default 0s)")
 	fs.StringVar(&req.ProgressDeadline, "progress-deadline", "", "how long a VM may take to run again (default 5m)")
 	fs.BoolVar(&req.AutoRevert, "auto-revert", false, "on a failed step, move every VM already moved back to its old config")
+	fs.BoolVar(&autoPromote, "auto-promote", true, "go on once the canaries run; false: wait for 'nexus template rollout promote'")
 	_ = cmd.MarkFlagRequired("version")
 	return cmd
 }
@@ -109,8 +118,8 @@ func groupRolloutDetail(r apitypes.GroupRollout) [][2]string {
 		{"id", r.ID}, {"template", r.TemplateID}, {"group", r.Group}, {"to version", fmt.Sprint(r.ToVersion)},
 		{"state", r.State}, {"phase", r.Phase},
 		{"progress", fmt.Sprintf("%d of %d on version %d, %d old, %d down", r.New, r.Total, r.ToVersion, r.Old, r.Down)},
-		{"strategy", fmt.Sprintf("canary %d, max_parallel %d, min_healthy_time %s, progress_deadline %s, auto_revert %t",
-			r.Canary, r.MaxParallel, r.MinHealthyTime, r.ProgressDeadline, r.AutoRevert)},
+		{"strategy", fmt.Sprintf("canary %d, max_parallel %d, min_healthy_time %s, progress_deadline %s, auto_revert %t, auto_promote %t",
+			r.Canary, r.MaxParallel, r.MinHealthyTime, r.ProgressDeadline, r.AutoRevert, r.AutoPromote)},
 		{"message", r.Message}, {"started", r.CreatedAt.Format(time.RFC3339)}, {"updated", r.UpdatedAt.Format(time.RFC3339)},
 	}
 }

@@ -9,6 +9,8 @@ package manager
 // same id, name, address and disks. The canaries go first; once they run
 // (and stayed running for min_healthy_time), the rest, max_parallel at a
 // time, so no more than max_parallel VMs of the rollout are down at once.
+// With auto_promote false the rollout waits in awaiting_promotion once
+// the canaries run, until a promote (the rest) or an abort (back).
 // A VM that does not run again within progress_deadline fails the step:
 // with auto_revert every VM already moved gets its old config back and is
 // restarted; without, the rollout stops (failed) where it is.
@@ -222,6 +224,10 @@ func (s *Groups) StartGroupRollout(ctx context.Context, scope Scope, ref, projec
 	if canary < 0 || canary > n {
 		return store.GroupRollout{}, invalid("canary must be between 0 and the number of VMs to move (%d)", n)
 	}
+	autoPromote := req.AutoPromote == nil || *req.AutoPromote
+	if !autoPromote && canary == 0 {
+		return store.GroupRollout{}, invalid("auto_promote false needs canaries to promote: canary must be 1 or more")
+	}
 	if req.MaxParallel == 0 {
 		req.MaxParallel = 1
 	}
@@ -234,7 +240,8 @@ func (s *Groups) StartGroupRollout(ctx context.Context, scope Scope, ref, projec
 	}
 	r, err := s.st.CreateGroupRollout(ctx, store.GroupRollout{
 		Project: t.Project, TemplateID: t.ID, Group: group, ToVersion: target.Version, Canary: canary, MaxParallel: req.MaxParallel,
-		MinHealthy: minHealthy, ProgressDeadline: deadline, AutoRevert: req.AutoRevert, State: RolloutRunning, Phase: phase, Actor: actor,
+		MinHealthy: minHealthy, ProgressDeadline: deadline, AutoRevert: req.AutoRevert, AutoPromote: autoPromote,
+		State: RolloutRunning, Phase: phase, Actor: actor,
 	}, rows)
 	if errors.Is(err, store.ErrConflict) {
 		return store.GroupRollout{}, conflict("rollout_active", "group %s of template %s already has a rollout under way", group, t.Name).
@@ -249,24 +256,30 @@ func (s *Groups) StartGroupRollout(ctx context.Context, scope Scope, ref, projec
 
 // GetGroupRollout returns the group's newest rollout.
 func (s *Groups) GetGroupRollout(ctx context.Context, scope Scope, ref, project, group string) (store.GroupRollout, error) {
+	_, r, err := s.getGroupRollout(ctx, scope, ref, project, group)
+	return r, err
+}
+
+func (s *Groups) getGroupRollout(ctx context.Context, scope Scope, ref, project, group string) (store.Template, store.GroupRollout, error) {
 	t, err := s.findGroup(ctx, scope, ref, project, group)
 	if err != nil {
-		return store.GroupRollout{}, err
+		return t, store.GroupRollout{}, err
 	}
 	r, err := s.st.LatestGroupRollout(ctx, t.ID, group)
 	if errors.Is(err, store.ErrNotFound) {
-		return r, notFound("rollout of group", group).suggest(fmt.Sprintf("start one: nexus template rollout start %s %s --version N", t.Name, group))
+		return t, r, notFound("rollout of group", group).suggest(fmt.Sprintf("start one: nexus template rollout start %s %s --version N", t.Name, group))
 	}
 	if err != nil {
-		return r, fmt.Errorf("get rollout of group %s: %w", group, err)
+		return t, r, fmt.Errorf("get rollout of group %s: %w", group, err)
 	}
-	return r, nil
+	return t, r, nil
 }
 
-// ControlGroupRollout pauses, resumes or aborts the group's rollout.
-// Abort moves the VMs already moved back to their old config.
+// ControlGroupRollout pauses, resumes, promotes or aborts the group's
+// rollout. Promote moves a rollout awaiting promotion on to the rest of
+// the group; abort moves the VMs already moved back to their old config.
 func (s *Groups) ControlGroupRollout(ctx context.Context, scope Scope, ref, project, group, action string) (store.GroupRollout, error) {
-	r, err := s.GetGroupRollout(ctx, scope, ref, project, group)
+	t, r, err := s.getGroupRollout(ctx, scope, ref, project, group)
 	if err != nil {
 		return r, err
 	}
@@ -277,26 +290,68 @@ func (s *Groups) ControlGroupRollout(ctx context.Context, scope Scope, ref, proj
 		from, state = []string{RolloutRunning}, RolloutPaused
 	case "resume":
 		from, state = []string{RolloutPaused}, RolloutRunning
+	case "promote":
+		from, state, phase = []string{RolloutAwaitingPromotion}, RolloutRunning, phaseRolling
 	case "abort":
-		from, state, phase = []string{RolloutRunning, RolloutPaused}, RolloutReverting, phaseAbort
+		from, state, phase = []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, RolloutReverting, phaseAbort
 	default:
 		return r, invalid("unknown rollout action %q", action)
 	}
 	n, err := s.st.SetGroupRolloutState(ctx, r.ID, from, state, phase, action+" requested")
 	if errors.Is(err, store.ErrConflict) {
-		return r, conflict("rollout_state", "the rollout is %s; %s needs it %v", r.State, action, from)
+		if cur, gerr := s.st.GetGroupRollout(ctx, r.ID); gerr == nil {
+			r = cur // the state that refused, not the one read before
+		}
+		e := conflict("rollout_state", "the rollout is %s; %s needs it %s", r.State, action, strings.Join(from, " or "))
+		status := fmt.Sprintf("nexus template rollout status %s %s", t.Name, group)
+		if action == "promote" {
+			return r, e.suggest(groupPromoteHint(r, status))
+		}
+		return r, e.suggest("see where it is: " + status)
 	}
 	if err != nil {
 		return r, fmt.Errorf("%s rollout %s: %w", action, r.ID, err)
+	}
+	if action == "promote" {
+		for _, id := range s.movedVMs(ctx, n.ID) {
+			s.event(ctx, id, store.LevelInfo, "rollout %s of group %s: canaries promoted; moving the rest, %d at a time", n.ID, n.Group, n.MaxParallel)
+		}
 	}
 	s.kick()
 	return n, nil
 }
 
+// groupPromoteHint says what a refused promote needs.
+func groupPromoteHint(r store.GroupRollout, status string) string {
+	switch {
+	case r.AutoPromote:
+		return "this rollout promotes its canaries by itself; to promote by hand, start a rollout with --auto-promote=false (auto_promote false)"
+	case r.State == RolloutRunning && r.Phase == phaseCanary:
+		return "wait until its canaries run (state awaiting_promotion): " + status
+	default:
+		return "only a rollout awaiting promotion can be promoted: " + status
+	}
+}
+
+// movedVMs are the ids of the rollout's VMs moved so far, for events.
+func (s *Groups) movedVMs(ctx context.Context, rolloutID string) []string {
+	rows, err := s.st.ListGroupRolloutVMs(ctx, rolloutID)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, row := range rows {
+		if row.State == gvMoved {
+			ids = append(ids, row.VMID)
+		}
+	}
+	return ids
+}
+
 // GroupRolloutView renders a rollout with its VMs as they are now.
 func (s *Groups) GroupRolloutView(ctx context.Context, r store.GroupRollout) apitypes.GroupRollout {
 	v := apitypes.GroupRollout{ID: r.ID, TemplateID: r.TemplateID, Project: r.Project, Group: r.Group, ToVersion: r.ToVersion, Canary: r.Canary,
-		MaxParallel: r.MaxParallel, MinHealthyTime: r.MinHealthy.String(), ProgressDeadline: r.ProgressDeadline.String(), AutoRevert: r.AutoRevert,
+		MaxParallel: r.MaxParallel, MinHealthyTime: r.MinHealthy.String(), ProgressDeadline: r.ProgressDeadline.String(), AutoRevert: r.AutoRevert, AutoPromote: r.AutoPromote,
 		State: r.State, Phase: r.Phase, Message: r.Message, Actor: r.Actor, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, VMs: []apitypes.GroupRolloutVM{}}
 	rows, err := s.st.ListGroupRolloutVMs(ctx, r.ID)
 	if err != nil {
@@ -386,10 +441,25 @@ func (s *Groups) rolloutPass(ctx context.Context, r store.GroupRollout, rows []s
 		}
 	}
 	todo = append(todo, pending...)
+	if r.State == RolloutAwaitingPromotion {
+		return // the canaries were watched above; the rest waits for a promote
+	}
 	if !ready {
 		return // the loop's ticker comes back
 	}
 	if r.Phase == phaseCanary && (moved >= r.Canary || len(todo) == 0) {
+		if !r.AutoPromote {
+			msg := fmt.Sprintf("%d canary VM(s) on version %d running; awaiting promotion (nexus template rollout promote TEMPLATE %s)", moved, r.ToVersion, r.Group)
+			n, err := s.st.SetGroupRolloutState(ctx, r.ID, []string{RolloutRunning}, RolloutAwaitingPromotion, phaseCanary, msg)
+			if err != nil {
+				return // paused or aborted meanwhile: the next pass sees it
+			}
+			for _, id := range s.movedVMs(ctx, r.ID) {
+				s.event(ctx, id, store.LevelInfo, "rollout %s of group %s: this canary runs on version %d; the rollout awaits promotion", r.ID, r.Group, r.ToVersion)
+			}
+			s.auditRollout(ctx, n, "template.group_rollout.awaiting_promotion", nil)
+			return
+		}
 		msg := fmt.Sprintf("%d canary VM(s) on version %d running; moving the rest, %d at a time", moved, r.ToVersion, r.MaxParallel)
 		n, err := s.st.SetGroupRolloutState(ctx, r.ID, []string{RolloutRunning}, RolloutRunning, phaseRolling, msg)
 		if err != nil {
@@ -529,15 +599,15 @@ func (s *Groups) replace(ctx context.Context, id string, cfg groupVMConfig, rest
 	return nil
 }
 
-// failRollout stops a running (or paused) rollout after a failed step:
-// reverting with auto_revert, failed without.
+// failRollout stops a running (paused, or awaiting promotion) rollout
+// after a failed step: reverting with auto_revert, failed without.
 func (s *Groups) failRollout(ctx context.Context, r store.GroupRollout, cause error) {
 	state, phase := RolloutFailed, r.Phase
 	if r.AutoRevert {
 		state, phase = RolloutReverting, phaseRevert
 	}
 	msg := fmt.Sprintf("%s step failed: %v", r.Phase, cause)
-	n, err := s.st.SetGroupRolloutState(ctx, r.ID, []string{RolloutRunning, RolloutPaused}, state, phase, msg)
+	n, err := s.st.SetGroupRolloutState(ctx, r.ID, []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, state, phase, msg)
 	if err != nil {
 		return
 	}

@@ -1,6 +1,8 @@
 package manager
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/nexus-microvm/nexus/internal/store"
@@ -90,5 +92,129 @@ func TestGroupRolloutSteps(t *testing.T) {
 	}
 	if _, err := e.m.Groups.StartGroupRollout(e.ctx, All, "web", "", "g", "alice", apitypes.GroupRolloutRequest{TemplateVersion: 2}); err == nil {
 		t.Fatal("a rollout of a group already on the version was accepted")
+	}
+}
+
+// With auto_promote false a group rollout stops once its canaries run
+// (awaiting_promotion, phase canary) and moves no other VM, pass after
+// pass, until promoted; promote is refused (409 rollout_state, with a
+// suggestion) in any other state and changes nothing; pause and resume
+// are refused there; abort from there moves the canaries back; auto_promote
+// false without canaries is refused.
+func TestGroupRolloutPromoteGating(t *testing.T) {
+	e, _, _, _ := imagesEnv(t)
+	tags := map[string]string{GroupTag: "g"}
+	if _, err := e.m.Templates.Instantiate(e.ctx, All, "web", "", apitypes.InstantiateRequest{Name: "g", Count: 4, Tags: tags}, TemplateInstanceOptions{Wait: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Templates.UpdateTemplate(e.ctx, All, "web", "", "test", apitypes.UpdateTemplateRequest{
+		Config: apitypes.TemplateConfig{KernelImageID: "k", RootfsImageID: "r", MemMib: intp(96)}}); err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	if _, err := e.m.Groups.StartGroupRollout(e.ctx, All, "web", "", "g", "alice", apitypes.GroupRolloutRequest{TemplateVersion: 2, Canary: intp(0),
+		AutoPromote: &no}); !isKind(err, KindInvalid) {
+		t.Fatalf("auto_promote false with canary 0 = %v; want invalid", err)
+	}
+	start := func() store.GroupRollout {
+		t.Helper()
+		r, err := e.m.Groups.StartGroupRollout(e.ctx, All, "web", "", "g", "alice", apitypes.GroupRolloutRequest{TemplateVersion: 2, Canary: intp(2),
+			MaxParallel: 2, AutoPromote: &no})
+		if err != nil || r.AutoPromote {
+			t.Fatalf("start: %+v, %v", r, err)
+		}
+		return r
+	}
+	r := start()
+	get := func() store.GroupRollout {
+		t.Helper()
+		got, err := e.st.GetGroupRollout(e.ctx, r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	onV2 := func() int {
+		t.Helper()
+		n := 0
+		vms, err := e.m.Groups.groupVMs(e.ctx, store.Template{ID: r.TemplateID, Project: r.Project}, "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vm := range vms {
+			if vm.TemplateVersion == 2 {
+				n++
+			}
+		}
+		return n
+	}
+	refused := func(action, when string) {
+		t.Helper()
+		before := get()
+		_, err := e.m.Groups.ControlGroupRollout(e.ctx, All, "web", "", "g", action)
+		var me *Error
+		if !isKind(err, KindConflict) || !errors.As(err, &me) || me.Code != "rollout_state" || me.Suggestion == "" {
+			t.Fatalf("%s %s = %v; want a rollout_state conflict with a suggestion", action, when, err)
+		}
+		if after := get(); after.State != before.State || after.Phase != before.Phase || !after.UpdatedAt.Equal(before.UpdatedAt) {
+			t.Fatalf("a refused %s changed the rollout: %+v → %+v", action, before, after)
+		}
+	}
+	refused("promote", "before the canaries are moved")
+	e.m.Groups.RolloutGroups(e.ctx) // the canaries
+	if got := get(); got.State != RolloutRunning || onV2() != 2 {
+		t.Fatalf("after the canary step: %s, %d on version 2; want running, 2", got.State, onV2())
+	}
+	e.m.Groups.RolloutGroups(e.ctx) // they run: awaiting promotion
+	for range 3 {
+		e.m.Groups.RolloutGroups(e.ctx)
+	}
+	if got := get(); got.State != RolloutAwaitingPromotion || got.Phase != phaseCanary || !strings.Contains(got.Message, "promot") || onV2() != 2 {
+		t.Fatalf("awaiting: %+v, %d on version 2; want awaiting_promotion, phase canary, the 2 canaries only", got, onV2())
+	}
+	refused("pause", "awaiting promotion")
+	refused("resume", "awaiting promotion")
+	if _, err := e.m.Groups.StartGroupRollout(e.ctx, All, "web", "", "g", "alice", apitypes.GroupRolloutRequest{TemplateVersion: 2}); !isKind(err, KindConflict) {
+		t.Fatalf("a second rollout while one awaits promotion = %v; want a conflict", err)
+	}
+	got, err := e.m.Groups.ControlGroupRollout(e.ctx, All, "web", "", "g", "promote")
+	if err != nil || got.State != RolloutRunning || got.Phase != phaseRolling {
+		t.Fatalf("promote: %+v, %v; want running, rolling", got, err)
+	}
+	refused("promote", "twice")
+	for pass := 0; get().State == RolloutRunning; pass++ {
+		if pass == 5 {
+			t.Fatalf("not done after %d passes: %+v", pass, get())
+		}
+		e.m.Groups.RolloutGroups(e.ctx)
+	}
+	if got := get(); got.State != RolloutSucceeded || onV2() != 4 {
+		t.Fatalf("after the promote: %+v, %d on version 2; want succeeded, 4", got, onV2())
+	}
+	if a := e.auditActions(r.TemplateID); a["template.group_rollout.awaiting_promotion"] != 1 || a["template.group_rollout.promote"] != 0 {
+		t.Fatalf("audit rows %v; want one awaiting_promotion and no automatic promote", a)
+	}
+
+	// Back to version 1, aborted from awaiting_promotion: the canaries go back.
+	r, err = e.m.Groups.StartGroupRollout(e.ctx, All, "web", "", "g", "alice", apitypes.GroupRolloutRequest{TemplateVersion: 1, Canary: intp(1), AutoPromote: &no})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m.Groups.RolloutGroups(e.ctx)
+	e.m.Groups.RolloutGroups(e.ctx)
+	if got := get(); got.State != RolloutAwaitingPromotion || onV2() != 3 {
+		t.Fatalf("%+v, %d on version 2; want awaiting_promotion with one VM on version 1", got, onV2())
+	}
+	if got, err := e.m.Groups.ControlGroupRollout(e.ctx, All, "web", "", "g", "abort"); err != nil || got.State != RolloutReverting {
+		t.Fatalf("abort: %+v, %v", got, err)
+	}
+	for pass := 0; get().State == RolloutReverting; pass++ {
+		if pass == 5 {
+			t.Fatalf("not aborted after %d passes: %+v", pass, get())
+		}
+		e.m.Groups.RolloutGroups(e.ctx)
+	}
+	if got := get(); got.State != RolloutAborted || onV2() != 4 {
+		t.Fatalf("after the abort: %+v, %d on version 2; want aborted, all 4", got, onV2())
 	}
 }

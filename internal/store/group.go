@@ -12,16 +12,16 @@ import (
 // moves to another version of it in place.
 
 const groupRolloutSelect = "SELECT id, project, template_id, group_name, to_version, canary, max_parallel, min_healthy_ms," +
-	" progress_deadline_ms, auto_revert, state, phase, message, actor, created_at, updated_at FROM group_rollout"
+	" progress_deadline_ms, auto_revert, auto_promote, state, phase, message, actor, created_at, updated_at FROM group_rollout"
 
 func scanGroupRollout(sc scanner) (GroupRollout, error) {
 	var r GroupRollout
 	var minMS, deadlineMS int64
-	var auto int
+	var auto, promote int
 	err := sc.Scan(&r.ID, &r.Project, &r.TemplateID, &r.Group, &r.ToVersion, &r.Canary, &r.MaxParallel, &minMS, &deadlineMS,
-		&auto, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
+		&auto, &promote, &r.State, &r.Phase, &r.Message, &r.Actor, timeCol{&r.CreatedAt}, timeCol{&r.UpdatedAt})
 	r.MinHealthy, r.ProgressDeadline = time.Duration(minMS)*time.Millisecond, time.Duration(deadlineMS)*time.Millisecond
-	r.AutoRevert = auto != 0
+	r.AutoRevert, r.AutoPromote = auto != 0, promote != 0
 	return r, err
 }
 
@@ -43,16 +43,12 @@ func (s *sqlStore) CreateGroupRollout(ctx context.Context, r GroupRollout, vms [
 	}
 	r.CreatedAt = s.orNow(r.CreatedAt)
 	r.UpdatedAt = r.CreatedAt
-	auto := 0
-	if r.AutoRevert {
-		auto = 1
-	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, s.d.rebind("INSERT INTO group_rollout (id, project, template_id, group_name, to_version, canary,"+
-			" max_parallel, min_healthy_ms, progress_deadline_ms, auto_revert, state, phase, message, actor, created_at, updated_at)"+
-			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+			" max_parallel, min_healthy_ms, progress_deadline_ms, auto_revert, auto_promote, state, phase, message, actor, created_at, updated_at)"+
+			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 			r.ID, r.Project, r.TemplateID, r.Group, r.ToVersion, r.Canary, r.MaxParallel, r.MinHealthy.Milliseconds(),
-			r.ProgressDeadline.Milliseconds(), auto, r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt)); err != nil {
+			r.ProgressDeadline.Milliseconds(), boolInt(r.AutoRevert), boolInt(r.AutoPromote), r.State, r.Phase, r.Message, r.Actor, s.ts(r.CreatedAt), s.ts(r.UpdatedAt)); err != nil {
 			return err
 		}
 		for _, v := range vms {
@@ -92,7 +88,7 @@ func (s *sqlStore) LatestGroupRollout(ctx context.Context, templateID, group str
 }
 
 func (s *sqlStore) ListActiveGroupRollouts(ctx context.Context) ([]GroupRollout, error) {
-	rs, err := queryAll(ctx, s, scanGroupRollout, groupRolloutSelect+" WHERE state IN ('running', 'reverting') ORDER BY created_at, id LIMIT ?",
+	rs, err := queryAll(ctx, s, scanGroupRollout, groupRolloutSelect+" WHERE state IN ('running', 'awaiting_promotion', 'reverting') ORDER BY created_at, id LIMIT ?",
 		MaxLimit)
 	if err != nil {
 		return nil, s.fail("list active group rollouts", err)

@@ -34,11 +34,23 @@ func TestGroupRolloutStore(t *testing.T) {
 			_, err = s.CreateGroupRollout(ctx, r, vms)
 			wantErr(t, "a second active rollout of the group", err, store.ErrConflict)
 			other := r
-			other.Group = "nightly"
-			must(s.CreateGroupRollout(ctx, other, nil))(t) // another group of the template
+			other.Group, other.AutoPromote = "nightly", true
+			o := must(s.CreateGroupRollout(ctx, other, nil))(t) // another group of the template
+			if got := must(s.GetGroupRollout(ctx, o.ID))(t); !got.AutoPromote || r1.AutoPromote {
+				t.Fatalf("auto_promote: %t and %t; want true and false as stored", got.AutoPromote, r1.AutoPromote)
+			}
 			if active := must(s.ListActiveGroupRollouts(ctx))(t); len(active) != 2 {
 				t.Fatalf("ListActiveGroupRollouts = %d; want 2", len(active))
 			}
+			// Awaiting promotion is active: listed, and a second rollout of
+			// the group is refused.
+			must(s.SetGroupRolloutState(ctx, o.ID, []string{"running"}, "awaiting_promotion", "canary", ""))(t)
+			if active := must(s.ListActiveGroupRollouts(ctx))(t); len(active) != 2 {
+				t.Fatalf("ListActiveGroupRollouts with one awaiting promotion = %d; want 2", len(active))
+			}
+			_, err = s.CreateGroupRollout(ctx, other, nil)
+			wantErr(t, "a second rollout of a group awaiting promotion", err, store.ErrConflict)
+			must(s.SetGroupRolloutState(ctx, o.ID, []string{"awaiting_promotion"}, "running", "rolling", "promote requested"))(t)
 			clk.Advance(time.Second)
 			if err := s.SetGroupRolloutVM(ctx, r1.ID, "vm-a", "moved", "on version 3"); err != nil {
 				t.Fatal(err)

@@ -178,14 +178,14 @@ type PoolStore interface {
 // GroupRolloutStore keeps rollouts of VM groups (store/group.go).
 type GroupRolloutStore interface {
 	// CreateGroupRollout stores a rollout with its VMs in one transaction;
-	// ErrConflict while the group has an active one (running, paused or
-	// reverting).
+	// ErrConflict while the group has an active one (running, paused,
+	// awaiting_promotion or reverting).
 	CreateGroupRollout(ctx context.Context, r GroupRollout, vms []GroupRolloutVM) (GroupRollout, error)
 	GetGroupRollout(ctx context.Context, id string) (GroupRollout, error)
 	// LatestGroupRollout returns the group's newest rollout (ErrNotFound: none).
 	LatestGroupRollout(ctx context.Context, templateID, group string) (GroupRollout, error)
-	// ListActiveGroupRollouts returns the running and reverting rollouts,
-	// oldest first (at most MaxLimit).
+	// ListActiveGroupRollouts returns the running, awaiting_promotion and
+	// reverting rollouts, oldest first (at most MaxLimit).
 	ListActiveGroupRollouts(ctx context.Context) ([]GroupRollout, error)
 	// SetGroupRolloutState moves a rollout from one of the states in from
 	// to state; ErrConflict when it is in none of them.

@@ -465,12 +465,15 @@ type GroupRollout struct {
 	MinHealthy       time.Duration
 	ProgressDeadline time.Duration
 	AutoRevert       bool
-	State            string // running, paused, reverting; then succeeded, failed, reverted, aborted
-	Phase            string // canary, rolling, revert, abort
-	Message          string
-	Actor            string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// AutoPromote false: the rollout waits in awaiting_promotion once its
+	// canaries run, until a promote.
+	AutoPromote bool
+	State       string // running, paused, awaiting_promotion, reverting; then succeeded, failed, reverted, aborted
+	Phase       string // canary, rolling, revert, abort
+	Message     string
+	Actor       string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // GroupRolloutVM is one VM of a group rollout: its place in the order,

@@ -12,6 +12,7 @@ type GroupRolloutRequest struct {
 	MinHealthyTime   string `json:"min_healthy_time,omitempty" maxLength:"16" doc:"how long a step's VMs must stay running before the next step (Go duration, default 0s, at most 1h)"`
 	ProgressDeadline string `json:"progress_deadline,omitempty" maxLength:"16" doc:"how long a VM may take to run again before its step fails (Go duration, default 5m, 1s to 1h)"`
 	AutoRevert       bool   `json:"auto_revert,omitempty" doc:"on a failed step, every VM already moved goes back to its old config and is restarted"`
+	AutoPromote      *bool  `json:"auto_promote,omitempty" doc:"once the canaries run, go on with the rest (default true); false: the rollout waits in state awaiting_promotion for POST /v1/templates/{id}/groups/{group}/rollout/promote (needs canary 1 or more)"`
 }
 
 // GroupRollout is a group's in-place move to another template version.
@@ -26,7 +27,8 @@ type GroupRollout struct {
 	MinHealthyTime   string           `json:"min_healthy_time"`
 	ProgressDeadline string           `json:"progress_deadline"`
 	AutoRevert       bool             `json:"auto_revert"`
-	State            string           `json:"state" enum:"running,paused,reverting,succeeded,failed,reverted,aborted"`
+	AutoPromote      bool             `json:"auto_promote" doc:"false: the rollout waits in awaiting_promotion once its canaries run"`
+	State            string           `json:"state" enum:"running,paused,awaiting_promotion,reverting,succeeded,failed,reverted,aborted" doc:"awaiting_promotion: the canaries run and the rollout (auto_promote false) waits for a promote"`
 	Phase            string           `json:"phase" enum:"canary,rolling,revert,abort" doc:"canary: moving the canaries; rolling: the rest; revert or abort: moving the VMs back"`
 	Message          string           `json:"message,omitempty" doc:"what the last step did, or why it failed"`
 	Total            int              `json:"total" doc:"VMs the rollout moves (the group's VMs not on to_version when it started)"`

@@ -31,6 +31,12 @@ func (c *Client) ResumeGroupRollout(ctx context.Context, template, group, projec
 	return c.controlGroupRollout(ctx, template, group, projectName, "resume")
 }
 
+// PromoteGroupRollout moves a group rollout awaiting promotion (started
+// with auto_promote false, its canaries running) on to the rest of the group.
+func (c *Client) PromoteGroupRollout(ctx context.Context, template, group, projectName string) (apitypes.GroupRollout, error) {
+	return c.controlGroupRollout(ctx, template, group, projectName, "promote")
+}
+
 // AbortGroupRollout moves every VM the rollout moved back to its old config.
 func (c *Client) AbortGroupRollout(ctx context.Context, template, group, projectName string) (apitypes.GroupRollout, error) {
 	return c.controlGroupRollout(ctx, template, group, projectName, "abort")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 	"github.com/nexus-microvm/nexus/pkg/nexus"
@@ -23,7 +25,9 @@ import (
 // template without the tag is left alone; a version whose VMs cannot boot
 // fails at the canary and the VMs go back to their old version; abort in
 // the middle of a rollout (across a manager restart) reverts; bad input
-// changes nothing; a viewer cannot start one.
+// changes nothing; a viewer cannot start one; with auto_promote false
+// the rollout waits after its canary (across a manager restart) until a
+// promote or an abort.
 func TestGroupRollout(t *testing.T) {
 	for _, engine := range engines {
 		t.Run(engine, func(t *testing.T) { testGroupRollout(t, engine) })
@@ -288,6 +292,92 @@ func testGroupRollout(t *testing.T, engine string) {
 		t.Fatalf("resume an aborted rollout = %v; want 409", err)
 	}
 
+	// Manual promote: with auto_promote false the rollout stops once its
+	// canary runs, only the canary moved, until a promote (by the CLI).
+	stateConflict := func(what string, err error) {
+		t.Helper()
+		var ae *apierr.Error
+		if !errors.As(err, &ae) || ae.Status != 409 || ae.Code != "rollout_state" || ae.Suggestion == "" {
+			t.Fatalf("%s = %v; want 409 rollout_state with a suggestion", what, err)
+		}
+	}
+	no := false
+	if _, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 1, Canary: intp(0), AutoPromote: &no}); !isStatus(err, 400) {
+		t.Fatalf("auto_promote false with canary 0 = %v; want 400", err)
+	}
+	// Before its canary has run for min_healthy_time, promote is refused.
+	if _, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 1, Canary: intp(1),
+		MinHealthyTime: "1h", AutoPromote: &no}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the canary is on version 1", func() error {
+		r, err := cl.GetGroupRollout(ctx, "runner", "ci", "")
+		if err != nil || r.New != 1 || r.Down != 0 || r.State != "running" || r.Phase != "canary" {
+			return fmt.Errorf("%+v, %v", r, err)
+		}
+		return nil
+	})
+	_, err = cl.PromoteGroupRollout(ctx, "runner", "ci", "")
+	stateConflict("promote before the canary has run for min_healthy_time", err)
+	if _, err := cl.AbortGroupRollout(ctx, "runner", "ci", ""); err != nil {
+		t.Fatal(err)
+	}
+	watch("aborted")
+	onVersion(2, 96)
+	if r, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 1, Canary: intp(1), MaxParallel: maxParallel,
+		ProgressDeadline: "20s", AutoPromote: &no}); err != nil || r.AutoPromote || r.State != "running" {
+		t.Fatalf("start with auto_promote false: %+v, %v", r, err)
+	}
+	if r, worst = watch("awaiting_promotion"); r.Phase != "canary" || r.New != 1 || r.Old != size-1 || worst > 1 || !strings.Contains(r.Message, "promot") {
+		t.Fatalf("awaiting promotion: %+v, %d down at once; want phase canary, only the canary moved", r, worst)
+	}
+	if onV1 := len(slices.DeleteFunc(group(), func(vm apitypes.VM) bool { return vm.TemplateVersion != 1 })); onV1 != 1 {
+		t.Fatalf("awaiting promotion: %d VMs on version 1; want the one canary", onV1)
+	}
+	_, err = cl.PauseGroupRollout(ctx, "runner", "ci", "")
+	stateConflict("pause awaiting promotion", err)
+	_, err = cl.ResumeGroupRollout(ctx, "runner", "ci", "")
+	stateConflict("resume awaiting promotion", err)
+	if _, err := cl.StartGroupRollout(ctx, "runner", "ci", "", apitypes.GroupRolloutRequest{TemplateVersion: 1}); !isStatus(err, 409) {
+		t.Fatalf("a second rollout while one awaits promotion = %v; want 409", err)
+	}
+	e := newCLIEnv(t, c)
+	res := e.run(nil, "template", "rollout", "promote", "runner", "ci", "-o", "json")
+	var got apitypes.GroupRollout
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &got) != nil || got.State != "running" || got.Phase != "rolling" {
+		t.Fatalf("nexus template rollout promote -o json: %+v", res)
+	}
+	if r, worst = watch("succeeded"); worst > maxParallel || r.New != size {
+		t.Fatalf("after the promote: %+v, %d down at once; want all %d on version 1, at most %d down", r, worst, size, maxParallel)
+	}
+	onVersion(1, 64)
+	if r := e.run(nil, "template", "rollout", "promote", "runner", "ci"); r.code == 0 || !strings.Contains(r.stderr, "awaiting_promotion") {
+		t.Fatalf("nexus template rollout promote of a finished rollout: %+v; want a failure naming awaiting_promotion", r)
+	}
+
+	// Another one, started by the CLI, waits across a manager restart and
+	// is aborted from awaiting_promotion: the canary goes back.
+	res = e.run(nil, "template", "rollout", "start", "runner", "ci", "--version", "2", "--auto-promote=false", "--progress-deadline", "20s", "-o", "json")
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &got) != nil || got.AutoPromote || got.State != "running" {
+		t.Fatalf("nexus template rollout start --auto-promote=false -o json: %+v", res)
+	}
+	watch("awaiting_promotion")
+	waitPasses(t, cl, 2)
+	c.restartManager()
+	waitPasses(t, cl, 2)
+	if r, err := cl.GetGroupRollout(ctx, "runner", "ci", ""); err != nil || r.State != "awaiting_promotion" || r.New != 1 || r.Down != 0 {
+		t.Fatalf("after a manager restart: %+v, %v; want still awaiting promotion, one VM on version 2", r, err)
+	}
+	if r, err := cl.AbortGroupRollout(ctx, "runner", "ci", ""); err != nil || r.State != "reverting" {
+		t.Fatalf("abort awaiting promotion: %+v, %v", r, err)
+	}
+	if r, _ = watch("aborted", 2*time.Minute); r.New != 0 {
+		t.Fatalf("aborted from awaiting promotion: %+v; want every VM back", r)
+	}
+	onVersion(1, 64)
+	_, err = cl.PromoteGroupRollout(ctx, "runner", "ci", "")
+	stateConflict("promote an aborted rollout", err)
+
 	// Every step is in the audit trail: one row per VM moved.
 	actions := map[string]int{}
 	stepped := map[string]bool{}
@@ -301,7 +391,8 @@ func testGroupRollout(t *testing.T, engine string) {
 		}
 	}
 	for _, a := range []string{"template.group_rollout", "template.group_rollout.failed", "template.group_rollout.reverted", "template.group_rollout.revert",
-		"template.group_rollout.promote", "template.group_rollout.succeeded", "template.group_rollout.aborted", "template.group_rollout_abort"} {
+		"template.group_rollout.promote", "template.group_rollout.succeeded", "template.group_rollout.aborted", "template.group_rollout_abort",
+		"template.group_rollout.awaiting_promotion", "template.group_rollout_promote"} {
 		if actions[a] == 0 {
 			t.Errorf("no audit row %s; have %v", a, actions)
 		}
@@ -316,16 +407,14 @@ func testGroupRollout(t *testing.T, engine string) {
 	}
 
 	// The CLI.
-	e := newCLIEnv(t, c)
 	if r := e.run(nil, "template", "rollout", "status", "runner", "ci"); r.code != 0 || !strings.Contains(r.stdout, "aborted") {
 		t.Fatalf("nexus template rollout status: %+v", r)
 	}
-	res := e.run(nil, "template", "rollout", "status", "runner", "ci", "-o", "json")
-	var got apitypes.GroupRollout
+	res = e.run(nil, "template", "rollout", "status", "runner", "ci", "-o", "json")
 	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &got) != nil || got.State != "aborted" || got.Group != "ci" {
 		t.Fatalf("nexus template rollout status -o json: %+v", res)
 	}
-	if r := e.run(nil, "template", "rollout", "start", "runner", "ci", "--version", "2"); r.code == 0 {
+	if r := e.run(nil, "template", "rollout", "start", "runner", "ci", "--version", "1"); r.code == 0 {
 		t.Fatalf("nexus template rollout start to the group's own version: %+v", r)
 	}
 

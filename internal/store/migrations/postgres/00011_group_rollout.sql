@@ -5,7 +5,10 @@
 --   * group_rollout_vm is the rollout's list of VMs, fixed when it starts,
 --     with each VM's config before the rollout (what a revert restores)
 --     and whether it ran (restart: a stopped VM is rewritten, not started);
---   * at most one active (running, paused, reverting) rollout per group.
+--   * auto_promote 0: once its canaries run the rollout waits in state
+--     awaiting_promotion for a promote (as pool rollouts, 00010);
+--   * at most one active (running, paused, awaiting_promotion, reverting)
+--     rollout per group.
 -- Expand only: new tables, nothing existing changes.
 
 -- +goose Up
@@ -20,6 +23,7 @@ CREATE TABLE group_rollout (
     min_healthy_ms       bigint  NOT NULL,
     progress_deadline_ms bigint  NOT NULL,
     auto_revert          integer NOT NULL,
+    auto_promote         integer NOT NULL DEFAULT 1,
     state                text    NOT NULL,
     phase                text    NOT NULL,
     message              text    NOT NULL DEFAULT '',
@@ -27,7 +31,7 @@ CREATE TABLE group_rollout (
     created_at           timestamptz NOT NULL,
     updated_at           timestamptz NOT NULL
 );
-CREATE UNIQUE INDEX group_rollout_active_idx ON group_rollout (template_id, group_name) WHERE state IN ('running', 'paused', 'reverting');
+CREATE UNIQUE INDEX group_rollout_active_idx ON group_rollout (template_id, group_name) WHERE state IN ('running', 'paused', 'awaiting_promotion', 'reverting');
 CREATE INDEX group_rollout_group_idx ON group_rollout (template_id, group_name, created_at);
 CREATE TABLE group_rollout_vm (
     rollout_id   text    NOT NULL,
