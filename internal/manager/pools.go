@@ -344,6 +344,30 @@ func (s *Pools) RefillPools(ctx context.Context) {
 		}
 		s.refill(ctx, p)
 	}
+	s.sweepOrphans(ctx)
+}
+
+// orphanSweep bounds the VMs of deleted pools one pass deletes.
+const orphanSweep = 100
+
+// sweepOrphans deletes VMs whose pool is gone: a pool delete that failed
+// halfway (a VM busy or its host away) said the refill pass would.
+func (s *Pools) sweepOrphans(ctx context.Context) {
+	ids, err := s.st.ListOrphanPoolVMs(ctx, orphanSweep)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("pool refill: list VMs of deleted pools", "err", err)
+		}
+		return
+	}
+	for _, id := range ids {
+		err := s.vms.DeleteVM(ctx, All, id)
+		if e, ok := AsError(err); err != nil && !(ok && e.Kind == KindNotFound) {
+			s.log.Warn("pool refill: delete a VM of a deleted pool; the next pass retries", "vm_id", id, "err", err)
+			continue
+		}
+		s.log.Info("pool refill: deleted a VM of a deleted pool", "vm_id", id)
+	}
 }
 
 func (s *Pools) refill(ctx context.Context, p store.Pool) {

@@ -413,3 +413,24 @@ func TestRolloutReadyLine(t *testing.T) {
 		t.Fatalf("the pool: %+v; want %d VMs of version 2", c, size)
 	}
 }
+
+// A pool deleted while its VMs could not all be deleted (a busy VM, a
+// host away) leaves them behind; the next refill pass deletes them, and
+// the host holds nothing of them.
+func TestRefillDeletesVMsOfDeletedPools(t *testing.T) {
+	e, p := rolloutEnv(t, 3)
+	if err := e.st.DeletePool(e.ctx, p.ID); err != nil { // the row only, as a failed delete leaves it
+		t.Fatal(err)
+	}
+	if c := e.poolCounts(p.ID); c.total != 3 {
+		t.Fatalf("before the pass: %+v; want the 3 VMs left behind", c)
+	}
+	e.m.Pools.RefillPools(e.ctx)
+	if c := e.poolCounts(p.ID); c.total != 0 {
+		t.Fatalf("after a refill pass: %+v; want the deleted pool's VMs gone", c)
+	}
+	if n := e.rows(); n != 0 {
+		t.Fatalf("%d VM rows left", n)
+	}
+	e.assertHostEmpty()
+}

@@ -66,6 +66,9 @@ type VMStore interface {
 	// and UpdatedAt. Whoever acts on one reads the whole row again. Not
 	// paged: a host's VMs are bounded by its capacity.
 	ListHostVMStates(ctx context.Context, hostID string) ([]VM, error)
+	// ListOrphanPoolVMs returns the ids of up to limit VMs that belong to
+	// a pool that no longer exists (a pool delete that failed halfway).
+	ListOrphanPoolVMs(ctx context.Context, limit int) ([]string, error)
 	// ListExpiredVMs returns up to limit VMs whose ExpiresAt is at or
 	// before at, earliest first (the reconciler's expiry sweep).
 	ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error)

@@ -229,6 +229,18 @@ func (s *sqlStore) ListHostVMStates(ctx context.Context, hostID string) ([]VM, e
 	return vms, nil
 }
 
+func (s *sqlStore) ListOrphanPoolVMs(ctx context.Context, limit int) ([]string, error) {
+	ids, err := queryAll(ctx, s, func(sc scanner) (string, error) {
+		var id string
+		err := sc.Scan(&id)
+		return id, err
+	}, "SELECT id FROM vm WHERE pool_id <> '' AND NOT EXISTS (SELECT 1 FROM pool WHERE pool.id = vm.pool_id) ORDER BY id LIMIT ?", clampLimit(limit))
+	if err != nil {
+		return nil, s.fail("list vms of deleted pools", err)
+	}
+	return ids, nil
+}
+
 func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error) {
 	var conds []string
 	var args []any

@@ -608,8 +608,16 @@ func init() {
 		if ps := must(e.s.ListPools(ctx, "default"))(t); len(ps) != 1 {
 			t.Fatalf("ListPools = %d pools", len(ps))
 		}
+		if ids := must(e.s.ListOrphanPoolVMs(ctx, 10))(t); len(ids) != 0 {
+			t.Fatalf("VMs of deleted pools while the pool exists: %v", ids)
+		}
 		if err := e.s.DeletePool(ctx, p.ID); err != nil {
 			t.Fatal(err)
+		}
+		// Its VM outlives it (a pool delete that failed halfway): an orphan.
+		orphans := must(e.s.ListOrphanPoolVMs(ctx, 10))(t)
+		if got := must(e.s.GetVMByName(ctx, "default", "warm-1"))(t); len(orphans) != 1 || orphans[0] != got.ID {
+			t.Fatalf("ListOrphanPoolVMs = %v; want [%s] (warm-1)", orphans, got.ID)
 		}
 		wantErr(t, "second DeletePool", e.s.DeletePool(ctx, p.ID), store.ErrNotFound)
 		wantErr(t, "SetPoolShort of a missing pool", e.s.SetPoolShort(ctx, p.ID, nil), store.ErrNotFound)
