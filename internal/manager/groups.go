@@ -283,31 +283,16 @@ func (s *Groups) ControlGroupRollout(ctx context.Context, scope Scope, ref, proj
 	if err != nil {
 		return r, err
 	}
-	var from []string
-	state, phase := "", r.Phase
-	switch action {
-	case "pause":
-		from, state = []string{RolloutRunning}, RolloutPaused
-	case "resume":
-		from, state = []string{RolloutPaused}, RolloutRunning
-	case "promote":
-		from, state, phase = []string{RolloutAwaitingPromotion}, RolloutRunning, phaseRolling
-	case "abort":
-		from, state, phase = []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, RolloutReverting, phaseAbort
-	default:
-		return r, invalid("unknown rollout action %q", action)
+	from, state, phase, err := rolloutTransition(action, r.Phase)
+	if err != nil {
+		return r, err
 	}
 	n, err := s.st.SetGroupRolloutState(ctx, r.ID, from, state, phase, action+" requested")
 	if errors.Is(err, store.ErrConflict) {
 		if cur, gerr := s.st.GetGroupRollout(ctx, r.ID); gerr == nil {
 			r = cur // the state that refused, not the one read before
 		}
-		e := conflict("rollout_state", "the rollout is %s; %s needs it %s", r.State, action, strings.Join(from, " or "))
-		status := fmt.Sprintf("nexus template rollout status %s %s", t.Name, group)
-		if action == "promote" {
-			return r, e.suggest(groupPromoteHint(r, status))
-		}
-		return r, e.suggest("see where it is: " + status)
+		return r, refusedAction(action, from, r.State, r.Phase, r.AutoPromote, fmt.Sprintf("nexus template rollout status %s %s", t.Name, group))
 	}
 	if err != nil {
 		return r, fmt.Errorf("%s rollout %s: %w", action, r.ID, err)
@@ -319,18 +304,6 @@ func (s *Groups) ControlGroupRollout(ctx context.Context, scope Scope, ref, proj
 	}
 	s.kick()
 	return n, nil
-}
-
-// groupPromoteHint says what a refused promote needs.
-func groupPromoteHint(r store.GroupRollout, status string) string {
-	switch {
-	case r.AutoPromote:
-		return "this rollout promotes its canaries by itself; to promote by hand, start a rollout with --auto-promote=false (auto_promote false)"
-	case r.State == RolloutRunning && r.Phase == phaseCanary:
-		return "wait until its canaries run (state awaiting_promotion): " + status
-	default:
-		return "only a rollout awaiting promotion can be promoted: " + status
-	}
 }
 
 // movedVMs are the ids of the rollout's VMs moved so far, for events.

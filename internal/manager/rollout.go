@@ -163,30 +163,16 @@ func (s *Pools) ControlRollout(ctx context.Context, scope Scope, ref, project, a
 	if err != nil {
 		return r, err
 	}
-	var from []string
-	state, phase := "", r.Phase
-	switch action {
-	case "pause":
-		from, state = []string{RolloutRunning}, RolloutPaused
-	case "resume":
-		from, state = []string{RolloutPaused}, RolloutRunning
-	case "promote":
-		from, state, phase = []string{RolloutAwaitingPromotion}, RolloutRunning, phaseRolling
-	case "abort":
-		from, state, phase = []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, RolloutReverting, phaseAbort
-	default:
-		return r, invalid("unknown rollout action %q", action)
+	from, state, phase, err := rolloutTransition(action, r.Phase)
+	if err != nil {
+		return r, err
 	}
 	n, err := s.st.SetRolloutState(ctx, r.ID, from, state, phase, action+" requested")
 	if errors.Is(err, store.ErrConflict) {
 		if cur, gerr := s.st.GetRollout(ctx, r.ID); gerr == nil {
 			r = cur // the state that refused, not the one read before
 		}
-		e := conflict("rollout_state", "the rollout is %s; %s needs it %s", r.State, action, strings.Join(from, " or "))
-		if action == "promote" {
-			return r, e.suggest(promoteHint(p, r))
-		}
-		return r, e.suggest("see where it is: nexus pool rollout status " + p.Name)
+		return r, refusedAction(action, from, r.State, r.Phase, r.AutoPromote, "nexus pool rollout status "+p.Name)
 	}
 	if err != nil {
 		return r, fmt.Errorf("%s rollout %s: %w", action, r.ID, err)
@@ -200,15 +186,36 @@ func (s *Pools) ControlRollout(ctx context.Context, scope Scope, ref, project, a
 	return n, nil
 }
 
-// promoteHint says what a refused promote needs.
-func promoteHint(p store.Pool, r store.Rollout) string {
+// rolloutTransition is what a pause, resume, promote or abort asks of a
+// rollout (of a pool or a group): the states it may leave, and the state
+// and phase it goes to.
+func rolloutTransition(action, phase string) (from []string, state, next string, err error) {
+	switch action {
+	case "pause":
+		return []string{RolloutRunning}, RolloutPaused, phase, nil
+	case "resume":
+		return []string{RolloutPaused}, RolloutRunning, phase, nil
+	case "promote":
+		return []string{RolloutAwaitingPromotion}, RolloutRunning, phaseRolling, nil
+	case "abort":
+		return []string{RolloutRunning, RolloutPaused, RolloutAwaitingPromotion}, RolloutReverting, phaseAbort, nil
+	}
+	return nil, "", "", invalid("unknown rollout action %q", action)
+}
+
+// refusedAction is the 409 for an action the rollout's state refused,
+// with what to do next; status is the command that shows the rollout.
+func refusedAction(action string, from []string, state, phase string, autoPromote bool, status string) *Error {
+	e := conflict("rollout_state", "the rollout is %s; %s needs it %s", state, action, strings.Join(from, " or "))
 	switch {
-	case r.AutoPromote:
-		return "this rollout promotes its canaries by itself; to promote by hand, start a rollout with --auto-promote=false (auto_promote false)"
-	case r.State == RolloutRunning && r.Phase == phaseCanary:
-		return "wait until its canaries are healthy (state awaiting_promotion): nexus pool rollout status " + p.Name
+	case action != "promote":
+		return e.suggest("see where it is: " + status)
+	case autoPromote:
+		return e.suggest("this rollout promotes its canaries by itself; to promote by hand, start a rollout with --auto-promote=false (auto_promote false)")
+	case state == RolloutRunning && phase == phaseCanary:
+		return e.suggest("wait until its canaries are healthy (state awaiting_promotion): " + status)
 	default:
-		return "only a rollout awaiting promotion can be promoted: nexus pool rollout status " + p.Name
+		return e.suggest("only a rollout awaiting promotion can be promoted: " + status)
 	}
 }
 
