@@ -1,7 +1,6 @@
 package fcsim
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,33 +17,16 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
 func TestMain(m *testing.M) { simtest.Main(m) }
-
-// syncBuffer is a goroutine-safe stdout for the in-process simulator.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]byte(nil), b.buf.Bytes()...)
-}
 
 // inproc is the simulator running inside the test process through Run.
 type inproc struct {
 	dir    string
 	sock   string
-	stdout *syncBuffer
+	stdout *testutil.SyncBuffer
 	client *firecracker.Client
 	done   chan int
 }
@@ -54,10 +35,10 @@ type inproc struct {
 func startInProc(t *testing.T, extra ...string) *inproc {
 	t.Helper()
 	dir := t.TempDir()
-	p := &inproc{dir: dir, sock: filepath.Join(dir, "fc.sock"), stdout: &syncBuffer{}, done: make(chan int, 1)}
+	p := &inproc{dir: dir, sock: filepath.Join(dir, "fc.sock"), stdout: &testutil.SyncBuffer{}, done: make(chan int, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	args := append([]string{"--api-sock", p.sock, "--id", "test-vm"}, extra...)
-	go func() { p.done <- Run(ctx, args, p.stdout, &syncBuffer{}, func(string) string { return "" }) }()
+	go func() { p.done <- Run(ctx, args, p.stdout, &testutil.SyncBuffer{}, func(string) string { return "" }) }()
 	waitSocket(t, p.sock, p.done)
 	p.client = firecracker.NewUnix(p.sock, firecracker.WithTimeout(5*time.Second))
 	t.Cleanup(func() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -43,7 +44,7 @@ func TestParseArgs(t *testing.T) {
 
 func runOnce(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	code := Run(ctx, args, &out, &errb, func(string) string { return "" })
@@ -130,7 +131,7 @@ func TestGuestClock(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	metricsPath := filepath.Join(dir, "metrics.json")
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan int, 1)
 	sock := filepath.Join(dir, "fc.sock")
@@ -141,7 +142,7 @@ func TestGuestClock(t *testing.T) {
 		return ""
 	}
 	go func() {
-		done <- Run(rctx, []string{"--api-sock", sock, "--metrics-path", metricsPath}, &out, &syncBuffer{}, env)
+		done <- Run(rctx, []string{"--api-sock", sock, "--metrics-path", metricsPath}, &out, &testutil.SyncBuffer{}, env)
 	}()
 	defer func() { cancel(); <-done }()
 	waitSocket(t, sock, done)
@@ -200,11 +201,11 @@ func TestConfigFileBoots(t *testing.T) {
 		}
 	})
 	t.Run("no api", func(t *testing.T) {
-		var out syncBuffer
+		var out testutil.SyncBuffer
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan int, 1)
 		go func() {
-			done <- Run(ctx, []string{"--no-api", "--config-file", cfgPath, "--api-sock", filepath.Join(dir, "unused.sock")}, &out, &syncBuffer{}, nil)
+			done <- Run(ctx, []string{"--no-api", "--config-file", cfgPath, "--api-sock", filepath.Join(dir, "unused.sock")}, &out, &testutil.SyncBuffer{}, nil)
 		}()
 		waitCounter(t, func() ([]byte, error) { return out.Bytes(), nil }, 1, 5*time.Second)
 		cancel()

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"io/fs"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -227,7 +225,7 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	if _, err := tx.ExecContext(ctx, `UPDATE vm SET name = name`); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Migrate(ctx, dsn, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
@@ -269,21 +267,4 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	if !strings.Contains(logs.String(), "retrying") || !strings.Contains(logs.String(), "deadlock") {
 		t.Fatalf("no retry of the deadlocked migration in the log:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

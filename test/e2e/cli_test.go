@@ -12,11 +12,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
+	"github.com/nexus-microvm/nexus/internal/testutil"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
@@ -258,13 +258,13 @@ func TestCLIFollowsAndCompletes(t *testing.T) {
 // bgCLI is a nexus command left running (a watch or a follow).
 type bgCLI struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
 }
 
 func startCLI(t *testing.T, e *cliEnv, args ...string) *bgCLI {
 	t.Helper()
-	b := &bgCLI{cmd: exec.Command(bins.nexus, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	b := &bgCLI{cmd: exec.Command(bins.nexus, args...), out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	b.cmd.Env = e.env
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.out
 	if err := b.cmd.Start(); err != nil {
@@ -307,23 +307,4 @@ func (b *bgCLI) wait(t *testing.T) int {
 		t.Fatalf("still running:\n%s", b.out.String())
 	}
 	return b.cmd.ProcessState.ExitCode()
-}
-
-// syncBuffer is a bytes.Buffer safe to write from a process's pipes while
-// a test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
