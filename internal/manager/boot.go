@@ -32,7 +32,7 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
 	sp := decodeSpec(vm)
 	nic := sp.NIC == nil || !sp.NIC.Disabled
-	r := &hostRun{c: s.core, id: vm.ID, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID), isolated: netMode(sp) == ModeIsolated}
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID), isolated: netMode(sp) == ModeIsolated}
 	var drives []firecracker.Drive // from prepareDrives (images.go)
 	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
 	var gw netip.Addr
@@ -120,10 +120,7 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			}
 			return fc.PutNetworkInterface(ctx, ni)
 		}},
-		// Written while the configuration is on its way: it records what
-		// spawn learnt (pid, socket, TAP), and the start below waits for
-		// it, so a guest's readiness report finds the pid on the row.
-		r.recordAlongside(store.VMConfigured),
+		r.recordStep(store.VMConfigured),
 		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
 			// Boot-to-ready counts from here: the call goes out as it is
 			// recorded, and the guest's readiness line may come back

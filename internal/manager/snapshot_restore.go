@@ -181,7 +181,7 @@ func (s *Snapshots) instantiateOne(ctx context.Context, sn store.Snapshot, meta 
 // The caller holds the VM's lock.
 func (s *Snapshots) restore(ctx context.Context, vm store.VM, sn store.Snapshot, meta snapshotMeta) (store.VM, error) {
 	ag := s.agentFor(ctx, vm)
-	r := &hostRun{c: s.core, id: vm.ID, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB)),
+	r := &hostRun{c: s.core, vm: vm, ag: ag, fc: ag.Firecracker(vm.ID, proxyDeadline(vm.MemMiB)),
 		isolated: meta.Net != nil && netMode(decodeSpec(vm)) == ModeIsolated}
 	var swaps []snapshotDrive
 	files := []agentapi.RestoreFile{}

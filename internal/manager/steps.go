@@ -38,11 +38,6 @@ type step struct {
 	// (the agent's proxy-batch) and each is still reported on its own;
 	// they have no undo: what they set dies with the VMM.
 	fc func(ctx context.Context, c *firecracker.Client) error
-	// alongside: a do step right after a run of fc steps runs while their
-	// batch is on its way (a state write that needs only what earlier
-	// steps learnt), instead of after it. It is reported after them, and
-	// a failure of theirs comes first.
-	alongside bool
 }
 
 // stepFailure is what runSteps returns when a step fails: which step, and
@@ -120,19 +115,7 @@ func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b bat
 				j++
 			}
 			group = steps[i:j]
-			var side func() outcome
-			if j < len(steps) && steps[j].alongside && steps[j].do != nil {
-				next := steps[j]
-				side = func() outcome {
-					start := time.Now()
-					err := next.do(ctx)
-					return outcome{err: err, d: time.Since(start)}
-				}
-			}
-			outs = c.runCalls(ctx, group, b, side)
-			if side != nil && len(outs) == len(group)+1 {
-				group = steps[i : j+1]
-			}
+			outs = c.runCalls(ctx, group, b)
 		} else {
 			// Durations are measurements, on the monotonic clock;
 			// decisions (retries, graces) use c.now.
@@ -191,40 +174,11 @@ func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b bat
 // recorded in order, sent in one batch, and each step's outcome is read
 // from its calls' results (the first refusal stops the rest). It returns
 // an outcome for each step up to and including the first that failed.
-//
-// side, when set, runs while the batch is sent; its outcome is appended
-// after the group's when every step of the group succeeded (a failed
-// side step after a failed group is not reported: the group's failure
-// stands for the operation).
-func (c *core) runCalls(ctx context.Context, group []step, b batcher, side func() outcome) []outcome {
+func (c *core) runCalls(ctx context.Context, group []step, b batcher) []outcome {
 	if b == nil {
 		err := errors.New("firecracker-call steps need a host to send them to")
 		return []outcome{{err: err}}
 	}
-	var sideOut outcome
-	var sideDone chan struct{}
-	startSide := func() {
-		if side != nil && sideDone == nil {
-			sideDone = make(chan struct{})
-			go func() {
-				defer close(sideDone)
-				sideOut = side()
-			}()
-		}
-	}
-	outs := c.runCallsWith(ctx, group, b, startSide)
-	if sideDone == nil {
-		return outs // nothing was sent: the group failed before
-	}
-	<-sideDone
-	if len(outs) == len(group) && outs[len(outs)-1].err == nil {
-		return append(outs, sideOut)
-	}
-	return outs
-}
-
-// runCallsWith is runCalls; sending calls beforeSend first.
-func (c *core) runCallsWith(ctx context.Context, group []step, b batcher, beforeSend func()) []outcome {
 	rc, rec := b.record()
 	var calls []firecracker.Call
 	owner := []int{} // call index → step index in group
@@ -242,7 +196,6 @@ func (c *core) runCallsWith(ctx context.Context, group []step, b batcher, before
 	}
 	outs := make([]outcome, 0, len(group))
 	if len(calls) > 0 {
-		beforeSend()
 		start := time.Now()
 		results, err := b.send(ctx, calls)
 		if err != nil {
@@ -295,7 +248,6 @@ func ms(d time.Duration) string {
 // VM as the row last said, its agent, and what the agent answered.
 type hostRun struct {
 	c       *core
-	id      string // the VM's (r.vm may be rewritten while a batch is sent)
 	vm      store.VM
 	ag      *agentapi.Client
 	fc      *firecracker.Client
@@ -309,9 +261,7 @@ type hostRun struct {
 func (r *hostRun) record() (*firecracker.Client, *firecracker.Recorder) { return r.fc.Record() }
 
 func (r *hostRun) send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
-	// The VM's id as fc knows it: r.vm may be rewritten by a step running
-	// alongside the batch.
-	res, err := r.ag.ProxyBatch(ctx, r.id, calls)
+	res, err := r.ag.ProxyBatch(ctx, r.vm.ID, calls)
 	return res.Results, err
 }
 
@@ -417,14 +367,6 @@ func (r *hostRun) recordStep(state store.VMState) step {
 	return step{name: "record " + string(state), do: func(ctx context.Context) error {
 		return r.writeState(ctx, state, nil)
 	}}
-}
-
-// recordAlongside is recordStep written while the firecracker calls
-// before it are sent.
-func (r *hostRun) recordAlongside(state store.VMState) step {
-	st := r.recordStep(state)
-	st.alongside = true
-	return st
 }
 
 // writeState writes state and what the host answered so far, and what more
