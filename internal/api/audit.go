@@ -104,9 +104,13 @@ func (s *Server) audited(ctx huma.Context, pol policy, actor string, next func(h
 
 func (s *Server) beginAudit(ctx huma.Context, pol policy, actor, resourceID string) int64 {
 	c := ctx.Context()
+	var before json.RawMessage
+	if !pol.Creates { // a create's id is new: there is nothing before it
+		before = s.summarize(c, pol.Resource, resourceID)
+	}
 	id, err := s.audit.BeginAudit(context.WithoutCancel(c), store.AuditEntry{
 		Actor: actor, Action: pol.Action, Resource: pol.Resource, ResourceID: resourceID,
-		RequestID: httpmw.RequestID(c), Before: s.summarize(c, pol.Resource, resourceID), Source: sourceOf(ctx),
+		RequestID: httpmw.RequestID(c), Before: before, Source: sourceOf(ctx),
 	})
 	if err != nil {
 		// The call still runs: refusing every mutation while the audit

@@ -186,12 +186,27 @@ func (s *Hosts) guestReady(ctx context.Context, hostID string, ev apitypes.HostE
 	var measured bool
 	_, err := s.update(ctx, ev.VMID, func(v *store.VM) error {
 		measured = false
-		if v.HostID != hostID || v.VMMPID != ev.PID || v.GuestReadyAt != nil {
+		if v.HostID != hostID {
 			return errSkipReport
 		}
 		at := ev.At
 		if at.IsZero() || at.After(now) {
 			at = now
+		}
+		if v.State == store.VMRequested {
+			// A boot configures and starts its VMM in one call and
+			// records the VMM only once it runs, so its guest may say it
+			// is ready first. The report is kept with its VMM's pid; the
+			// boot's "record running" keeps it only if that is the VMM
+			// it started (writeState), and measures it then.
+			if v.GuestReadyAt != nil && (v.VMMPID == ev.PID || at.Before(*v.GuestReadyAt)) {
+				return errSkipReport // known, or of an earlier run
+			}
+			v.VMMPID, v.GuestReadyAt = ev.PID, &at
+			return nil
+		}
+		if v.VMMPID != ev.PID || v.GuestReadyAt != nil {
+			return errSkipReport
 		}
 		if v.BootedAt != nil {
 			at = maxTime(at, *v.BootedAt)

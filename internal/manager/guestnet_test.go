@@ -264,6 +264,48 @@ func readyCount(t *testing.T, reg *prometheus.Registry) uint64 {
 
 func ready(vm store.VM) bool { return vm.GuestReadyAt != nil }
 
+// A boot records its VM running only after the batch that configures and
+// starts its VMM has answered, so the guest's readiness report can come
+// first, while the VM is still requested. It is kept, and the boot
+// measures it; a report of an earlier run that comes after it changes
+// nothing.
+func TestGuestReadyBeforeRunning(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := newReportingEnv(t, func(c *Config) { c.Metrics = reg })
+	var heldID string
+	e.faults.holdBatches(t, func() {
+		// The batch that starts the VMM has answered: wait until its
+		// guest's report is in, while the boot has not yet recorded it.
+		waitFor(t, "the report before the boot's record", func() bool {
+			vms, _, err := e.m.VMs.ListVMs(e.ctx, All, store.VMFilter{})
+			if err != nil || len(vms) != 1 || vms[0].State != store.VMRequested || !ready(vms[0]) {
+				return false
+			}
+			heldID = vms[0].ID
+			// An earlier run's report (older, another pid) is dropped.
+			stale := apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: heldID, PID: vms[0].VMMPID + 1000, At: vms[0].GuestReadyAt.Add(-time.Second)}
+			if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, stale); err != nil {
+				t.Error(err)
+			}
+			return true
+		})
+	})
+	vm := e.mustCreate("early")
+	if vm.ID != heldID {
+		t.Fatalf("held the boot of %q, created %q", heldID, vm.ID)
+	}
+	got := e.vm(vm.ID)
+	if got.State != store.VMRunning || !ready(got) || got.BootedAt == nil || got.GuestReadyAt.Before(*got.BootedAt) {
+		t.Fatalf("state %s, booted_at %v, guest_ready_at %v; want running and ready after booted", got.State, got.BootedAt, got.GuestReadyAt)
+	}
+	if n := readyCount(t, reg); n != 1 {
+		t.Errorf("%d boot-to-ready observations; want 1", n)
+	}
+	if ev := e.events(vm.ID); strings.Count(ev, "guest ready ") != 1 {
+		t.Errorf("events:\n%s\nwant one readiness event", ev)
+	}
+}
+
 // The agent sees the simulated guest's readiness line and reports it: the
 // VM records guest_ready_at after booted_at, the metric counts each boot,
 // a stop clears it, a restore of a ready guest is ready at once; a

@@ -239,6 +239,21 @@ type faults struct {
 	base http.RoundTripper
 	mu   sync.Mutex
 	list []*fault
+	// afterBatch, when set, runs after the agent answered a proxy batch
+	// and before the manager sees the answer.
+	afterBatch func()
+}
+
+// holdBatches sets f.afterBatch until the test ends.
+func (f *faults) holdBatches(t *testing.T, fn func()) {
+	f.mu.Lock()
+	f.afterBatch = fn
+	f.mu.Unlock()
+	t.Cleanup(func() {
+		f.mu.Lock()
+		f.afterBatch = nil
+		f.mu.Unlock()
+	})
 }
 
 type fault struct {
@@ -339,7 +354,14 @@ func (f *faults) batch(req *http.Request) (*http.Response, error) {
 		return f.base.RoundTrip(out)
 	}
 	if hit == nil {
-		return send(br.Calls)
+		resp, err := send(br.Calls)
+		f.mu.Lock()
+		after := f.afterBatch
+		f.mu.Unlock()
+		if err == nil && after != nil {
+			after()
+		}
+		return resp, err
 	}
 	if hit.status == 0 {
 		return nil, errors.New("injected: connection refused")

@@ -378,10 +378,9 @@ func (r *hostRun) writeState(ctx context.Context, state store.VMState, more func
 			v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath
 		}
 		if r.spawned.PID != 0 && v.VMMPID != r.spawned.PID {
-			// A new VMM is a new run: its guest has neither started nor
-			// said it is ready, and reports of the old one no longer
-			// match its pid. (Its guest cannot say anything before the
-			// start that follows this write.)
+			// A new VMM is a new run: reports of the old one no longer
+			// match its pid. (A readiness report of this VMM that came
+			// before this write carries its pid, so it stays.)
 			v.VMMPID, v.BootedAt, v.GuestReadyAt = r.spawned.PID, nil, nil
 		}
 		if r.tap.Tap != "" {

@@ -42,7 +42,7 @@ type CreateOptions struct {
 }
 
 // CreateVM validates req, places the VM on a host, stores it as requested
-// and, unless start is false, boots it: requested → configured → running.
+// and, unless start is false, boots it: requested → running.
 func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRequest, opt CreateOptions) (store.VM, error) {
 	project := s.projectOf(scope, req.Project)
 	if !scope.Sees(project) {

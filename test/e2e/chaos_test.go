@@ -234,10 +234,13 @@ func TestChaosManagerDiesMidCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "boot reaches configure", func() error {
+	// The boot's configuration and start are one call to the agent: once
+	// its VMM runs, the boot is in that call (InstanceStart takes 2 s)
+	// and the VM is still requested.
+	eventually(t, 10*time.Second, "boot reaches its VMM", func() error {
 		v, err := c.client.GetVM(ctx, vm.ID)
-		if err != nil || v.State != "configured" {
-			return fmt.Errorf("state %s, %v", v.State, err)
+		if err != nil || v.State != "requested" || c.vmmPID(v) == 0 {
+			return fmt.Errorf("state %s, vmm pid %d, %v", v.State, c.vmmPID(v), err)
 		}
 		return nil
 	})
