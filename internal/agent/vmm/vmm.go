@@ -304,6 +304,15 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		}
 		return startInNetNS(opts.NetNS, cmd)
 	}
+	// Watched before the VMM starts, so its socket cannot come first.
+	var watch *sockWatch
+	if info == nil {
+		if watch, err = watchSockDir(l.SockDir(vmID)); err != nil {
+			s.log.Debug("waiting for the vmm socket by polling", "vm_id", vmID, "err", err)
+			watch = nil
+		}
+	}
+	defer watch.close()
 	err = start(cmd)
 	if cgfd != nil {
 		cgfd.Close()
@@ -372,7 +381,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 			return fail(err)
 		}
 	}
-	if err := s.waitSocket(ctx, p); err != nil {
+	if err := s.waitSocket(ctx, p, watch); err != nil {
 		return fail(err)
 	}
 	if info != nil {
@@ -474,15 +483,22 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 	return h, true
 }
 
-// waitSocket polls until the socket accepts a connection, the process
-// exits, or the deadline passes.
-func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
+// watchWake is how often a wait on the socket watch wakes to see whether
+// the VMM died before binding its socket.
+const watchWake = 5 * time.Millisecond
+
+// waitSocket waits until the socket accepts a connection, the process
+// exits, or the deadline passes. With watch it sleeps until the socket
+// appears; without (a jailed VMM binds inside its chroot), and between
+// its bind and its listen, it polls.
+func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
 	// Polls every 200 µs while a VMM usually gets ready (a few ms), then
 	// back off: a long first step would add its length to every spawn.
 	const fast = 20 * time.Millisecond
 	begin, delay := time.Now(), 200*time.Microsecond
+	bound := false // the watch saw the socket appear
 	// A jailed VMM binds its socket inside its chroot (at the same path
 	// there); a hard link brings it to its host path, where everyone
 	// reaches it. (The jail path itself may be too long for a unix socket
@@ -512,6 +528,16 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc) error {
 			return fmt.Errorf("vmm exited before its API socket was ready (%s): %s",
 				p.status, lastLines(s.cfg.Layout.ConsolePath(p.h.VMID), 3))
 		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, err)
+		}
+		if watch != nil && !bound {
+			// Sleep until the VMM creates its socket; wake now and then
+			// to see whether it died first.
+			bound = watch.wait(watchWake)
+			continue
+		}
+		// Bound but not yet listening (or no watch): poll.
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())

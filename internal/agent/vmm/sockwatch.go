@@ -1,0 +1,50 @@
+package vmm
+
+import (
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockWatch wakes a socket wait when something is created in the VMM's
+// socket directory, so the wait sleeps until the VMM binds instead of
+// polling: every poll is a connect, a wait4 and a timer, dozens of them
+// per spawn, and on a busy host each costs a context switch.
+type sockWatch struct {
+	f *os.File
+}
+
+// watchSockDir watches dir for new entries. It must be called before the
+// VMM starts, or its socket may come before the watch.
+func watchSockDir(dir string) (*sockWatch, error) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	// A non-blocking descriptor goes to the runtime's poller, so a read
+	// can have a deadline.
+	return &sockWatch{f: os.NewFile(uintptr(fd), "inotify")}, nil
+}
+
+// wait returns true once something was created in the directory since the
+// last wait, false when d passed first.
+func (w *sockWatch) wait(d time.Duration) bool {
+	if err := w.f.SetReadDeadline(time.Now().Add(d)); err != nil {
+		time.Sleep(d)
+		return false
+	}
+	var buf [512]byte
+	n, err := w.f.Read(buf[:])
+	return err == nil && n > 0
+}
+
+func (w *sockWatch) close() {
+	if w != nil {
+		w.f.Close()
+	}
+}
