@@ -433,10 +433,19 @@ func (s *failingStore) set(fail func(v store.VM) bool) {
 }
 
 func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*store.VM) error) (store.VM, error) {
+	return s.Store.UpdateVM(ctx, id, s.failing(mutate))
+}
+
+func (s *failingStore) UpdateVMFrom(ctx context.Context, cur store.VM, mutate func(*store.VM) error) (store.VM, error) {
+	return s.Store.UpdateVMFrom(ctx, cur, s.failing(mutate))
+}
+
+// failing wraps a mutation so that it fails when s.fail says so.
+func (s *failingStore) failing(mutate func(*store.VM) error) func(*store.VM) error {
 	s.mu.Lock()
 	fail := s.fail
 	s.mu.Unlock()
-	return s.Store.UpdateVM(ctx, id, func(v *store.VM) error {
+	return func(v *store.VM) error {
 		if err := mutate(v); err != nil {
 			return err
 		}
@@ -444,7 +453,7 @@ func (s *failingStore) UpdateVM(ctx context.Context, id string, mutate func(*sto
 			return errors.New("injected: store unavailable")
 		}
 		return nil
-	})
+	}
 }
 
 func createReq(name, kernel string) apitypes.CreateVMRequest {

@@ -372,7 +372,9 @@ func (r *hostRun) recordStep(state store.VMState) step {
 // writeState writes state and what the host answered so far, and what more
 // says, in one update.
 func (r *hostRun) writeState(ctx context.Context, state store.VMState, more func(v *store.VM)) error {
-	cur, err := r.c.update(ctx, r.vm.ID, func(v *store.VM) error {
+	// r.vm is the row as this operation last wrote it: unless a report
+	// came in between, the write needs no read.
+	cur, err := r.c.updateFrom(ctx, r.vm, func(v *store.VM) error {
 		v.State, v.LastError = state, ""
 		if r.spawned.APISock != "" {
 			v.APISock, v.LogPath = r.spawned.APISock, r.spawned.LogPath

@@ -617,6 +617,19 @@ func (s *core) update(ctx context.Context, id string, f func(*store.VM) error) (
 	return vm, nil
 }
 
+// updateFrom is update starting from cur, the row as the caller last
+// read or wrote it (store.UpdateVMFrom).
+func (s *core) updateFrom(ctx context.Context, cur store.VM, f func(*store.VM) error) (store.VM, error) {
+	vm, err := s.st.UpdateVMFrom(ctx, cur, f)
+	if errors.Is(err, store.ErrNotFound) {
+		return vm, notFound("vm", cur.ID)
+	}
+	if err != nil {
+		return vm, fmt.Errorf("update vm %s: %w", cur.ID, err)
+	}
+	return vm, nil
+}
+
 func (s *core) setState(ctx context.Context, id string, st store.VMState, lastErr string) (store.VM, error) {
 	return s.update(ctx, id, func(v *store.VM) error {
 		v.State, v.LastError = st, lastErr

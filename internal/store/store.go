@@ -80,6 +80,10 @@ type VMStore interface {
 	// ID, CreatedAt, Generation and UpdatedAt are the store's to set. A
 	// mutation that changes nothing writes nothing (Generation stays).
 	UpdateVM(ctx context.Context, id string, mutate func(*VM) error) (VM, error)
+	// UpdateVMFrom is UpdateVM starting from cur, the VM as its caller
+	// last read or wrote it: if nobody wrote it since (same Generation),
+	// the write needs no read first; otherwise it goes on as UpdateVM.
+	UpdateVMFrom(ctx context.Context, cur VM, mutate func(*VM) error) (VM, error)
 	// DeleteVM removes the VM and its events; a missing VM is ErrNotFound
 	// (callers that treat delete as idempotent ignore it).
 	DeleteVM(ctx context.Context, id string) error

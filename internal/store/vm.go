@@ -308,16 +308,31 @@ const (
 )
 
 func (s *sqlStore) UpdateVM(ctx context.Context, id string, mutate func(*VM) error) (VM, error) {
+	return s.updateVM(ctx, id, nil, mutate)
+}
+
+func (s *sqlStore) UpdateVMFrom(ctx context.Context, cur VM, mutate func(*VM) error) (VM, error) {
+	return s.updateVM(ctx, cur.ID, &cur, mutate)
+}
+
+// updateVM is UpdateVM; with known, its first attempt starts from known
+// instead of reading the row.
+func (s *sqlStore) updateVM(ctx context.Context, id string, known *VM, mutate func(*VM) error) (VM, error) {
 	op := "update vm " + id
 	for attempt := 0; attempt < updateAttempts; attempt++ {
-		if attempt > 0 {
+		if attempt > 1 || attempt == 1 && known == nil {
 			if err := sleepCtx(ctx, jitter(updateBackoff<<min(attempt-1, 6))); err != nil {
 				return VM{}, fmt.Errorf("%s: %w", op, err)
 			}
 		}
-		cur, err := scanVM(s.queryRow(ctx, vmSelect+" WHERE id = ?", id))
-		if err != nil {
-			return VM{}, s.fail(op, err)
+		var cur VM
+		if attempt == 0 && known != nil {
+			cur = known.clone()
+		} else {
+			var err error
+			if cur, err = scanVM(s.queryRow(ctx, vmSelect+" WHERE id = ?", id)); err != nil {
+				return VM{}, s.fail(op, err)
+			}
 		}
 		next := cur.clone()
 		if err := mutate(&next); err != nil {
@@ -327,6 +342,9 @@ func (s *sqlStore) UpdateVM(ctx context.Context, id string, mutate func(*VM) err
 		next.ID, next.CreatedAt, next.Generation, next.UpdatedAt = cur.ID, cur.CreatedAt, cur.Generation, cur.UpdatedAt
 		normVM(&next)
 		if reflect.DeepEqual(cur, next) {
+			if attempt == 0 && known != nil {
+				continue // known may be stale: answer with the row as stored
+			}
 			return cur, nil
 		}
 		next.Generation = cur.Generation + 1

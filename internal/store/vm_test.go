@@ -405,6 +405,36 @@ var vmBehaviours = []behaviour{
 		}
 	}},
 
+	{"vm/update_from", func(t *testing.T, e *env) {
+		vm := must(e.s.CreateVM(ctx, newVM("web-1")))(t)
+		// From the row as stored: written, one generation on.
+		got := must(e.s.UpdateVMFrom(ctx, vm, func(v *store.VM) error { v.State = store.VMRunning; return nil }))(t)
+		if got.State != store.VMRunning || got.Generation != vm.Generation+1 {
+			t.Fatalf("from the current row: %s, generation %d", got.State, got.Generation)
+		}
+		// From a stale row (another writer came between): the mutation is
+		// applied again to the stored row, and the other write stays.
+		must(e.s.UpdateVM(ctx, vm.ID, func(v *store.VM) error { v.Retries = 3; return nil }))(t)
+		calls := 0
+		got = must(e.s.UpdateVMFrom(ctx, got, func(v *store.VM) error { calls++; v.LastError = "from"; return nil }))(t)
+		if stored := must(e.s.GetVM(ctx, vm.ID))(t); stored.Retries != 3 || stored.LastError != "from" || calls != 2 || got.Generation != stored.Generation {
+			t.Fatalf("from a stale row: retries %d, last_error %q, %d calls, generation %d/%d; want both writes, the mutation applied twice",
+				stored.Retries, stored.LastError, calls, got.Generation, stored.Generation)
+		}
+		// A stale row that the mutation leaves as it is answers with the
+		// row as stored, not the stale one.
+		same := must(e.s.UpdateVMFrom(ctx, vm, func(v *store.VM) error { v.Name = "web-1"; return nil }))(t)
+		if same.Retries != 3 || same.Generation != got.Generation {
+			t.Fatalf("no-op from a stale row answered %+v", same)
+		}
+		// A VM deleted since: not found.
+		if err := e.s.DeleteVM(ctx, vm.ID); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.s.UpdateVMFrom(ctx, got, func(v *store.VM) error { v.State = store.VMStopped; return nil })
+		wantErr(t, "deleted", err, store.ErrNotFound)
+	}},
+
 	{"vm/update_guarded_fields_and_noop", func(t *testing.T, e *env) {
 		vm := must(e.s.CreateVM(ctx, newVM("web-1")))(t)
 		e.clock.Advance(time.Minute)
