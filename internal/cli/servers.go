@@ -240,7 +240,7 @@ set it registers there and sends heartbeats.`,
 // simEnv passes firecracker-sim's tuning variables through to VMMs.
 func simEnv(e env) []string {
 	var out []string
-	for _, k := range []string{"FC_SIM_METRICS_INTERVAL", "FC_SIM_START_DELAY"} {
+	for _, k := range []string{"FC_SIM_METRICS_INTERVAL", "FC_SIM_START_DELAY", "FC_SIM_QUIET"} {
 		if v := e(k); v != "" {
 			out = append(out, k+"="+v)
 		}

@@ -356,6 +356,7 @@ func (s *sim) instanceStart() *vmmError {
 	s.state = stateRunning
 	s.serialOut = serial
 	s.guest = newGuest(out, s.countConsole, s.serialFailed, 0, 0)
+	s.guest.quiet = s.opts.quiet
 	cmdline := s.kernelCmdline()
 	s.guest.print(
 		"Linux version 6.1.0-sim (firecracker-sim "+Version+") #1 SMP",

@@ -30,6 +30,8 @@ type guest struct {
 	failed  func(lost int, err error)    // a write the output refused (full pipe)
 	ready   bool                         // ReadyLine was printed
 	counter int
+	// quiet: no counter lines (QuietEnv); the count goes on all the same.
+	quiet   bool
 	ran     time.Duration // run time before since
 	since   time.Time     // zero while paused
 	timer   *time.Timer
@@ -109,11 +111,17 @@ func (g *guest) state() (int, time.Duration) {
 	if !g.since.IsZero() {
 		ran += g.now().Sub(g.since)
 	}
+	if g.quiet {
+		return max(g.counter, int(ran/time.Second)), ran
+	}
 	return g.counter, ran
 }
 
 // arm sets the timer to the next whole second of run time. g.mu is held.
 func (g *guest) arm() {
+	if g.quiet {
+		return // the count is taken from the run time when asked (state)
+	}
 	elapsed := g.ran + g.now().Sub(g.since)
 	wait := time.Duration(g.counter+1)*time.Second - elapsed
 	if wait < 0 {

@@ -48,6 +48,8 @@ type options struct {
 	// noHostTap keeps network devices' TAPs in memory (NoHostTapEnv): a
 	// simulator inside a hollow agent must not create host links.
 	noHostTap bool
+	// quiet: the guest prints no counter lines (QuietEnv).
+	quiet bool
 	// dir resolves relative paths (WorkDirEnv).
 	dir hostDir
 }

@@ -275,6 +275,7 @@ func (s *sim) loadSnapshot(p model.SnapshotLoadParams) *vmmError {
 	// A restored guest prints ReadyLine when it first runs: now with
 	// resume_vm, else at the first resume.
 	s.guest = newGuest(out, s.countConsole, s.serialFailed, st.Counter, time.Duration(st.RanNanos))
+	s.guest.quiet = s.opts.quiet
 	s.state = statePaused
 	if p.ResumeVM != nil && *p.ResumeVM {
 		s.state = stateRunning

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/fcsim"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/testutil"
 	"github.com/nexus-microvm/nexus/pkg/apitypes"
@@ -15,10 +16,11 @@ import (
 )
 
 // startHollowAgent runs `nexus agent --hollow` (no namespace needed: it
-// creates nothing on the host) reporting the given capacity.
+// creates nothing on the host) reporting the given capacity. Its guests
+// are quiet (fcsim.QuietEnv): no test here reads their counter lines.
 func (c *cluster) startHollowAgent(name string, vcpus, memMib int, managers string) *proc {
 	c.t.Helper()
-	p := c.start("agent-"+name, nil, "agent", "--hollow", "--bind", "127.0.0.1:0", "--manager", managers,
+	p := c.start("agent-"+name, []string{fcsim.QuietEnv + "=1"}, "agent", "--hollow", "--bind", "127.0.0.1:0", "--manager", managers,
 		"--token", c.join, "--name", name, "--run-dir", c.dir+"/"+name, "--stop-grace", "100ms", "--log-level", "warn",
 		"--hollow-vcpus", fmt.Sprint(vcpus), "--hollow-mem-mib", fmt.Sprint(memMib))
 	c.t.Cleanup(p.kill)
