@@ -169,7 +169,7 @@ func (n *Network) EnsureIsolated(ctx context.Context, c Isolated) (err error) {
 		t := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: c.Tap}, Mode: netlink.TUNTAP_MODE_TAP, Flags: tapFlags | netlink.TUNTAP_TUN_EXCL}
 		// A TAP is born in the namespace of the thread that opens
 		// /dev/net/tun.
-		if err := runInNS(ns, func() error { return nh.LinkAdd(t) }); err != nil {
+		if err := runInNS(ns, func() error { return noForkWhile(func() error { return nh.LinkAdd(t) }) }); err != nil {
 			return wrap("add tap", err)
 		}
 		if tap, err = nh.LinkByName(c.Tap); err != nil {

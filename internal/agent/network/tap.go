@@ -6,6 +6,7 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -186,7 +187,7 @@ func (n *Network) createTap(name, vmID string) (link netlink.Link, created bool,
 		// since our lookup (another caller, another program).
 		Flags: tapFlags | netlink.TUNTAP_TUN_EXCL,
 	}
-	addErr := n.inNS(func() error { return n.h.LinkAdd(tap) })
+	addErr := n.inNS(func() error { return noForkWhile(func() error { return n.h.LinkAdd(tap) }) })
 	if addErr != nil {
 		// TUN_EXCL failed: someone made a link of that name since our
 		// lookup. It is theirs, not ours to mark or roll back.
@@ -203,6 +204,18 @@ func (n *Network) createTap(name, vmID string) (link netlink.Link, created bool,
 	}
 	link.Attrs().Alias = n.tapMark(vmID)
 	return link, true, nil
+}
+
+// noForkWhile runs f, which opens /dev/net/tun, attaches a TAP's one queue
+// and closes it, while no process is forked. A VMM forked meanwhile (by
+// another spawn of this agent) would share the queue's descriptor until its
+// exec closes it, and a VMM that attaches the TAP in that window gets
+// EBUSY: on a loaded host a forked child can wait milliseconds before its
+// exec. Forks take syscall.ForkLock for writing; this holds it for reading.
+func noForkWhile(f func() error) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	return f()
 }
 
 // checkTap accepts a tuntap in TAP mode without multi-queue: the only kind
@@ -386,6 +399,8 @@ func (n *Network) SetTapOwner(ctx context.Context, name, vmID string, uid, gid i
 		return nil
 	}
 	return n.inNS(func() error {
+		syscall.ForkLock.RLock() // see noForkWhile
+		defer syscall.ForkLock.RUnlock()
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return wrap("open /dev/net/tun", err)
