@@ -608,26 +608,25 @@ func (s *VMs) Events(ctx context.Context, scope Scope, id string, afterID int64,
 // update wraps store.UpdateVM with error context.
 func (s *core) update(ctx context.Context, id string, f func(*store.VM) error) (store.VM, error) {
 	vm, err := s.st.UpdateVM(ctx, id, f)
-	if errors.Is(err, store.ErrNotFound) {
-		return vm, notFound("vm", id)
-	}
-	if err != nil {
-		return vm, fmt.Errorf("update vm %s: %w", id, err)
-	}
-	return vm, nil
+	return vm, updateError(id, err)
 }
 
 // updateFrom is update starting from cur, the row as the caller last
 // read or wrote it (store.UpdateVMFrom).
 func (s *core) updateFrom(ctx context.Context, cur store.VM, f func(*store.VM) error) (store.VM, error) {
 	vm, err := s.st.UpdateVMFrom(ctx, cur, f)
+	return vm, updateError(cur.ID, err)
+}
+
+// updateError words a failed update of VM id.
+func updateError(id string, err error) error {
 	if errors.Is(err, store.ErrNotFound) {
-		return vm, notFound("vm", cur.ID)
+		return notFound("vm", id)
 	}
 	if err != nil {
-		return vm, fmt.Errorf("update vm %s: %w", cur.ID, err)
+		return fmt.Errorf("update vm %s: %w", id, err)
 	}
-	return vm, nil
+	return nil
 }
 
 func (s *core) setState(ctx context.Context, id string, st store.VMState, lastErr string) (store.VM, error) {

@@ -320,6 +320,8 @@ func (s *sqlStore) UpdateVMFrom(ctx context.Context, cur VM, mutate func(*VM) er
 func (s *sqlStore) updateVM(ctx context.Context, id string, known *VM, mutate func(*VM) error) (VM, error) {
 	op := "update vm " + id
 	for attempt := 0; attempt < updateAttempts; attempt++ {
+		// A retry after losing a race waits; the read that follows a
+		// stale known row does not: the row had only moved on since.
 		if attempt > 1 || attempt == 1 && known == nil {
 			if err := sleepCtx(ctx, jitter(updateBackoff<<min(attempt-1, 6))); err != nil {
 				return VM{}, fmt.Errorf("%s: %w", op, err)

@@ -399,27 +399,27 @@ func (n *Network) SetTapOwner(ctx context.Context, name, vmID string, uid, gid i
 		return nil
 	}
 	return n.inNS(func() error {
-		syscall.ForkLock.RLock() // see noForkWhile
-		defer syscall.ForkLock.RUnlock()
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return wrap("open /dev/net/tun", err)
-		}
-		defer unix.Close(fd)
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			return wrap("ifreq", err)
-		}
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			return wrap("attach", err)
-		}
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
-			return wrap("TUNSETOWNER", err)
-		}
-		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
-			return wrap("TUNSETGROUP", err)
-		}
-		return nil
+		return noForkWhile(func() error {
+			fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return wrap("open /dev/net/tun", err)
+			}
+			defer unix.Close(fd)
+			ifr, err := unix.NewIfreq(name)
+			if err != nil {
+				return wrap("ifreq", err)
+			}
+			ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+			if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+				return wrap("attach", err)
+			}
+			if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
+				return wrap("TUNSETOWNER", err)
+			}
+			if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
+				return wrap("TUNSETGROUP", err)
+			}
+			return nil
+		})
 	})
 }
