@@ -349,6 +349,10 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, apierr.BadRequest("vcpu and mem_mib must not be negative"))
 		return
 	}
+	if err := checkCalls(req.Calls); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	// The VMM must live on the agent's lifetime, not the request's: Spawn
 	// uses ctx only to bound the wait for the socket.
 	opts := vmm.SpawnOptions{Vcpu: req.Vcpu, MemMib: req.MemMib}
@@ -413,6 +417,9 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	if req.Tap {
 		resp.Tap = &tap
+	}
+	if len(req.Calls) > 0 {
+		resp.Results = a.runCalls(r, id, req.Calls)
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -682,6 +682,74 @@ func TestProxyBatch(t *testing.T) {
 	})
 }
 
+// A spawn may carry the boot's calls: the agent makes them once the VMM
+// is up, each through the proxy's checks as in a batch, relative logger
+// and metrics paths landing in the VM's run dir (its jail's root when
+// jailed). A refused call ends the list; the VMM runs all the same. Calls
+// that cannot be run are refused before anything is made.
+func TestSpawnCarriesCalls(t *testing.T) {
+	eachHostJailedToo(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id, kernel, _ := e.newVM()
+		call := func(method, path string, body any) firecracker.Call {
+			b, _ := json.Marshal(body)
+			return firecracker.Call{Method: method, Path: path, Body: b}
+		}
+		for name, calls := range map[string][]firecracker.Call{
+			"too many":      make([]firecracker.Call, 33),
+			"relative path": {call("PUT", "machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})},
+			"bad method":    {call("PU T", "/machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})},
+		} {
+			for i := range calls {
+				if calls[i].Method == "" {
+					calls[i] = call("GET", "/", nil)
+				}
+			}
+			_, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Calls: calls})
+			var ae *apierr.Error
+			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+				t.Errorf("spawn with %s calls = %v; want 400", name, err)
+			}
+			if _, err := os.Stat(e.layout.VMDir(id)); !os.IsNotExist(err) {
+				t.Fatalf("spawn with %s calls made the run dir: %v", name, err)
+			}
+		}
+		sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Calls: []firecracker.Call{
+			call("PUT", "/logger", firecracker.Logger{LogPath: hostlayout.LogRel, Level: "Info"}),
+			call("PUT", "/metrics", firecracker.Metrics{MetricsPath: hostlayout.MetricsRel}),
+			call("PUT", "/machine-config", firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128}),
+			call("PUT", "/drives/rootfs", map[string]any{"drive_id": "rootfs", "path_on_host": "/dev/null", "is_root_device": true}),
+			call("PUT", "/boot-source", firecracker.BootSource{KernelImagePath: kernel}),
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := []int{}
+		for _, r := range sp.Results {
+			st = append(st, r.Status)
+		}
+		if fmt.Sprint(st) != "[204 204 204 403]" || sp.PID == 0 {
+			t.Fatalf("spawn answered pid %d, results %v; want three calls done, the device refused (403), nothing after it", sp.PID, st)
+		}
+		for _, f := range []string{e.layout.LogPath(id), e.layout.MetricsPath(id)} {
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("the VMM's file: %v", err)
+			}
+		}
+		// The VMM runs: the rest can follow on their own.
+		res, err := e.client.ProxyBatch(ctx, id, []firecracker.Call{
+			call("PUT", "/boot-source", firecracker.BootSource{KernelImagePath: kernel}),
+			call("PUT", "/actions", firecracker.InstanceActionInfo{ActionType: "InstanceStart"}),
+		})
+		if err != nil || len(res.Results) != 2 || res.Results[1].Status != 204 {
+			t.Fatalf("batch after the spawn = %+v, %v", res, err)
+		}
+		if err := e.client.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // Spawn with tap makes the VM's TAP in the same call, as POST /tap would:
 // the VMM then configures its network interface with it and starts (a
 // jailed VMM opens it as its own uid). A TAP that cannot be made leaves

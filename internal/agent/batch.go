@@ -27,20 +27,44 @@ func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, err)
 		return
 	}
-	if len(req.Calls) == 0 || len(req.Calls) > maxBatchCalls {
-		a.fail(w, r, apierr.BadRequest("a batch has 1 to %d calls, not %d", maxBatchCalls, len(req.Calls)))
+	if len(req.Calls) == 0 {
+		a.fail(w, r, apierr.BadRequest("a batch has 1 to %d calls, not 0", maxBatchCalls))
 		return
 	}
-	out := agentapi.BatchResponse{Results: make([]firecracker.CallResult, 0, len(req.Calls))}
-	for _, c := range req.Calls {
+	if err := checkCalls(req.Calls); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, agentapi.BatchResponse{Results: a.runCalls(r, id, req.Calls)})
+}
+
+// checkCalls refuses a list of calls that cannot be run (too many, a path
+// that is not absolute) before anything is done.
+func checkCalls(calls []firecracker.Call) error {
+	if len(calls) > maxBatchCalls {
+		return apierr.BadRequest("a batch has 1 to %d calls, not %d", maxBatchCalls, len(calls))
+	}
+	for _, c := range calls {
 		if c.Path == "" || c.Path[0] != '/' {
-			a.fail(w, r, apierr.BadRequest("call path %q must start with /", c.Path))
-			return
+			return apierr.BadRequest("call path %q must start with /", c.Path)
 		}
+		if _, err := http.NewRequest(c.Method, "http://agent"+c.Path, nil); err != nil {
+			return apierr.BadRequest("call %s %s: %v", c.Method, c.Path, err)
+		}
+	}
+	return nil
+}
+
+// runCalls relays checked calls for VM id, in order, each through the
+// proxy as if it had come on its own, and stops after the first that is
+// not answered with a 2xx.
+func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call) []firecracker.CallResult {
+	out := make([]firecracker.CallResult, 0, len(calls))
+	for _, c := range calls {
 		sub, err := http.NewRequestWithContext(r.Context(), c.Method, agentapi.Prefix+"/vms/"+id+"/proxy"+c.Path, bytes.NewReader(c.Body))
-		if err != nil {
-			a.fail(w, r, apierr.BadRequest("call %s %s: %v", c.Method, c.Path, err))
-			return
+		if err != nil { // checkCalls made the same request
+			out = append(out, firecracker.CallResult{Status: http.StatusBadRequest})
+			break
 		}
 		sub.Header = r.Header.Clone()
 		if len(c.Body) > 0 {
@@ -53,10 +77,10 @@ func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
 		if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
 			res.Body = b
 		}
-		out.Results = append(out.Results, res)
+		out = append(out, res)
 		if rec.Code < 200 || rec.Code > 299 {
 			break
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }

@@ -115,11 +115,10 @@ func (a *Agent) prepareDrive(w http.ResponseWriter, r *http.Request, id string) 
 		a.fail(w, r, apierr.BadRequest("drive_id %q: use letters, digits and _", req.DriveID))
 		return
 	}
+	// Drives are prepared before the VMM is spawned (its configuration
+	// goes with the spawn): the run dir may not exist yet. A copy makes
+	// it; a refusal leaves none.
 	vmDir := a.cfg.Layout.VMDir(id)
-	if _, err := os.Stat(vmDir); err != nil {
-		a.fail(w, r, apierr.NotFound("vm run dir", id).WithSuggestion("spawn the VM first"))
-		return
-	}
 	file := driveFile(req.DriveID, req.Source)
 	rel := filepath.Join(drivesDir, file)
 	dst := filepath.Join(vmDir, rel)

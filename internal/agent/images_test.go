@@ -80,12 +80,7 @@ func TestPrepareDrive(t *testing.T) {
 	sum := fileSum(t, src)
 	req := agentapi.DriveRequest{DriveID: "rootfs", Source: src, SHA256: sum}
 
-	if _, err := c.PrepareDrive(ctx, id, req); err == nil {
-		t.Fatal("prepared a drive for a VM without a run dir")
-	}
-	if err := os.MkdirAll(layout.VMDir(id), 0o750); err != nil {
-		t.Fatal(err)
-	}
+	// Drives are prepared before the spawn: a refused one leaves no run dir.
 	bad := req
 	bad.SHA256 = sum[:63] + "0"
 	if bad.SHA256 == sum {
@@ -96,6 +91,9 @@ func TestPrepareDrive(t *testing.T) {
 	copyPath := filepath.Join(layout.VMDir(id), "drives", "rootfs.ext4")
 	if _, err := os.Stat(copyPath); !os.IsNotExist(err) {
 		t.Fatal("a refused drive left a copy")
+	}
+	if _, err := os.Stat(layout.VMDir(id)); !os.IsNotExist(err) {
+		t.Fatalf("a refused drive left a run dir: %v", err)
 	}
 
 	info, err := c.PrepareDrive(ctx, id, req)

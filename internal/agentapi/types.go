@@ -54,6 +54,13 @@ type SpawnRequest struct {
 	// ignore the field and answer without tap; the caller then makes the
 	// TAP with the tap call.
 	Tap bool `json:"tap,omitempty"`
+	// Calls are firecracker calls made once the VMM's socket is up, in
+	// order, each through the proxy's checks exactly as proxy-batch makes
+	// them, stopping at the first that is not answered with a 2xx: a
+	// boot's configuration and start ride on its spawn, one request
+	// instead of two. Agents before it refuse the field (unknown field
+	// "calls"); the caller then spawns without and sends a proxy-batch.
+	Calls []firecracker.Call `json:"calls,omitempty"`
 }
 
 // SpawnResponse describes the VMM process and its files.
@@ -68,6 +75,10 @@ type SpawnResponse struct {
 	AlreadyRunning bool `json:"already_running"`
 	// Tap is the TAP made for a request with tap.
 	Tap *TapResponse `json:"tap,omitempty"`
+	// Results say how each of the request's calls was answered, up to and
+	// including the first that was not a 2xx (as a proxy-batch's). The
+	// spawn itself succeeded whatever they say: the VMM runs.
+	Results []firecracker.CallResult `json:"results,omitempty"`
 }
 
 // StopRequest is the optional body of POST /agent/v1/vms/{id}/stop.

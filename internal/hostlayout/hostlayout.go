@@ -35,14 +35,23 @@ func (l Layout) SockPath(id string) string { return filepath.Join(l.SockDir(id),
 // LogsDir holds fc.log and console.log.
 func (l Layout) LogsDir(id string) string { return filepath.Join(l.VMDir(id), "logs") }
 
+// LogRel and MetricsRel are fc.log and metrics.json relative to the VM's
+// run dir, which is firecracker's working directory (the root of its
+// jail, when jailed): the manager names them so in the calls it sends
+// with the spawn, before the agent has said where the run dir is.
+const (
+	LogRel     = "logs/fc.log"
+	MetricsRel = "metrics.json"
+)
+
 // LogPath is firecracker's logger output.
-func (l Layout) LogPath(id string) string { return filepath.Join(l.LogsDir(id), "fc.log") }
+func (l Layout) LogPath(id string) string { return filepath.Join(l.VMDir(id), LogRel) }
 
 // ConsolePath is the guest serial console (firecracker's stdout).
 func (l Layout) ConsolePath(id string) string { return filepath.Join(l.LogsDir(id), "console.log") }
 
 // MetricsPath is firecracker's metrics output (JSON lines).
-func (l Layout) MetricsPath(id string) string { return filepath.Join(l.VMDir(id), "metrics.json") }
+func (l Layout) MetricsPath(id string) string { return filepath.Join(l.VMDir(id), MetricsRel) }
 
 // SnapshotsDir holds the VM's snapshots.
 func (l Layout) SnapshotsDir(id string) string { return filepath.Join(l.VMDir(id), "snapshots") }

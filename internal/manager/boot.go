@@ -15,6 +15,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/guest"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -23,9 +24,9 @@ import (
 // composes them with the root device and ip= for the guest images.
 const DefaultBootArgs = guest.DefaultBootArgs
 
-// boot runs address → tap → spawn → prepare drives → logger, metrics,
-// machine, boot source, drives, network and InstanceStart (one batch) for
-// vm, then records it running. On failure the steps already done are undone (VMM
+// boot runs address → tap → prepare drives → spawn with logger, metrics,
+// machine, boot source, drives, network and InstanceStart (one request)
+// for vm, then records it running. On failure the steps already done are undone (VMM
 // stopped, TAP deleted), the row says failed with last_error, and the
 // error says which step failed and why. The caller holds the VM's lock.
 func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
@@ -37,7 +38,6 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 	var addr netip.Prefix          // the guest's address for ip=, when its host has a subnet
 	var gw netip.Addr
 	var cmdline string // the kernel command line (guest.VM.CommandLine)
-	var startedAt time.Time
 
 	steps := []step{
 		// First, and without an undo: the address is the VM's for its
@@ -71,11 +71,19 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return nil
 		}},
 		r.tapStep(nic),
-		r.spawnStep(false, nic),
-		// Before firecracker opens any file: images are checked (and copied)
-		// first, so a file swapped after its check never reaches the VMM.
+		// Before the VMM exists: images are checked (and copied) first, so
+		// a file swapped after its check never reaches the VMM, and the
+		// drives are known when the configuration goes out with the spawn.
 		{name: "prepare drives", do: func(ctx context.Context) (err error) {
-			if drives, err = s.images.prepareDrives(ctx, &r.vm, sp); err != nil {
+			drives, err = s.images.prepareDrives(ctx, &r.vm, sp)
+			if runDirMissing(err) {
+				// An agent of the release before makes the run dir only when
+				// it spawns: spawn first; the calls then follow in a batch.
+				if _, err = r.spawn(ctx, nic && !r.isolated, false, nil); err == nil {
+					drives, err = s.images.prepareDrives(ctx, &r.vm, sp)
+				}
+			}
+			if err != nil {
 				return err
 			}
 			// The command line, now that the root drive is known; the
@@ -91,7 +99,15 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 				return invalid("vm %s: %v", r.vm.ID, err).suggest("shorten boot_args")
 			}
 			return nil
+		}, undo: func(ctx context.Context) error {
+			if r.spawned.PID == 0 {
+				return nil
+			}
+			return r.ag.Stop(ctx, r.vm.ID, agentapi.StopRequest{}) // spawned for an older agent
 		}},
+		// The VMM, and with it (one request) the configuration and the
+		// start: the agent makes the calls once the VMM is up.
+		r.spawnStep(false, nic),
 		r.loggerStep(),
 		r.metricsStep(),
 		{name: "configure machine", fc: func(ctx context.Context, fc *firecracker.Client) error {
@@ -109,10 +125,16 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return nil
 		}},
 		{name: "configure network", fc: func(ctx context.Context, fc *firecracker.Client) error {
-			if r.tap.Tap == "" {
+			if !nic {
 				return nil
 			}
-			ni := firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: r.tap.Tap, GuestMAC: r.tap.MAC}
+			// Recorded before the spawn answers: on the bridge, the TAP it
+			// makes is named for the VM (the agent refuses any other).
+			tap := r.tap
+			if !r.isolated {
+				tap = agentapi.TapResponse{Tap: hostlayout.TapName(vm.ID), MAC: hostlayout.GuestMAC(vm.ID).String()}
+			}
+			ni := firecracker.NetworkInterface{IfaceID: "eth0", HostDevName: tap.Tap, GuestMAC: tap.MAC}
 			if sp.NIC != nil {
 				ni.MTU = sp.NIC.MTU
 				ni.RxRateLimiter = fcRateLimiter(sp.NIC.RxRateLimiter)
@@ -121,18 +143,17 @@ func (s *VMs) boot(ctx context.Context, vm store.VM) (store.VM, error) {
 			return fc.PutNetworkInterface(ctx, ni)
 		}},
 		// No "configured" is recorded between the configuration and the
-		// start: they go to the host in one batch, a round trip and a
+		// start: they go to the host with the spawn, a round trip and a
 		// write fewer per boot. The VM goes from requested to running.
 		{name: "start instance", fc: func(ctx context.Context, fc *firecracker.Client) error {
-			// Boot-to-ready counts from here: the call goes out with the
-			// batch, and the guest's readiness line may come back before
-			// the batch has answered (guestReady keeps it).
-			startedAt = s.now()
 			return fc.InstanceStart(ctx)
 		}},
 		// Retries stay: the reconciler clears them once the VM has been
 		// stable for a while, so a crash loop still ends in failed.
-		r.runningStep(func() (time.Time, bool) { return startedAt, false }),
+		// Boot-to-ready counts from the start call, the last the host
+		// answered; the guest's readiness line may come back before the
+		// answer does (guestReady keeps it).
+		r.runningStep(func() (time.Time, bool) { return r.answeredAt, false }),
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.BootTimeout)
 	defer cancel()
@@ -254,4 +275,12 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// runDirMissing reports an agent's refusal to prepare a drive before the
+// VM's run dir exists (agents before the spawn carried the boot's calls
+// made the run dir only when spawning).
+func runDirMissing(err error) bool {
+	var ae *apierr.Error
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound && strings.Contains(ae.Message, "vm run dir")
 }

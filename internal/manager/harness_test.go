@@ -239,8 +239,10 @@ type faults struct {
 	base http.RoundTripper
 	mu   sync.Mutex
 	list []*fault
-	// afterBatch, when set, runs after the agent answered a proxy batch
-	// and before the manager sees the answer.
+	sent []string // "METHOD path" of every request to an agent
+	// afterBatch, when set, runs after the agent answered firecracker
+	// calls (a proxy batch, a spawn carrying calls) and before the manager
+	// sees the answer.
 	afterBatch func()
 }
 
@@ -262,8 +264,11 @@ type fault struct {
 	nth    int    // 1 = the first matching call; 0 = every one
 	status int    // 0: the agent is unreachable
 	body   string
-	seen   int
-	hits   int
+	// only, when set, limits the fault to the calls it accepts (by path
+	// and body): an agent that refuses some requests, not all.
+	only func(path string, body []byte) bool
+	seen int
+	hits int
 }
 
 // add injects f until the test ends.
@@ -275,6 +280,19 @@ func (f *faults) add(t *testing.T, flt *fault) *fault {
 	return flt
 }
 
+// requests counts the requests to agents whose path ends with suffix.
+func (f *faults) requests(suffix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.sent {
+		if strings.HasSuffix(s, suffix) {
+			n++
+		}
+	}
+	return n
+}
+
 func (f *faults) clear() {
 	f.mu.Lock()
 	f.list = nil
@@ -282,24 +300,40 @@ func (f *faults) clear() {
 }
 
 func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
+	f.mu.Lock()
+	f.sent = append(f.sent, req.Method+" "+req.URL.Path)
+	f.mu.Unlock()
 	if strings.HasSuffix(req.URL.Path, "/proxy-batch") {
 		return f.batch(req)
 	}
-	if hit := f.match(req.Method, req.URL.Path); hit != nil {
-		if req.Body != nil {
-			req.Body.Close()
+	var body []byte
+	if req.Body != nil {
+		b, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
 		}
+		body = b
+		req.Body = io.NopCloser(bytes.NewReader(b))
+	}
+	if hit := f.matchBody(req.Method, req.URL.Path, body); hit != nil {
 		return hit.answer(req)
+	}
+	if strings.HasSuffix(req.URL.Path, "/spawn") {
+		return f.spawn(req)
 	}
 	return f.base.RoundTrip(req)
 }
 
 // match finds the fault a call to path triggers, counting the call.
-func (f *faults) match(method, path string) *fault {
+func (f *faults) match(method, path string) *fault { return f.matchBody(method, path, nil) }
+
+// matchBody is match for a call with a body.
+func (f *faults) matchBody(method, path string, body []byte) *fault {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, flt := range f.list {
-		if method != flt.method || !strings.HasSuffix(path, flt.suffix) {
+		if method != flt.method || !strings.HasSuffix(path, flt.suffix) || (flt.only != nil && !flt.only(path, body)) {
 			continue
 		}
 		flt.seen++
@@ -341,7 +375,7 @@ func (f *faults) batch(req *http.Request) (*http.Response, error) {
 	}
 	k, hit := -1, (*fault)(nil)
 	for i, c := range br.Calls {
-		if hit = f.match(c.Method, "/proxy"+c.Path); hit != nil {
+		if hit = f.matchBody(c.Method, "/proxy"+c.Path, c.Body); hit != nil {
 			k = i
 			break
 		}
@@ -380,6 +414,66 @@ func (f *faults) batch(req *http.Request) (*http.Response, error) {
 			b, _ := json.Marshal(got)
 			return jsonResponse(req, 200, string(b)), nil // the real agent stopped earlier
 		}
+	}
+	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
+	b, _ := json.Marshal(got)
+	return jsonResponse(req, 200, string(b)), nil
+}
+
+// spawn injects a fault into the calls a spawn carries, as batch does
+// into a batch's: the agent spawns and relays the calls before the faulty
+// one, and the faulty one is answered with the fault (an unreachable
+// fault: the connection is lost after the agent did so).
+func (f *faults) spawn(req *http.Request) (*http.Response, error) {
+	raw, err := io.ReadAll(req.Body)
+	req.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	var sr agentapi.SpawnRequest
+	if err := json.Unmarshal(raw, &sr); err != nil {
+		return nil, err
+	}
+	k, hit := -1, (*fault)(nil)
+	for i, c := range sr.Calls {
+		if hit = f.matchBody(c.Method, "/proxy"+c.Path, c.Body); hit != nil {
+			k = i
+			break
+		}
+	}
+	send := func(sr agentapi.SpawnRequest) (*http.Response, error) {
+		b, _ := json.Marshal(sr)
+		out := req.Clone(req.Context())
+		out.Body = io.NopCloser(bytes.NewReader(b))
+		out.ContentLength = int64(len(b))
+		return f.base.RoundTrip(out)
+	}
+	if hit == nil {
+		resp, err := send(sr)
+		f.mu.Lock()
+		after := f.afterBatch
+		f.mu.Unlock()
+		if err == nil && after != nil && len(sr.Calls) > 0 {
+			after()
+		}
+		return resp, err
+	}
+	sr.Calls = sr.Calls[:k]
+	resp, err := send(sr)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if hit.status == 0 {
+		return nil, errors.New("injected: connection lost")
+	}
+	var got agentapi.SpawnResponse
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK || len(got.Results) < k {
+		b, _ := json.Marshal(got)
+		return jsonResponse(req, resp.StatusCode, string(b)), nil // the real agent stopped earlier
 	}
 	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
 	b, _ := json.Marshal(got)

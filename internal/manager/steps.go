@@ -14,6 +14,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/store"
 )
 
@@ -38,6 +39,11 @@ type step struct {
 	// (the agent's proxy-batch) and each is still reported on its own;
 	// they have no undo: what they set dies with the VMM.
 	fc func(ctx context.Context, c *firecracker.Client) error
+	// carry, when set, runs the step (as do would) with the calls of the
+	// firecracker-call steps that follow it, in one request: a spawn that
+	// configures and starts its VMM. It returns their results (as a batch
+	// would), and an error only when the step itself failed.
+	carry func(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error)
 }
 
 // stepFailure is what runSteps returns when a step fails: which step, and
@@ -109,7 +115,14 @@ func (c *core) runWith(ctx context.Context, vmID, op string, steps []step, b bat
 		}
 		group := []step{steps[i]}
 		var outs []outcome
-		if steps[i].fc != nil {
+		if steps[i].carry != nil && i+1 < len(steps) && steps[i+1].fc != nil {
+			j := i + 2
+			for j < len(steps) && steps[j].fc != nil {
+				j++
+			}
+			group = steps[i:j]
+			outs = c.runCarried(ctx, group, b)
+		} else if steps[i].fc != nil {
 			j := i + 1
 			for j < len(steps) && steps[j].fc != nil {
 				j++
@@ -240,6 +253,64 @@ func (c *core) runCalls(ctx context.Context, group []step, b batcher) []outcome 
 	return outs
 }
 
+// runCarried runs group[0], a step with carry, with the calls of the
+// firecracker-call steps after it in one request. The calls are recorded
+// before the step runs, so they may use only what earlier steps learnt.
+// It returns an outcome for the carrier and for each call step up to and
+// including the first that failed.
+func (c *core) runCarried(ctx context.Context, group []step, b batcher) []outcome {
+	head := group[0]
+	var headOut *outcome
+	if b == nil {
+		return []outcome{{err: errors.New("a step that carries calls needs a host to send them to")}}
+	}
+	carrier := carrierBatch{batcher: b, carry: func(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+		start := time.Now()
+		res, err := head.carry(ctx, calls)
+		d := time.Since(start)
+		for _, r := range res {
+			d -= time.Duration(r.Ms * float64(time.Millisecond)) // the calls' own time is theirs
+		}
+		var lost *callsLost
+		if errors.As(err, &lost) {
+			// The step is done; its calls never got an answer.
+			headOut = &outcome{d: max(d, 0)}
+			return nil, lost.err
+		}
+		headOut = &outcome{err: err, d: max(d, 0)}
+		return res, err
+	}}
+	outs := c.runCalls(ctx, group[1:], carrier)
+	if headOut == nil {
+		// Nothing was sent: a check refused the first call before it was
+		// recorded. The step still runs, alone, and the refusal follows it.
+		start := time.Now()
+		_, err := head.carry(ctx, nil)
+		headOut = &outcome{err: err, d: time.Since(start)}
+	}
+	if headOut.err != nil {
+		return []outcome{*headOut}
+	}
+	return append([]outcome{*headOut}, outs...)
+}
+
+// callsLost is a carry's error when its step succeeded but its calls got
+// no answer (they went in a request of their own, and it failed).
+type callsLost struct{ err error }
+
+func (e *callsLost) Error() string { return e.err.Error() }
+func (e *callsLost) Unwrap() error { return e.err }
+
+// carrierBatch is a batcher whose calls go with another step's request.
+type carrierBatch struct {
+	batcher
+	carry func(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error)
+}
+
+func (cb carrierBatch) send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+	return cb.carry(ctx, calls)
+}
+
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
 }
@@ -256,13 +327,28 @@ type hostRun struct {
 	keepMAC bool // the row's MAC stays (a restored guest keeps the snapshot's)
 	// isolated: the TAP and the VMM go into a namespace of the VM's own.
 	isolated bool
+	// answeredAt is when the last call the host answered began, at the
+	// latest (noteAnswer).
+	answeredAt time.Time
 }
 
 func (r *hostRun) record() (*firecracker.Client, *firecracker.Recorder) { return r.fc.Record() }
 
 func (r *hostRun) send(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
 	res, err := r.ag.ProxyBatch(ctx, r.vm.ID, calls)
+	if err == nil {
+		r.noteAnswer(res.Results)
+	}
 	return res.Results, err
+}
+
+// noteAnswer keeps when the host's answer to calls came and how long its
+// last call took: a boot's start, the last call, began no later than
+// that long before the answer (lastCallAt).
+func (r *hostRun) noteAnswer(res []firecracker.CallResult) {
+	if len(res) > 0 {
+		r.answeredAt = r.c.now().Add(-time.Duration(res[len(res)-1].Ms * float64(time.Millisecond)))
+	}
 }
 
 // run runs an operation's steps on r's host.
@@ -299,32 +385,19 @@ func (r *hostRun) tapStep(wanted bool) step {
 // spawnStep starts the VMM — and, for a VM with a network interface on
 // the bridge (tap), makes its TAP in the same call — and records its
 // socket and log (and TAP) on the row; keepMAC leaves the row's MAC as it
-// is (a restored guest keeps the snapshot's). Undone by stopping the VMM
-// (which also removes its socket and TAP).
+// is (a restored guest keeps the snapshot's). Followed by firecracker-call
+// steps, it carries their calls: the agent makes them once the VMM is up,
+// in the same request. Undone by stopping the VMM (which also removes its
+// socket and TAP).
 func (r *hostRun) spawnStep(keepMAC, tap bool) step {
 	withTap := tap && !r.isolated
 	return step{name: "spawn vmm",
-		do: func(ctx context.Context) (err error) {
-			req := agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB, NetNS: r.isolated, Tap: withTap}
-			r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, req)
-			if withTap && unknownField(err, "tap") {
-				// An agent of the release before (a rolling upgrade does
-				// managers first): the TAP takes its own call, first.
-				if r.tap, err = r.ag.Tap(ctx, r.vm.ID, agentapi.TapRequest{}); err == nil {
-					req.Tap = false
-					r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, req)
-				}
-			} else if err == nil && withTap && r.spawned.Tap != nil {
-				r.tap = *r.spawned.Tap
-			}
-			if err != nil {
-				// The agent may have started it before the call failed (a
-				// timeout on the way back): make sure it is gone.
-				_ = r.ag.Stop(context.WithoutCancel(ctx), r.vm.ID, agentapi.StopRequest{})
-				return err
-			}
-			r.keepMAC = keepMAC // recorded with the next state (recordStep)
-			return nil
+		do: func(ctx context.Context) error {
+			_, err := r.spawn(ctx, withTap, keepMAC, nil)
+			return err
+		},
+		carry: func(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+			return r.spawn(ctx, withTap, keepMAC, calls)
 		},
 		detail: func() string {
 			if withTap {
@@ -338,6 +411,71 @@ func (r *hostRun) spawnStep(keepMAC, tap bool) step {
 	}
 }
 
+// spawn starts the VMM (with its TAP on the bridge when withTap) and has
+// the agent make calls once it is up; it returns their results. An agent
+// of the release before that refuses a field (a rolling upgrade does
+// managers first) gets what it knows: the TAP in a call of its own
+// first, the calls in a proxy batch after. Spawning twice is harmless
+// (the agent answers the VMM it has), and the VMM of a spawn that failed
+// is stopped.
+func (r *hostRun) spawn(ctx context.Context, withTap, keepMAC bool, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+	if r.spawned.PID != 0 {
+		// Spawned already (an older agent's drives needed its run dir
+		// first): the calls go on their own.
+		return r.sendCalls(ctx, calls)
+	}
+	req := agentapi.SpawnRequest{Vcpu: r.vm.VCPU, MemMib: r.vm.MemMiB, NetNS: r.isolated, Tap: withTap, Calls: calls}
+	var err error
+	for attempt := 0; ; attempt++ {
+		r.spawned, err = r.ag.Spawn(ctx, r.vm.ID, req)
+		if attempt < 2 && req.Tap && unknownField(err, "tap") {
+			if r.tap, err = r.ag.Tap(ctx, r.vm.ID, agentapi.TapRequest{}); err != nil {
+				break
+			}
+			req.Tap = false
+			continue
+		}
+		if attempt < 2 && req.Calls != nil && unknownField(err, "calls") {
+			req.Calls = nil
+			continue
+		}
+		break
+	}
+	if err == nil && req.Tap {
+		if r.spawned.Tap == nil {
+			err = fmt.Errorf("the agent made no TAP for the VM")
+		} else {
+			r.tap = *r.spawned.Tap
+		}
+	}
+	if err != nil {
+		// The agent may have started it before the call failed (a
+		// timeout on the way back): make sure it is gone.
+		_ = r.ag.Stop(context.WithoutCancel(ctx), r.vm.ID, agentapi.StopRequest{})
+		r.spawned = agentapi.SpawnResponse{}
+		return nil, err
+	}
+	r.keepMAC = keepMAC // recorded with the next state (recordStep)
+	if len(calls) > 0 && req.Calls == nil {
+		return r.sendCalls(ctx, calls)
+	}
+	r.noteAnswer(r.spawned.Results)
+	return r.spawned.Results, nil
+}
+
+// sendCalls sends calls in a proxy batch of their own for a carry; a
+// failure to send them is not the carrying step's.
+func (r *hostRun) sendCalls(ctx context.Context, calls []firecracker.Call) ([]firecracker.CallResult, error) {
+	if len(calls) == 0 {
+		return nil, nil
+	}
+	res, err := r.send(ctx, calls)
+	if err != nil {
+		return nil, &callsLost{err: err}
+	}
+	return res, nil
+}
+
 // unknownField reports an agent's refusal of a request field it does not
 // know (an agent older than the manager).
 func unknownField(err error, field string) bool {
@@ -348,14 +486,17 @@ func unknownField(err error, field string) bool {
 // loggerStep points firecracker's logger at the VM's fc.log.
 func (r *hostRun) loggerStep() step {
 	return step{name: "configure logger", fc: func(ctx context.Context, fc *firecracker.Client) error {
-		return fc.PutLogger(ctx, firecracker.Logger{LogPath: r.spawned.LogPath, Level: "Info", ShowLevel: firecracker.Bool(true)})
+		// Relative to the VM's run dir, firecracker's working directory
+		// (its jail's root when jailed): the call is made before the
+		// agent has answered where the run dir is.
+		return fc.PutLogger(ctx, firecracker.Logger{LogPath: hostlayout.LogRel, Level: "Info", ShowLevel: firecracker.Bool(true)})
 	}}
 }
 
 // metricsStep points firecracker's metrics at the VM's metrics.json.
 func (r *hostRun) metricsStep() step {
 	return step{name: "configure metrics", fc: func(ctx context.Context, fc *firecracker.Client) error {
-		return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: r.spawned.MetricsPath})
+		return fc.PutMetrics(ctx, firecracker.Metrics{MetricsPath: hostlayout.MetricsRel})
 	}}
 }
 

@@ -86,9 +86,10 @@ func TestBootFailureAtEveryStepLeavesNothing(t *testing.T) {
 		{"configure boot source", "PUT", "/proxy/boot-source", func() (int, string) { return refuse("Invalid kernel path") }, KindRejected},
 		{"configure network", "PUT", "/proxy/network-interfaces/eth0", func() (int, string) { return refuse("Could not create the network device") }, KindRejected},
 		{"start instance", "PUT", "/proxy/actions", func() (int, string) { return refuse("Cannot start microvm") }, KindRejected},
-		// The configuration and the start are one batch: an agent gone
-		// fails the batch, which is reported as its first step.
-		{"configure logger (agent gone)", "PUT", "/proxy/actions", nil, KindUnavailable},
+		// The configuration and the start go with the spawn: an agent
+		// gone while it makes them fails the spawn (the VMM it started is
+		// stopped with the rest).
+		{"spawn vmm (agent gone while configuring)", "PUT", "/proxy/actions", nil, KindUnavailable},
 	} {
 		t.Run(tc.step, func(t *testing.T) {
 			f := &fault{method: tc.method, suffix: tc.suffix, nth: 1}

@@ -198,16 +198,18 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		return h, true, nil
 	}
 	l := s.cfg.Layout
-	// A first spawn makes the VM's directory: nothing of an earlier VMM
-	// can be in it.
-	fresh, err := mkdirFresh(l.VMDir(vmID))
-	if err != nil {
+	if err := os.MkdirAll(l.VMDir(vmID), 0o750); err != nil {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 	}
+	// A first spawn makes the VM's logs dir (the drives, prepared before,
+	// may have made the run dir): nothing of an earlier VMM can be there.
+	var fresh bool
 	for _, d := range []string{l.SockDir(vmID), l.LogsDir(vmID)} {
-		if err := os.Mkdir(d, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+		err := os.Mkdir(d, 0o750)
+		if err != nil && !errors.Is(err, fs.ErrExist) {
 			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 		}
+		fresh = err == nil // the logs dir's
 	}
 	sock := l.SockPath(vmID)
 	if len(sock) > MaxSocketPath {
@@ -396,22 +398,6 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 // logger and metrics files itself (firecracker.Features.CreatesLogFiles):
 // a first spawn then leaves them to it.
 func (s *Supervisor) SetCreatesLogFiles(v bool) { s.createsLogFiles.Store(v) }
-
-// mkdirFresh makes dir (and its parents) and reports whether this call
-// made dir itself.
-func mkdirFresh(dir string) (bool, error) {
-	err := os.Mkdir(dir, 0o750)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o750); err != nil {
-			return false, err
-		}
-		err = os.Mkdir(dir, 0o750)
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return false, nil
-	}
-	return err == nil, err
-}
 
 // cleanupJail removes what a jailed spawn made besides the process: its
 // chroot and its cgroup v1 groups (the v2 group goes with cgroupRemove).
