@@ -229,12 +229,21 @@ func (s *sqlStore) ListHostVMStates(ctx context.Context, hostID string) ([]VM, e
 	return vms, nil
 }
 
+// expiredVMsQuery is what ListExpiredVMs reads after vmSelect.
+const expiredVMsQuery = " WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at, id LIMIT ?"
+
+// orphanPoolVMsQuery is ordered by pool first: with ORDER BY id alone,
+// SQLite walked the whole table in id order (every VM, every second: at
+// 10,000 VMs a quarter of the leading manager's CPU) instead of the
+// partial index of pool VMs (vm_pool_idx).
+const orphanPoolVMsQuery = "SELECT id FROM vm WHERE pool_id <> '' AND NOT EXISTS (SELECT 1 FROM pool WHERE pool.id = vm.pool_id) ORDER BY pool_id, id LIMIT ?"
+
 func (s *sqlStore) ListOrphanPoolVMs(ctx context.Context, limit int) ([]string, error) {
 	ids, err := queryAll(ctx, s, func(sc scanner) (string, error) {
 		var id string
 		err := sc.Scan(&id)
 		return id, err
-	}, "SELECT id FROM vm WHERE pool_id <> '' AND NOT EXISTS (SELECT 1 FROM pool WHERE pool.id = vm.pool_id) ORDER BY id LIMIT ?", clampLimit(limit))
+	}, orphanPoolVMsQuery, clampLimit(limit))
 	if err != nil {
 		return nil, s.fail("list vms of deleted pools", err)
 	}
@@ -292,7 +301,7 @@ func (s *sqlStore) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error
 }
 
 func (s *sqlStore) ListExpiredVMs(ctx context.Context, at time.Time, limit int) ([]VM, error) {
-	vms, err := queryAll(ctx, s, scanVM, vmSelect+" WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at, id LIMIT ?",
+	vms, err := queryAll(ctx, s, scanVM, vmSelect+expiredVMsQuery,
 		s.ts(at), clampLimit(limit))
 	if err != nil {
 		return nil, s.fail("list expired vms", err)
