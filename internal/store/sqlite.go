@@ -126,13 +126,15 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 		return fail(err)
 	}
 
-	// mmap_size: pages are read through a shared mapping of the file
-	// rather than copied into each connection's 2 MB page cache. At 10,000
-	// VMs the rows no longer fit that cache, and a reconcile pass's reads
-	// (BenchmarkReconcileReads) took half again as long, most of it
-	// re-reading evicted pages. The mapping holds at most sqliteMmapSize;
-	// beyond it SQLite reads as before.
-	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)&_pragma=mmap_size(%d)", busyTimeout.Milliseconds(), sqliteMmapSize)
+	// No mmap_size: SQLite drops a reader's mapping of the file at the
+	// start of every read after a write, and mapping it again (munmap,
+	// mmap, a page fault per page touched) cost three times what reading
+	// the pages did: BenchmarkReadsUnderWrites, a write before each host's
+	// read, 330-357 ms a pass mapped against 116 ms read. Only a pass with
+	// no write in it was faster mapped (36 against 60 ms,
+	// BenchmarkReconcileReads), and a fleet's heartbeats alone write
+	// several times a second.
+	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", busyTimeout.Milliseconds())
 	// WAL lets readers run beside the writer; synchronous=NORMAL is the WAL
 	// setting that survives crashes of the process (a power loss may roll
 	// back the last commits, never corrupt). BEGIN IMMEDIATE takes the write
@@ -188,6 +190,3 @@ func openSQLite(ctx context.Context, path string, o options) (*sqlStore, error) 
 		defaultQuota: o.defaultQuota,
 	}, nil
 }
-
-// sqliteMmapSize bounds the mapping SQLite reads the database through.
-const sqliteMmapSize = 256 << 20
