@@ -26,13 +26,27 @@ func TestRebind(t *testing.T) {
 	}
 }
 
-func TestVMUpdateStatementMatchesColumns(t *testing.T) {
-	// vmUpdate's arguments are sliced out of vmValues by position.
-	if got, want := strings.Count(vmUpdate, "?"), len(vmColumns)-2+2; got != want {
-		t.Fatalf("vmUpdate has %d placeholders; want %d", got, want)
+// An update writes the columns that changed, then generation and
+// updated_at, guarded by the generation it read: SQLite rewrites the
+// entries of every index on a column in the SET list.
+func TestVMUpdateWritesChangedColumns(t *testing.T) {
+	s := &sqlStore{d: sqliteDialect{}}
+	now := time.Now()
+	cur := VM{ID: "v", Name: "a", Project: "p", State: VMRequested, HostID: "h", Generation: 3, CreatedAt: now, UpdatedAt: now}
+	next := cur
+	next.State, next.LastError, next.BootedAt = VMRunning, "", &now
+	next.Generation, next.UpdatedAt = 4, now.Add(time.Second)
+	was, _ := s.vmValues(&cur)
+	vals, _ := s.vmValues(&next)
+	q, args := vmUpdate(was, vals, cur.ID, cur.Generation)
+	if want := "UPDATE vm SET state = ?, booted_at = ?, generation = ?, updated_at = ? WHERE id = ? AND generation = ?"; q != want {
+		t.Fatalf("vmUpdate = %s\nwant %s", q, want)
 	}
-	if !strings.HasPrefix(vmUpdate, "UPDATE vm SET name = ?") || !strings.Contains(vmUpdate, "generation = ?, updated_at = ? WHERE id = ? AND generation = ?") {
-		t.Fatalf("vmUpdate = %s", vmUpdate)
+	if len(args) != 6 || args[0] != "running" || args[2] != int64(4) || args[4] != "v" || args[5] != int64(3) {
+		t.Fatalf("arguments %v", args)
+	}
+	if q, args := vmUpdate(was, was, cur.ID, cur.Generation); strings.Count(q, "?") != len(args) || len(args) != 4 {
+		t.Fatalf("an update of nothing but its generation: %s %v", q, args)
 	}
 }
 

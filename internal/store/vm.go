@@ -29,11 +29,30 @@ var vmColumns = []string{
 var (
 	vmSelect = "SELECT " + strings.Join(vmColumns, ", ") + " FROM vm"
 	vmInsert = "INSERT INTO vm (" + strings.Join(vmColumns, ", ") + ") VALUES (" + placeholders(len(vmColumns)) + ")"
-	// vmUpdate writes every column but id and created_at, guarded by the
-	// generation the caller read: the optimistic-concurrency check.
-	vmUpdate = "UPDATE vm SET " + strings.Join(vmColumns[1:len(vmColumns)-2], " = ?, ") + " = ?, updated_at = ?" +
-		" WHERE id = ? AND generation = ?"
 )
+
+// vmUpdate is the UPDATE of an update from cur to next: the columns that
+// changed (SQLite rewrites the entries of every index on a column in the
+// SET list, changed or not: a state write rewrote all nine), then
+// generation and updated_at, guarded by the generation cur has (the
+// optimistic-concurrency check). It returns the statement and its
+// arguments.
+func vmUpdate(cur, next []any, id string, generation int64) (string, []any) {
+	var q strings.Builder
+	q.WriteString("UPDATE vm SET ")
+	args := make([]any, 0, 8)
+	last := len(vmColumns) - 3 // generation, created_at, updated_at
+	for i := 1; i < last; i++ {
+		if reflect.DeepEqual(cur[i], next[i]) {
+			continue
+		}
+		q.WriteString(vmColumns[i])
+		q.WriteString(" = ?, ")
+		args = append(args, next[i])
+	}
+	q.WriteString("generation = ?, updated_at = ? WHERE id = ? AND generation = ?")
+	return q.String(), append(args, next[last], next[len(next)-1], id, generation)
+}
 
 func (s *sqlStore) vmValues(vm *VM) ([]any, error) {
 	spec, err := rawArg("spec", vm.Spec, "{}")
@@ -364,12 +383,12 @@ func (s *sqlStore) updateVM(ctx context.Context, id string, known *VM, mutate fu
 		if err != nil {
 			return VM{}, s.fail(op, err)
 		}
-		// vmValues follows vmColumns: SET takes all but id, created_at and
-		// updated_at, then updated_at, then the WHERE arguments.
-		args := make([]any, 0, len(vals)+1)
-		args = append(args, vals[1:len(vals)-2]...)
-		args = append(args, vals[len(vals)-1], cur.ID, cur.Generation)
-		res, err := s.exec(ctx, vmUpdate, args...)
+		was, err := s.vmValues(&cur)
+		if err != nil {
+			return VM{}, s.fail(op, err)
+		}
+		q, args := vmUpdate(was, vals, cur.ID, cur.Generation)
+		res, err := s.exec(ctx, q, args...)
 		if err != nil {
 			return VM{}, s.fail(op, err)
 		}
