@@ -303,9 +303,6 @@ func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
 	f.mu.Lock()
 	f.sent = append(f.sent, req.Method+" "+req.URL.Path)
 	f.mu.Unlock()
-	if strings.HasSuffix(req.URL.Path, "/proxy-batch") {
-		return f.batch(req)
-	}
 	var body []byte
 	if req.Body != nil {
 		b, err := io.ReadAll(req.Body)
@@ -316,19 +313,20 @@ func (f *faults) RoundTrip(req *http.Request) (*http.Response, error) {
 		body = b
 		req.Body = io.NopCloser(bytes.NewReader(b))
 	}
+	if strings.HasSuffix(req.URL.Path, "/proxy-batch") {
+		return f.carried(req, body)
+	}
 	if hit := f.matchBody(req.Method, req.URL.Path, body); hit != nil {
 		return hit.answer(req)
 	}
 	if strings.HasSuffix(req.URL.Path, "/spawn") {
-		return f.spawn(req)
+		return f.carried(req, body)
 	}
 	return f.base.RoundTrip(req)
 }
 
-// match finds the fault a call to path triggers, counting the call.
-func (f *faults) match(method, path string) *fault { return f.matchBody(method, path, nil) }
-
-// matchBody is match for a call with a body.
+// matchBody finds the fault a call to path with body triggers, counting
+// the call.
 func (f *faults) matchBody(method, path string, body []byte) *fault {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -360,122 +358,82 @@ func jsonResponse(req *http.Request, status int, body string) *http.Response {
 	}
 }
 
-// batch injects a fault into a proxy batch as if the agent had relayed
-// the calls before the faulty one (it does relay them, to the real agent)
-// and firecracker had answered the faulty one with the fault.
-func (f *faults) batch(req *http.Request) (*http.Response, error) {
-	raw, err := io.ReadAll(req.Body)
-	req.Body.Close()
-	if err != nil {
+// carried injects a fault into the firecracker calls a request carries
+// (a proxy batch's, a spawn's) as if the agent had relayed the calls
+// before the faulty one (it does: the request goes to the real agent with
+// those calls only) and firecracker had answered the faulty one with the
+// fault. An unreachable fault loses the connection: before anything was
+// done for a batch, after the spawn and the calls before the fault for a
+// spawn.
+func (f *faults) carried(req *http.Request, raw []byte) (*http.Response, error) {
+	var doc map[string]json.RawMessage
+	var calls []firecracker.Call
+	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, err
 	}
-	var br agentapi.BatchRequest
-	if err := json.Unmarshal(raw, &br); err != nil {
-		return nil, err
+	if c, ok := doc["calls"]; ok {
+		if err := json.Unmarshal(c, &calls); err != nil {
+			return nil, err
+		}
 	}
 	k, hit := -1, (*fault)(nil)
-	for i, c := range br.Calls {
+	for i, c := range calls {
 		if hit = f.matchBody(c.Method, "/proxy"+c.Path, c.Body); hit != nil {
 			k = i
 			break
 		}
 	}
+	spawn := strings.HasSuffix(req.URL.Path, "/spawn")
 	send := func(calls []firecracker.Call) (*http.Response, error) {
-		b, _ := json.Marshal(agentapi.BatchRequest{Calls: calls})
+		if len(calls) == 0 {
+			delete(doc, "calls")
+		} else {
+			doc["calls"], _ = json.Marshal(calls)
+		}
+		b, _ := json.Marshal(doc)
 		out := req.Clone(req.Context())
 		out.Body = io.NopCloser(bytes.NewReader(b))
 		out.ContentLength = int64(len(b))
 		return f.base.RoundTrip(out)
 	}
 	if hit == nil {
-		resp, err := send(br.Calls)
+		resp, err := send(calls)
 		f.mu.Lock()
 		after := f.afterBatch
 		f.mu.Unlock()
-		if err == nil && after != nil {
+		if err == nil && after != nil && len(calls) > 0 {
 			after()
 		}
 		return resp, err
 	}
-	if hit.status == 0 {
+	if hit.status == 0 && !spawn {
 		return nil, errors.New("injected: connection refused")
 	}
-	var got agentapi.BatchResponse
-	if k > 0 {
-		resp, err := send(br.Calls[:k])
+	got := map[string]json.RawMessage{}
+	var results []firecracker.CallResult
+	if k > 0 || spawn {
+		resp, err := send(calls[:k])
 		if err != nil {
 			return nil, err
 		}
 		defer resp.Body.Close()
-		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		if hit.status == 0 {
+			return nil, errors.New("injected: connection lost")
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &got); err != nil {
 			return nil, err
 		}
-		if len(got.Results) < k {
-			b, _ := json.Marshal(got)
-			return jsonResponse(req, 200, string(b)), nil // the real agent stopped earlier
+		if r, ok := got["results"]; ok {
+			if err := json.Unmarshal(r, &results); err != nil {
+				return nil, err
+			}
+		}
+		if resp.StatusCode != http.StatusOK || len(results) < k {
+			return jsonResponse(req, resp.StatusCode, string(b)), nil // the real agent stopped earlier
 		}
 	}
-	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
-	b, _ := json.Marshal(got)
-	return jsonResponse(req, 200, string(b)), nil
-}
-
-// spawn injects a fault into the calls a spawn carries, as batch does
-// into a batch's: the agent spawns and relays the calls before the faulty
-// one, and the faulty one is answered with the fault (an unreachable
-// fault: the connection is lost after the agent did so).
-func (f *faults) spawn(req *http.Request) (*http.Response, error) {
-	raw, err := io.ReadAll(req.Body)
-	req.Body.Close()
-	if err != nil {
-		return nil, err
-	}
-	var sr agentapi.SpawnRequest
-	if err := json.Unmarshal(raw, &sr); err != nil {
-		return nil, err
-	}
-	k, hit := -1, (*fault)(nil)
-	for i, c := range sr.Calls {
-		if hit = f.matchBody(c.Method, "/proxy"+c.Path, c.Body); hit != nil {
-			k = i
-			break
-		}
-	}
-	send := func(sr agentapi.SpawnRequest) (*http.Response, error) {
-		b, _ := json.Marshal(sr)
-		out := req.Clone(req.Context())
-		out.Body = io.NopCloser(bytes.NewReader(b))
-		out.ContentLength = int64(len(b))
-		return f.base.RoundTrip(out)
-	}
-	if hit == nil {
-		resp, err := send(sr)
-		f.mu.Lock()
-		after := f.afterBatch
-		f.mu.Unlock()
-		if err == nil && after != nil && len(sr.Calls) > 0 {
-			after()
-		}
-		return resp, err
-	}
-	sr.Calls = sr.Calls[:k]
-	resp, err := send(sr)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if hit.status == 0 {
-		return nil, errors.New("injected: connection lost")
-	}
-	var got agentapi.SpawnResponse
-	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK || len(got.Results) < k {
-		b, _ := json.Marshal(got)
-		return jsonResponse(req, resp.StatusCode, string(b)), nil // the real agent stopped earlier
-	}
-	got.Results = append(got.Results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)})
+	got["results"], _ = json.Marshal(append(results, firecracker.CallResult{Status: hit.status, Body: json.RawMessage(hit.body)}))
 	b, _ := json.Marshal(got)
 	return jsonResponse(req, 200, string(b)), nil
 }

@@ -144,24 +144,10 @@ func BenchmarkCreateVMWithinQuota(b *testing.B) {
 //	go test -run '^$' -bench ReconcileReads -benchtime 20x ./internal/store/
 func BenchmarkReconcileReads(b *testing.B) {
 	const hosts, perHost = 100, 100
-	pad := strings.Repeat("x", 1200)
 	for _, eng := range engines {
 		b.Run(eng.name, func(b *testing.B) {
 			s := openStore(b, eng.fresh(b))
-			for i := range hosts * perHost {
-				vm := newVM(fmt.Sprintf("vm-%05d", i))
-				vm.HostID = fmt.Sprintf("host-%03d", i%hosts)
-				vm.BootArgs = "console=ttyS0 " + pad
-				created, err := s.CreateVM(ctx, vm)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for e := range 3 {
-					if _, err := s.AddEvent(ctx, store.VMEvent{VMID: created.ID, Level: store.LevelInfo, Message: fmt.Sprintf("event %d: %s", e, pad[:200])}); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
+			seedFleet(b, s, hosts, perHost, 3)
 			lat := make([]time.Duration, 0, b.N)
 			for b.Loop() {
 				start := time.Now()
@@ -187,21 +173,10 @@ func BenchmarkReconcileReads(b *testing.B) {
 //	go test -run '^$' -bench ReadsUnderWrites -benchtime 20x ./internal/store/
 func BenchmarkReadsUnderWrites(b *testing.B) {
 	const hosts, perHost = 100, 100
-	pad := strings.Repeat("x", 1200)
 	for _, eng := range engines {
 		b.Run(eng.name, func(b *testing.B) {
 			s := openStore(b, eng.fresh(b))
-			ids := make([]string, 0, hosts*perHost)
-			for i := range hosts * perHost {
-				vm := newVM(fmt.Sprintf("vm-%05d", i))
-				vm.HostID = fmt.Sprintf("host-%03d", i%hosts)
-				vm.BootArgs = "console=ttyS0 " + pad
-				created, err := s.CreateVM(ctx, vm)
-				if err != nil {
-					b.Fatal(err)
-				}
-				ids = append(ids, created.ID)
-			}
+			ids := seedFleet(b, s, hosts, perHost, 0)
 			lat := make([]time.Duration, 0, b.N)
 			n := 0
 			cpu0 := processCPU()
@@ -233,4 +208,28 @@ func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// seedFleet stores hosts × perHost VMs of about 1.5 KB, as the fleet's
+// are, placed round-robin on host-000 …, with events each, and returns
+// their ids.
+func seedFleet(b *testing.B, s store.Store, hosts, perHost, events int) []string {
+	pad := strings.Repeat("x", 1200)
+	ids := make([]string, 0, hosts*perHost)
+	for i := range hosts * perHost {
+		vm := newVM(fmt.Sprintf("vm-%05d", i))
+		vm.HostID = fmt.Sprintf("host-%03d", i%hosts)
+		vm.BootArgs = "console=ttyS0 " + pad
+		created, err := s.CreateVM(ctx, vm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for e := range events {
+			if _, err := s.AddEvent(ctx, store.VMEvent{VMID: created.ID, Level: store.LevelInfo, Message: fmt.Sprintf("event %d: %s", e, pad[:200])}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ids = append(ids, created.ID)
+	}
+	return ids
 }
