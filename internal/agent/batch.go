@@ -42,7 +42,7 @@ func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
 // that is not absolute) before anything is done.
 func checkCalls(calls []firecracker.Call) error {
 	if len(calls) > maxBatchCalls {
-		return apierr.BadRequest("a batch has 1 to %d calls, not %d", maxBatchCalls, len(calls))
+		return apierr.BadRequest("%d calls: one request carries at most %d", len(calls), maxBatchCalls)
 	}
 	for _, c := range calls {
 		if c.Path == "" || c.Path[0] != '/' {

@@ -342,9 +342,9 @@ func (r *hostRun) send(ctx context.Context, calls []firecracker.Call) ([]firecra
 	return res.Results, err
 }
 
-// noteAnswer keeps when the host's answer to calls came and how long its
-// last call took: a boot's start, the last call, began no later than
-// that long before the answer (lastCallAt).
+// noteAnswer keeps when the last of the calls the host answered began, at
+// the latest: the answer's arrival less that call's own time. A boot's
+// start is its last call (answeredAt).
 func (r *hostRun) noteAnswer(res []firecracker.CallResult) {
 	if len(res) > 0 {
 		r.answeredAt = r.c.now().Add(-time.Duration(res[len(res)-1].Ms * float64(time.Millisecond)))
@@ -442,10 +442,12 @@ func (r *hostRun) spawn(ctx context.Context, withTap, keepMAC bool, calls []fire
 		break
 	}
 	if err == nil && req.Tap {
-		if r.spawned.Tap == nil {
-			err = fmt.Errorf("the agent made no TAP for the VM")
-		} else {
+		if r.spawned.Tap != nil {
 			r.tap = *r.spawned.Tap
+		} else {
+			// An agent that ignored the field (SpawnRequest.Tap): the TAP
+			// takes its own call.
+			r.tap, err = r.ag.Tap(ctx, r.vm.ID, agentapi.TapRequest{})
 		}
 	}
 	if err != nil {
