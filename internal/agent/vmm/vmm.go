@@ -198,19 +198,17 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		return h, true, nil
 	}
 	l := s.cfg.Layout
-	if err := os.MkdirAll(l.VMDir(vmID), 0o750); err != nil {
+	// The run dir (which the drives, prepared before, may have made) and
+	// its sock dir; then the logs dir, which only a spawn makes: a first
+	// spawn makes it, and nothing of an earlier VMM can be there.
+	if err := os.MkdirAll(l.SockDir(vmID), 0o750); err != nil {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 	}
-	// A first spawn makes the VM's logs dir (the drives, prepared before,
-	// may have made the run dir): nothing of an earlier VMM can be there.
-	var fresh bool
-	for _, d := range []string{l.SockDir(vmID), l.LogsDir(vmID)} {
-		err := os.Mkdir(d, 0o750)
-		if err != nil && !errors.Is(err, fs.ErrExist) {
-			return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
-		}
-		fresh = err == nil // the logs dir's
+	err := os.Mkdir(l.LogsDir(vmID), 0o750)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return Handle{}, false, fmt.Errorf("spawn vm %s: %w", vmID, err)
 	}
+	fresh := err == nil
 	sock := l.SockPath(vmID)
 	if len(sock) > MaxSocketPath {
 		return Handle{}, false, fmt.Errorf("spawn vm %s: API socket path %s is %d bytes, unix sockets allow %d: use a shorter FC_RUN_DIR", vmID, sock, len(sock), MaxSocketPath)
