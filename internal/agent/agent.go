@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -381,6 +382,11 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 	} else {
 		close(tapDone)
 	}
+	var vc *vmmConn // the calls' connection, from the socket wait
+	defer func() { vc.close() }()
+	if len(req.Calls) > 0 {
+		opts.OnSocket = func(c net.Conn) { vc = newVMMConn(c) }
+	}
 	h, already, err := a.sup.Spawn(r.Context(), id, opts)
 	<-tapDone
 	if err != nil {
@@ -419,7 +425,7 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		resp.Tap = &tap
 	}
 	if len(req.Calls) > 0 {
-		resp.Results = a.runCalls(r, id, req.Calls)
+		resp.Results = a.runCalls(r, id, req.Calls, vc)
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

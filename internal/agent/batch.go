@@ -35,7 +35,7 @@ func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, agentapi.BatchResponse{Results: a.runCalls(r, id, req.Calls)})
+	writeJSON(w, http.StatusOK, agentapi.BatchResponse{Results: a.runCalls(r, id, req.Calls, nil)})
 }
 
 // checkCalls refuses a list of calls that cannot be run (too many, a path
@@ -57,8 +57,9 @@ func checkCalls(calls []firecracker.Call) error {
 
 // runCalls relays checked calls for VM id, in order, each through the
 // proxy as if it had come on its own, and stops after the first that is
-// not answered with a 2xx.
-func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call) []firecracker.CallResult {
+// not answered with a 2xx. With vc they go over that connection while it
+// lasts (relayOn), otherwise through the proxy's transport.
+func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call, vc *vmmConn) []firecracker.CallResult {
 	out := make([]firecracker.CallResult, 0, len(calls))
 	for _, c := range calls {
 		sub, err := http.NewRequestWithContext(r.Context(), c.Method, agentapi.Prefix+"/vms/"+id+"/proxy"+c.Path, bytes.NewReader(c.Body))
@@ -72,7 +73,7 @@ func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call) [
 		}
 		rec := httptest.NewRecorder()
 		start := time.Now()
-		a.proxy.serve(rec, sub, id)
+		a.relay(rec, sub, id, vc)
 		res := firecracker.CallResult{Status: rec.Code, Ms: float64(time.Since(start).Microseconds()) / 1000}
 		if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
 			res.Body = b
@@ -83,4 +84,21 @@ func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call) [
 		}
 	}
 	return out
+}
+
+// relay answers one call for VM id as the proxy does, over vc when it can.
+func (a *Agent) relay(w http.ResponseWriter, r *http.Request, id string, vc *vmmConn) {
+	if vc == nil {
+		a.proxy.serve(w, r, id)
+		return
+	}
+	out, cancel, err := a.proxy.prepare(r, id)
+	if err != nil {
+		refuse(w, r, err)
+		return
+	}
+	defer cancel()
+	if !a.proxy.relayOn(vc, w, out) {
+		a.proxy.rp.ServeHTTP(w, out)
+	}
 }

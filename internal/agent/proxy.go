@@ -134,44 +134,55 @@ func (p *proxy) key(sock string) string {
 }
 
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
-	fail := func(err error) {
-		e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
-		httpmw.SetErrorCode(r.Context(), e.Code)
+	out, cancel, err := p.prepare(r, id)
+	if err != nil {
+		refuse(w, r, err)
+		return
 	}
+	defer cancel()
+	p.rp.ServeHTTP(w, out)
+}
+
+// refuse answers a call the proxy does not relay.
+func refuse(w http.ResponseWriter, r *http.Request, err error) {
+	e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
+	httpmw.SetErrorCode(r.Context(), e.Code)
+}
+
+// prepare checks a call for VM id (allow-list, canonical path, socket,
+// body) and makes what a jailed VMM needs of it. It returns the request
+// to send to firecracker, whose context carries the call's deadline (cancel
+// releases it), or why the call is refused.
+func (p *proxy) prepare(r *http.Request, id string) (*http.Request, context.CancelFunc, error) {
+	fail := func(err error) (*http.Request, context.CancelFunc, error) { return nil, nil, err }
 	fcPath := "/"
 	if i := strings.Index(r.URL.Path, "/proxy/"); i >= 0 {
 		fcPath = r.URL.Path[i+len("/proxy"):]
 	}
 	if path.Clean(fcPath) != fcPath && fcPath != "/" {
-		fail(apierr.Forbidden("firecracker path %q is not in canonical form", fcPath))
-		return
+		return fail(apierr.Forbidden("firecracker path %q is not in canonical form", fcPath))
 	}
 	ep, pathID, ok := firecracker.Lookup(r.Method, fcPath)
 	if !ok {
-		fail(apierr.Newf(http.StatusForbidden, "endpoint_not_allowed", "%s %s is not a firecracker endpoint the agent relays", r.Method, fcPath))
-		return
+		return fail(apierr.Newf(http.StatusForbidden, "endpoint_not_allowed", "%s %s is not a firecracker endpoint the agent relays", r.Method, fcPath))
 	}
 	sock, err := p.socket(id, r.URL.Query().Get("sock"))
 	if err != nil {
-		fail(err)
-		return
+		return fail(err)
 	}
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
 		body, err = io.ReadAll(io.LimitReader(r.Body, maxProxyBody+1))
 		if err != nil {
-			fail(apierr.BadRequest("read body: %v", err))
-			return
+			return fail(apierr.BadRequest("read body: %v", err))
 		}
 		if len(body) > maxProxyBody {
-			fail(apierr.Newf(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", maxProxyBody))
-			return
+			return fail(apierr.Newf(http.StatusRequestEntityTooLarge, "too_large", "body larger than %d bytes", maxProxyBody))
 		}
 	}
 	files, err := p.checkBody(id, ep, pathID, body)
 	if err != nil {
-		fail(err)
-		return
+		return fail(err)
 	}
 	// A jailed VMM sees only its chroot: the files the body names are
 	// linked in at the same paths, and sockets it makes are linked out
@@ -179,8 +190,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 	var after []func() error
 	if jl := p.jailOf(id); jl != nil && len(files) > 0 {
 		if after, err = p.expose(r.Context(), id, jl, files); err != nil {
-			fail(err)
-			return
+			return fail(err)
 		}
 	}
 
@@ -189,7 +199,6 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 		timeout = min(time.Duration(ms)*time.Millisecond, maxProxyTimeout)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
-	defer cancel()
 	ctx = context.WithValue(ctx, ctxSockKey{}, sock)
 	if len(after) > 0 {
 		ctx = context.WithValue(ctx, ctxAfterKey{}, after)
@@ -203,11 +212,14 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 	out.URL.RawQuery = "" // ?sock= is ours, not firecracker's
 	out.Host = "localhost"
 	out.RequestURI = ""
-	out.Body = io.NopCloser(bytes.NewReader(body))
-	out.ContentLength = int64(len(body))
-	if len(body) == 0 {
-		out.Body = http.NoBody
+	out.GetBody = func() (io.ReadCloser, error) {
+		if len(body) == 0 {
+			return http.NoBody, nil
+		}
+		return io.NopCloser(bytes.NewReader(body)), nil
 	}
+	out.Body, _ = out.GetBody()
+	out.ContentLength = int64(len(body))
 	// Only what firecracker needs goes through; our credentials never do.
 	hdr := http.Header{}
 	for _, k := range []string{"Content-Type", "Accept"} {
@@ -216,7 +228,7 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
 		}
 	}
 	out.Header = hdr
-	p.rp.ServeHTTP(w, out)
+	return out, cancel, nil
 }
 
 // socket resolves the socket to relay to: the VM's own by default, or
@@ -260,7 +272,7 @@ func within(dir, p string) bool {
 func (p *proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	var e *apierr.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		e = apierr.Newf(http.StatusGatewayTimeout, "upstream_timeout", "firecracker did not answer %s %s in time", r.Method, r.URL.Path).
 			WithSuggestion("the VMM may be hung or busy; retry with a longer " + HeaderTimeout + " or restart the VM")
 	case errors.Is(err, context.Canceled):

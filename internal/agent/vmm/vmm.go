@@ -175,6 +175,10 @@ type SpawnOptions struct {
 	// NetNS, when set, is a mounted network namespace the VMM is started
 	// in (isolated network mode): its TAP lives there.
 	NetNS string
+	// OnSocket, when set, is given the connection that found the new
+	// VMM's API socket up, instead of its being closed; it is then the
+	// callee's to close. A VMM that was already running gives none.
+	OnSocket func(net.Conn)
 }
 
 // Spawn starts the VMM for vmID and waits until its API socket accepts
@@ -386,12 +390,20 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		}
 		written <- err
 	}(p.h)
-	waitErr := s.waitSocket(ctx, p, watch)
+	conn, waitErr := s.waitSocket(ctx, p, watch)
 	if err := <-written; err != nil {
+		if conn != nil {
+			conn.Close()
+		}
 		return fail(err)
 	}
 	if waitErr != nil {
 		return fail(waitErr)
+	}
+	if opts.OnSocket != nil {
+		opts.OnSocket(conn)
+	} else {
+		conn.Close()
 	}
 	if info != nil {
 		s.log.Info("vmm started", "vm_id", vmID, "pid", pid, "sock", sock, "uid", info.UID, "chroot", info.Root)
@@ -480,11 +492,11 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 // the VMM died before binding its socket.
 const watchWake = 5 * time.Millisecond
 
-// waitSocket waits until the socket accepts a connection, the process
-// exits, or the deadline passes. With watch it sleeps until the socket
-// appears; without (a jailed VMM binds inside its chroot), and between
-// its bind and its listen, it polls.
-func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) error {
+// waitSocket waits until the socket accepts a connection, which it
+// returns, the process exits, or the deadline passes. With watch it sleeps
+// until the socket appears; without (a jailed VMM binds inside its
+// chroot), and between its bind and its listen, it polls.
+func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
 	// Polls every 200 µs while a VMM usually gets ready (a few ms), then
@@ -500,29 +512,28 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 	if p.h.Jail != nil {
 		rel, err := jail.Rel(p.h.APISock, s.jailExecName())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		jailSock = rel
 	}
 	for {
 		if jailSock != "" && p.h.Jail.Dir().Exists(jailSock) {
 			if err := p.h.Jail.Dir().LinkOut(jailSock, p.h.APISock); err != nil {
-				return err
+				return nil, err
 			}
 			jailSock = ""
 		}
 		if jailSock == "" {
 			if c, err := net.DialTimeout("unix", p.h.APISock, time.Second); err == nil {
-				c.Close()
-				return nil
+				return c, nil
 			}
 		}
 		if s.reap(p) {
-			return fmt.Errorf("vmm exited before its API socket was ready (%s): %s",
+			return nil, fmt.Errorf("vmm exited before its API socket was ready (%s): %s",
 				p.status, lastLines(s.cfg.Layout.ConsolePath(p.h.VMID), 3))
 		}
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, err)
+			return nil, fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, err)
 		}
 		if watch != nil && !bound {
 			// Sleep until the VMM creates its socket; wake now and then
@@ -533,7 +544,7 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 		// Bound but not yet listening (or no watch): poll.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
+			return nil, fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
 		case <-time.After(delay):
 		}
 		if delay < 2*time.Millisecond && time.Since(begin) > fast {
