@@ -101,6 +101,7 @@ func (c *stmtCache) get(ctx context.Context, q string) *sql.Stmt {
 // txQuery, txQueryRow and txExec run q in tx (a transaction of the write
 // pool, see inTx) with its cached statement when there is one.
 func (s *sqlStore) txQuery(ctx context.Context, tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
+	ctx = s.stmtCtx(ctx)
 	q = s.d.rebind(q)
 	if st := s.wStmts.cached(q); st != nil {
 		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
@@ -109,6 +110,7 @@ func (s *sqlStore) txQuery(ctx context.Context, tx *sql.Tx, q string, args ...an
 }
 
 func (s *sqlStore) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) *sql.Row {
+	ctx = s.stmtCtx(ctx)
 	q = s.d.rebind(q)
 	if st := s.wStmts.cached(q); st != nil {
 		return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
@@ -117,6 +119,7 @@ func (s *sqlStore) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ..
 }
 
 func (s *sqlStore) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	ctx = s.stmtCtx(ctx)
 	q = s.d.rebind(q)
 	if st := s.wStmts.cached(q); st != nil {
 		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
