@@ -34,6 +34,20 @@ func newID(ctx context.Context) string {
 	return id
 }
 
+// afterKey carries, from the audit to the handler, a slot for the VM as
+// the call left it: the audit row's after-summary is then made from it
+// instead of a read of the row (a create's handler has the VM at hand).
+type afterKey struct{}
+
+type afterSlot struct{ vm *store.VM }
+
+// auditAfter hands the audit the VM as the call left it.
+func auditAfter(ctx context.Context, vm store.VM) {
+	if slot, ok := ctx.Value(afterKey{}).(*afterSlot); ok {
+		slot.vm = &vm
+	}
+}
+
 func mutating(pol policy, op *huma.Operation) bool {
 	return op.Method != http.MethodGet && op.Method != http.MethodHead && pol.NoAudit == ""
 }
@@ -88,6 +102,10 @@ func (s *Server) audited(ctx huma.Context, pol policy, actor string, next func(h
 		ctx = huma.WithValue(ctx, newIDKey{}, rid)
 	}
 	id := s.beginAudit(ctx, pol, actor, rid)
+	slot := &afterSlot{}
+	if pol.Resource == "vm" {
+		ctx = huma.WithValue(ctx, afterKey{}, slot)
+	}
 	next(ctx)
 	status := ctx.Status()
 	result := store.AuditSuccess
@@ -99,7 +117,13 @@ func (s *Server) audited(ctx huma.Context, pol policy, actor string, next func(h
 		result = store.AuditFailure
 		errText = http.StatusText(status)
 	}
-	s.completeAudit(ctx.Context(), id, result, s.summarize(ctx.Context(), pol.Resource, rid), errText)
+	var after json.RawMessage
+	if slot.vm != nil && slot.vm.ID == rid {
+		after = vmSummary(*slot.vm)
+	} else {
+		after = s.summarize(ctx.Context(), pol.Resource, rid)
+	}
+	s.completeAudit(ctx.Context(), id, result, after, errText)
 }
 
 func (s *Server) beginAudit(ctx huma.Context, pol policy, actor, resourceID string) int64 {
@@ -165,8 +189,7 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 		if err != nil {
 			return nil
 		}
-		v = map[string]any{"id": vm.ID, "name": vm.Name, "project": vm.Project, "state": vm.State,
-			"desired_state": vm.DesiredState, "host_id": vm.HostID}
+		return vmSummary(vm)
 	case "token":
 		t, err := s.tokens.GetToken(ctx, id)
 		if err != nil {
@@ -210,6 +233,13 @@ func (s *Server) summarize(ctx context.Context, resource, id string) json.RawMes
 		return nil
 	}
 	b, _ := json.Marshal(v)
+	return b
+}
+
+// vmSummary is a VM's audit summary.
+func vmSummary(vm store.VM) json.RawMessage {
+	b, _ := json.Marshal(map[string]any{"id": vm.ID, "name": vm.Name, "project": vm.Project, "state": vm.State,
+		"desired_state": vm.DesiredState, "host_id": vm.HostID})
 	return b
 }
 

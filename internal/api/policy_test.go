@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/auth"
 	"github.com/nexus-microvm/nexus/internal/manager"
 	"github.com/nexus-microvm/nexus/internal/store"
+	"github.com/nexus-microvm/nexus/pkg/apitypes"
 )
 
 // testServer is the real HTTP layer over a real SQLite store, without
@@ -262,4 +264,37 @@ func post(t *testing.T, ts *testServer, path, token, body string, out any) int {
 		}
 	}
 	return resp.StatusCode
+}
+
+// A create's audit row ends with the VM as the call left it (made from the
+// handler's VM, not read again): its id, name, project, host and states.
+func TestCreateAuditRowSummarisesTheVM(t *testing.T) {
+	ts := newTestServer(t)
+	ctx := context.Background()
+	h, err := ts.st.UpsertHost(ctx, store.HostRegistration{Name: "host-a", Addr: "http://127.0.0.1:1",
+		Capacity: store.Resources{VCPU: 8, MemMiB: 8192}, VMM: "1.12.0-sim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := ts.st.ListAudit(ctx, store.AuditFilter{Limit: 10000})
+	resp, raw := ts.raw(t, http.MethodPost, "/v1/vms", ts.tokens[auth.RoleAdmin], `{"name":"web-1","kernel_path":"/boot/vmlinux","start":false}`)
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		t.Fatalf("create: %d %s", resp.StatusCode, raw)
+	}
+	var vm apitypes.VM
+	if err := json.Unmarshal(raw, &vm); err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := ts.st.ListAudit(ctx, store.AuditFilter{AfterID: lastID(before), Limit: 10000})
+	if len(rows) != 1 || rows[0].Action != "vm.create" || rows[0].ResourceID != vm.ID || rows[0].Result != store.AuditSuccess {
+		t.Fatalf("audit rows %+v; want one successful vm.create of %s", rows, vm.ID)
+	}
+	var after map[string]any
+	if err := json.Unmarshal(rows[0].After, &after); err != nil {
+		t.Fatalf("after summary %q: %v", rows[0].After, err)
+	}
+	want := map[string]any{"id": vm.ID, "name": "web-1", "project": "default", "state": "stopped", "desired_state": "stopped", "host_id": h.ID}
+	if !reflect.DeepEqual(after, want) {
+		t.Fatalf("after summary %v; want %v", after, want)
+	}
 }

@@ -72,6 +72,7 @@ func (s *Server) createVM(ctx context.Context, in *createVMInput) (*vmOutput, er
 	if err != nil {
 		return nil, err
 	}
+	auditAfter(ctx, vm)
 	v := s.vms.View(vm)
 	return &vmOutput{Location: "/v1/vms/" + v.ID, Body: apitypes.VMCreated{VM: v, Item: v}}, nil
 }
