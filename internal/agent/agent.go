@@ -369,18 +369,18 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		}
 	}
-	// The TAP is made while the VMM starts: firecracker opens it only when
-	// its network interface is configured, after the socket is up.
+	// The TAP is made while the VMM starts (OnStart): firecracker opens it
+	// only when its network interface is configured, after the socket is
+	// up. A VMM already running has its TAP ensured after.
 	var tap agentapi.TapResponse
 	var tapErr error
-	tapDone := make(chan struct{})
+	tapMade := false
+	makeTap := func() {
+		tap, tapErr = a.ensureTap(r.Context(), id, agentapi.TapRequest{})
+		tapMade = true
+	}
 	if req.Tap {
-		go func() {
-			defer close(tapDone)
-			tap, tapErr = a.ensureTap(r.Context(), id, agentapi.TapRequest{})
-		}()
-	} else {
-		close(tapDone)
+		opts.OnStart = makeTap
 	}
 	var vc *vmmConn // the calls' connection, from the socket wait
 	defer func() { vc.close() }()
@@ -388,9 +388,11 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		opts.OnSocket = func(c net.Conn) { vc = newVMMConn(c) }
 	}
 	h, already, err := a.sup.Spawn(r.Context(), id, opts)
-	<-tapDone
+	if err == nil && req.Tap && !tapMade {
+		makeTap()
+	}
 	if err != nil {
-		if req.Tap && tapErr == nil {
+		if tapMade && tapErr == nil {
 			_ = a.net.DeleteTap(context.WithoutCancel(r.Context()), tap.Tap)
 		}
 		a.fail(w, r, apierr.Newf(http.StatusInternalServerError, "spawn_failed", "%v", err).

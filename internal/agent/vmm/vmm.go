@@ -175,6 +175,10 @@ type SpawnOptions struct {
 	// NetNS, when set, is a mounted network namespace the VMM is started
 	// in (isolated network mode): its TAP lives there.
 	NetNS string
+	// OnStart, when set, is called once the new VMM's process has started,
+	// before the wait for its socket: work that needs no socket (its TAP)
+	// is done while the VMM gets ready. A VMM already running gets none.
+	OnStart func()
 	// OnSocket, when set, is given the connection that found the new
 	// VMM's API socket up, instead of its being closed; it is then the
 	// callee's to close. A VMM that was already running gives none.
@@ -376,29 +380,24 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 			p.h.Scope = unit
 		}
 	}
-	// The handle (an agent that dies during the wait must leave a VMM it
-	// can find and stop again; until it is written, the socket and /proc
-	// lead adopt to it) and the VMM's files are written while the VMM
-	// starts: a file's creation costs 0.4-0.8 ms of CPU on a large ext4
-	// with much churn (the inode allocator skips recently deleted inodes),
-	// time the VMM spends getting ready anyway.
-	written := make(chan error, 1)
-	go func(h Handle) {
-		err := writeHandle(l.VMDir(vmID), h)
-		if err == nil && s.jail == nil {
-			err = prepareFiles()
-		}
-		written <- err
-	}(p.h)
-	conn, waitErr := s.waitSocket(ctx, p, watch)
-	if err := <-written; err != nil {
-		if conn != nil {
-			conn.Close()
-		}
+	// The handle comes before the wait: an agent that dies during it must
+	// leave a VMM it can find and stop again. It, the VMM's files and the
+	// caller's OnStart are done while the VMM gets ready, in this
+	// goroutine: a hand-off to another would cost a wake-up.
+	if err := writeHandle(l.VMDir(vmID), p.h); err != nil {
 		return fail(err)
 	}
-	if waitErr != nil {
-		return fail(waitErr)
+	if s.jail == nil {
+		if err := prepareFiles(); err != nil {
+			return fail(err)
+		}
+	}
+	if opts.OnStart != nil {
+		opts.OnStart()
+	}
+	conn, err := s.waitSocket(ctx, p, watch)
+	if err != nil {
+		return fail(err)
 	}
 	if opts.OnSocket != nil {
 		opts.OnSocket(conn)
