@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/agent/vmm"
 	"github.com/nexus-microvm/nexus/internal/agentapi"
 	"github.com/nexus-microvm/nexus/internal/apierr"
+	"github.com/nexus-microvm/nexus/internal/fcsim"
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
@@ -63,13 +65,25 @@ func newEnv(t testing.TB) *env { return newEnvJail(t, nil) }
 // newEnvJail is newEnv with VMMs confined by jc (nil: not jailed).
 func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 	t.Helper()
+	return newEnvTuned(t, jc, nil)
+}
+
+// newEnvTuned is newEnvJail with the supervisor's and the agent's
+// configuration changed by tune.
+func newEnvTuned(t testing.TB, jc *vmm.JailConfig, tune func(*vmm.Config, *Config)) *env {
+	t.Helper()
 	testutil.RequireRoot(t)
 	bin := simtest.Binary(t)
 	dir := t.TempDir()
 	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
 	log := slog.New(slog.DiscardHandler)
 	owner := fmt.Sprintf("agenttest%06d", rand.IntN(1_000_000))
-	sup, err := vmm.New(vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner, Jail: jc})
+	vcfg := vmm.Config{Bin: bin, Layout: layout, Logger: log, Owner: owner, Jail: jc}
+	cfg := Config{Name: "test", Layout: layout, Token: testToken, StopGrace: 200 * time.Millisecond, DevMode: true}
+	if tune != nil {
+		tune(&vcfg, &cfg)
+	}
+	sup, err := vmm.New(vcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +92,7 @@ func newEnvJail(t testing.TB, jc *vmm.JailConfig) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Name: "test", Layout: layout, Token: testToken, StopGrace: 200 * time.Millisecond, DevMode: true}, sup, nw, log)
+	a, err := New(cfg, sup, nw, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -837,4 +851,86 @@ func TestSpawnWithTap(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// Spawns past MaxSpawns wait their turn: with one slot, a spawn sent while
+// another's VMM is still starting (its InstanceStart takes 400 ms) answers
+// after it; with two, before it; and with one slot behind a spawn that
+// takes longer than its turn (1.5 s), before it too. A caller that leaves
+// while waiting gets 499 and no VMM is started for it.
+func TestSpawnTurns(t *testing.T) {
+	for _, tc := range []struct {
+		slots int
+		delay string
+		want  string
+	}{{1, "400ms", "slow fast"}, {2, "400ms", "fast slow"}, {1, "1.5s", "fast slow"}} {
+		slots := tc.slots
+		t.Run(fmt.Sprintf("%d-%s", slots, tc.delay), func(t *testing.T) { // short: socket paths live below
+			e := newEnvTuned(t, nil, func(v *vmm.Config, c *Config) {
+				v.Env = append(v.Env, fcsim.StartDelayEnv+"="+tc.delay)
+				c.MaxSpawns = slots
+			})
+			ctx := context.Background()
+			slow, kernel, _ := e.newVM()
+			fast, _, _ := e.newVM()
+			body := func(v any) []byte { b, _ := json.Marshal(v); return b }
+			order := make(chan string, 2)
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				sp, err := e.client.Spawn(ctx, slow, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Calls: []firecracker.Call{
+					{Method: "PUT", Path: "/boot-source", Body: body(firecracker.BootSource{KernelImagePath: kernel})},
+					{Method: "PUT", Path: "/actions", Body: body(firecracker.InstanceActionInfo{ActionType: "InstanceStart"})},
+				}})
+				if err != nil || len(sp.Results) != 2 || sp.Results[1].Status != http.StatusNoContent {
+					t.Errorf("slow spawn = %+v, %v", sp, err)
+				}
+				order <- "slow"
+			})
+			// The slow spawn holds its slot once its VMM runs.
+			deadline := time.Now().Add(10 * time.Second)
+			for _, ok := e.sup.Get(slow); !ok; _, ok = e.sup.Get(slow) {
+				if time.Now().After(deadline) {
+					t.Fatal("the slow VMM never started")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			wg.Go(func() {
+				if _, err := e.client.Spawn(ctx, fast, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {
+					t.Errorf("fast spawn: %v", err)
+				}
+				order <- "fast"
+			})
+			wg.Wait()
+			if got := <-order + " " + <-order; got != tc.want {
+				t.Fatalf("answers in the order %q; want %q", got, tc.want)
+			}
+			if tc.want != "slow fast" {
+				return
+			}
+			// A third waits behind a slow one and leaves: 499, no VMM.
+			if err := e.client.Delete(ctx, slow); err != nil {
+				t.Fatal(err)
+			}
+			gone, _, _ := e.newVM()
+			wg.Go(func() {
+				_, _ = e.client.Spawn(ctx, slow, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Calls: []firecracker.Call{
+					{Method: "PUT", Path: "/boot-source", Body: body(firecracker.BootSource{KernelImagePath: kernel})},
+					{Method: "PUT", Path: "/actions", Body: body(firecracker.InstanceActionInfo{ActionType: "InstanceStart"})},
+				}})
+			})
+			for _, ok := e.sup.Get(slow); !ok; _, ok = e.sup.Get(slow) {
+				time.Sleep(time.Millisecond)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			_, err := e.client.Spawn(cctx, gone, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128})
+			cancel()
+			wg.Wait()
+			if err == nil {
+				t.Fatal("a spawn whose caller left while it waited succeeded")
+			}
+			if _, ok := e.sup.Get(gone); ok {
+				t.Fatal("a spawn whose caller left while it waited started a VMM")
+			}
+		})
+	}
 }

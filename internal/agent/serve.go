@@ -44,6 +44,7 @@ type Options struct {
 	Bin        string // FC_BIN
 	Mode       string // NEXUS_MODE: dev or prod
 	StopGrace  time.Duration
+	MaxSpawns  int // AGENT_MAX_SPAWNS: spawns at once (0: the CPU count, at least 2)
 	Version    string
 	// VMMEnv is passed to every VMM process (firecracker-sim's tuning knobs).
 	VMMEnv []string
@@ -129,6 +130,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	if o.Mode != "dev" && o.Mode != "prod" {
 		return nil, fmt.Errorf("agent: NEXUS_MODE must be dev or prod, not %q", o.Mode)
 	}
+	if o.MaxSpawns < 0 {
+		return nil, fmt.Errorf("agent: AGENT_MAX_SPAWNS (--max-spawns) must be 0 (the host's CPU count) or more, not %d", o.MaxSpawns)
+	}
 	if _, err := o.jailed(); err != nil {
 		return nil, err
 	}
@@ -189,7 +193,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	sup, nw, version, simulated := h.vmms, h.net, h.version, h.simulated
 
 	cfg := Config{
-		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace,
+		Name: o.Name, Layout: layout, Token: o.Token, StopGrace: o.StopGrace, MaxSpawns: o.MaxSpawns,
 		Version: o.Version, VMMVersion: version, Simulated: simulated, DevMode: o.Mode != "prod", ImagesDir: o.ImagesDir,
 		Owner: owner, Bridge: h.bridge, MetricsToken: o.MetricsToken,
 		Jail: h.jail, TLS: o.TLS.Enabled(), MutualTLS: o.TLS.Enabled() && o.TLS.CA != "",

@@ -195,3 +195,26 @@ func TestContexts(t *testing.T) {
 		t.Fatalf("current after removing it: exit %d", code)
 	}
 }
+
+// A bad spawn bound is refused before the agent starts anything: from the
+// environment as a usage of it, from the flag by the agent, both naming
+// the setting.
+func TestAgentRefusesABadSpawnBound(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+	}{
+		{map[string]string{"AGENT_MAX_SPAWNS": "-1"}, nil},
+		{map[string]string{"AGENT_MAX_SPAWNS": "many"}, nil},
+		{nil, []string{"--max-spawns", "-2"}},
+	} {
+		env := map[string]string{"AGENT_TOKEN": "join", "FC_RUN_DIR": t.TempDir()}
+		for k, v := range tc.env {
+			env[k] = v
+		}
+		code, out, errOut := run(env, append([]string{"agent", "--bind", "127.0.0.1:0"}, tc.args...)...)
+		if code == 0 || out != "" || !strings.Contains(errOut, "AGENT_MAX_SPAWNS") {
+			t.Errorf("agent with %v %v: exit %d, stdout %q, stderr %q; want a failure naming AGENT_MAX_SPAWNS", tc.env, tc.args, code, out, errOut)
+		}
+	}
+}

@@ -145,6 +145,9 @@ func agentHostFlags(fs *pflag.FlagSet, e env, o *agent.Options, runDirDefault, r
 	if err := intFlag(fs, &o.JailUIDCount, "jail-uid-count", e, "FC_JAIL_UID_COUNT", vmm.DefaultJailUIDCount, "how many uids jailed VMMs may use (at most that many VMs at once)"); err != nil {
 		return err
 	}
+	if err := intFlag(fs, &o.MaxSpawns, "max-spawns", e, "AGENT_MAX_SPAWNS", 0, "VMM starts run at once; the rest wait their turn (default: the host's CPU count, at least 2)"); err != nil {
+		return err
+	}
 	return durFlag(fs, &o.StopGrace, "stop-grace", e, "AGENT_STOP_GRACE", 3*time.Second, "SIGTERM to SIGKILL grace on stop")
 }
 
@@ -248,9 +251,11 @@ func simEnv(e env) []string {
 	return out
 }
 
-// errCmd is a command that only reports a configuration error.
+// errCmd stands for a command whose settings from the environment are
+// bad: it reports err whatever flags follow (parsing them would report
+// the first as unknown instead).
 func errCmd(name string, err error) *cobra.Command {
-	return &cobra.Command{Use: name, RunE: func(*cobra.Command, []string) error { return err }}
+	return &cobra.Command{Use: name, DisableFlagParsing: true, RunE: func(*cobra.Command, []string) error { return err }}
 }
 
 func newManagerCmd(e env, stdout, stderr io.Writer) *cobra.Command {
