@@ -1,11 +1,24 @@
 package vmm
 
 import (
+	"errors"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// maxWatches bounds the inotify instances the agent holds at once,
+// closing ones included: they come out of a per-user limit
+// (fs.inotify.max_user_instances, 128 by default) that other software of
+// root's on the host needs too. Spawns past it poll for their socket.
+const maxWatches = 8
+
+// watches counts the instances open or closing.
+var watches atomic.Int32
+
+var errTooManyWatches = errors.New("too many socket watches at once")
 
 // sockWatch wakes a socket wait when something is created in the VMM's
 // socket directory, so the wait sleeps until the VMM binds instead of
@@ -18,19 +31,25 @@ type sockWatch struct {
 // watchSockDir watches dir for new entries. It must be called before the
 // VMM starts, or its socket may come before the watch.
 func watchSockDir(dir string) (*sockWatch, error) {
+	if watches.Add(1) > maxWatches {
+		watches.Add(-1)
+		return nil, errTooManyWatches
+	}
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
+		watches.Add(-1)
 		return nil, err
 	}
 	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_MOVED_TO); err != nil {
 		unix.Close(fd)
+		watches.Add(-1)
 		return nil, err
 	}
 	// A non-blocking descriptor goes to the runtime's poller, so a read
 	// can have a deadline; without one, the caller polls instead.
 	f := os.NewFile(uintptr(fd), "inotify")
 	if err := f.SetReadDeadline(time.Time{}); err != nil {
-		f.Close()
+		(&sockWatch{f: f}).close()
 		return nil, err
 	}
 	return &sockWatch{f: f}, nil
@@ -51,6 +70,9 @@ func (w *sockWatch) wait(d time.Duration) bool {
 // otherwise add to its VMM's start. The wait is sleep, not CPU.
 func (w *sockWatch) close() {
 	if w != nil {
-		go w.f.Close()
+		go func() {
+			w.f.Close()
+			watches.Add(-1)
+		}()
 	}
 }

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -40,5 +41,49 @@ func TestSockWatch(t *testing.T) {
 	// (waitSocket polls for that short while).
 	if _, err := os.Stat(filepath.Join(dir, "fc.sock")); err != nil {
 		t.Fatalf("woken before the socket exists: %v", err)
+	}
+}
+
+// The agent holds at most maxWatches inotify instances, closing ones
+// included (they count against a per-user limit other software needs);
+// past that a spawn polls, and a watch is to be had again once one has
+// closed.
+func TestSockWatchesAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	// Watches of earlier tests may still be closing.
+	deadline := time.Now().Add(10 * time.Second)
+	for watches.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watches still open before the test", watches.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var held []*sockWatch
+	for len(held) < maxWatches {
+		w, err := watchSockDir(dir)
+		if err != nil {
+			t.Fatalf("watch %d of %d: %v", len(held)+1, maxWatches, err)
+		}
+		held = append(held, w)
+	}
+	if w, err := watchSockDir(dir); !errors.Is(err, errTooManyWatches) {
+		w.close()
+		t.Fatalf("watch %d: %v; want errTooManyWatches", maxWatches+1, err)
+	}
+	held[0].close()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		w, err := watchSockDir(dir)
+		if err == nil {
+			w.close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no watch after one closed: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, w := range held[1:] {
+		w.close()
 	}
 }
