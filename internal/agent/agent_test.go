@@ -873,6 +873,7 @@ func TestSpawnTurns(t *testing.T) {
 			ctx := context.Background()
 			slow, kernel, _ := e.newVM()
 			fast, _, _ := e.newVM()
+			fast2, _, _ := e.newVM()
 			body := func(v any) []byte { b, _ := json.Marshal(v); return b }
 			order := make(chan string, 2)
 			var wg sync.WaitGroup
@@ -907,7 +908,8 @@ func TestSpawnTurns(t *testing.T) {
 			if tc.want != "slow fast" {
 				return
 			}
-			// A third waits behind a slow one and leaves: 499, no VMM.
+			// A third waits behind a slow one and leaves: nothing is made
+			// for it, not even once its turn would have come.
 			if err := e.client.Delete(ctx, slow); err != nil {
 				t.Fatal(err)
 			}
@@ -918,18 +920,30 @@ func TestSpawnTurns(t *testing.T) {
 					{Method: "PUT", Path: "/actions", Body: body(firecracker.InstanceActionInfo{ActionType: "InstanceStart"})},
 				}})
 			})
+			deadline = time.Now().Add(10 * time.Second)
 			for _, ok := e.sup.Get(slow); !ok; _, ok = e.sup.Get(slow) {
+				if time.Now().After(deadline) {
+					t.Fatal("the slow VMM never started again")
+				}
 				time.Sleep(time.Millisecond)
 			}
 			cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 			_, err := e.client.Spawn(cctx, gone, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128})
 			cancel()
-			wg.Wait()
 			if err == nil {
 				t.Fatal("a spawn whose caller left while it waited succeeded")
 			}
+			wg.Wait()
+			// Turns go in order: once a later spawn has had its own, the
+			// one that left would have had its turn too.
+			if _, err := e.client.Spawn(ctx, fast2, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128}); err != nil {
+				t.Fatal(err)
+			}
 			if _, ok := e.sup.Get(gone); ok {
 				t.Fatal("a spawn whose caller left while it waited started a VMM")
+			}
+			if _, err := os.Stat(e.layout.VMDir(gone)); !os.IsNotExist(err) {
+				t.Fatalf("a spawn whose caller left while it waited made its run dir: %v", err)
 			}
 		})
 	}

@@ -98,7 +98,9 @@ func (a *Agent) relay(w http.ResponseWriter, r *http.Request, id string, vc *vmm
 		return
 	}
 	defer cancel()
-	if !a.proxy.relayOn(vc, w, out) {
+	// The spawn's connection is to the VM's own socket: a call for another
+	// (?sock=) goes through the transport.
+	if sock, _ := out.Context().Value(ctxSockKey{}).(string); sock != a.cfg.Layout.SockPath(id) || !a.proxy.relayOn(vc, w, out) {
 		a.proxy.rp.ServeHTTP(w, out)
 	}
 }

@@ -52,9 +52,19 @@ func (p *proxy) relayOn(vc *vmmConn, w http.ResponseWriter, out *http.Request) b
 	}
 	_ = vc.c.SetDeadline(deadline)
 	// A caller that goes away ends the wait at once, as it would the
-	// transport's.
-	stop := context.AfterFunc(ctx, func() { _ = vc.c.SetDeadline(time.Now()) })
-	defer stop()
+	// transport's. The hook holds its own copy of the connection (close
+	// clears vc's), and once it has started it is waited for: a deadline
+	// it set late must not land on the next call.
+	c, hooked := vc.c, make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = c.SetDeadline(time.Now())
+		close(hooked)
+	})
+	defer func() {
+		if !stop() {
+			<-hooked
+		}
+	}()
 	if err := out.Write(vc.c); err != nil {
 		// Not sent whole: firecracker acts on no partial request.
 		vc.close()

@@ -33,7 +33,7 @@ func TestRelayOnSpawnConnection(t *testing.T) {
 	}
 	defer l.Close()
 	var accepted atomic.Int32
-	quiet := make(chan struct{})
+	quiet, dropped := make(chan struct{}), make(chan struct{})
 	defer close(quiet)
 	go func() {
 		for {
@@ -62,6 +62,11 @@ func TestRelayOnSpawnConnection(t *testing.T) {
 						return
 					case "/metrics":
 						<-quiet // never answered
+						return
+					case "/vsock": // answered, then the connection ends unsaid
+						_, _ = c.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+						c.Close()
+						close(dropped)
 						return
 					}
 				}
@@ -107,12 +112,46 @@ func TestRelayOnSpawnConnection(t *testing.T) {
 		t.Fatalf("after the VMM closed the connection: sent %v, wrote %d %q; want nothing sent, nothing written", sent, rec.Code, rec.Body)
 	}
 
+	// A connection that ended without saying so: the next call cannot be
+	// written, nothing is answered, and its body is there again for the
+	// transport.
+	vcd := dial()
+	defer vcd.close()
+	if rec, sent := call(ctx, vcd, "/vsock"); !sent || rec.Code != 204 {
+		t.Fatalf("vsock: sent %v, %d; want 204", sent, rec.Code)
+	}
+	<-dropped
+	out, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://localhost/machine-config", strings.NewReader(`{"vcpu_count":1}`))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(`{"vcpu_count":1}`)), nil }
+	rec = httptest.NewRecorder()
+	if p.relayOn(vcd, rec, out) || rec.Body.Len() != 0 {
+		t.Fatalf("on a connection gone: sent, wrote %d %q; want nothing sent, nothing written", rec.Code, rec.Body)
+	}
+	if b, err := io.ReadAll(out.Body); err != nil || string(b) != `{"vcpu_count":1}` {
+		t.Fatalf("the call's body after the failed write: %q, %v; want it whole again", b, err)
+	}
+
 	vc2 := dial()
 	defer vc2.close()
 	start := time.Now()
 	rec, sent = call(ctx, vc2, "/metrics")
 	if !sent || rec.Code != http.StatusGatewayTimeout || !strings.Contains(rec.Body.String(), "upstream_timeout") {
 		t.Fatalf("an answer that does not come: sent %v, %d %q after %s; want 504 upstream_timeout at the deadline", sent, rec.Code, rec.Body, time.Since(start))
+	}
+
+	// The connection's deadline and the context's end fire together: the
+	// hook that ends the wait must not touch a connection closed meanwhile
+	// (this crashed the agent once in a few thousand such calls).
+	for range 300 {
+		vcx := dial()
+		tctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+		// Not sent (the deadline came before the write) or answered 499/504.
+		rec, sent := call(tctx, vcx, "/metrics")
+		if sent && rec.Code != 499 && rec.Code != http.StatusGatewayTimeout || !sent && rec.Body.Len() != 0 {
+			t.Fatalf("a call at its deadline: sent %v, %d %q", sent, rec.Code, rec.Body)
+		}
+		cancel()
+		vcx.close()
 	}
 
 	// A call that may take a minute, whose caller leaves at once.

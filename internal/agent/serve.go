@@ -109,6 +109,9 @@ type Running struct {
 // with a manager configured, registration and heartbeats. It returns once
 // the listener is bound; the agent runs until ctx ends.
 func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
+	if o.MaxSpawns < 0 {
+		return nil, fmt.Errorf("agent: AGENT_MAX_SPAWNS (--max-spawns) must be 0 (the host's CPU count) or more, not %d", o.MaxSpawns)
+	}
 	if o.RunDir == "" {
 		o.RunDir = "/srv/fc"
 	}
@@ -129,9 +132,6 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Running, error) {
 	}
 	if o.Mode != "dev" && o.Mode != "prod" {
 		return nil, fmt.Errorf("agent: NEXUS_MODE must be dev or prod, not %q", o.Mode)
-	}
-	if o.MaxSpawns < 0 {
-		return nil, fmt.Errorf("agent: AGENT_MAX_SPAWNS (--max-spawns) must be 0 (the host's CPU count) or more, not %d", o.MaxSpawns)
 	}
 	if _, err := o.jailed(); err != nil {
 		return nil, err

@@ -208,13 +208,17 @@ func TestAgentRefusesABadSpawnBound(t *testing.T) {
 		{map[string]string{"AGENT_MAX_SPAWNS": "many"}, nil},
 		{nil, []string{"--max-spawns", "-2"}},
 	} {
-		env := map[string]string{"AGENT_TOKEN": "join", "FC_RUN_DIR": t.TempDir()}
+		runDir := filepath.Join(t.TempDir(), "run")
+		env := map[string]string{"AGENT_TOKEN": "join", "FC_RUN_DIR": runDir}
 		for k, v := range tc.env {
 			env[k] = v
 		}
 		code, out, errOut := run(env, append([]string{"agent", "--bind", "127.0.0.1:0"}, tc.args...)...)
 		if code == 0 || out != "" || !strings.Contains(errOut, "AGENT_MAX_SPAWNS") {
 			t.Errorf("agent with %v %v: exit %d, stdout %q, stderr %q; want a failure naming AGENT_MAX_SPAWNS", tc.env, tc.args, code, out, errOut)
+		}
+		if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+			t.Errorf("agent with %v %v made its run dir: %v", tc.env, tc.args, err)
 		}
 	}
 }

@@ -109,24 +109,26 @@ func qualified(project, name string) string {
 // between VMs created in the same millisecond.
 func newID() string { return uuid.NewString() }
 
-// The query helpers rebind "?" placeholders for the engine. Reads go to the
-// read pool, writes (and reads that must see them) to the write pool.
 // stmtCtx is the context a statement runs with. On SQLite (the engine
 // with cached statements) it keeps the caller's values and drops its
 // cancellation: for a cancellable context the driver starts a goroutine
 // per statement to interrupt it, and database/sql another per result set,
 // each a wake-up of an idle CPU (on a paravirtualised 2-core host, the
-// manager spent a third less CPU per create without them). SQLite's
-// statements are local and bounded, and busy_timeout bounds a wait for
-// its lock. Postgres keeps the cancellation: its statements cross a
-// network.
+// manager spent a sixth less CPU per create without them). Once started,
+// a statement and its wait for a connection (the one writer's queue, where
+// each write takes a fraction of a millisecond) run to their end;
+// busy_timeout bounds a wait for the file's lock. A caller already gone
+// starts none: its own context goes through, and database/sql refuses it.
+// Postgres keeps the cancellation: its statements cross a network.
 func (s *sqlStore) stmtCtx(ctx context.Context) context.Context {
-	if s.wStmts == nil {
+	if s.wStmts == nil || ctx.Err() != nil {
 		return ctx
 	}
 	return context.WithoutCancel(ctx)
 }
 
+// The query helpers rebind "?" placeholders for the engine. Reads go to the
+// read pool, writes (and reads that must see them) to the write pool.
 func (s *sqlStore) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	ctx = s.stmtCtx(ctx)
 	q = s.d.rebind(q)

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,6 +14,32 @@ import (
 )
 
 var vmBehaviours = []behaviour{
+	// A caller already gone starts no statement, on either engine (SQLite
+	// runs a started one to its end without watching the caller).
+	{"vm/caller-gone", func(t *testing.T, e *env) {
+		vm := must(e.s.CreateVM(ctx, newVM("web-1")))(t)
+		gone, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := e.s.CreateVM(gone, newVM("web-2")); !errors.Is(err, context.Canceled) {
+			t.Fatalf("CreateVM for a caller gone: %v; want context.Canceled", err)
+		}
+		_, err := e.s.UpdateVM(gone, vm.ID, func(v *store.VM) error { v.State = store.VMRunning; return nil })
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("UpdateVM for a caller gone: %v; want context.Canceled", err)
+		}
+		if _, err := e.s.AddEvent(gone, store.VMEvent{VMID: vm.ID, Level: store.LevelInfo, Message: "x"}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("AddEvent for a caller gone: %v; want context.Canceled", err)
+		}
+		if got := must(e.s.GetVM(ctx, vm.ID))(t); got.State != vm.State || got.Generation != vm.Generation {
+			t.Fatalf("the VM changed: %s gen %d; want %s gen %d", got.State, got.Generation, vm.State, vm.Generation)
+		}
+		if _, err := e.s.GetVMByName(ctx, "default", "web-2"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("web-2: %v; want not found", err)
+		}
+		if evs := must(e.s.ListEvents(ctx, vm.ID, 10))(t); len(evs) != 0 {
+			t.Fatalf("events %+v; want none", evs)
+		}
+	}},
 	{"vm/crud", func(t *testing.T, e *env) {
 		created := must(e.s.CreateVM(ctx, newVM("web-1")))(t)
 		if created.ID == "" || created.Generation != 1 {

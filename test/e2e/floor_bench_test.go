@@ -125,9 +125,9 @@ func BenchmarkFloor(b *testing.B) {
 		pct := func(d []time.Duration, q float64) float64 {
 			s := slices.Clone(d)
 			slices.Sort(s)
-			return float64(s[int(q*float64(len(s)-1))].Microseconds()) / 1000
+			return float64(s[int(q*float64(len(s)))].Microseconds()) / 1000
 		}
-		p50 := func(d []time.Duration) float64 { return pct(d, 0.5) }
+		p50 := func(d []time.Duration) float64 { return pct(d, 0.5) } // s[len/2], as before
 		b.ReportMetric(p50(floorSeq), "floor-seq-p50-ms")
 		b.ReportMetric(p50(nexusSeq), "nexus-seq-p50-ms")
 		b.ReportMetric(p50(nexusSeq)/p50(floorSeq), "ratio-seq")

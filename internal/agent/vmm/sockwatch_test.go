@@ -48,6 +48,9 @@ func TestSockWatch(t *testing.T) {
 // included (they count against a per-user limit other software needs);
 // past that a spawn polls, and a watch is to be had again once one has
 // closed.
+//
+// The count is the process's: this test holds every watch, so no test of
+// this package may spawn beside it (none calls t.Parallel).
 func TestSockWatchesAreBounded(t *testing.T) {
 	dir := t.TempDir()
 	// Watches of earlier tests may still be closing.
