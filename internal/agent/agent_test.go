@@ -948,3 +948,22 @@ func TestSpawnTurns(t *testing.T) {
 		})
 	}
 }
+
+// A call a spawn carries for another socket of the VM (?sock=) goes to
+// that socket, not down the connection to the VM's own: with nothing
+// listening there, firecracker's answer is the proxy's 502.
+func TestSpawnOtherSock(t *testing.T) { // short: socket paths live below its name
+	e := newEnv(t)
+	id, _, _ := e.newVM()
+	b, _ := json.Marshal(firecracker.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
+	sp, err := e.client.Spawn(context.Background(), id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Calls: []firecracker.Call{
+		{Method: "PUT", Path: "/machine-config", Body: b},
+		{Method: "PUT", Path: "/machine-config?sock=other.sock", Body: b},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sp.Results) != 2 || sp.Results[0].Status != http.StatusNoContent || sp.Results[1].Status != http.StatusBadGateway {
+		t.Fatalf("results %+v; want 204 from the VM's socket, then 502 from the other", sp.Results)
+	}
+}
