@@ -73,7 +73,7 @@ func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call, v
 		}
 		rec := httptest.NewRecorder()
 		start := time.Now()
-		a.relay(rec, sub, id, vc)
+		a.proxy.relay(rec, sub, id, vc)
 		res := firecracker.CallResult{Status: rec.Code, Ms: float64(time.Since(start).Microseconds()) / 1000}
 		if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
 			res.Body = b
@@ -84,23 +84,4 @@ func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call, v
 		}
 	}
 	return out
-}
-
-// relay answers one call for VM id as the proxy does, over vc when it can.
-func (a *Agent) relay(w http.ResponseWriter, r *http.Request, id string, vc *vmmConn) {
-	if vc == nil {
-		a.proxy.serve(w, r, id)
-		return
-	}
-	out, cancel, err := a.proxy.prepare(r, id)
-	if err != nil {
-		refuse(w, r, err)
-		return
-	}
-	defer cancel()
-	// The spawn's connection is to the VM's own socket: a call for another
-	// (?sock=) goes through the transport.
-	if sock, _ := out.Context().Value(ctxSockKey{}).(string); sock != a.cfg.Layout.SockPath(id) || !a.proxy.relayOn(vc, w, out) {
-		a.proxy.rp.ServeHTTP(w, out)
-	}
 }

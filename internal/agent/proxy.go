@@ -133,20 +133,23 @@ func (p *proxy) key(sock string) string {
 	return k
 }
 
-func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) {
+func (p *proxy) serve(w http.ResponseWriter, r *http.Request, id string) { p.relay(w, r, id, nil) }
+
+// relay answers one call for VM id: checked (prepare), then sent over vc,
+// the connection a spawn found the VM's own socket up with, when there is
+// one and the call is for that socket (relayOn), else through the
+// transport.
+func (p *proxy) relay(w http.ResponseWriter, r *http.Request, id string, vc *vmmConn) {
 	out, cancel, err := p.prepare(r, id)
 	if err != nil {
-		refuse(w, r, err)
+		e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
+		httpmw.SetErrorCode(r.Context(), e.Code)
 		return
 	}
 	defer cancel()
-	p.rp.ServeHTTP(w, out)
-}
-
-// refuse answers a call the proxy does not relay.
-func refuse(w http.ResponseWriter, r *http.Request, err error) {
-	e := apierr.Write(w, httpmw.RequestID(r.Context()), err)
-	httpmw.SetErrorCode(r.Context(), e.Code)
+	if sock, _ := out.Context().Value(ctxSockKey{}).(string); vc == nil || sock != p.layout.SockPath(id) || !p.relayOn(vc, w, out) {
+		p.rp.ServeHTTP(w, out)
+	}
 }
 
 // prepare checks a call for VM id (allow-list, canonical path, socket,

@@ -97,13 +97,10 @@ func (p *proxy) relayOn(vc *vmmConn, w http.ResponseWriter, out *http.Request) b
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, err = io.Copy(w, io.LimitReader(resp.Body, maxProxyBody))
-	if err != nil || resp.Close {
-		vc.close()
-		return true
-	}
-	// What is left past the bound (firecracker's answers are small) is
-	// read and dropped, or the next answer would start inside it.
-	if n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxProxyBody)); n == maxProxyBody {
+	// An answer past the bound (firecracker's are small) leaves the rest
+	// unread, where the next answer would start: the connection goes.
+	var more [1]byte
+	if n, _ := resp.Body.Read(more[:]); err != nil || resp.Close || n > 0 {
 		vc.close()
 	}
 	return true
