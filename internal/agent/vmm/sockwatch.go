@@ -26,6 +26,8 @@ var errTooManyWatches = errors.New("too many socket watches at once")
 // per spawn, and on a busy host each costs a context switch.
 type sockWatch struct {
 	f *os.File
+	// ended is set when the VMM is known to have exited (interrupt).
+	ended atomic.Bool
 }
 
 // watchSockDir watches dir for new entries. It must be called before the
@@ -56,12 +58,24 @@ func watchSockDir(dir string) (*sockWatch, error) {
 }
 
 // wait returns true once something was created in the directory since the
-// last wait, false when d passed first.
+// last wait, false when d passed first or the watch was interrupted.
 func (w *sockWatch) wait(d time.Duration) bool {
 	_ = w.f.SetReadDeadline(time.Now().Add(d)) // supported: watchSockDir checked
+	// Checked after the deadline is set: an interrupt before it would
+	// otherwise be undone by it.
+	if w.ended.Load() {
+		return false
+	}
 	var buf [512]byte
 	n, err := w.f.Read(buf[:])
 	return err == nil && n > 0
+}
+
+// interrupt ends a wait, and makes every later one return at once: the
+// VMM exited, so no socket is coming. Safe from any goroutine.
+func (w *sockWatch) interrupt() {
+	w.ended.Store(true)
+	_ = w.f.SetReadDeadline(time.Now())
 }
 
 // close releases the watch without waiting for it: closing an inotify

@@ -1,12 +1,23 @@
 package vmm
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
+	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
 // The watch wakes a wait when a socket is bound in its directory, and
@@ -88,5 +99,108 @@ func TestSockWatchesAreBounded(t *testing.T) {
 	}
 	for _, w := range held[1:] {
 		w.close()
+	}
+}
+
+// A VMM that exits before binding its socket ends the spawn's wait when
+// its SIGCHLD is handled (Run), not when the wait next wakes: with a wake
+// that never comes the spawn still fails at once, with the VMM's status
+// and the last lines it printed, and leaves neither handle nor socket.
+func TestSpawnEndsWhenTheVMMExitsBeforeItsSocket(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "nxw") // short: the socket path must fit
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "vmm")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho 'no kvm here'\nsleep 0.05\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
+	// Neither a deadline nor a wake ends the wait: only the exit can.
+	sup, err := New(Config{Bin: bin, Layout: layout, Owner: fmt.Sprintf("%012x", rand.Int64N(1<<48)), SocketTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sup.ReleaseCgroups()
+	was := watchWake
+	watchWake = time.Hour
+	defer func() { watchWake = was }()
+	ctx, cancel := context.WithCancel(context.Background())
+	running := make(chan struct{})
+	go func() {
+		defer close(running)
+		sup.Run(ctx, time.Hour) // SIGCHLD only
+	}()
+	defer func() { cancel(); <-running }()
+
+	id := uuid.NewString()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "vmm exited before its API socket was ready (exit status 3)") || !strings.Contains(err.Error(), "no kvm here") {
+			t.Fatalf("spawn: %v; want the VMM's exit before its socket, with its output", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("spawn still waiting for the socket of a VMM that exited")
+	}
+	for _, f := range []string{filepath.Join(layout.VMDir(id), handleFile), layout.SockPath(id)} {
+		if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s left behind (%v)", f, err)
+		}
+	}
+}
+
+// A caller who leaves while the VMM has not bound its socket ends the
+// spawn's wait at once too, and the VMM is stopped.
+func TestSpawnEndsWhenItsCallerLeaves(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "nxw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "vmm")
+	pidFile := filepath.Join(dir, "pid")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho $$ > "+pidFile+"\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
+	sup, err := New(Config{Bin: bin, Layout: layout, Owner: fmt.Sprintf("%012x", rand.Int64N(1<<48))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sup.ReleaseCgroups()
+	was := watchWake
+	watchWake = time.Hour
+	defer func() { watchWake = was }()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := sup.Spawn(ctx, uuid.NewString(), SpawnOptions{Vcpu: 1, MemMib: 128})
+		done <- err
+	}()
+	var pid int
+	for pid == 0 {
+		b, _ := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("spawn: %v; want it cancelled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("spawn still waiting for the socket after its caller left")
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the VMM (pid %d) still runs: %v", pid, err)
 	}
 }

@@ -104,6 +104,9 @@ type proc struct {
 	exited   bool
 	status   string
 	stopping bool // the agent itself is ending it
+	// watch, while a spawn waits for the VMM's socket: its exit ends the
+	// wait at once (reap), so the wait needs no timer to notice it.
+	watch *sockWatch
 }
 
 // Supervisor spawns, tracks and stops VMM processes.
@@ -353,7 +356,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if pi, err := readProc(pid); err == nil {
 		h.StartTicks = pi.startTicks
 	}
-	p := &proc{h: h, child: true}
+	p := &proc{h: h, child: true, watch: watch}
 	s.mu.Lock()
 	s.procs[vmID] = p
 	s.mu.Unlock()
@@ -396,6 +399,9 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		opts.OnStart()
 	}
 	conn, err := s.waitSocket(ctx, p, watch)
+	s.mu.Lock()
+	p.watch = nil // closing
+	s.mu.Unlock()
 	if err != nil {
 		return fail(err)
 	}
@@ -488,8 +494,10 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 }
 
 // watchWake is how often a wait on the socket watch wakes to see whether
-// the VMM died before binding its socket.
-const watchWake = 5 * time.Millisecond
+// the VMM died before binding its socket. Its exit ends the wait sooner:
+// the SIGCHLD sweep reaps it and interrupts the watch (reap); this is for
+// a supervisor whose Run loop is not running.
+var watchWake = 250 * time.Millisecond // a test makes it endless
 
 // waitSocket waits until the socket accepts a connection, which it
 // returns, the process exits, or the deadline passes. With watch it sleeps
@@ -498,6 +506,10 @@ const watchWake = 5 * time.Millisecond
 func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
+	if watch != nil {
+		// A caller who leaves, or the deadline, ends the wait at once.
+		defer context.AfterFunc(ctx, watch.interrupt)()
+	}
 	// Polls every 200 µs while a VMM usually gets ready (a few ms), then
 	// back off: a long first step would add its length to every spawn.
 	const fast = 20 * time.Millisecond
@@ -575,6 +587,9 @@ func (s *Supervisor) reap(p *proc) bool {
 		return true // recorded by a concurrent probe
 	}
 	p.exited, p.status = true, status
+	if p.watch != nil {
+		p.watch.interrupt()
+	}
 	select {
 	case s.exits <- Exit{VMID: p.h.VMID, PID: p.h.PID, Status: p.status, At: time.Now().UTC(), Expected: p.stopping}:
 	default:
@@ -807,7 +822,11 @@ func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-sigs:
+			s.sweep(true)
 		case <-t.C:
+			// Children tell of their exit (SIGCHLD): a wait4 for each of
+			// them every interval would cost a system call per VMM.
+			s.sweep(false)
 		case <-prune.C:
 			live := map[string]bool{}
 			for _, h := range s.List() {
@@ -815,17 +834,21 @@ func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
 			}
 			s.pruneAllCgroups(live)
 			s.pruneJails(live)
+			s.sweep(true)
 		}
-		s.sweep()
 	}
 }
 
-// sweep reaps every tracked process that has exited and forgets it.
-func (s *Supervisor) sweep() {
+// sweep reaps every tracked process that has exited and forgets it;
+// without children, it probes only the VMMs it adopted (and forgets
+// children already known to have exited).
+func (s *Supervisor) sweep(children bool) {
 	s.mu.Lock()
 	ps := make([]*proc, 0, len(s.procs))
 	for _, p := range s.procs {
-		ps = append(ps, p)
+		if children || !p.child || p.exited {
+			ps = append(ps, p)
+		}
 	}
 	s.mu.Unlock()
 	for _, p := range ps {
