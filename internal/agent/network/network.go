@@ -28,8 +28,11 @@ import (
 	"net/netip"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/vishvananda/netns"
 
@@ -119,6 +122,13 @@ type Network struct {
 
 	bridgeMu sync.Mutex  // serialises EnsureBridge, RemoveNAT and Teardown
 	taps     keyed.Mutex // serialises work on one TAP name
+
+	// rt is a route netlink socket in the namespace for requests the
+	// handle has no call for (addTap's one RTM_SETLINK).
+	rt *nl.SocketHandle
+	// bridgeIndex is the bridge's ifindex as a TAP's create last found it
+	// (0: look it up). Indexes are not reused, so a stale one fails.
+	bridgeIndex atomic.Int32
 }
 
 // New validates cfg, opens a netlink handle in its namespace and picks the
@@ -178,9 +188,14 @@ func New(cfg Config, logger *slog.Logger) (*Network, error) {
 	if err != nil {
 		return nil, fmt.Errorf("network: open netlink handle: %w", err)
 	}
-	n := &Network{cfg: cfg, log: logger, h: h}
-	if n.backend, err = n.pickBackend(); err != nil {
+	rt, err := nl.GetNetlinkSocketAt(cfg.NetNS, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
 		h.Close()
+		return nil, fmt.Errorf("network: open netlink socket: %w", err)
+	}
+	n := &Network{cfg: cfg, log: logger, h: h, rt: &nl.SocketHandle{Socket: rt}}
+	if n.backend, err = n.pickBackend(); err != nil {
+		n.Close()
 		return nil, err
 	}
 	return n, nil
@@ -225,6 +240,7 @@ func (n *Network) BridgeName() string { return n.cfg.Bridge }
 // Close releases the netlink handle. It changes nothing on the host.
 func (n *Network) Close() error {
 	n.h.Close()
+	n.rt.Close()
 	return nil
 }
 

@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -9,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
@@ -64,16 +66,15 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 	if err := ctxErr(ctx); err != nil {
 		return wrap("start", err)
 	}
+	// The usual case first: no link of that name yet.
+	if added, err := n.addTap(name, vmID); added || err != nil {
+		return err
+	}
 
-	br, err := n.h.LinkByName(n.cfg.Bridge)
-	if isNotFound(err) {
-		return wrap("find bridge "+n.cfg.Bridge, fmt.Errorf("%w: run EnsureBridge first", ErrNoBridge))
-	}
+	// It exists: check it is ours, then make it so.
+	br, err := n.bridge()
 	if err != nil {
-		return wrap("find bridge "+n.cfg.Bridge, err)
-	}
-	if _, ok := br.(*netlink.Bridge); !ok {
-		return wrap("find bridge "+n.cfg.Bridge, fmt.Errorf("%w: it is a %s", ErrLinkConflict, br.Type()))
+		return fmt.Errorf("create tap %s: %w", name, err)
 	}
 
 	link, err := n.h.LinkByName(name)
@@ -125,6 +126,110 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 		n.log.Debug("created tap", "tap", name, "vm_id", vmID, "bridge", n.cfg.Bridge)
 	}
 	return nil
+}
+
+// bridge looks up the bridge TAPs attach to, and notes its index.
+func (n *Network) bridge() (netlink.Link, error) {
+	br, err := n.h.LinkByName(n.cfg.Bridge)
+	if isNotFound(err) {
+		return nil, fmt.Errorf("find bridge %s: %w: run EnsureBridge first", n.cfg.Bridge, ErrNoBridge)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find bridge %s: %w", n.cfg.Bridge, err)
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("find bridge %s: %w: it is a %s", n.cfg.Bridge, ErrLinkConflict, br.Type())
+	}
+	n.bridgeIndex.Store(int32(br.Attrs().Index))
+	return br, nil
+}
+
+// addTap creates the TAP name for vmID when no link of that name exists,
+// in one netlink round trip besides the device's own creation: the TAP is
+// made with TUN_EXCL (added is false, and nothing is done, when a link of
+// that name exists: EnsureTap then checks it), then one RTM_SETLINK by
+// name marks it, attaches it to the bridge and sets it up. Looking the
+// links up, marking, attaching and raising one call at a time took six
+// round trips more: a tenth of the agent's CPU per create. A failure
+// leaves nothing: the TAP is ours (TUN_EXCL), so it is deleted.
+func (n *Network) addTap(name, vmID string) (added bool, err error) {
+	brIndex := n.bridgeIndex.Load()
+	if brIndex == 0 {
+		br, err := n.bridge()
+		if err != nil {
+			return false, fmt.Errorf("create tap %s: %w", name, err)
+		}
+		brIndex = int32(br.Attrs().Index)
+	}
+	err = n.inNS(func() error { return noForkWhile(func() error { return openPersistentTap(name) }) })
+	if errors.Is(err, unix.EBUSY) {
+		return false, nil // a link of that name exists
+	}
+	if err != nil {
+		return false, fmt.Errorf("create tap %s: add: %w", name, err)
+	}
+	mark := n.tapMark(vmID)
+	err = n.setTap(name, mark, brIndex)
+	if err != nil {
+		// The bridge may have been made again since its index was noted.
+		if br, berr := n.bridge(); berr != nil {
+			err = berr
+		} else if int32(br.Attrs().Index) != brIndex {
+			err = n.setTap(name, mark, int32(br.Attrs().Index))
+		}
+	}
+	if err != nil {
+		if derr := n.h.LinkDel(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}}); derr != nil && !isNotFound(derr) {
+			n.log.Warn("rollback: delete tap", "tap", name, "error", derr)
+		}
+		return true, fmt.Errorf("create tap %s: mark, attach to %s and set up: %w", name, n.cfg.Bridge, err)
+	}
+	n.log.Debug("created tap", "tap", name, "vm_id", vmID, "bridge", n.cfg.Bridge)
+	return true, nil
+}
+
+// openPersistentTap creates a persistent single-queue TAP with the flags
+// firecracker opens it with, owned by root (as the netlink library's
+// create does), failing with EBUSY when a link of that name exists. The
+// calling thread's namespace is the TAP's.
+func openPersistentTap(name string) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd) // persistent: the device stays, without a queue held
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(uint16(netlink.TUNTAP_MODE_TAP) | uint16(tapFlags|netlink.TUNTAP_TUN_EXCL))
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		req uint
+		v   int
+	}{{unix.TUNSETOWNER, 0}, {unix.TUNSETGROUP, 0}, {unix.TUNSETPERSIST, 1}} {
+		if err := unix.IoctlSetInt(fd, c.req, c.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setTap marks the link name, enslaves it to the bridge (its index) and
+// sets it up: one RTM_SETLINK, the link found by name.
+func (n *Network) setTap(name, mark string, bridgeIndex int32) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: n.rt}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(mark)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(bridgeIndex))))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
 // describeTapOwner names whoever a TAP that is not ours for this VM

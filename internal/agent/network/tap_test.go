@@ -80,6 +80,9 @@ func TestEnsureTap(t *testing.T) {
 		t.Fatalf("EnsureTap: %v", err)
 	}
 	assertTap(t, tns, name, false)
+	if got := mustLink(t, tns, name).Attrs().Alias; got != nw.tapMark(name) {
+		t.Errorf("%s mark = %q; want %q", name, got, nw.tapMark(name))
+	}
 	if err := nw.EnsureTap(ctx, name, name); err != nil {
 		t.Fatalf("EnsureTap again: %v", err)
 	}
@@ -184,6 +187,37 @@ func TestEnsureTapWithoutBridge(t *testing.T) {
 	}
 	if n := countPrefixed(t, tns); n != 0 {
 		t.Errorf("links with the tap prefix = %d; want 0", n)
+	}
+}
+
+// The bridge's index is noted by a TAP's create; a bridge made again
+// since (a new index) is found again, and a missing one is reported as
+// such, with no TAP left behind.
+func TestEnsureTapAfterTheBridgeIsMadeAgain(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	first, second, third := tapName("a1a1a1a1a1a1"), tapName("a2a2a2a2a2a2"), tapName("a3a3a3a3a3a3")
+	if err := nw.EnsureTap(ctx, first, first); err != nil {
+		t.Fatalf("EnsureTap: %v", err)
+	}
+	delLink(t, tns, "fcbr0")
+	if err := nw.EnsureTap(ctx, second, second); !errors.Is(err, ErrNoBridge) {
+		t.Fatalf("EnsureTap without the bridge = %v; want ErrNoBridge", err)
+	}
+	if _, err := tns.h.LinkByName(second); !isNotFound(err) {
+		t.Errorf("%s after a failed EnsureTap: %v; want none", second, err)
+	}
+	if _, err := nw.EnsureBridge(ctx); err != nil {
+		t.Fatalf("EnsureBridge: %v", err)
+	}
+	if err := nw.EnsureTap(ctx, third, third); err != nil {
+		t.Fatalf("EnsureTap on the new bridge: %v", err)
+	}
+	assertTap(t, tns, third, false)
+	for _, name := range []string{first, third} {
+		if err := nw.DeleteTap(ctx, name); err != nil {
+			t.Errorf("DeleteTap %s: %v", name, err)
+		}
 	}
 }
 
