@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -389,4 +390,75 @@ func TestGuestReadiness(t *testing.T) {
 		t.Fatal("no VMM to kill")
 	}
 	waitFor(t, "readiness cleared by the exit report", func() bool { return !ready(e.vm(vm.ID)) })
+}
+
+// The readiness report starts from the row the boot wrote (recentRows)
+// instead of reading it. Another manager's write since, or its delete,
+// is found by the store and the report decides on the row as stored: the
+// other write stays, and a report for a deleted VM records nothing.
+func TestGuestReadyAfterAnotherWriter(t *testing.T) {
+	e := newEnv(t)
+	vm := e.mustCreate("web")
+	if vm.State != store.VMRunning || ready(vm) {
+		t.Fatalf("created %s, ready %v; want running, not ready yet", vm.State, ready(vm))
+	}
+	// Another manager writes the VM (it shares the store, not the rows
+	// this one wrote).
+	if _, err := e.st.UpdateVM(e.ctx, vm.ID, func(v *store.VM) error { v.LastError = "noted elsewhere"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: vm.ID, PID: vm.VMMPID}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.vm(vm.ID)
+	if !ready(got) || got.LastError != "noted elsewhere" {
+		t.Fatalf("ready %v, last_error %q; want the report recorded and the other write kept", ready(got), got.LastError)
+	}
+	if !strings.Contains(e.events(vm.ID), "guest ready") {
+		t.Errorf("no readiness event:\n%s", e.events(vm.ID))
+	}
+
+	// Another manager restarts its VMM (a new pid, not ready yet): the
+	// new run's report is recorded, though the row this manager wrote
+	// last would refuse it (another pid, ready).
+	booted := time.Now().UTC()
+	if _, err := e.st.UpdateVM(e.ctx, vm.ID, func(v *store.VM) error {
+		v.VMMPID, v.GuestReadyAt, v.BootedAt = vm.VMMPID+1, nil, &booted
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: vm.ID, PID: vm.VMMPID + 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.vm(vm.ID); !ready(got) {
+		t.Fatal("the report of a run another manager started was dropped")
+	}
+
+	// Another manager stops it (a new run ahead: no pid, not ready); a
+	// late report of the old run changes nothing.
+	if _, err := e.st.UpdateVM(e.ctx, vm.ID, func(v *store.VM) error {
+		v.State, v.VMMPID, v.GuestReadyAt, v.BootedAt = store.VMStopped, 0, nil, nil
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: vm.ID, PID: vm.VMMPID}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.vm(vm.ID); ready(got) || got.State != store.VMStopped {
+		t.Fatalf("after another manager's stop, a late report made it %s, ready %v", got.State, ready(got))
+	}
+
+	// Another manager deletes it: the report is of nothing.
+	second := e.mustCreate("api")
+	if err := e.st.DeleteVM(e.ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Hosts.HostEvent(e.ctx, e.host.ID, apitypes.HostEvent{Kind: apitypes.EventGuestReady, VMID: second.ID, PID: second.VMMPID}); err != nil {
+		t.Fatalf("report of a VM deleted elsewhere: %v; want it dropped", err)
+	}
+	if _, err := e.st.GetVM(e.ctx, second.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the report brought the deleted VM back: %v", err)
+	}
 }

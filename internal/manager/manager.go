@@ -91,6 +91,8 @@ type core struct {
 
 	addrLocks keyed.Mutex // one address assignment per host at a time (guestnet.go)
 
+	recent *recentRows // the VM rows written last, to write again without a read
+
 	stepSeconds  *prometheus.HistogramVec // see steps.go
 	readySeconds prometheus.Histogram     // boot-to-ready, see guestnet.go
 }
@@ -178,6 +180,7 @@ func New(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) *Man
 	c := &core{
 		cfg: cfg, st: st, log: log, now: time.Now, ctx: ctx, instance: uuid.NewString(),
 		agents: newAgentPool(cfg.JoinToken, cfg.AgentTransport), stepSeconds: newStepMetrics(), readySeconds: newReadyMetric(),
+		recent: newRecentRows(),
 	}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(c.stepSeconds, c.readySeconds)

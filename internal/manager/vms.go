@@ -105,6 +105,7 @@ func (s *VMs) CreateVM(ctx context.Context, scope Scope, req apitypes.CreateVMRe
 		return store.VM{}, err
 	}
 	vm, host, err := s.placement.create(ctx, vm, req.HostID)
+	s.recent.put(vm) // the zero VM on an error: put keeps none
 	if err != nil {
 		unlock()
 		if errors.Is(err, store.ErrConflict) {
@@ -190,6 +191,7 @@ func (s *VMs) discardFailed(vm store.VM, cause error) error {
 		s.log.Error("failed create: could not delete the vm row", "vm_id", vm.ID, "err", err)
 		return e
 	}
+	s.recent.forget(vm.ID)
 	if e.Suggestion == "" {
 		e.Suggestion = "nothing was left behind; fix the request and create it again"
 	}
@@ -539,6 +541,7 @@ func (s *VMs) deleteLocked(ctx context.Context, vm store.VM, force bool) error {
 			if err := s.st.DeleteVM(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("delete vm %s: %w", id, err)
 			}
+			s.recent.forget(id)
 			return nil
 		}},
 	}, false))
@@ -605,9 +608,14 @@ func (s *VMs) Events(ctx context.Context, scope Scope, id string, afterID int64,
 	return s.st.ListEventsAfter(ctx, id, afterID, limit)
 }
 
-// update wraps store.UpdateVM with error context.
+// update wraps store.UpdateVM with error context. It starts from the row
+// this manager wrote last, when it has it (recentRows).
 func (s *core) update(ctx context.Context, id string, f func(*store.VM) error) (store.VM, error) {
+	if cur, ok := s.recent.get(id); ok {
+		return s.updateFrom(ctx, cur, f)
+	}
 	vm, err := s.st.UpdateVM(ctx, id, f)
+	s.wrote(id, vm, err)
 	return vm, updateError(id, err)
 }
 
@@ -615,7 +623,18 @@ func (s *core) update(ctx context.Context, id string, f func(*store.VM) error) (
 // read or wrote it (store.UpdateVMFrom).
 func (s *core) updateFrom(ctx context.Context, cur store.VM, f func(*store.VM) error) (store.VM, error) {
 	vm, err := s.st.UpdateVMFrom(ctx, cur, f)
+	s.wrote(cur.ID, vm, err)
 	return vm, updateError(cur.ID, err)
+}
+
+// wrote notes the outcome of a write of VM id for the next (recentRows).
+func (s *core) wrote(id string, vm store.VM, err error) {
+	switch {
+	case err == nil:
+		s.recent.put(vm)
+	case errors.Is(err, store.ErrNotFound):
+		s.recent.forget(id)
+	}
 }
 
 // updateError words a failed update of VM id.

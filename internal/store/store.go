@@ -82,7 +82,9 @@ type VMStore interface {
 	UpdateVM(ctx context.Context, id string, mutate func(*VM) error) (VM, error)
 	// UpdateVMFrom is UpdateVM starting from cur, the VM as its caller
 	// last read or wrote it: if nobody wrote it since (same Generation),
-	// the write needs no read first; otherwise it goes on as UpdateVM.
+	// the write needs no read first; otherwise it goes on as UpdateVM. A
+	// mutation that refuses cur (returns an error) is given the VM as
+	// stored before its error counts: cur may be stale.
 	UpdateVMFrom(ctx context.Context, cur VM, mutate func(*VM) error) (VM, error)
 	// DeleteVM removes the VM and its events; a missing VM is ErrNotFound
 	// (callers that treat delete as idempotent ignore it).

@@ -366,6 +366,9 @@ func (s *sqlStore) updateVM(ctx context.Context, id string, known *VM, mutate fu
 		}
 		next := cur.clone()
 		if err := mutate(&next); err != nil {
+			if attempt == 0 && known != nil {
+				continue // known may be stale: decide on the row as stored
+			}
 			return VM{}, fmt.Errorf("%s: %w", op, err)
 		}
 		// The store owns these; a mutation cannot move them.

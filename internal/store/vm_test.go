@@ -454,11 +454,27 @@ var vmBehaviours = []behaviour{
 		if same.Retries != 3 || same.Generation != got.Generation {
 			t.Fatalf("no-op from a stale row answered %+v", same)
 		}
+		// A mutation that refuses a stale row decides again on the row as
+		// stored; one that refuses the stored row too fails, writing nothing.
+		boom := errors.New("not running")
+		onlyRunning := func(v *store.VM) error {
+			if v.State != store.VMRunning {
+				return boom
+			}
+			v.LastError = "ready"
+			return nil
+		}
+		if got = must(e.s.UpdateVMFrom(ctx, vm, onlyRunning))(t); got.LastError != "ready" {
+			t.Fatalf("from a stale row the mutation refused: %+v; want it applied to the stored row", got)
+		}
+		must(e.s.UpdateVM(ctx, vm.ID, func(v *store.VM) error { v.State = store.VMStopped; return nil }))(t)
+		_, err := e.s.UpdateVMFrom(ctx, got, onlyRunning)
+		wantErr(t, "refused by the stored row", err, boom)
 		// A VM deleted since: not found.
 		if err := e.s.DeleteVM(ctx, vm.ID); err != nil {
 			t.Fatal(err)
 		}
-		_, err := e.s.UpdateVMFrom(ctx, got, func(v *store.VM) error { v.State = store.VMStopped; return nil })
+		_, err = e.s.UpdateVMFrom(ctx, got, func(v *store.VM) error { v.State = store.VMStopped; return nil })
 		wantErr(t, "deleted", err, store.ErrNotFound)
 	}},
 
