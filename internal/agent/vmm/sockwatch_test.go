@@ -107,26 +107,9 @@ func TestSockWatchesAreBounded(t *testing.T) {
 // that never comes the spawn still fails at once, with the VMM's status
 // and the last lines it printed, and leaves neither handle nor socket.
 func TestSpawnEndsWhenTheVMMExitsBeforeItsSocket(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "nxw") // short: the socket path must fit
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "vmm")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho 'no kvm here'\nsleep 0.05\nexit 3\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
 	// Neither a deadline nor a wake ends the wait: only the exit can.
-	sup, err := New(Config{Bin: bin, Layout: layout, Owner: fmt.Sprintf("%012x", rand.Int64N(1<<48)), SocketTimeout: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sup.ReleaseCgroups()
-	was := watchWake
-	watchWake = time.Hour
-	defer func() { watchWake = was }()
+	sup := scriptedVMM(t, "echo 'no kvm here'\nsleep 0.05\nexit 3", time.Hour)
+	layout := sup.cfg.Layout
 	ctx, cancel := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	go func() {
@@ -159,26 +142,9 @@ func TestSpawnEndsWhenTheVMMExitsBeforeItsSocket(t *testing.T) {
 // A caller who leaves while the VMM has not bound its socket ends the
 // spawn's wait at once too, and the VMM is stopped.
 func TestSpawnEndsWhenItsCallerLeaves(t *testing.T) {
-	testutil.RequireRoot(t)
-	dir, err := os.MkdirTemp("", "nxw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "vmm")
+	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho $$ > "+pidFile+"\nexec sleep 60\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	layout := hostlayout.Layout{RunDir: filepath.Join(dir, "run")}
-	sup, err := New(Config{Bin: bin, Layout: layout, Owner: fmt.Sprintf("%012x", rand.Int64N(1<<48))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sup.ReleaseCgroups()
-	was := watchWake
-	watchWake = time.Hour
-	defer func() { watchWake = was }()
+	sup := scriptedVMM(t, "echo $$ > "+pidFile+"\nexec sleep 60", 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -203,4 +169,31 @@ func TestSpawnEndsWhenItsCallerLeaves(t *testing.T) {
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("the VMM (pid %d) still runs: %v", pid, err)
 	}
+}
+
+// scriptedVMM returns a supervisor whose VMM binary is a shell script of
+// body, with a socket wait that never wakes on its own (watchWake) and
+// the given socket timeout (0: the default).
+func scriptedVMM(t *testing.T, body string, socketTimeout time.Duration) *Supervisor {
+	t.Helper()
+	testutil.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "nxw") // short: the socket path must fit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "vmm")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sup, err := New(Config{Bin: bin, Layout: hostlayout.Layout{RunDir: filepath.Join(dir, "run")},
+		Owner: fmt.Sprintf("%012x", rand.Int64N(1<<48)), SocketTimeout: socketTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sup.ReleaseCgroups)
+	was := watchWake
+	watchWake = time.Hour
+	t.Cleanup(func() { watchWake = was })
+	return sup
 }
