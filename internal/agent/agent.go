@@ -458,7 +458,7 @@ func (a *Agent) spawn(w http.ResponseWriter, r *http.Request, id string) {
 		resp.Tap = &tap
 	}
 	if len(req.Calls) > 0 {
-		resp.Results = a.runCalls(r, id, req.Calls, vc)
+		resp.Results = a.proxy.runCalls(r, id, req.Calls, vc)
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -35,7 +35,7 @@ func (a *Agent) proxyBatch(w http.ResponseWriter, r *http.Request, id string) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, agentapi.BatchResponse{Results: a.runCalls(r, id, req.Calls, nil)})
+	writeJSON(w, http.StatusOK, agentapi.BatchResponse{Results: a.proxy.runCalls(r, id, req.Calls, nil)})
 }
 
 // checkCalls refuses a list of calls that cannot be run (too many, a path
@@ -58,30 +58,55 @@ func checkCalls(calls []firecracker.Call) error {
 // runCalls relays checked calls for VM id, in order, each through the
 // proxy as if it had come on its own, and stops after the first that is
 // not answered with a 2xx. With vc they go over that connection while it
-// lasts (relayOn), otherwise through the proxy's transport.
-func (a *Agent) runCalls(r *http.Request, id string, calls []firecracker.Call, vc *vmmConn) []firecracker.CallResult {
+// lasts (relayOn; a run of configuration calls in one write, pipeline),
+// otherwise through the proxy's transport.
+func (p *proxy) runCalls(r *http.Request, id string, calls []firecracker.Call, vc *vmmConn) []firecracker.CallResult {
 	out := make([]firecracker.CallResult, 0, len(calls))
-	for _, c := range calls {
-		sub, err := http.NewRequestWithContext(r.Context(), c.Method, agentapi.Prefix+"/vms/"+id+"/proxy"+c.Path, bytes.NewReader(c.Body))
-		if err != nil { // checkCalls made the same request
-			out = append(out, firecracker.CallResult{Status: http.StatusBadRequest})
+	for i := 0; i < len(calls); {
+		res := p.pipeline(r, id, calls[i:], vc)
+		if len(res) == 0 {
+			res = []firecracker.CallResult{p.runCall(r, id, calls[i], vc)}
+		}
+		out = append(out, res...)
+		if last := res[len(res)-1]; last.Status < 200 || last.Status > 299 {
 			break
 		}
-		sub.Header = r.Header.Clone()
-		if len(c.Body) > 0 {
-			sub.Header.Set("Content-Type", "application/json")
-		}
-		rec := httptest.NewRecorder()
-		start := time.Now()
-		a.proxy.relay(rec, sub, id, vc)
-		res := firecracker.CallResult{Status: rec.Code, Ms: float64(time.Since(start).Microseconds()) / 1000}
-		if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
-			res.Body = b
-		}
-		out = append(out, res)
-		if rec.Code < 200 || rec.Code > 299 {
-			break
-		}
+		i += len(res)
 	}
 	return out
+}
+
+// runCall relays one call of runCalls.
+func (p *proxy) runCall(r *http.Request, id string, c firecracker.Call, vc *vmmConn) firecracker.CallResult {
+	sub, err := callRequest(r, id, c)
+	if err != nil { // checkCalls made the same request
+		return firecracker.CallResult{Status: http.StatusBadRequest}
+	}
+	rec := httptest.NewRecorder()
+	start := time.Now()
+	p.relay(rec, sub, id, vc)
+	return callResult(rec, time.Since(start))
+}
+
+// callRequest is call c of a batch as a proxy request of its own, with
+// the batch's headers.
+func callRequest(r *http.Request, id string, c firecracker.Call) (*http.Request, error) {
+	sub, err := http.NewRequestWithContext(r.Context(), c.Method, agentapi.Prefix+"/vms/"+id+"/proxy"+c.Path, bytes.NewReader(c.Body))
+	if err != nil {
+		return nil, err
+	}
+	sub.Header = r.Header.Clone()
+	if len(c.Body) > 0 {
+		sub.Header.Set("Content-Type", "application/json")
+	}
+	return sub, nil
+}
+
+// callResult is a call's answer, as the proxy wrote it to rec, taking d.
+func callResult(rec *httptest.ResponseRecorder, d time.Duration) firecracker.CallResult {
+	res := firecracker.CallResult{Status: rec.Code, Ms: float64(d.Microseconds()) / 1000}
+	if b := bytes.TrimSpace(rec.Body.Bytes()); len(b) > 0 && json.Valid(b) {
+		res.Body = b
+	}
+	return res
 }

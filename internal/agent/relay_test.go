@@ -4,18 +4,24 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
@@ -168,3 +174,153 @@ func TestRelayOnSpawnConnection(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// fakeVMM serves one VM's API socket as firecracker does, with a script:
+// it answers only once it holds answerAfter requests (then each at once),
+// 400 to the request at failAt, and never when silent. It records the
+// paths it received; done closes when its connection has ended.
+type fakeVMM struct {
+	answerAfter, failAt int
+	silent              bool
+	mu                  sync.Mutex
+	paths               []string
+	done                chan struct{}
+}
+
+func (f *fakeVMM) serve(t *testing.T, sock string) {
+	t.Helper()
+	f.done = make(chan struct{})
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		defer close(f.done)
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for n := 0; ; n++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			f.mu.Lock()
+			f.paths = append(f.paths, req.URL.Path)
+			f.mu.Unlock()
+			if f.silent || n+1 < f.answerAfter {
+				continue
+			}
+			answers := 1
+			if n+1 == f.answerAfter {
+				answers = f.answerAfter // the ones held so far
+			}
+			for i := n + 1 - answers; i <= n; i++ {
+				if i == f.failAt {
+					b := `{"fault_message":"no"}`
+					_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: " + itoa(len(b)) + "\r\n\r\n" + b))
+					continue
+				}
+				_, _ = c.Write([]byte("HTTP/1.1 204 No Content\r\n\r\n"))
+			}
+		}
+	}()
+}
+
+func (f *fakeVMM) received() []string {
+	<-f.done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.paths
+}
+
+// A spawn's configuration calls go out in one write and their answers
+// are read in turn (pipeline): a VMM that answers only once it holds all
+// of them answers them. The first refusal — firecracker's, or the
+// proxy's before sending — ends the list, and nothing after it runs (the
+// start above all). An answer that does not come is 504 at the call's
+// deadline; a caller that goes away is 499 at once.
+func TestPipelinedConfiguration(t *testing.T) {
+	runDir, err := os.MkdirTemp("", "nxp") // short: socket paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(runDir)
+	layout := hostlayout.Layout{RunDir: runDir}
+	p := newProxy(layout, 300*time.Millisecond, slog.New(slog.DiscardHandler))
+	put := func(path, body string) firecracker.Call {
+		return firecracker.Call{Method: http.MethodPut, Path: path, Body: []byte(body)}
+	}
+	machine := put("/machine-config", `{"vcpu_count":1,"mem_size_mib":128}`)
+	start := put("/actions", `{"action_type":"InstanceStart"}`)
+	run := func(ctx context.Context, f *fakeVMM, calls func(id string) []firecracker.Call) ([]int, []string, string) {
+		t.Helper()
+		id := uuid.NewString()
+		if err := os.MkdirAll(layout.SockDir(id), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		f.serve(t, layout.SockPath(id))
+		c, err := net.Dial("unix", layout.SockPath(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vc := newVMMConn(c)
+		r := httptest.NewRequest(http.MethodPost, "/", nil).WithContext(ctx)
+		res := p.runCalls(r, id, calls(id), vc)
+		vc.close()
+		var st []int
+		var last string
+		for _, x := range res {
+			st = append(st, x.Status)
+			last = string(x.Body)
+		}
+		return st, f.received(), last
+	}
+	ctx := context.Background()
+	nic := func(id string) firecracker.Call {
+		return put("/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"`+hostlayout.TapName(id)+`"}`)
+	}
+
+	st, got, _ := run(ctx, &fakeVMM{answerAfter: 4, failAt: -1}, func(id string) []firecracker.Call {
+		return []firecracker.Call{machine, machine, nic(id), machine, start}
+	})
+	if fmt.Sprint(st) != "[204 204 204 204 204]" || fmt.Sprint(got) != "[/machine-config /machine-config /network-interfaces/eth0 /machine-config /actions]" {
+		t.Fatalf("a VMM that answers once it holds the four: results %v, it got %v; want all answered, the start last", st, got)
+	}
+
+	st, got, body := run(ctx, &fakeVMM{answerAfter: 3, failAt: 1}, func(id string) []firecracker.Call {
+		return []firecracker.Call{machine, machine, nic(id), start}
+	})
+	if fmt.Sprint(st) != "[204 400]" || !strings.Contains(body, `"fault_message":"no"`) || slices.Contains(got, "/actions") {
+		t.Fatalf("firecracker refusing the second: results %v (%s), it got %v; want its 400 last, and no start", st, body, got)
+	}
+
+	st, got, body = run(ctx, &fakeVMM{answerAfter: 2, failAt: -1}, func(id string) []firecracker.Call {
+		return []firecracker.Call{machine, machine, put("/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"eth0"}`), start}
+	})
+	if fmt.Sprint(st) != "[204 204 403]" || !strings.Contains(body, "not this VM's TAP") || fmt.Sprint(got) != "[/machine-config /machine-config]" {
+		t.Fatalf("the proxy refusing the third: results %v (%s), it got %v; want the two before it sent and answered, nothing after", st, body, got)
+	}
+
+	st, _, body = run(ctx, &fakeVMM{silent: true}, func(id string) []firecracker.Call {
+		return []firecracker.Call{machine, machine, start}
+	})
+	if fmt.Sprint(st) != "[504]" || !strings.Contains(body, "upstream_timeout") {
+		t.Fatalf("a VMM that never answers: results %v (%s); want 504 for the first", st, body)
+	}
+
+	p.timeout = time.Minute
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(20*time.Millisecond, cancel)
+	began := time.Now()
+	st, _, _ = run(cctx, &fakeVMM{silent: true}, func(id string) []firecracker.Call {
+		return []firecracker.Call{machine, machine, start}
+	})
+	if fmt.Sprint(st) != "[499]" || time.Since(began) > 30*time.Second {
+		t.Fatalf("a caller gone: results %v after %s; want 499, not the call's minute", st, time.Since(began))
+	}
+}
