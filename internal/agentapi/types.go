@@ -58,8 +58,13 @@ type SpawnRequest struct {
 	// order, each through the proxy's checks exactly as proxy-batch makes
 	// them, stopping at the first that is not answered with a 2xx: a
 	// boot's configuration and start ride on its spawn, one request
-	// instead of two. Agents before it refuse the field (unknown field
-	// "calls"); the caller then spawns without and sends a proxy-batch.
+	// instead of two. A run of configuration calls before the start
+	// (logger, metrics, machine, boot source, drives, network interfaces)
+	// is sent together to a new VMM, its answers read in turn: a call
+	// after a refused one of such a run may have been applied, which
+	// matters not, the boot having failed. Agents before it refuse the
+	// field (unknown field "calls"); the caller then spawns without and
+	// sends a proxy-batch.
 	Calls []firecracker.Call `json:"calls,omitempty"`
 }
 
