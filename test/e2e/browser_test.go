@@ -111,7 +111,7 @@ func (b *browser) run(d time.Duration, actions ...chromedp.Action[chromedp.Void]
 	ctx, cancel := context.WithTimeout(b.ctx, d)
 	defer cancel()
 	if err := chromedp.Do(ctx, actions...); err != nil {
-		b.shot("failure")
+		b.failure()
 		b.t.Fatalf("browser: %v", err)
 	}
 }
@@ -123,7 +123,7 @@ func eval[T any](b *browser, js string) T {
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js))
 	if err != nil {
-		b.shot("failure")
+		b.failure()
 		b.t.Fatalf("browser: %s: %v", js, err)
 	}
 	return v
@@ -153,11 +153,27 @@ func (b *browser) waitJS(what, js string, d time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.shot("failure")
+			b.failure()
 			b.t.Fatalf("browser: %s: not within %s (%s; last error %v)", what, d, js, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// failure records what the page looked like and what it had loaded when
+// a step failed: a screenshot, and each resource's path and time (a
+// module still loading is absent: it is what the page waits for).
+func (b *browser) failure() {
+	b.shot("failure")
+	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+	defer cancel()
+	loaded, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.readyState + "; " + performance.getEntriesByType("resource").
+		map(e => e.name.replace(location.origin, "") + " " + Math.round(e.responseEnd - e.startTime) + "ms").join(", ")`))
+	if err != nil {
+		b.t.Logf("page resources: %v", err)
+		return
+	}
+	b.t.Logf("page resources: %s", loaded)
 }
 
 // shot saves a full-page screenshot under artifacts/ and returns its path.

@@ -122,7 +122,7 @@ func TestConsolePools(t *testing.T) {
 			partial++
 		}
 		if time.Now().After(deadline) {
-			b.shot("failure")
+			b.failure()
 			t.Fatalf("rollout not succeeded in the console: %s", eval[string](b, `document.querySelector("#rollout").textContent`))
 		}
 		time.Sleep(200 * time.Millisecond)
