@@ -133,7 +133,10 @@ func hookCancel(ctx context.Context, vc *vmmConn) (release func()) {
 // that fails anywhere discards its VMM, so a call that still ran after an
 // earlier one failed changes nothing that stays.
 func pipelined(c firecracker.Call) bool {
-	if c.Method != http.MethodPut {
+	// A body past firecracker's limit (51,200 bytes) is a parse error, on
+	// which micro_http drops the requests it holds unanswered and answers
+	// once: that answer would be read as an earlier call's.
+	if c.Method != http.MethodPut || len(c.Body) > maxPipelinedBody {
 		return false
 	}
 	switch c.Path {
@@ -142,6 +145,10 @@ func pipelined(c firecracker.Call) bool {
 	}
 	return strings.HasPrefix(c.Path, "/drives/") || strings.HasPrefix(c.Path, "/network-interfaces/")
 }
+
+// maxPipelinedBody bounds the body of a call pipeline sends: firecracker's
+// configuration bodies are a few hundred bytes.
+const maxPipelinedBody = 16 << 10
 
 // pipeline sends the run of configuration calls (pipelined) that calls
 // starts with over vc in one write, each checked as relayOn's are, and
@@ -181,12 +188,17 @@ func (p *proxy) pipeline(r *http.Request, id string, calls []firecracker.Call, v
 	if len(outs) < 2 {
 		return nil
 	}
+	// One deadline for the run (its calls were prepared together, each
+	// with one), set before the hook that ends it when the caller leaves.
+	var deadline time.Time
+	for _, out := range outs {
+		if d, _ := out.Context().Deadline(); d.After(deadline) { // prepare set one
+			deadline = d
+		}
+	}
+	_ = vc.c.SetDeadline(deadline)
 	ctx := r.Context()
 	defer hookCancel(ctx, vc)()
-	deadline := func(out *http.Request) time.Time {
-		d, _ := out.Context().Deadline() // prepare set one
-		return d
-	}
 	results := make([]firecracker.CallResult, 0, len(outs)+1)
 	fail := func(out *http.Request, err error, d time.Duration) []firecracker.CallResult {
 		vc.close()
@@ -198,7 +210,6 @@ func (p *proxy) pipeline(r *http.Request, id string, calls []firecracker.Call, v
 		return append(results, callResult(rec, d))
 	}
 	start := time.Now()
-	_ = vc.c.SetDeadline(deadline(outs[0]))
 	bw := bufio.NewWriterSize(vc.c, 4096)
 	for _, out := range outs {
 		if err := out.Write(bw); err != nil {
@@ -216,7 +227,6 @@ func (p *proxy) pipeline(r *http.Request, id string, calls []firecracker.Call, v
 			// whether firecracker read the rest is unknown.
 			return fail(out, errors.New("firecracker closed the connection before answering"), 0)
 		}
-		_ = vc.c.SetDeadline(deadline(out))
 		resp, err := http.ReadResponse(vc.br, out)
 		if err != nil {
 			return fail(out, err, time.Since(prev))

@@ -324,3 +324,30 @@ func TestPipelinedConfiguration(t *testing.T) {
 		t.Fatalf("a caller gone: results %v after %s; want 499, not the call's minute", st, time.Since(began))
 	}
 }
+
+// Only a new VMM's configuration, with bodies well within firecracker's
+// limit, is pipelined: never its start, a PATCH, a snapshot or a GET.
+func TestPipelinedCalls(t *testing.T) {
+	big := make([]byte, maxPipelinedBody+1)
+	for _, tc := range []struct {
+		c    firecracker.Call
+		want bool
+	}{
+		{firecracker.Call{Method: "PUT", Path: "/logger"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/metrics"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/machine-config"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/boot-source"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/drives/rootfs"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/network-interfaces/eth0"}, true},
+		{firecracker.Call{Method: "PUT", Path: "/drives/rootfs", Body: big}, false},
+		{firecracker.Call{Method: "PUT", Path: "/actions"}, false},
+		{firecracker.Call{Method: "PATCH", Path: "/drives/rootfs"}, false},
+		{firecracker.Call{Method: "PUT", Path: "/snapshot/load"}, false},
+		{firecracker.Call{Method: "GET", Path: "/machine-config"}, false},
+		{firecracker.Call{Method: "PUT", Path: "/mmds"}, false},
+	} {
+		if got := pipelined(tc.c); got != tc.want {
+			t.Errorf("pipelined(%s %s, %d bytes) = %v; want %v", tc.c.Method, tc.c.Path, len(tc.c.Body), got, tc.want)
+		}
+	}
+}

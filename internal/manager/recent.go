@@ -25,9 +25,10 @@ type recentRows struct {
 
 func newRecentRows() *recentRows { return &recentRows{rows: make(map[string]store.VM)} }
 
-// put keeps vm, the row as written, dropping the oldest past the bound.
-// The row is shared, not copied: the store copies a row it starts from,
-// and nothing changes a row it was given.
+// put keeps a copy of vm, the row as written (a caller may change the
+// one it holds), dropping the oldest past the bound. Two writes of one
+// VM that come back out of order leave the older: the next write then
+// takes one attempt more, as from any stale row.
 func (r *recentRows) put(vm store.VM) {
 	if r == nil || vm.ID == "" {
 		return
@@ -37,7 +38,7 @@ func (r *recentRows) put(vm store.VM) {
 	if _, ok := r.rows[vm.ID]; !ok {
 		r.order = append(r.order, vm.ID)
 	}
-	r.rows[vm.ID] = vm
+	r.rows[vm.ID] = vm.Clone()
 	for len(r.rows) > recentMax {
 		delete(r.rows, r.order[0])
 		r.order = r.order[1:]

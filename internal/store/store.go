@@ -84,7 +84,8 @@ type VMStore interface {
 	// last read or wrote it: if nobody wrote it since (same Generation),
 	// the write needs no read first; otherwise it goes on as UpdateVM. A
 	// mutation that refuses cur (returns an error) is given the VM as
-	// stored before its error counts: cur may be stale.
+	// stored before its error counts: cur may be stale. A mutation may
+	// thus run more than once, and must start each run afresh.
 	UpdateVMFrom(ctx context.Context, cur VM, mutate func(*VM) error) (VM, error)
 	// DeleteVM removes the VM and its events; a missing VM is ErrNotFound
 	// (callers that treat delete as idempotent ignore it).

@@ -467,9 +467,14 @@ var vmBehaviours = []behaviour{
 		if got = must(e.s.UpdateVMFrom(ctx, vm, onlyRunning))(t); got.LastError != "ready" {
 			t.Fatalf("from a stale row the mutation refused: %+v; want it applied to the stored row", got)
 		}
-		must(e.s.UpdateVM(ctx, vm.ID, func(v *store.VM) error { v.State = store.VMStopped; return nil }))(t)
-		_, err := e.s.UpdateVMFrom(ctx, got, onlyRunning)
+		stopped := must(e.s.UpdateVM(ctx, vm.ID, func(v *store.VM) error { v.State = store.VMStopped; return nil }))(t)
+		_, err := e.s.UpdateVMFrom(ctx, got, onlyRunning) // stale, and refused as stored
 		wantErr(t, "refused by the stored row", err, boom)
+		_, err = e.s.UpdateVMFrom(ctx, stopped, onlyRunning) // current, refused twice
+		wantErr(t, "refused by the current row", err, boom)
+		if after := must(e.s.GetVM(ctx, vm.ID))(t); after.Generation != stopped.Generation || after.LastError != "ready" {
+			t.Fatalf("a refused update wrote: generation %d (want %d), last_error %q", after.Generation, stopped.Generation, after.LastError)
+		}
 		// A VM deleted since: not found.
 		if err := e.s.DeleteVM(ctx, vm.ID); err != nil {
 			t.Fatal(err)

@@ -66,6 +66,7 @@ func (n *Network) EnsureBridge(ctx context.Context) (Bridge, error) {
 		return Bridge{}, wrap("address", err)
 	}
 	br := Bridge{Name: name, Index: link.Attrs().Index, Gateway: gw, Subnet: gw.Masked(), NAT: n.backend}
+	n.bridgeIndex.Store(int32(br.Index)) // what a TAP attaches to (addTap)
 
 	if err := ctxErr(ctx); err != nil {
 		return br, wrap("forwarding", err)
@@ -351,6 +352,7 @@ func (n *Network) removeNATLocked(ctx context.Context, note func(string)) error 
 func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, error) {
 	n.bridgeMu.Lock()
 	defer n.bridgeMu.Unlock()
+	n.bridgeIndex.Store(0) // looked up again by the next TAP
 
 	var removed []string
 	note := func(s string) { removed = append(removed, s) }

@@ -126,8 +126,10 @@ type Network struct {
 	// rt is a route netlink socket in the namespace for requests the
 	// handle has no call for (addTap's one RTM_SETLINK).
 	rt *nl.SocketHandle
-	// bridgeIndex is the bridge's ifindex as a TAP's create last found it
-	// (0: look it up). Indexes are not reused, so a stale one fails.
+	// bridgeIndex is the bridge's ifindex as EnsureBridge (every minute,
+	// keepBridge) or a TAP's create last found it (0: look it up). A
+	// bridge made again has another index: the attach fails, and the
+	// TAP's create looks the bridge up again.
 	bridgeIndex atomic.Int32
 }
 

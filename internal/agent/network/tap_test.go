@@ -190,9 +190,9 @@ func TestEnsureTapWithoutBridge(t *testing.T) {
 	}
 }
 
-// The bridge's index is noted by a TAP's create; a bridge made again
-// since (a new index) is found again, and a missing one is reported as
-// such, with no TAP left behind.
+// The bridge's index is noted (EnsureBridge, a TAP's create); a bridge
+// made again since (a new index) is found again, and a missing one is
+// reported as such, with no TAP left behind.
 func TestEnsureTapAfterTheBridgeIsMadeAgain(t *testing.T) {
 	ctx := context.Background()
 	tns, nw := readyNet(t)
@@ -207,7 +207,9 @@ func TestEnsureTapAfterTheBridgeIsMadeAgain(t *testing.T) {
 	if _, err := tns.h.LinkByName(second); !isNotFound(err) {
 		t.Errorf("%s after a failed EnsureTap: %v; want none", second, err)
 	}
-	if _, err := nw.EnsureBridge(ctx); err != nil {
+	// Made again by another instance (an agent restarted meanwhile): this
+	// one still holds the old index.
+	if _, err := newNet(t, tns, Config{}).EnsureBridge(ctx); err != nil {
 		t.Fatalf("EnsureBridge: %v", err)
 	}
 	if err := nw.EnsureTap(ctx, third, third); err != nil {

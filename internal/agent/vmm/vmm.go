@@ -813,6 +813,9 @@ func (s *Supervisor) Run(ctx context.Context, interval time.Duration) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGCHLD)
 	defer signal.Stop(sigs)
+	// A child that exited before the signal was watched is reaped now:
+	// the tick does not look at children.
+	s.sweep(true)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	prune := time.NewTicker(time.Minute)
