@@ -78,21 +78,13 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 	}
 
 	link, err := n.h.LinkByName(name)
-	created := false
 	switch {
 	case isNotFound(err):
-		link, created, err = n.createTap(name, vmID)
-		if err != nil {
-			return wrap("add", err)
+		// Gone since addTap met it: made as addTap makes it, once.
+		if added, err := n.addTap(name, vmID); added || err != nil {
+			return err
 		}
-		// Undo our own half-done work so a failure leaves nothing behind.
-		defer func() {
-			if err != nil && created {
-				if derr := n.h.LinkDel(link); derr != nil && !isNotFound(derr) {
-					n.log.Warn("rollback: delete tap", "tap", name, "error", derr)
-				}
-			}
-		}()
+		return wrap("add", fmt.Errorf("%w: a link named %s keeps coming and going; left alone", ErrLinkConflict, name))
 	case err != nil:
 		return wrap("look up", err)
 	default:
@@ -106,7 +98,7 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 	}
 
 	if master := link.Attrs().MasterIndex; master != br.Attrs().Index {
-		if master != 0 && !created {
+		if master != 0 {
 			return wrap("attach to "+n.cfg.Bridge, fmt.Errorf("%w: %s is attached to another master (index %d); left alone",
 				ErrLinkConflict, name, master))
 		}
@@ -121,9 +113,6 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 		if err := n.h.LinkSetUp(link); err != nil {
 			return wrap("set up", err)
 		}
-	}
-	if created {
-		n.log.Debug("created tap", "tap", name, "vm_id", vmID, "bridge", n.cfg.Bridge)
 	}
 	return nil
 }
@@ -278,37 +267,6 @@ func (n *Network) AdoptTap(ctx context.Context, name, vmID string) (bool, error)
 	}
 	n.log.Info("adopted unmarked tap of a running vm", "tap", name, "vm_id", vmID)
 	return true, nil
-}
-
-// createTap adds a persistent single-queue TAP. netlink opens /dev/net/tun,
-// sets the flags, makes it persistent and closes the fd, so nobody holds the
-// queue afterwards; the open happens in our namespace's thread because a
-// TAP is born in the namespace of the thread that opens /dev/net/tun.
-func (n *Network) createTap(name, vmID string) (link netlink.Link, created bool, err error) {
-	tap := &netlink.Tuntap{
-		LinkAttrs: netlink.LinkAttrs{Name: name},
-		Mode:      netlink.TUNTAP_MODE_TAP,
-		// TUN_EXCL: fail rather than attach to a device that appeared
-		// since our lookup (another caller, another program).
-		Flags: tapFlags | netlink.TUNTAP_TUN_EXCL,
-	}
-	addErr := n.inNS(func() error { return noForkWhile(func() error { return n.h.LinkAdd(tap) }) })
-	if addErr != nil {
-		// TUN_EXCL failed: someone made a link of that name since our
-		// lookup. It is theirs, not ours to mark or roll back.
-		return nil, false, addErr
-	}
-	link, err = n.h.LinkByName(name)
-	if err != nil {
-		return nil, true, fmt.Errorf("look up after add: %w", err)
-	}
-	// The mark goes on before anything else: a TAP we made is never
-	// without it for longer than this call.
-	if err := n.h.LinkSetAlias(link, n.tapMark(vmID)); err != nil {
-		return link, true, fmt.Errorf("set mark: %w", err)
-	}
-	link.Attrs().Alias = n.tapMark(vmID)
-	return link, true, nil
 }
 
 // noForkWhile runs f, which opens /dev/net/tun, attaches a TAP's one queue
