@@ -211,6 +211,7 @@ set it registers there and sends heartbeats.`,
 			o.Version = version.Get().Version
 			o.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
+			quietSysmon(log)
 			r, err := agent.Start(cmd.Context(), o, log)
 			if err != nil {
 				return err
@@ -276,6 +277,7 @@ Migrations are applied at start. Agents join with the shared join token
 			}
 			o.Version = version.Get().Version
 			startPprof(e("NEXUS_PPROF"), log)
+			quietSysmon(log)
 			m, err := app.StartManager(cmd.Context(), o, log)
 			if err != nil {
 				return err
@@ -399,6 +401,7 @@ simulated VM costs about 1 MiB), so hundreds of small VMs fit on a laptop.`,
 			o.Version = version.Get().Version
 			o.Agent.VMMEnv = simEnv(e)
 			startPprof(e("NEXUS_PPROF"), log)
+			quietSysmon(log)
 			return app.Up(cmd.Context(), o, log, stdout)
 		},
 	}
