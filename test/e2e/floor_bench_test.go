@@ -74,6 +74,7 @@ func BenchmarkFloor(b *testing.B) {
 		var floorSeq, nexusSeq []time.Duration
 		var floorCPU time.Duration // the floor program's own (this process's)
 		mgr0, ag0 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
+		mcs0, acs0 := ctxSwitches(c.mgr.cmd.Process.Pid), ctxSwitches(c.agents[0].cmd.Process.Pid)
 		for i := range seq {
 			floorSeq = append(floorSeq, f.boot(b))
 			floorCPU += f.cpu
@@ -86,6 +87,7 @@ func BenchmarkFloor(b *testing.B) {
 			ids = append(ids, vm.ID)
 		}
 		mgr1, ag1 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
+		mcs1, acs1 := ctxSwitches(c.mgr.cmd.Process.Pid), ctxSwitches(c.agents[0].cmd.Process.Pid)
 		profiling.Wait()
 		b.Logf("where a create's time goes (p50 of each boot step over the sequential creates; firecracker calls as the agent timed them, without the batch's round trip): %s",
 			stepMedians(b, c, ids[warm:warm+seq]))
@@ -141,6 +143,10 @@ func BenchmarkFloor(b *testing.B) {
 		b.ReportMetric(float64(mgr1-mgr0)*10/float64(seq), "manager-cpu-ms/create")
 		b.ReportMetric(float64(ag1-ag0)*10/float64(seq), "agent-cpu-ms/create")
 		b.ReportMetric(float64(floorCPU.Microseconds())/1000/float64(seq), "floor-cpu-ms/boot")
+		// Each a wake-up of one of their threads: on a virtualised host a
+		// large share of their CPU, and steadier than it from run to run.
+		b.ReportMetric(float64(mcs1-mcs0)/float64(seq), "manager-ctxsw/create")
+		b.ReportMetric(float64(acs1-acs0)/float64(seq), "agent-ctxsw/create")
 	}
 }
 
@@ -251,6 +257,31 @@ func cpuTicks(pid int) int64 {
 	ut, _ := strconv.ParseInt(fields[11], 10, 64)
 	st, _ := strconv.ParseInt(fields[12], 10, 64)
 	return ut + st
+}
+
+// ctxSwitches is a process's context switches so far (voluntary and not),
+// summed over its live threads.
+func ctxSwitches(pid int) int64 {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue // a thread that just ended
+		}
+		for line := range strings.Lines(string(b)) {
+			k, v, ok := strings.Cut(line, ":")
+			if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // stepMedians reads the boot event of each VM ("boot: assign address
