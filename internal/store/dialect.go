@@ -26,6 +26,9 @@ type dialect interface {
 	// rest of a write transaction ("" where the transaction already
 	// excludes every other writer: SQLite's BEGIN IMMEDIATE).
 	forUpdate() string
+	// joinText is the aggregate that joins a text column's values with
+	// commas into one value (NULL over no rows).
+	joinText(col string) string
 	// classify recognises the engine's constraint errors.
 	classify(err error) (kind error, detail string, ok bool)
 	// lockConflict reports an error that only lost a race for locks with

@@ -58,6 +58,8 @@ func (postgresDialect) timeArg(t time.Time) any { return t }
 // placements on other hosts proceed in parallel.
 func (postgresDialect) forUpdate() string { return " FOR UPDATE" }
 
+func (postgresDialect) joinText(col string) string { return "string_agg(" + col + ", ',')" }
+
 // Containment uses the GIN index on tags.
 func (postgresDialect) tagsFilter(tags map[string]string) (string, []any) {
 	b, _ := json.Marshal(tags) // a map[string]string always marshals

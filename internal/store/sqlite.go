@@ -62,6 +62,8 @@ func (sqliteDialect) acquireLease(name, holder string, ttl time.Duration, now ti
 // writer already.
 func (sqliteDialect) forUpdate() string { return "" }
 
+func (sqliteDialect) joinText(col string) string { return "group_concat(" + col + ", ',')" }
+
 func (sqliteDialect) classify(err error) (error, string, bool) {
 	var e *sqlite.Error
 	if !errors.As(err, &e) {
