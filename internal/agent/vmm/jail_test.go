@@ -25,6 +25,7 @@ import (
 func TestMain(m *testing.M) {
 	// The supervisor re-executes this test binary as the jail helper.
 	jail.RunIfHelper()
+	lateListenerIfAsked()
 	simtest.Main(m)
 }
 

@@ -171,6 +171,64 @@ func TestSpawnEndsWhenItsCallerLeaves(t *testing.T) {
 	}
 }
 
+// A VMM that binds its socket and listens only a while later (past the
+// naps that follow the bind) is still reached: the spawn answers, with
+// its VMM up.
+func TestSpawnReachesASocketThatListensLate(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := 10 * boundNap * boundNaps
+	sup := scriptedVMM(t, fmt.Sprintf("%s=%s exec %s \"$@\"", lateListenEnv, late, self), 0)
+	id := uuid.NewString()
+	h, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})
+	if err != nil {
+		t.Fatalf("spawn: %v", err)
+	}
+	defer func() {
+		if err := sup.Stop(context.Background(), id, 0); err != nil {
+			t.Error(err)
+		}
+	}()
+	c, err := net.Dial("unix", h.APISock)
+	if err != nil {
+		t.Fatalf("the spawn answered, but its socket: %v", err)
+	}
+	c.Close()
+}
+
+// lateListenEnv makes this test binary, started as a VMM, bind its
+// --api-sock, wait that long, then listen (TestSpawnReachesASocketThatListensLate).
+const lateListenEnv = "NEXUS_TEST_LATE_LISTEN"
+
+func lateListenerIfAsked() {
+	wait, err := time.ParseDuration(os.Getenv(lateListenEnv))
+	if err != nil {
+		return
+	}
+	var sock string
+	for i, a := range os.Args {
+		if a == "--api-sock" && i+1 < len(os.Args) {
+			sock = os.Args[i+1]
+		}
+	}
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		err = syscall.Bind(fd, &syscall.SockaddrUnix{Name: sock})
+	}
+	if err == nil {
+		time.Sleep(wait)
+		err = syscall.Listen(fd, 8)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "late listener:", err)
+		os.Exit(2)
+	}
+	time.Sleep(time.Minute) // stopped by the test
+	os.Exit(0)
+}
+
 // scriptedVMM returns a supervisor whose VMM binary is a shell script of
 // body, with a socket wait that never wakes on its own (watchWake) and
 // the given socket timeout (0: the default).

@@ -34,6 +34,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/keyed"
+	"golang.org/x/sys/unix"
 )
 
 // handleVersion is bumped when the vmm.json format changes.
@@ -503,6 +504,14 @@ var watchWake = 250 * time.Millisecond // a test makes it endless
 // returns, the process exits, or the deadline passes. With watch it sleeps
 // until the socket appears; without (a jailed VMM binds inside its
 // chroot), and between its bind and its listen, it polls.
+// A socket that is bound but refuses connections is looked at again
+// after naps of boundNap, up to boundNaps of them, before the wait polls
+// on timers.
+const (
+	boundNap  = 50 * time.Microsecond
+	boundNaps = 20
+)
+
 func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
@@ -515,6 +524,7 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 	const fast = 20 * time.Millisecond
 	begin, delay := time.Now(), 200*time.Microsecond
 	bound := false // the watch saw the socket appear
+	naps := 0      // boundNaps taken since
 	// A jailed VMM binds its socket inside its chroot (at the same path
 	// there); a hard link brings it to its host path, where everyone
 	// reaches it. (The jail path itself may be too long for a unix socket
@@ -552,7 +562,17 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 			bound = watch.wait(watchWake)
 			continue
 		}
-		// Bound but not yet listening (or no watch): poll.
+		if bound && naps < boundNaps {
+			// Bound but not yet listening: firecracker listens right
+			// after it binds, but our waking at the bind may have put it
+			// off its CPU in between (a sixth of this host's spawns).
+			// A timer this short would wait for the network poller's next
+			// millisecond; a nap gives the CPU back and looks again soon.
+			naps++
+			_ = unix.Nanosleep(&unix.Timespec{Nsec: boundNap.Nanoseconds()}, nil)
+			continue
+		}
+		// Not yet listening (or no watch): poll.
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for API socket %s: %w", p.h.APISock, ctx.Err())
