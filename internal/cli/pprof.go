@@ -4,8 +4,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-
-	"github.com/nexus-microvm/nexus/internal/sysmon"
 )
 
 // startPprof serves Go's profiler on addr (NEXUS_PPROF, e.g. 127.0.0.1:6060)
@@ -25,16 +23,4 @@ func startPprof(addr string, log *slog.Logger) {
 		}
 	}()
 	log.Info("profiler listening", "addr", addr)
-}
-
-// quietSysmon eases the Go runtime's monitor thread in a long-running
-// server (see package sysmon). Where the host does not allow it, the
-// server only spends some more CPU.
-func quietSysmon(log *slog.Logger) {
-	tid, err := sysmon.Quiet(sysmon.Slack)
-	if err != nil {
-		log.Debug("the runtime's monitor thread keeps its timer slack", "err", err)
-		return
-	}
-	log.Debug("the runtime's monitor thread polls less often", "thread", tid, "timer_slack", sysmon.Slack.String())
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // slacks reads every thread's timer slack.
@@ -31,7 +33,7 @@ func slacks(t *testing.T) map[int]time.Duration {
 // quiet runs Quiet and puts the thread's slack back after the test.
 func quiet(t *testing.T) int {
 	t.Helper()
-	tid, err := thread()
+	_, tid, err := thread()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +48,21 @@ func quiet(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.WriteFile(slackPath(got), []byte(strconv.FormatInt(before.Nanoseconds(), 10)), 0) })
+	t.Cleanup(func() {
+		_ = os.WriteFile(slackPath(got), []byte(strconv.FormatInt(before.Nanoseconds(), 10)), 0)
+		own.Store(0)
+	})
 	return got
+}
+
+// childSlack starts a process that prints its own timer slack.
+func childSlack(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("cat", "/proc/self/timerslack_ns").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func TestQuietChangesOnlyTheMonitorThread(t *testing.T) {
@@ -62,18 +77,42 @@ func TestQuietChangesOnlyTheMonitorThread(t *testing.T) {
 			t.Errorf("thread %d: slack %v → %v; only thread %d should change", id, d, after[id], tid)
 		}
 	}
-	// A process started now (as the agent starts a VMM) keeps the slack
-	// it would have had: it inherits its starting thread's, never sysmon's.
-	out, err := exec.Command("cat", "/proc/self/timerslack_ns").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.TrimSpace(string(out)); got != strconv.FormatInt(before[os.Getpid()].Nanoseconds(), 10) {
-		t.Errorf("a child's slack is %s ns; want the process's %v", got, before[os.Getpid()])
-	}
 	if _, err := Quiet(0); err == nil {
 		t.Error("Quiet(0) succeeded; want an error")
 	}
+}
+
+// Threads the runtime starts from sysmon inherit its slack, and so would
+// the processes they start: a process started under OwnSlack (as the
+// agent starts a VMM) has the process's own, even from such a thread.
+func TestOwnSlackKeepsChildrenOffTheMonitorsSlack(t *testing.T) {
+	mine, err := SlackOf(os.Getpid())
+	if err != nil {
+		t.Skipf("no timerslack_ns here: %v", err)
+	}
+	quiet(t)
+	want := strconv.FormatInt(mine.Nanoseconds(), 10)
+	// This thread carries the monitor's slack, as one sysmon started
+	// would: a child started from it plainly inherits that.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(Slack.Nanoseconds()), 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := childSlack(t); got != strconv.FormatInt(Slack.Nanoseconds(), 10) {
+		t.Fatalf("a child of a thread with slack %v has %s ns", Slack, got)
+	}
+	for range 3 {
+		var got string
+		if err := OwnSlack(func() error { got = childSlack(t); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("a child started under OwnSlack has slack %s ns; want the process's %s", got, want)
+		}
+	}
+	// Nap sleeps and comes back, on a thread with the process's slack.
+	Nap(50 * time.Microsecond)
 }
 
 // nanosleep is the syscall the runtime's usleep makes.
@@ -118,7 +157,7 @@ func TestThreadIsTheOneThatPolls(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	tid, err := thread()
+	_, tid, err := thread()
 	if err != nil {
 		t.Fatal(err)
 	}

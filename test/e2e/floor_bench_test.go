@@ -143,8 +143,9 @@ func BenchmarkFloor(b *testing.B) {
 		b.ReportMetric(float64(mgr1-mgr0)*10/float64(seq), "manager-cpu-ms/create")
 		b.ReportMetric(float64(ag1-ag0)*10/float64(seq), "agent-cpu-ms/create")
 		b.ReportMetric(float64(floorCPU.Microseconds())/1000/float64(seq), "floor-cpu-ms/boot")
-		// Each a wake-up of one of their threads: on a virtualised host a
-		// large share of their CPU, and steadier than it from run to run.
+		// Mostly wake-ups of their threads (the rest preemptions): on a
+		// virtualised host a large share of their CPU, and steadier than
+		// it from run to run. Threads that end meanwhile are not counted.
 		b.ReportMetric(float64(mcs1-mcs0)/float64(seq), "manager-ctxsw/create")
 		b.ReportMetric(float64(acs1-acs0)/float64(seq), "agent-ctxsw/create")
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/nexus-microvm/nexus/internal/netnsutil"
+	"github.com/nexus-microvm/nexus/internal/sysmon"
 )
 
 // startInNetNS starts cmd in the network namespace mounted at path: the
@@ -19,5 +20,5 @@ func startInNetNS(path string, cmd *exec.Cmd) error {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	defer ns.Close()
-	return netnsutil.Do(ns, cmd.Start)
+	return netnsutil.Do(ns, func() error { return sysmon.OwnSlack(cmd.Start) })
 }

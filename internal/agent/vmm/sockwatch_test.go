@@ -179,7 +179,7 @@ func TestSpawnReachesASocketThatListensLate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late := 10 * boundNap * boundNaps
+	late := 10 * boundNaps
 	sup := scriptedVMM(t, fmt.Sprintf("%s=%s exec %s \"$@\"", lateListenEnv, late, self), 0)
 	id := uuid.NewString()
 	h, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})

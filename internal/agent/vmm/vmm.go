@@ -34,7 +34,7 @@ import (
 	"github.com/nexus-microvm/nexus/internal/firecracker"
 	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/nexus-microvm/nexus/internal/keyed"
-	"golang.org/x/sys/unix"
+	"github.com/nexus-microvm/nexus/internal/sysmon"
 )
 
 // handleVersion is bumped when the vmm.json format changes.
@@ -310,9 +310,11 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(cgfd.Fd())
 	}
+	// The VMM gets the agent's own timer slack, not that of a thread the
+	// runtime's monitor started (package sysmon).
 	start := func(cmd *exec.Cmd) error {
 		if opts.NetNS == "" {
-			return cmd.Start()
+			return sysmon.OwnSlack(cmd.Start)
 		}
 		return startInNetNS(opts.NetNS, cmd)
 	}
@@ -505,11 +507,10 @@ var watchWake = 250 * time.Millisecond // a test makes it endless
 // until the socket appears; without (a jailed VMM binds inside its
 // chroot), and between its bind and its listen, it polls.
 // A socket that is bound but refuses connections is looked at again
-// after naps of boundNap, up to boundNaps of them, before the wait polls
-// on timers.
+// after naps of boundNap for boundNaps after the bind, then on timers.
 const (
 	boundNap  = 50 * time.Microsecond
-	boundNaps = 20
+	boundNaps = time.Millisecond
 )
 
 func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) (net.Conn, error) {
@@ -524,7 +525,7 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 	const fast = 20 * time.Millisecond
 	begin, delay := time.Now(), 200*time.Microsecond
 	bound := false // the watch saw the socket appear
-	naps := 0      // boundNaps taken since
+	var boundAt time.Time
 	// A jailed VMM binds its socket inside its chroot (at the same path
 	// there); a hard link brings it to its host path, where everyone
 	// reaches it. (The jail path itself may be too long for a unix socket
@@ -559,17 +560,19 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 		if watch != nil && !bound {
 			// Sleep until the VMM creates its socket; wake now and then
 			// to see whether it died first.
-			bound = watch.wait(watchWake)
+			if bound = watch.wait(watchWake); bound {
+				boundAt = time.Now()
+			}
 			continue
 		}
-		if bound && naps < boundNaps {
+		if bound && time.Since(boundAt) < boundNaps {
 			// Bound but not yet listening: firecracker listens right
 			// after it binds, but our waking at the bind may have put it
-			// off its CPU in between (a sixth of this host's spawns).
-			// A timer this short would wait for the network poller's next
-			// millisecond; a nap gives the CPU back and looks again soon.
-			naps++
-			_ = unix.Nanosleep(&unix.Timespec{Nsec: boundNap.Nanoseconds()}, nil)
+			// off its CPU in between (up to a third of the spawns on a
+			// busy 2-core host). A timer this short would wait for the
+			// network poller's next millisecond; a nap gives the CPU back
+			// and looks again soon.
+			sysmon.Nap(boundNap)
 			continue
 		}
 		// Not yet listening (or no watch): poll.
