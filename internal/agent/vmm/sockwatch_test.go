@@ -198,6 +198,45 @@ func TestSpawnReachesASocketThatListensLate(t *testing.T) {
 	c.Close()
 }
 
+// A stop sees its VMM's exit when the watch loop reaps it (SIGCHLD), not
+// at its next probe: with no probe due for an hour, a VMM that ends on
+// SIGTERM is stopped at once.
+func TestStopSeesTheExitAtOnce(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup := scriptedVMM(t, fmt.Sprintf("%s=0s exec %s \"$@\"", lateListenEnv, self), 0)
+	was := goneProbe
+	goneProbe = time.Hour
+	t.Cleanup(func() { goneProbe = was })
+	ctx, cancel := context.WithCancel(context.Background())
+	running := make(chan struct{})
+	go func() {
+		defer close(running)
+		sup.Run(ctx, time.Hour) // SIGCHLD only
+	}()
+	defer func() { cancel(); <-running }()
+	id := uuid.NewString()
+	h, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})
+	if err != nil {
+		t.Fatalf("spawn: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sup.Stop(context.Background(), id, 30*time.Second) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop still waiting for a VMM that ended on SIGTERM")
+	}
+	if err := syscall.Kill(h.PID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the VMM (pid %d) still runs: %v", h.PID, err)
+	}
+}
+
 // lateListenEnv makes this test binary, started as a VMM, bind its
 // --api-sock, wait that long, then listen (TestSpawnReachesASocketThatListensLate).
 const lateListenEnv = "NEXUS_TEST_LATE_LISTEN"

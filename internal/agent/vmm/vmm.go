@@ -100,10 +100,13 @@ const MaxSocketPath = 107
 var ErrInvalidID = errors.New("invalid vm id")
 
 type proc struct {
-	h        Handle
-	child    bool // started by this agent process, so we reap it
-	exited   bool
-	status   string
+	h      Handle
+	child  bool // started by this agent process, so we reap it
+	exited bool
+	status string
+	// gone, for a child, is closed once it is reaped (by the watch loop
+	// on SIGCHLD, or anyone's probe): a stop waits on it, not on a timer.
+	gone     chan struct{}
 	stopping bool // the agent itself is ending it
 	// watch, while a spawn waits for the VMM's socket: its exit ends the
 	// wait at once (reap), so the wait needs no timer to notice it.
@@ -359,7 +362,7 @@ func (s *Supervisor) Spawn(ctx context.Context, vmID string, opts SpawnOptions) 
 	if pi, err := readProc(pid); err == nil {
 		h.StartTicks = pi.startTicks
 	}
-	p := &proc{h: h, child: true, watch: watch}
+	p := &proc{h: h, child: true, watch: watch, gone: make(chan struct{})}
 	s.mu.Lock()
 	s.procs[vmID] = p
 	s.mu.Unlock()
@@ -610,6 +613,9 @@ func (s *Supervisor) reap(p *proc) bool {
 		return true // recorded by a concurrent probe
 	}
 	p.exited, p.status = true, status
+	if p.gone != nil {
+		close(p.gone)
+	}
 	if p.watch != nil {
 		p.watch.interrupt()
 	}
@@ -753,17 +759,30 @@ func (s *Supervisor) kill(p *proc, grace time.Duration) error {
 	return fmt.Errorf("pid %d did not exit after SIGKILL", p.h.PID)
 }
 
+// goneProbe is waitGone's first probe interval (a var for tests).
+var goneProbe = 200 * time.Microsecond
+
+// waitGone waits up to d for p to exit. A child's exit wakes it at once
+// (the watch loop reaps it on SIGCHLD and closes p.gone); the probes on
+// a timer are for adopted VMMs, and for a supervisor whose watch loop is
+// not running.
 func (s *Supervisor) waitGone(p *proc, d time.Duration) bool {
 	deadline := time.Now().Add(d)
-	delay := 200 * time.Microsecond
+	delay := goneProbe
 	for {
 		if s.reap(p) {
 			return true
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return false
 		}
-		time.Sleep(delay)
+		t := time.NewTimer(min(delay, left))
+		select {
+		case <-p.gone: // nil, never ready, for an adopted VMM
+		case <-t.C:
+		}
+		t.Stop()
 		if delay < 10*time.Millisecond {
 			delay *= 2
 		}
