@@ -67,22 +67,27 @@ func (s *sqlStore) AssignAddress(ctx context.Context, vmID string, subnet netip.
 
 // usedAddresses returns the addresses the host's other VMs hold.
 func (s *sqlStore) usedAddresses(ctx context.Context, hostID, except string) (map[netip.Addr]bool, error) {
-	var joined sql.NullString
-	err := s.queryRow(ctx, "SELECT "+s.d.joinText("ip")+" FROM vm WHERE host_id = ? AND ip <> '' AND id <> ?", hostID, except).Scan(&joined)
-	if err != nil {
-		return nil, err
-	}
-	return parseAddresses(joined.String), nil
+	return joinedAddresses(s.queryRow(ctx, s.usedAddressesQuery()+" AND id <> ?", hostID, except))
 }
 
 // usedAddressesTx is usedAddresses inside a transaction, of every VM of
-// the host. The engine joins the addresses into one value: a row each
-// cost the manager four times as much per VM of the host, which every
-// create on the host pays.
+// the host.
 func (s *sqlStore) usedAddressesTx(ctx context.Context, tx *sql.Tx, hostID string) (map[netip.Addr]bool, error) {
-	var joined sql.NullString
-	err := s.txQueryRow(ctx, tx, "SELECT "+s.d.joinText("ip")+" FROM vm WHERE host_id = ? AND ip <> ''", hostID).Scan(&joined)
-	if err != nil {
+	return joinedAddresses(s.txQueryRow(ctx, tx, s.usedAddressesQuery(), hostID))
+}
+
+// usedAddressesQuery selects the addresses of a host's VMs (host_id = ?)
+// as one comma-joined value.
+func (s *sqlStore) usedAddressesQuery() string {
+	return "SELECT " + s.d.joinText("ip") + " FROM vm WHERE host_id = ? AND ip <> ''"
+}
+
+// joinedAddresses reads the one value usedAddressesQuery selects: the
+// engine joins the addresses, as a row each cost the manager four times as
+// much per VM of the host, which every create on the host pays.
+func joinedAddresses(row *sql.Row) (map[netip.Addr]bool, error) {
+	var joined sql.NullString // NULL: no VM of the host has one
+	if err := row.Scan(&joined); err != nil {
 		return nil, err
 	}
 	return parseAddresses(joined.String), nil

@@ -97,11 +97,11 @@ type VM struct {
 	UpdatedAt  time.Time
 }
 
-// clone returns a deep copy, so UpdateVM can tell whether a mutation
-// changed anything and a caller's mutation never aliases stored values.
 // Clone returns a copy of v that shares no map, slice or pointer with it.
 func (v VM) Clone() VM { return v.clone() }
 
+// clone returns a deep copy, so UpdateVM can tell whether a mutation
+// changed anything and a caller's mutation never aliases stored values.
 func (v VM) clone() VM {
 	c := v
 	c.Spec = bytes.Clone(v.Spec)

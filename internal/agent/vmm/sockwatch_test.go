@@ -110,13 +110,7 @@ func TestSpawnEndsWhenTheVMMExitsBeforeItsSocket(t *testing.T) {
 	// Neither a deadline nor a wake ends the wait: only the exit can.
 	sup := scriptedVMM(t, "echo 'no kvm here'\nsleep 0.05\nexit 3", time.Hour)
 	layout := sup.cfg.Layout
-	ctx, cancel := context.WithCancel(context.Background())
-	running := make(chan struct{})
-	go func() {
-		defer close(running)
-		sup.Run(ctx, time.Hour) // SIGCHLD only
-	}()
-	defer func() { cancel(); <-running }()
+	watchLoop(t, sup) // SIGCHLD only
 
 	id := uuid.NewString()
 	done := make(chan error, 1)
@@ -179,7 +173,7 @@ func TestSpawnReachesASocketThatListensLate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late := 10 * boundNaps
+	late := 10 * boundNapFor
 	sup := scriptedVMM(t, fmt.Sprintf("%s=%s exec %s \"$@\"", lateListenEnv, late, self), 0)
 	id := uuid.NewString()
 	h, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})
@@ -210,13 +204,7 @@ func TestStopSeesTheExitAtOnce(t *testing.T) {
 	was := goneProbe
 	goneProbe = time.Hour
 	t.Cleanup(func() { goneProbe = was })
-	ctx, cancel := context.WithCancel(context.Background())
-	running := make(chan struct{})
-	go func() {
-		defer close(running)
-		sup.Run(ctx, time.Hour) // SIGCHLD only
-	}()
-	defer func() { cancel(); <-running }()
+	watchLoop(t, sup) // SIGCHLD only
 	id := uuid.NewString()
 	h, _, err := sup.Spawn(context.Background(), id, SpawnOptions{Vcpu: 1, MemMib: 128})
 	if err != nil {
@@ -238,7 +226,7 @@ func TestStopSeesTheExitAtOnce(t *testing.T) {
 }
 
 // lateListenEnv makes this test binary, started as a VMM, bind its
-// --api-sock, wait that long, then listen (TestSpawnReachesASocketThatListensLate).
+// --api-sock, wait that long, listen, and wait to be stopped.
 const lateListenEnv = "NEXUS_TEST_LATE_LISTEN"
 
 func lateListenerIfAsked() {
@@ -266,6 +254,18 @@ func lateListenerIfAsked() {
 	}
 	time.Sleep(time.Minute) // stopped by the test
 	os.Exit(0)
+}
+
+// watchLoop runs sup's watch loop with no tick of its own (SIGCHLD only)
+// until the test ends.
+func watchLoop(t *testing.T, sup *Supervisor) {
+	ctx, cancel := context.WithCancel(context.Background())
+	running := make(chan struct{})
+	go func() {
+		defer close(running)
+		sup.Run(ctx, time.Hour)
+	}()
+	t.Cleanup(func() { cancel(); <-running })
 }
 
 // scriptedVMM returns a supervisor whose VMM binary is a shell script of

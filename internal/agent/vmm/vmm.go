@@ -505,17 +505,17 @@ func (s *Supervisor) adopt(vmID string) (Handle, bool) {
 // a supervisor whose Run loop is not running.
 var watchWake = 250 * time.Millisecond // a test makes it endless
 
+// A socket that is bound but refuses connections is looked at again
+// after naps of boundNap for boundNapFor after the bind, then on timers.
+const (
+	boundNap    = 50 * time.Microsecond
+	boundNapFor = time.Millisecond
+)
+
 // waitSocket waits until the socket accepts a connection, which it
 // returns, the process exits, or the deadline passes. With watch it sleeps
 // until the socket appears; without (a jailed VMM binds inside its
 // chroot), and between its bind and its listen, it polls.
-// A socket that is bound but refuses connections is looked at again
-// after naps of boundNap for boundNaps after the bind, then on timers.
-const (
-	boundNap  = 50 * time.Microsecond
-	boundNaps = time.Millisecond
-)
-
 func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SocketTimeout)
 	defer cancel()
@@ -568,7 +568,7 @@ func (s *Supervisor) waitSocket(ctx context.Context, p *proc, watch *sockWatch) 
 			}
 			continue
 		}
-		if bound && time.Since(boundAt) < boundNaps {
+		if bound && time.Since(boundAt) < boundNapFor {
 			// Bound but not yet listening: firecracker listens right
 			// after it binds, but our waking at the bind may have put it
 			// off its CPU in between (up to a third of the spawns on a
