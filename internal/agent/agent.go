@@ -485,18 +485,38 @@ func (a *Agent) stop(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 func (a *Agent) stopVM(ctx context.Context, id string, grace time.Duration) error {
+	if err := a.stopVMM(ctx, id, grace); err != nil {
+		return err
+	}
+	if err := a.deleteVMTap(ctx, id); err != nil {
+		return err
+	}
+	return a.deleteIsolated(ctx, id)
+}
+
+// stopVMM ends id's VMM and forgets what the agent knew of it.
+func (a *Agent) stopVMM(ctx context.Context, id string, grace time.Duration) error {
 	a.guests.forget(id) // a stopped guest has nothing more to report
 	if err := a.sup.Stop(ctx, id, grace); err != nil {
 		return apierr.Newf(http.StatusInternalServerError, "stop_failed", "%v", err).WithCause(err)
 	}
 	a.proxy.forget(id)
-	// A link of someone else's by the TAP's name means the VM's own TAP
-	// was never made: nothing of ours to delete, and theirs stays.
+	return nil
+}
+
+// deleteVMTap deletes id's TAP in the agent's namespace. A link of someone
+// else's by the TAP's name means the VM's own TAP was never made: nothing
+// of ours to delete, and theirs stays.
+func (a *Agent) deleteVMTap(ctx context.Context, id string) error {
 	if err := a.net.DeleteTap(ctx, hostlayout.TapName(id)); err != nil && !errors.Is(err, network.ErrNotOurs) {
 		return apierr.Newf(http.StatusInternalServerError, "network_failed", "delete tap: %v", err).WithCause(err)
 	}
-	// An isolated VM's namespace and veth go with its VMM (its TAP lives
-	// in the namespace).
+	return nil
+}
+
+// deleteIsolated removes an isolated VM's namespace and veth (its TAP
+// lives in the namespace); they go with its VMM.
+func (a *Agent) deleteIsolated(ctx context.Context, id string) error {
 	if iso, ok := a.net.(Isolator); ok {
 		if err := iso.DeleteIsolated(ctx, id, a.cfg.Layout.NetNSPath(id)); err != nil {
 			return apierr.Newf(http.StatusInternalServerError, "network_failed", "%v", err).WithCause(err)
@@ -522,13 +542,42 @@ func (a *Agent) isolated(id string, in *agentapi.IsolatedNet) (Isolator, network
 		HostAddr: host, Guest: guest, GuestGateway: gw}, nil
 }
 
+// delete removes a VM from the host. Its network (TAP, or an isolated
+// VM's veth and namespace) is deleted while its VMM stops and its run dir
+// goes, not after: unregistering a link waits out several RCU grace
+// periods (about 17 ms of a 23 ms delete on a small virtual machine) that
+// need not queue behind the rest. A VM being deleted has no use for its
+// network during the VMM's grace, and firecracker's TAP fd just goes dead.
+// A stop, whose guest may still be shutting down, keeps stopVM's order.
 func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
-	if err := a.stopVM(r.Context(), id, a.cfg.StopGrace); err != nil {
-		a.fail(w, r, err)
-		return
+	ctx := r.Context()
+	netDone := make(chan error, 1)
+	go func() {
+		err := a.deleteVMTap(ctx, id)
+		if err == nil {
+			err = a.deleteIsolated(ctx, id)
+		}
+		netDone <- err
+	}()
+	netErr := sync.OnceValue(func() error { return <-netDone })
+	err := a.stopVMM(ctx, id, a.cfg.StopGrace)
+	if err == nil {
+		// An isolated VM's namespace is mounted in its run dir: the dir
+		// goes once the namespace has been unmounted.
+		if _, serr := os.Lstat(a.cfg.Layout.NetNSPath(id)); serr == nil {
+			err = netErr()
+		}
 	}
-	if err := removeRunDir(a.cfg.Layout, id); err != nil {
-		a.fail(w, r, apierr.Internal(err))
+	if err == nil {
+		if rerr := removeRunDir(a.cfg.Layout, id); rerr != nil {
+			err = apierr.Internal(rerr)
+		}
+	}
+	if nerr := netErr(); err == nil {
+		err = nerr
+	}
+	if err != nil {
+		a.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.OK{OK: true})

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -762,6 +763,45 @@ func TestSpawnCarriesCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// A delete removes the VM's TAP while its VMM stops, not after the VMM
+// has gone: unregistering a link is the slowest part of a delete. The VMM
+// here is frozen, so it outlives SIGTERM until the grace ends in SIGKILL;
+// its TAP must go in the meantime.
+func TestDeleteTapEarly(t *testing.T) {
+	e := newEnvTuned(t, nil, func(_ *vmm.Config, c *Config) { c.StopGrace = time.Second })
+	ctx := context.Background()
+	id, _, _ := e.newVM()
+	sp, err := e.client.Spawn(ctx, id, agentapi.SpawnRequest{Vcpu: 1, MemMib: 128, Tap: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(sp.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.client.Delete(ctx, id) }()
+	tapGone := false
+	for !tapGone {
+		select {
+		case err := <-done:
+			t.Fatalf("delete returned (%v) before its TAP was seen gone while the VMM stopped", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if _, err := netlink.LinkByName(hostlayout.TapName(id)); err != nil {
+			tapGone = true
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", sp.PID)); err != nil {
+				t.Fatalf("the TAP went only with the VMM (%v)", err)
+			}
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if inv, err := e.client.Inventory(ctx); err != nil || len(inv.Taps) != 0 || len(inv.VMMs) != 0 || len(inv.RunDirs) != 0 {
+		t.Fatalf("inventory after delete = %+v, %v; want empty", inv, err)
+	}
 }
 
 // Spawn with tap makes the VM's TAP in the same call, as POST /tap would:

@@ -71,13 +71,14 @@ func BenchmarkFloor(b *testing.B) {
 				profileCPU(b, fmt.Sprintf("%s:%d", c.agents[0].net.agentIP, pprofPort), filepath.Join(profDir, "agent-seq.prof"), d)
 			})
 		}
-		var floorSeq, nexusSeq []time.Duration
-		var floorCPU time.Duration // the floor program's own (this process's)
+		var floorSeq, nexusSeq, floorDel []time.Duration
+		var floorCPU, floorDelCPU time.Duration // the floor program's own (this process's)
 		mgr0, ag0 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
 		mcs0, acs0 := ctxSwitches(c.mgr.cmd.Process.Pid), ctxSwitches(c.agents[0].cmd.Process.Pid)
 		for i := range seq {
 			floorSeq = append(floorSeq, f.boot(b))
 			floorCPU += f.cpu
+			floorDel, floorDelCPU = append(floorDel, f.del), floorDelCPU+f.delCPU
 			s := time.Now()
 			vm, err := c.client.CreateVM(ctx, apitypes.CreateVMRequest{Name: fmt.Sprintf("seq-%d", i), VMConfig: apitypes.VMConfig{KernelPath: kernel}}, true)
 			if err != nil {
@@ -122,7 +123,20 @@ func BenchmarkFloor(b *testing.B) {
 			wg.Wait()
 		}
 		f.close(b)
-		deleteAll(b, c.client, ids, 50)
+
+		// Sequential deletes of the sequential creates' VMs, one call
+		// each, against the floor's teardowns timed above.
+		var nexusDel []time.Duration
+		mgr2, ag2 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
+		for _, id := range ids[warm : warm+seq] {
+			s := time.Now()
+			if err := c.client.DeleteVM(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+			nexusDel = append(nexusDel, time.Since(s))
+		}
+		mgr3, ag3 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
+		deleteAll(b, c.client, slices.Concat(ids[:warm], ids[warm+seq:]), 50)
 
 		pct := func(d []time.Duration, q float64) float64 {
 			s := slices.Clone(d)
@@ -148,6 +162,12 @@ func BenchmarkFloor(b *testing.B) {
 		// it from run to run. Threads that end meanwhile are not counted.
 		b.ReportMetric(float64(mcs1-mcs0)/float64(seq), "manager-ctxsw/create")
 		b.ReportMetric(float64(acs1-acs0)/float64(seq), "agent-ctxsw/create")
+		b.ReportMetric(p50(floorDel), "floor-delete-p50-ms")
+		b.ReportMetric(p50(nexusDel), "nexus-delete-p50-ms")
+		b.ReportMetric(pct(nexusDel, 0.95), "nexus-delete-p95-ms")
+		b.ReportMetric(p50(nexusDel)/p50(floorDel), "ratio-delete")
+		b.ReportMetric(float64(mgr3-mgr2+ag3-ag2)*10/float64(seq), "cp-cpu-ms/delete")
+		b.ReportMetric(float64(floorDelCPU.Microseconds())/1000/float64(seq), "floor-cpu-ms/delete")
 	}
 }
 
@@ -156,6 +176,9 @@ type floor struct {
 	dir, kernel string
 	nw          *network.Network
 	cpu         time.Duration // the last boot's CPU (this process's), as timed
+	// The last boot's teardown (kill the VMM, reap it, delete its TAP and
+	// dir) as a delete would do it: its time and CPU.
+	del, delCPU time.Duration
 }
 
 func newFloor(tb testing.TB, dir, kernel string) *floor {
@@ -170,7 +193,7 @@ func newFloor(tb testing.TB, dir, kernel string) *floor {
 }
 
 // boot creates a TAP, spawns the VMM, configures and starts it, and
-// returns how long that took; the VM is then stopped (not timed).
+// returns how long that took; the VM is then torn down, timed apart (del).
 func (f *floor) boot(tb testing.TB) time.Duration {
 	ctx := context.Background()
 	id := uuid.NewString()
@@ -222,10 +245,12 @@ func (f *floor) boot(tb testing.TB) time.Duration {
 	}
 	d := time.Since(start)
 	f.cpu = selfCPU() - cpu0
+	start, cpu0 = time.Now(), selfCPU()
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	_ = f.nw.DeleteTap(ctx, tap)
 	_ = os.RemoveAll(vmDir)
+	f.del, f.delCPU = time.Since(start), selfCPU()-cpu0
 	return d
 }
 
