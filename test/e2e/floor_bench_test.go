@@ -35,7 +35,8 @@ import (
 func BenchmarkFloor(b *testing.B) {
 	seq, conc := envInt("NEXUS_BENCH_FLOOR_N", 30), 10
 	// NEXUS_BENCH_PROFILE=DIR: CPU profiles of the manager and the agent
-	// during the sequential creates (raise NEXUS_BENCH_FLOOR_N to fill them).
+	// during the sequential creates and deletes (*-seq.prof, *-delete.prof;
+	// raise NEXUS_BENCH_FLOOR_N to fill them).
 	profDir, pprofPort := os.Getenv("NEXUS_BENCH_PROFILE"), 0
 	if profDir != "" {
 		pprofPort = freePort(b)
@@ -62,15 +63,18 @@ func BenchmarkFloor(b *testing.B) {
 		}
 		warm := len(ids)
 		var profiling sync.WaitGroup
-		if profDir != "" {
-			d := time.Duration(seq) * 30 * time.Millisecond
+		profile := func(phase string, d time.Duration) {
+			if profDir == "" {
+				return
+			}
 			profiling.Go(func() {
-				profileCPU(b, fmt.Sprintf("127.0.0.1:%d", pprofPort), filepath.Join(profDir, "manager-seq.prof"), d)
+				profileCPU(b, fmt.Sprintf("127.0.0.1:%d", pprofPort), filepath.Join(profDir, "manager-"+phase+".prof"), d)
 			})
 			profiling.Go(func() {
-				profileCPU(b, fmt.Sprintf("%s:%d", c.agents[0].net.agentIP, pprofPort), filepath.Join(profDir, "agent-seq.prof"), d)
+				profileCPU(b, fmt.Sprintf("%s:%d", c.agents[0].net.agentIP, pprofPort), filepath.Join(profDir, "agent-"+phase+".prof"), d)
 			})
 		}
+		profile("seq", time.Duration(seq)*30*time.Millisecond)
 		var floorSeq, nexusSeq, floorDel []time.Duration
 		var floorCPU, floorDelCPU time.Duration // the floor program's own (this process's)
 		mgr0, ag0 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
@@ -127,6 +131,7 @@ func BenchmarkFloor(b *testing.B) {
 		// Sequential deletes of the sequential creates' VMs, one call
 		// each, against the floor's teardowns timed above.
 		var nexusDel []time.Duration
+		profile("delete", time.Duration(seq)*20*time.Millisecond)
 		mgr2, ag2 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
 		for _, id := range ids[warm : warm+seq] {
 			s := time.Now()
@@ -136,6 +141,7 @@ func BenchmarkFloor(b *testing.B) {
 			nexusDel = append(nexusDel, time.Since(s))
 		}
 		mgr3, ag3 := cpuTicks(c.mgr.cmd.Process.Pid), cpuTicks(c.agents[0].cmd.Process.Pid)
+		profiling.Wait()
 		deleteAll(b, c.client, slices.Concat(ids[:warm], ids[warm+seq:]), 50)
 
 		pct := func(d []time.Duration, q float64) float64 {
