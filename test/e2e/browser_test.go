@@ -3,15 +3,23 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
+	"github.com/nexus-microvm/nexus/internal/netnsutil"
 	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
@@ -20,9 +28,9 @@ import (
 const artifactsDir = "artifacts"
 
 // browser is a headless Debian Chromium driven over the DevTools protocol
-// (chromedp), with a fresh profile, in the test's network namespace. It
-// records uncaught exceptions and console errors (a CSP violation is one)
-// so tests can fail on them.
+// (chromedp, over pipes), with a fresh profile, in a network namespace of
+// its own (browserNet). It records uncaught exceptions and console errors
+// (a CSP violation is one) so tests can fail on them.
 type browser struct {
 	t      testing.TB
 	ctx    context.Context
@@ -30,12 +38,18 @@ type browser struct {
 	errors []string
 }
 
-func newBrowser(t testing.TB, width, height int) *browser {
+// newBrowser starts a browser that can reach the base URLs in reach (a
+// cluster's url()) and nothing else.
+func newBrowser(t testing.TB, width, height int, reach ...string) *browser {
 	t.Helper()
 	bin := testutil.RequireTool(t, "chromium", "scripts/setup.sh --test installs Debian's chromium")
+	bn := newBrowserNet(t, reach)
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.ModifyCmdFunc(bn.launch),
+		// No UserDataDir: a profile chromedp makes itself is one it
+		// removes at the end, after killing any child of the browser still
+		// running (its zombies are then init's to reap).
 		chromedp.WindowSize(width, height),
 		chromedp.Flag("headless", true),
 		chromedp.NoSandbox, // root in a container: the setuid sandbox cannot start
@@ -80,18 +94,147 @@ func newBrowser(t testing.TB, width, height int) *browser {
 	return b
 }
 
-// networkChanged is how Chromium fails the requests it has in flight
-// when any link of its network namespace comes or goes — here, the host's,
-// where the tests of other packages make and remove veths and bridges
-// while these run (a module of the console's that failed so left the page
-// stuck at "Loading…": signIn loads it again).
-const networkChanged = "net::ERR_NETWORK_CHANGED"
+// browserNet is the browser's own network namespace: a loopback and
+// nothing else. Chromium fails every request it has in flight when a link
+// or address of its namespace comes or goes (net::ERR_NETWORK_CHANGED),
+// and the test's namespace sees many: each cluster adds veths for its
+// hosts, whose IPv6 addresses settle a second or two later, and removes
+// them at its end. (Before, a console module failed so left a page stuck
+// at "Loading…" in CI.) Each address the browser must reach is listened on
+// at the same host:port inside the namespace and relayed to the test's, so
+// pages keep their origin.
+type browserNet struct {
+	t  testing.TB
+	ns netns.NsHandle
 
-func (b *browser) record(s string) {
-	if strings.Contains(s, networkChanged) {
-		b.t.Logf("browser: %s (a host link changed: not the page's error)", s)
+	mu    sync.Mutex
+	lns   []net.Listener
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+	files []*os.File // the namespace fds handed to launches
+}
+
+func newBrowserNet(t testing.TB, reach []string) *browserNet {
+	t.Helper()
+	ns, nl, err := newNetNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nl.Close()
+	bn := &browserNet{t: t, ns: ns, conns: map[net.Conn]bool{}}
+	t.Cleanup(bn.close)
+	for _, base := range reach {
+		u, err := url.Parse(base)
+		if err != nil || u.Host == "" {
+			t.Fatalf("browser: cannot reach %q: %v", base, err)
+		}
+		var ln net.Listener
+		err = netnsutil.Do(ns, func() (err error) {
+			ln, err = net.Listen("tcp", u.Host)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("browser: listen for %s in its namespace: %v", u.Host, err)
+		}
+		bn.lns = append(bn.lns, ln)
+		bn.wg.Go(func() { bn.relay(ln, u.Host) })
+	}
+	return bn
+}
+
+// relay hands each connection the browser makes to ln on to addr in the
+// test's namespace.
+func (bn *browserNet) relay(ln net.Listener, addr string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		bn.wg.Go(func() {
+			defer c.Close()
+			up, err := net.Dial("tcp", addr)
+			if err != nil {
+				bn.t.Logf("browser: relay to %s: %v", addr, err)
+				return
+			}
+			defer up.Close()
+			if !bn.track(c, up) {
+				return
+			}
+			defer bn.untrack(c, up)
+			done := make(chan struct{})
+			go func() {
+				_, _ = io.Copy(up, c)
+				_ = up.(*net.TCPConn).CloseWrite()
+				close(done)
+			}()
+			_, _ = io.Copy(c, up)
+			_ = c.(*net.TCPConn).CloseWrite()
+			<-done
+		})
+	}
+}
+
+func (bn *browserNet) track(cs ...net.Conn) bool {
+	bn.mu.Lock()
+	defer bn.mu.Unlock()
+	if bn.conns == nil {
+		return false // closing
+	}
+	for _, c := range cs {
+		bn.conns[c] = true
+	}
+	return true
+}
+
+func (bn *browserNet) untrack(cs ...net.Conn) {
+	bn.mu.Lock()
+	defer bn.mu.Unlock()
+	for _, c := range cs {
+		delete(bn.conns, c)
+	}
+}
+
+// launch makes chromedp start the browser through this test binary as a
+// launcher (runLauncher), which enters the namespace and execs it. The
+// namespace fd follows the DevTools pipes (fds 3 and 4).
+func (bn *browserNet) launch(cmd *exec.Cmd) {
+	fd, err := unix.Dup(int(bn.ns))
+	if err != nil {
+		cmd.Err = fmt.Errorf("browser namespace: %w", err)
 		return
 	}
+	f := os.NewFile(uintptr(fd), "netns")
+	bn.mu.Lock()
+	bn.files = append(bn.files, f)
+	bn.mu.Unlock()
+	cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	cmd.Env = append(cmd.Env, execEnv+"="+cmd.Path, fmt.Sprintf("%s=%d", netnsFDEnv, 2+len(cmd.ExtraFiles)))
+	cmd.Path = "/proc/self/exe"
+	// What chromedp's own setup does: the browser dies with the test.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
+
+// close stops relaying (the browser has gone by now: its cleanup ran
+// first) and drops the namespace.
+func (bn *browserNet) close() {
+	for _, ln := range bn.lns {
+		ln.Close()
+	}
+	bn.mu.Lock()
+	for c := range bn.conns {
+		c.Close()
+	}
+	bn.conns = nil
+	bn.mu.Unlock()
+	bn.wg.Wait()
+	for _, f := range bn.files {
+		f.Close()
+	}
+	bn.ns.Close()
+}
+
+func (b *browser) record(s string) {
 	b.mu.Lock()
 	b.errors = append(b.errors, s)
 	b.mu.Unlock()

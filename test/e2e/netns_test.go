@@ -25,20 +25,34 @@ import (
 // program to exec inside the namespace passed as fd 3.
 const execEnv = "NEXUS_E2E_EXEC"
 
+// netnsFDEnv, for the launcher, names the fd of the namespace when it is
+// not 3 (a browser's DevTools pipes are fds 3 and 4).
+const netnsFDEnv = "NEXUS_E2E_NETNS_FD"
+
 // runLauncher, when the test binary runs as a launcher, enters the network
-// namespace on fd 3 and execs the program: the whole process (and its
-// children, the VMMs) then lives in that namespace. It does not return.
+// namespace on fd 3 (or netnsFDEnv's) and execs the program: the whole
+// process (and its children, the VMMs) then lives in that namespace. It
+// does not return.
 func runLauncher() {
 	bin := os.Getenv(execEnv)
 	if bin == "" {
 		return
 	}
+	fd := 3
+	if v := os.Getenv(netnsFDEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "launcher:", netnsFDEnv, err)
+			os.Exit(2)
+		}
+		fd = n
+	}
 	runtime.LockOSThread()
-	if err := unix.Setns(3, unix.CLONE_NEWNET); err != nil {
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 		fmt.Fprintln(os.Stderr, "launcher: setns:", err)
 		os.Exit(2)
 	}
-	_ = unix.Close(3)
+	_ = unix.Close(fd)
 	if keep := os.Getenv(capsEnv); keep != "" {
 		if err := keepOnlyCaps(keep); err != nil {
 			fmt.Fprintln(os.Stderr, "launcher: capabilities:", err)
@@ -47,7 +61,7 @@ func runLauncher() {
 	}
 	env := []string{}
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, execEnv+"=") || strings.HasPrefix(kv, capsEnv+"=") {
+		if strings.HasPrefix(kv, execEnv+"=") || strings.HasPrefix(kv, capsEnv+"=") || strings.HasPrefix(kv, netnsFDEnv+"=") {
 			continue
 		}
 		env = append(env, kv)
@@ -113,22 +127,8 @@ func newHostNet(t testing.TB) *hostNet {
 		hostIP:  fmt.Sprintf("10.201.%d.1", i),
 		agentIP: fmt.Sprintf("10.201.%d.2", i),
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	h.ns, err = netns.New() // this thread is now inside the new namespace
-	if err == nil {
-		err = netns.Set(orig)
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	if h.nl, err = netlink.NewHandleAt(h.ns); err != nil {
+	var err error
+	if h.ns, h.nl, err = newNetNS(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.close)
@@ -147,15 +147,47 @@ func newHostNet(t testing.TB) *hostNet {
 	must("find veth", err)
 	must("address", netlink.AddrAdd(out, mustAddr(h.hostIP+"/24")))
 	must("up", netlink.LinkSetUp(out))
-	lo, err := h.nl.LinkByName("lo")
-	must("find lo", err)
-	must("lo up", h.nl.LinkSetUp(lo))
 	in, err := h.nl.LinkByName(inner)
 	must("find inner", err)
 	must("inner address", h.nl.AddrAdd(in, mustAddr(h.agentIP+"/24")))
 	must("inner up", h.nl.LinkSetUp(in))
 	must("default route", h.nl.RouteAdd(&netlink.Route{LinkIndex: in.Attrs().Index, Gw: net.ParseIP(h.hostIP)}))
 	return h
+}
+
+// newNetNS makes a network namespace with its loopback up. It lives while
+// the handle is open or a process is in it; the netlink handle works in it.
+func newNetNS() (netns.NsHandle, *netlink.Handle, error) {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return 0, nil, err
+	}
+	ns, err := netns.New() // this thread is now inside the new namespace
+	if err == nil {
+		err = netns.Set(orig)
+	}
+	orig.Close()
+	runtime.UnlockOSThread()
+	if err != nil {
+		return 0, nil, fmt.Errorf("new netns: %w", err)
+	}
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return 0, nil, err
+	}
+	lo, err := nl.LinkByName("lo")
+	if err == nil {
+		err = nl.LinkSetUp(lo)
+	}
+	if err != nil {
+		nl.Close()
+		ns.Close()
+		return 0, nil, fmt.Errorf("new netns: loopback up: %w", err)
+	}
+	return ns, nl, nil
 }
 
 func mustAddr(s string) *netlink.Addr {

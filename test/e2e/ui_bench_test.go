@@ -39,7 +39,7 @@ func BenchmarkConsoleVMList1000(b *testing.B) {
 	}
 	st.Close()
 
-	br := newBrowser(b, 1280, 900)
+	br := newBrowser(b, 1280, 900, c.url())
 	br.signIn(c.url(), c.admin)
 	full := `document.querySelectorAll("#vm-table tbody tr").length === 1000`
 	var wall, page []time.Duration

@@ -40,7 +40,7 @@ func TestConsolePools(t *testing.T) {
 	}
 	op := c.token(t, "olga", "operator", "default")
 	viewer := c.token(t, "vera", "viewer", "default")
-	b := newBrowser(t, 1280, 900)
+	b := newBrowser(t, 1280, 900, c.url())
 	b.signIn(c.url(), op)
 
 	// Create a pool of 3 from the template in the form; it fills.

@@ -53,7 +53,7 @@ func TestConsole(t *testing.T) {
 	op := c.token(t, "olga", "operator", "default")
 	viewer := c.token(t, "vera", "viewer", "default")
 	opc := newClient(c.url(), op)
-	b := newBrowser(t, 1280, 900)
+	b := newBrowser(t, 1280, 900, c.url())
 
 	b.signIn(c.url(), op)
 	if role := eval[string](b, `document.querySelector("#who-role").dataset.role`); role != "operator" {
