@@ -398,10 +398,12 @@ func (b *browser) confirm(button string) {
 }
 
 // TestBrowserWhileLinksChange loads the console again and again while
-// veths come and go in the test's namespace, as other tests' clusters make
-// them: no page may fail. Chromium in the test's own namespace failed this
-// within a few loads (net::ERR_NETWORK_CHANGED on the console's modules,
-// the page stuck at "Loading…"), which is how TestConsole failed in CI.
+// veths come and go in the test's namespace, as test clusters make them
+// (a host's veth gets its IPv6 address a second or two after it comes up,
+// about when a console test first loads the page): no page may fail.
+// Chromium in the test's own namespace failed this within a few loads
+// (net::ERR_NETWORK_CHANGED on the console's modules, the page stuck at
+// "Loading…"), which is how TestConsole failed in CI.
 func TestBrowserWhileLinksChange(t *testing.T) {
 	c := newCluster(t, "sqlite", 0)
 	b := newBrowser(t, 1024, 768, c.url())
