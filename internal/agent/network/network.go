@@ -122,6 +122,8 @@ type Network struct {
 
 	bridgeMu sync.Mutex  // serialises EnsureBridge, RemoveNAT and Teardown
 	taps     keyed.Mutex // serialises work on one TAP name
+	dels     tapDeletes  // TAP deletions, together when they queue
+	delGroup uint32      // the link group deletions use (deleteGroup)
 
 	// rt is a route netlink socket in the namespace for requests the
 	// handle has no call for (addTap's one RTM_SETLINK).
@@ -195,7 +197,7 @@ func New(cfg Config, logger *slog.Logger) (*Network, error) {
 		h.Close()
 		return nil, fmt.Errorf("network: open netlink socket: %w", err)
 	}
-	n := &Network{cfg: cfg, log: logger, h: h, rt: &nl.SocketHandle{Socket: rt}}
+	n := &Network{cfg: cfg, log: logger, h: h, rt: &nl.SocketHandle{Socket: rt}, delGroup: deleteGroup(cfg.Owner)}
 	if n.backend, err = n.pickBackend(); err != nil {
 		n.Close()
 		return nil, err

@@ -97,6 +97,13 @@ func (n *Network) EnsureTap(ctx context.Context, name, vmID string) (err error) 
 		}
 	}
 
+	// Ours, left in the delete group by an agent that died deleting it:
+	// out of the group, or the next batch of deletions takes it along.
+	if link.Attrs().Group == n.delGroup {
+		if err := n.h.LinkSetGroup(link, 0); err != nil {
+			return wrap("leave the delete group", err)
+		}
+	}
 	if master := link.Attrs().MasterIndex; master != br.Attrs().Index {
 		if master != 0 {
 			return wrap("attach to "+n.cfg.Bridge, fmt.Errorf("%w: %s is attached to another master (index %d); left alone",
@@ -328,7 +335,7 @@ func (n *Network) DeleteTap(ctx context.Context, name string) error {
 		return wrap("check", err)
 	}
 	// Deleting works while firecracker holds the TAP: its fd just goes dead.
-	if err := n.h.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := n.deleteLink(link); err != nil {
 		return wrap("delete link", err)
 	}
 	n.log.Debug("deleted tap", "tap", name)

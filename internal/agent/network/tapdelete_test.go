@@ -1,0 +1,144 @@
+package network
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// deleteTogether deletes the TAPs names with DeleteTap at once: the first
+// alone, held in its batch until the others have queued behind it, which
+// then go as one batch. It returns the batch sizes seen.
+func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
+	t.Helper()
+	var sizes []int
+	held, release := make(chan struct{}), make(chan struct{})
+	nw.dels.batchHook = func(n int) {
+		sizes = append(sizes, n)
+		if len(sizes) == 1 {
+			close(held)
+			<-release
+		}
+	}
+	defer func() { nw.dels.batchHook = nil }()
+	ctx := context.Background()
+	errs := make(chan error, len(names))
+	var wg sync.WaitGroup
+	wg.Go(func() { errs <- nw.DeleteTap(ctx, names[0]) })
+	<-held
+	for _, name := range names[1:] {
+		wg.Go(func() { errs <- nw.DeleteTap(ctx, name) })
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		nw.dels.mu.Lock()
+		queued := len(nw.dels.pending)
+		nw.dels.mu.Unlock()
+		if queued == len(names)-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatalf("%d of %d deletions queued behind the first", queued, len(names)-1)
+		}
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	return sizes
+}
+
+// Deletions that queue behind one go as one batch, through the agent's
+// link group: every TAP of the batch goes, and links that are not ours
+// stay, in their own group.
+func TestTapDeletesGoTogether(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	var names []string
+	for _, id := range []string{"a1", "a2", "a3", "a4", "a5", "a6"} {
+		name := tapName(id + "000000000")
+		if err := nw.EnsureTap(ctx, name, id+"000000000"); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	// Someone else's: a TAP without our mark and a veth.
+	foreign := []netlink.Link{
+		&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "theirtap0"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: tapFlags},
+		&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth0"}, PeerName: "theirveth0p"},
+	}
+	for _, l := range foreign {
+		if err := tns.add(t, l); err != nil {
+			t.Fatal(err)
+		}
+		defer tns.h.LinkDel(l)
+	}
+
+	if sizes := deleteTogether(t, nw, names...); !slices.Equal(sizes, []int{1, len(names) - 1}) {
+		t.Errorf("batches = %v; want [1 %d]", sizes, len(names)-1)
+	}
+	if n := countPrefixed(t, tns); n != 0 {
+		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
+	}
+	nw.dels.mu.Lock()
+	groups := nw.dels.groups
+	nw.dels.mu.Unlock()
+	if groups != 1 {
+		t.Errorf("batches deleted as a link group = %d; want 1", groups)
+	}
+	for _, l := range foreign {
+		got := mustLink(t, tns, l.Attrs().Name)
+		if got.Attrs().Group != 0 {
+			t.Errorf("%s is in group %d; want 0, untouched", got.Attrs().Name, got.Attrs().Group)
+		}
+	}
+}
+
+// A TAP of ours left in the delete group (its agent died deleting it) is
+// taken out of it when EnsureTap meets it again, so a later batch of
+// other TAPs' deletions does not take it along.
+func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	keep := tapName("b1000000000")
+	if err := nw.EnsureTap(ctx, keep, "b1000000000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tns.h.LinkSetGroup(mustLink(t, tns, keep), int(nw.delGroup)); err != nil {
+		t.Fatal(err)
+	}
+	if err := nw.EnsureTap(ctx, keep, "b1000000000"); err != nil {
+		t.Fatal(err)
+	}
+	if g := mustLink(t, tns, keep).Attrs().Group; g != 0 {
+		t.Fatalf("%s is in group %d after EnsureTap; want 0", keep, g)
+	}
+	var names []string
+	for _, id := range []string{"b2000000000", "b3000000000", "b4000000000"} {
+		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tapName(id))
+	}
+	deleteTogether(t, nw, names...)
+	assertTap(t, tns, keep, false)
+	if n := countPrefixed(t, tns); n != 1 {
+		t.Errorf("links with the tap prefix = %d; want only %s", n, keep)
+	}
+}
+
+// Each agent's delete group is its own, and none is a small number.
+func TestDeleteGroup(t *testing.T) {
+	a, b := deleteGroup("agent-a"), deleteGroup("agent-b")
+	if a == b || a < 1<<31 || b < 1<<31 || a != deleteGroup("agent-a") {
+		t.Errorf("delete groups %d, %d; want two stable ones, each ≥ 2^31", a, b)
+	}
+}
