@@ -547,8 +547,10 @@ func (a *Agent) isolated(id string, in *agentapi.IsolatedNet) (Isolator, network
 // goes, not after: unregistering a link waits out several RCU grace
 // periods (about 17 ms of a 23 ms delete on a small virtual machine) that
 // need not queue behind the rest. A VM being deleted has no use for its
-// network during the VMM's grace, and firecracker's TAP fd just goes dead.
-// A stop, whose guest may still be shutting down, keeps stopVM's order.
+// network during the VMM's grace, and firecracker's TAP fd just goes dead;
+// if the VMM cannot be stopped, it is left without its network until the
+// manager's retry. A stop, whose guest may still be shutting down, keeps
+// stopVM's order.
 func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
 	ctx := r.Context()
 	netDone := make(chan error, 1)
@@ -575,6 +577,8 @@ func (a *Agent) delete(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	if nerr := netErr(); err == nil {
 		err = nerr
+	} else if nerr != nil {
+		a.log.Warn("delete: the network failed too", "vm_id", id, "err", nerr)
 	}
 	if err != nil {
 		a.fail(w, r, err)

@@ -200,7 +200,7 @@ func (bn *browserNet) untrack(cs ...net.Conn) {
 // launcher (runLauncher), which enters the namespace and execs it. The
 // namespace fd follows the DevTools pipes (fds 3 and 4).
 func (bn *browserNet) launch(cmd *exec.Cmd) {
-	fd, err := unix.Dup(int(bn.ns))
+	fd, err := unix.FcntlInt(uintptr(bn.ns), unix.F_DUPFD_CLOEXEC, 0) // the child gets it through ExtraFiles only
 	if err != nil {
 		cmd.Err = fmt.Errorf("browser namespace: %w", err)
 		return

@@ -171,6 +171,9 @@ func BenchmarkFloor(b *testing.B) {
 		b.ReportMetric(p50(floorDel), "floor-delete-p50-ms")
 		b.ReportMetric(p50(nexusDel), "nexus-delete-p50-ms")
 		b.ReportMetric(pct(nexusDel, 0.95), "nexus-delete-p95-ms")
+		// Not like for like in one respect: the floor kills its VMM,
+		// where Nexus sends SIGTERM and waits (firecracker-sim exits on it
+		// at once).
 		b.ReportMetric(p50(nexusDel)/p50(floorDel), "ratio-delete")
 		b.ReportMetric(float64(mgr3-mgr2+ag3-ag2)*10/float64(seq), "cp-cpu-ms/delete")
 		b.ReportMetric(float64(floorDelCPU.Microseconds())/1000/float64(seq), "floor-cpu-ms/delete")

@@ -158,21 +158,38 @@ func newHostNet(t testing.TB) *hostNet {
 // newNetNS makes a network namespace with its loopback up. It lives while
 // the handle is open or a process is in it; the netlink handle works in it.
 func newNetNS() (netns.NsHandle, *netlink.Handle, error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
+	type made struct {
+		ns  netns.NsHandle
+		err error
+	}
+	c := make(chan made, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- made{err: err}
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New() // this thread is now inside the new namespace
+		if err != nil {
+			c <- made{err: err} // still locked: the thread goes with the goroutine
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			ns.Close()
+			c <- made{err: err} // likewise
+			return
+		}
 		runtime.UnlockOSThread()
-		return 0, nil, err
+		c <- made{ns: ns}
+	}()
+	m := <-c
+	if m.err != nil {
+		return 0, nil, fmt.Errorf("new netns: %w", m.err)
 	}
-	ns, err := netns.New() // this thread is now inside the new namespace
-	if err == nil {
-		err = netns.Set(orig)
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	if err != nil {
-		return 0, nil, fmt.Errorf("new netns: %w", err)
-	}
+	ns := m.ns
 	nl, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		ns.Close()
@@ -200,7 +217,7 @@ func mustAddr(s string) *netlink.Addr {
 
 // file returns a duplicate of the namespace fd for a child's ExtraFiles.
 func (h *hostNet) file() (*os.File, error) {
-	fd, err := unix.Dup(int(h.ns))
+	fd, err := unix.FcntlInt(uintptr(h.ns), unix.F_DUPFD_CLOEXEC, 0) // the child gets it through ExtraFiles only
 	if err != nil {
 		return nil, err
 	}

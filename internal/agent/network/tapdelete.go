@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"sync"
@@ -18,9 +19,10 @@ import (
 // in about 60 ms instead of 650. So deletions that arrive while one is
 // under way wait for it, then go together: each TAP, already checked to
 // be ours, is put in this agent's own group (deleteGroup) and the group is
-// deleted. A TAP is in that group only while its deletion is under way;
-// EnsureTap takes a TAP it finds there out of it (its agent died
-// mid-delete), so that no later deletion takes it along.
+// deleted, once a look at all links has found just the batch's TAPs in
+// it. A TAP is in that group only while its deletion is under way; one
+// left there (its agent died mid-delete) is taken out of it by EnsureTap
+// or by the next batch's look, so that no later deletion takes it along.
 
 // deleteGroup is the link group this agent's TAP deletions use: a hash of
 // its owner, with the top bit set (the groups other software uses are
@@ -37,6 +39,9 @@ type tapDeletes struct {
 	pending []*tapDelete
 	running bool // a batch is being deleted
 	groups  int  // batches deleted as a link group
+	// off: the kernel refused a group deletion, or a link not in the
+	// batch was found in the group; deletions go one by one from then on.
+	off bool
 	// batchHook, for tests, sees each batch before it is deleted.
 	batchHook func(size int)
 }
@@ -68,27 +73,36 @@ func (n *Network) deleteLink(link netlink.Link) error {
 	q.pending = nil
 	q.mu.Unlock()
 
-	n.deleteBatch(batch)
-
-	q.mu.Lock()
-	if len(q.pending) > 0 {
-		close(q.pending[0].lead) // the next batch's turn
-	} else {
-		q.running = false
-	}
-	q.mu.Unlock()
+	func() {
+		// Even if the batch panics, the next one gets its turn.
+		defer func() {
+			q.mu.Lock()
+			if len(q.pending) > 0 {
+				close(q.pending[0].lead)
+			} else {
+				q.running = false
+			}
+			q.mu.Unlock()
+		}()
+		n.deleteBatch(batch)
+	}()
 	return <-d.done
 }
 
 // deleteBatch deletes the batch's links: one alone by its index, several
-// as this agent's link group. Where the kernel refuses the group, each
-// goes alone, as before.
+// as this agent's link group once the group is seen to hold exactly them.
+// Otherwise each goes alone, as before.
 func (n *Network) deleteBatch(batch []*tapDelete) {
 	if h := n.dels.batchHook; h != nil {
 		h(len(batch))
 	}
-	if len(batch) == 1 {
-		batch[0].done <- n.deleteOne(batch[0].link)
+	n.dels.mu.Lock()
+	off := n.dels.off
+	n.dels.mu.Unlock()
+	if len(batch) == 1 || off {
+		for _, d := range batch {
+			d.done <- n.deleteOne(d.link)
+		}
 		return
 	}
 	var grouped []*tapDelete
@@ -106,13 +120,19 @@ func (n *Network) deleteBatch(batch []*tapDelete) {
 	if len(grouped) == 0 {
 		return
 	}
-	err := n.deleteGroupLinks()
+	err := n.checkGroup(grouped)
+	if err == nil {
+		err = n.deleteGroupLinks()
+	}
+	n.dels.mu.Lock()
 	if err != nil {
-		n.log.Warn("deleting TAPs as a link group failed: deleting them one by one", "taps", len(grouped), "err", err)
+		n.dels.off = true
 	} else {
-		n.dels.mu.Lock()
 		n.dels.groups++
-		n.dels.mu.Unlock()
+	}
+	n.dels.mu.Unlock()
+	if err != nil {
+		n.log.Warn("TAPs are deleted one by one from now on", "err", err)
 	}
 	for _, d := range grouped {
 		if err != nil {
@@ -123,11 +143,54 @@ func (n *Network) deleteBatch(batch []*tapDelete) {
 	}
 }
 
-func (n *Network) deleteOne(link netlink.Link) error {
-	if err := n.h.LinkDel(link); err != nil && !isNotFound(err) {
-		return err
+// checkGroup makes sure the delete group holds the grouped links and
+// nothing else, just before it is deleted: a link of ours left there (by
+// an agent that died deleting it, or a deletion that failed) goes back to
+// group 0; any other link there, or a link of the batch missing, and the
+// group is not deleted. (Someone else would have to pick this agent's
+// group number in between for a link not ours to go with it.)
+func (n *Network) checkGroup(grouped []*tapDelete) error {
+	links, err := n.h.LinkList()
+	if err != nil {
+		return fmt.Errorf("check link group %d: %w", n.delGroup, err)
 	}
-	return nil
+	want := make(map[int]string, len(grouped))
+	for _, d := range grouped {
+		want[d.link.Attrs().Index] = d.link.Attrs().Name
+	}
+	var errs []error
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Group != n.delGroup {
+			continue
+		}
+		if name, ok := want[a.Index]; ok && name == a.Name {
+			delete(want, a.Index)
+			continue
+		}
+		if _, tap := l.(*netlink.Tuntap); tap && n.checkOurs(l) == nil {
+			if err := n.h.LinkSetGroup(l, 0); err != nil {
+				errs = append(errs, fmt.Errorf("take our tap %s out of link group %d: %w", a.Name, n.delGroup, err))
+			}
+			continue
+		}
+		errs = append(errs, fmt.Errorf("link group %d holds %s, which is not ours: left alone", n.delGroup, a.Name))
+	}
+	for _, name := range want {
+		errs = append(errs, fmt.Errorf("tap %s left link group %d before its deletion", name, n.delGroup))
+	}
+	return errors.Join(errs...)
+}
+
+// deleteOne deletes link alone. One that stays (the deletion failed) is
+// taken out of the delete group, lest the next batch take it along.
+func (n *Network) deleteOne(link netlink.Link) error {
+	err := n.h.LinkDel(link)
+	if err == nil || isNotFound(err) {
+		return nil
+	}
+	_ = n.h.LinkSetGroup(link, 0)
+	return err
 }
 
 // deleteGroupLinks deletes every link in this agent's delete group: one

@@ -29,7 +29,13 @@ func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
 	errs := make(chan error, len(names))
 	var wg sync.WaitGroup
 	wg.Go(func() { errs <- nw.DeleteTap(ctx, names[0]) })
-	<-held
+	select {
+	case <-held:
+	case err := <-errs:
+		t.Fatalf("the first deletion ended before its batch: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first deletion never reached its batch")
+	}
 	for _, name := range names[1:] {
 		wg.Go(func() { errs <- nw.DeleteTap(ctx, name) })
 	}
@@ -103,8 +109,8 @@ func TestTapDeletesGoTogether(t *testing.T) {
 }
 
 // A TAP of ours left in the delete group (its agent died deleting it) is
-// taken out of it when EnsureTap meets it again, so a later batch of
-// other TAPs' deletions does not take it along.
+// taken out of it when EnsureTap meets it again, or else by the next
+// batch, so a later batch of other TAPs' deletions does not take it along.
 func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 	ctx := context.Background()
 	tns, nw := readyNet(t)
@@ -121,6 +127,13 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 	if g := mustLink(t, tns, keep).Attrs().Group; g != 0 {
 		t.Fatalf("%s is in group %d after EnsureTap; want 0", keep, g)
 	}
+	stray := tapName("b5000000000") // left in the group, not met again
+	if err := nw.EnsureTap(ctx, stray, "b5000000000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tns.h.LinkSetGroup(mustLink(t, tns, stray), int(nw.delGroup)); err != nil {
+		t.Fatal(err)
+	}
 	var names []string
 	for _, id := range []string{"b2000000000", "b3000000000", "b4000000000"} {
 		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
@@ -129,9 +142,50 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 		names = append(names, tapName(id))
 	}
 	deleteTogether(t, nw, names...)
-	assertTap(t, tns, keep, false)
-	if n := countPrefixed(t, tns); n != 1 {
-		t.Errorf("links with the tap prefix = %d; want only %s", n, keep)
+	for _, name := range []string{keep, stray} {
+		assertTap(t, tns, name, false)
+		if g := mustLink(t, tns, name).Attrs().Group; g != 0 {
+			t.Errorf("%s is in group %d after the batch; want 0", name, g)
+		}
+	}
+	if n := countPrefixed(t, tns); n != 2 {
+		t.Errorf("links with the tap prefix = %d; want only %s and %s", n, keep, stray)
+	}
+	if nw.dels.groups != 1 {
+		t.Errorf("batches deleted as a link group = %d; want 1", nw.dels.groups)
+	}
+}
+
+// A link not ours found in the delete group (someone else picked its
+// number) stops group deletions: the batch's TAPs go one by one, and that
+// link stays where it is.
+func TestDeleteGroupWithAForeignLink(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	theirs := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth1"}, PeerName: "theirveth1p"}
+	if err := tns.add(t, theirs); err != nil {
+		t.Fatal(err)
+	}
+	defer tns.h.LinkDel(theirs)
+	if err := tns.h.LinkSetGroup(mustLink(t, tns, "theirveth1"), int(nw.delGroup)); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, id := range []string{"c1000000000", "c2000000000", "c3000000000"} {
+		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tapName(id))
+	}
+	deleteTogether(t, nw, names...)
+	if n := countPrefixed(t, tns); n != 0 {
+		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
+	}
+	if g := mustLink(t, tns, "theirveth1").Attrs().Group; g != nw.delGroup {
+		t.Errorf("theirveth1 is in group %d; want %d, untouched", g, nw.delGroup)
+	}
+	if nw.dels.groups != 0 || !nw.dels.off {
+		t.Errorf("group deletions = %d, off = %v; want none, and off", nw.dels.groups, nw.dels.off)
 	}
 }
 
