@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"syscall"
 	"testing"
@@ -49,4 +50,32 @@ func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkTeardown100 measures Teardown of 100 TAPs (bridge kept): how
+// long a host's `nexus down` or cleanup takes to delete them, and how
+// many of them went in link-group batches.
+func BenchmarkTeardown100(b *testing.B) {
+	ctx := context.Background()
+	_, nw := readyNet(b)
+	var took []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		for i := range 100 {
+			id := fmt.Sprintf("%03x7ea4d0000", i)
+			if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		removed, err := nw.Teardown(ctx, false)
+		if err != nil || len(removed) < 100 {
+			b.Fatalf("Teardown = %d removed, %v", len(removed), err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "teardown-100-p50-ms")
+	b.ReportMetric(float64(nw.dels.groups)/float64(len(took)), "group-deletes/op")
 }

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -342,6 +344,9 @@ func (n *Network) removeNATLocked(ctx context.Context, note func(string)) error 
 	return errors.Join(errs...)
 }
 
+// teardownWidth bounds the TAP deletions Teardown has under way at once.
+const teardownWidth = 32
+
 // Teardown undoes what this agent did to the host, for `nexus down`, tests
 // and an operator removing Nexus: it deletes the TAPs that carry our mark
 // (running VMs lose their network), removes our NAT, and with removeBridge
@@ -361,12 +366,23 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, er
 	if err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
-	for _, t := range taps {
-		if !t.Ours {
-			continue
-		}
-		if err := n.DeleteTap(ctx, t.Name); err != nil {
-			errs = append(errs, fmt.Errorf("teardown: %w", err))
+	// Several at a time, so that they go in batches (tapdelete.go); the
+	// list of what went keeps ListTaps' order.
+	taps = slices.DeleteFunc(taps, func(t Tap) bool { return !t.Ours })
+	tapErrs := make([]error, len(taps))
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, teardownWidth)
+	for i, t := range taps {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			tapErrs[i] = n.DeleteTap(ctx, t.Name)
+		})
+	}
+	wg.Wait()
+	for i, t := range taps {
+		if tapErrs[i] != nil {
+			errs = append(errs, fmt.Errorf("teardown: %w", tapErrs[i]))
 			continue
 		}
 		note("tap " + t.Name)

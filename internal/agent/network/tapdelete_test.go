@@ -2,7 +2,9 @@ package network
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,4 +197,37 @@ func TestDeleteGroup(t *testing.T) {
 	if a == b || a < 1<<31 || b < 1<<31 || a != deleteGroup("agent-a") {
 		t.Errorf("delete groups %d, %d; want two stable ones, each ≥ 2^31", a, b)
 	}
+}
+
+// Teardown deletes many TAPs several at a time (in batches): every one
+// goes, and what it reports keeps ListTaps' order.
+func TestTeardownManyTaps(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	var want []string
+	for i := range 40 {
+		id := fmt.Sprintf("%03xd0000000", i)
+		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, "tap "+tapName(id))
+	}
+	slices.Sort(want)
+	removed, err := nw.Teardown(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range removed {
+		if strings.HasPrefix(r, "tap ") {
+			got = append(got, r)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Teardown reported taps %v; want %v", got, want)
+	}
+	if n := countPrefixed(t, tns); n != 0 {
+		t.Errorf("links with the tap prefix after Teardown = %d; want 0", n)
+	}
+	t.Logf("group deletions for 40 TAPs: %d", nw.dels.groups)
 }
