@@ -6,9 +6,11 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // netnsEnv marks a test process re-executed inside its own network namespace.
@@ -70,4 +72,57 @@ func reachPostgres(u string) string {
 	q.Set("host", postgresSocketDir)
 	pu.RawQuery = q.Encode()
 	return pu.String()
+}
+
+// NewNetNS makes a fresh, unnamed network namespace with its loopback up.
+// It lives while the handle is open or anything (a process, a thread, a
+// socket) is in it. The thread that made it goes back to where it was; one
+// that cannot is never reused (it exits locked).
+func NewNetNS() (netns.NsHandle, error) {
+	type made struct {
+		ns  netns.NsHandle
+		err error
+	}
+	c := make(chan made, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- made{netns.None(), fmt.Errorf("current network namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New() // moves this thread into it
+		if err != nil {
+			c <- made{netns.None(), err} // still locked: the thread goes with the goroutine
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			ns.Close()
+			c <- made{netns.None(), fmt.Errorf("back to the original network namespace: %w", err)} // likewise
+			return
+		}
+		runtime.UnlockOSThread()
+		c <- made{ns, nil}
+	}()
+	m := <-c
+	if m.err != nil {
+		return netns.None(), fmt.Errorf("new network namespace: %w", m.err)
+	}
+	h, err := netlink.NewHandleAt(m.ns)
+	if err != nil {
+		m.ns.Close()
+		return netns.None(), fmt.Errorf("netlink in the new namespace: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		m.ns.Close()
+		return netns.None(), fmt.Errorf("lo up in the new namespace: %w", err)
+	}
+	return m.ns, nil
 }

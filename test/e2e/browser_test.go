@@ -18,7 +18,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/nexus-microvm/nexus/internal/netnsutil"
 	"github.com/nexus-microvm/nexus/internal/testutil"
@@ -200,12 +199,11 @@ func (bn *browserNet) untrack(cs ...net.Conn) {
 // launcher (runLauncher), which enters the namespace and execs it. The
 // namespace fd follows the DevTools pipes (fds 3 and 4).
 func (bn *browserNet) launch(cmd *exec.Cmd) {
-	fd, err := unix.FcntlInt(uintptr(bn.ns), unix.F_DUPFD_CLOEXEC, 0) // the child gets it through ExtraFiles only
+	f, err := nsFile(bn.ns)
 	if err != nil {
 		cmd.Err = fmt.Errorf("browser namespace: %w", err)
 		return
 	}
-	f := os.NewFile(uintptr(fd), "netns")
 	bn.mu.Lock()
 	bn.files = append(bn.files, f)
 	bn.mu.Unlock()

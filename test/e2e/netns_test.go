@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nexus-microvm/nexus/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -155,56 +156,29 @@ func newHostNet(t testing.TB) *hostNet {
 	return h
 }
 
-// newNetNS makes a network namespace with its loopback up. It lives while
-// the handle is open or a process is in it; the netlink handle works in it.
+// newNetNS makes a network namespace with its loopback up
+// (testutil.NewNetNS) and a netlink handle that works in it.
 func newNetNS() (netns.NsHandle, *netlink.Handle, error) {
-	type made struct {
-		ns  netns.NsHandle
-		err error
+	ns, err := testutil.NewNetNS()
+	if err != nil {
+		return 0, nil, err
 	}
-	c := make(chan made, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			c <- made{err: err}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New() // this thread is now inside the new namespace
-		if err != nil {
-			c <- made{err: err} // still locked: the thread goes with the goroutine
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			ns.Close()
-			c <- made{err: err} // likewise
-			return
-		}
-		runtime.UnlockOSThread()
-		c <- made{ns: ns}
-	}()
-	m := <-c
-	if m.err != nil {
-		return 0, nil, fmt.Errorf("new netns: %w", m.err)
-	}
-	ns := m.ns
 	nl, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		ns.Close()
 		return 0, nil, err
 	}
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		nl.Close()
-		ns.Close()
-		return 0, nil, fmt.Errorf("new netns: loopback up: %w", err)
-	}
 	return ns, nl, nil
+}
+
+// nsFile returns a duplicate of a namespace fd for a child's ExtraFiles
+// (close-on-exec here: the child gets it through ExtraFiles only).
+func nsFile(ns netns.NsHandle) (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "netns"), nil
 }
 
 func mustAddr(s string) *netlink.Addr {
@@ -216,13 +190,7 @@ func mustAddr(s string) *netlink.Addr {
 }
 
 // file returns a duplicate of the namespace fd for a child's ExtraFiles.
-func (h *hostNet) file() (*os.File, error) {
-	fd, err := unix.FcntlInt(uintptr(h.ns), unix.F_DUPFD_CLOEXEC, 0) // the child gets it through ExtraFiles only
-	if err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "netns"), nil
-}
+func (h *hostNet) file() (*os.File, error) { return nsFile(h.ns) }
 
 // hasLink reports whether a link of that name exists in the host.
 func (h *hostNet) hasLink(name string) bool {

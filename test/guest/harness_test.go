@@ -671,65 +671,19 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// newNetNS makes a fresh, unnamed network namespace with lo up and
-// returns a handle and its inode. It disappears once the handle is closed
-// and nothing (process, thread, socket) is in it any more.
+// newNetNS makes a fresh namespace (testutil.NewNetNS) and returns its
+// inode too.
 func newNetNS() (netns.NsHandle, uint64, error) {
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{netns.None(), fmt.Errorf("current network namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New() // moves this thread into it
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{netns.None(), err}
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: Go discards the thread (or, for the main
-			// thread, parks it) rather than run other goroutines in the
-			// test's namespace.
-			ns.Close()
-			ch <- result{netns.None(), fmt.Errorf("back to the original network namespace: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ns, nil}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return netns.None(), 0, fmt.Errorf("new network namespace: %w", r.err)
+	ns, err := testutil.NewNetNS()
+	if err != nil {
+		return netns.None(), 0, err
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(int(r.ns), &st); err != nil {
-		r.ns.Close()
+	if err := unix.Fstat(int(ns), &st); err != nil {
+		ns.Close()
 		return netns.None(), 0, fmt.Errorf("stat network namespace: %w", err)
 	}
-	h, err := netlink.NewHandleAt(r.ns)
-	if err != nil {
-		r.ns.Close()
-		return netns.None(), 0, fmt.Errorf("netlink in the new namespace: %w", err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err == nil {
-		err = h.LinkSetUp(lo)
-	}
-	if err != nil {
-		r.ns.Close()
-		return netns.None(), 0, fmt.Errorf("lo up in the new namespace: %w", err)
-	}
-	return r.ns, st.Ino, nil
+	return ns, st.Ino, nil
 }
 
 // withNS runs fn on the calling goroutine's thread switched into ns, then

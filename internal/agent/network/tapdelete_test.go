@@ -12,6 +12,19 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// ensureTaps makes the TAPs of the VMs ids and returns their names.
+func ensureTaps(t *testing.T, nw *Network, ids ...string) []string {
+	t.Helper()
+	var names []string
+	for _, id := range ids {
+		if err := nw.EnsureTap(context.Background(), tapName(id), id); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, tapName(id))
+	}
+	return names
+}
+
 // deleteTogether deletes the TAPs names with DeleteTap at once: the first
 // alone, held in its batch until the others have queued behind it, which
 // then go as one batch. It returns the batch sizes seen.
@@ -68,16 +81,8 @@ func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
 // link group: every TAP of the batch goes, and links that are not ours
 // stay, in their own group.
 func TestTapDeletesGoTogether(t *testing.T) {
-	ctx := context.Background()
 	tns, nw := readyNet(t)
-	var names []string
-	for _, id := range []string{"a1", "a2", "a3", "a4", "a5", "a6"} {
-		name := tapName(id + "000000000")
-		if err := nw.EnsureTap(ctx, name, id+"000000000"); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, name)
-	}
+	names := ensureTaps(t, nw, "a1000000000", "a2000000000", "a3000000000", "a4000000000", "a5000000000", "a6000000000")
 	// Someone else's: a TAP without our mark and a veth.
 	foreign := []netlink.Link{
 		&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "theirtap0"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: tapFlags},
@@ -136,13 +141,7 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 	if err := tns.h.LinkSetGroup(mustLink(t, tns, stray), int(nw.delGroup)); err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, id := range []string{"b2000000000", "b3000000000", "b4000000000"} {
-		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, tapName(id))
-	}
+	names := ensureTaps(t, nw, "b2000000000", "b3000000000", "b4000000000")
 	deleteTogether(t, nw, names...)
 	for _, name := range []string{keep, stray} {
 		assertTap(t, tns, name, false)
@@ -162,7 +161,6 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 // number) stops group deletions: the batch's TAPs go one by one, and that
 // link stays where it is.
 func TestDeleteGroupWithAForeignLink(t *testing.T) {
-	ctx := context.Background()
 	tns, nw := readyNet(t)
 	theirs := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth1"}, PeerName: "theirveth1p"}
 	if err := tns.add(t, theirs); err != nil {
@@ -172,13 +170,7 @@ func TestDeleteGroupWithAForeignLink(t *testing.T) {
 	if err := tns.h.LinkSetGroup(mustLink(t, tns, "theirveth1"), int(nw.delGroup)); err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, id := range []string{"c1000000000", "c2000000000", "c3000000000"} {
-		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, tapName(id))
-	}
+	names := ensureTaps(t, nw, "c1000000000", "c2000000000", "c3000000000")
 	deleteTogether(t, nw, names...)
 	if n := countPrefixed(t, tns); n != 0 {
 		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
@@ -204,13 +196,13 @@ func TestDeleteGroup(t *testing.T) {
 func TestTeardownManyTaps(t *testing.T) {
 	ctx := context.Background()
 	tns, nw := readyNet(t)
-	var want []string
+	var ids []string
 	for i := range 40 {
-		id := fmt.Sprintf("%03xd0000000", i)
-		if err := nw.EnsureTap(ctx, tapName(id), id); err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, "tap "+tapName(id))
+		ids = append(ids, fmt.Sprintf("%03xd0000000", i))
+	}
+	var want []string
+	for _, name := range ensureTaps(t, nw, ids...) {
+		want = append(want, "tap "+name)
 	}
 	slices.Sort(want)
 	removed, err := nw.Teardown(ctx, false)
