@@ -85,9 +85,10 @@ func BenchmarkPoolClaim(b *testing.B) {
 
 // BenchmarkCloneFromSnapshot measures POST /v1/snapshots/{sid}/instantiate
 // with count 1, 10 and 50 isolated clones (each in its own namespace,
-// running), p50/p95 of the whole call over a few rounds, and the bytes a
+// running), p50/p95 of the whole call over a few rounds, the bytes a
 // clone's run dir occupies on disk (allocated blocks: the memory file is
-// shared and mapped privately; the drive copies are sparse).
+// shared and mapped privately; the drive copies are sparse), and p50/p95
+// of the bulk delete of each round's clones.
 //
 //	go test -run '^$' -bench BenchmarkCloneFromSnapshot -benchtime 1x ./test/e2e/
 func BenchmarkCloneFromSnapshot(b *testing.B) {
@@ -98,7 +99,7 @@ func BenchmarkCloneFromSnapshot(b *testing.B) {
 				c := newCluster(b, "sqlite", 1, "--reconcile-interval", "5s")
 				ctx := context.Background()
 				src, sid := isolatedSource(b, c)
-				var durs []time.Duration
+				var durs, delDurs []time.Duration
 				var perClone int64
 				for r := range rounds {
 					var out apitypes.RestoredVM
@@ -114,7 +115,9 @@ func BenchmarkCloneFromSnapshot(b *testing.B) {
 						total += allocated(b, c.agents[0].layout().VMDir(id))
 					}
 					perClone = total / int64(n)
+					s = time.Now()
 					res, err := c.client.Bulk(ctx, "delete", out.IDs)
+					delDurs = append(delDurs, time.Since(s))
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -131,6 +134,7 @@ func BenchmarkCloneFromSnapshot(b *testing.B) {
 					b.Fatal(err)
 				}
 				testutil.ReportLatency(b, "instantiate", durs)
+				testutil.ReportLatency(b, "delete", delDurs)
 				b.ReportMetric(float64(perClone), "disk-bytes/clone")
 			}
 		})

@@ -3,10 +3,14 @@ package network
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"os"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // BenchmarkTapLifecycle measures one VM's TAP work: create (mark, attach,
@@ -55,6 +59,8 @@ func processCPU() time.Duration {
 // BenchmarkTeardown100 measures Teardown of 100 TAPs (bridge kept): how
 // long a host's `nexus down` or cleanup takes to delete them, and how
 // many of them went in link-group batches.
+//
+//	go test -run '^$' -bench 'Teardown100|RemoveIsolated50' -benchtime 5x ./internal/agent/network/ (root)
 func BenchmarkTeardown100(b *testing.B) {
 	ctx := context.Background()
 	_, nw := readyNet(b)
@@ -78,4 +84,44 @@ func BenchmarkTeardown100(b *testing.B) {
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "teardown-100-p50-ms")
 	b.ReportMetric(float64(nw.dels.groups)/float64(len(took)), "group-deletes/op")
+}
+
+// BenchmarkRemoveIsolated50 measures RemoveIsolated of 50 isolated VMs'
+// networks (namespace, veth pair, TAP inside): how long `nexus down` takes
+// to remove them, and how many link-group deletions that took.
+//
+//	go test -run '^$' -bench RemoveIsolated50 -benchtime 5x ./internal/agent/network/ (root)
+func BenchmarkRemoveIsolated50(b *testing.B) {
+	ctx := context.Background()
+	_, nw := readyNet(b)
+	l := hostlayout.Layout{RunDir: b.TempDir()}
+	b.Cleanup(func() { _, _ = nw.RemoveIsolated(ctx, l) }) // a failed run's namespaces
+	var took []time.Duration
+	groups := 0
+	for b.Loop() {
+		b.StopTimer()
+		for i := range 50 {
+			id := fmt.Sprintf("%03xbeef0-0000-4000-8000-000000000000", i)
+			if err := os.MkdirAll(l.VMDir(id), 0o750); err != nil {
+				b.Fatal(err)
+			}
+			c := Isolated{VMID: id, NSPath: l.NetNSPath(id), Tap: tapName(id), HostAddr: netip.AddrFrom4([4]byte{172, 20, 1, byte(i + 2)}),
+				Guest: netip.MustParseAddr("192.168.127.2"), GuestGateway: mustPrefix("192.168.127.1/30")}
+			if err := nw.EnsureIsolated(ctx, c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		g0 := nw.dels.groups
+		b.StartTimer()
+		start := time.Now()
+		removed, err := nw.RemoveIsolated(ctx, l)
+		if err != nil || len(removed) != 50 {
+			b.Fatalf("RemoveIsolated = %d removed, %v", len(removed), err)
+		}
+		took = append(took, time.Since(start))
+		groups += nw.dels.groups - g0
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "remove-50-p50-ms")
+	b.ReportMetric(float64(groups)/float64(len(took)), "group-deletes/op")
 }

@@ -344,8 +344,27 @@ func (n *Network) removeNATLocked(ctx context.Context, note func(string)) error 
 	return errors.Join(errs...)
 }
 
-// teardownWidth bounds the TAP deletions Teardown has under way at once.
-const teardownWidth = 32
+// deleteWidth bounds the link deletions Teardown and RemoveIsolated have
+// under way at once.
+const deleteWidth = 32
+
+// atOnce runs fn(0) … fn(count-1), up to deleteWidth at a time, so that
+// the link deletions they make go in batches (linkdelete.go), and returns
+// their errors by index.
+func atOnce(count int, fn func(i int) error) []error {
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, deleteWidth)
+	for i := range count {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			errs[i] = fn(i)
+		})
+	}
+	wg.Wait()
+	return errs
+}
 
 // Teardown undoes what this agent did to the host, for `nexus down`, tests
 // and an operator removing Nexus: it deletes the TAPs that carry our mark
@@ -366,26 +385,15 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, er
 	if err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
-	// Several at a time, so that they go in batches (tapdelete.go); the
-	// list of what went keeps ListTaps' order.
+	// Several at a time (atOnce); the list of what went keeps ListTaps'
+	// order.
 	taps = slices.DeleteFunc(taps, func(t Tap) bool { return !t.Ours })
-	tapErrs := make([]error, len(taps))
-	var wg sync.WaitGroup
-	slots := make(chan struct{}, teardownWidth)
-	for i, t := range taps {
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			tapErrs[i] = n.DeleteTap(ctx, t.Name)
-		})
-	}
-	wg.Wait()
-	for i, t := range taps {
-		if tapErrs[i] != nil {
-			errs = append(errs, fmt.Errorf("teardown: %w", tapErrs[i]))
+	for i, err := range atOnce(len(taps), func(i int) error { return n.DeleteTap(ctx, taps[i].Name) }) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("teardown: %w", err))
 			continue
 		}
-		note("tap " + t.Name)
+		note("tap " + taps[i].Name)
 	}
 	// Isolated VMs' veths (their namespaces are in the run dirs:
 	// RemoveIsolated).
@@ -393,12 +401,12 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, er
 	if err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
-	for _, v := range veths {
-		if err := n.deleteIsolatedLocked(v.VMID, "", false); err != nil {
+	for i, err := range atOnce(len(veths), func(i int) error { return n.deleteIsolatedLocked(veths[i].VMID, "", false) }) {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("teardown: %w", err))
 			continue
 		}
-		note("veth " + v.Name)
+		note("veth " + veths[i].Name)
 	}
 	if err := n.removeNATLocked(ctx, note); err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))

@@ -137,6 +137,13 @@ func (n *Network) EnsureIsolated(ctx context.Context, c Isolated) (err error) {
 	} else if err != nil {
 		return wrap("look up veth", err)
 	}
+	// Ours, left in the delete group by an agent that died deleting it:
+	// out of the group, or the next batch of deletions takes it along.
+	if host.Attrs().Group == n.delGroup {
+		if err := n.h.LinkSetGroup(host, 0); err != nil {
+			return wrap("leave the delete group", err)
+		}
+	}
 	if host.Attrs().MasterIndex != br.Attrs().Index {
 		if err := n.h.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
 			return wrap("attach veth", err)
@@ -270,8 +277,9 @@ func (n *Network) deleteIsolatedLocked(vmID, nsPath string, removeNS bool) error
 	case link.Attrs().Alias != n.vethMark(vmID):
 		errs = append(errs, fmt.Errorf("%w: %s belongs to %s; left alone", ErrNotOurs, veth, describeOwner(link.Attrs().Alias)))
 	default:
-		// Its peer in the namespace goes with it.
-		if err := n.h.LinkDel(link); err != nil && !isNotFound(err) {
+		// Its peer in the namespace goes with it; with other deletions
+		// under way, in their batch (linkdelete.go).
+		if err := n.deleteLink(link); err != nil {
 			errs = append(errs, fmt.Errorf("delete %s: %w", veth, err))
 		}
 	}
@@ -288,7 +296,8 @@ func (n *Network) deleteIsolatedLocked(vmID, nsPath string, removeNS bool) error
 
 // RemoveIsolated removes the namespace and veth of every isolated VM
 // with a run dir in l (nexus down); their VMMs must be stopped first. It
-// returns what it removed.
+// removes several at a time, so that their veths go in batches, and
+// returns what it removed, in the run dirs' order.
 func (n *Network) RemoveIsolated(ctx context.Context, l hostlayout.Layout) ([]string, error) {
 	entries, err := os.ReadDir(l.VMsDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -297,19 +306,21 @@ func (n *Network) RemoveIsolated(ctx context.Context, l hostlayout.Layout) ([]st
 	if err != nil {
 		return nil, fmt.Errorf("remove isolated networks: %w", err)
 	}
-	var removed []string
-	var errs []error
+	var ids []string
 	for _, e := range entries {
 		id := e.Name()
-		path := l.NetNSPath(id)
-		if _, err := os.Lstat(path); err != nil || !hostlayout.ValidVMID(id) {
-			continue
+		if _, err := os.Lstat(l.NetNSPath(id)); err == nil && hostlayout.ValidVMID(id) {
+			ids = append(ids, id)
 		}
-		if err := n.DeleteIsolated(ctx, id, path); err != nil {
+	}
+	var removed []string
+	var errs []error
+	for i, err := range atOnce(len(ids), func(i int) error { return n.DeleteIsolated(ctx, ids[i], l.NetNSPath(ids[i])) }) {
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		removed = append(removed, "network namespace and veth of vm "+id)
+		removed = append(removed, "network namespace and veth of vm "+ids[i])
 	}
 	return removed, errors.Join(errs...)
 }

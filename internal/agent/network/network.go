@@ -122,7 +122,7 @@ type Network struct {
 
 	bridgeMu sync.Mutex  // serialises EnsureBridge, RemoveNAT and Teardown
 	taps     keyed.Mutex // serialises work on one TAP name
-	dels     tapDeletes  // TAP deletions, together when they queue
+	dels     linkDeletes // link deletions, together when they queue
 	delGroup uint32      // the link group deletions use (deleteGroup)
 
 	// rt is a route netlink socket in the namespace for requests the

@@ -3,12 +3,14 @@ package network
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/vishvananda/netlink"
 )
 
@@ -25,10 +27,20 @@ func ensureTaps(t *testing.T, nw *Network, ids ...string) []string {
 	return names
 }
 
-// deleteTogether deletes the TAPs names with DeleteTap at once: the first
-// alone, held in its batch until the others have queued behind it, which
-// then go as one batch. It returns the batch sizes seen.
-func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
+// deleteTaps deletes the TAPs names together (deleteTogether).
+func deleteTaps(t *testing.T, nw *Network, names ...string) []int {
+	t.Helper()
+	var dels []func(context.Context) error
+	for _, name := range names {
+		dels = append(dels, func(ctx context.Context) error { return nw.DeleteTap(ctx, name) })
+	}
+	return deleteTogether(t, nw, dels...)
+}
+
+// deleteTogether runs the deletions dels at once: the first alone, held in
+// its batch until the others have queued behind it, which then go as one
+// batch. It returns the batch sizes seen.
+func deleteTogether(t *testing.T, nw *Network, dels ...func(context.Context) error) []int {
 	t.Helper()
 	var sizes []int
 	held, release := make(chan struct{}), make(chan struct{})
@@ -41,9 +53,9 @@ func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
 	}
 	defer func() { nw.dels.batchHook = nil }()
 	ctx := context.Background()
-	errs := make(chan error, len(names))
+	errs := make(chan error, len(dels))
 	var wg sync.WaitGroup
-	wg.Go(func() { errs <- nw.DeleteTap(ctx, names[0]) })
+	wg.Go(func() { errs <- dels[0](ctx) })
 	select {
 	case <-held:
 	case err := <-errs:
@@ -51,19 +63,19 @@ func deleteTogether(t *testing.T, nw *Network, names ...string) []int {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first deletion never reached its batch")
 	}
-	for _, name := range names[1:] {
-		wg.Go(func() { errs <- nw.DeleteTap(ctx, name) })
+	for _, del := range dels[1:] {
+		wg.Go(func() { errs <- del(ctx) })
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		nw.dels.mu.Lock()
 		queued := len(nw.dels.pending)
 		nw.dels.mu.Unlock()
-		if queued == len(names)-1 {
+		if queued == len(dels)-1 {
 			break
 		}
 		if time.Now().After(deadline) {
 			close(release)
-			t.Fatalf("%d of %d deletions queued behind the first", queued, len(names)-1)
+			t.Fatalf("%d of %d deletions queued behind the first", queued, len(dels)-1)
 		}
 	}
 	close(release)
@@ -95,7 +107,7 @@ func TestTapDeletesGoTogether(t *testing.T) {
 		defer tns.h.LinkDel(l)
 	}
 
-	if sizes := deleteTogether(t, nw, names...); !slices.Equal(sizes, []int{1, len(names) - 1}) {
+	if sizes := deleteTaps(t, nw, names...); !slices.Equal(sizes, []int{1, len(names) - 1}) {
 		t.Errorf("batches = %v; want [1 %d]", sizes, len(names)-1)
 	}
 	if n := countPrefixed(t, tns); n != 0 {
@@ -142,7 +154,7 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := ensureTaps(t, nw, "b2000000000", "b3000000000", "b4000000000")
-	deleteTogether(t, nw, names...)
+	deleteTaps(t, nw, names...)
 	for _, name := range []string{keep, stray} {
 		assertTap(t, tns, name, false)
 		if g := mustLink(t, tns, name).Attrs().Group; g != 0 {
@@ -171,7 +183,7 @@ func TestDeleteGroupWithAForeignLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := ensureTaps(t, nw, "c1000000000", "c2000000000", "c3000000000")
-	deleteTogether(t, nw, names...)
+	deleteTaps(t, nw, names...)
 	if n := countPrefixed(t, tns); n != 0 {
 		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
 	}
@@ -222,4 +234,91 @@ func TestTeardownManyTaps(t *testing.T) {
 		t.Errorf("links with the tap prefix after Teardown = %d; want 0", n)
 	}
 	t.Logf("group deletions for 40 TAPs: %d", nw.dels.groups)
+}
+
+// An isolated VM's veth deletion joins the batch of the deletions queued
+// with it: TAPs and veths go in one group deletion, the veths' namespaces
+// are removed, and a veth not ours stays.
+func TestVethDeletesJoinTheBatch(t *testing.T) {
+	tns, nw := readyNet(t)
+	theirs := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth2"}, PeerName: "theirveth2p"}
+	if err := tns.add(t, theirs); err != nil {
+		t.Fatal(err)
+	}
+	defer tns.h.LinkDel(theirs)
+	taps := ensureTaps(t, nw, "d1000000000", "d2000000000")
+	dels := []func(context.Context) error{
+		func(ctx context.Context) error { return nw.DeleteTap(ctx, taps[0]) },
+		func(ctx context.Context) error { return nw.DeleteTap(ctx, taps[1]) },
+	}
+	var isos []Isolated
+	for i, id := range []string{"d3000000000", "d4000000000", "d5000000000"} {
+		c := isoConfig(t, id, fmt.Sprintf("172.20.0.%d", 30+i))
+		if err := nw.EnsureIsolated(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		isos = append(isos, c)
+		dels = append(dels, func(ctx context.Context) error { return nw.DeleteIsolated(ctx, c.VMID, c.NSPath) })
+	}
+
+	if sizes := deleteTogether(t, nw, dels...); !slices.Equal(sizes, []int{1, 4}) {
+		t.Errorf("batches = %v; want [1 4]", sizes)
+	}
+	if nw.dels.groups != 1 || nw.dels.off {
+		t.Errorf("group deletions = %d, off = %v; want 1, on", nw.dels.groups, nw.dels.off)
+	}
+	for _, c := range isos {
+		if _, err := tns.h.LinkByName(hostlayout.VethName(c.VMID)); err == nil {
+			t.Errorf("veth of %s left", c.VMID)
+		}
+		if _, err := os.Stat(c.NSPath); !os.IsNotExist(err) {
+			t.Errorf("namespace of %s left: %v", c.VMID, err)
+		}
+	}
+	if n := countPrefixed(t, tns); n != 0 {
+		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
+	}
+	if g := mustLink(t, tns, "theirveth2").Attrs().Group; g != 0 {
+		t.Errorf("theirveth2 is in group %d; want 0, untouched", g)
+	}
+}
+
+// An isolated VM's veth left in the delete group is taken out of it by
+// EnsureIsolated, or else by the next batch, which then still goes as a
+// group: it is ours.
+func TestEnsureIsolatedLeavesTheDeleteGroup(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	var isos []Isolated
+	for i, id := range []string{"e1000000000", "e2000000000"} {
+		c := isoConfig(t, id, fmt.Sprintf("172.20.0.%d", 40+i))
+		if err := nw.EnsureIsolated(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		veth := mustLink(t, tns, hostlayout.VethName(id))
+		if err := tns.h.LinkSetGroup(veth, int(nw.delGroup)); err != nil {
+			t.Fatal(err)
+		}
+		isos = append(isos, c)
+	}
+	if err := nw.EnsureIsolated(ctx, isos[0]); err != nil { // met again
+		t.Fatal(err)
+	}
+	if g := mustLink(t, tns, hostlayout.VethName(isos[0].VMID)).Attrs().Group; g != 0 {
+		t.Fatalf("veth is in group %d after EnsureIsolated; want 0", g)
+	}
+	deleteTaps(t, nw, ensureTaps(t, nw, "e3000000000", "e4000000000", "e5000000000")...)
+	for _, c := range isos {
+		if g := mustLink(t, tns, hostlayout.VethName(c.VMID)).Attrs().Group; g != 0 {
+			t.Errorf("veth of %s is in group %d after the batch; want 0", c.VMID, g)
+		}
+	}
+	if nw.dels.groups != 1 || nw.dels.off {
+		t.Errorf("group deletions = %d, off = %v; want 1, on", nw.dels.groups, nw.dels.off)
+	}
+	for _, c := range isos {
+		if err := nw.DeleteIsolated(ctx, c.VMID, c.NSPath); err != nil {
+			t.Error(err)
+		}
+	}
 }
