@@ -28,8 +28,8 @@ import (
 
 // BenchmarkFloor is `make bench-floor`: Nexus's create→running against the
 // floor — a minimal program that does what any control plane must for a VM
-// (create its TAP, spawn the same VMM binary, make the same firecracker
-// calls, start it) and nothing else — interleaved in one run on the same
+// (make its directory and TAP, spawn the same VMM binary, make the same
+// firecracker calls, start it) and nothing else — interleaved in one run on the same
 // machine, sequentially and 10 at once. It prints both, their ratio, and
 // the control plane's CPU per create (manager and agent processes).
 func BenchmarkFloor(b *testing.B) {
@@ -201,18 +201,21 @@ func newFloor(tb testing.TB, dir, kernel string) *floor {
 	return &floor{dir: dir, kernel: kernel, nw: nw}
 }
 
-// boot creates a TAP, spawns the VMM, configures and starts it, and
-// returns how long that took; the VM is then torn down, timed apart (del).
+// boot makes the VM's directory and TAP, spawns the VMM, configures and
+// starts it, and returns how long that took; the VM is then torn down,
+// timed apart (del).
 func (f *floor) boot(tb testing.TB) time.Duration {
 	ctx := context.Background()
 	id := uuid.NewString()
 	vmDir := filepath.Join(f.dir, id)
 	sock := filepath.Join(vmDir, "fc.sock")
+	tap := hostlayout.TapName(id)
+	start, cpu0 := time.Now(), selfCPU()
+	// The socket needs a directory, and the teardown below times its
+	// removal: its making is timed too.
 	if err := os.MkdirAll(vmDir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	tap := hostlayout.TapName(id)
-	start, cpu0 := time.Now(), selfCPU()
 	if err := f.nw.EnsureTap(ctx, tap, id); err != nil {
 		tb.Fatal(err)
 	}
