@@ -57,7 +57,7 @@ bench-fleet: build ## 10 hosts × 100 VMs: churn, mass VMM kill, convergence, me
 bench-guest: ## guest images: boot-to-ready p50 under QEMU microvm, image build cold/cached/warm (root, downloads the kernel package)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkGuest -benchtime 1x -timeout 20m ./test/guest/
 
-bench-floor: build ## Nexus create→running vs a minimal spawn-and-configure program, interleaved, after 10 unmeasured boots of each; ratio, CPU and context switches per create; then sequential deletes against its teardowns (root; NEXUS_BENCH_FLOOR_N, NEXUS_BENCH_FLOOR_WARMUP; NEXUS_BENCH_PROFILE=DIR: manager and agent CPU profiles)
+bench-floor: build ## Nexus create→running vs a minimal spawn-and-configure program, interleaved, after 10 unmeasured boots of each; ratio, CPU and context switches per create; then sequential deletes against its teardowns (root; NEXUS_BENCH_FLOOR_N, NEXUS_BENCH_FLOOR_WARMUP; NEXUS_BENCH_ENGINE=postgres; NEXUS_BENCH_PROFILE=DIR: manager and agent CPU profiles)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkFloor$$ -benchtime 1x -timeout 20m ./test/e2e/
 
 bench-scale: build ## 10,000 VMs on 100 hollow agents: creates, churn, reads under load, reconcile, memory per VM (NEXUS_BENCH_ENGINE=postgres adds a failover)

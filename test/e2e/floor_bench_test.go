@@ -32,8 +32,14 @@ import (
 // firecracker calls, start it) and nothing else — interleaved in one run on the same
 // machine, sequentially and 10 at once. It prints both, their ratio, and
 // the control plane's CPU per create (manager and agent processes).
+// NEXUS_BENCH_ENGINE=postgres runs the manager on Postgres (its CPU then
+// leaves out the database server's).
 func BenchmarkFloor(b *testing.B) {
 	seq, conc := envInt("NEXUS_BENCH_FLOOR_N", 30), 10
+	engine := os.Getenv("NEXUS_BENCH_ENGINE")
+	if engine == "" {
+		engine = "sqlite"
+	}
 	// NEXUS_BENCH_PROFILE=DIR: CPU profiles of the manager and the agent
 	// during the sequential creates and deletes (*-seq.prof, *-delete.prof;
 	// raise NEXUS_BENCH_FLOOR_N to fill them).
@@ -44,7 +50,7 @@ func BenchmarkFloor(b *testing.B) {
 		b.Setenv("NEXUS_PPROF", fmt.Sprintf("0.0.0.0:%d", pprofPort))
 	}
 	for range b.N {
-		c := newCluster(b, "sqlite", 1)
+		c := newCluster(b, engine, 1)
 		ctx := context.Background()
 		kernel := simtest.WriteKernel(b, c.dir)
 		f := newFloor(b, filepath.Join(c.dir, "floor"), kernel)
