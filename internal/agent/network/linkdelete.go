@@ -7,10 +7,11 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // Deleting a link is the slowest thing the agent asks of the kernel: it
@@ -58,8 +59,7 @@ type linkDelete struct {
 }
 
 // deleteLink deletes link (a TAP or veth checked to be ours, its name
-// locked), with
-// whichever other deletions are waiting when its turn comes.
+// locked), with whichever other deletions are waiting when its turn comes.
 func (n *Network) deleteLink(link netlink.Link) error {
 	q := &n.dels
 	d := &linkDelete{link: link, done: make(chan error, 1), lead: make(chan struct{})}

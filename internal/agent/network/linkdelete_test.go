@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nexus-microvm/nexus/internal/hostlayout"
 	"github.com/vishvananda/netlink"
+
+	"github.com/nexus-microvm/nexus/internal/hostlayout"
 )
 
 // ensureTaps makes the TAPs of the VMs ids and returns their names.
