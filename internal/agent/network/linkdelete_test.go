@@ -28,6 +28,23 @@ func ensureTaps(t *testing.T, nw *Network, ids ...string) []string {
 	return names
 }
 
+// ensureIsolated makes the isolated networks of the VMs ids, with host
+// addresses 172.20.0.<first>, <first+1>, …; whatever a test leaves of them
+// goes when it ends.
+func ensureIsolated(t *testing.T, nw *Network, first int, ids ...string) []Isolated {
+	t.Helper()
+	var out []Isolated
+	for i, id := range ids {
+		c := isoConfig(t, id, fmt.Sprintf("172.20.0.%d", first+i))
+		t.Cleanup(func() { _ = nw.DeleteIsolated(context.Background(), c.VMID, c.NSPath) })
+		if err := nw.EnsureIsolated(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // deleteTaps deletes the TAPs names together (deleteTogether).
 func deleteTaps(t *testing.T, nw *Network, names ...string) []int {
 	t.Helper()
@@ -252,13 +269,8 @@ func TestVethDeletesJoinTheBatch(t *testing.T) {
 		func(ctx context.Context) error { return nw.DeleteTap(ctx, taps[0]) },
 		func(ctx context.Context) error { return nw.DeleteTap(ctx, taps[1]) },
 	}
-	var isos []Isolated
-	for i, id := range []string{"d3000000000", "d4000000000", "d5000000000"} {
-		c := isoConfig(t, id, fmt.Sprintf("172.20.0.%d", 30+i))
-		if err := nw.EnsureIsolated(context.Background(), c); err != nil {
-			t.Fatal(err)
-		}
-		isos = append(isos, c)
+	isos := ensureIsolated(t, nw, 30, "d3000000000", "d4000000000", "d5000000000")
+	for _, c := range isos {
 		dels = append(dels, func(ctx context.Context) error { return nw.DeleteIsolated(ctx, c.VMID, c.NSPath) })
 	}
 
@@ -290,17 +302,11 @@ func TestVethDeletesJoinTheBatch(t *testing.T) {
 func TestEnsureIsolatedLeavesTheDeleteGroup(t *testing.T) {
 	ctx := context.Background()
 	tns, nw := readyNet(t)
-	var isos []Isolated
-	for i, id := range []string{"e1000000000", "e2000000000"} {
-		c := isoConfig(t, id, fmt.Sprintf("172.20.0.%d", 40+i))
-		if err := nw.EnsureIsolated(ctx, c); err != nil {
+	isos := ensureIsolated(t, nw, 40, "e1000000000", "e2000000000")
+	for _, c := range isos {
+		if err := tns.h.LinkSetGroup(mustLink(t, tns, hostlayout.VethName(c.VMID)), int(nw.delGroup)); err != nil {
 			t.Fatal(err)
 		}
-		veth := mustLink(t, tns, hostlayout.VethName(id))
-		if err := tns.h.LinkSetGroup(veth, int(nw.delGroup)); err != nil {
-			t.Fatal(err)
-		}
-		isos = append(isos, c)
 	}
 	if err := nw.EnsureIsolated(ctx, isos[0]); err != nil { // met again
 		t.Fatal(err)
