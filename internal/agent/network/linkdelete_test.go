@@ -28,6 +28,17 @@ func ensureTaps(t *testing.T, nw *Network, ids ...string) []string {
 	return names
 }
 
+// foreignVeth adds a veth pair without our mark, name and name+"p", removed
+// when the test ends.
+func foreignVeth(t *testing.T, tns *testNS, name string) {
+	t.Helper()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
+	if err := tns.add(t, v); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tns.h.LinkDel(v) })
+}
+
 // ensureIsolated makes the isolated networks of the VMs ids, with host
 // addresses 172.20.0.<first>, <first+1>, …; whatever a test leaves of them
 // goes when it ends.
@@ -192,11 +203,7 @@ func TestEnsureTapLeavesTheDeleteGroup(t *testing.T) {
 // link stays where it is.
 func TestDeleteGroupWithAForeignLink(t *testing.T) {
 	tns, nw := readyNet(t)
-	theirs := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth1"}, PeerName: "theirveth1p"}
-	if err := tns.add(t, theirs); err != nil {
-		t.Fatal(err)
-	}
-	defer tns.h.LinkDel(theirs)
+	foreignVeth(t, tns, "theirveth1")
 	if err := tns.h.LinkSetGroup(mustLink(t, tns, "theirveth1"), int(nw.delGroup)); err != nil {
 		t.Fatal(err)
 	}
@@ -259,11 +266,7 @@ func TestTeardownManyTaps(t *testing.T) {
 // are removed, and a veth not ours stays.
 func TestVethDeletesJoinTheBatch(t *testing.T) {
 	tns, nw := readyNet(t)
-	theirs := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "theirveth2"}, PeerName: "theirveth2p"}
-	if err := tns.add(t, theirs); err != nil {
-		t.Fatal(err)
-	}
-	defer tns.h.LinkDel(theirs)
+	foreignVeth(t, tns, "theirveth2")
 	taps := ensureTaps(t, nw, "d1000000000", "d2000000000")
 	dels := []func(context.Context) error{
 		func(ctx context.Context) error { return nw.DeleteTap(ctx, taps[0]) },
