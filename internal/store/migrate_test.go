@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -266,5 +267,80 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "retrying") || !strings.Contains(logs.String(), "deadlock") {
 		t.Fatalf("no retry of the deadlocked migration in the log:\n%s", logs.String())
+	}
+}
+
+// TestTxRetriesDeadlock: a transaction Postgres aborts to break a deadlock
+// runs again (inTx), instead of failing its caller's request, as a create
+// did in a rolling upgrade when a migration's exclusive lock queued between
+// its read and its write. Here the other side is a plain transaction that
+// waits out a long deadlock_timeout, so the store's side is the one
+// aborted.
+func TestTxRetriesDeadlock(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := openRaw(t, testutil.FreshPostgres(t))
+	if _, err := s.w.ExecContext(ctx, `CREATE TABLE pair (k text PRIMARY KEY, v int NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO pair VALUES ('a', 0), ('b', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	other, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	var otherPID int
+	if err := other.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&otherPID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(ctx, `SET LOCAL deadlock_timeout = '30s'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(ctx, `UPDATE pair SET v = v + 10 WHERE k = 'b'`); err != nil {
+		t.Fatal(err)
+	}
+	otherDone := make(chan error, 1)
+	attempts := 0
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		attempts++
+		if _, err := tx.ExecContext(ctx, `UPDATE pair SET v = v + 1 WHERE k = 'a'`); err != nil {
+			return err
+		}
+		if attempts == 1 {
+			// The other side now waits for a, then b closes the cycle.
+			go func() {
+				_, err := other.ExecContext(ctx, `UPDATE pair SET v = v + 10 WHERE k = 'a'`)
+				if err == nil {
+					err = other.Commit()
+				}
+				otherDone <- err
+			}()
+			for waiting := false; !waiting; {
+				if err := s.r.QueryRowContext(ctx, `SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1`, otherPID).Scan(&waiting); err != nil {
+					return err
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE pair SET v = v + 1 WHERE k = 'b'`)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("inTx = %v after %d attempts; want the deadlocked transaction run again", err, attempts)
+	}
+	if err := <-otherDone; err != nil {
+		t.Fatalf("the other transaction: %v", err)
+	}
+	if attempts != 2 {
+		t.Errorf("attempts = %d; want 2 (the first aborted by the deadlock)", attempts)
+	}
+	var a, b int
+	if err := s.r.QueryRowContext(ctx, `SELECT (SELECT v FROM pair WHERE k = 'a'), (SELECT v FROM pair WHERE k = 'b')`).Scan(&a, &b); err != nil {
+		t.Fatal(err)
+	}
+	if a != 11 || b != 11 {
+		t.Errorf("a, b = %d, %d; want 11, 11: both transactions once each", a, b)
 	}
 }

@@ -166,8 +166,33 @@ func (s *sqlStore) writeRow(ctx context.Context, q string, args ...any) *sql.Row
 	return s.w.QueryRowContext(ctx, q, args...)
 }
 
-// inTx runs fn in a write transaction (BEGIN IMMEDIATE on SQLite).
+// txAttempts bounds the runs of a transaction that Postgres keeps
+// aborting to break deadlocks (see inTx).
+const txAttempts = 4
+
+// inTx runs fn in a write transaction (BEGIN IMMEDIATE on SQLite). A
+// transaction Postgres aborted to break a deadlock runs again, after a
+// short pause: it rolled back whole, and every fn here only reads and
+// writes within it. A rolling upgrade makes such deadlocks: a migration
+// queues for an exclusive lock on a table between a transaction's read of
+// it and its write, and Postgres may abort either side (the migration
+// retries too: Migrate).
 func (s *sqlStore) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.inTxOnce(ctx, fn)
+		if err == nil || attempt == txAttempts || !s.d.lockConflict(err) {
+			return err
+		}
+		if serr := sleepCtx(ctx, jitter(txBackoff<<(attempt-1))); serr != nil {
+			return errors.Join(err, serr)
+		}
+	}
+}
+
+// txBackoff is inTx's first pause; it doubles.
+const txBackoff = 20 * time.Millisecond
+
+func (s *sqlStore) inTxOnce(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return err
