@@ -1,6 +1,7 @@
 package store
 
 import (
+	"database/sql"
 	"io/fs"
 	"time"
 
@@ -38,4 +39,7 @@ type dialect interface {
 	// migrations returns the engine's migration files and goose options
 	// (dialect, locking).
 	migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error)
+	// migrationDB is the pool migrations run on (w, or one of their own
+	// with other session settings) and what closes it.
+	migrationDB(w *sql.DB) (db *sql.DB, done func())
 }

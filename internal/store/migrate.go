@@ -19,6 +19,11 @@ import (
 // migrations/<engine>/NNNNN_name.sql are goose migrations, one directory per
 // engine because their types differ (jsonb and timestamptz against STRICT
 // TEXT and INTEGER). A change adds a file to both with the same version.
+// On Postgres a migration runs beside managers of the previous release:
+// it must not hold a lock on a table they write while it waits for a
+// stronger one on it (build an index, then drop another: two migrations),
+// or their transactions that read the table and then write it deadlock
+// with it at once (00006, 00013).
 //
 //go:embed migrations
 var migrationFiles embed.FS
@@ -38,16 +43,19 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 		return fmt.Errorf("migrate %s: %w", s.d.engine(), err)
 	}
 	opts = append(opts, goose.WithTableName(migrationTable), goose.WithDisableGlobalRegistry(true))
+	db, done := s.d.migrationDB(s.w)
+	defer done()
 	// Not p.Close: it would close the store's pool.
-	p, err := goose.NewProvider(dialect, s.w, fsys, opts...)
+	p, err := goose.NewProvider(dialect, db, fsys, opts...)
 	if err != nil {
 		return fmt.Errorf("migrate %s: %w", s.d.engine(), err)
 	}
 	// A migration runs beside managers of the previous release (a rolling
-	// upgrade): one that takes two locks on a table their transactions
-	// also lock can deadlock with them, and Postgres may pick the
-	// migration as the victim. Its transaction rolled back whole, so it
-	// runs again after a pause.
+	// upgrade): one that takes an exclusive lock on a table their
+	// transactions also lock can deadlock with them. On Postgres its
+	// statements give up waiting for a lock first (migrationLockTimeout),
+	// so the managers' requests go on; its transaction rolled back whole,
+	// and it runs again after a pause.
 	backoff := migrateRetryBase
 	for attempt := 1; ; attempt++ {
 		results, err := p.Up(ctx)

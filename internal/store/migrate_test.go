@@ -196,9 +196,10 @@ func TestMigrationsOnlyExpand(t *testing.T) {
 	}
 }
 
-// TestMigrationRetriesLockConflict: a migration that deadlocks with a
-// running manager's transaction is run again instead of stopping the new
-// manager, the way a rolling upgrade starts it beside the old release.
+// TestMigrationRetriesLockConflict: a migration that would deadlock with a
+// running manager's transaction gives up its lock wait and is run again,
+// instead of stopping the new manager or failing the old manager's
+// request, the way a rolling upgrade starts it beside the old release.
 // Migration 7 alters audit, then indexes vm; the old manager's transaction
 // has written vm and then reads audit.
 func TestMigrationRetriesLockConflict(t *testing.T) {
@@ -250,9 +251,9 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	// Reading audit closes the cycle. The migration waited first, so its
-	// deadlock check (after deadlock_timeout) runs first and Postgres
-	// aborts it; the read goes on.
+	// Reading audit closes the cycle. The migration waited first, and its
+	// lock_timeout (migrationLockTimeout) is shorter than the read's
+	// deadlock_timeout: it gives up, and the read goes on.
 	if _, err := tx.ExecContext(ctx, `SELECT count(*) FROM audit`); err != nil {
 		t.Fatalf("the old manager's read: %v", err)
 	}
@@ -265,17 +266,73 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	if got := pendingOf(t, dsn); len(got) != 0 {
 		t.Fatalf("after Migrate: pending %v", got)
 	}
-	if !strings.Contains(logs.String(), "retrying") || !strings.Contains(logs.String(), "deadlock") {
-		t.Fatalf("no retry of the deadlocked migration in the log:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "retrying") || !strings.Contains(logs.String(), "lock timeout") {
+		t.Fatalf("no retry of the migration that gave up its lock wait in the log:\n%s", logs.String())
+	}
+}
+
+// TestMigrationYieldsToATransaction: a running manager's transaction that
+// read vm, and writes it while the migrations run (from the first release)
+// and one of them waits for an exclusive lock on vm, goes on. It failed at
+// once with a deadlock when migration 6 built an index of vm and then
+// dropped another in the same transaction: the build's SHARE lock, held
+// while the drop waited, blocked the write (a create's 500 in a rolling
+// upgrade). The drop is 13 now, holding nothing on vm while it waits.
+func TestMigrationYieldsToATransaction(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn := testutil.FreshPostgres(t)
+	s := openRaw(t, dsn)
+	dialect, fsys, opts, err := s.d.migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(dialect, s.w, fsys, append(opts, goose.WithTableName(migrationTable), goose.WithDisableGlobalRegistry(true))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM vm`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Migrate(ctx, dsn) }()
+	waitingQ := `SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = current_schema() AND c.relname = 'vm' AND NOT l.granted`
+	for waiting := 0; waiting == 0; time.Sleep(10 * time.Millisecond) {
+		if err := s.r.QueryRowContext(ctx, waitingQ).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Past a deadlock check of the migration's (deadlock_timeout, 1 s).
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := tx.ExecContext(ctx, `UPDATE vm SET name = name`); err != nil {
+		t.Fatalf("the running transaction's write: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if got := pendingOf(t, dsn); len(got) != 0 {
+		t.Fatalf("after Migrate: pending %v", got)
 	}
 }
 
 // TestTxRetriesDeadlock: a transaction Postgres aborts to break a deadlock
-// runs again (inTx), instead of failing its caller's request, as a create
-// did in a rolling upgrade when a migration's exclusive lock queued between
-// its read and its write. Here the other side is a plain transaction that
-// waits out a long deadlock_timeout, so the store's side is the one
-// aborted.
+// runs again (inTx) instead of failing its caller's request. The store's
+// side waits first, so its deadlock check (deadlock_timeout after its wait
+// began) runs first and Postgres aborts it.
 func TestTxRetriesDeadlock(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -291,13 +348,6 @@ func TestTxRetriesDeadlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Rollback()
-	var otherPID int
-	if err := other.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&otherPID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.ExecContext(ctx, `SET LOCAL deadlock_timeout = '30s'`); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := other.ExecContext(ctx, `UPDATE pair SET v = v + 10 WHERE k = 'b'`); err != nil {
 		t.Fatal(err)
 	}
@@ -305,24 +355,30 @@ func TestTxRetriesDeadlock(t *testing.T) {
 	attempts := 0
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		attempts++
+		var pid int
+		if err := tx.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE pair SET v = v + 1 WHERE k = 'a'`); err != nil {
 			return err
 		}
 		if attempts == 1 {
-			// The other side now waits for a, then b closes the cycle.
+			// Once this side waits for b, the other asks for a: a cycle.
 			go func() {
+				for waiting := false; !waiting; time.Sleep(5 * time.Millisecond) {
+					q := `SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`
+					if err := s.r.QueryRowContext(ctx, q, pid).Scan(&waiting); err != nil {
+						otherDone <- err
+						return
+					}
+				}
+				time.Sleep(300 * time.Millisecond) // its deadlock check comes well after this side's
 				_, err := other.ExecContext(ctx, `UPDATE pair SET v = v + 10 WHERE k = 'a'`)
 				if err == nil {
 					err = other.Commit()
 				}
 				otherDone <- err
 			}()
-			for waiting := false; !waiting; {
-				if err := s.r.QueryRowContext(ctx, `SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1`, otherPID).Scan(&waiting); err != nil {
-					return err
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
 		}
 		_, err := tx.ExecContext(ctx, `UPDATE pair SET v = v + 1 WHERE k = 'b'`)
 		return err

@@ -26,6 +26,27 @@ type postgresDialect struct {
 	// migrations, derived from the schema so that separate schemas (test
 	// runs, tenants) do not wait on each other.
 	migrationLockID int64
+	// cfg is what the pool was opened with (migrationDB opens another).
+	cfg *pgx.ConnConfig
+}
+
+// migrationLockTimeout bounds a migration statement's wait for a lock
+// (lock_timeout). It is below Postgres's deadlock_timeout (1 s unless set
+// otherwise): when a migration's exclusive lock and a running manager's
+// transaction deadlock, as in a rolling upgrade (a create holds a share
+// lock on vm from its reads and asks for more to insert, while the
+// migration queues for the whole table), the migration gives up first and
+// runs again (Migrate), and the managers' requests go on. It also bounds
+// how long their statements queue behind the migration's lock request.
+const migrationLockTimeout = 500 * time.Millisecond
+
+// migrationDB opens a pool of its own with migrationLockTimeout: the
+// store's pool keeps waiting as long as it must.
+func (d postgresDialect) migrationDB(*sql.DB) (*sql.DB, func()) {
+	cfg := d.cfg.Copy()
+	cfg.RuntimeParams["lock_timeout"] = strconv.FormatInt(migrationLockTimeout.Milliseconds(), 10)
+	db := stdlib.OpenDB(*cfg)
+	return db, func() { db.Close() }
 }
 
 func (postgresDialect) engine() string { return "postgres" }
@@ -145,7 +166,7 @@ func openPostgres(ctx context.Context, dsn string, o options) (*sqlStore, error)
 	h := fnv.New64a()
 	h.Write([]byte("nexus migrations " + schema.String))
 	return &sqlStore{
-		d:     postgresDialect{migrationLockID: int64(h.Sum64())},
+		d:     postgresDialect{migrationLockID: int64(h.Sum64()), cfg: cfg},
 		w:     db,
 		r:     db,
 		clock: o.clock,

@@ -94,6 +94,8 @@ func sqliteDetail(e *sqlite.Error) string {
 // transactions wait out the busy timeout: nothing to retry.
 func (sqliteDialect) lockConflict(error) bool { return false }
 
+func (sqliteDialect) migrationDB(w *sql.DB) (*sql.DB, func()) { return w, func() {} }
+
 func (d sqliteDialect) migrations() (goose.Dialect, fs.FS, []goose.ProviderOption, error) {
 	fsys, err := migrationFS("sqlite")
 	if err != nil {
