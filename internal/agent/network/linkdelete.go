@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -48,9 +47,15 @@ type linkDeletes struct {
 	// off: the kernel refused a group deletion, or a link not in the
 	// batch was found in the group; deletions go one by one from then on.
 	off bool
-	// batchHook, for tests, sees each batch before it is deleted.
+	// batchHook, for tests, sees each batch before it is deleted;
+	// checkHook runs before a batch's look at the group.
 	batchHook func(size int)
+	checkHook func()
 }
+
+// errForeignInGroup: a link that is not this agent's is in its delete
+// group; deleting the group would take it along.
+var errForeignInGroup = errors.New("a link not ours is in the delete group")
 
 type linkDelete struct {
 	link netlink.Link
@@ -126,19 +131,32 @@ func (n *Network) deleteBatch(batch []*linkDelete) {
 	if len(grouped) == 0 {
 		return
 	}
+	if h := n.dels.checkHook; h != nil {
+		h()
+	}
+	// A link not ours in the group, or the kernel refusing a group
+	// deletion, turns group deletions off; anything else that keeps the
+	// group from being deleted (a failed dump, a link of the batch gone
+	// meanwhile) only sends this batch one by one.
 	err := n.checkGroup(grouped)
+	latch := errors.Is(err, errForeignInGroup)
 	if err == nil {
 		err = n.deleteGroupLinks()
+		latch = err != nil
 	}
 	n.dels.mu.Lock()
-	if err != nil {
+	switch {
+	case latch:
 		n.dels.off = true
-	} else {
+	case err == nil:
 		n.dels.groups++
 	}
 	n.dels.mu.Unlock()
-	if err != nil {
+	switch {
+	case latch:
 		n.log.Warn("links are deleted one by one from now on", "err", err)
+	case err != nil:
+		n.log.Info("a batch of link deletions goes one by one", "links", len(grouped), "err", err)
 	}
 	for _, d := range grouped {
 		if err != nil {
@@ -152,12 +170,12 @@ func (n *Network) deleteBatch(batch []*linkDelete) {
 // checkGroup makes sure the delete group holds the grouped links and
 // nothing else, just before it is deleted: a link of ours left there (by
 // an agent that died deleting it, or a deletion that failed) goes back to
-// group 0; any other link there, or a link of the batch missing, and the
-// group is not deleted. (Someone else would have to pick this agent's
+// group 0; any other link there (errForeignInGroup), or a link of the
+// batch missing, and the group is not deleted. (Someone else would have to pick this agent's
 // group number in between for a link not ours to go with it.)
 func (n *Network) checkGroup(grouped []*linkDelete) error {
-	links, err := n.h.LinkList()
-	if err != nil {
+	var links []netlink.Link
+	if err := retryDump(func() (err error) { links, err = n.h.LinkList(); return err }); err != nil {
 		return fmt.Errorf("check link group %d: %w", n.delGroup, err)
 	}
 	want := make(map[int]string, len(grouped))
@@ -180,7 +198,7 @@ func (n *Network) checkGroup(grouped []*linkDelete) error {
 			}
 			continue
 		}
-		errs = append(errs, fmt.Errorf("link group %d holds %s, which is not ours: left alone", n.delGroup, a.Name))
+		errs = append(errs, fmt.Errorf("%w: link group %d holds %s; left alone", errForeignInGroup, n.delGroup, a.Name))
 	}
 	for _, name := range want {
 		errs = append(errs, fmt.Errorf("link %s left link group %d before its deletion", name, n.delGroup))
@@ -196,8 +214,8 @@ func (n *Network) ours(l netlink.Link) bool {
 	case *netlink.Tuntap:
 		return n.checkOurs(l) == nil
 	case *netlink.Veth:
-		id, ok := strings.CutPrefix(l.Attrs().Alias, n.vethMark(""))
-		return ok && l.Attrs().Name == hostlayout.VethName(id)
+		m, ok := parseMark(l.Attrs().Alias)
+		return ok && m.owner == n.cfg.Owner && m.kind == "veth" && l.Attrs().Name == hostlayout.VethName(m.vmID)
 	}
 	return false
 }

@@ -220,6 +220,33 @@ func TestDeleteGroupWithAForeignLink(t *testing.T) {
 	}
 }
 
+// A batch whose look at the group fails for a passing reason (here a link
+// of the batch deleted by hand meanwhile) goes one by one, and group
+// deletions stay on for the next batch.
+func TestDeleteGroupLinkGoneMeanwhile(t *testing.T) {
+	tns, nw := readyNet(t)
+	names := ensureTaps(t, nw, "f1000000000", "f2000000000", "f3000000000", "f4000000000")
+	nw.dels.checkHook = func() {
+		nw.dels.checkHook = nil
+		if err := tns.h.LinkDel(mustLink(t, tns, names[3])); err != nil {
+			t.Error(err)
+		}
+	}
+	if sizes := deleteTaps(t, nw, names...); !slices.Equal(sizes, []int{1, 3}) {
+		t.Errorf("batches = %v; want [1 3]", sizes)
+	}
+	if nw.dels.groups != 0 || nw.dels.off {
+		t.Fatalf("group deletions = %d, off = %v; want none yet, and on", nw.dels.groups, nw.dels.off)
+	}
+	if n := countPrefixed(t, tns); n != 0 {
+		t.Errorf("links with the tap prefix after the deletes = %d; want 0", n)
+	}
+	deleteTaps(t, nw, ensureTaps(t, nw, "f5000000000", "f6000000000", "f7000000000")...)
+	if nw.dels.groups != 1 || nw.dels.off {
+		t.Errorf("group deletions = %d, off = %v; want the next batch as a group", nw.dels.groups, nw.dels.off)
+	}
+}
+
 // Each agent's delete group is its own, and none is a small number.
 func TestDeleteGroup(t *testing.T) {
 	a, b := deleteGroup("agent-a"), deleteGroup("agent-b")
