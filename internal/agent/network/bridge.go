@@ -401,7 +401,7 @@ func (n *Network) Teardown(ctx context.Context, removeBridge bool) ([]string, er
 	if err != nil {
 		errs = append(errs, fmt.Errorf("teardown: %w", err))
 	}
-	for i, err := range atOnce(len(veths), func(i int) error { return n.deleteIsolatedLocked(veths[i].VMID, "", false) }) {
+	for i, err := range atOnce(len(veths), func(i int) error { return n.deleteIsolatedLocked(veths[i].VMID, "", true, false) }) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("teardown: %w", err))
 			continue

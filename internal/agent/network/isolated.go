@@ -104,9 +104,12 @@ func (n *Network) EnsureIsolated(ctx context.Context, c Isolated) (err error) {
 	if err != nil {
 		return wrap("namespace", err)
 	}
+	// On failure, what this call made goes again; a veth or namespace
+	// that was there before (a running VM's, ensured again) stays.
+	madeVeth := false
 	defer func() {
-		if err != nil {
-			_ = n.deleteIsolatedLocked(c.VMID, c.NSPath, madeNS)
+		if err != nil && (madeVeth || madeNS) {
+			_ = n.deleteIsolatedLocked(c.VMID, c.NSPath, madeVeth, madeNS)
 		}
 	}()
 	ns, err := netns.GetFromPath(c.NSPath)
@@ -126,6 +129,7 @@ func (n *Network) EnsureIsolated(ctx context.Context, c Isolated) (err error) {
 		if err := n.h.LinkAdd(v); err != nil {
 			return wrap("add veth", err)
 		}
+		madeVeth = true
 		if host, err = n.h.LinkByName(veth); err != nil {
 			return wrap("look up veth", err)
 		}
@@ -263,24 +267,28 @@ func (n *Network) DeleteIsolated(ctx context.Context, vmID, nsPath string) error
 	if err := ctxErr(ctx); err != nil {
 		return fmt.Errorf("delete isolated network of vm %s: %w", vmID, err)
 	}
-	return n.deleteIsolatedLocked(vmID, nsPath, true)
+	return n.deleteIsolatedLocked(vmID, nsPath, true, true)
 }
 
-func (n *Network) deleteIsolatedLocked(vmID, nsPath string, removeNS bool) error {
+// deleteIsolatedLocked deletes vmID's veth (if it carries our mark) and,
+// with removeNS, unmounts and removes its namespace at nsPath.
+func (n *Network) deleteIsolatedLocked(vmID, nsPath string, removeVeth, removeNS bool) error {
 	veth := hostlayout.VethName(vmID)
 	var errs []error
-	link, err := n.h.LinkByName(veth)
-	switch {
-	case isNotFound(err):
-	case err != nil:
-		errs = append(errs, fmt.Errorf("look up %s: %w", veth, err))
-	case link.Attrs().Alias != n.vethMark(vmID):
-		errs = append(errs, fmt.Errorf("%w: %s belongs to %s; left alone", ErrNotOurs, veth, describeOwner(link.Attrs().Alias)))
-	default:
-		// Its peer in the namespace goes with it; with other deletions
-		// under way, in their batch (linkdelete.go).
-		if err := n.deleteLink(link); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", veth, err))
+	if removeVeth {
+		link, err := n.h.LinkByName(veth)
+		switch {
+		case isNotFound(err):
+		case err != nil:
+			errs = append(errs, fmt.Errorf("look up %s: %w", veth, err))
+		case link.Attrs().Alias != n.vethMark(vmID):
+			errs = append(errs, fmt.Errorf("%w: %s belongs to %s; left alone", ErrNotOurs, veth, describeOwner(link.Attrs().Alias)))
+		default:
+			// Its peer in the namespace goes with it; with other
+			// deletions under way, in their batch (linkdelete.go).
+			if err := n.deleteLink(link); err != nil {
+				errs = append(errs, fmt.Errorf("delete %s: %w", veth, err))
+			}
 		}
 	}
 	if removeNS {

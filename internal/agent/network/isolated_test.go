@@ -156,3 +156,45 @@ func TestIsolatedTeardown(t *testing.T) {
 	_ = removeNetNS(c2.NSPath)
 	tns.assertClean(t, nw)
 }
+
+// An EnsureIsolated of a VM's network that fails part way (here its
+// namespace's eth0 was renamed by hand) leaves the veth and namespace it
+// found, as a running VM needs them; it removes only what it made.
+func TestEnsureIsolatedFailureKeepsWhatWasThere(t *testing.T) {
+	ctx := context.Background()
+	tns, nw := readyNet(t)
+	c := isoConfig(t, "g1000000000", "172.20.0.50")
+	t.Cleanup(func() { _ = nw.DeleteIsolated(ctx, c.VMID, c.NSPath) })
+	if err := nw.EnsureIsolated(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.GetFromPath(c.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	up, err := nh.LinkByName(IsolatedUplink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nh.LinkSetDown(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := nh.LinkSetName(up, "renamed0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nw.EnsureIsolated(ctx, c); err == nil {
+		t.Fatal("EnsureIsolated without eth0 in the namespace succeeded; want an error")
+	}
+	if _, err := tns.h.LinkByName(hostlayout.VethName(c.VMID)); err != nil {
+		t.Errorf("the veth that was there is gone after a failed ensure: %v", err)
+	}
+	if !isNetNS(c.NSPath) {
+		t.Errorf("the namespace that was there is gone after a failed ensure")
+	}
+}
