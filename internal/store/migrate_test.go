@@ -196,15 +196,9 @@ func TestMigrationsOnlyExpand(t *testing.T) {
 	}
 }
 
-// TestMigrationRetriesLockConflict: a migration that would deadlock with a
-// running manager's transaction gives up its lock wait and is run again,
-// instead of stopping the new manager or failing the old manager's
-// request, the way a rolling upgrade starts it beside the old release.
-// Migration 7 alters audit, then indexes vm; the old manager's transaction
-// has written vm and then reads audit.
-func TestMigrationRetriesLockConflict(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+// migratedTo opens a fresh Postgres schema migrated up to version v.
+func migratedTo(ctx context.Context, t *testing.T, v int64) (string, *sqlStore) {
+	t.Helper()
 	dsn := testutil.FreshPostgres(t)
 	s := openRaw(t, dsn)
 	dialect, fsys, opts, err := s.d.migrations()
@@ -215,10 +209,45 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.UpTo(ctx, 6); err != nil {
+	if _, err := p.UpTo(ctx, v); err != nil {
 		t.Fatal(err)
 	}
+	return dsn, s
+}
 
+// waitForVMLockWait returns once a session waits for a lock on vm (the
+// migration running beside the test's transaction).
+func waitForVMLockWait(ctx context.Context, t *testing.T, s *sqlStore, done <-chan error) {
+	t.Helper()
+	q := `SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = current_schema() AND c.relname = 'vm' AND NOT l.granted`
+	for {
+		var n int
+		if err := s.r.QueryRowContext(ctx, q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the migration finished (%v) without waiting for the open transaction", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestMigrationRetriesLockConflict: a migration that would deadlock with a
+// running manager's transaction gives up its lock wait and is run again,
+// instead of stopping the new manager or failing the old manager's
+// request, the way a rolling upgrade starts it beside the old release.
+// Migration 7 alters audit, then indexes vm; the old manager's transaction
+// has written vm and then reads audit.
+func TestMigrationRetriesLockConflict(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, s := migratedTo(ctx, t, 6)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -234,23 +263,7 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 	}()
 	// The migration holds audit and waits for SHARE on vm (its index)
 	// behind the transaction.
-	waitingQ := `SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = current_schema() AND c.relname = 'vm' AND NOT l.granted`
-	for {
-		var n int
-		if err := s.r.QueryRowContext(ctx, waitingQ).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("the migration finished (%v) without waiting for the open transaction", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	waitForVMLockWait(ctx, t, s, done)
 	// Reading audit closes the cycle. The migration waited first, and its
 	// lock_timeout (migrationLockTimeout) is shorter than the read's
 	// deadlock_timeout: it gives up, and the read goes on.
@@ -281,19 +294,7 @@ func TestMigrationRetriesLockConflict(t *testing.T) {
 func TestMigrationYieldsToATransaction(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dsn := testutil.FreshPostgres(t)
-	s := openRaw(t, dsn)
-	dialect, fsys, opts, err := s.d.migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := goose.NewProvider(dialect, s.w, fsys, append(opts, goose.WithTableName(migrationTable), goose.WithDisableGlobalRegistry(true))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.UpTo(ctx, 5); err != nil {
-		t.Fatal(err)
-	}
+	dsn, s := migratedTo(ctx, t, 5)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -305,14 +306,7 @@ func TestMigrationYieldsToATransaction(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- Migrate(ctx, dsn) }()
-	waitingQ := `SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = current_schema() AND c.relname = 'vm' AND NOT l.granted`
-	for waiting := 0; waiting == 0; time.Sleep(10 * time.Millisecond) {
-		if err := s.r.QueryRowContext(ctx, waitingQ).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitForVMLockWait(ctx, t, s, done)
 	// Past a deadlock check of the migration's (deadlock_timeout, 1 s).
 	time.Sleep(1200 * time.Millisecond)
 	if _, err := tx.ExecContext(ctx, `UPDATE vm SET name = name`); err != nil {
