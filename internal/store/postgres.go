@@ -32,12 +32,13 @@ type postgresDialect struct {
 
 // migrationLockTimeout bounds a migration statement's wait for a lock
 // (lock_timeout). It is below Postgres's deadlock_timeout (1 s unless set
-// otherwise): when a migration's exclusive lock and a running manager's
-// transaction deadlock, as in a rolling upgrade (a create holds a share
-// lock on vm from its reads and asks for more to insert, while the
-// migration queues for the whole table), the migration gives up first and
-// runs again (Migrate), and the managers' requests go on. It also bounds
-// how long their statements queue behind the migration's lock request.
+// otherwise), which is when a waiting session first looks for a deadlock:
+// when a migration and a running manager's transaction come to wait for
+// each other (the migration holds one table and waits for another the
+// transaction holds, which then asks for the first), the migration gives
+// up before either side's check and runs again (Migrate), and the
+// manager's request goes on. It also bounds how long the managers'
+// statements queue behind a migration's request for an exclusive lock.
 const migrationLockTimeout = 500 * time.Millisecond
 
 // migrationDB opens a pool of its own with migrationLockTimeout: the

@@ -173,10 +173,10 @@ const txAttempts = 4
 // inTx runs fn in a write transaction (BEGIN IMMEDIATE on SQLite). A
 // transaction Postgres aborted to break a deadlock runs again, after a
 // short pause: it rolled back whole, and every fn here only reads and
-// writes within it. A rolling upgrade makes such deadlocks: a migration
-// queues for an exclusive lock on a table between a transaction's read of
-// it and its write, and Postgres may abort either side (the migration
-// retries too: Migrate).
+// writes within it. A rolling upgrade can make such deadlocks, with a
+// migration of the next release that holds a lock this transaction needs
+// while it waits for one this transaction holds (the migration retries
+// too: Migrate).
 func (s *sqlStore) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		err := s.inTxOnce(ctx, fn)
