@@ -19,6 +19,33 @@ import (
 // when the way back fails does the goroutine exit locked, so the thread
 // is never reused in a foreign namespace.
 func Do(ns netns.NsHandle, fn func() error) error {
+	return onThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter network namespace: %w", err)
+		}
+		return nil
+	}, fn)
+}
+
+// New makes a fresh, unnamed network namespace and returns a handle on
+// it; the thread that made it (and was moved into it) goes back, as in
+// Do. The namespace lives while the handle is open or anything is in it.
+func New() (netns.NsHandle, error) {
+	ns := netns.None()
+	err := onThread(func() error { return nil }, func() (err error) {
+		ns, err = netns.New()
+		return err
+	})
+	if err != nil {
+		return netns.None(), fmt.Errorf("new network namespace: %w", err)
+	}
+	return ns, nil
+}
+
+// onThread runs enter and then fn on a fresh goroutine locked to its
+// thread, and puts the thread back in its namespace (see Do). fn runs only
+// if enter succeeded.
+func onThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -29,9 +56,9 @@ func Do(ns netns.NsHandle, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace: %w", err)
+			errc <- err
 			return
 		}
 		ferr := fn()

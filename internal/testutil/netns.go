@@ -6,11 +6,12 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/nexus-microvm/nexus/internal/netnsutil"
 )
 
 // netnsEnv marks a test process re-executed inside its own network namespace.
@@ -74,45 +75,16 @@ func reachPostgres(u string) string {
 	return pu.String()
 }
 
-// NewNetNS makes a fresh, unnamed network namespace with its loopback up.
-// It lives while the handle is open or anything (a process, a thread, a
-// socket) is in it. The thread that made it goes back to where it was; one
-// that cannot is never reused (it exits locked).
+// NewNetNS makes a fresh, unnamed network namespace (netnsutil.New) with
+// its loopback up.
 func NewNetNS() (netns.NsHandle, error) {
-	type made struct {
-		ns  netns.NsHandle
-		err error
-	}
-	c := make(chan made, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			c <- made{netns.None(), fmt.Errorf("current network namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.New() // moves this thread into it
-		if err != nil {
-			c <- made{netns.None(), err} // still locked: the thread goes with the goroutine
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			ns.Close()
-			c <- made{netns.None(), fmt.Errorf("back to the original network namespace: %w", err)} // likewise
-			return
-		}
-		runtime.UnlockOSThread()
-		c <- made{ns, nil}
-	}()
-	m := <-c
-	if m.err != nil {
-		return netns.None(), fmt.Errorf("new network namespace: %w", m.err)
-	}
-	h, err := netlink.NewHandleAt(m.ns)
+	ns, err := netnsutil.New()
 	if err != nil {
-		m.ns.Close()
+		return netns.None(), err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
 		return netns.None(), fmt.Errorf("netlink in the new namespace: %w", err)
 	}
 	defer h.Close()
@@ -121,8 +93,8 @@ func NewNetNS() (netns.NsHandle, error) {
 		err = h.LinkSetUp(lo)
 	}
 	if err != nil {
-		m.ns.Close()
+		ns.Close()
 		return netns.None(), fmt.Errorf("lo up in the new namespace: %w", err)
 	}
-	return m.ns, nil
+	return ns, nil
 }
