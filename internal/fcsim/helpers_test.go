@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/nexus-microvm/nexus/internal/fcsim/simtest"
 	"github.com/nexus-microvm/nexus/internal/firecracker"
+	"github.com/nexus-microvm/nexus/internal/netnsutil"
 	"github.com/nexus-microvm/nexus/internal/testutil"
 )
 
@@ -149,52 +149,29 @@ func (p *proc) wait(t testing.TB, d time.Duration) int {
 	}
 }
 
-// startInNewNetns starts cmd in a new network namespace: the child is
-// forked from a thread that has switched into it. The test keeps a handle
-// so it can create devices there; when the handle is closed and the process
-// is gone, the namespace and every device in it disappear.
+// startInNewNetns starts cmd in a new network namespace (netnsutil): the
+// child is forked from a thread that has switched into it. The test keeps
+// a handle so it can create devices there; when the handle is closed and
+// the process is gone, the namespace and every device in it disappear.
 func startInNewNetns(t testing.TB, cmd *exec.Cmd) netns.NsHandle {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
+	ns, err := netnsutil.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// A thread stuck in the wrong namespace must not be reused.
-			panic(err)
-		}
-	}()
-	if err := cmd.Start(); err != nil {
+	if err := netnsutil.Do(ns, cmd.Start); err != nil {
 		ns.Close()
 		t.Fatal(err)
 	}
 	return ns
 }
 
-// inNetns runs f on a thread inside ns.
+// inNetns runs f on a thread inside ns (netnsutil.Do).
 func inNetns(t testing.TB, ns netns.NsHandle, f func()) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		// The thread is not unlocked: it ends with the goroutine, so a
-		// thread in the test namespace is never reused.
-		if err := netns.Set(ns); err != nil {
-			t.Error(err)
-			return
-		}
-		f()
-	}()
-	<-done
+	if err := netnsutil.Do(ns, func() error { f(); return nil }); err != nil {
+		t.Error(err)
+	}
 }
 
 // bootConfig configures a minimal VM (kernel + rootfs) through c.
